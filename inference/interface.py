@@ -1,0 +1,199 @@
+"""What a stage model is, independent of any transport.
+
+A stage process plugs one `StageModel` into the shared stage servicer. The
+servicer validates a request with `model.validate(params)` before any work,
+then calls `model.run(...)` in a worker thread. Images cross this boundary as
+PIL images; nothing here knows about gRPC or protobuf.
+"""
+
+from __future__ import annotations
+
+import abc
+import dataclasses
+import enum
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+from PIL import Image
+
+from serving.errors import InvalidArgument
+
+
+class StageKind(enum.StrEnum):
+    TXT2IMG = "txt2img"
+    REFINE = "refine"
+    UPSCALE = "upscale"
+
+
+def bounded(lo: float, hi: float) -> dict[str, Any]:
+    """Field metadata: the inclusive range a numeric parameter must lie in."""
+    return {"range": (lo, hi)}
+
+
+@dataclass(frozen=True)
+class Txt2ImgParams:
+    prompt: str
+    negative_prompt: str = ""
+    width: int = 128
+    height: int = 128
+    steps: int = field(default=20, metadata=bounded(1, 200))
+    guidance_scale: float = field(default=7.5, metadata=bounded(1.0, 30.0))
+    seed: int = field(default=0, metadata=bounded(0, 2**63 - 1))
+
+
+class RefineMode(enum.StrEnum):
+    IMG2IMG = "img2img"
+    INPAINT = "inpaint"
+
+
+@dataclass(frozen=True)
+class Box:
+    """A rectangle in fractions of the image size, origin top left."""
+
+    left: float
+    top: float
+    right: float
+    bottom: float
+
+
+@dataclass(frozen=True)
+class RefineParams:
+    prompt: str
+    negative_prompt: str = ""
+    mode: RefineMode = RefineMode.IMG2IMG
+    strength: float = field(default=0.5, metadata=bounded(0.01, 1.0))
+    steps: int = field(default=40, metadata=bounded(1, 200))
+    guidance_scale: float = field(default=7.5, metadata=bounded(1.0, 30.0))
+    seed: int = field(default=42, metadata=bounded(0, 2**63 - 1))
+    inpaint_mask_blur: int = field(default=4, metadata=bounded(0, 64))
+    mask_box: Box | None = None
+
+
+class UpscaleMode(enum.StrEnum):
+    LEARNED = "learned"
+    LANCZOS = "lanczos"
+
+
+@dataclass(frozen=True)
+class UpscaleParams:
+    mode: UpscaleMode = UpscaleMode.LEARNED
+    tile_size: int = field(default=128, metadata=bounded(0, 1024))
+    tile_overlap: int = field(default=8, metadata=bounded(0, 64))
+
+
+StageParams = Txt2ImgParams | RefineParams | UpscaleParams
+
+
+@dataclass(frozen=True)
+class StageInputs:
+    """Decoded input artifacts; which are required depends on the stage kind."""
+
+    image: Image.Image | None = None
+    mask: Image.Image | None = None
+
+
+@dataclass(frozen=True)
+class ModelIdentity:
+    name: str
+    version: str
+    backend: str
+    fingerprint: str
+
+
+@dataclass(frozen=True)
+class ModelDescription:
+    """What a loaded model accepts; served by Describe and used to validate."""
+
+    kind: StageKind
+    identity: ModelIdentity
+    min_side: int
+    max_side: int
+    size_multiple: int
+    param_ranges: dict[str, tuple[float, float]]
+
+
+# progress(step_done_1_based, total_steps)
+ProgressFn = Callable[[int, int], None]
+# Returns True when the caller has gone away or the deadline has passed.
+CancelledFn = Callable[[], bool]
+
+
+def param_ranges(params_cls: type) -> dict[str, tuple[float, float]]:
+    return {
+        f.name: f.metadata["range"]
+        for f in dataclasses.fields(params_cls)
+        if "range" in f.metadata
+    }
+
+
+def check_ranges(params: StageParams) -> None:
+    """Raise InvalidArgument naming the first numeric field out of its range."""
+    for f in dataclasses.fields(params):
+        if "range" not in f.metadata:
+            continue
+        lo, hi = f.metadata["range"]
+        value = getattr(params, f.name)
+        if not lo <= value <= hi:
+            raise InvalidArgument(f.name, f"must be in [{lo:g}, {hi:g}], got {value:g}")
+
+
+def check_side(name: str, value: int, desc: ModelDescription) -> None:
+    if not desc.min_side <= value <= desc.max_side:
+        raise InvalidArgument(
+            name, f"must be in [{desc.min_side}, {desc.max_side}] pixels, got {value}"
+        )
+    if value % desc.size_multiple:
+        raise InvalidArgument(
+            name, f"must be a multiple of {desc.size_multiple} pixels, got {value}"
+        )
+
+
+class StageModel(abc.ABC):
+    """A model behind a stage. One class per model family + a registry entry.
+
+    Lifecycle: construct (cheap) -> load() -> run()* -> unload(). `run` is
+    called from a worker thread, at most `max_concurrency` at a time.
+    """
+
+    kind: ClassVar[StageKind]
+    params_type: ClassVar[type]
+
+    @abc.abstractmethod
+    def load(self) -> None:
+        """Load weights; after this `describe()` is valid."""
+
+    @abc.abstractmethod
+    def describe(self) -> ModelDescription: ...
+
+    def validate(self, params: StageParams) -> None:
+        """Raise InvalidArgument for the first bad field. Called before any work.
+
+        The base checks the type and the numeric ranges; subclasses add their own
+        checks (sizes, required text) after calling super.
+        """
+        if not isinstance(params, self.params_type):
+            raise InvalidArgument(
+                "params", f"this stage ({self.kind}) takes {self.params_type.__name__}"
+            )
+        check_ranges(params)
+
+    def validate_inputs(self, params: StageParams, inputs: StageInputs) -> None:
+        """Raise InvalidArgument (or FailedPrecondition for a missing input) once
+        the inputs are decoded, before running: input sizes, mask presence."""
+        return None
+
+    @abc.abstractmethod
+    def run(
+        self,
+        params: StageParams,
+        inputs: StageInputs,
+        progress: ProgressFn,
+        cancelled: CancelledFn,
+    ) -> Image.Image:
+        """Produce the output image. Check `cancelled()` between steps and raise
+        serving.errors.Cancelled when it returns True."""
+
+    def unload(self) -> None:
+        """Release weights. Default: nothing to release."""
+        return None
