@@ -121,9 +121,7 @@ CancelledFn = Callable[[], bool]
 
 def param_ranges(params_cls: type) -> dict[str, tuple[float, float]]:
     return {
-        f.name: f.metadata["range"]
-        for f in dataclasses.fields(params_cls)
-        if "range" in f.metadata
+        f.name: f.metadata["range"] for f in dataclasses.fields(params_cls) if "range" in f.metadata
     }
 
 
@@ -136,6 +134,23 @@ def check_ranges(params: StageParams) -> None:
         value = getattr(params, f.name)
         if not lo <= value <= hi:
             raise InvalidArgument(f.name, f"must be in [{lo:g}, {hi:g}], got {value:g}")
+
+
+MAX_PROMPT_CHARS = 2000
+
+
+def check_prompts(params: StageParams) -> None:
+    """Prompts must be non-empty (negative prompts may be empty) and bounded."""
+    for name in ("prompt", "negative_prompt"):
+        text = getattr(params, name, None)
+        if text is None:
+            continue
+        if name == "prompt" and not text.strip():
+            raise InvalidArgument(name, "must not be empty")
+        if len(text) > MAX_PROMPT_CHARS:
+            raise InvalidArgument(
+                name, f"must be at most {MAX_PROMPT_CHARS} characters, got {len(text)}"
+            )
 
 
 def check_side(name: str, value: int, desc: ModelDescription) -> None:
@@ -177,6 +192,7 @@ class StageModel(abc.ABC):
                 "params", f"this stage ({self.kind}) takes {self.params_type.__name__}"
             )
         check_ranges(params)
+        check_prompts(params)
 
     def validate_inputs(self, params: StageParams, inputs: StageInputs) -> None:
         """Raise InvalidArgument (or FailedPrecondition for a missing input) once

@@ -9,7 +9,21 @@ Content addressing and digest checks live in `serving.artifacts`.
 from __future__ import annotations
 
 import abc
+import io
+import os
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
 from datetime import timedelta
+from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
+from urllib.request import url2pathname
+
+import urllib3
+from minio import Minio
+from minio.error import S3Error
+
+from serving.errors import InvalidArgument, NotFound, StageflowError, Unavailable
 
 
 class ObjectStore(abc.ABC):
@@ -40,11 +54,205 @@ class ObjectStore(abc.ABC):
         """Where this store points, for logs (never includes secrets)."""
 
 
-def open_store(url: str, *, access_key: str = "", secret_key: str = "", region: str = "") -> ObjectStore:
+def check_key(key: str, *, field: str = "key") -> str:
+    """Reject keys that could escape a store's root or alias another key."""
+    if not key:
+        raise InvalidArgument(field, "must not be empty")
+    if key.startswith("/") or "\\" in key or "\x00" in key:
+        raise InvalidArgument(field, f"must be a relative '/'-separated path, got {key!r}")
+    if any(part in ("", ".", "..") for part in key.split("/")):
+        raise InvalidArgument(field, f"must not contain empty, '.' or '..' segments, got {key!r}")
+    return key
+
+
+class LocalStore(ObjectStore):
+    """A folder; each key is a file below `root`. Content types are not kept,
+    and `url()` ignores `expires` (file:// URLs do not expire)."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root).resolve()
+        self.root.mkdir(parents=True, exist_ok=True)
+
+    def _path(self, key: str) -> Path:
+        return self.root.joinpath(*check_key(key).split("/"))
+
+    def put(self, key: str, data: bytes, content_type: str = "application/octet-stream") -> None:
+        path = self._path(key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # Write beside the target and rename: os.replace is atomic on one
+        # filesystem, so a concurrent reader sees the old or the new object.
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+    def get(self, key: str) -> bytes:
+        try:
+            return self._path(key).read_bytes()
+        except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+            raise NotFound(f"object {key} not found in {self.describe()}") from None
+
+    def exists(self, key: str) -> bool:
+        return self._path(key).is_file()
+
+    def delete(self, key: str) -> None:
+        with suppress(IsADirectoryError, NotADirectoryError):
+            self._path(key).unlink(missing_ok=True)
+
+    def url(self, key: str, expires: timedelta = timedelta(hours=1)) -> str:
+        return self._path(key).as_uri()
+
+    def describe(self) -> str:
+        return str(self.root)
+
+
+# Keys S3 uses for "this object is not there" (HEAD answers carry no body, so
+# minio reports those as ResourceNotFound/NoSuchKey depending on the call).
+_MISSING = {"NoSuchKey", "NoSuchObject", "ResourceNotFound", "NotFound"}
+
+
+class S3Store(ObjectStore):
+    """A bucket on an S3 server, through the minio client.
+
+    `endpoint` is ``host:port`` or ``http(s)://host:port``; a scheme, when
+    given, decides `secure`. The bucket is created when it does not exist.
+    """
+
+    def __init__(
+        self,
+        endpoint: str,
+        bucket: str,
+        *,
+        access_key: str,
+        secret_key: str,
+        secure: bool = False,
+        region: str | None = None,
+    ) -> None:
+        parts = urlsplit(endpoint if "://" in endpoint else f"//{endpoint}")
+        if parts.scheme:
+            if parts.scheme not in ("http", "https"):
+                raise ValueError(f"S3 endpoint must be http:// or https://, got {endpoint!r}")
+            secure = parts.scheme == "https"
+        if not parts.netloc or parts.path.strip("/"):
+            raise ValueError(f"S3 endpoint must be host:port, got {endpoint!r}")
+        self.endpoint = f"{'https' if secure else 'http'}://{parts.netloc}"
+        self.bucket = bucket
+        # minio's default client retries a refused connection for seconds and
+        # waits minutes on a dead peer; a stage should fail fast and say so.
+        http = urllib3.PoolManager(
+            timeout=urllib3.Timeout(connect=5.0, read=60.0),
+            maxsize=10,
+            retries=urllib3.Retry(
+                total=2, backoff_factor=0.1, status_forcelist=[500, 502, 503, 504]
+            ),
+        )
+        self._client = Minio(
+            parts.netloc,
+            access_key=access_key,
+            secret_key=secret_key,
+            secure=secure,
+            region=region or None,
+            http_client=http,
+        )
+        with self._errors("bucket", bucket):
+            if not self._client.bucket_exists(bucket):
+                self._client.make_bucket(bucket)
+
+    @contextmanager
+    def _errors(self, what: str, key: str) -> Iterator[None]:
+        """Map client failures to domain errors that name the store."""
+        try:
+            yield
+        except S3Error as e:
+            if e.code == "NoSuchBucket":
+                raise NotFound(f"bucket {self.bucket} not found at {self.endpoint}") from None
+            if e.code in _MISSING:
+                raise NotFound(f"{what} {key} not found in {self.describe()}") from None
+            raise StageflowError(
+                f"object store {self.describe()} refused {what} {key}: {e.code}: {e.message}"
+            ) from e
+        except (urllib3.exceptions.HTTPError, OSError) as e:
+            raise Unavailable(f"object store {self.endpoint} unreachable: {e}") from e
+
+    def put(self, key: str, data: bytes, content_type: str = "application/octet-stream") -> None:
+        check_key(key)
+        with self._errors("object", key):
+            self._client.put_object(
+                self.bucket, key, io.BytesIO(data), len(data), content_type=content_type
+            )
+
+    def get(self, key: str) -> bytes:
+        check_key(key)
+        with self._errors("object", key):
+            response = self._client.get_object(self.bucket, key)
+            try:
+                return response.read()
+            finally:
+                response.close()
+                response.release_conn()
+
+    def exists(self, key: str) -> bool:
+        check_key(key)
+        try:
+            with self._errors("object", key):
+                self._client.stat_object(self.bucket, key)
+        except NotFound:
+            return False
+        return True
+
+    def delete(self, key: str) -> None:
+        check_key(key)
+        with self._errors("object", key):
+            self._client.remove_object(self.bucket, key)
+
+    def url(self, key: str, expires: timedelta = timedelta(hours=1)) -> str:
+        check_key(key)
+        with self._errors("object", key):
+            return str(self._client.presigned_get_object(self.bucket, key, expires=expires))
+
+    def describe(self) -> str:
+        return f"s3://{self.bucket} at {self.endpoint}"
+
+
+def open_store(
+    url: str, *, access_key: str = "", secret_key: str = "", region: str = ""
+) -> ObjectStore:
     """Open a store from a URL.
 
-    - ``file:///abs/path`` or a plain path: LocalStore rooted there.
+    - ``file:///abs/path`` or a plain path: LocalStore rooted there (a relative
+      plain path is relative to the current directory).
     - ``s3://bucket?endpoint=http://host:port`` (or ``https://``): S3Store; the
       bucket is created when missing. Credentials come from the arguments.
     """
-    raise NotImplementedError  # implemented below by the storage module owner
+    if not url:
+        raise ValueError("store URL is empty")
+    parts = urlsplit(url)
+    if parts.scheme == "s3":
+        query = parse_qs(parts.query)
+        endpoint = query.get("endpoint", [""])[0]
+        if not parts.netloc or not endpoint or parts.path.strip("/"):
+            raise ValueError(
+                f"S3 store URL must be s3://bucket?endpoint=http://host:port, got {url!r}"
+            )
+        return S3Store(
+            endpoint,
+            parts.netloc,
+            access_key=access_key,
+            secret_key=secret_key,
+            region=region or query.get("region", [""])[0] or None,
+        )
+    if parts.scheme == "file":
+        if parts.netloc not in ("", "localhost"):
+            raise ValueError(
+                f"file store URL must be file:///absolute/path (or a plain path), got {url!r}"
+            )
+        return LocalStore(Path(url2pathname(parts.path)))
+    if "://" in url:
+        raise ValueError(f"unsupported store URL scheme {parts.scheme!r} in {url!r}")
+    return LocalStore(Path(url))

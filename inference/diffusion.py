@@ -1,0 +1,221 @@
+"""Stable Diffusion stage models: txt2img (base) and img2img/inpaint (refine).
+
+Both load a diffusers folder through `sd_parts.load_torch_parts` and drive it
+with our own loop in `inference.denoise`.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import torch
+from PIL import Image
+
+from inference import denoise as loop
+from inference import masks
+from inference.base import LocalModel
+from inference.interface import (
+    CancelledFn,
+    ModelDescription,
+    ProgressFn,
+    RefineMode,
+    RefineParams,
+    StageInputs,
+    StageKind,
+    StageParams,
+    Txt2ImgParams,
+    check_side,
+    param_ranges,
+)
+from serving.errors import FailedPrecondition, InvalidArgument
+
+if TYPE_CHECKING:
+    from inference.sd_parts import DiffusionParts
+
+
+class _DiffusionModel(LocalModel):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._parts: DiffusionParts | None = None
+
+    @property
+    def parts(self) -> DiffusionParts:
+        if self._parts is None:
+            raise FailedPrecondition(f"model {self.name} is not loaded")
+        return self._parts
+
+    def _load_weights(self) -> None:
+        # Imported here: diffusers costs seconds, and `import inference.registry`
+        # (CLI, servicers) should not pay it.
+        from inference.sd_parts import load_torch_parts
+
+        self._parts = load_torch_parts(self.path, self.device)
+
+    def _release_weights(self) -> None:
+        self._parts = None
+
+    def describe(self) -> ModelDescription:
+        parts = self.parts
+        # Latents must halve cleanly at every UNet level (and compiled graphs need it).
+        multiple = parts.vae_scale_factor * 2 ** (parts.unet_levels - 1)
+        return ModelDescription(
+            kind=self.kind,
+            identity=self.identity,
+            min_side=multiple,
+            max_side=self.max_side,
+            size_multiple=multiple,
+            param_ranges=param_ranges(self.params_type),
+        )
+
+
+class Txt2ImgModel(_DiffusionModel):
+    kind: ClassVar[StageKind] = StageKind.TXT2IMG
+    params_type: ClassVar[type] = Txt2ImgParams
+
+    def validate(self, params: StageParams) -> None:
+        super().validate(params)
+        assert isinstance(params, Txt2ImgParams)
+        desc = self.describe()
+        check_side("width", params.width, desc)
+        check_side("height", params.height, desc)
+
+    def run(
+        self,
+        params: StageParams,
+        inputs: StageInputs,
+        progress: ProgressFn,
+        cancelled: CancelledFn,
+    ) -> Image.Image:
+        self.validate(params)
+        assert isinstance(params, Txt2ImgParams)
+        with torch.inference_mode():
+            parts = self.parts
+            guided = loop.uses_guidance(params.guidance_scale)
+            text = loop.encode_prompts(parts, params.prompt, params.negative_prompt, guided)
+            scheduler = parts.new_scheduler()
+            scheduler.set_timesteps(params.steps)
+            gen = loop.seeded_generator(params.seed)
+            f = parts.vae_scale_factor
+            shape = (1, parts.latent_channels, params.height // f, params.width // f)
+            latents = loop.randn(shape, gen, parts) * scheduler.init_noise_sigma
+            latents = loop.denoise(
+                parts,
+                scheduler,
+                latents,
+                scheduler.timesteps,
+                text,
+                params.guidance_scale,
+                progress,
+                cancelled,
+            )
+            return loop.decode_image(parts, latents)
+
+
+class RefineModel(_DiffusionModel):
+    """img2img, or inpaint with a plain 4-channel UNet (latent blending)."""
+
+    kind: ClassVar[StageKind] = StageKind.REFINE
+    params_type: ClassVar[type] = RefineParams
+
+    def validate(self, params: StageParams) -> None:
+        super().validate(params)
+        assert isinstance(params, RefineParams)
+        if int(params.steps * params.strength) < 1:
+            raise InvalidArgument(
+                "strength",
+                f"steps × strength must be at least 1 step, got {params.steps} × "
+                f"{params.strength:g}",
+            )
+        box = params.mask_box
+        if box is not None and not (
+            0 <= box.left < box.right <= 1 and 0 <= box.top < box.bottom <= 1
+        ):
+            raise InvalidArgument(
+                "mask_box", "needs 0 <= left < right <= 1 and 0 <= top < bottom <= 1"
+            )
+
+    def validate_inputs(self, params: StageParams, inputs: StageInputs) -> None:
+        assert isinstance(params, RefineParams)
+        image = inputs.image
+        if image is None:
+            raise FailedPrecondition("image: the refine stage needs an input image")
+        desc = self.describe()
+        check_side("image", image.width, desc)
+        check_side("image", image.height, desc)
+        if inputs.mask is not None and inputs.mask.size != image.size:
+            raise InvalidArgument(
+                "mask", f"must be the image's size {image.size}, got {inputs.mask.size}"
+            )
+        if params.mode == RefineMode.INPAINT and inputs.mask is None and params.mask_box is None:
+            raise InvalidArgument("mask", "inpaint needs a mask image or mask_box")
+
+    def run(
+        self,
+        params: StageParams,
+        inputs: StageInputs,
+        progress: ProgressFn,
+        cancelled: CancelledFn,
+    ) -> Image.Image:
+        self.validate(params)
+        self.validate_inputs(params, inputs)
+        assert isinstance(params, RefineParams) and inputs.image is not None
+        image = inputs.image.convert("RGB")
+        with torch.inference_mode():
+            parts = self.parts
+            guided = loop.uses_guidance(params.guidance_scale)
+            text = loop.encode_prompts(parts, params.prompt, params.negative_prompt, guided)
+            scheduler = parts.new_scheduler()
+            timesteps = loop.strength_timesteps(scheduler, params.steps, params.strength)
+            gen = loop.seeded_generator(params.seed)
+            # Draw order (posterior sample, then noise) is diffusers' img2img order.
+            init_latents = loop.encode_image(parts, image, gen)
+            noise = loop.randn(init_latents.shape, gen, parts)
+            inpaint = params.mode == RefineMode.INPAINT
+            if inpaint and params.strength >= 1.0:
+                # As diffusers' inpaint pipeline: full strength starts from pure noise.
+                latents = noise * scheduler.init_noise_sigma
+            else:
+                latents = scheduler.add_noise(init_latents, noise, timesteps[:1])
+
+            after_step: loop.AfterStep | None = None
+            pixel_mask = None
+            if inpaint:
+                pixel_mask = self._pixel_mask(params, inputs, image.size)
+                blend_mask = masks.latent_mask(pixel_mask, parts.vae_scale_factor)
+                blend_mask = blend_mask.to(parts.device, parts.dtype)
+
+                def keep_unmasked(i: int, latents: torch.Tensor) -> torch.Tensor:
+                    # Keep the unmasked area on the input's own noising trajectory.
+                    known = init_latents
+                    if i < len(timesteps) - 1:
+                        known = scheduler.add_noise(init_latents, noise, timesteps[i + 1 : i + 2])
+                    return (1 - blend_mask) * known + blend_mask * latents
+
+                after_step = keep_unmasked
+
+            latents = loop.denoise(
+                parts,
+                scheduler,
+                latents,
+                timesteps,
+                text,
+                params.guidance_scale,
+                progress,
+                cancelled,
+                after_step,
+            )
+            decoded = loop.decode_image(parts, latents)
+        if pixel_mask is not None:
+            return masks.composite(decoded, image, pixel_mask)
+        return decoded
+
+    @staticmethod
+    def _pixel_mask(
+        params: RefineParams, inputs: StageInputs, size: tuple[int, int]
+    ) -> Image.Image:
+        if inputs.mask is not None:
+            mask = inputs.mask
+        else:
+            assert params.mask_box is not None
+            mask = masks.mask_from_box(params.mask_box, size)
+        return masks.blur_mask(mask, params.inpaint_mask_blur)

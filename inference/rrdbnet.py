@@ -1,0 +1,152 @@
+"""RRDBNet, the ESRGAN / Real-ESRGAN generator, with Real-ESRGAN's parameter names.
+
+Parameter names match `basicsr.archs.rrdbnet_arch.RRDBNet` (conv_first,
+body.N.rdb{1,2,3}.conv{1..5}, conv_body, conv_up1, conv_up2, conv_hr,
+conv_last), so a real RealESRGAN_x4plus state dict (num_feat 64, num_block 23,
+num_grow_ch 32) loads with `load_rrdbnet` unchanged. Only the x4 layout is
+implemented: x2/x1 variants pixel-unshuffle their input first.
+
+On-disk format: `config.json` (RRDBNetConfig fields) + `model.safetensors`;
+a `.pth` from the Real-ESRGAN release also loads (its `params_ema` entry).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+ARCHITECTURE = "RRDBNet"
+CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "model.safetensors"
+
+
+@dataclass(frozen=True)
+class RRDBNetConfig:
+    num_in_ch: int = 3
+    num_out_ch: int = 3
+    scale: int = 4
+    num_feat: int = 64
+    num_block: int = 23
+    num_grow_ch: int = 32
+
+
+class ResidualDenseBlock(nn.Module):
+    def __init__(self, num_feat: int, num_grow_ch: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(num_feat, num_grow_ch, 3, 1, 1)
+        self.conv2 = nn.Conv2d(num_feat + num_grow_ch, num_grow_ch, 3, 1, 1)
+        self.conv3 = nn.Conv2d(num_feat + 2 * num_grow_ch, num_grow_ch, 3, 1, 1)
+        self.conv4 = nn.Conv2d(num_feat + 3 * num_grow_ch, num_grow_ch, 3, 1, 1)
+        self.conv5 = nn.Conv2d(num_feat + 4 * num_grow_ch, num_feat, 3, 1, 1)
+        self.lrelu = nn.LeakyReLU(negative_slope=0.2, inplace=True)
+        # ESRGAN's init: small residual branches keep a deep untrained net stable.
+        for conv in (self.conv1, self.conv2, self.conv3, self.conv4, self.conv5):
+            nn.init.kaiming_normal_(conv.weight)
+            conv.weight.data *= 0.1
+            if conv.bias is not None:
+                nn.init.zeros_(conv.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x1 = self.lrelu(self.conv1(x))
+        x2 = self.lrelu(self.conv2(torch.cat((x, x1), 1)))
+        x3 = self.lrelu(self.conv3(torch.cat((x, x1, x2), 1)))
+        x4 = self.lrelu(self.conv4(torch.cat((x, x1, x2, x3), 1)))
+        x5 = self.conv5(torch.cat((x, x1, x2, x3, x4), 1))
+        return x5 * 0.2 + x
+
+
+class RRDB(nn.Module):
+    def __init__(self, num_feat: int, num_grow_ch: int) -> None:
+        super().__init__()
+        self.rdb1 = ResidualDenseBlock(num_feat, num_grow_ch)
+        self.rdb2 = ResidualDenseBlock(num_feat, num_grow_ch)
+        self.rdb3 = ResidualDenseBlock(num_feat, num_grow_ch)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.rdb3(self.rdb2(self.rdb1(x)))
+        return out * 0.2 + x
+
+
+class RRDBNet(nn.Module):
+    """Maps an RGB image in [0, 1] (N, 3, H, W) to (N, 3, 4H, 4W)."""
+
+    def __init__(self, config: RRDBNetConfig) -> None:
+        super().__init__()
+        if config.scale != 4:
+            raise ValueError(f"only scale 4 is implemented, got {config.scale}")
+        nf = config.num_feat
+        self.conv_first = nn.Conv2d(config.num_in_ch, nf, 3, 1, 1)
+        self.body = nn.Sequential(*(RRDB(nf, config.num_grow_ch) for _ in range(config.num_block)))
+        self.conv_body = nn.Conv2d(nf, nf, 3, 1, 1)
+        self.conv_up1 = nn.Conv2d(nf, nf, 3, 1, 1)
+        self.conv_up2 = nn.Conv2d(nf, nf, 3, 1, 1)
+        self.conv_hr = nn.Conv2d(nf, nf, 3, 1, 1)
+        self.conv_last = nn.Conv2d(nf, config.num_out_ch, 3, 1, 1)
+        self.lrelu = nn.LeakyReLU(negative_slope=0.2, inplace=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        feat = self.conv_first(x)
+        feat = feat + self.conv_body(self.body(feat))
+        feat = self.lrelu(self.conv_up1(F.interpolate(feat, scale_factor=2, mode="nearest")))
+        feat = self.lrelu(self.conv_up2(F.interpolate(feat, scale_factor=2, mode="nearest")))
+        out: torch.Tensor = self.conv_last(self.lrelu(self.conv_hr(feat)))
+        return out
+
+
+def receptive_radius(config: RRDBNetConfig) -> int:
+    """Input pixels on each side that influence one output pixel (rounded up).
+
+    Every 3x3 conv at input resolution adds 1; each RDB's deepest path is 5
+    convs; the convs after upsampling add 1/2 + 3 * 1/4 input pixels.
+    """
+    return 1 + 15 * config.num_block + 1 + 2
+
+
+def save_rrdbnet(model: RRDBNet, config: RRDBNetConfig, folder: Path) -> None:
+    from safetensors.torch import save_file
+
+    folder.mkdir(parents=True, exist_ok=True)
+    body = {"architecture": ARCHITECTURE, **dataclasses.asdict(config)}
+    (folder / CONFIG_FILE).write_text(json.dumps(body, indent=2, sort_keys=True) + "\n")
+    state = {k: v.contiguous() for k, v in model.state_dict().items()}
+    save_file(state, str(folder / WEIGHTS_FILE), metadata={"format": "pt"})
+
+
+def read_config(folder: Path) -> RRDBNetConfig:
+    raw = json.loads((folder / CONFIG_FILE).read_text())
+    if raw.get("architecture", ARCHITECTURE) != ARCHITECTURE:
+        raise ValueError(f"{folder}: architecture {raw['architecture']!r} is not {ARCHITECTURE}")
+    names = {f.name for f in dataclasses.fields(RRDBNetConfig)}
+    return RRDBNetConfig(**{k: v for k, v in raw.items() if k in names})
+
+
+def read_state_dict(folder: Path) -> dict[str, torch.Tensor]:
+    """model.safetensors, or else the first *.pth (Real-ESRGAN release layout)."""
+    weights = folder / WEIGHTS_FILE
+    if weights.exists():
+        from safetensors.torch import load_file
+
+        return load_file(str(weights))
+    pths = sorted(folder.glob("*.pth"))
+    if not pths:
+        raise FileNotFoundError(f"{folder}: neither {WEIGHTS_FILE} nor a *.pth file")
+    state = torch.load(pths[0], map_location="cpu", weights_only=True)
+    for key in ("params_ema", "params"):
+        if key in state:
+            state = state[key]
+            break
+    return dict(state)
+
+
+def load_rrdbnet(folder: Path) -> tuple[RRDBNet, RRDBNetConfig]:
+    config = read_config(folder)
+    model = RRDBNet(config)
+    # strict: a renamed or missing parameter must fail loudly, not run random.
+    model.load_state_dict(read_state_dict(folder), strict=True)
+    return model.eval(), config

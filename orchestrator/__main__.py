@@ -1,0 +1,57 @@
+"""`python -m orchestrator`: settings → store → job DB → stage clients → serve."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+
+import grpc
+
+from orchestrator.jobs import JobStore
+from orchestrator.runner import JobRunner
+from orchestrator.servicer import SERVICE_NAME, OrchestratorServicer
+from orchestrator.settings import OrchestratorSettings
+from orchestrator.stage_client import GrpcStageClient, StageClient
+from serving.logging import configure_logging
+from serving.server import Service, serve
+from serving.settings import load_settings
+from stageflow.v1 import orchestrator_pb2_grpc
+
+
+async def _serve(settings: OrchestratorSettings) -> None:
+    store = settings.open_store()
+    jobs = JobStore(settings.db_path)
+    addresses = {
+        "base": settings.base_address,
+        "refine": settings.refine_address,
+        "upscale": settings.upscale_address,
+    }
+    stages: dict[str, StageClient] = {
+        name: GrpcStageClient(address, settings.max_message_bytes)
+        for name, address in addresses.items()
+    }
+    runner = JobRunner(stages, jobs, settings, store)
+    servicer = OrchestratorServicer(runner)
+
+    def register(server: grpc.aio.Server) -> None:
+        orchestrator_pb2_grpc.add_OrchestratorServiceServicer_to_server(servicer, server)
+
+    try:
+        # runner.close leaves running jobs RUNNING in the DB: the next start resumes them.
+        await serve(
+            [Service(SERVICE_NAME, register)], settings, startup=runner.start, shutdown=runner.close
+        )
+    finally:
+        for client in stages.values():
+            await client.close()
+        await jobs.close()
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    settings = load_settings(OrchestratorSettings, list(argv) if argv is not None else None)
+    configure_logging(level=settings.log_level, json=settings.log_json, service="orchestrator")
+    asyncio.run(_serve(settings))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,173 @@
+"""Job state in SQLite: one row per job holding the whole serialized `Job`.
+
+One connection, used only from a single worker thread: calls from the event
+loop never block it on disk, and writes land in the order they were made
+(a later state never loses to an earlier one still in flight).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import sqlite3
+import uuid
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import TypeVar
+
+from stageflow.v1 import orchestrator_pb2
+
+T = TypeVar("T")
+
+UNFINISHED = (orchestrator_pb2.JOB_STATE_QUEUED, orchestrator_pb2.JOB_STATE_RUNNING)
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS jobs (
+    job_id     TEXT PRIMARY KEY,
+    request_id TEXT NOT NULL DEFAULT '',
+    state      TEXT NOT NULL,     -- JobState name, readable from the sqlite3 shell
+    created_at INTEGER NOT NULL,  -- unix microseconds
+    updated_at INTEGER NOT NULL,
+    job        BLOB NOT NULL      -- serialized stageflow.v1.Job
+);
+-- Idempotent submit: one job per non-empty caller key.
+CREATE UNIQUE INDEX IF NOT EXISTS jobs_request_id ON jobs (request_id) WHERE request_id != '';
+CREATE INDEX IF NOT EXISTS jobs_created ON jobs (created_at);
+CREATE INDEX IF NOT EXISTS jobs_state_created ON jobs (state, created_at);
+"""
+
+
+def new_job_id() -> str:
+    return f"job-{uuid.uuid4().hex[:16]}"
+
+
+def _state_name(state: orchestrator_pb2.JobState) -> str:
+    return orchestrator_pb2.JobState.Name(state)
+
+
+def _decode(blob: bytes) -> orchestrator_pb2.Job:
+    return orchestrator_pb2.Job.FromString(blob)
+
+
+class JobStore:
+    """Async facade over a SQLite file (or ":memory:")."""
+
+    def __init__(self, path: Path | str) -> None:
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="jobstore")
+        self._conn: sqlite3.Connection = self._executor.submit(self._connect, str(path)).result()
+
+    @staticmethod
+    def _connect(path: str) -> sqlite3.Connection:
+        if path != ":memory:":
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        # Autocommit: every statement below is its own atomic transaction.
+        conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=NORMAL")
+        conn.execute("PRAGMA busy_timeout=5000")
+        conn.executescript(_SCHEMA)
+        return conn
+
+    async def _call(self, fn: Callable[..., T], *args: object) -> T:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, functools.partial(fn, *args))
+
+    # --- public API -------------------------------------------------------
+
+    async def create(
+        self, job: orchestrator_pb2.Job, request_id: str = ""
+    ) -> tuple[orchestrator_pb2.Job, bool]:
+        """Insert `job`; with a `request_id` already used, return that job and False."""
+        return await self._call(self._create, job, request_id)
+
+    async def get(self, job_id: str) -> orchestrator_pb2.Job | None:
+        return await self._call(self._get, job_id)
+
+    async def update(self, job: orchestrator_pb2.Job) -> None:
+        """Replace the stored job (state and updated_at are taken from it)."""
+        await self._call(self._update, job)
+
+    async def list_jobs(
+        self,
+        page_size: int = 50,
+        state: orchestrator_pb2.JobState | None = None,
+    ) -> list[orchestrator_pb2.Job]:
+        """Newest first; only jobs in `state` when given."""
+        return await self._call(self._list_jobs, page_size, state)
+
+    async def unfinished(self) -> list[orchestrator_pb2.Job]:
+        """QUEUED and RUNNING jobs, oldest first (the order to resume them in)."""
+        return await self._call(self._unfinished)
+
+    async def close(self) -> None:
+        await self._call(self._conn.close)
+        self._executor.shutdown(wait=True)
+
+    # --- worker-thread side -----------------------------------------------
+
+    def _create(
+        self, job: orchestrator_pb2.Job, request_id: str
+    ) -> tuple[orchestrator_pb2.Job, bool]:
+        try:
+            self._conn.execute(
+                "INSERT INTO jobs (job_id, request_id, state, created_at, updated_at, job)"
+                " VALUES (?, ?, ?, ?, ?, ?)",
+                (
+                    job.job_id,
+                    request_id,
+                    _state_name(job.state),
+                    job.created_at.ToMicroseconds(),
+                    job.updated_at.ToMicroseconds(),
+                    job.SerializeToString(),
+                ),
+            )
+        except sqlite3.IntegrityError:
+            if not request_id:
+                raise
+            row = self._conn.execute(
+                "SELECT job FROM jobs WHERE request_id = ?", (request_id,)
+            ).fetchone()
+            if row is None:  # the conflict was on job_id, not on the caller's key
+                raise
+            return _decode(row[0]), False
+        return job, True
+
+    def _get(self, job_id: str) -> orchestrator_pb2.Job | None:
+        row = self._conn.execute("SELECT job FROM jobs WHERE job_id = ?", (job_id,)).fetchone()
+        return None if row is None else _decode(row[0])
+
+    def _update(self, job: orchestrator_pb2.Job) -> None:
+        cur = self._conn.execute(
+            "UPDATE jobs SET state = ?, updated_at = ?, job = ? WHERE job_id = ?",
+            (
+                _state_name(job.state),
+                job.updated_at.ToMicroseconds(),
+                job.SerializeToString(),
+                job.job_id,
+            ),
+        )
+        if cur.rowcount == 0:
+            raise KeyError(f"no job {job.job_id!r} to update")
+
+    def _list_jobs(
+        self, page_size: int, state: orchestrator_pb2.JobState | None
+    ) -> list[orchestrator_pb2.Job]:
+        if state is None:
+            rows = self._conn.execute(
+                "SELECT job FROM jobs ORDER BY created_at DESC, rowid DESC LIMIT ?",
+                (page_size,),
+            )
+        else:
+            rows = self._conn.execute(
+                "SELECT job FROM jobs WHERE state = ? ORDER BY created_at DESC, rowid DESC LIMIT ?",
+                (_state_name(state), page_size),
+            )
+        return [_decode(row[0]) for row in rows]
+
+    def _unfinished(self) -> list[orchestrator_pb2.Job]:
+        names = [_state_name(s) for s in UNFINISHED]
+        rows = self._conn.execute(
+            "SELECT job FROM jobs WHERE state IN (?, ?) ORDER BY created_at, rowid", names
+        )
+        return [_decode(row[0]) for row in rows]

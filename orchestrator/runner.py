@@ -1,0 +1,400 @@
+"""Runs jobs through the stage pipeline and tells watchers what happens.
+
+One asyncio task per job, at most `max_running_jobs` past the semaphore at once.
+The task owns its job's state: it mutates the in-memory `Job`, persists it at
+every stage boundary, and publishes events to watchers. Stages only ever
+exchange artifact keys: each stage's input is the previous stage's output.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import time
+from collections.abc import AsyncIterator, Mapping, Sequence
+from datetime import timedelta
+from typing import Any, Protocol
+
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from orchestrator.bundle import DEFAULT_PIPELINE, build_run_request, compose_prompt, with_input
+from orchestrator.jobs import UNFINISHED, JobStore, new_job_id
+from orchestrator.stage_client import StageCallError, StageClient
+from orchestrator.validation import check_against_stage, check_request
+from serving.errors import InvalidArgument, NotFound
+from serving.logging import get_logger
+from serving.storage import ObjectStore
+from stageflow.v1 import common_pb2, orchestrator_pb2, stage_pb2
+
+Job = orchestrator_pb2.Job
+StageRun = orchestrator_pb2.StageRun
+WatchJobResponse = orchestrator_pb2.WatchJobResponse
+
+TERMINAL = frozenset(
+    {
+        orchestrator_pb2.JOB_STATE_SUCCEEDED,
+        orchestrator_pb2.JOB_STATE_FAILED,
+        orchestrator_pb2.JOB_STATE_CANCELLED,
+    }
+)
+DEFAULT_PAGE_SIZE = 50
+MAX_PAGE_SIZE = 1000
+# A stage may be redeployed with another model; re-ask for its limits now and then.
+DESCRIBE_TTL_SECONDS = 60.0
+
+log = get_logger(__name__)
+
+
+class RunnerSettings(Protocol):
+    """The part of OrchestratorSettings the runner reads."""
+
+    output_prefix: str
+    stage_timeout_seconds: float
+    max_running_jobs: int
+    final_url_expiry_seconds: int
+
+
+def _now() -> Timestamp:
+    ts = Timestamp()
+    ts.GetCurrentTime()
+    return ts
+
+
+def _touch(job: Job) -> None:
+    job.updated_at.CopyFrom(_now())
+
+
+def _copy(job: Job) -> Job:
+    out = Job()
+    out.CopyFrom(job)
+    return out
+
+
+class JobRunner:
+    def __init__(
+        self,
+        stages: Mapping[str, StageClient],
+        jobs: JobStore,
+        settings: RunnerSettings,
+        store: ObjectStore | None = None,
+        *,
+        pipeline: Sequence[str] = DEFAULT_PIPELINE,
+    ) -> None:
+        missing = [name for name in pipeline if name not in stages]
+        if not pipeline or missing:
+            raise ValueError(f"pipeline {list(pipeline)} needs a client for each stage: {missing}")
+        self._stages = dict(stages)
+        self._jobs = jobs
+        self._settings = settings
+        self._store = store
+        self._pipeline = tuple(pipeline)
+        self._slots = asyncio.Semaphore(settings.max_running_jobs)
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._live: dict[str, Job] = {}  # jobs with a task; fresher than the DB (step counts)
+        self._subscribers: dict[str, set[asyncio.Queue[WatchJobResponse]]] = {}
+        self._cancelling: set[str] = set()
+        self._describes: dict[str, tuple[float, stage_pb2.DescribeResponse]] = {}
+
+    # --- lifecycle ----------------------------------------------------------
+
+    async def start(self) -> None:
+        """Resume jobs left QUEUED or RUNNING by a previous process, from their
+        first stage that has not succeeded (finished stages are not recomputed)."""
+        for job in await self._jobs.unfinished():
+            if job.job_id in self._tasks:
+                continue
+            for run in job.stages:
+                if run.state != orchestrator_pb2.STAGE_STATE_SUCCEEDED:
+                    run.state = orchestrator_pb2.STAGE_STATE_PENDING
+                    run.step = run.total_steps = 0
+                    run.error = ""
+            job.state = orchestrator_pb2.JOB_STATE_QUEUED
+            log.info("job.resume", job_id=job.job_id)
+            self._start_task(job)
+
+    async def close(self) -> None:
+        """Stop running jobs without marking them: the next start() resumes them."""
+        tasks = list(self._tasks.values())
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    # --- API ------------------------------------------------------------------
+
+    async def submit(self, request: orchestrator_pb2.SubmitJobRequest) -> Job:
+        """Validate, persist QUEUED and start the job; a repeated request_id returns
+        the first job. Raises InvalidArgument naming the offending field."""
+        check_request(request)
+        job_id = new_job_id()
+        runs = {
+            name: build_run_request(
+                name, request, job_id=job_id, output_prefix=self._settings.output_prefix
+            )
+            for name in self._pipeline
+        }
+        await self._check_against_stages(request, runs)
+        now = _now()
+        job = Job(
+            job_id=job_id,
+            state=orchestrator_pb2.JOB_STATE_QUEUED,
+            bundle=request.bundle,
+            prompt=compose_prompt(request.bundle),
+            seed=request.seed,
+            width=request.width,
+            height=request.height,
+            stages=[
+                StageRun(stage=name, state=orchestrator_pb2.STAGE_STATE_PENDING, request=runs[name])
+                for name in self._pipeline
+            ],
+            created_at=now,
+            updated_at=now,
+            request=request,
+        )
+        stored, created = await self._jobs.create(job, request.request_id)
+        if not created:
+            live = self._live.get(stored.job_id)
+            return _copy(live) if live is not None else stored
+        log.info("job.submitted", job_id=job_id, idempotency_key=request.request_id)
+        self._start_task(job)
+        return _copy(job)
+
+    async def get(self, job_id: str) -> Job:
+        if not job_id:
+            raise InvalidArgument("job_id", "must not be empty")
+        live = self._live.get(job_id)
+        if live is not None:
+            return _copy(live)
+        job = await self._jobs.get(job_id)
+        if job is None:
+            raise NotFound(f"job {job_id!r} not found")
+        return job
+
+    async def list_jobs(
+        self,
+        page_size: int = DEFAULT_PAGE_SIZE,
+        state: orchestrator_pb2.JobState = orchestrator_pb2.JOB_STATE_UNSPECIFIED,
+    ) -> list[Job]:
+        """Newest first; only jobs in `state` unless it is UNSPECIFIED."""
+        if not 1 <= page_size <= MAX_PAGE_SIZE:
+            raise InvalidArgument("page_size", f"must be in [1, {MAX_PAGE_SIZE}], got {page_size}")
+        wanted = None if state == orchestrator_pb2.JOB_STATE_UNSPECIFIED else state
+        jobs = await self._jobs.list_jobs(page_size, wanted)
+        return [_copy(self._live[j.job_id]) if j.job_id in self._live else j for j in jobs]
+
+    async def cancel(self, job_id: str) -> Job:
+        """Cancel the job and its running stage call; a finished job is returned unchanged."""
+        task = self._tasks.get(job_id)
+        if task is None:
+            job = await self.get(job_id)
+            if job.state in UNFINISHED:  # stored unfinished but not resumed yet
+                await self._mark_cancelled(job)
+            return job
+        if job_id not in self._cancelling:
+            self._cancelling.add(job_id)
+            task.cancel()
+        # Shielded from our own caller's cancellation: the task finishes regardless.
+        await asyncio.wait({task})
+        return await self.get(job_id)
+
+    async def watch(self, job_id: str) -> AsyncIterator[WatchJobResponse]:
+        """The snapshot, then every event, ending with `finished`."""
+        queue: asyncio.Queue[WatchJobResponse] = asyncio.Queue()
+        # Subscribe before reading the snapshot: an event in between is seen
+        # (at worst twice), never lost.
+        self._subscribers.setdefault(job_id, set()).add(queue)
+        try:
+            job = await self.get(job_id)
+            yield WatchJobResponse(job_id=job_id, snapshot=job)
+            if job.state in TERMINAL:
+                yield WatchJobResponse(job_id=job_id, finished=job)
+                return
+            while True:
+                event = await queue.get()
+                yield event
+                if event.WhichOneof("event") == "finished":
+                    return
+        finally:
+            subscribers = self._subscribers.get(job_id)
+            if subscribers is not None:
+                subscribers.discard(queue)
+                if not subscribers:
+                    del self._subscribers[job_id]
+
+    # --- submit-time checks ---------------------------------------------------
+
+    async def _check_against_stages(
+        self,
+        request: orchestrator_pb2.SubmitJobRequest,
+        runs: Mapping[str, stage_pb2.RunRequest],
+    ) -> None:
+        descs = await asyncio.gather(*(self._describe(name) for name in self._pipeline))
+        for name, desc in zip(self._pipeline, descs, strict=True):
+            if desc is not None:
+                check_against_stage(name, runs[name], desc, request)
+
+    async def _describe(self, stage: str) -> stage_pb2.DescribeResponse | None:
+        """The stage's cached Describe, or None when it cannot be reached (it
+        then validates the request itself when the job gets there)."""
+        cached = self._describes.get(stage)
+        if cached is not None and time.monotonic() - cached[0] < DESCRIBE_TTL_SECONDS:
+            return cached[1]
+        try:
+            desc = await self._stages[stage].describe()
+        except StageCallError as err:
+            log.info("stage.describe_failed", stage=stage, error=str(err))
+            return None
+        self._describes[stage] = (time.monotonic(), desc)
+        return desc
+
+    # --- running --------------------------------------------------------------
+
+    def _start_task(self, job: Job) -> None:
+        job_id = job.job_id
+        self._live[job_id] = job
+        # A fresh context: the task must not inherit the submitting call's log
+        # context (its request id and method) for the rest of the job's life.
+        task = asyncio.create_task(
+            self._run_job(job), name=f"job {job_id}", context=contextvars.Context()
+        )
+        self._tasks[job_id] = task
+        task.add_done_callback(lambda _: self._tasks.pop(job_id, None))
+
+    async def _run_job(self, job: Job) -> None:
+        job_id = job.job_id
+        try:
+            async with self._slots:
+                await self._execute(job)
+        except asyncio.CancelledError:
+            if job_id not in self._cancelling:
+                raise  # shutdown: the stored state stays unfinished and is resumed
+            current = asyncio.current_task()
+            if current is not None:
+                current.uncancel()
+            await self._mark_cancelled(job)
+        except Exception as err:  # a bug or a broken store: fail the job, keep serving
+            log.exception("job.internal_error", job_id=job_id)
+            await self._finish_failed(job, None, f"internal error: {err}")
+        finally:
+            self._live.pop(job_id, None)
+            self._cancelling.discard(job_id)
+
+    async def _execute(self, job: Job) -> None:
+        job.state = orchestrator_pb2.JOB_STATE_RUNNING
+        await self._persist(job)
+        upstream: common_pb2.ArtifactRef | None = None
+        for run in job.stages:
+            if run.state != orchestrator_pb2.STAGE_STATE_SUCCEEDED:
+                try:
+                    await self._run_stage(job, run, upstream)
+                except StageCallError as err:
+                    await self._finish_failed(job, run, str(err))
+                    return
+            upstream = run.output
+        assert upstream is not None  # the pipeline is never empty
+        await self._finish_succeeded(job, upstream)
+
+    async def _run_stage(
+        self, job: Job, run: StageRun, upstream: common_pb2.ArtifactRef | None
+    ) -> None:
+        request = run.request if upstream is None else with_input(run.request, upstream)
+        run.request.CopyFrom(request)
+        run.state = orchestrator_pb2.STAGE_STATE_RUNNING
+        await self._persist(job)
+        self._publish(job.job_id, stage_started=orchestrator_pb2.StageStarted(stage=run.stage))
+        log.info("stage.started", job_id=job.job_id, stage=run.stage)
+
+        metadata = [("x-job-id", job.job_id), ("x-request-id", request.request_id)]
+        result: stage_pb2.StageResult | None = None
+        # Read the stream to its end (rather than break at the result) so the
+        # call completes and the client generator closes now, not at GC.
+        async for response in self._stages[run.stage].run(
+            request, timeout=self._settings.stage_timeout_seconds, metadata=metadata
+        ):
+            if response.WhichOneof("event") == "progress":
+                run.step = response.progress.step
+                run.total_steps = response.progress.total_steps
+                self._publish(
+                    job.job_id,
+                    stage_progress=orchestrator_pb2.StageProgress(
+                        stage=run.stage, step=run.step, total_steps=run.total_steps
+                    ),
+                )
+            elif response.WhichOneof("event") == "result":
+                result = response.result
+        if result is None:
+            raise StageCallError("INTERNAL", "the stage's stream ended without a result")
+
+        run.output.CopyFrom(result.output)
+        run.model.CopyFrom(result.model)
+        run.timing.CopyFrom(result.timing)
+        run.state = orchestrator_pb2.STAGE_STATE_SUCCEEDED
+        await self._persist(job)
+        self._publish(job.job_id, stage_finished=orchestrator_pb2.StageFinished(run=run))
+        log.info(
+            "stage.succeeded",
+            job_id=job.job_id,
+            stage=run.stage,
+            output=run.output.key,
+            total_ms=run.timing.total_ms,
+        )
+
+    async def _finish_succeeded(self, job: Job, final: common_pb2.ArtifactRef) -> None:
+        job.final.CopyFrom(final)
+        if self._store is not None:
+            expiry = timedelta(seconds=self._settings.final_url_expiry_seconds)
+            try:
+                job.final_url = await asyncio.to_thread(self._store.url, final.key, expiry)
+            except Exception:  # the image exists; a missing URL must not fail the job
+                log.exception("job.final_url_failed", job_id=job.job_id, key=final.key)
+        job.state = orchestrator_pb2.JOB_STATE_SUCCEEDED
+        await self._persist(job)
+        self._publish(job.job_id, finished=job)
+        log.info("job.succeeded", job_id=job.job_id, final=final.key)
+
+    async def _finish_failed(self, job: Job, run: StageRun | None, error: str) -> None:
+        failed = [run] if run is not None else self._running_stages(job)
+        for stage_run in failed:
+            stage_run.state = orchestrator_pb2.STAGE_STATE_FAILED
+            stage_run.error = error
+        job.state = orchestrator_pb2.JOB_STATE_FAILED
+        names = ", ".join(r.stage for r in failed)
+        job.error = f"stage {names} failed: {error}" if names else error
+        await self._persist(job)
+        for stage_run in failed:
+            self._publish(job.job_id, stage_finished=orchestrator_pb2.StageFinished(run=stage_run))
+        self._publish(job.job_id, finished=job)
+        log.warning("job.failed", job_id=job.job_id, error=job.error)
+
+    async def _mark_cancelled(self, job: Job) -> None:
+        if job.state in TERMINAL:
+            # It finished before the cancellation landed: keep that outcome.
+            await self._persist(job)
+            self._publish(job.job_id, finished=job)
+            return
+        cancelled = self._running_stages(job)
+        for stage_run in cancelled:
+            stage_run.state = orchestrator_pb2.STAGE_STATE_CANCELLED
+            stage_run.error = "CANCELLED: the job was cancelled"
+        job.state = orchestrator_pb2.JOB_STATE_CANCELLED
+        job.error = "cancelled by the caller"
+        await self._persist(job)
+        for stage_run in cancelled:
+            self._publish(job.job_id, stage_finished=orchestrator_pb2.StageFinished(run=stage_run))
+        self._publish(job.job_id, finished=job)
+        log.info("job.cancelled", job_id=job.job_id)
+
+    @staticmethod
+    def _running_stages(job: Job) -> list[StageRun]:
+        return [r for r in job.stages if r.state == orchestrator_pb2.STAGE_STATE_RUNNING]
+
+    async def _persist(self, job: Job) -> None:
+        _touch(job)
+        await self._jobs.update(job)
+
+    def _publish(self, job_id: str, **event: Any) -> None:
+        subscribers = self._subscribers.get(job_id)
+        if not subscribers:
+            return
+        message = WatchJobResponse(job_id=job_id, **event)  # copies: later mutation is not seen
+        for queue in subscribers:
+            queue.put_nowait(message)

@@ -1,0 +1,40 @@
+"""Settings of the orchestrator process: built once at start-up from env and flags."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+
+from serving.settings import CommonSettings
+
+
+class OrchestratorSettings(CommonSettings):
+    """Where the stages are, where job state lives, and the limits on running jobs."""
+
+    port: int = Field(50051, ge=0, le=65535, description="Port to listen on; 0 picks a free one.")
+    base_address: str = Field(
+        "127.0.0.1:50061", description="host:port of the base (txt2img) stage."
+    )
+    refine_address: str = Field(
+        "127.0.0.1:50062", description="host:port of the refine (img2img/inpaint) stage."
+    )
+    upscale_address: str = Field(
+        "127.0.0.1:50063", description="host:port of the upscale (super-resolution) stage."
+    )
+    db_path: Path = Field(
+        Path("var/orchestrator.sqlite"),
+        description="SQLite file holding job state; its folder is created when missing.",
+    )
+    output_prefix: str = Field(
+        "artifacts", description="Object-store key prefix under which stages write outputs."
+    )
+    stage_timeout_seconds: float = Field(
+        600.0, gt=0, description="Deadline of each stage call, in seconds."
+    )
+    max_running_jobs: int = Field(
+        4, ge=1, description="Jobs running at once; later jobs wait QUEUED for a slot."
+    )
+    final_url_expiry_seconds: int = Field(
+        3600, ge=1, description="Lifetime of the presigned URL of a job's final image."
+    )

@@ -1,0 +1,108 @@
+"""How the orchestrator talks to a stage: a small interface and its gRPC client.
+
+The runner depends only on `StageClient`, so it is tested against fakes
+(as vLLM's entrypoints depend on `EngineClient`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+from typing import Protocol
+
+import grpc
+
+from serving.channels import client_channel
+from serving.errors import StageflowError
+from stageflow.v1 import stage_pb2, stage_pb2_grpc
+
+DEFAULT_MAX_MESSAGE_BYTES = 16 * 1024 * 1024
+
+
+class StageCallError(StageflowError):
+    """A stage call ended with a non-OK status; `code` is the status name."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+    def __str__(self) -> str:
+        return f"{self.code}: {self.message}"
+
+
+class StageClient(Protocol):
+    def run(
+        self,
+        request: stage_pb2.RunRequest,
+        *,
+        timeout: float | None,
+        metadata: Sequence[tuple[str, str]],
+    ) -> AsyncIterator[stage_pb2.RunResponse]:
+        """Progress events, then exactly one result. Raises StageCallError.
+        Cancelling the consuming task cancels the call."""
+        ...
+
+    async def describe(self) -> stage_pb2.DescribeResponse:
+        """The stage's model, size limits and parameter ranges. Raises StageCallError."""
+        ...
+
+    async def close(self) -> None: ...
+
+
+class GrpcStageClient:
+    """StageClient over one grpc.aio channel.
+
+    The channel is opened on first use, so the client can be built outside the
+    event loop that will use it.
+    """
+
+    def __init__(
+        self,
+        address: str,
+        max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+        *,
+        describe_timeout: float = 5.0,
+    ) -> None:
+        self.address = address
+        self._max_message_bytes = max_message_bytes
+        self._describe_timeout = describe_timeout
+        self._channel: grpc.aio.Channel | None = None
+        self._stub: stage_pb2_grpc.StageServiceStub | None = None
+
+    def _get_stub(self) -> stage_pb2_grpc.StageServiceStub:
+        if self._stub is None:
+            self._channel = client_channel(self.address, max_message_bytes=self._max_message_bytes)
+            self._stub = stage_pb2_grpc.StageServiceStub(self._channel)
+        return self._stub
+
+    async def run(
+        self,
+        request: stage_pb2.RunRequest,
+        *,
+        timeout: float | None,  # noqa: ASYNC109 -- a gRPC deadline the stage itself honours
+        metadata: Sequence[tuple[str, str]],
+    ) -> AsyncIterator[stage_pb2.RunResponse]:
+        call = self._get_stub().Run(request, timeout=timeout, metadata=tuple(metadata))
+        try:
+            async for response in call:
+                yield response
+        except grpc.aio.AioRpcError as err:
+            raise StageCallError(err.code().name, err.details() or "") from err
+        finally:
+            # Reached on task cancellation and on early close by the consumer:
+            # the stage must stop its denoising loop, not run on for nobody.
+            call.cancel()
+
+    async def describe(self) -> stage_pb2.DescribeResponse:
+        try:
+            response: stage_pb2.DescribeResponse = await self._get_stub().Describe(
+                stage_pb2.DescribeRequest(), timeout=self._describe_timeout
+            )
+        except grpc.aio.AioRpcError as err:
+            raise StageCallError(err.code().name, err.details() or "") from err
+        return response
+
+    async def close(self) -> None:
+        if self._channel is not None:
+            await self._channel.close()
+            self._channel = None
+            self._stub = None

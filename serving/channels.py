@@ -1,0 +1,29 @@
+"""Client channels with the same explicit limits the servers use."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import grpc
+
+MiB = 1024 * 1024
+
+
+def client_channel(
+    address: str,
+    max_message_bytes: int = 16 * MiB,
+    interceptors: Sequence[grpc.aio.ClientInterceptor] = (),
+) -> grpc.aio.Channel:
+    """An insecure grpc.aio channel to ``host:port``.
+
+    gRPC's default receive limit is 4 MiB; both directions are set here so a
+    large message fails the same way on either side.
+    """
+    return grpc.aio.insecure_channel(
+        address,
+        options=[
+            ("grpc.max_send_message_length", max_message_bytes),
+            ("grpc.max_receive_message_length", max_message_bytes),
+        ],
+        interceptors=list(interceptors) or None,
+    )

@@ -1,0 +1,172 @@
+"""The one way a stageflow process serves gRPC.
+
+`serve()` adds what every process needs around its own services: the error
+interceptor, explicit message limits, grpc.health.v1, reflection (so grpcurl
+can list and call everything), a port file for port-0 launches, and a graceful
+drain on SIGTERM/SIGINT.
+
+Health is NOT_SERVING from bind until `startup()` (e.g. model load) returns,
+SERVING after, and NOT_SERVING again as soon as shutdown begins.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import tempfile
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health as grpc_health
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from serving.interceptors import ErrorInterceptor
+from serving.logging import get_logger
+from serving.settings import CommonSettings
+
+log = get_logger(__name__)
+
+_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
+@dataclass
+class Service:
+    """A service to serve: its full proto name (for health and reflection)
+    and a function adding its servicer, e.g.
+    ``lambda s: stage_pb2_grpc.add_StageServiceServicer_to_server(servicer, s)``."""
+
+    name: str
+    register: Callable[[grpc.aio.Server], None]
+
+
+def write_port_file(path: Path, port: int) -> None:
+    """Write atomically, so a launcher polling the file never reads half a number."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    with os.fdopen(fd, "w") as f:
+        f.write(f"{port}\n")
+    os.replace(tmp, path)
+
+
+async def serve(
+    services: list[Service],
+    settings: CommonSettings,
+    *,
+    startup: Callable[[], Awaitable[None]] | None = None,
+    shutdown: Callable[[], Awaitable[None]] | None = None,
+    interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
+) -> None:
+    """Serve until SIGTERM/SIGINT (or until this task is cancelled), then drain.
+
+    Raises when the address cannot be bound or `startup` fails. Once the
+    server has started, `shutdown` always runs on the way out, after in-flight
+    calls drained (so it must cope with a `startup` that did not finish).
+    """
+    limit = settings.max_message_bytes
+    server = grpc.aio.server(
+        interceptors=[ErrorInterceptor(), *interceptors],
+        options=[
+            ("grpc.max_send_message_length", limit),
+            ("grpc.max_receive_message_length", limit),
+            # grpc sets SO_REUSEPORT by default on Linux: a second server on
+            # the same port would bind quietly and steal half the calls.
+            ("grpc.so_reuseport", 0),
+        ],
+    )
+    health = grpc_health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health, server)
+    for service in services:
+        service.register(server)
+    names = [s.name for s in services]
+    reflection.enable_server_reflection(
+        [*names, grpc_health.SERVICE_NAME, reflection.SERVICE_NAME], server
+    )
+
+    host = settings.host
+    if ":" in host and not host.startswith("["):
+        host = f"[{host}]"  # an IPv6 literal
+    address = f"{host}:{settings.port}"
+    try:
+        port = server.add_insecure_port(address)
+    except RuntimeError as e:  # grpc raises on a port in use
+        raise OSError(f"cannot listen on {address}: {e}") from e
+    if port == 0:
+        raise OSError(f"cannot listen on {address}")
+    for name in ["", *names]:
+        await health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+
+    await server.start()
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    installed = _install_signal_handlers(loop, stop)
+    phase = "startup"
+    try:
+        if settings.port_file:
+            write_port_file(settings.port_file, port)
+        log.info("listening", address=f"{host}:{port}", services=names)
+        if startup is not None and not await _until_stopped(startup(), stop):
+            log.info("stop requested during startup")
+            return
+        for name in ["", *names]:
+            await health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        log.info("serving", address=f"{host}:{port}")
+        phase = "serve"
+        await stop.wait()
+        log.info("draining", grace_seconds=settings.grace_seconds)
+    except asyncio.CancelledError:
+        log.info("cancelled; draining", grace_seconds=settings.grace_seconds)
+        raise
+    except Exception:
+        log.exception(f"{phase} failed")
+        raise
+    finally:
+        # Order matters: stop advertising first, so balancers move new calls
+        # elsewhere, then let in-flight calls finish, then release the model.
+        await health.enter_graceful_shutdown()
+        await server.stop(settings.grace_seconds)
+        if shutdown is not None:
+            try:
+                await shutdown()
+            except Exception:
+                log.exception("shutdown failed")
+        if settings.port_file:
+            settings.port_file.unlink(missing_ok=True)
+        for sig in installed:
+            loop.remove_signal_handler(sig)
+        log.info("stopped")
+
+
+def _install_signal_handlers(
+    loop: asyncio.AbstractEventLoop, stop: asyncio.Event
+) -> list[signal.Signals]:
+    installed = []
+    for sig in _SIGNALS:
+        # Only possible in the main thread; elsewhere (some test runners) the
+        # caller stops serve() by cancelling its task instead.
+        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+            loop.add_signal_handler(sig, stop.set)
+            installed.append(sig)
+    return installed
+
+
+async def _until_stopped(work: Awaitable[None], stop: asyncio.Event) -> bool:
+    """Await `work` unless `stop` is set first; True when `work` finished."""
+    task = asyncio.ensure_future(work)
+    stopper = asyncio.ensure_future(stop.wait())
+    try:
+        await asyncio.wait({task, stopper}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stopper.cancel()
+        if not task.done():
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+    if task.cancelled():
+        return False
+    task.result()  # re-raises what startup raised
+    return True

@@ -1,0 +1,186 @@
+"""One settings object per process, built once at start-up.
+
+Sources, highest first: command-line flags (``--store-url VALUE``), the
+environment (``STAGEFLOW_STORE_URL``), the service's own defaults (passed to
+`load_settings`), then the field defaults below. Nothing reads these per
+request.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any, TypeVar
+
+from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, EnvSettingsSource, SettingsConfigDict
+
+from serving.storage import ObjectStore, open_store
+
+MiB = 1024 * 1024
+
+
+class CommonSettings(BaseSettings):
+    """What every stageflow process needs."""
+
+    model_config = SettingsConfigDict(env_prefix="STAGEFLOW_", extra="forbid")
+
+    host: str = Field(default="127.0.0.1", description="Address to listen on; 0.0.0.0 for all.")
+    port: int = Field(
+        default=0, ge=0, le=65535, description="Port to listen on; 0 picks a free one."
+    )
+    port_file: Path | None = Field(
+        default=None,
+        description="Write the bound port here (atomically) once listening, so a "
+        "launcher can find a port-0 server; removed on exit.",
+    )
+    log_level: str = Field(default="INFO", description="DEBUG, INFO, WARNING, ERROR or CRITICAL.")
+    log_json: bool = Field(
+        default=False, description="JSON lines on stderr instead of console text."
+    )
+    grace_seconds: float = Field(
+        default=10.0,
+        ge=0,
+        description="On SIGTERM, how long in-flight calls may run before they are "
+        "cancelled; keep it below the pod's terminationGracePeriodSeconds.",
+    )
+    max_message_bytes: int = Field(
+        default=16 * MiB, gt=0, description="Largest gRPC message sent or received, in bytes."
+    )
+    store_url: str = Field(
+        default="var/store",
+        description="Object store: a folder path (relative to the working directory), "
+        "file:///abs/path, or s3://bucket?endpoint=http://host:port.",
+    )
+    s3_access_key: str = Field(default="", description="S3 access key (s3:// stores).")
+    s3_secret_key: SecretStr = Field(
+        default=SecretStr(""), description="S3 secret key (s3:// stores)."
+    )
+    s3_region: str = Field(default="", description="S3 region; empty asks the server.")
+
+    @field_validator("log_level")
+    @classmethod
+    def _known_level(cls, value: str) -> str:
+        level = value.upper()
+        if level not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
+            raise ValueError("must be DEBUG, INFO, WARNING, ERROR or CRITICAL")
+        return level
+
+    def open_store(self) -> ObjectStore:
+        return open_store(
+            self.store_url,
+            access_key=self.s3_access_key,
+            secret_key=self.s3_secret_key.get_secret_value(),
+            region=self.s3_region,
+        )
+
+
+class StageSettings(CommonSettings):
+    """A stage process: one model behind the shared stage servicer."""
+
+    model_family: str = Field(description="Registry name of the StageModel class to load.")
+    model_path: Path = Field(description="Folder holding the model's files.")
+    model_name: str | None = Field(
+        default=None, description="Name reported by Describe; defaults to the model's own."
+    )
+    model_version: str = Field(default="1", description="Version reported by Describe.")
+    device: str = Field(default="cpu", description="Torch device, e.g. cpu or cuda:0.")
+    torch_threads: int = Field(
+        default=0, ge=0, description="torch intra-op threads; 0 keeps the library default."
+    )
+    max_concurrency: int = Field(default=1, ge=1, description="Calls computing at the same time.")
+    max_queue: int = Field(
+        default=16, ge=0, description="Calls allowed to wait; beyond this, RESOURCE_EXHAUSTED."
+    )
+    output_prefix: str = Field(
+        default="artifacts", description="Key prefix for outputs when a request names none."
+    )
+    max_side: int = Field(default=1024, ge=1, description="Largest accepted image side, in pixels.")
+
+
+T = TypeVar("T", bound=BaseSettings)
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off"}
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _usage(cls: type[BaseSettings]) -> str:
+    prefix = cls.model_config.get("env_prefix", "")
+    lines = [f"usage: {Path(sys.argv[0]).name} [options]", "", "options (or environment):"]
+    for name, info in cls.model_fields.items():
+        arg = "" if info.annotation is bool else " VALUE"
+        default = " (required)" if info.is_required() else f" (default: {info.default})"
+        if name.endswith("secret_key"):
+            default = ""
+        lines.append(f"  {_flag(name)}{arg}  [{prefix}{name.upper()}]")
+        lines.append(f"      {info.description or ''}{default}")
+    return "\n".join(lines)
+
+
+def _fail(message: str) -> SystemExit:
+    prog = Path(sys.argv[0]).name
+    print(f"{prog}: error: {message}\n{prog} --help lists the options.", file=sys.stderr)
+    return SystemExit(2)
+
+
+def _parse_flags(cls: type[BaseSettings], argv: list[str]) -> dict[str, Any]:
+    """``--name value``, ``--name=value``; a bool also as ``--name`` / ``--no-name``."""
+    fields = {_flag(name): name for name in cls.model_fields}
+    values: dict[str, Any] = {}
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        i += 1
+        if arg in ("-h", "--help"):
+            print(_usage(cls))
+            raise SystemExit(0)
+        flag, eq, inline = arg.partition("=")
+        negated = flag.startswith("--no-") and fields.get("--" + flag[5:]) is not None
+        name = fields.get("--" + flag[5:]) if negated else fields.get(flag)
+        if name is None:
+            raise _fail(f"unknown option {arg!r}")
+        if cls.model_fields[name].annotation is bool:
+            if negated:
+                values[name] = False
+            elif eq:
+                values[name] = inline
+            elif i < len(argv) and argv[i].lower() in _TRUE | _FALSE:
+                values[name] = argv[i]
+                i += 1
+            else:
+                values[name] = True
+        elif eq:
+            values[name] = inline
+        elif i < len(argv):
+            values[name] = argv[i]
+            i += 1
+        else:
+            raise _fail(f"option {flag} needs a value")
+    return values
+
+
+def load_settings(cls: type[T], argv: list[str] | None = None, **defaults: Any) -> T:
+    """Build settings from flags > environment > `defaults` > field defaults.
+
+    `argv` defaults to ``sys.argv[1:]``. A bad flag or value exits with
+    status 2 and a usage message naming the flag and its variable.
+    """
+    flags = _parse_flags(cls, sys.argv[1:] if argv is None else argv)
+    env = EnvSettingsSource(cls)()
+    try:
+        # Init values outrank the environment in pydantic-settings, so the
+        # merge below is the whole precedence order.
+        return cls(**{**defaults, **env, **flags})
+    except ValidationError as e:
+        prefix = cls.model_config.get("env_prefix", "")
+        problems = [
+            f"{_flag(str(err['loc'][0]))} / {prefix}{str(err['loc'][0]).upper()}: {err['msg']}"
+            if err["loc"]
+            else err["msg"]
+            for err in e.errors()
+        ]
+        raise _fail("; ".join(problems)) from None

@@ -1,0 +1,195 @@
+"""The one StageService implementation every stage process shares.
+
+It validates, reads inputs from the object store, runs the `StageModel` in a
+worker thread while streaming its progress, and writes the output back. The
+model never sees gRPC; this module never imports torch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
+
+import grpc
+from PIL import Image
+
+from inference.interface import StageInputs, StageModel, StageParams
+from serving import stage_codec
+from serving.artifacts import Artifact, get_artifact, put_artifact
+from serving.errors import InvalidArgument
+from serving.images import decode_image, encode_png
+from serving.logging import get_logger
+from serving.slots import ExecutionSlots
+from serving.storage import ObjectStore
+from stageflow.v1 import common_pb2, stage_pb2, stage_pb2_grpc
+
+log = get_logger(__name__)
+
+_DONE = object()
+
+
+def _ms(start: float, end: float) -> float:
+    return (end - start) * 1000.0
+
+
+class _CallCancellation:
+    """Cancellation as the worker thread sees it: the call went away or the
+    caller's deadline passed. Checked by the model between steps."""
+
+    def __init__(self, time_remaining: float | None) -> None:
+        self._event = threading.Event()
+        self._deadline = None if time_remaining is None else time.monotonic() + time_remaining
+
+    def set(self) -> None:
+        self._event.set()
+
+    def __call__(self) -> bool:
+        if self._event.is_set():
+            return True
+        return self._deadline is not None and time.monotonic() >= self._deadline
+
+
+class StageServicer(stage_pb2_grpc.StageServiceServicer):
+    def __init__(
+        self,
+        model: StageModel,
+        store: ObjectStore,
+        *,
+        max_concurrency: int = 1,
+        max_queue: int = 16,
+        output_prefix: str = "artifacts",
+    ) -> None:
+        self._model = model
+        self._store = store
+        self._slots = ExecutionSlots(max_concurrency, max_queue)
+        self._executor = ThreadPoolExecutor(max_concurrency, thread_name_prefix="stage")
+        self._max_concurrency = max_concurrency
+        self._max_queue = max_queue
+        self._output_prefix = output_prefix
+        self.ready = False
+
+    async def Describe(
+        self, request: stage_pb2.DescribeRequest, context: grpc.aio.ServicerContext
+    ) -> stage_pb2.DescribeResponse:
+        return stage_codec.describe_response(
+            self._model.describe(),
+            ready=self.ready,
+            max_concurrency=self._max_concurrency,
+            max_queue=self._max_queue,
+        )
+
+    async def Run(
+        self, request: stage_pb2.RunRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[stage_pb2.RunResponse]:
+        started = time.perf_counter()
+        params = stage_codec.params_from_request(request)
+        self._model.validate(params)
+        await self._slots.acquire()
+        cancellation = _CallCancellation(context.time_remaining())
+        try:
+            queued = time.perf_counter()
+            inputs = await asyncio.to_thread(self._load_inputs, request)
+            self._model.validate_inputs(params, inputs)
+            loaded = time.perf_counter()
+            image = None
+            async for event in self._compute(params, inputs, cancellation, started):
+                if isinstance(event, Image.Image):
+                    image = event
+                else:
+                    yield event
+            assert image is not None
+            computed = time.perf_counter()
+            artifact = await asyncio.to_thread(self._store_output, image)
+            stored = time.perf_counter()
+        finally:
+            cancellation.set()
+        timing = common_pb2.Timing(
+            queue_ms=_ms(started, queued),
+            load_inputs_ms=_ms(queued, loaded),
+            compute_ms=_ms(loaded, computed),
+            store_output_ms=_ms(computed, stored),
+            total_ms=_ms(started, stored),
+        )
+        log.info(
+            "run.done",
+            job_id=request.job_id,
+            output=artifact.key,
+            **{k: round(v, 1) for k, v in _fields(timing)},
+        )
+        yield stage_pb2.RunResponse(
+            result=stage_pb2.StageResult(
+                output=stage_codec.artifact_ref(artifact),
+                model=stage_codec.model_info(self._model.describe().identity),
+                timing=timing,
+                width=image.width,
+                height=image.height,
+            )
+        )
+
+    async def _compute(
+        self,
+        params: StageParams,
+        inputs: StageInputs,
+        cancellation: _CallCancellation,
+        started: float,
+    ) -> AsyncIterator[stage_pb2.RunResponse | Image.Image]:
+        """Run the model in a worker thread; yield progress, then the image.
+
+        The execution slot is released when the worker finishes, not when this
+        call ends: a cancelled call keeps its slot until the model has stopped
+        at its next step check, so the stage never runs more than its capacity.
+        """
+        loop = asyncio.get_running_loop()
+        events: asyncio.Queue[tuple[int, int] | object] = asyncio.Queue()
+
+        def progress(step: int, total: int) -> None:
+            loop.call_soon_threadsafe(events.put_nowait, (step, total))
+
+        future = loop.run_in_executor(
+            self._executor, self._model.run, params, inputs, progress, cancellation
+        )
+        future.add_done_callback(lambda _: self._slots.release())
+        future.add_done_callback(lambda _: events.put_nowait(_DONE))
+        future.add_done_callback(_log_worker_end)
+        while (item := await events.get()) is not _DONE:
+            assert isinstance(item, tuple)
+            step, total = item
+            yield stage_pb2.RunResponse(
+                progress=stage_pb2.Progress(
+                    step=step, total_steps=total, elapsed_ms=_ms(started, time.perf_counter())
+                )
+            )
+        yield await future
+
+    def _load_inputs(self, request: stage_pb2.RunRequest) -> StageInputs:
+        return StageInputs(
+            image=self._read_image(request.image, "image") if request.HasField("image") else None,
+            mask=self._read_image(request.mask, "mask") if request.HasField("mask") else None,
+        )
+
+    def _read_image(self, ref: common_pb2.ArtifactRef, field: str) -> Image.Image:
+        if not ref.key:
+            raise InvalidArgument(f"{field}.key", "must not be empty")
+        data = get_artifact(self._store, ref.key, ref.sha256, field=field)
+        return decode_image(data, field=field)
+
+    def _store_output(self, image: Image.Image) -> Artifact:
+        return put_artifact(self._store, encode_png(image), prefix=self._output_prefix)
+
+    def close(self) -> None:
+        self._executor.shutdown(wait=True, cancel_futures=True)
+
+
+def _fields(timing: common_pb2.Timing) -> list[tuple[str, float]]:
+    return [(f.name, getattr(timing, f.name)) for f in timing.DESCRIPTOR.fields]
+
+
+def _log_worker_end(future: asyncio.Future[Image.Image]) -> None:
+    if future.cancelled():
+        return
+    error = future.exception()
+    if error is not None:
+        log.info("run.stopped", error=type(error).__name__, detail=str(error))

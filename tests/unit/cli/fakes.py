@@ -1,0 +1,184 @@
+"""A fake OrchestratorService on a real grpc.aio server, in a background thread.
+
+The CLI under test runs `asyncio.run` in the main thread (as it does for a
+user), so the server needs a loop of its own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import signal
+import threading
+from collections.abc import AsyncIterator
+from pathlib import Path
+from types import TracebackType
+from typing import Self
+
+import grpc
+
+from stageflow.v1 import common_pb2
+from stageflow.v1 import orchestrator_pb2 as pb
+from stageflow.v1 import orchestrator_pb2_grpc as pb_grpc
+
+STAGES = ("base", "refine", "upscale")
+FINAL_BYTES = b"\x89PNG\r\n\x1a\nnot really a png, the client only checks the digest"
+
+
+class FakeOrchestrator(pb_grpc.OrchestratorServiceServicer):
+    """Records requests; `outcome` picks how jobs end.
+
+    outcome: "succeed", "fail" (job FAILED), "bad_digest" (final bytes do not
+    match the recorded sha256) or "interrupt" (sends this process SIGINT after
+    the snapshot, as Ctrl-C would, then waits to be cancelled).
+    """
+
+    def __init__(self, store_dir: Path, outcome: str = "succeed") -> None:
+        self.store_dir = store_dir
+        self.outcome = outcome
+        self.submits: list[pb.SubmitJobRequest] = []
+        self.list_requests: list[pb.ListJobsRequest] = []
+        self.cancels: list[str] = []
+        self.jobs: dict[str, pb.Job] = {}
+
+    async def SubmitJob(
+        self, request: pb.SubmitJobRequest, context: grpc.aio.ServicerContext
+    ) -> pb.SubmitJobResponse:
+        self.submits.append(request)
+        if request.width % 8:
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"width: must be a multiple of 8 in [64, 1024], got {request.width}",
+            )
+        job = pb.Job(
+            job_id=f"job-{len(self.submits)}",
+            state=pb.JOB_STATE_QUEUED,
+            bundle=request.bundle,
+            seed=request.seed,
+            width=request.width,
+            height=request.height,
+            stages=[pb.StageRun(stage=s, state=pb.STAGE_STATE_PENDING) for s in STAGES],
+            request=request,
+        )
+        self.jobs[job.job_id] = job
+        return pb.SubmitJobResponse(job=job)
+
+    async def _job(self, job_id: str, context: grpc.aio.ServicerContext) -> pb.Job:
+        if job_id not in self.jobs:
+            await context.abort(grpc.StatusCode.NOT_FOUND, f"job {job_id!r} not found")
+        return self.jobs[job_id]
+
+    async def WatchJob(
+        self, request: pb.WatchJobRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.WatchJobResponse]:
+        job = await self._job(request.job_id, context)
+        yield pb.WatchJobResponse(job_id=job.job_id, snapshot=job)
+        if self.outcome == "interrupt":
+            os.kill(os.getpid(), signal.SIGINT)
+            await asyncio.sleep(30)  # the client cancels this call long before
+            return
+        for i, stage in enumerate(STAGES):
+            yield pb.WatchJobResponse(job_id=job.job_id, stage_started=pb.StageStarted(stage=stage))
+            for step in (1, 2):
+                progress = pb.StageProgress(stage=stage, step=step, total_steps=2)
+                yield pb.WatchJobResponse(job_id=job.job_id, stage_progress=progress)
+            failed = self.outcome == "fail" and stage == "refine"
+            run = job.stages[i]
+            run.state = pb.STAGE_STATE_FAILED if failed else pb.STAGE_STATE_SUCCEEDED
+            run.step = run.total_steps = 2
+            run.model.CopyFrom(
+                common_pb2.ModelInfo(name=f"tiny-{stage}", version="1", backend="torch")
+            )
+            run.timing.CopyFrom(
+                common_pb2.Timing(
+                    queue_ms=1, load_inputs_ms=2, compute_ms=30, store_output_ms=4, total_ms=37
+                )
+            )
+            if failed:
+                run.error = "RESOURCE_EXHAUSTED: refine queue is full"
+            yield pb.WatchJobResponse(job_id=job.job_id, stage_finished=pb.StageFinished(run=run))
+            if failed:
+                job.state = pb.JOB_STATE_FAILED
+                job.error = "refine: RESOURCE_EXHAUSTED: refine queue is full"
+                yield pb.WatchJobResponse(job_id=job.job_id, finished=job)
+                return
+        path = self.store_dir / f"{job.job_id}.png"
+        path.write_bytes(FINAL_BYTES)
+        digest = hashlib.sha256(FINAL_BYTES).hexdigest()
+        if self.outcome == "bad_digest":
+            digest = "0" * 64
+        job.state = pb.JOB_STATE_SUCCEEDED
+        job.final.CopyFrom(
+            common_pb2.ArtifactRef(key=path.name, sha256=digest, size_bytes=len(FINAL_BYTES))
+        )
+        job.final_url = path.as_uri()
+        yield pb.WatchJobResponse(job_id=job.job_id, finished=job)
+
+    async def GetJob(
+        self, request: pb.GetJobRequest, context: grpc.aio.ServicerContext
+    ) -> pb.GetJobResponse:
+        return pb.GetJobResponse(job=await self._job(request.job_id, context))
+
+    async def ListJobs(
+        self, request: pb.ListJobsRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ListJobsResponse:
+        self.list_requests.append(request)
+        if request.page_size > 500:
+            await context.abort(grpc.StatusCode.INTERNAL, "database is locked")
+        return pb.ListJobsResponse(jobs=list(self.jobs.values())[: request.page_size])
+
+    async def CancelJob(
+        self, request: pb.CancelJobRequest, context: grpc.aio.ServicerContext
+    ) -> pb.CancelJobResponse:
+        job = await self._job(request.job_id, context)
+        self.cancels.append(request.job_id)
+        job.state = pb.JOB_STATE_CANCELLED
+        return pb.CancelJobResponse(job=job)
+
+
+class ServerThread:
+    """Serves a servicer on 127.0.0.1:<free port> from a thread with its own loop."""
+
+    def __init__(self, servicer: FakeOrchestrator) -> None:
+        self.servicer = servicer
+        self.port = 0
+        self._loop = asyncio.new_event_loop()
+        self._stop: asyncio.Event | None = None
+        self._ready = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def _run(self) -> None:
+        asyncio.set_event_loop(self._loop)
+        self._loop.run_until_complete(self._serve())
+        self._loop.close()
+
+    async def _serve(self) -> None:
+        server = grpc.aio.server()
+        pb_grpc.add_OrchestratorServiceServicer_to_server(self.servicer, server)
+        self.port = server.add_insecure_port("127.0.0.1:0")
+        await server.start()
+        self._stop = asyncio.Event()
+        self._ready.set()
+        await self._stop.wait()
+        await server.stop(0)
+
+    def __enter__(self) -> Self:
+        self._thread.start()
+        if not self._ready.wait(10):
+            raise RuntimeError("fake orchestrator did not start")
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        assert self._stop is not None
+        self._loop.call_soon_threadsafe(self._stop.set)
+        self._thread.join(10)

@@ -1,0 +1,38 @@
+"""The registry: names to classes, cheap to import."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from inference import registry
+from inference.interface import StageKind
+
+
+def test_families_map_to_stage_kinds() -> None:
+    kinds = {name: cls.kind for name, cls in registry.MODEL_FAMILIES.items()}
+    assert kinds == {
+        "sd-txt2img": StageKind.TXT2IMG,
+        "sd-refine": StageKind.REFINE,
+        "esrgan": StageKind.UPSCALE,
+    }
+
+
+def test_unknown_family_names_the_known_ones(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="esrgan, sd-refine, sd-txt2img"):
+        registry.create_model("sdxl", tmp_path)
+
+
+def test_create_model_constructs_without_loading(tmp_path: Path) -> None:
+    model = registry.create_model("esrgan", tmp_path / "nowhere", name="up", torch_threads=1)
+    assert type(model).__name__ == "EsrganUpscaler"
+    with pytest.raises(FileNotFoundError):
+        model.load()
+
+
+def test_import_does_not_pull_torch() -> None:
+    code = "import sys, inference.registry; assert 'torch' not in sys.modules, 'torch imported'"
+    subprocess.run([sys.executable, "-c", code], check=True)

@@ -1,0 +1,124 @@
+"""Upscale stage: tiling matches whole-image inference, Lanczos is Pillow's."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from inference.interface import StageInputs, UpscaleMode, UpscaleParams
+from inference.rrdbnet import (
+    RRDBNet,
+    RRDBNetConfig,
+    load_rrdbnet,
+    read_config,
+    receptive_radius,
+)
+from inference.upscaler import EsrganUpscaler, tile_grid
+from serving.errors import FailedPrecondition, InvalidArgument
+
+
+def noise_image(width: int, height: int, seed: int = 0) -> Image.Image:
+    pixels = np.random.default_rng(seed).integers(0, 256, (height, width, 3), dtype=np.uint8)
+    return Image.fromarray(pixels)
+
+
+def upscale(model: EsrganUpscaler, image: Image.Image, **kwargs: object) -> np.ndarray:
+    params = UpscaleParams(**kwargs)  # type: ignore[arg-type]
+    out = model.run(params, StageInputs(image=image), lambda i, n: None, lambda: False)
+    return np.asarray(out).astype(np.int16)
+
+
+def test_tiled_equals_untiled_when_overlap_covers_receptive_field(
+    upscaler: EsrganUpscaler, esrgan_folder: Path
+) -> None:
+    image = noise_image(70, 52)
+    whole = upscale(upscaler, image, tile_size=0)
+    overlap = receptive_radius(read_config(esrgan_folder))
+    tiled = upscale(upscaler, image, tile_size=24, tile_overlap=overlap)
+    # Only float summation order differs: at most one 8-bit level, rarely.
+    assert np.abs(tiled - whole).max() <= 1
+    assert (tiled != whole).mean() < 0.001
+    # Without overlap the seams show: the comparison above can fail.
+    seams = upscale(upscaler, image, tile_size=24, tile_overlap=0)
+    assert np.abs(seams - whole).max() > 1
+
+
+def test_output_follows_the_input(upscaler: EsrganUpscaler) -> None:
+    image = noise_image(32, 32, seed=1)
+    out = upscale(upscaler, image, tile_size=0)
+    nearest = np.asarray(image.resize((128, 128), Image.Resampling.NEAREST)).astype(np.int16)
+    other = np.asarray(noise_image(32, 32, seed=2).resize((128, 128), Image.Resampling.NEAREST))
+    assert np.abs(out - nearest).mean() < np.abs(out - other).mean()
+
+
+def test_lanczos_mode_is_pillows_lanczos(upscaler: EsrganUpscaler) -> None:
+    image = noise_image(37, 21)
+    out = upscaler.run(
+        UpscaleParams(mode=UpscaleMode.LANCZOS),
+        StageInputs(image=image),
+        lambda i, n: None,
+        lambda: False,
+    )
+    assert out.tobytes() == image.resize((148, 84), Image.Resampling.LANCZOS).tobytes()
+
+
+def test_tile_grid_covers_every_pixel_once() -> None:
+    coverage = np.zeros((50, 70), dtype=int)
+    for tile in tile_grid(70, 50, 32, 8):
+        left, top, right, bottom = tile.core
+        coverage[top:bottom, left:right] += 1
+        pl, pt, pr, pb = tile.padded
+        assert pl <= left and pt <= top and pr >= right and pb >= bottom
+        assert pl >= 0 and pt >= 0 and pr <= 70 and pb <= 50
+    assert (coverage == 1).all()
+
+
+def test_state_dict_uses_real_esrgan_names() -> None:
+    keys = set(RRDBNet(RRDBNetConfig(num_feat=4, num_block=2, num_grow_ch=2)).state_dict())
+    expected = {"conv_first", "conv_body", "conv_up1", "conv_up2", "conv_hr", "conv_last"}
+    for n in range(2):
+        for rdb in (1, 2, 3):
+            expected |= {f"body.{n}.rdb{rdb}.conv{c}" for c in range(1, 6)}
+    assert keys == {f"{name}.{p}" for name in expected for p in ("weight", "bias")}
+
+
+def test_loads_a_real_esrgan_release_pth(tmp_path: Path, esrgan_folder: Path) -> None:
+    # Real-ESRGAN ships `{"params_ema": state_dict}` in a .pth beside no safetensors.
+    net, _ = load_rrdbnet(esrgan_folder)
+    (tmp_path / "config.json").write_bytes((esrgan_folder / "config.json").read_bytes())
+    torch.save({"params_ema": net.state_dict()}, tmp_path / "RealESRGAN_x4plus.pth")
+    loaded, _ = load_rrdbnet(tmp_path)
+    x = torch.rand(1, 3, 8, 8)
+    with torch.inference_mode():
+        assert torch.equal(loaded(x), net(x))
+
+
+def test_missing_image_is_a_failed_precondition(upscaler: EsrganUpscaler) -> None:
+    with pytest.raises(FailedPrecondition, match="image"):
+        upscaler.validate_inputs(UpscaleParams(), StageInputs())
+
+
+def test_rejects_input_larger_than_max_side(esrgan_folder: Path) -> None:
+    model = EsrganUpscaler(esrgan_folder, max_side=64)
+    model.load()
+    model.validate_inputs(UpscaleParams(), StageInputs(image=Image.new("RGB", (64, 10))))
+    with pytest.raises(InvalidArgument) as err:
+        model.validate_inputs(UpscaleParams(), StageInputs(image=Image.new("RGB", (65, 10))))
+    assert err.value.field == "image"
+
+
+def test_rejects_tiny_tiles(upscaler: EsrganUpscaler) -> None:
+    with pytest.raises(InvalidArgument) as err:
+        upscaler.validate(UpscaleParams(tile_size=8))
+    assert err.value.field == "tile_size"
+
+
+def test_demo_size_upscales_to_512(upscaler: EsrganUpscaler) -> None:
+    out = upscaler.run(
+        UpscaleParams(), StageInputs(image=noise_image(128, 128)), lambda i, n: None, lambda: False
+    )
+    assert out.size == (512, 512)

@@ -1,0 +1,119 @@
+"""A fake StageClient and ObjectStore for runner tests."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from datetime import timedelta
+
+from orchestrator.stage_client import StageCallError
+from serving.storage import ObjectStore
+from stageflow.v1 import common_pb2, stage_pb2
+
+
+class FakeStage:
+    """Records calls; emits `steps` progress events then a result keyed by call.
+
+    `block_at`: after that many progress events, wait for `release` (forever
+    unless set). `fail`: (code, message) raised after the progress events.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        steps: int = 3,
+        fail: tuple[str, str] | None = None,
+        block_at: int | None = None,
+        describe: stage_pb2.DescribeResponse | None = None,
+    ) -> None:
+        self.name = name
+        self.steps = steps
+        self.fail = fail
+        self.block_at = block_at
+        self.describe_response = describe
+        self.calls: list[stage_pb2.RunRequest] = []
+        self.metadata: list[Sequence[tuple[str, str]]] = []
+        self.timeouts: list[float | None] = []
+        self.entered = asyncio.Event()  # set when a call reaches block_at
+        self.release = asyncio.Event()
+        self.cancelled = False
+        self.describe_calls = 0
+
+    def output_key(self, call: int) -> str:
+        return f"artifacts/{self.name}-{call}.png"
+
+    async def run(
+        self,
+        request: stage_pb2.RunRequest,
+        *,
+        timeout: float | None,  # noqa: ASYNC109 -- the StageClient signature
+        metadata: Sequence[tuple[str, str]],
+    ) -> AsyncIterator[stage_pb2.RunResponse]:
+        self.calls.append(request)
+        self.metadata.append(metadata)
+        self.timeouts.append(timeout)
+        call = len(self.calls)
+        try:
+            for step in range(1, self.steps + 1):
+                if step - 1 == self.block_at:
+                    self.entered.set()
+                    await self.release.wait()
+                yield stage_pb2.RunResponse(
+                    progress=stage_pb2.Progress(step=step, total_steps=self.steps)
+                )
+            if self.fail is not None:
+                raise StageCallError(*self.fail)
+            key = self.output_key(call)
+            yield stage_pb2.RunResponse(
+                result=stage_pb2.StageResult(
+                    output=common_pb2.ArtifactRef(
+                        key=key, sha256=f"sha-{self.name}-{call}", size_bytes=10
+                    ),
+                    model=common_pb2.ModelInfo(name=f"tiny-{self.name}", backend="torch"),
+                    timing=common_pb2.Timing(compute_ms=5.0, total_ms=6.0),
+                )
+            )
+        except asyncio.CancelledError:
+            self.cancelled = True
+            raise
+
+    async def describe(self) -> stage_pb2.DescribeResponse:
+        self.describe_calls += 1
+        if self.describe_response is None:
+            raise StageCallError("UNAVAILABLE", "connection refused")
+        return self.describe_response
+
+    async def close(self) -> None:
+        pass
+
+
+@dataclass
+class FakeSettings:
+    output_prefix: str = "artifacts"
+    stage_timeout_seconds: float = 30.0
+    max_running_jobs: int = 4
+    final_url_expiry_seconds: int = 120
+
+
+class FakeStore(ObjectStore):
+    """Only `url` is used by the runner."""
+
+    def put(self, key: str, data: bytes, content_type: str = "application/octet-stream") -> None:
+        raise NotImplementedError
+
+    def get(self, key: str) -> bytes:
+        raise NotImplementedError
+
+    def exists(self, key: str) -> bool:
+        return False
+
+    def delete(self, key: str) -> None:
+        raise NotImplementedError
+
+    def url(self, key: str, expires: timedelta = timedelta(hours=1)) -> str:
+        return f"https://store.example/{key}?expires={int(expires.total_seconds())}"
+
+    def describe(self) -> str:
+        return "fake"

@@ -1,0 +1,367 @@
+"""JobRunner against fake stages: ordering, hand-off, failure, cancel, resume, validation."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from orchestrator.bundle import DEFAULT_PIPELINE
+from orchestrator.jobs import JobStore
+from orchestrator.runner import JobRunner
+from serving.errors import InvalidArgument, NotFound
+from stageflow.v1 import orchestrator_pb2, stage_pb2
+from tests.unit.orchestrator.fakes import FakeSettings, FakeStage, FakeStore
+
+S = orchestrator_pb2
+WAIT = 5.0  # seconds; every wait below normally takes milliseconds
+
+
+def _request(**kwargs: object) -> S.SubmitJobRequest:
+    fields: dict[str, object] = {
+        "bundle": S.PromptBundle(
+            base="epic game hero portrait", style="moody cinematic", overlay_text="Chapter One"
+        ),
+        "seed": 42,
+        "width": 64,
+        "height": 64,
+    }
+    fields.update(kwargs)
+    return S.SubmitJobRequest(**fields)  # type: ignore[arg-type]
+
+
+def _fakes(**overrides: FakeStage) -> dict[str, FakeStage]:
+    fakes = {name: FakeStage(name) for name in DEFAULT_PIPELINE}
+    fakes.update(overrides)
+    return fakes
+
+
+@pytest.fixture
+async def jobs(tmp_path: Path) -> AsyncIterator[JobStore]:
+    store = JobStore(tmp_path / "jobs.sqlite")
+    yield store
+    await store.close()
+
+
+@pytest.fixture
+async def runners(jobs: JobStore) -> AsyncIterator[list[JobRunner]]:
+    """Runners made by a test; closed at its end so no task outlives it."""
+    made: list[JobRunner] = []
+    yield made
+    for runner in made:
+        await runner.close()
+
+
+def _runner(
+    runners: list[JobRunner],
+    fakes: dict[str, FakeStage],
+    jobs: JobStore,
+    **settings: object,
+) -> JobRunner:
+    runner = JobRunner(fakes, jobs, FakeSettings(**settings), FakeStore())  # type: ignore[arg-type]
+    runners.append(runner)
+    return runner
+
+
+async def _collect(events: AsyncIterator[S.WatchJobResponse]) -> list[S.WatchJobResponse]:
+    async with asyncio.timeout(WAIT):
+        return [event async for event in events]
+
+
+def _describe(event: S.WatchJobResponse) -> str:
+    kind = event.WhichOneof("event")
+    if kind == "stage_started":
+        return f"started {event.stage_started.stage}"
+    if kind == "stage_progress":
+        p = event.stage_progress
+        return f"progress {p.stage} {p.step}/{p.total_steps}"
+    if kind == "stage_finished":
+        run = event.stage_finished.run
+        return f"finished {run.stage} {S.StageState.Name(run.state)}"
+    job = getattr(event, kind)  # snapshot / finished
+    return f"{kind} {S.JobState.Name(job.state)}"
+
+
+async def test_success_passes_outputs_downstream_and_streams_events_in_order(
+    jobs: JobStore, runners: list[JobRunner]
+) -> None:
+    fakes = _fakes()
+    runner = _runner(runners, fakes, jobs)
+    job = await runner.submit(_request())
+    assert job.state == S.JOB_STATE_QUEUED
+    assert [(r.stage, r.state) for r in job.stages] == [
+        (name, S.STAGE_STATE_PENDING) for name in DEFAULT_PIPELINE
+    ]
+
+    events = await _collect(runner.watch(job.job_id))
+
+    expected = ["snapshot JOB_STATE_QUEUED"]
+    for name in DEFAULT_PIPELINE:
+        expected += [f"started {name}", *(f"progress {name} {i}/3" for i in (1, 2, 3))]
+        expected.append(f"finished {name} STAGE_STATE_SUCCEEDED")
+    expected.append("finished JOB_STATE_SUCCEEDED")
+    assert [_describe(e) for e in events] == expected
+
+    # Each stage read the previous stage's output key: only keys travel.
+    assert not fakes["base"].calls[0].HasField("image")
+    assert fakes["refine"].calls[0].image.key == fakes["base"].output_key(1)
+    assert fakes["upscale"].calls[0].image.key == fakes["refine"].output_key(1)
+    assert fakes["refine"].calls[0].image.sha256 == "sha-base-1"
+    assert fakes["refine"].calls[0].refine.mode == stage_pb2.REFINE_MODE_INPAINT
+    assert fakes["refine"].metadata[0] == [
+        ("x-job-id", job.job_id),
+        ("x-request-id", f"{job.job_id}.refine"),
+    ]
+    assert fakes["base"].timeouts == [30.0]
+
+    final = events[-1].finished
+    assert final.final.key == fakes["upscale"].output_key(1)
+    assert final.final_url == "https://store.example/artifacts/upscale-1.png?expires=120"
+    assert final.prompt.startswith("epic game hero portrait. Style: moody cinematic.")
+    refine = final.stages[1]
+    assert refine.model.name == "tiny-refine" and refine.timing.total_ms == 6.0
+    assert refine.request == fakes["refine"].calls[0]  # the exact request sent
+    assert (refine.step, refine.total_steps) == (3, 3)
+    # What watchers saw is what was persisted.
+    assert await jobs.get(job.job_id) == final
+    assert await runner.get(job.job_id) == final
+
+
+async def test_stage_failure_fails_the_job_naming_the_stage(
+    jobs: JobStore, runners: list[JobRunner]
+) -> None:
+    fakes = _fakes(
+        refine=FakeStage("refine", fail=("INVALID_ARGUMENT", "strength: must be in [0.01, 1]"))
+    )
+    runner = _runner(runners, fakes, jobs)
+    job = await runner.submit(_request())
+    events = await _collect(runner.watch(job.job_id))
+
+    assert [_describe(e) for e in events][-2:] == [
+        "finished refine STAGE_STATE_FAILED",
+        "finished JOB_STATE_FAILED",
+    ]
+    final = events[-1].finished
+    assert "refine" in final.error and "INVALID_ARGUMENT" in final.error
+    states = [r.state for r in final.stages]
+    assert states == [S.STAGE_STATE_SUCCEEDED, S.STAGE_STATE_FAILED, S.STAGE_STATE_PENDING]
+    assert final.stages[1].error == "INVALID_ARGUMENT: strength: must be in [0.01, 1]"
+    assert fakes["upscale"].calls == []
+    assert not final.HasField("final") and final.final_url == ""
+
+
+async def test_cancel_mid_stage_cancels_the_stage_call(
+    jobs: JobStore, runners: list[JobRunner]
+) -> None:
+    fakes = _fakes(base=FakeStage("base", block_at=1))
+    runner = _runner(runners, fakes, jobs)
+    job = await runner.submit(_request())
+    await asyncio.wait_for(fakes["base"].entered.wait(), WAIT)
+
+    watch = runner.watch(job.job_id)
+    snapshot = await watch.__anext__()  # subscribed from here on
+    assert snapshot.snapshot.state == S.JOB_STATE_RUNNING
+    assert snapshot.snapshot.stages[0].step == 1  # progress is visible before it is persisted
+
+    cancelled = await asyncio.wait_for(runner.cancel(job.job_id), WAIT)
+
+    assert fakes["base"].cancelled
+    assert cancelled.state == S.JOB_STATE_CANCELLED
+    assert [r.state for r in cancelled.stages] == [
+        S.STAGE_STATE_CANCELLED,
+        S.STAGE_STATE_PENDING,
+        S.STAGE_STATE_PENDING,
+    ]
+    assert fakes["refine"].calls == []
+    rest = await _collect(watch)
+    assert [_describe(e) for e in rest] == [
+        "finished base STAGE_STATE_CANCELLED",
+        "finished JOB_STATE_CANCELLED",
+    ]
+    assert (await jobs.get(job.job_id)) == cancelled
+    # Cancelling again changes nothing.
+    assert await runner.cancel(job.job_id) == cancelled
+
+
+async def test_jobs_beyond_the_limit_wait_queued_and_can_be_cancelled(
+    jobs: JobStore, runners: list[JobRunner]
+) -> None:
+    fakes = _fakes(base=FakeStage("base", block_at=0))
+    runner = _runner(runners, fakes, jobs, max_running_jobs=1)
+    first = await runner.submit(_request())
+    await asyncio.wait_for(fakes["base"].entered.wait(), WAIT)
+    second = await runner.submit(_request(seed=7))
+
+    assert (await runner.get(second.job_id)).state == S.JOB_STATE_QUEUED
+    cancelled = await asyncio.wait_for(runner.cancel(second.job_id), WAIT)
+    assert cancelled.state == S.JOB_STATE_CANCELLED
+    assert all(r.state == S.STAGE_STATE_PENDING for r in cancelled.stages)
+
+    fakes["base"].release.set()
+    events = await _collect(runner.watch(first.job_id))
+    assert events[-1].finished.state == S.JOB_STATE_SUCCEEDED
+    assert len(fakes["base"].calls) == 1  # the cancelled job never reached a stage
+
+
+async def test_restart_resumes_from_the_first_unfinished_stage(
+    jobs: JobStore, runners: list[JobRunner]
+) -> None:
+    first_fakes = _fakes(refine=FakeStage("refine", block_at=1))
+    first = _runner(runners, first_fakes, jobs)
+    job = await first.submit(_request())
+    await asyncio.wait_for(first_fakes["refine"].entered.wait(), WAIT)
+
+    await first.close()  # a shutdown, not a cancel
+
+    assert first_fakes["refine"].cancelled
+    stored = await jobs.get(job.job_id)
+    assert stored is not None and stored.state == S.JOB_STATE_RUNNING
+    assert stored.stages[0].state == S.STAGE_STATE_SUCCEEDED
+
+    second_fakes = _fakes()
+    second = _runner(runners, second_fakes, jobs)
+    await second.start()
+    events = await _collect(second.watch(job.job_id))
+
+    final = events[-1].finished
+    assert final.state == S.JOB_STATE_SUCCEEDED
+    assert len(second_fakes["base"].calls) == 0  # not recomputed
+    assert len(second_fakes["refine"].calls) == 1
+    assert len(second_fakes["upscale"].calls) == 1
+    assert second_fakes["refine"].calls[0].image.key == first_fakes["base"].output_key(1)
+    assert final.stages[0].output.key == first_fakes["base"].output_key(1)
+    assert final.final.key == second_fakes["upscale"].output_key(1)
+
+
+async def test_submit_with_a_used_request_id_returns_the_first_job(
+    jobs: JobStore, runners: list[JobRunner]
+) -> None:
+    fakes = _fakes()
+    runner = _runner(runners, fakes, jobs)
+    first = await runner.submit(_request(request_id="abc"))
+    again = await runner.submit(_request(request_id="abc", seed=1))
+    assert again.job_id == first.job_id
+    await _collect(runner.watch(first.job_id))
+    assert len(fakes["base"].calls) == 1
+    assert len(await runner.list_jobs()) == 1
+
+
+async def test_watch_of_a_finished_job_is_snapshot_then_finished(
+    jobs: JobStore, runners: list[JobRunner]
+) -> None:
+    runner = _runner(runners, _fakes(), jobs)
+    job = await runner.submit(_request())
+    await _collect(runner.watch(job.job_id))
+    events = await _collect(runner.watch(job.job_id))
+    assert [_describe(e) for e in events] == [
+        "snapshot JOB_STATE_SUCCEEDED",
+        "finished JOB_STATE_SUCCEEDED",
+    ]
+
+
+async def test_unknown_jobs_are_not_found(jobs: JobStore, runners: list[JobRunner]) -> None:
+    runner = _runner(runners, _fakes(), jobs)
+    with pytest.raises(NotFound):
+        await runner.get("job-nope")
+    with pytest.raises(NotFound):
+        await runner.cancel("job-nope")
+    with pytest.raises(NotFound):
+        await _collect(runner.watch("job-nope"))
+    with pytest.raises(InvalidArgument, match="job_id"):
+        await runner.get("")
+
+
+async def test_list_jobs_filters_and_bounds_the_page(
+    jobs: JobStore, runners: list[JobRunner]
+) -> None:
+    fakes = _fakes(refine=FakeStage("refine", fail=("INTERNAL", "boom")))
+    runner = _runner(runners, fakes, jobs)
+    a = await runner.submit(_request())
+    await _collect(runner.watch(a.job_id))
+    b = await runner.submit(_request())
+    await _collect(runner.watch(b.job_id))
+    assert [j.job_id for j in await runner.list_jobs()] == [b.job_id, a.job_id]
+    assert len(await runner.list_jobs(state=S.JOB_STATE_FAILED)) == 2
+    assert await runner.list_jobs(state=S.JOB_STATE_SUCCEEDED) == []
+    for bad in (0, 1001):
+        with pytest.raises(InvalidArgument, match="page_size"):
+            await runner.list_jobs(bad)
+
+
+@pytest.mark.parametrize(
+    ("change", "field"),
+    [
+        ({"bundle": S.PromptBundle(base="  ", style="x")}, "bundle.base"),
+        ({"width": 0}, "width"),
+        ({"height": -64}, "height"),
+        (
+            {"refine": S.RefineOptions(mask_box=stage_pb2.Box(left=0.5, right=0.4, bottom=1))},
+            "refine.mask_box",
+        ),
+    ],
+)
+async def test_malformed_requests_are_rejected_before_anything_is_stored(
+    jobs: JobStore, runners: list[JobRunner], change: dict[str, object], field: str
+) -> None:
+    fakes = _fakes()
+    runner = _runner(runners, fakes, jobs)
+    with pytest.raises(InvalidArgument) as err:
+        await runner.submit(_request(**change))
+    assert err.value.field == field
+    assert await runner.list_jobs() == []
+
+
+def _stage_limits(*ranges: tuple[str, float, float]) -> stage_pb2.DescribeResponse:
+    return stage_pb2.DescribeResponse(
+        min_side=32,
+        max_side=512,
+        size_multiple=8,
+        ready=True,
+        params=[stage_pb2.ParamRange(name=n, min=lo, max=hi) for n, lo, hi in ranges],
+    )
+
+
+@pytest.mark.parametrize(
+    ("change", "field", "message"),
+    [
+        ({"width": 100}, "width", "multiple of 8"),
+        ({"height": 1024}, "height", "[32, 512]"),
+        ({"base": S.BaseOptions(steps=500)}, "base.steps", "[1, 100]"),
+        ({"seed": -1}, "seed", "base stage"),
+        ({"refine": S.RefineOptions(strength=1.5)}, "refine.strength", "[0.01, 1]"),
+    ],
+)
+async def test_requests_outside_the_stages_published_limits_fail_at_submit(
+    jobs: JobStore,
+    runners: list[JobRunner],
+    change: dict[str, object],
+    field: str,
+    message: str,
+) -> None:
+    fakes = _fakes(
+        base=FakeStage("base", describe=_stage_limits(("steps", 1, 100), ("seed", 0, 2**63 - 1))),
+        refine=FakeStage("refine", describe=_stage_limits(("strength", 0.01, 1.0))),
+        # upscale is unreachable: its checks are left to the stage itself
+    )
+    runner = _runner(runners, fakes, jobs)
+    with pytest.raises(InvalidArgument) as err:
+        await runner.submit(_request(**change))
+    assert err.value.field == field
+    assert message in err.value.message
+    assert await runner.list_jobs() == []
+    assert fakes["base"].calls == []
+
+
+async def test_describe_is_cached_and_an_unreachable_stage_does_not_block_submit(
+    jobs: JobStore, runners: list[JobRunner]
+) -> None:
+    fakes = _fakes(base=FakeStage("base", describe=_stage_limits(("steps", 1, 100))))
+    runner = _runner(runners, fakes, jobs)
+    for _ in range(3):
+        job = await runner.submit(_request())
+        await _collect(runner.watch(job.job_id))
+    assert fakes["base"].describe_calls == 1
+    assert fakes["upscale"].describe_calls == 3  # failures are not cached
+    assert len(fakes["upscale"].calls) == 3

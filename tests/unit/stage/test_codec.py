@@ -1,0 +1,68 @@
+"""Proto ↔ params translation: presence decides defaults, values pass through."""
+
+import pytest
+
+from inference.interface import Box, RefineMode, RefineParams, Txt2ImgParams, UpscaleMode
+from serving import stage_codec
+from serving.errors import InvalidArgument
+from stageflow.v1 import stage_pb2
+
+
+def test_unset_optional_fields_take_the_dataclass_defaults() -> None:
+    request = stage_pb2.RunRequest(txt2img=stage_pb2.Txt2ImgParams(prompt="a red circle"))
+    assert stage_codec.params_from_request(request) == Txt2ImgParams(prompt="a red circle")
+
+
+def test_explicit_zero_is_passed_through_for_validation_not_replaced() -> None:
+    request = stage_pb2.RunRequest(txt2img=stage_pb2.Txt2ImgParams(prompt="x", steps=0, seed=0))
+    params = stage_codec.params_from_request(request)
+    assert isinstance(params, Txt2ImgParams)
+    assert params.steps == 0 and params.seed == 0
+
+
+def test_reference_refinement_config_maps_field_for_field() -> None:
+    msg = stage_pb2.RefineParams(
+        prompt="p",
+        mode=stage_pb2.REFINE_MODE_INPAINT,
+        steps=40,
+        guidance_scale=7.5,
+        seed=42,
+        inpaint_mask_blur=4,
+        mask_box=stage_pb2.Box(left=0, top=0.75, right=1, bottom=1),
+    )
+    params = stage_codec.params_from_request(stage_pb2.RunRequest(refine=msg))
+    assert params == RefineParams(
+        prompt="p",
+        mode=RefineMode.INPAINT,
+        steps=40,
+        guidance_scale=7.5,
+        seed=42,
+        inpaint_mask_blur=4,
+        mask_box=Box(0, 0.75, 1, 1),
+    )
+
+
+def test_unspecified_modes_mean_the_documented_defaults() -> None:
+    refine = stage_codec.params_from_request(
+        stage_pb2.RunRequest(refine=stage_pb2.RefineParams(prompt="p"))
+    )
+    upscale = stage_codec.params_from_request(
+        stage_pb2.RunRequest(upscale=stage_pb2.UpscaleParams())
+    )
+    assert isinstance(refine, RefineParams) and refine.mode is RefineMode.IMG2IMG
+    assert refine.mask_box is None
+    assert upscale.mode is UpscaleMode.LEARNED  # type: ignore[union-attr]
+
+
+def test_missing_params_names_the_oneof() -> None:
+    with pytest.raises(InvalidArgument) as info:
+        stage_codec.params_from_request(stage_pb2.RunRequest())
+    assert info.value.field == "params"
+
+
+def test_unknown_enum_value_is_rejected_with_the_field() -> None:
+    msg = stage_pb2.UpscaleParams()
+    msg.mode = 7  # type: ignore[assignment]
+    with pytest.raises(InvalidArgument) as info:
+        stage_codec.params_from_request(stage_pb2.RunRequest(upscale=msg))
+    assert info.value.field == "mode"
