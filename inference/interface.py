@@ -79,7 +79,7 @@ class UpscaleMode(enum.StrEnum):
 class UpscaleParams:
     mode: UpscaleMode = UpscaleMode.LEARNED
     tile_size: int = field(default=128, metadata=bounded(0, 1024))
-    tile_overlap: int = field(default=8, metadata=bounded(0, 64))
+    tile_overlap: int = field(default=24, metadata=bounded(0, 64))
 
 
 StageParams = Txt2ImgParams | RefineParams | UpscaleParams

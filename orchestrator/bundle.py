@@ -24,7 +24,7 @@ REFINE_MASK_BLUR = 4
 # Where the overlay text goes: the bottom band of the image, in fractions.
 TEXT_BAND = stage_pb2.Box(left=0.0, top=0.78, right=1.0, bottom=1.0)
 UPSCALE_TILE_SIZE = 128
-UPSCALE_TILE_OVERLAP = 8
+UPSCALE_TILE_OVERLAP = 24
 
 
 def compose_prompt(bundle: orchestrator_pb2.PromptBundle) -> str:

@@ -113,7 +113,7 @@ def test_explicit_inpaint_mode_without_text_defaults_to_band_and_inpaint_strengt
 
 def test_upscale_defaults_and_overrides() -> None:
     p = build_run_request("upscale", _request()).upscale
-    assert (p.mode, p.tile_size, p.tile_overlap) == (stage_pb2.UPSCALE_MODE_LEARNED, 128, 8)
+    assert (p.mode, p.tile_size, p.tile_overlap) == (stage_pb2.UPSCALE_MODE_LEARNED, 128, 24)
     opts = orchestrator_pb2.UpscaleOptions(
         mode=stage_pb2.UPSCALE_MODE_LANCZOS, tile_size=0, tile_overlap=2
     )
