@@ -133,7 +133,7 @@ async def follow(client: StageflowClient, job_id: str, *, out_dir: Path | None, 
     else:
         ui.out.print(timing_table(job))
         if path is not None:
-            ui.out.print(Text(f"final image: {path}"))
+            ui.out.print(Text(f"final image: {path}"), soft_wrap=True)  # one line, for scripts
     if job.state == pb.JOB_STATE_SUCCEEDED:
         return 0
     if job.state in (pb.JOB_STATE_FAILED, pb.JOB_STATE_CANCELLED):

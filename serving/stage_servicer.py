@@ -91,8 +91,12 @@ class StageServicer(stage_pb2_grpc.StageServiceServicer):
         cancellation = _CallCancellation(context.time_remaining())
         try:
             queued = time.perf_counter()
-            inputs = await asyncio.to_thread(self._load_inputs, request)
-            self._model.validate_inputs(params, inputs)
+            try:
+                inputs = await asyncio.to_thread(self._load_inputs, request)
+                self._model.validate_inputs(params, inputs)
+            except BaseException:
+                self._slots.release()  # the worker never started: it cannot release it
+                raise
             loaded = time.perf_counter()
             image = None
             async for event in self._compute(params, inputs, cancellation, started):

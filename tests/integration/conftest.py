@@ -1,0 +1,68 @@
+"""Real processes on loopback: the three stages and the orchestrator, started
+once per session over the local store and once over a real S3 server."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from cli.cluster import LocalCluster
+from inference.fixtures import build_fixtures
+from serving.storage import LocalStore, ObjectStore
+from tests.s3server import S3ServerInfo
+
+S3_BUCKET = "itest"
+
+
+@pytest.fixture(scope="session")
+def fixture_models(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Seeded random-weight fixtures, built fresh (never downloaded)."""
+    out = tmp_path_factory.mktemp("models")
+    build_fixtures(out, seed=0)
+    return out
+
+
+@pytest.fixture(scope="session")
+def local_cluster(
+    tmp_path_factory: pytest.TempPathFactory, fixture_models: Path
+) -> Iterator[LocalCluster]:
+    state = tmp_path_factory.mktemp("local-cluster")
+    with LocalCluster(state_dir=state, models_dir=fixture_models, torch_threads=1) as cluster:
+        yield cluster
+
+
+@pytest.fixture(scope="session")
+def local_store(local_cluster: LocalCluster) -> ObjectStore:
+    """The same folder the local cluster's processes read and write."""
+    return LocalStore(local_cluster.state_dir / "store")
+
+
+@pytest.fixture(scope="session")
+def s3_cluster(
+    tmp_path_factory: pytest.TempPathFactory, fixture_models: Path, s3_server: S3ServerInfo
+) -> Iterator[LocalCluster]:
+    state = tmp_path_factory.mktemp("s3-cluster")
+    with LocalCluster(
+        state_dir=state,
+        models_dir=fixture_models,
+        store_url=f"s3://{S3_BUCKET}?endpoint={s3_server.endpoint}",
+        s3_access_key=s3_server.access_key,
+        s3_secret_key=s3_server.secret_key,
+        torch_threads=1,
+    ) as cluster:
+        yield cluster
+
+
+def log_events(cluster: LocalCluster, name: str) -> list[dict[str, object]]:
+    """The JSON log lines a process has written so far."""
+    events = []
+    for line in cluster.log_path(name).read_text().splitlines():
+        if line.startswith("{"):
+            try:
+                events.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue
+    return events
