@@ -167,6 +167,9 @@ class JobRunner:
         job = await self._jobs.get(job_id)
         if job is None:
             raise NotFound(f"job {job_id!r} not found")
+        if job.state == orchestrator_pb2.JOB_STATE_SUCCEEDED:
+            # A presigned URL expires; every GetJob hands out a fresh one.
+            job.final_url = await self._final_url(job.job_id, job.final) or job.final_url
         return job
 
     async def list_jobs(
@@ -338,14 +341,19 @@ class JobRunner:
             total_ms=run.timing.total_ms,
         )
 
+    async def _final_url(self, job_id: str, final: common_pb2.ArtifactRef) -> str:
+        if self._store is None:
+            return ""
+        expiry = timedelta(seconds=self._settings.final_url_expiry_seconds)
+        try:
+            return await asyncio.to_thread(self._store.url, final.key, expiry)
+        except Exception:  # the image exists; a missing URL must not fail the job
+            log.exception("job.final_url_failed", job_id=job_id, key=final.key)
+            return ""
+
     async def _finish_succeeded(self, job: Job, final: common_pb2.ArtifactRef) -> None:
         job.final.CopyFrom(final)
-        if self._store is not None:
-            expiry = timedelta(seconds=self._settings.final_url_expiry_seconds)
-            try:
-                job.final_url = await asyncio.to_thread(self._store.url, final.key, expiry)
-            except Exception:  # the image exists; a missing URL must not fail the job
-                log.exception("job.final_url_failed", job_id=job.job_id, key=final.key)
+        job.final_url = await self._final_url(job.job_id, final)
         job.state = orchestrator_pb2.JOB_STATE_SUCCEEDED
         await self._persist(job)
         self._publish(job.job_id, finished=job)
