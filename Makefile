@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 BIN := $(VENV)/bin
 MODELS := models
 
-.PHONY: setup venv deps proto fixtures fmt lint typecheck test test-unit test-integration demo up clean
+.PHONY: setup venv deps proto fixtures fixtures-train fmt lint typecheck test test-unit test-integration demo up clean
 
 setup: deps proto fixtures ## venv, dependencies, generated code, fixture models
 
@@ -32,6 +32,11 @@ proto: deps ## generate Python code from protos/ into gen/ (not committed)
 fixtures: deps ## tiny seeded models for tests and the demo (built locally, never downloaded)
 	$(BIN)/stageflow models build-fixtures --out $(MODELS)
 
+fixtures-train: deps ## retrain the committed shapes models from scratch (~25 min, one thread)
+	$(PY) -m inference.training --out fixtures/trained
+	# the golden image the quality gates compare against comes from the new weights
+	$(PY) -m tests.integration.quality.shared
+
 fmt: deps
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
@@ -49,6 +54,14 @@ test: setup ## unit + integration tests (starts its own S3 server and services)
 
 demo: setup ## a prompt through base -> refine -> upscale to a PNG under out/
 	$(BIN)/stageflow demo --out out
+
+.PHONY: bench
+bench: deps ## torch vs onnxruntime per part, per stage, cold start -> docs/benchmarks.md (~10 min)
+	$(PY) bench/backends.py --out docs/benchmarks.md
+
+.PHONY: quality-report
+quality-report: setup ## typography pass over 100 varied texts -> docs/quality.md (~5 min)
+	$(PY) bench/quality_report.py --count 100 --models $(MODELS) --out docs/quality.md
 
 up: setup ## start the three stages and the orchestrator on loopback
 	$(BIN)/stageflow up

@@ -14,7 +14,7 @@ import hashlib
 import re
 import urllib.parse
 import urllib.request
-from collections.abc import AsyncGenerator, Awaitable, Iterator, Mapping
+from collections.abc import AsyncGenerator, Awaitable, Iterator, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Self, TypeVar, cast
@@ -133,8 +133,10 @@ class StageflowClient:
         refine_options: Mapping[str, Any] | None = None,
         upscale_options: Mapping[str, Any] | None = None,
         request_id: str = "",
+        stages: Sequence[str] = (),
     ) -> pb.Job:
-        """Submit a job; returns at once with the queued job."""
+        """Submit a job; returns at once with the queued job. `stages` orders
+        the pipeline (empty: base, refine, upscale)."""
         request = pb.SubmitJobRequest(
             bundle=pb.PromptBundle(
                 base=base, style=style, overlay_text=text, negative_prompt=negative
@@ -146,6 +148,7 @@ class StageflowClient:
             refine=options(pb.RefineOptions, refine_options),
             upscale=options(pb.UpscaleOptions, upscale_options),
             request_id=request_id,
+            stages=list(stages),
         )
         reply = await self._stub.SubmitJob(request, timeout=UNARY_TIMEOUT_S)
         return reply.job

@@ -27,11 +27,20 @@ from typing import IO, Self
 
 STAGES: tuple[str, ...] = ("base", "refine", "upscale")
 ORCHESTRATOR = "orchestrator"
-# Which fixture model folder each stage serves, relative to models_dir.
+# Which fixture model folder each stage serves, relative to a models_dir laid
+# out like `stageflow models build-fixtures` output (random weights).
 STAGE_MODELS: Mapping[str, str] = {
     "base": "tiny-sd",
     "refine": "tiny-sd",
     "upscale": "tiny-esrgan-x4",
+}
+# The default: the committed trained fixtures (`make fixtures-train`), which
+# draw what the prompt says ("a red circle on a blue background", 32 px).
+TRAINED_MODELS_DIR = Path(__file__).resolve().parent.parent / "fixtures" / "trained"
+TRAINED_STAGE_MODELS: Mapping[str, str] = {
+    "base": "shapes-sd",
+    "refine": "shapes-sd",
+    "upscale": "shapes-esrgan-x4",
 }
 _POLL_S = 0.05
 _LOG_TAIL_LINES = 40
@@ -106,7 +115,7 @@ class LocalCluster:
         self,
         *,
         state_dir: Path,
-        models_dir: Path = Path("models"),
+        models_dir: Path | None = None,
         store_url: str | None = None,
         s3_access_key: str = "",
         s3_secret_key: str = "",
@@ -116,7 +125,9 @@ class LocalCluster:
         stage_args: Mapping[str, Sequence[str]] | None = None,
     ) -> None:
         self.state_dir = Path(state_dir).resolve()
-        self.models_dir = Path(models_dir).resolve()
+        # No models_dir: the trained fixtures; a models_dir: build-fixtures' layout.
+        self.models_dir = Path(models_dir).resolve() if models_dir else TRAINED_MODELS_DIR
+        self.stage_models = STAGE_MODELS if models_dir else TRAINED_STAGE_MODELS
         self.store_url = store_url or (self.state_dir / "store").as_uri()
         self.orchestrator_port = orchestrator_port
         self.torch_threads = torch_threads
@@ -154,7 +165,7 @@ class LocalCluster:
     def model_path(self, stage: str) -> Path:
         """The model folder a stage serves: its --model-path in stage_args, else the fixture."""
         override = _flag_value(self._stage_args.get(stage, []), "--model-path")
-        return Path(override) if override else self.models_dir / STAGE_MODELS[stage]
+        return Path(override) if override else self.models_dir / self.stage_models[stage]
 
     # -- lifecycle -------------------------------------------------------------
 
@@ -233,12 +244,14 @@ class LocalCluster:
             for stage in STAGES
             if not (path := self.model_path(stage)).is_dir() or not any(path.iterdir())
         ]
-        if missing:
+        if not missing:
+            return
+        if self.stage_models is TRAINED_STAGE_MODELS:
+            hint = "Restore the committed trained fixtures or retrain them: `make fixtures-train`."
+        else:
             build = f"stageflow models build-fixtures --out {self.models_dir}"
-            raise ClusterError(
-                "model folders are missing (" + "; ".join(missing) + "). Build the fixture "
-                f"models with `make setup` or `{build}`."
-            )
+            hint = f"Build the fixture models with `make setup` or `{build}`."
+        raise ClusterError("model folders are missing (" + "; ".join(missing) + "). " + hint)
 
     def _common_argv(self, name: str, port: int) -> list[str]:
         return [

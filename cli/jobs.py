@@ -15,7 +15,14 @@ from rich.console import Console
 from rich.text import Text
 
 from cli.client import StageflowClient
-from cli.render import StageProgress, job_dict, job_state_name, timing_table, to_json
+from cli.render import (
+    StageProgress,
+    job_dict,
+    job_state_name,
+    text_check_lines,
+    timing_table,
+    to_json,
+)
 from stageflow.v1 import orchestrator_pb2 as pb
 
 EXIT_INTERRUPTED = 130
@@ -36,12 +43,22 @@ class JobSpec:
     refine_options: dict[str, Any] = field(default_factory=dict)
     upscale_options: dict[str, Any] = field(default_factory=dict)
     request_id: str = ""
+    # Stage order; empty: the orchestrator's default (base, refine, upscale).
+    stages: tuple[str, ...] = ()
 
 
-# The reference workflow's example bundle (make_bundle("epic game hero portrait",
-# "moody cinematic", "Chapter One")), 128x128 base -> 512x512 final.
+# The reference workflow's bundle shape (base, style, overlay text) with a base
+# prompt the trained fixture model knows: 32x32 base -> 128x128 final, where
+# a red circle on a blue background must be visible. The typography pass runs
+# after the upscale, where the text is large enough to read (at 32 px it is not).
 DEMO_SPEC = JobSpec(
-    base="epic game hero portrait", style="moody cinematic", text="Chapter One", seed=42
+    base="a red circle on a blue background",
+    style="moody cinematic",
+    text="Chapter One",
+    seed=42,
+    width=32,
+    height=32,
+    stages=("base", "upscale", "refine"),
 )
 
 
@@ -132,6 +149,8 @@ async def follow(client: StageflowClient, job_id: str, *, out_dir: Path | None, 
         ui.emit_json({"job": job_dict(job), "final_path": str(path) if path else None})
     else:
         ui.out.print(timing_table(job))
+        for line in text_check_lines(job):
+            ui.out.print(Text(line))
         if path is not None:
             ui.out.print(Text(f"final image: {path}"), soft_wrap=True)  # one line, for scripts
     if job.state == pb.JOB_STATE_SUCCEEDED:

@@ -20,6 +20,8 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from cli.models import models_app
+
 if TYPE_CHECKING:
     from cli.client import StageflowClient
     from cli.cluster import LocalCluster
@@ -32,8 +34,7 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_show_locals=False,
 )
-models_app = typer.Typer(help="Model utilities.", no_args_is_help=True)
-app.add_typer(models_app, name="models")
+app.add_typer(models_app, name="models", no_args_is_help=True)
 
 # gRPC statuses that mean "you asked for something wrong", as opposed to "it broke".
 USAGE_STATUSES = frozenset({"INVALID_ARGUMENT", "NOT_FOUND"})
@@ -145,9 +146,13 @@ def up(
     state_dir: Annotated[
         Path, typer.Option(help="Logs, ports, SQLite and the local store.")
     ] = Path("var"),
-    models_dir: Annotated[Path, typer.Option(help="Where the fixture models are.")] = Path(
-        "models"
-    ),
+    models_dir: Annotated[
+        Path | None,
+        typer.Option(
+            help="A folder laid out like `stageflow models build-fixtures` output "
+            "(default: the committed trained fixtures in fixtures/trained)."
+        ),
+    ] = None,
     store_url: Annotated[
         str | None,
         typer.Option(
@@ -181,7 +186,7 @@ def up(
                 ui.out.print(
                     Text(
                         f"submit a job: stageflow submit --address {cluster.orchestrator_address} "
-                        '--base "epic game hero portrait" --style "moody cinematic"\n'
+                        '--base "a red circle on a blue background" --style "moody cinematic"\n'
                         "stop with Ctrl-C"
                     )
                 )
@@ -213,9 +218,13 @@ def _wait_for_exit(cluster: LocalCluster, ui: Ui) -> int:
 def demo(
     out: Annotated[Path, typer.Option(help="Where the final PNG goes.")] = Path("out"),
     state_dir: Annotated[Path, typer.Option(help="The demo cluster's state.")] = Path("var/demo"),
-    models_dir: Annotated[Path, typer.Option(help="Where the fixture models are.")] = Path(
-        "models"
-    ),
+    models_dir: Annotated[
+        Path | None,
+        typer.Option(
+            help="A folder laid out like `stageflow models build-fixtures` output "
+            "(default: the committed trained fixtures in fixtures/trained)."
+        ),
+    ] = None,
 ) -> None:
     """Start a local cluster, run the reference prompt through all stages, stop."""
     from cli.client import StageflowClient
@@ -256,14 +265,22 @@ def submit(
     text: Annotated[str, typer.Option(help="Overlay text (enables the inpaint pass).")] = "",
     negative: Annotated[str, typer.Option(help="Negative prompt.")] = "",
     seed: int = 42,
-    width: Annotated[int, typer.Option(help="Base width; the final is 4x.")] = 128,
-    height: Annotated[int, typer.Option(help="Base height; the final is 4x.")] = 128,
+    # 32: the default (trained fixture) base model's side; a real SD model wants 512.
+    width: Annotated[int, typer.Option(help="Base width; the final is 4x.")] = 32,
+    height: Annotated[int, typer.Option(help="Base height; the final is 4x.")] = 32,
     steps: Annotated[int | None, typer.Option(help="Base denoising steps.")] = None,
     guidance: Annotated[float | None, typer.Option(help="Base guidance scale.")] = None,
     refine_strength: Annotated[float | None, typer.Option(help="Refine strength 0..1.")] = None,
     refine_steps: Annotated[int | None, typer.Option(help="Refine denoising steps.")] = None,
     upscale_mode: Annotated[UpscaleModeChoice | None, typer.Option(help="Upscaler.")] = None,
     request_id: Annotated[str, typer.Option(help="Idempotency key.")] = "",
+    stages: Annotated[
+        str,
+        typer.Option(
+            help="Stage order, comma-separated, base first (default base,refine,upscale); "
+            "base,upscale,refine puts the typography pass after the upscale."
+        ),
+    ] = "",
     address: Address = DEFAULT_ADDRESS,
     out: Annotated[Path, typer.Option(help="Where the final PNG goes.")] = Path("out"),
     no_wait: Annotated[bool, typer.Option("--no-wait", help="Return once submitted.")] = False,
@@ -284,6 +301,8 @@ def submit(
         refine_options=_drop_unset(strength=refine_strength, steps=refine_steps),
         upscale_options=_drop_unset(mode=upscale_mode.value if upscale_mode else None),
         request_id=request_id,
+        # The orchestrator validates the names and order (INVALID_ARGUMENT naming `stages`).
+        stages=tuple(name.strip() for name in stages.split(",") if name.strip()),
     )
     ui = _ui(as_json)
     _with_client(
@@ -367,19 +386,3 @@ def cancel(
         return 0
 
     _with_client(address, body)
-
-
-# -- models -------------------------------------------------------------------
-
-
-@models_app.command("build-fixtures")
-def build_fixtures(
-    out: Annotated[Path, typer.Option(help="Where to write the models.")] = Path("models"),
-    seed: Annotated[int, typer.Option(help="Weight seed.")] = 0,
-) -> None:
-    """Build the tiny seeded fixture models locally (nothing is downloaded)."""
-    from inference.fixtures import build_fixtures as build
-
-    paths = build(out, seed=seed)
-    for name, path in paths.items():
-        Console().print(Text(f"{name}: {path}"))

@@ -133,6 +133,23 @@ def timing_table(job: pb.Job) -> Table:
     return table
 
 
+def text_check_lines(job: pb.Job) -> list[str]:
+    """One line per stage that ran the typography pass: what OCR read back."""
+    lines = []
+    for run in job.stages:
+        if not run.HasField("text_check"):
+            continue
+        check = run.text_check
+        verdict = "exact" if check.exact else f"CER {check.cer:.3f}"
+        how = (
+            f"fell back to the exact render after {check.attempts} attempts"
+            if check.fell_back
+            else f"harmonised in {check.attempts} attempt{'s' if check.attempts > 1 else ''}"
+        )
+        lines.append(f"{run.stage} text check: {check.ocr_text!r} ({verdict}), {how}")
+    return lines
+
+
 def job_summary(job: pb.Job) -> Table:
     """The key facts of one job, for `stageflow get`."""
     table = Table.grid(padding=(0, 2))

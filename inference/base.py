@@ -8,11 +8,15 @@ from __future__ import annotations
 
 import abc
 import hashlib
+from collections.abc import Sequence
 from pathlib import Path
-from typing import ClassVar
 
+from inference import backends
 from inference.interface import CancelledFn, ModelIdentity, StageModel
 from serving.errors import Cancelled, FailedPrecondition
+from serving.logging import get_logger
+
+log = get_logger(__name__)
 
 
 def folder_fingerprint(folder: Path) -> str:
@@ -39,8 +43,6 @@ def check_cancelled(cancelled: CancelledFn, done: int, total: int) -> None:
 class LocalModel(StageModel, abc.ABC):
     """A StageModel whose weights live in one local folder."""
 
-    backend: ClassVar[str] = "torch"
-
     def __init__(
         self,
         path: Path,
@@ -50,6 +52,8 @@ class LocalModel(StageModel, abc.ABC):
         device: str = "cpu",
         torch_threads: int = 0,
         max_side: int = 1024,
+        backend: str = "torch",
+        providers: Sequence[str] = (),
     ) -> None:
         self.path = Path(path)
         self.name = name or self.path.name
@@ -57,7 +61,15 @@ class LocalModel(StageModel, abc.ABC):
         self.device = device
         self.torch_threads = torch_threads
         self.max_side = max_side
+        # Checked here, not at load: a typo in a backend name fails at start-up.
+        self.runtime = backends.backend(backend, providers)
+        self.backend = backend
+        self.providers = tuple(providers)
         self._identity: ModelIdentity | None = None
+
+    @property
+    def backend_options(self) -> backends.BackendOptions:
+        return backends.BackendOptions(self.device, self.providers, self.torch_threads)
 
     @property
     def loaded(self) -> bool:
@@ -77,12 +89,23 @@ class LocalModel(StageModel, abc.ABC):
 
             # Process-wide: one stage process serves one model.
             torch.set_num_threads(self.torch_threads)
+        backends.require_runtime(self.runtime)
+        # Before the weights: a compiled folder's files are verified against its manifest.
+        fingerprint = self.runtime.fingerprint(self.path)
         self._load_weights()
         self._identity = ModelIdentity(
             name=self.name,
             version=self.version,
             backend=self.backend,
-            fingerprint=folder_fingerprint(self.path),
+            fingerprint=fingerprint,
+        )
+        log.info(
+            "model loaded",
+            model=self.name,
+            version=self.version,
+            backend=self.backend,
+            providers=list(self.providers),
+            fingerprint=fingerprint[:12],
         )
 
     def unload(self) -> None:

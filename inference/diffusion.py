@@ -22,11 +22,15 @@ from inference.interface import (
     RefineParams,
     StageInputs,
     StageKind,
+    StageOutput,
     StageParams,
     Txt2ImgParams,
     check_side,
     param_ranges,
 )
+from inference.ocr import TextReader
+from inference.text_pass import aligned_box, check_text_params, run_text_pass
+from inference.typography import padded_box
 from serving.errors import FailedPrecondition, InvalidArgument
 
 if TYPE_CHECKING:
@@ -45,11 +49,9 @@ class _DiffusionModel(LocalModel):
         return self._parts
 
     def _load_weights(self) -> None:
-        # Imported here: diffusers costs seconds, and `import inference.registry`
-        # (CLI, servicers) should not pay it.
-        from inference.sd_parts import load_torch_parts
-
-        self._parts = load_torch_parts(self.path, self.device)
+        # The backend imports its runtime here: diffusers (torch) costs seconds, and
+        # `import inference.registry` (CLI, servicers) should not pay it.
+        self._parts = self.runtime.diffusion(self.path, self.backend_options)
 
     def _release_weights(self) -> None:
         self._parts = None
@@ -117,6 +119,10 @@ class RefineModel(_DiffusionModel):
     kind: ClassVar[StageKind] = StageKind.REFINE
     params_type: ClassVar[type] = RefineParams
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._reader: TextReader | None = None
+
     def validate(self, params: StageParams) -> None:
         super().validate(params)
         assert isinstance(params, RefineParams)
@@ -126,13 +132,16 @@ class RefineModel(_DiffusionModel):
                 f"steps × strength must be at least 1 step, got {params.steps} × "
                 f"{params.strength:g}",
             )
-        box = params.mask_box
-        if box is not None and not (
-            0 <= box.left < box.right <= 1 and 0 <= box.top < box.bottom <= 1
-        ):
-            raise InvalidArgument(
-                "mask_box", "needs 0 <= left < right <= 1 and 0 <= top < bottom <= 1"
-            )
+        for name in ("mask_box", "text_box"):
+            box = getattr(params, name)
+            if box is not None and not (
+                0 <= box.left < box.right <= 1 and 0 <= box.top < box.bottom <= 1
+            ):
+                raise InvalidArgument(
+                    name, "needs 0 <= left < right <= 1 and 0 <= top < bottom <= 1"
+                )
+        if params.text:
+            check_text_params(params)
 
     def validate_inputs(self, params: StageParams, inputs: StageInputs) -> None:
         assert isinstance(params, RefineParams)
@@ -146,6 +155,12 @@ class RefineModel(_DiffusionModel):
             raise InvalidArgument(
                 "mask", f"must be the image's size {image.size}, got {inputs.mask.size}"
             )
+        if params.text and inputs.mask is not None:
+            raise InvalidArgument(
+                "mask", "must be unset with text: the pass inpaints the text's mask"
+            )
+        if params.text:
+            return
         if params.mode == RefineMode.INPAINT and inputs.mask is None and params.mask_box is None:
             raise InvalidArgument("mask", "inpaint needs a mask image or mask_box")
 
@@ -156,21 +171,86 @@ class RefineModel(_DiffusionModel):
         progress: ProgressFn,
         cancelled: CancelledFn,
     ) -> Image.Image:
+        return self.run_with_report(params, inputs, progress, cancelled).image
+
+    def run_with_report(
+        self,
+        params: StageParams,
+        inputs: StageInputs,
+        progress: ProgressFn,
+        cancelled: CancelledFn,
+    ) -> StageOutput:
         self.validate(params)
         self.validate_inputs(params, inputs)
         assert isinstance(params, RefineParams) and inputs.image is not None
         image = inputs.image.convert("RGB")
+        if params.text:
+
+            def harmonise(
+                drawn: Image.Image, mask: Image.Image, seed: int, step: ProgressFn
+            ) -> Any:
+                return self._inpaint_region(params, drawn, mask, seed, step, cancelled)
+
+            return run_text_pass(image, params, harmonise, self.text_reader, progress)
+        pixel_mask = None
+        if params.mode == RefineMode.INPAINT:
+            pixel_mask = self._pixel_mask(params, inputs, image.size)
+        return StageOutput(
+            self._refine(params, image, pixel_mask, params.seed, progress, cancelled)
+        )
+
+    @property
+    def text_reader(self) -> TextReader:
+        if self._reader is None:
+            # One OCR thread: the stage's torch threads already use the cores.
+            self._reader = TextReader(threads=1)
+        return self._reader
+
+    def _inpaint_region(
+        self,
+        params: RefineParams,
+        image: Image.Image,
+        mask: Image.Image,
+        seed: int,
+        progress: ProgressFn,
+        cancelled: CancelledFn,
+    ) -> Image.Image:
+        """Inpaint only a crop around the mask ("only masked" inpainting): the
+        text band of an upscaled image costs a fraction of the whole image."""
+        ink = mask.getbbox()
+        if ink is None:
+            return image
+        # Context around the mask, so the pass sees what the text sits on.
+        context = self.parts.vae_scale_factor * 2
+        crop = aligned_box(
+            padded_box(ink, image.size, context), image.size, self.describe().size_multiple
+        )
+        region = self._refine(params, image.crop(crop), mask.crop(crop), seed, progress, cancelled)
+        out = image.copy()
+        out.paste(region, crop[:2])
+        return out
+
+    def _refine(
+        self,
+        params: RefineParams,
+        image: Image.Image,
+        pixel_mask: Image.Image | None,
+        seed: int,
+        progress: ProgressFn,
+        cancelled: CancelledFn,
+    ) -> Image.Image:
+        """img2img over `image`, or inpaint where `pixel_mask` (already blurred) is set."""
         with torch.inference_mode():
             parts = self.parts
             guided = loop.uses_guidance(params.guidance_scale)
             text = loop.encode_prompts(parts, params.prompt, params.negative_prompt, guided)
             scheduler = parts.new_scheduler()
             timesteps = loop.strength_timesteps(scheduler, params.steps, params.strength)
-            gen = loop.seeded_generator(params.seed)
+            gen = loop.seeded_generator(seed)
             # Draw order (posterior sample, then noise) is diffusers' img2img order.
             init_latents = loop.encode_image(parts, image, gen)
             noise = loop.randn(init_latents.shape, gen, parts)
-            inpaint = params.mode == RefineMode.INPAINT
+            inpaint = pixel_mask is not None
             if inpaint and params.strength >= 1.0:
                 # As diffusers' inpaint pipeline: full strength starts from pure noise.
                 latents = noise * scheduler.init_noise_sigma
@@ -178,9 +258,7 @@ class RefineModel(_DiffusionModel):
                 latents = scheduler.add_noise(init_latents, noise, timesteps[:1])
 
             after_step: loop.AfterStep | None = None
-            pixel_mask = None
-            if inpaint:
-                pixel_mask = self._pixel_mask(params, inputs, image.size)
+            if pixel_mask is not None:
                 blend_mask = masks.latent_mask(pixel_mask, parts.vae_scale_factor)
                 blend_mask = blend_mask.to(parts.device, parts.dtype)
 

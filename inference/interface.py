@@ -11,7 +11,7 @@ from __future__ import annotations
 import abc
 import dataclasses
 import enum
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -57,6 +57,14 @@ class Box:
     bottom: float
 
 
+class TextPlacement(enum.StrEnum):
+    """Which full-width band of the image overlay text is fitted into."""
+
+    BOTTOM = "bottom"
+    TOP = "top"
+    CENTER = "center"
+
+
 @dataclass(frozen=True)
 class RefineParams:
     prompt: str
@@ -68,6 +76,22 @@ class RefineParams:
     seed: int = field(default=42, metadata=bounded(0, 2**63 - 1))
     inpaint_mask_blur: int = field(default=4, metadata=bounded(0, 64))
     mask_box: Box | None = None
+    # Overlay text. When set, the stage runs the typography pass (inference.text_pass)
+    # instead of `mode`: the text is drawn exactly, inpainted at `strength` over its
+    # own mask, and read back by OCR; `mask_box` and a mask input must be unset.
+    text: str = ""
+    text_placement: TextPlacement = TextPlacement.BOTTOM
+    # A box for the text in fractions of the image; when set it replaces text_placement.
+    text_box: Box | None = None
+    # "#rrggbb" or a CSS name; empty picks black or white by contrast with the region.
+    text_color: str = ""
+    # Outline width as a fraction of the font size; 0 draws none.
+    text_stroke: float = field(default=0.0, metadata=bounded(0.0, 0.2))
+    text_shadow: bool = False
+    # Accept a harmonised result when OCR's character error rate is at most this.
+    max_cer: float = field(default=0.05, metadata=bounded(0.0, 1.0))
+    # Harmonising passes (seed, seed + 1, ...) before falling back to the exact render.
+    max_attempts: int = field(default=3, metadata=bounded(1, 10))
 
 
 class UpscaleMode(enum.StrEnum):
@@ -94,6 +118,27 @@ class StageInputs:
 
 
 @dataclass(frozen=True)
+class TextCheck:
+    """What OCR read back from the typography pass's output."""
+
+    text: str  # the text asked for
+    ocr_text: str  # what OCR read on the output image
+    cer: float  # character error rate of ocr_text against text (after NFKC)
+    exact: bool  # ocr_text equals text after normalisation
+    attempts: int  # harmonising passes run
+    fell_back: bool  # no pass met max_cer: the output is the exact, un-harmonised render
+    attempt_cers: tuple[float, ...] = ()  # the CER of each harmonising pass, in order
+
+
+@dataclass(frozen=True)
+class StageOutput:
+    """A stage call's image and what the stage found out while making it."""
+
+    image: Image.Image
+    text_check: TextCheck | None = None
+
+
+@dataclass(frozen=True)
 class ModelIdentity:
     name: str
     version: str
@@ -111,6 +156,9 @@ class ModelDescription:
     max_side: int
     size_multiple: int
     param_ranges: dict[str, tuple[float, float]]
+    # Defaults this model gives unset parameters (model.yaml), over the
+    # params dataclass defaults.
+    param_defaults: Mapping[str, float] = field(default_factory=dict)
 
 
 # progress(step_done_1_based, total_steps)
@@ -209,6 +257,21 @@ class StageModel(abc.ABC):
     ) -> Image.Image:
         """Produce the output image. Check `cancelled()` between steps and raise
         serving.errors.Cancelled when it returns True."""
+
+    def run_with_report(
+        self,
+        params: StageParams,
+        inputs: StageInputs,
+        progress: ProgressFn,
+        cancelled: CancelledFn,
+    ) -> StageOutput:
+        """`run`, plus what the call found out (the servicer calls this one).
+
+        Models with nothing to report keep this default; a model that checks its
+        own output (the refine stage's OCR) overrides it and lets `run` return
+        just the image.
+        """
+        return StageOutput(self.run(params, inputs, progress, cancelled))
 
     def unload(self) -> None:
         """Release weights. Default: nothing to release."""

@@ -8,6 +8,7 @@ first used. `MODEL_FAMILIES` resolves them all on first access.
 from __future__ import annotations
 
 import importlib
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -36,13 +37,26 @@ def model_class(family: str) -> type[StageModel]:
     return cls
 
 
-def create_model(family: str, path: Path, **kwargs: Any) -> StageModel:
+def create_model(
+    family: str,
+    path: Path,
+    *,
+    backend: str = "torch",
+    providers: Sequence[str] = (),
+    **kwargs: Any,
+) -> StageModel:
     """Construct (not load) a model of `family` from its folder.
 
-    kwargs are the shared constructor's: name, version, device, torch_threads,
-    max_side.
+    `backend` names an entry of `inference.backends.BACKENDS` ("torch",
+    "onnxruntime" over an `export_onnx` folder, "tensorrt"); `providers` are
+    onnxruntime execution providers ("cpu", "cuda", "tensorrt" or full names).
+    Other kwargs are the shared constructor's: name, version, device,
+    torch_threads, max_side. An unknown backend, or providers for a backend
+    without them, raise ValueError here; a missing runtime or provider raises
+    FailedPrecondition at load().
     """
-    return model_class(family)(Path(path), **kwargs)  # type: ignore[call-arg]
+    cls = model_class(family)
+    return cls(Path(path), backend=backend, providers=providers, **kwargs)  # type: ignore[call-arg]
 
 
 def __getattr__(name: str) -> dict[str, type[StageModel]]:

@@ -8,6 +8,12 @@ implemented: x2/x1 variants pixel-unshuffle their input first.
 
 On-disk format: `config.json` (RRDBNetConfig fields) + `model.safetensors`;
 a `.pth` from the Real-ESRGAN release also loads (its `params_ema` entry).
+Weights stored in fp16 load into the model's float32 parameters.
+
+`residual: "bicubic"` in the config makes the network predict a correction
+over bicubic upsampling (our trained fixture; a small net learns that far
+better than the whole image). The default, `"none"`, is Real-ESRGAN's own
+forward, so released weights load and behave unchanged.
 """
 
 from __future__ import annotations
@@ -34,6 +40,11 @@ class RRDBNetConfig:
     num_feat: int = 64
     num_block: int = 23
     num_grow_ch: int = 32
+    # "none" (Real-ESRGAN) or "bicubic": output = net(x) + bicubic x4 of x.
+    residual: str = "none"
+
+
+RESIDUALS = ("none", "bicubic")
 
 
 class ResidualDenseBlock(nn.Module):
@@ -80,6 +91,9 @@ class RRDBNet(nn.Module):
         super().__init__()
         if config.scale != 4:
             raise ValueError(f"only scale 4 is implemented, got {config.scale}")
+        if config.residual not in RESIDUALS:
+            raise ValueError(f"residual must be one of {RESIDUALS}, got {config.residual!r}")
+        self.residual = config.residual
         nf = config.num_feat
         self.conv_first = nn.Conv2d(config.num_in_ch, nf, 3, 1, 1)
         self.body = nn.Sequential(*(RRDB(nf, config.num_grow_ch) for _ in range(config.num_block)))
@@ -96,6 +110,8 @@ class RRDBNet(nn.Module):
         feat = self.lrelu(self.conv_up1(F.interpolate(feat, scale_factor=2, mode="nearest")))
         feat = self.lrelu(self.conv_up2(F.interpolate(feat, scale_factor=2, mode="nearest")))
         out: torch.Tensor = self.conv_last(self.lrelu(self.conv_hr(feat)))
+        if self.residual == "bicubic":
+            out = out + F.interpolate(x, scale_factor=4, mode="bicubic", align_corners=False)
         return out
 
 
@@ -108,13 +124,18 @@ def receptive_radius(config: RRDBNetConfig) -> int:
     return 1 + 15 * config.num_block + 1 + 2
 
 
-def save_rrdbnet(model: RRDBNet, config: RRDBNetConfig, folder: Path) -> None:
+def save_rrdbnet(
+    model: RRDBNet, config: RRDBNetConfig, folder: Path, dtype: torch.dtype = torch.float32
+) -> None:
     from safetensors.torch import save_file
 
     folder.mkdir(parents=True, exist_ok=True)
     body = {"architecture": ARCHITECTURE, **dataclasses.asdict(config)}
+    if config.residual == "none":
+        # Older readers know no `residual` key; write it only when it matters.
+        del body["residual"]
     (folder / CONFIG_FILE).write_text(json.dumps(body, indent=2, sort_keys=True) + "\n")
-    state = {k: v.contiguous() for k, v in model.state_dict().items()}
+    state = {k: v.to(dtype).contiguous() for k, v in model.state_dict().items()}
     save_file(state, str(folder / WEIGHTS_FILE), metadata={"format": "pt"})
 
 
@@ -148,5 +169,6 @@ def load_rrdbnet(folder: Path) -> tuple[RRDBNet, RRDBNetConfig]:
     config = read_config(folder)
     model = RRDBNet(config)
     # strict: a renamed or missing parameter must fail loudly, not run random.
+    # load_state_dict copies into the float32 parameters: fp16 files upcast here.
     model.load_state_dict(read_state_dict(folder), strict=True)
     return model.eval(), config

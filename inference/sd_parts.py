@@ -6,7 +6,9 @@ or text encoder by providing other callables, with the loop unchanged.
 
 `load_torch_parts` reads a diffusers folder with each component's own
 `from_pretrained(<folder>/<subfolder>)`: a real Stable Diffusion 1.5 folder
-and the tiny fixture load through the same lines.
+and the tiny fixture load through the same lines. Weights load as float32
+whatever their stored dtype (the trained fixtures are stored in fp16; CPU
+kernels want float32, and transformers 5 would otherwise keep fp16).
 """
 
 from __future__ import annotations
@@ -59,21 +61,30 @@ def quiet_hub_progress() -> Iterator[None]:
 
 
 def load_torch_parts(folder: Path, device: str = "cpu") -> DiffusionParts:
-    from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
+    from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextModel, CLIPTokenizer
+
+    from inference.scheduler import scheduler_factory
 
     dev = torch.device(device)
     tokenizer = CLIPTokenizer.from_pretrained(folder / "tokenizer")
     # Any: the libraries' own annotations of from_pretrained/.to confuse mypy.
     with quiet_hub_progress():
-        text_encoder: Any = CLIPTextModel.from_pretrained(folder / "text_encoder")
+        text_encoder: Any = CLIPTextModel.from_pretrained(
+            folder / "text_encoder", dtype=torch.float32
+        )
     # low_cpu_mem_usage needs `accelerate`, which we do not depend on.
-    unet: Any = UNet2DConditionModel.from_pretrained(folder / "unet", low_cpu_mem_usage=False)
-    vae: Any = AutoencoderKL.from_pretrained(folder / "vae", low_cpu_mem_usage=False)
+    unet: Any = UNet2DConditionModel.from_pretrained(
+        folder / "unet", low_cpu_mem_usage=False, dtype=torch.float32
+    )
+    vae: Any = AutoencoderKL.from_pretrained(
+        folder / "vae", low_cpu_mem_usage=False, dtype=torch.float32
+    )
     text_encoder = text_encoder.to(dev).eval()
     unet = unet.to(dev).eval()
     vae = vae.to(dev).eval()
-    scheduler_config = DDIMScheduler.from_pretrained(folder, subfolder="scheduler").config
+    # Our DDIM, not diffusers': the same scheduler code drives every backend.
+    new_scheduler = scheduler_factory(folder)
 
     if unet.config.in_channels != vae.config.latent_channels:
         raise ValueError(
@@ -106,9 +117,6 @@ def load_torch_parts(folder: Path, device: str = "cpu") -> DiffusionParts:
     def decode_latents(latents: torch.Tensor) -> torch.Tensor:
         out: torch.Tensor = vae.decode(latents, return_dict=False)[0]
         return out
-
-    def new_scheduler() -> Any:
-        return DDIMScheduler.from_config(scheduler_config)
 
     return DiffusionParts(
         tokenize=tokenize,

@@ -11,7 +11,7 @@ float rounding; a smaller overlap leaves faint seams.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -32,7 +32,6 @@ from inference.interface import (
     check_side,
     param_ranges,
 )
-from inference.rrdbnet import RRDBNet, load_rrdbnet
 from serving.errors import FailedPrecondition, InvalidArgument
 
 # Smaller tiles are all overlap and thousands of calls; refuse them.
@@ -72,19 +71,18 @@ class EsrganUpscaler(LocalModel):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self._net: RRDBNet | None = None
+        # torch's RRDBNet, or a compiled graph with the same signature (see inference.backends)
+        self._net: Callable[[torch.Tensor], torch.Tensor] | None = None
         self.scale = 4
 
     def _load_weights(self) -> None:
-        net, config = load_rrdbnet(self.path)
-        self._net = net.to(self.device)
-        self.scale = config.scale
+        self._net, self.scale = self.runtime.upscaler(self.path, self.backend_options)
 
     def _release_weights(self) -> None:
         self._net = None
 
     @property
-    def net(self) -> RRDBNet:
+    def net(self) -> Callable[[torch.Tensor], torch.Tensor]:
         if self._net is None:
             raise FailedPrecondition(f"model {self.name} is not loaded")
         return self._net

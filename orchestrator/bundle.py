@@ -12,14 +12,18 @@ from collections.abc import Callable
 
 from stageflow.v1 import common_pb2, orchestrator_pb2, stage_pb2
 
-# The default three-stage contract; a pipeline spec may reorder it later.
+# The default three-stage contract; SubmitJobRequest.stages may reorder it.
 DEFAULT_PIPELINE: tuple[str, ...] = ("base", "refine", "upscale")
+# How many times each stage enlarges its input (others keep the size).
+STAGE_SCALE: dict[str, int] = {"upscale": 4}
 
 BASE_STEPS = 20
 GUIDANCE_SCALE = 7.5
 REFINE_STEPS = 40
 REFINE_STRENGTH_INPAINT = 0.75
 REFINE_STRENGTH_IMG2IMG = 0.35
+# The typography pass only harmonises text drawn exactly: a light inpaint.
+REFINE_STRENGTH_TEXT = 0.3
 REFINE_MASK_BLUR = 4
 # Where the overlay text goes: the bottom band of the image, in fractions.
 TEXT_BAND = stage_pb2.Box(left=0.0, top=0.78, right=1.0, bottom=1.0)
@@ -68,11 +72,33 @@ def refine_mode(request: orchestrator_pb2.SubmitJobRequest) -> stage_pb2.RefineM
     return stage_pb2.REFINE_MODE_IMG2IMG
 
 
+def pipeline_of(
+    request: orchestrator_pb2.SubmitJobRequest, default: tuple[str, ...] = DEFAULT_PIPELINE
+) -> tuple[str, ...]:
+    """The job's stage order: `stages` as given, else `default`."""
+    return tuple(request.stages) or default
+
+
+def input_scales(pipeline: tuple[str, ...]) -> dict[str, int]:
+    """Each stage's input size as a multiple of the job's base size."""
+    scales, scale = {}, 1
+    for stage in pipeline:
+        scales[stage] = scale
+        scale *= STAGE_SCALE.get(stage, 1)
+    return scales
+
+
 def _refine_params(request: orchestrator_pb2.SubmitJobRequest) -> stage_pb2.RunRequest:
     opts = request.refine
+    text = request.bundle.overlay_text
     mode = refine_mode(request)
     inpaint = mode == stage_pb2.REFINE_MODE_INPAINT
-    default_strength = REFINE_STRENGTH_INPAINT if inpaint else REFINE_STRENGTH_IMG2IMG
+    if text:
+        default_strength = REFINE_STRENGTH_TEXT
+    elif inpaint:
+        default_strength = REFINE_STRENGTH_INPAINT
+    else:
+        default_strength = REFINE_STRENGTH_IMG2IMG
     params = stage_pb2.RefineParams(
         prompt=compose_prompt(request.bundle),
         negative_prompt=request.bundle.negative_prompt,
@@ -85,11 +111,28 @@ def _refine_params(request: orchestrator_pb2.SubmitJobRequest) -> stage_pb2.RunR
             opts.inpaint_mask_blur if opts.HasField("inpaint_mask_blur") else REFINE_MASK_BLUR
         ),
     )
-    if opts.HasField("mask_box"):
+    if text:
+        _add_text(params, text, opts)
+    elif opts.HasField("mask_box"):
         params.mask_box.CopyFrom(opts.mask_box)
     elif inpaint:
         params.mask_box.CopyFrom(TEXT_BAND)
     return stage_pb2.RunRequest(refine=params)
+
+
+def _add_text(
+    params: stage_pb2.RefineParams, text: str, opts: orchestrator_pb2.RefineOptions
+) -> None:
+    """The typography pass: the refine stage draws `text` and inpaints its own mask."""
+    params.text = text
+    params.text_placement = opts.text_placement
+    if opts.HasField("mask_box"):
+        params.text_box.CopyFrom(opts.mask_box)
+    params.text_color = opts.text_color
+    params.text_shadow = opts.text_shadow
+    for name in ("text_stroke", "max_cer", "max_attempts"):
+        if opts.HasField(name):
+            setattr(params, name, getattr(opts, name))
 
 
 def _upscale_params(request: orchestrator_pb2.SubmitJobRequest) -> stage_pb2.RunRequest:

@@ -17,7 +17,14 @@ from typing import Any, Protocol
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from orchestrator.bundle import DEFAULT_PIPELINE, build_run_request, compose_prompt, with_input
+from orchestrator.bundle import (
+    DEFAULT_PIPELINE,
+    build_run_request,
+    compose_prompt,
+    input_scales,
+    pipeline_of,
+    with_input,
+)
 from orchestrator.jobs import UNFINISHED, JobStore, new_job_id
 from orchestrator.stage_client import StageCallError, StageClient
 from orchestrator.validation import check_against_stage, check_request
@@ -125,14 +132,20 @@ class JobRunner:
         """Validate, persist QUEUED and start the job; a repeated request_id returns
         the first job. Raises InvalidArgument naming the offending field."""
         check_request(request)
+        pipeline = pipeline_of(request, self._pipeline)
+        missing = [name for name in pipeline if name not in self._stages]
+        if missing:
+            raise InvalidArgument(
+                "stages", f"no {', '.join(missing)} stage is configured in this orchestrator"
+            )
         job_id = new_job_id()
         runs = {
             name: build_run_request(
                 name, request, job_id=job_id, output_prefix=self._settings.output_prefix
             )
-            for name in self._pipeline
+            for name in pipeline
         }
-        await self._check_against_stages(request, runs)
+        await self._check_against_stages(request, pipeline, runs)
         now = _now()
         job = Job(
             job_id=job_id,
@@ -144,7 +157,7 @@ class JobRunner:
             height=request.height,
             stages=[
                 StageRun(stage=name, state=orchestrator_pb2.STAGE_STATE_PENDING, request=runs[name])
-                for name in self._pipeline
+                for name in pipeline
             ],
             created_at=now,
             updated_at=now,
@@ -228,12 +241,14 @@ class JobRunner:
     async def _check_against_stages(
         self,
         request: orchestrator_pb2.SubmitJobRequest,
+        pipeline: tuple[str, ...],
         runs: Mapping[str, stage_pb2.RunRequest],
     ) -> None:
-        descs = await asyncio.gather(*(self._describe(name) for name in self._pipeline))
-        for name, desc in zip(self._pipeline, descs, strict=True):
+        descs = await asyncio.gather(*(self._describe(name) for name in pipeline))
+        scales = input_scales(pipeline)
+        for name, desc in zip(pipeline, descs, strict=True):
             if desc is not None:
-                check_against_stage(name, runs[name], desc, request)
+                check_against_stage(name, runs[name], desc, request, scales[name])
 
     async def _describe(self, stage: str) -> stage_pb2.DescribeResponse | None:
         """The stage's cached Describe, or None when it cannot be reached (it
@@ -330,6 +345,8 @@ class JobRunner:
         run.output.CopyFrom(result.output)
         run.model.CopyFrom(result.model)
         run.timing.CopyFrom(result.timing)
+        if result.HasField("text_check"):
+            run.text_check.CopyFrom(result.text_check)
         run.state = orchestrator_pb2.STAGE_STATE_SUCCEEDED
         await self._persist(job)
         self._publish(job.job_id, stage_finished=orchestrator_pb2.StageFinished(run=run))

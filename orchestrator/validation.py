@@ -7,12 +7,31 @@ Describe; errors name the SubmitJobRequest field the caller wrote.
 
 from __future__ import annotations
 
-from orchestrator.bundle import submit_field
+from orchestrator.bundle import STAGE_BUILDERS, submit_field
 from serving.errors import InvalidArgument
 from stageflow.v1 import orchestrator_pb2, stage_pb2
 
 
+def check_stages(request: orchestrator_pb2.SubmitJobRequest) -> None:
+    """`stages`, when given: known names, each at most once, base first."""
+    stages = list(request.stages)
+    if not stages:
+        return
+    known = ", ".join(STAGE_BUILDERS)
+    for name in stages:
+        if name not in STAGE_BUILDERS:
+            raise InvalidArgument("stages", f"unknown stage {name!r}; known stages: {known}")
+    repeated = sorted({name for name in stages if stages.count(name) > 1})
+    if repeated:
+        raise InvalidArgument("stages", f"each stage at most once, got {', '.join(repeated)} twice")
+    if stages[0] != "base":
+        raise InvalidArgument(
+            "stages", f"must start with base (the only stage without an input), got {stages[0]!r}"
+        )
+
+
 def check_request(request: orchestrator_pb2.SubmitJobRequest) -> None:
+    check_stages(request)
     if not request.bundle.base.strip():
         raise InvalidArgument("bundle.base", "must not be empty")
     for name in ("width", "height"):
@@ -34,25 +53,27 @@ def check_against_stage(
     run: stage_pb2.RunRequest,
     desc: stage_pb2.DescribeResponse,
     request: orchestrator_pb2.SubmitJobRequest,
+    scale: int = 1,
 ) -> None:
     """Raise InvalidArgument when `run` falls outside what `stage` accepts.
 
-    Every stage here works at the job's base size (base writes it, refine keeps
-    it, upscale reads it), so width and height are checked against each one.
+    The stage works at `scale` times the job's base size (4 after an upscale,
+    1 before), so width and height times `scale` are checked against it.
     """
     for name in ("width", "height"):
-        value = getattr(request, name)
+        value = getattr(request, name) * scale
+        shown = f"{value}" if scale == 1 else f"{value} ({scale} x {getattr(request, name)})"
         if desc.max_side > 0 and not desc.min_side <= value <= desc.max_side:
             raise InvalidArgument(
                 name,
                 f"must be in [{desc.min_side}, {desc.max_side}] pixels for the {stage} "
-                f"stage, got {value}",
+                f"stage, got {shown}",
             )
         if desc.size_multiple > 1 and value % desc.size_multiple:
             raise InvalidArgument(
                 name,
                 f"must be a multiple of {desc.size_multiple} pixels for the {stage} "
-                f"stage, got {value}",
+                f"stage, got {shown}",
             )
     kind = run.WhichOneof("params")
     if kind is None:
@@ -62,6 +83,8 @@ def check_against_stage(
     for limit in desc.params:
         if limit.name not in fields:
             continue  # a range for a parameter this request does not carry
+        if fields[limit.name].has_presence and not params.HasField(limit.name):
+            continue  # unset: the stage takes its default
         value = getattr(params, limit.name)
         if isinstance(value, bool) or not isinstance(value, int | float):
             continue

@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 from typing import Any, TypeVar
 
-from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, EnvSettingsSource, SettingsConfigDict
 
 from serving.storage import ObjectStore, open_store
@@ -96,6 +96,26 @@ class StageSettings(CommonSettings):
         default="artifacts", description="Key prefix for outputs when a request names none."
     )
     max_side: int = Field(default=1024, ge=1, description="Largest accepted image side, in pixels.")
+    model_repository: str | None = Field(
+        default=None,
+        description="Model repository root (a folder, or s3://bucket/prefix?endpoint=http://h:p "
+        "with the S3 keys above); enables StageAdminService.LoadModel.",
+    )
+    model: str | None = Field(
+        default=None,
+        description="name@version to serve from the model repository; takes precedence over "
+        "model_family and model_path.",
+    )
+    model_cache: Path = Field(
+        default=Path("var/model-cache"),
+        description="Where versions from an S3 model repository are downloaded to.",
+    )
+
+    @model_validator(mode="after")
+    def _model_needs_repository(self) -> StageSettings:
+        if self.model and not self.model_repository:
+            raise ValueError("model (name@version) needs model_repository to be set")
+        return self
 
 
 T = TypeVar("T", bound=BaseSettings)

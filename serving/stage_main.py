@@ -14,9 +14,13 @@ from typing import Any
 import grpc
 
 from inference.interface import StageModel
+from inference.model_loader import STAGE_KINDS, RepositoryLoader
+from inference.repository import ModelRepository
 from serving.logging import configure_logging, get_logger
+from serving.model_holder import ModelHolder
 from serving.server import Service, serve
 from serving.settings import StageSettings, load_settings
+from serving.stage_admin import ADMIN_SERVICE_NAME, StageAdminServicer
 from serving.stage_servicer import StageServicer
 from stageflow.v1 import stage_pb2, stage_pb2_grpc
 
@@ -32,17 +36,28 @@ def run_stage(
     configure_logging(level=settings.log_level, json=settings.log_json, service=stage)
     log = get_logger(__name__)
     store = settings.open_store()
-    model = create_model(
-        settings.model_family,
-        Path(settings.model_path),
-        name=settings.model_name,
-        version=settings.model_version,
-        device=settings.device,
-        torch_threads=settings.torch_threads,
-        max_side=settings.max_side,
-    )
+    loader = _repository_loader(stage, settings, create_model)
+
+    def initial_model() -> StageModel:
+        # The repository's model takes precedence over model_family/model_path.
+        if loader is not None and settings.model:
+            return loader.load(settings.model)
+        model = create_model(
+            settings.model_family,
+            Path(settings.model_path),
+            name=settings.model_name,
+            version=settings.model_version,
+            device=settings.device,
+            torch_threads=settings.torch_threads,
+            max_side=settings.max_side,
+        )
+        model.load()
+        return model
+
+    holder = ModelHolder()
+    admin = StageAdminServicer(holder, loader.load if loader is not None else None)
     servicer = StageServicer(
-        model,
+        holder,
         store,
         max_concurrency=settings.max_concurrency,
         max_queue=settings.max_queue,
@@ -52,8 +67,11 @@ def run_stage(
     def register(server: grpc.aio.Server) -> None:
         stage_pb2_grpc.add_StageServiceServicer_to_server(servicer, server)
 
+    def register_admin(server: grpc.aio.Server) -> None:
+        stage_pb2_grpc.add_StageAdminServiceServicer_to_server(admin, server)
+
     async def startup() -> None:
-        await asyncio.to_thread(model.load)
+        model = await holder.swap(initial_model)
         servicer.ready = True
         identity = model.describe().identity
         log.info(
@@ -68,8 +86,35 @@ def run_stage(
     async def shutdown() -> None:
         servicer.ready = False
         servicer.close()
-        model.unload()
+        await holder.aclose()
 
     asyncio.run(
-        serve([Service(STAGE_SERVICE_NAME, register)], settings, startup=startup, shutdown=shutdown)
+        serve(
+            [Service(STAGE_SERVICE_NAME, register), Service(ADMIN_SERVICE_NAME, register_admin)],
+            settings,
+            startup=startup,
+            shutdown=shutdown,
+        )
+    )
+
+
+def _repository_loader(
+    stage: str, settings: StageSettings, create_model: ModelFactory
+) -> RepositoryLoader | None:
+    if not settings.model_repository:
+        return None
+    repository = ModelRepository(
+        settings.model_repository,
+        access_key=settings.s3_access_key,
+        secret_key=settings.s3_secret_key.get_secret_value(),
+        region=settings.s3_region,
+        cache_dir=settings.model_cache,
+    )
+    return RepositoryLoader(
+        repository,
+        STAGE_KINDS[stage],
+        create_model,
+        device=settings.device,
+        torch_threads=settings.torch_threads,
+        max_side=settings.max_side,
     )

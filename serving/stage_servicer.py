@@ -8,20 +8,22 @@ model never sees gRPC; this module never imports torch.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 
 import grpc
 from PIL import Image
 
-from inference.interface import StageInputs, StageModel, StageParams
+from inference.interface import StageInputs, StageModel, StageOutput, StageParams
 from serving import stage_codec
 from serving.artifacts import Artifact, get_artifact, put_artifact
 from serving.errors import InvalidArgument
 from serving.images import decode_image, encode_png
 from serving.logging import get_logger
+from serving.model_holder import Lease, ModelHolder
 from serving.slots import ExecutionSlots
 from serving.storage import ObjectStore
 from stageflow.v1 import common_pb2, stage_pb2, stage_pb2_grpc
@@ -55,14 +57,15 @@ class _CallCancellation:
 class StageServicer(stage_pb2_grpc.StageServiceServicer):
     def __init__(
         self,
-        model: StageModel,
+        model: StageModel | ModelHolder,
         store: ObjectStore,
         *,
         max_concurrency: int = 1,
         max_queue: int = 16,
         output_prefix: str = "artifacts",
     ) -> None:
-        self._model = model
+        # A holder, so that StageAdminService can swap the model under running calls.
+        self._models = model if isinstance(model, ModelHolder) else ModelHolder(model)
         self._store = store
         self._slots = ExecutionSlots(max_concurrency, max_queue)
         self._executor = ThreadPoolExecutor(max_concurrency, thread_name_prefix="stage")
@@ -75,7 +78,7 @@ class StageServicer(stage_pb2_grpc.StageServiceServicer):
         self, request: stage_pb2.DescribeRequest, context: grpc.aio.ServicerContext
     ) -> stage_pb2.DescribeResponse:
         return stage_codec.describe_response(
-            self._model.describe(),
+            self._models.current.describe(),
             ready=self.ready,
             max_concurrency=self._max_concurrency,
             max_queue=self._max_queue,
@@ -84,27 +87,38 @@ class StageServicer(stage_pb2_grpc.StageServiceServicer):
     async def Run(
         self, request: stage_pb2.RunRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[stage_pb2.RunResponse]:
+        # The whole call, validation included, uses the model current at its start.
+        with self._models.lease() as lease:
+            async with contextlib.aclosing(self._run(request, context, lease)) as events:
+                async for event in events:
+                    yield event
+
+    async def _run(
+        self, request: stage_pb2.RunRequest, context: grpc.aio.ServicerContext, lease: Lease
+    ) -> AsyncGenerator[stage_pb2.RunResponse, None]:
+        model = lease.model
         started = time.perf_counter()
-        params = stage_codec.params_from_request(request)
-        self._model.validate(params)
+        params = stage_codec.params_from_request(request, model.describe().param_defaults)
+        model.validate(params)
         await self._slots.acquire()
         cancellation = _CallCancellation(context.time_remaining())
         try:
             queued = time.perf_counter()
             try:
                 inputs = await asyncio.to_thread(self._load_inputs, request)
-                self._model.validate_inputs(params, inputs)
+                model.validate_inputs(params, inputs)
             except BaseException:
                 self._slots.release()  # the worker never started: it cannot release it
                 raise
             loaded = time.perf_counter()
-            image = None
-            async for event in self._compute(params, inputs, cancellation, started):
-                if isinstance(event, Image.Image):
-                    image = event
+            output = None
+            async for event in self._compute(lease, params, inputs, cancellation, started):
+                if isinstance(event, StageOutput):
+                    output = event
                 else:
                     yield event
-            assert image is not None
+            assert output is not None
+            image = output.image
             computed = time.perf_counter()
             artifact = await asyncio.to_thread(self._store_output, image)
             stored = time.perf_counter()
@@ -123,24 +137,26 @@ class StageServicer(stage_pb2_grpc.StageServiceServicer):
             output=artifact.key,
             **{k: round(v, 1) for k, v in _fields(timing)},
         )
-        yield stage_pb2.RunResponse(
-            result=stage_pb2.StageResult(
-                output=stage_codec.artifact_ref(artifact),
-                model=stage_codec.model_info(self._model.describe().identity),
-                timing=timing,
-                width=image.width,
-                height=image.height,
-            )
+        result = stage_pb2.StageResult(
+            output=stage_codec.artifact_ref(artifact),
+            model=stage_codec.model_info(model.describe().identity),
+            timing=timing,
+            width=image.width,
+            height=image.height,
         )
+        if output.text_check is not None:
+            result.text_check.CopyFrom(stage_codec.text_check(output.text_check))
+        yield stage_pb2.RunResponse(result=result)
 
     async def _compute(
         self,
+        lease: Lease,
         params: StageParams,
         inputs: StageInputs,
         cancellation: _CallCancellation,
         started: float,
-    ) -> AsyncIterator[stage_pb2.RunResponse | Image.Image]:
-        """Run the model in a worker thread; yield progress, then the image.
+    ) -> AsyncIterator[stage_pb2.RunResponse | StageOutput]:
+        """Run the model in a worker thread; yield progress, then its output.
 
         The execution slot is released when the worker finishes, not when this
         call ends: a cancelled call keeps its slot until the model has stopped
@@ -153,8 +169,9 @@ class StageServicer(stage_pb2_grpc.StageServiceServicer):
             loop.call_soon_threadsafe(events.put_nowait, (step, total))
 
         future = loop.run_in_executor(
-            self._executor, self._model.run, params, inputs, progress, cancellation
+            self._executor, lease.model.run_with_report, params, inputs, progress, cancellation
         )
+        lease.keep_until(future)  # a swap unloads this model only after the worker ends
         future.add_done_callback(lambda _: self._slots.release())
         future.add_done_callback(lambda _: events.put_nowait(_DONE))
         future.add_done_callback(_log_worker_end)
@@ -191,7 +208,7 @@ def _fields(timing: common_pb2.Timing) -> list[tuple[str, float]]:
     return [(f.name, getattr(timing, f.name)) for f in timing.DESCRIPTOR.fields]
 
 
-def _log_worker_end(future: asyncio.Future[Image.Image]) -> None:
+def _log_worker_end(future: asyncio.Future[StageOutput]) -> None:
     if future.cancelled():
         return
     error = future.exception()

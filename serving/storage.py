@@ -11,6 +11,7 @@ from __future__ import annotations
 import abc
 import io
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
@@ -53,6 +54,42 @@ class ObjectStore(abc.ABC):
     def describe(self) -> str:
         """Where this store points, for logs (never includes secrets)."""
 
+    @abc.abstractmethod
+    def list_keys(self, prefix: str = "") -> list[str]:
+        """Every key that starts with `prefix` (a plain string prefix, as in S3),
+        sorted; "a/" lists everything below the folder a."""
+
+    def put_file(
+        self, key: str, path: Path, content_type: str = "application/octet-stream"
+    ) -> None:
+        """Write an object from a file; stores override this to stream large files."""
+        self.put(key, Path(path).read_bytes(), content_type=content_type)
+
+    def get_file(self, key: str, path: Path) -> None:
+        """Read an object into a file (replaced atomically); NotFound as `get`."""
+        _write_atomically(Path(path), self.get(key))
+
+
+def _write_atomically(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # Write beside the target and rename: os.replace is atomic on one
+    # filesystem, so a concurrent reader sees the old or the new object.
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _is_partial(name: str) -> bool:
+    """A LocalStore write in progress (see _write_atomically)."""
+    return name.startswith(".") and name.endswith(".tmp")
+
 
 def check_key(key: str, *, field: str = "key") -> str:
     """Reject keys that could escape a store's root or alias another key."""
@@ -77,20 +114,53 @@ class LocalStore(ObjectStore):
         return self.root.joinpath(*check_key(key).split("/"))
 
     def put(self, key: str, data: bytes, content_type: str = "application/octet-stream") -> None:
-        path = self._path(key)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        # Write beside the target and rename: os.replace is atomic on one
-        # filesystem, so a concurrent reader sees the old or the new object.
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        _write_atomically(self._path(key), data)
+
+    def put_file(
+        self, key: str, path: Path, content_type: str = "application/octet-stream"
+    ) -> None:
+        target = self._path(key)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+        os.close(fd)
         try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
+            shutil.copyfile(path, tmp)
+            os.replace(tmp, target)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+    def get_file(self, key: str, path: Path) -> None:
+        source = self._path(key)
+        if not source.is_file():
+            raise NotFound(f"object {key} not found in {self.describe()}")
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        os.close(fd)
+        try:
+            shutil.copyfile(source, tmp)
             os.replace(tmp, path)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise
+
+    def list_keys(self, prefix: str = "") -> list[str]:
+        # Walk only the deepest folder the prefix names, then filter by the rest.
+        folder, _, _ = prefix.rpartition("/")
+        base = (
+            self.root.joinpath(*check_key(folder, field="prefix").split("/"))
+            if folder
+            else self.root
+        )
+        if not base.is_dir():
+            return []
+        keys = (
+            p.relative_to(self.root).as_posix()
+            for p in base.rglob("*")
+            if p.is_file() and not _is_partial(p.name)
+        )
+        return sorted(k for k in keys if k.startswith(prefix))
 
     def get(self, key: str) -> bytes:
         try:
@@ -218,6 +288,28 @@ class S3Store(ObjectStore):
 
     def describe(self) -> str:
         return f"s3://{self.bucket} at {self.endpoint}"
+
+    def list_keys(self, prefix: str = "") -> list[str]:
+        with self._errors("prefix", prefix):
+            objects = self._client.list_objects(self.bucket, prefix=prefix or None, recursive=True)
+            return sorted(o.object_name for o in objects if not o.is_dir)
+
+    def put_file(
+        self, key: str, path: Path, content_type: str = "application/octet-stream"
+    ) -> None:
+        check_key(key)
+        with self._errors("object", key):
+            # Streams from disk, multipart above the part size: model weights
+            # run to gigabytes and need not fit in memory.
+            self._client.fput_object(self.bucket, key, str(path), content_type=content_type)
+
+    def get_file(self, key: str, path: Path) -> None:
+        check_key(key)
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with self._errors("object", key):
+            # fget_object downloads to a side file and renames it into place.
+            self._client.fget_object(self.bucket, key, str(path))
 
 
 def open_store(

@@ -117,3 +117,6 @@ class FakeStore(ObjectStore):
 
     def describe(self) -> str:
         return "fake"
+
+    def list_keys(self, prefix: str = "") -> list[str]:
+        raise NotImplementedError

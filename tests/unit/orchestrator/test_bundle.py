@@ -64,15 +64,37 @@ def test_base_request_takes_set_options_even_zero() -> None:
     assert (req.txt2img.steps, req.txt2img.guidance_scale) == (5, 1.0)
 
 
-def test_refine_inpaints_the_text_band_when_there_is_overlay_text() -> None:
+def test_refine_runs_the_typography_pass_when_there_is_overlay_text() -> None:
     p = build_run_request("refine", _request()).refine
+    assert p.text == "Chapter One"
     assert p.mode == stage_pb2.REFINE_MODE_INPAINT
-    assert p.strength == pytest.approx(0.75)
+    assert p.strength == pytest.approx(0.3)  # a light harmonising inpaint
     assert (p.steps, p.seed, p.inpaint_mask_blur) == (40, 7, 4)
     assert p.guidance_scale == pytest.approx(7.5)
-    assert p.mask_box == TEXT_BAND
-    assert p.mask_box.top == pytest.approx(0.78)
+    # The stage inpaints the text's own mask: no box, and the bottom band by default.
+    assert not p.HasField("mask_box") and not p.HasField("text_box")
+    assert p.text_placement == stage_pb2.TEXT_PLACEMENT_UNSPECIFIED
+    assert not p.HasField("max_cer") and not p.HasField("max_attempts")
     assert p.prompt == compose_prompt(REFERENCE)
+
+
+def test_overlay_text_options_reach_the_refine_stage() -> None:
+    box = stage_pb2.Box(left=0.1, top=0.1, right=0.9, bottom=0.3)
+    opts = orchestrator_pb2.RefineOptions(
+        mask_box=box,
+        text_placement=stage_pb2.TEXT_PLACEMENT_TOP,
+        text_color="#ffcc00",
+        text_stroke=0.05,
+        text_shadow=True,
+        max_cer=0.1,
+        max_attempts=2,
+        strength=0.2,
+    )
+    p = build_run_request("refine", _request(refine=opts)).refine
+    assert p.text_box == box and not p.HasField("mask_box")
+    assert p.text_placement == stage_pb2.TEXT_PLACEMENT_TOP
+    assert (p.text_color, p.text_shadow, p.max_attempts) == ("#ffcc00", True, 2)
+    assert (p.text_stroke, p.max_cer, p.strength) == pytest.approx((0.05, 0.1, 0.2))
 
 
 def test_refine_is_img2img_without_overlay_text() -> None:
@@ -95,7 +117,8 @@ def test_refine_options_override_defaults() -> None:
         inpaint_mask_blur=0,
         mask_box=box,
     )
-    p = build_run_request("refine", _request(refine=opts)).refine
+    bundle = orchestrator_pb2.PromptBundle(base="a castle")
+    p = build_run_request("refine", _request(bundle=bundle, refine=opts)).refine
     assert p.mode == stage_pb2.REFINE_MODE_IMG2IMG
     assert (p.strength, p.steps, p.guidance_scale, p.seed) == (0.5, 10, 3.0, 42)
     assert p.inpaint_mask_blur == 0

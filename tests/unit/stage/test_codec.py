@@ -66,3 +66,17 @@ def test_unknown_enum_value_is_rejected_with_the_field() -> None:
     with pytest.raises(InvalidArgument) as info:
         stage_codec.params_from_request(stage_pb2.RunRequest(upscale=msg))
     assert info.value.field == "mode"
+
+
+def test_the_models_defaults_fill_unset_fields_but_never_override_set_ones() -> None:
+    defaults = {"steps": 30, "guidance_scale": 5.0}
+    unset = stage_codec.params_from_request(
+        stage_pb2.RunRequest(txt2img=stage_pb2.Txt2ImgParams(prompt="x")), defaults
+    )
+    explicit = stage_codec.params_from_request(
+        stage_pb2.RunRequest(txt2img=stage_pb2.Txt2ImgParams(prompt="x", steps=4)), defaults
+    )
+    assert isinstance(unset, Txt2ImgParams) and isinstance(explicit, Txt2ImgParams)
+    assert (unset.steps, unset.guidance_scale, unset.width) == (30, 5.0, 128)
+    assert isinstance(unset.steps, int)
+    assert (explicit.steps, explicit.guidance_scale) == (4, 5.0)

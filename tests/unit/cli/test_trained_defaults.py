@@ -1,0 +1,34 @@
+"""Newcomers get the trained fixtures: `stageflow up` and `demo` serve them by
+default, and the demo asks for something those models can draw."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from cli.cluster import TRAINED_MODELS_DIR, LocalCluster
+from cli.jobs import DEMO_SPEC
+from inference.training import analysis
+
+
+def test_default_cluster_serves_the_committed_trained_models(tmp_path: Path) -> None:
+    cluster = LocalCluster(state_dir=tmp_path)
+    assert cluster.model_path("base") == TRAINED_MODELS_DIR / "shapes-sd"
+    assert cluster.model_path("refine") == TRAINED_MODELS_DIR / "shapes-sd"
+    assert cluster.model_path("upscale") == TRAINED_MODELS_DIR / "shapes-esrgan-x4"
+    for stage in ("base", "refine", "upscale"):
+        assert (cluster.model_path(stage) / "model_index.json").exists() or (
+            cluster.model_path(stage) / "config.json"
+        ).exists()
+
+
+def test_an_explicit_models_dir_keeps_the_build_fixtures_layout(tmp_path: Path) -> None:
+    cluster = LocalCluster(state_dir=tmp_path, models_dir=tmp_path / "models")
+    assert cluster.model_path("base") == tmp_path / "models" / "tiny-sd"
+    assert cluster.model_path("upscale") == tmp_path / "models" / "tiny-esrgan-x4"
+
+
+def test_demo_prompt_is_in_the_trained_models_vocabulary() -> None:
+    # parse_caption raises on anything the shapes model was not trained on.
+    assert analysis.parse_caption(DEMO_SPEC.base) == ("circle", "red", "blue")
+    assert (DEMO_SPEC.width, DEMO_SPEC.height) == (32, 32)
+    assert DEMO_SPEC.text == "Chapter One"

@@ -1,0 +1,86 @@
+"""export_onnx: folder detection, fingerprints, fp16, refusals."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from inference.onnx import export, layout
+from inference.onnx.export import ExportReport, export_onnx
+from inference.onnx.runtime import load_onnx_upscaler
+from inference.rrdbnet import load_rrdbnet
+
+
+def test_manifest_records_settings_digests_and_fingerprint(sd_export: ExportReport) -> None:
+    raw = json.loads((sd_export.folder / layout.MANIFEST).read_text())
+    assert raw["kind"] == layout.KIND_SD == sd_export.kind
+    assert raw["fingerprint"] == sd_export.fingerprint
+    assert raw["config"] == {
+        "latent_channels": 4,
+        "scaling_factor": pytest.approx(0.18215),
+        "vae_scale_factor": 8,
+        "unet_levels": 2,
+        "max_token_length": 77,
+        "text_hidden_size": 32,
+    }
+    assert {"unet.onnx", "tokenizer/vocab.json", "scheduler/scheduler_config.json"} <= set(
+        raw["files"]
+    )
+    assert set(raw["settings"]) == {"opset", "fp16", "exporter", "torch", "onnx"}
+    assert layout.read_manifest(sd_export.folder).fingerprint == sd_export.fingerprint
+
+
+def test_same_export_same_fingerprint_other_settings_another(
+    esrgan_folder: Path, esrgan_export: ExportReport, tmp_path: Path
+) -> None:
+    again = export_onnx(esrgan_folder, tmp_path / "again")
+    assert again.fingerprint == esrgan_export.fingerprint
+    other = export_onnx(esrgan_folder, tmp_path / "opset18", opset=18)
+    assert other.fingerprint != esrgan_export.fingerprint
+
+
+def test_fp16_upscaler_exports_and_runs(esrgan_folder: Path, tmp_path: Path) -> None:
+    report = export_onnx(esrgan_folder, tmp_path / "fp16", fp16=True)
+    assert report.fp16_parts == ("upscaler",) and report.settings["fp16"] is True
+    net, _ = load_onnx_upscaler(report.folder, threads=1)
+    reference, _ = load_rrdbnet(esrgan_folder)
+    image = torch.rand((1, 3, 12, 12), generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode():
+        out, expected = net(image), reference(image)
+    # Half precision: about 1e-3, where fp32 agrees to 1e-6.
+    assert out.dtype == torch.float32
+    assert (out - expected).abs().max().item() < 2e-2
+
+
+def test_refuses_unknown_folders_non_empty_targets_and_exports(
+    sd_export: ExportReport, esrgan_folder: Path, tmp_path: Path
+) -> None:
+    with pytest.raises(ValueError, match=r"model_index\.json"):
+        export_onnx(tmp_path, tmp_path / "out")
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "x").write_text("x")
+    with pytest.raises(FileExistsError):
+        export_onnx(esrgan_folder, tmp_path / "full")
+    with pytest.raises(ValueError, match="already an ONNX export"):
+        export_onnx(sd_export.folder, tmp_path / "again")
+    # A failed export leaves nothing behind.
+    assert not (tmp_path / "out").exists()
+
+
+def test_large_weights_go_to_one_external_data_file(
+    esrgan_folder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An SD 1.5 UNet (3.4 GB) is past protobuf's 2 GiB: weights must live beside it."""
+    monkeypatch.setattr(export, "EXTERNAL_DATA_BYTES", 0)
+    report = export_onnx(esrgan_folder, tmp_path / "external")
+    names = sorted(p.name for p in report.folder.iterdir())
+    assert names == ["onnx_model.json", "upscaler.onnx", "upscaler.onnx.data"]
+    assert "upscaler.onnx.data" in layout.read_manifest(report.folder).files
+    net, _ = load_onnx_upscaler(report.folder, threads=1)
+    reference, _ = load_rrdbnet(esrgan_folder)
+    image = torch.rand((1, 3, 12, 12), generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode():
+        assert (net(image) - reference(image)).abs().max().item() < 1e-4
