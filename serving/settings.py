@@ -96,6 +96,17 @@ class StageSettings(CommonSettings):
         default="artifacts", description="Key prefix for outputs when a request names none."
     )
     max_side: int = Field(default=1024, ge=1, description="Largest accepted image side, in pixels.")
+    backend: str = Field(
+        default="torch",
+        description="Execution backend for model_path: torch, onnxruntime (the folder must be "
+        "an ONNX export: `stageflow models compile`) or tensorrt. A repository model's "
+        "model.yaml names its own.",
+    )
+    providers: str = Field(
+        default="",
+        description="Comma-separated ONNX Runtime execution providers: cpu, cuda, tensorrt "
+        "(default cpu). A provider that is not installed is an error, never a fall-back.",
+    )
     model_repository: str | None = Field(
         default=None,
         description="Model repository root (a folder, or s3://bucket/prefix?endpoint=http://h:p "
@@ -110,6 +121,9 @@ class StageSettings(CommonSettings):
         default=Path("var/model-cache"),
         description="Where versions from an S3 model repository are downloaded to.",
     )
+
+    def provider_list(self) -> list[str]:
+        return [p.strip() for p in self.providers.split(",") if p.strip()]
 
     @model_validator(mode="after")
     def _model_needs_repository(self) -> StageSettings:

@@ -50,6 +50,8 @@ def run_stage(
             device=settings.device,
             torch_threads=settings.torch_threads,
             max_side=settings.max_side,
+            backend=settings.backend,
+            providers=settings.provider_list(),
         )
         model.load()
         return model
@@ -117,4 +119,5 @@ def _repository_loader(
         device=settings.device,
         torch_threads=settings.torch_threads,
         max_side=settings.max_side,
+        providers=settings.provider_list(),
     )
