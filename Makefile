@@ -60,8 +60,8 @@ bench: deps ## torch vs onnxruntime per part, per stage, cold start -> docs/benc
 	$(PY) bench/backends.py --out docs/benchmarks.md
 
 .PHONY: quality-report
-quality-report: setup ## typography pass over 100 varied texts -> docs/quality.md (~5 min)
-	$(PY) bench/quality_report.py --count 100 --models $(MODELS) --out docs/quality.md
+quality-report: setup ## typography pass over 100 varied texts, trained fixtures -> docs/quality.md (~2 min)
+	$(PY) bench/quality_report.py --count 100 --threads 1 --out docs/quality.md
 
 up: setup ## start the three stages and the orchestrator on loopback
 	$(BIN)/stageflow up
