@@ -89,7 +89,9 @@ class RefineParams:
     text_stroke: float = field(default=0.0, metadata=bounded(0.0, 0.2))
     text_shadow: bool = False
     # Accept a harmonised result when OCR's character error rate is at most this.
-    max_cer: float = field(default=0.05, metadata=bounded(0.0, 1.0))
+    # 0: overlay text must come out exact; a harmonised pass that changes even
+    # one character is retried, then replaced by the exact render.
+    max_cer: float = field(default=0.0, metadata=bounded(0.0, 1.0))
     # Harmonising passes (seed, seed + 1, ...) before falling back to the exact render.
     max_attempts: int = field(default=3, metadata=bounded(1, 10))
 

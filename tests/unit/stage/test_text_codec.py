@@ -15,7 +15,7 @@ def test_refine_text_fields_decode_with_defaults_for_unset_ones() -> None:
     params = stage_codec.params_from_request(request)
     assert params == RefineParams(prompt="p", text="Chapter One")
     assert isinstance(params, RefineParams)
-    assert (params.max_cer, params.max_attempts, params.text_stroke) == (0.05, 3, 0.0)
+    assert (params.max_cer, params.max_attempts, params.text_stroke) == (0.0, 3, 0.0)
     assert params.text_placement == TextPlacement.BOTTOM and params.text_box is None
 
 
