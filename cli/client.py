@@ -134,9 +134,10 @@ class StageflowClient:
         upscale_options: Mapping[str, Any] | None = None,
         request_id: str = "",
         stages: Sequence[str] = (),
+        pipeline: str = "",
     ) -> pb.Job:
-        """Submit a job; returns at once with the queued job. `stages` orders
-        the pipeline (empty: base, refine, upscale)."""
+        """Submit a job; returns at once with the queued job. `pipeline` names
+        the orchestrator's spec (empty: "default"); `stages` overrides its order."""
         request = pb.SubmitJobRequest(
             bundle=pb.PromptBundle(
                 base=base, style=style, overlay_text=text, negative_prompt=negative
@@ -149,6 +150,7 @@ class StageflowClient:
             upscale=options(pb.UpscaleOptions, upscale_options),
             request_id=request_id,
             stages=list(stages),
+            pipeline=pipeline,
         )
         reply = await self._stub.SubmitJob(request, timeout=UNARY_TIMEOUT_S)
         return reply.job
@@ -164,6 +166,37 @@ class StageflowClient:
 
     async def get(self, job_id: str) -> pb.Job:
         reply = await self._stub.GetJob(pb.GetJobRequest(job_id=job_id), timeout=UNARY_TIMEOUT_S)
+        return reply.job
+
+    async def versions(self, job_id: str) -> builtins.list[pb.Job]:
+        """Every version of a job, oldest first (the last is the latest)."""
+        reply = await self._stub.GetJob(pb.GetJobRequest(job_id=job_id), timeout=UNARY_TIMEOUT_S)
+        return builtins.list(reply.versions) or [reply.job]
+
+    async def rerun(
+        self,
+        job_id: str,
+        from_stage: str,
+        *,
+        base_options: Mapping[str, Any] | None = None,
+        refine_options: Mapping[str, Any] | None = None,
+        upscale_options: Mapping[str, Any] | None = None,
+        bundle: Mapping[str, str] | None = None,
+    ) -> pb.Job:
+        """Version N+1 of a finished job, recomputed from `from_stage` with these
+        overrides (only the option sets given are sent); returns it QUEUED."""
+        request = pb.RerunJobRequest(job_id=job_id, from_stage=from_stage)
+        for name, values in (
+            ("base", base_options),
+            ("refine", refine_options),
+            ("upscale", upscale_options),
+        ):
+            if values:
+                cls = type(getattr(request, name))
+                getattr(request, name).CopyFrom(options(cls, values))
+        if bundle:
+            request.bundle.CopyFrom(options(pb.BundleOverrides, bundle))
+        reply = await self._stub.RerunJob(request, timeout=UNARY_TIMEOUT_S)
         return reply.job
 
     async def list(

@@ -45,6 +45,8 @@ class JobSpec:
     request_id: str = ""
     # Stage order; empty: the orchestrator's default (base, refine, upscale).
     stages: tuple[str, ...] = ()
+    # Pipeline spec name; empty: the orchestrator's "default".
+    pipeline: str = ""
 
 
 # The reference workflow's bundle shape (base, style, overlay text) with a base

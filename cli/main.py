@@ -281,6 +281,9 @@ def submit(
             "base,upscale,refine puts the typography pass after the upscale."
         ),
     ] = "",
+    pipeline: Annotated[
+        str, typer.Option(help="Pipeline spec on the orchestrator (pipelines/NAME.yaml).")
+    ] = "",
     address: Address = DEFAULT_ADDRESS,
     out: Annotated[Path, typer.Option(help="Where the final PNG goes.")] = Path("out"),
     no_wait: Annotated[bool, typer.Option("--no-wait", help="Return once submitted.")] = False,
@@ -303,6 +306,7 @@ def submit(
         request_id=request_id,
         # The orchestrator validates the names and order (INVALID_ARGUMENT naming `stages`).
         stages=tuple(name.strip() for name in stages.split(",") if name.strip()),
+        pipeline=pipeline,
     )
     ui = _ui(as_json)
     _with_client(
@@ -384,5 +388,44 @@ def cancel(
         job = await client.cancel(job_id)
         ui.out.print(Text(f"job {job.job_id}: {job_state_name(job.state)}"))
         return 0
+
+    _with_client(address, body)
+
+
+@app.command()
+def rerun(
+    job_id: Annotated[str, typer.Argument(help="The finished job to rerun.")],
+    from_stage: Annotated[
+        str, typer.Option("--from", help="First stage to recompute (earlier ones are reused).")
+    ],
+    sets: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--set",
+            help="KEY=VALUE override: a field of the from-stage's options "
+            "(e.g. guidance_scale=9) or text/style/negative of the bundle. Repeatable.",
+        ),
+    ] = None,
+    address: Address = DEFAULT_ADDRESS,
+    out: Annotated[Path, typer.Option(help="Where the final PNG goes.")] = Path("out"),
+    no_wait: Annotated[bool, typer.Option("--no-wait", help="Return once submitted.")] = False,
+    as_json: JsonFlag = False,
+) -> None:
+    """Make version N+1 of a job: reuse stages before --from, recompute the rest."""
+    from cli.jobs import follow
+    from cli.render import job_state_name
+    from cli.rerun import parse_sets
+
+    with _expected_errors():
+        overrides = parse_sets(from_stage, sets or [])
+    ui = _ui(as_json)
+
+    async def body(client: StageflowClient) -> int:
+        job = await client.rerun(job_id, from_stage, **overrides.client_kwargs())
+        if not as_json:
+            ui.say(f"job {job.job_id} version {job.version}: {job_state_name(job.state)}")
+        if no_wait:
+            return 0
+        return await follow(client, job.job_id, out_dir=out, ui=ui)
 
     _with_client(address, body)

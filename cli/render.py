@@ -126,7 +126,8 @@ def timing_table(job: pb.Job) -> Table:
         ms = [t.queue_ms, t.load_inputs_ms, t.compute_ms, t.store_output_ms, t.total_ms]
         table.add_row(
             run.stage,
-            stage_state_name(run.state),
+            # A cache hit made no stage call: its times are those of the original run.
+            stage_state_name(run.state) + (" (cached)" if run.cache_hit else ""),
             model or "-",
             *(f"{v:.1f}" for v in ms),
         )
@@ -161,6 +162,11 @@ def job_summary(job: pb.Job) -> Table:
         ("prompt", job.prompt),
         ("seed", str(job.seed)),
         ("size", f"{job.width}x{job.height}"),
+        (
+            "version",
+            f"{job.version or 1}" + (f" (rerun from {job.rerun_from})" if job.rerun_from else ""),
+        ),
+        ("pipeline", f"{job.pipeline} ({job.pipeline_sha256[:12]})" if job.pipeline else "-"),
         ("final", job.final.key or "-"),
         ("final url", job.final_url or "-"),
         ("error", job.error or "-"),

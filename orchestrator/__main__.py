@@ -11,6 +11,7 @@ from orchestrator.jobs import JobStore
 from orchestrator.runner import JobRunner
 from orchestrator.servicer import SERVICE_NAME, OrchestratorServicer
 from orchestrator.settings import OrchestratorSettings
+from orchestrator.spec import SpecError, load_specs
 from orchestrator.stage_client import GrpcStageClient, StageClient
 from serving.logging import configure_logging
 from serving.server import Service, serve
@@ -19,6 +20,7 @@ from stageflow.v1 import orchestrator_pb2_grpc
 
 
 async def _serve(settings: OrchestratorSettings) -> None:
+    specs = load_specs(settings.pipelines_dir)  # fail fast: before anything is started
     store = settings.open_store()
     jobs = JobStore(settings.db_path)
     addresses = {
@@ -30,7 +32,7 @@ async def _serve(settings: OrchestratorSettings) -> None:
         name: GrpcStageClient(address, settings.max_message_bytes)
         for name, address in addresses.items()
     }
-    runner = JobRunner(stages, jobs, settings, store)
+    runner = JobRunner(stages, jobs, settings, store, specs=specs)
     servicer = OrchestratorServicer(runner)
 
     def register(server: grpc.aio.Server) -> None:
@@ -50,7 +52,10 @@ async def _serve(settings: OrchestratorSettings) -> None:
 def main(argv: Sequence[str] | None = None) -> None:
     settings = load_settings(OrchestratorSettings, list(argv) if argv is not None else None)
     configure_logging(level=settings.log_level, json=settings.log_json, service="orchestrator")
-    asyncio.run(_serve(settings))
+    try:
+        asyncio.run(_serve(settings))
+    except SpecError as err:
+        raise SystemExit(f"orchestrator: invalid pipeline spec: {err}") from None
 
 
 if __name__ == "__main__":

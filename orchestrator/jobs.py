@@ -10,13 +10,14 @@ from __future__ import annotations
 import asyncio
 import functools
 import sqlite3
+import time
 import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TypeVar
 
-from stageflow.v1 import orchestrator_pb2
+from stageflow.v1 import orchestrator_pb2, stage_pb2
 
 T = TypeVar("T")
 
@@ -35,6 +36,21 @@ CREATE TABLE IF NOT EXISTS jobs (
 CREATE UNIQUE INDEX IF NOT EXISTS jobs_request_id ON jobs (request_id) WHERE request_id != '';
 CREATE INDEX IF NOT EXISTS jobs_created ON jobs (created_at);
 CREATE INDEX IF NOT EXISTS jobs_state_created ON jobs (state, created_at);
+-- Earlier versions of rerun jobs; the jobs row always holds the latest one.
+CREATE TABLE IF NOT EXISTS job_versions (
+    job_id  TEXT NOT NULL,
+    version INTEGER NOT NULL,
+    job     BLOB NOT NULL,        -- serialized stageflow.v1.Job, as it finished
+    PRIMARY KEY (job_id, version)
+);
+-- The stage cache: content address of a stage run -> what it produced.
+CREATE TABLE IF NOT EXISTS stage_cache (
+    key        TEXT PRIMARY KEY,  -- orchestrator.cache.cache_key
+    stage      TEXT NOT NULL,
+    output_key TEXT NOT NULL,     -- readable from the sqlite3 shell
+    created_at INTEGER NOT NULL,  -- unix microseconds
+    result     BLOB NOT NULL      -- serialized stageflow.v1.StageResult (output, model, timing)
+);
 """
 
 
@@ -99,6 +115,25 @@ class JobStore:
     async def unfinished(self) -> list[orchestrator_pb2.Job]:
         """QUEUED and RUNNING jobs, oldest first (the order to resume them in)."""
         return await self._call(self._unfinished)
+
+    async def add_version(
+        self, previous: orchestrator_pb2.Job, latest: orchestrator_pb2.Job
+    ) -> None:
+        """Keep `previous` as an old version and make `latest` the job's row, atomically."""
+        await self._call(self._add_version, previous, latest)
+
+    async def versions(self, job_id: str) -> list[orchestrator_pb2.Job]:
+        """The job's earlier versions, oldest first (the latest is `get`)."""
+        return await self._call(self._versions, job_id)
+
+    async def cache_get(self, key: str) -> stage_pb2.StageResult | None:
+        return await self._call(self._cache_get, key)
+
+    async def cache_put(self, key: str, stage: str, result: stage_pb2.StageResult) -> None:
+        await self._call(self._cache_put, key, stage, result)
+
+    async def cache_delete(self, key: str) -> None:
+        await self._call(self._cache_delete, key)
 
     async def close(self) -> None:
         await self._call(self._conn.close)
@@ -171,3 +206,32 @@ class JobStore:
             "SELECT job FROM jobs WHERE state IN (?, ?) ORDER BY created_at, rowid", names
         )
         return [_decode(row[0]) for row in rows]
+
+    def _add_version(self, previous: orchestrator_pb2.Job, latest: orchestrator_pb2.Job) -> None:
+        with self._conn:  # one transaction: no version is lost or doubled
+            self._conn.execute("BEGIN")
+            self._conn.execute(
+                "INSERT INTO job_versions (job_id, version, job) VALUES (?, ?, ?)",
+                (previous.job_id, previous.version, previous.SerializeToString()),
+            )
+            self._update(latest)
+
+    def _versions(self, job_id: str) -> list[orchestrator_pb2.Job]:
+        rows = self._conn.execute(
+            "SELECT job FROM job_versions WHERE job_id = ? ORDER BY version", (job_id,)
+        )
+        return [_decode(row[0]) for row in rows]
+
+    def _cache_get(self, key: str) -> stage_pb2.StageResult | None:
+        row = self._conn.execute("SELECT result FROM stage_cache WHERE key = ?", (key,)).fetchone()
+        return None if row is None else stage_pb2.StageResult.FromString(row[0])
+
+    def _cache_put(self, key: str, stage: str, result: stage_pb2.StageResult) -> None:
+        self._conn.execute(
+            "INSERT OR REPLACE INTO stage_cache (key, stage, output_key, created_at, result)"
+            " VALUES (?, ?, ?, ?, ?)",
+            (key, stage, result.output.key, time.time_ns() // 1000, result.SerializeToString()),
+        )
+
+    def _cache_delete(self, key: str) -> None:
+        self._conn.execute("DELETE FROM stage_cache WHERE key = ?", (key,))

@@ -25,10 +25,13 @@ from orchestrator.bundle import (
     pipeline_of,
     with_input,
 )
+from orchestrator.cache import StageCache, cache_key
 from orchestrator.jobs import UNFINISHED, JobStore, new_job_id
+from orchestrator.rerun import apply_overrides
+from orchestrator.spec import DEFAULT_SPEC, PipelineSpec, builtin_spec, services_of, with_defaults
 from orchestrator.stage_client import StageCallError, StageClient
-from orchestrator.validation import check_against_stage, check_request
-from serving.errors import InvalidArgument, NotFound
+from orchestrator.validation import check_against_stage, check_model, check_request
+from serving.errors import FailedPrecondition, InvalidArgument, NotFound
 from serving.logging import get_logger
 from serving.storage import ObjectStore
 from stageflow.v1 import common_pb2, orchestrator_pb2, stage_pb2
@@ -59,6 +62,7 @@ class RunnerSettings(Protocol):
     stage_timeout_seconds: float
     max_running_jobs: int
     final_url_expiry_seconds: int
+    stage_cache: bool
 
 
 def _now() -> Timestamp:
@@ -86,15 +90,28 @@ class JobRunner:
         store: ObjectStore | None = None,
         *,
         pipeline: Sequence[str] = DEFAULT_PIPELINE,
+        specs: Mapping[str, PipelineSpec] | None = None,
     ) -> None:
-        missing = [name for name in pipeline if name not in stages]
-        if not pipeline or missing:
-            raise ValueError(f"pipeline {list(pipeline)} needs a client for each stage: {missing}")
+        """`specs` by name (pipelines/*.yaml); without them a built-in "default"
+        spec runs `pipeline` with the built-in defaults."""
+        if specs is None:
+            missing = [name for name in pipeline if name not in stages]
+            if not pipeline or missing:
+                raise ValueError(
+                    f"pipeline {list(pipeline)} needs a client for each stage: {missing}"
+                )
+            specs = {DEFAULT_SPEC: builtin_spec(pipeline)}
+        for spec in specs.values():
+            unknown = sorted(set(services_of(spec, spec.order).values()) - set(stages))
+            if unknown:
+                raise ValueError(f"pipeline spec {spec.name!r} names unconfigured stages {unknown}")
+        self._specs = dict(specs)
+        self._cache = StageCache(jobs, store) if settings.stage_cache else None
+        self._rerun_lock = asyncio.Lock()
         self._stages = dict(stages)
         self._jobs = jobs
         self._settings = settings
         self._store = store
-        self._pipeline = tuple(pipeline)
         self._slots = asyncio.Semaphore(settings.max_running_jobs)
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._live: dict[str, Job] = {}  # jobs with a task; fresher than the DB (step counts)
@@ -132,20 +149,23 @@ class JobRunner:
         """Validate, persist QUEUED and start the job; a repeated request_id returns
         the first job. Raises InvalidArgument naming the offending field."""
         check_request(request)
-        pipeline = pipeline_of(request, self._pipeline)
-        missing = [name for name in pipeline if name not in self._stages]
+        spec = self._spec(request.pipeline)
+        pipeline = pipeline_of(request, spec.order)
+        services = services_of(spec, pipeline)
+        missing = [name for name in pipeline if services[name] not in self._stages]
         if missing:
             raise InvalidArgument(
                 "stages", f"no {', '.join(missing)} stage is configured in this orchestrator"
             )
         job_id = new_job_id()
+        effective = with_defaults(request, spec)
         runs = {
             name: build_run_request(
-                name, request, job_id=job_id, output_prefix=self._settings.output_prefix
+                name, effective, job_id=job_id, output_prefix=self._settings.output_prefix
             )
             for name in pipeline
         }
-        await self._check_against_stages(request, pipeline, runs)
+        await self._check_against_stages(effective, spec, pipeline, runs)
         now = _now()
         job = Job(
             job_id=job_id,
@@ -156,12 +176,20 @@ class JobRunner:
             width=request.width,
             height=request.height,
             stages=[
-                StageRun(stage=name, state=orchestrator_pb2.STAGE_STATE_PENDING, request=runs[name])
+                StageRun(
+                    stage=name,
+                    service=services[name],
+                    state=orchestrator_pb2.STAGE_STATE_PENDING,
+                    request=runs[name],
+                )
                 for name in pipeline
             ],
             created_at=now,
             updated_at=now,
             request=request,
+            pipeline=spec.name,
+            pipeline_sha256=spec.sha256,
+            version=1,
         )
         stored, created = await self._jobs.create(job, request.request_id)
         if not created:
@@ -170,6 +198,62 @@ class JobRunner:
         log.info("job.submitted", job_id=job_id, idempotency_key=request.request_id)
         self._start_task(job)
         return _copy(job)
+
+    async def rerun(self, request: orchestrator_pb2.RerunJobRequest) -> Job:
+        """Version N+1 of a finished job: stages before `from_stage` keep their
+        outputs, the rest run again with the overrides merged in."""
+        async with self._rerun_lock:  # two reruns of one job must not both be N+1
+            task = self._tasks.get(request.job_id)
+            if task is not None:
+                live = self._live.get(request.job_id)
+                if live is not None and live.state not in TERMINAL:
+                    raise FailedPrecondition(
+                        f"job {request.job_id} is still running; wait for it or cancel it"
+                    )
+                # Finished (watchers may have seen it) but its task is still closing.
+                await asyncio.wait({task})
+            previous = await self.get(request.job_id)
+            spec = self._spec(previous.pipeline)
+            job = apply_overrides(previous, request)
+            effective = with_defaults(job.request, spec)
+            names = [run.stage for run in job.stages]
+            first = names.index(request.from_stage)
+            for run in job.stages[first:]:
+                version_id = f"{job.job_id}.v{job.version}"
+                run.request.CopyFrom(
+                    build_run_request(
+                        run.stage,
+                        effective,
+                        job_id=job.job_id,
+                        output_prefix=self._settings.output_prefix,
+                    )
+                )
+                run.request.request_id = f"{version_id}.{run.stage}"
+            runs = {run.stage: run.request for run in job.stages[first:]}
+            await self._check_against_stages(effective, spec, tuple(names), runs)
+            now = _now()
+            job.created_at.CopyFrom(now)
+            job.updated_at.CopyFrom(now)
+            job.pipeline_sha256 = spec.sha256
+            previous.version = previous.version or 1
+            await self._jobs.add_version(previous, job)
+            log.info(
+                "job.rerun", job_id=job.job_id, version=job.version, from_stage=request.from_stage
+            )
+            self._start_task(job)
+            return _copy(job)
+
+    async def versions(self, job_id: str) -> list[Job]:
+        """Every version of the job, oldest first; the last is `get(job_id)`."""
+        latest = await self.get(job_id)
+        return [*await self._jobs.versions(job_id), latest]
+
+    def _spec(self, name: str) -> PipelineSpec:
+        spec = self._specs.get(name or DEFAULT_SPEC)
+        if spec is None:
+            known = ", ".join(sorted(self._specs))
+            raise InvalidArgument("pipeline", f"unknown pipeline spec {name!r}; known: {known}")
+        return spec
 
     async def get(self, job_id: str) -> Job:
         if not job_id:
@@ -241,20 +325,31 @@ class JobRunner:
     async def _check_against_stages(
         self,
         request: orchestrator_pb2.SubmitJobRequest,
+        spec: PipelineSpec,
         pipeline: tuple[str, ...],
         runs: Mapping[str, stage_pb2.RunRequest],
     ) -> None:
-        descs = await asyncio.gather(*(self._describe(name) for name in pipeline))
+        """Check the stages in `runs` (those about to run) against their Describe."""
+        services = services_of(spec, pipeline)
+        checked = [name for name in pipeline if name in runs]
+        descs = await asyncio.gather(*(self._describe(services[name]) for name in checked))
         scales = input_scales(pipeline)
-        for name, desc in zip(pipeline, descs, strict=True):
-            if desc is not None:
-                check_against_stage(name, runs[name], desc, request, scales[name])
+        for name, desc in zip(checked, descs, strict=True):
+            if desc is None:
+                continue
+            stage_spec = spec.stage(name)
+            if stage_spec is not None and stage_spec.model:
+                check_model(name, stage_spec.model, desc, spec.name)
+            check_against_stage(name, runs[name], desc, request, scales[name])
 
-    async def _describe(self, stage: str) -> stage_pb2.DescribeResponse | None:
-        """The stage's cached Describe, or None when it cannot be reached (it
-        then validates the request itself when the job gets there)."""
+    async def _describe(
+        self, stage: str, *, fresh: bool = False
+    ) -> stage_pb2.DescribeResponse | None:
+        """The stage's cached Describe (a new one when `fresh`), or None when it
+        cannot be reached (it then validates the request itself when the job
+        gets there)."""
         cached = self._describes.get(stage)
-        if cached is not None and time.monotonic() - cached[0] < DESCRIBE_TTL_SECONDS:
+        if not fresh and cached is not None and time.monotonic() - cached[0] < DESCRIBE_TTL_SECONDS:
             return cached[1]
         try:
             desc = await self._stages[stage].describe()
@@ -317,15 +412,22 @@ class JobRunner:
         request = run.request if upstream is None else with_input(run.request, upstream)
         run.request.CopyFrom(request)
         run.state = orchestrator_pb2.STAGE_STATE_RUNNING
+        run.cache_hit = False
+        run.cache_key, fingerprint = await self._cache_key(run)
         await self._persist(job)
         self._publish(job.job_id, stage_started=orchestrator_pb2.StageStarted(stage=run.stage))
+        cached = await self._cache.get(run.cache_key) if self._cache and run.cache_key else None
+        if cached is not None:
+            run.cache_hit = True
+            await self._stage_succeeded(job, run, cached)
+            return
         log.info("stage.started", job_id=job.job_id, stage=run.stage)
 
         metadata = [("x-job-id", job.job_id), ("x-request-id", request.request_id)]
         result: stage_pb2.StageResult | None = None
         # Read the stream to its end (rather than break at the result) so the
         # call completes and the client generator closes now, not at GC.
-        async for response in self._stages[run.stage].run(
+        async for response in self._stages[run.service or run.stage].run(
             request, timeout=self._settings.stage_timeout_seconds, metadata=metadata
         ):
             if response.WhichOneof("event") == "progress":
@@ -341,7 +443,29 @@ class JobRunner:
                 result = response.result
         if result is None:
             raise StageCallError("INTERNAL", "the stage's stream ended without a result")
+        if self._cache is not None and run.cache_key:
+            if result.model.fingerprint in ("", fingerprint):
+                await self._cache.put(run.cache_key, run.stage, result)
+            else:  # the stage swapped models since the Describe the key came from
+                self._describes.pop(run.service or run.stage, None)
+                run.cache_key = ""
+        await self._stage_succeeded(job, run, result)
 
+    async def _cache_key(self, run: StageRun) -> tuple[str, str]:
+        """The run's cache key ("" with the cache off or the model unknown) and
+        the model fingerprint it was computed with."""
+        if self._cache is None:
+            return "", ""
+        # Fresh, not the submit-time cache: a stage may have hot-swapped its
+        # model, and a key from the old fingerprint would hit the old output.
+        desc = await self._describe(run.service or run.stage, fresh=True)
+        if desc is None:
+            return "", ""
+        return cache_key(run.stage, desc.model, run.request), desc.model.fingerprint
+
+    async def _stage_succeeded(
+        self, job: Job, run: StageRun, result: stage_pb2.StageResult
+    ) -> None:
         run.output.CopyFrom(result.output)
         run.model.CopyFrom(result.model)
         run.timing.CopyFrom(result.timing)
@@ -356,6 +480,7 @@ class JobRunner:
             stage=run.stage,
             output=run.output.key,
             total_ms=run.timing.total_ms,
+            cache_hit=run.cache_hit,
         )
 
     async def _final_url(self, job_id: str, final: common_pb2.ArtifactRef) -> str:

@@ -33,7 +33,8 @@ class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServiceServicer):
     async def GetJob(
         self, request: orchestrator_pb2.GetJobRequest, context: grpc.aio.ServicerContext
     ) -> orchestrator_pb2.GetJobResponse:
-        return orchestrator_pb2.GetJobResponse(job=await self._runner.get(request.job_id))
+        versions = await self._runner.versions(request.job_id)
+        return orchestrator_pb2.GetJobResponse(job=versions[-1], versions=versions)
 
     async def ListJobs(
         self, request: orchestrator_pb2.ListJobsRequest, context: grpc.aio.ServicerContext
@@ -47,3 +48,8 @@ class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServiceServicer):
         self, request: orchestrator_pb2.CancelJobRequest, context: grpc.aio.ServicerContext
     ) -> orchestrator_pb2.CancelJobResponse:
         return orchestrator_pb2.CancelJobResponse(job=await self._runner.cancel(request.job_id))
+
+    async def RerunJob(
+        self, request: orchestrator_pb2.RerunJobRequest, context: grpc.aio.ServicerContext
+    ) -> orchestrator_pb2.RerunJobResponse:
+        return orchestrator_pb2.RerunJobResponse(job=await self._runner.rerun(request))

@@ -8,6 +8,9 @@ from pydantic import Field
 
 from serving.settings import CommonSettings
 
+# The specs shipped with stageflow, found wherever the process is started from.
+PIPELINES_DIR = Path(__file__).resolve().parent.parent / "pipelines"
+
 
 class OrchestratorSettings(CommonSettings):
     """Where the stages are, where job state lives, and the limits on running jobs."""
@@ -37,4 +40,14 @@ class OrchestratorSettings(CommonSettings):
     )
     final_url_expiry_seconds: int = Field(
         3600, ge=1, description="Lifetime of the presigned URL of a job's final image."
+    )
+    pipelines_dir: Path = Field(
+        PIPELINES_DIR,
+        description="Folder of pipeline specs (<name>.yaml, one of them default.yaml), "
+        "loaded and validated at start-up; a bad spec stops the process.",
+    )
+    stage_cache: bool = Field(
+        True,
+        description="Reuse a stage's output when its content address (stage, model, "
+        "parameters, input digests) was computed before; false calls every stage.",
     )

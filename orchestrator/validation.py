@@ -8,7 +8,7 @@ Describe; errors name the SubmitJobRequest field the caller wrote.
 from __future__ import annotations
 
 from orchestrator.bundle import STAGE_BUILDERS, submit_field
-from serving.errors import InvalidArgument
+from serving.errors import FailedPrecondition, InvalidArgument
 from stageflow.v1 import orchestrator_pb2, stage_pb2
 
 
@@ -93,3 +93,13 @@ def check_against_stage(
                 submit_field(stage, limit.name, request),
                 f"must be in [{limit.min:g}, {limit.max:g}] for the {stage} stage, got {value:g}",
             )
+
+
+def check_model(stage: str, wanted: str, desc: stage_pb2.DescribeResponse, spec: str) -> None:
+    """The stage serves the model the spec names ("name@version" or "name")."""
+    name, _, version = wanted.partition("@")
+    if desc.model.name != name or (version and desc.model.version != version):
+        raise FailedPrecondition(
+            f"pipeline spec {spec!r} wants model {wanted} on the {stage} stage, "
+            f"which serves {desc.model.name}@{desc.model.version}"
+        )

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 
 from orchestrator.stage_client import StageCallError
+from serving.errors import NotFound
 from serving.storage import ObjectStore
 from stageflow.v1 import common_pb2, stage_pb2
 
@@ -95,19 +96,27 @@ class FakeSettings:
     stage_timeout_seconds: float = 30.0
     max_running_jobs: int = 4
     final_url_expiry_seconds: int = 120
+    # Off unless a test is about the cache: the others count every stage call.
+    stage_cache: bool = False
 
 
 class FakeStore(ObjectStore):
-    """Only `url` is used by the runner."""
+    """`url` for the runner; `get` reads `objects` (the stage cache verifies hits)."""
+
+    def __init__(self) -> None:
+        self.objects: dict[str, bytes] = {}
 
     def put(self, key: str, data: bytes, content_type: str = "application/octet-stream") -> None:
         raise NotImplementedError
 
     def get(self, key: str) -> bytes:
-        raise NotImplementedError
+        try:
+            return self.objects[key]
+        except KeyError:
+            raise NotFound(f"{key} not found") from None
 
     def exists(self, key: str) -> bool:
-        return False
+        return key in self.objects
 
     def delete(self, key: str) -> None:
         raise NotImplementedError

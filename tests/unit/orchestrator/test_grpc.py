@@ -209,3 +209,35 @@ async def test_servicer_errors_carry_their_status(
         await orchestrator.ListJobs(orchestrator_pb2.ListJobsRequest(page_size=1001))
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "page_size" in (err.value.details() or "")
+
+
+async def test_servicer_rerun_and_get_job_versions(
+    orchestrator: orchestrator_pb2_grpc.OrchestratorServiceStub,
+) -> None:
+    submitted = await orchestrator.SubmitJob(
+        orchestrator_pb2.SubmitJobRequest(
+            bundle=orchestrator_pb2.PromptBundle(base="a castle"), width=64, height=64
+        )
+    )
+    job_id = submitted.job.job_id
+    watch = orchestrator_pb2.WatchJobRequest(job_id=job_id)
+    [_ async for _ in orchestrator.WatchJob(watch, timeout=WAIT)]
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await orchestrator.RerunJob(orchestrator_pb2.RerunJobRequest(job_id=job_id))
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "from_stage" in (err.value.details() or "")
+
+    rerun = await orchestrator.RerunJob(
+        orchestrator_pb2.RerunJobRequest(
+            job_id=job_id,
+            from_stage="upscale",
+            upscale=orchestrator_pb2.UpscaleOptions(tile_size=64),
+        )
+    )
+    assert rerun.job.version == 2
+    [_ async for _ in orchestrator.WatchJob(watch, timeout=WAIT)]
+    got = await orchestrator.GetJob(orchestrator_pb2.GetJobRequest(job_id=job_id))
+    assert got.job.version == 2 and got.job.final.key == "artifacts/upscale-2.png"
+    assert [v.version for v in got.versions] == [1, 2]
+    assert got.versions[0].final.key == "artifacts/upscale-1.png"
+    assert got.versions[1] == got.job
