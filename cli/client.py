@@ -135,9 +135,11 @@ class StageflowClient:
         request_id: str = "",
         stages: Sequence[str] = (),
         pipeline: str = "",
+        priority: int = pb.PRIORITY_UNSPECIFIED,
     ) -> pb.Job:
         """Submit a job; returns at once with the queued job. `pipeline` names
-        the orchestrator's spec (empty: "default"); `stages` overrides its order."""
+        the orchestrator's spec (empty: "default"); `stages` overrides its order;
+        `priority` picks the scheduling lane (unspecified: interactive)."""
         request = pb.SubmitJobRequest(
             bundle=pb.PromptBundle(
                 base=base, style=style, overlay_text=text, negative_prompt=negative
@@ -151,6 +153,7 @@ class StageflowClient:
             request_id=request_id,
             stages=list(stages),
             pipeline=pipeline,
+            priority=priority,  # type: ignore[arg-type]
         )
         reply = await self._stub.SubmitJob(request, timeout=UNARY_TIMEOUT_S)
         return reply.job

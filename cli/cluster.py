@@ -123,6 +123,7 @@ class LocalCluster:
         torch_threads: int = 1,
         extra_env: Mapping[str, str] | None = None,
         stage_args: Mapping[str, Sequence[str]] | None = None,
+        orchestrator_args: Sequence[str] = (),
     ) -> None:
         self.state_dir = Path(state_dir).resolve()
         # No models_dir: the trained fixtures; a models_dir: build-fixtures' layout.
@@ -137,6 +138,7 @@ class LocalCluster:
         unknown = set(self._stage_args) - set(STAGES)
         if unknown:
             raise ValueError(f"stage_args names unknown stages {sorted(unknown)}; known: {STAGES}")
+        self._orchestrator_args = list(orchestrator_args)  # extra flags, e.g. --stage-cache false
         self._procs: dict[str, _Proc] = {}
 
     # -- what callers read ---------------------------------------------------
@@ -275,7 +277,7 @@ class LocalCluster:
         argv += ["--db-path", str(self.state_dir / "orchestrator.sqlite")]
         for stage in STAGES:
             argv += [f"--{stage}-address", self.addresses[stage]]
-        return argv
+        return argv + self._orchestrator_args
 
     @staticmethod
     def _launcher(module: str) -> list[str]:

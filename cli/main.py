@@ -429,3 +429,52 @@ def rerun(
         return await follow(client, job.job_id, out_dir=out, ui=ui)
 
     _with_client(address, body)
+
+
+class PriorityChoice(enum.StrEnum):
+    interactive = "interactive"
+    bulk = "bulk"
+
+
+@app.command()
+def batch(
+    bundles: Annotated[
+        Path, typer.Argument(help="JSONL file: one prompt bundle (JSON object) per line.")
+    ],
+    concurrency: Annotated[int, typer.Option(min=1, help="Jobs in flight at once.")] = 4,
+    priority: Annotated[
+        PriorityChoice, typer.Option(help="Scheduling lane on the orchestrator.")
+    ] = PriorityChoice.bulk,
+    address: Address = DEFAULT_ADDRESS,
+    out: Annotated[Path, typer.Option(help="Where the final PNGs go.")] = Path("out"),
+    summary: Annotated[
+        Path, typer.Option(help="One JSON line per input line: job id, final key, status.")
+    ] = Path("summary.jsonl"),
+) -> None:
+    """Submit every bundle of a JSONL file, follow them all, download the finals.
+
+    Safe to run again after a crash: each line's job is keyed by the file's
+    content hash and the line number, so no job is submitted twice."""
+    from cli.batch import BatchFileError, parse_bundles, run_batch
+    from stageflow.v1 import orchestrator_pb2 as pb
+
+    try:
+        lines = parse_bundles(bundles.read_bytes())
+    except (BatchFileError, UnicodeDecodeError) as err:
+        _fail(f"error: {bundles}: {err}", EXIT_USAGE)
+    except OSError as err:
+        _fail(f"error: {err}", EXIT_USAGE)
+    lane = pb.PRIORITY_BULK if priority is PriorityChoice.bulk else pb.PRIORITY_INTERACTIVE
+    ui = _ui()
+    _with_client(
+        address,
+        lambda c: run_batch(
+            c,
+            lines,
+            concurrency=concurrency,
+            priority=lane,
+            out_dir=out,
+            summary_path=summary,
+            ui=ui,
+        ),
+    )

@@ -8,11 +8,13 @@ from collections.abc import Sequence
 import grpc
 
 from orchestrator.jobs import JobStore
+from orchestrator.replicas import RetryPolicy, StageCaller, stage_client_for
 from orchestrator.runner import JobRunner
+from orchestrator.scheduler import parse_limits
 from orchestrator.servicer import SERVICE_NAME, OrchestratorServicer
 from orchestrator.settings import OrchestratorSettings
 from orchestrator.spec import SpecError, load_specs
-from orchestrator.stage_client import GrpcStageClient, StageClient
+from orchestrator.stage_client import StageClient
 from serving.logging import configure_logging
 from serving.server import Service, serve
 from serving.settings import load_settings
@@ -21,6 +23,7 @@ from stageflow.v1 import orchestrator_pb2_grpc
 
 async def _serve(settings: OrchestratorSettings) -> None:
     specs = load_specs(settings.pipelines_dir)  # fail fast: before anything is started
+    stage_limits = parse_limits(settings.stage_limits)
     store = settings.open_store()
     jobs = JobStore(settings.db_path)
     addresses = {
@@ -29,10 +32,20 @@ async def _serve(settings: OrchestratorSettings) -> None:
         "upscale": settings.upscale_address,
     }
     stages: dict[str, StageClient] = {
-        name: GrpcStageClient(address, settings.max_message_bytes)
+        name: stage_client_for(address, settings.max_message_bytes)
         for name, address in addresses.items()
     }
-    runner = JobRunner(stages, jobs, settings, store, specs=specs)
+    caller = StageCaller(
+        RetryPolicy(
+            base_seconds=settings.retry_base_seconds,
+            cap_seconds=settings.retry_cap_seconds,
+            max_attempts=settings.retry_max_attempts,
+            exhausted_max_attempts=settings.exhausted_max_attempts,
+        )
+    )
+    runner = JobRunner(
+        stages, jobs, settings, store, specs=specs, stage_limits=stage_limits, caller=caller
+    )
     servicer = OrchestratorServicer(runner)
 
     def register(server: grpc.aio.Server) -> None:
@@ -56,6 +69,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         asyncio.run(_serve(settings))
     except SpecError as err:
         raise SystemExit(f"orchestrator: invalid pipeline spec: {err}") from None
+    except ValueError as err:  # --stage-limits
+        raise SystemExit(f"orchestrator: {err}") from None
 
 
 if __name__ == "__main__":

@@ -27,8 +27,18 @@ from orchestrator.bundle import (
 )
 from orchestrator.cache import StageCache, cache_key
 from orchestrator.jobs import UNFINISHED, JobStore, new_job_id
+from orchestrator.replicas import FALLBACK, PRIMARY, Route, StageCaller
 from orchestrator.rerun import apply_overrides
-from orchestrator.spec import DEFAULT_SPEC, PipelineSpec, builtin_spec, services_of, with_defaults
+from orchestrator.scheduler import PriorityGate, StageScheduler
+from orchestrator.spec import (
+    DEFAULT_SPEC,
+    PipelineSpec,
+    builtin_spec,
+    fallback_services,
+    services_of,
+    with_defaults,
+    with_fallback,
+)
 from orchestrator.stage_client import StageCallError, StageClient
 from orchestrator.validation import check_against_stage, check_model, check_request
 from serving.errors import FailedPrecondition, InvalidArgument, NotFound
@@ -75,6 +85,13 @@ def _touch(job: Job) -> None:
     job.updated_at.CopyFrom(_now())
 
 
+def _deadline(job: Job) -> float | None:
+    """The job's deadline in wall-clock seconds (it outlives a restart), or None."""
+    if not job.request.HasField("deadline_seconds"):
+        return None
+    return job.created_at.ToNanoseconds() / 1e9 + job.request.deadline_seconds
+
+
 def _copy(job: Job) -> Job:
     out = Job()
     out.CopyFrom(job)
@@ -91,9 +108,13 @@ class JobRunner:
         *,
         pipeline: Sequence[str] = DEFAULT_PIPELINE,
         specs: Mapping[str, PipelineSpec] | None = None,
+        stage_limits: Mapping[str, int] | None = None,
+        caller: StageCaller | None = None,
     ) -> None:
         """`specs` by name (pipelines/*.yaml); without them a built-in "default"
-        spec runs `pipeline` with the built-in defaults."""
+        spec runs `pipeline` with the built-in defaults. `stage_limits` caps the
+        calls in flight per stage service (else its Describe's capacity).
+        `caller` retries, backs off and falls back (default: StageCaller())."""
         if specs is None:
             missing = [name for name in pipeline if name not in stages]
             if not pipeline or missing:
@@ -102,7 +123,8 @@ class JobRunner:
                 )
             specs = {DEFAULT_SPEC: builtin_spec(pipeline)}
         for spec in specs.values():
-            unknown = sorted(set(services_of(spec, spec.order).values()) - set(stages))
+            used = set(services_of(spec, spec.order).values()) | fallback_services(spec)
+            unknown = sorted(used - set(stages))
             if unknown:
                 raise ValueError(f"pipeline spec {spec.name!r} names unconfigured stages {unknown}")
         self._specs = dict(specs)
@@ -112,12 +134,15 @@ class JobRunner:
         self._jobs = jobs
         self._settings = settings
         self._store = store
-        self._slots = asyncio.Semaphore(settings.max_running_jobs)
+        # Jobs past this gate run; interactive ones are let in before bulk ones.
+        self._slots = PriorityGate(settings.max_running_jobs)
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._live: dict[str, Job] = {}  # jobs with a task; fresher than the DB (step counts)
         self._subscribers: dict[str, set[asyncio.Queue[WatchJobResponse]]] = {}
         self._cancelling: set[str] = set()
         self._describes: dict[str, tuple[float, stage_pb2.DescribeResponse]] = {}
+        self._scheduler = StageScheduler(self._described, stage_limits)
+        self._caller = caller or StageCaller()
 
     # --- lifecycle ----------------------------------------------------------
 
@@ -359,6 +384,12 @@ class JobRunner:
         self._describes[stage] = (time.monotonic(), desc)
         return desc
 
+    def _described(self, stage: str) -> stage_pb2.DescribeResponse | None:
+        """The last Describe of `stage`, however old; never calls it (the
+        scheduler's limits must not cost a round trip per stage call)."""
+        cached = self._describes.get(stage)
+        return cached[1] if cached is not None else None
+
     # --- running --------------------------------------------------------------
 
     def _start_task(self, job: Job) -> None:
@@ -375,7 +406,7 @@ class JobRunner:
     async def _run_job(self, job: Job) -> None:
         job_id = job.job_id
         try:
-            async with self._slots:
+            async with self._slots.hold(job.request.priority):
                 await self._execute(job)
         except asyncio.CancelledError:
             if job_id not in self._cancelling:
@@ -424,25 +455,37 @@ class JobRunner:
         log.info("stage.started", job_id=job.job_id, stage=run.stage)
 
         metadata = [("x-job-id", job.job_id), ("x-request-id", request.request_id)]
-        result: stage_pb2.StageResult | None = None
-        # Read the stream to its end (rather than break at the result) so the
-        # call completes and the client generator closes now, not at GC.
-        async for response in self._stages[run.service or run.stage].run(
-            request, timeout=self._settings.stage_timeout_seconds, metadata=metadata
-        ):
-            if response.WhichOneof("event") == "progress":
-                run.step = response.progress.step
-                run.total_steps = response.progress.total_steps
-                self._publish(
-                    job.job_id,
-                    stage_progress=orchestrator_pb2.StageProgress(
-                        stage=run.stage, step=run.step, total_steps=run.total_steps
-                    ),
+        service = run.service or run.stage
+
+        def progress(event: stage_pb2.Progress) -> None:
+            run.step, run.total_steps = event.step, event.total_steps
+            self._publish(
+                job.job_id,
+                stage_progress=orchestrator_pb2.StageProgress(
+                    stage=run.stage, step=run.step, total_steps=run.total_steps
+                ),
+            )
+
+        # Wait here for a slot rather than pile RESOURCE_EXHAUSTED on the stage.
+        async with self._scheduler.slot(service, job.request.priority):
+            try:
+                outcome = await self._caller.call(
+                    Route(PRIMARY, self._stages[service], request),
+                    self._fallback_route(job, run, request),
+                    stage_timeout=self._settings.stage_timeout_seconds,
+                    deadline=_deadline(job),
+                    metadata=metadata,
+                    on_progress=progress,
                 )
-            elif response.WhichOneof("event") == "result":
-                result = response.result
-        if result is None:
-            raise StageCallError("INTERNAL", "the stage's stream ended without a result")
+            except StageCallError as err:
+                run.attempts = err.attempts
+                raise
+        result = outcome.result
+        run.route, run.attempts = outcome.route.name, outcome.attempts
+        if outcome.route.name == FALLBACK:
+            # The output answers the fallback's parameters, not the key's.
+            run.request.CopyFrom(outcome.route.request)
+            run.cache_key = ""
         if self._cache is not None and run.cache_key:
             if result.model.fingerprint in ("", fingerprint):
                 await self._cache.put(run.cache_key, run.stage, result)
@@ -450,6 +493,23 @@ class JobRunner:
                 self._describes.pop(run.service or run.stage, None)
                 run.cache_key = ""
         await self._stage_succeeded(job, run, result)
+
+    def _fallback_route(
+        self, job: Job, run: StageRun, request: stage_pb2.RunRequest
+    ) -> Route | None:
+        """The spec's fallback for this stage, reading the same input; None without one."""
+        spec = self._specs.get(job.pipeline or DEFAULT_SPEC)
+        stage_spec = spec.stage(run.stage) if spec is not None else None
+        effective = with_fallback(job.request, spec, run.stage) if spec is not None else None
+        if stage_spec is None or stage_spec.fallback_service is None or effective is None:
+            return None
+        fallback = build_run_request(
+            run.stage, effective, job_id=job.job_id, output_prefix=request.output_prefix
+        )
+        fallback.request_id = f"{request.request_id}.fallback"
+        if request.HasField("image"):
+            fallback = with_input(fallback, request.image)
+        return Route(FALLBACK, self._stages[stage_spec.fallback_service], fallback)
 
     async def _cache_key(self, run: StageRun) -> tuple[str, str]:
         """The run's cache key ("" with the cache off or the model unknown) and

@@ -17,13 +17,17 @@ class OrchestratorSettings(CommonSettings):
 
     port: int = Field(50051, ge=0, le=65535, description="Port to listen on; 0 picks a free one.")
     base_address: str = Field(
-        "127.0.0.1:50061", description="host:port of the base (txt2img) stage."
+        "127.0.0.1:50061",
+        description="host:port of the base (txt2img) stage; a comma-separated list of "
+        "host:port and/or dns:///name:port targets balances calls over replicas.",
     )
     refine_address: str = Field(
-        "127.0.0.1:50062", description="host:port of the refine (img2img/inpaint) stage."
+        "127.0.0.1:50062",
+        description="host:port(s) of the refine (img2img/inpaint) stage, as base_address.",
     )
     upscale_address: str = Field(
-        "127.0.0.1:50063", description="host:port of the upscale (super-resolution) stage."
+        "127.0.0.1:50063",
+        description="host:port(s) of the upscale (super-resolution) stage, as base_address.",
     )
     db_path: Path = Field(
         Path("var/orchestrator.sqlite"),
@@ -35,6 +39,24 @@ class OrchestratorSettings(CommonSettings):
     stage_timeout_seconds: float = Field(
         600.0, gt=0, description="Deadline of each stage call, in seconds."
     )
+    retry_base_seconds: float = Field(
+        0.2,
+        gt=0,
+        description="First backoff bound before retrying a stage call that failed with "
+        "UNAVAILABLE or RESOURCE_EXHAUSTED; doubles each retry, the delay drawn in [0, bound).",
+    )
+    retry_cap_seconds: float = Field(
+        5.0, gt=0, description="Largest backoff bound between stage call retries."
+    )
+    retry_max_attempts: int = Field(
+        5, ge=1, description="Stage calls in all (first included) while replicas are UNAVAILABLE."
+    )
+    exhausted_max_attempts: int = Field(
+        3,
+        ge=1,
+        description="Stage calls in all while a stage answers RESOURCE_EXHAUSTED, before "
+        "its spec's fallback route is taken (or the job fails).",
+    )
     max_running_jobs: int = Field(
         4, ge=1, description="Jobs running at once; later jobs wait QUEUED for a slot."
     )
@@ -45,6 +67,12 @@ class OrchestratorSettings(CommonSettings):
         PIPELINES_DIR,
         description="Folder of pipeline specs (<name>.yaml, one of them default.yaml), "
         "loaded and validated at start-up; a bad spec stops the process.",
+    )
+    stage_limits: str = Field(
+        "",
+        description="Stage calls in flight per stage service, e.g. 'base=2,upscale=1'; "
+        "a stage not named gets its Describe's max_concurrency + max_queue, and the "
+        "calls beyond that wait in the orchestrator (interactive before bulk).",
     )
     stage_cache: bool = Field(
         True,

@@ -61,39 +61,76 @@ _ENUM_PREFIX = {
 }
 
 
+def _proto_dict(stage: str, defaults: _Strict) -> dict[str, Any]:
+    """`defaults` as a proto-JSON dict of the stage's options message."""
+    values = defaults.model_dump(exclude_none=True)
+    for name, prefixes in _ENUM_PREFIX.items():
+        if name in values and stage in prefixes:
+            values[name] = prefixes[stage] + values[name].upper()
+    return values
+
+
+class _FallbackBase(_Strict):
+    """A stage's second route, taken when the first stays RESOURCE_EXHAUSTED
+    (e.g. out of GPU memory): another service and/or parameters that win over
+    the job's own (a smaller tile_size, lanczos instead of the learned model)."""
+
+    service: Literal["base", "refine", "upscale"] | None = None
+    defaults: _Strict
+
+
+class BaseFallback(_FallbackBase):
+    defaults: BaseDefaults = BaseDefaults()
+
+
+class RefineFallback(_FallbackBase):
+    defaults: RefineDefaults = RefineDefaults()
+
+
+class UpscaleFallback(_FallbackBase):
+    defaults: UpscaleDefaults = UpscaleDefaults()
+
+
 class _StageSpecBase(_Strict):
     stage: str
     service: Literal["base", "refine", "upscale"] | None = None
     # "name@version" (or "name"), compared with the stage's Describe at submit.
     model: str | None = Field(None, pattern=r"^[^@\s]+(@[^@\s]+)?$")
     defaults: _Strict
+    fallback: _FallbackBase | None = None
 
     @property
     def service_name(self) -> str:
         return self.service or self.stage
 
+    @property
+    def fallback_service(self) -> str | None:
+        """The service of the fallback route; None without one."""
+        if self.fallback is None:
+            return None
+        return self.fallback.service or self.service_name
+
     def defaults_dict(self) -> dict[str, Any]:
         """The defaults as a proto-JSON dict of the stage's options message."""
-        values = self.defaults.model_dump(exclude_none=True)
-        for name, prefixes in _ENUM_PREFIX.items():
-            if name in values and self.stage in prefixes:
-                values[name] = prefixes[self.stage] + values[name].upper()
-        return values
+        return _proto_dict(self.stage, self.defaults)
 
 
 class BaseStageSpec(_StageSpecBase):
     stage: Literal["base"]
     defaults: BaseDefaults = BaseDefaults()
+    fallback: BaseFallback | None = None
 
 
 class RefineStageSpec(_StageSpecBase):
     stage: Literal["refine"]
     defaults: RefineDefaults = RefineDefaults()
+    fallback: RefineFallback | None = None
 
 
 class UpscaleStageSpec(_StageSpecBase):
     stage: Literal["upscale"]
     defaults: UpscaleDefaults = UpscaleDefaults()
+    fallback: UpscaleFallback | None = None
 
 
 StageSpec = Annotated[
@@ -197,3 +234,26 @@ def services_of(spec: PipelineSpec, order: Sequence[str]) -> Mapping[str, str]:
         stage_spec = spec.stage(name)
         out[name] = stage_spec.service_name if stage_spec is not None else name
     return out
+
+
+def with_fallback(
+    request: orchestrator_pb2.SubmitJobRequest, spec: PipelineSpec, stage: str
+) -> orchestrator_pb2.SubmitJobRequest | None:
+    """The job's effective request for `stage`'s fallback route: the spec's
+    defaults under the job's options, the fallback's defaults over both (the
+    fallback exists to change them). None when the stage has no fallback."""
+    stage_spec = spec.stage(stage)
+    if stage_spec is None or stage_spec.fallback is None:
+        return None
+    out = with_defaults(request, spec)
+    json_format.ParseDict(
+        _proto_dict(stage, stage_spec.fallback.defaults),
+        getattr(out, stage),
+        ignore_unknown_fields=False,
+    )
+    return out
+
+
+def fallback_services(spec: PipelineSpec) -> set[str]:
+    """The services the spec's fallback routes name."""
+    return {s.fallback_service for s in spec.stages if s.fallback_service is not None}

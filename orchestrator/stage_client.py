@@ -7,7 +7,7 @@ The runner depends only on `StageClient`, so it is tested against fakes
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Sequence
-from typing import Protocol
+from typing import Any, Protocol
 
 import grpc
 
@@ -24,6 +24,8 @@ class StageCallError(StageflowError):
     def __init__(self, code: str, message: str) -> None:
         super().__init__(message)
         self.code = code
+        # Stage calls made before giving up, retries included (set by StageCaller).
+        self.attempts = 0
 
     def __str__(self) -> str:
         return f"{self.code}: {self.message}"
@@ -61,8 +63,12 @@ class GrpcStageClient:
         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
         *,
         describe_timeout: float = 5.0,
+        options: Sequence[tuple[str, Any]] = (),
     ) -> None:
+        """`address` is any grpc target (`host:port`, `dns:///name:port`);
+        `options` are extra channel arguments (e.g. a service config)."""
         self.address = address
+        self._options = tuple(options)
         self._max_message_bytes = max_message_bytes
         self._describe_timeout = describe_timeout
         self._channel: grpc.aio.Channel | None = None
@@ -70,7 +76,9 @@ class GrpcStageClient:
 
     def _get_stub(self) -> stage_pb2_grpc.StageServiceStub:
         if self._stub is None:
-            self._channel = client_channel(self.address, max_message_bytes=self._max_message_bytes)
+            self._channel = client_channel(
+                self.address, max_message_bytes=self._max_message_bytes, options=self._options
+            )
             self._stub = stage_pb2_grpc.StageServiceStub(self._channel)
         return self._stub
 

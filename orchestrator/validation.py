@@ -38,6 +38,10 @@ def check_request(request: orchestrator_pb2.SubmitJobRequest) -> None:
         value = getattr(request, name)
         if value <= 0:
             raise InvalidArgument(name, f"must be > 0, got {value}")
+    if request.HasField("deadline_seconds") and not request.deadline_seconds > 0:
+        raise InvalidArgument(
+            "deadline_seconds", f"must be > 0 when set, got {request.deadline_seconds:g}"
+        )
     if request.refine.HasField("mask_box"):
         box = request.refine.mask_box
         if not (0 <= box.left < box.right <= 1 and 0 <= box.top < box.bottom <= 1):

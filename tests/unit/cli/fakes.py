@@ -41,11 +41,17 @@ class FakeOrchestrator(pb_grpc.OrchestratorServiceServicer):
         self.list_requests: list[pb.ListJobsRequest] = []
         self.cancels: list[str] = []
         self.jobs: dict[str, pb.Job] = {}
+        self.by_request_id: dict[str, str] = {}  # idempotency key -> job id
+        self.watch_delay = 0.0  # seconds each watch waits after the snapshot
+        self.watching = 0
+        self.peak_watching = 0
 
     async def SubmitJob(
         self, request: pb.SubmitJobRequest, context: grpc.aio.ServicerContext
     ) -> pb.SubmitJobResponse:
         self.submits.append(request)
+        if request.request_id in self.by_request_id:
+            return pb.SubmitJobResponse(job=self.jobs[self.by_request_id[request.request_id]])
         if request.width % 8:
             await context.abort(
                 grpc.StatusCode.INVALID_ARGUMENT,
@@ -62,6 +68,8 @@ class FakeOrchestrator(pb_grpc.OrchestratorServiceServicer):
             request=request,
         )
         self.jobs[job.job_id] = job
+        if request.request_id:
+            self.by_request_id[request.request_id] = job.job_id
         return pb.SubmitJobResponse(job=job)
 
     async def _job(self, job_id: str, context: grpc.aio.ServicerContext) -> pb.Job:
@@ -74,6 +82,12 @@ class FakeOrchestrator(pb_grpc.OrchestratorServiceServicer):
     ) -> AsyncIterator[pb.WatchJobResponse]:
         job = await self._job(request.job_id, context)
         yield pb.WatchJobResponse(job_id=job.job_id, snapshot=job)
+        self.watching += 1
+        self.peak_watching = max(self.peak_watching, self.watching)
+        try:
+            await asyncio.sleep(self.watch_delay)
+        finally:
+            self.watching -= 1
         if self.outcome == "interrupt":
             os.kill(os.getpid(), signal.SIGINT)
             await asyncio.sleep(30)  # the client cancels this call long before
