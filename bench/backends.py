@@ -11,9 +11,9 @@ both alike; medians are reported, and the ratio (torch / onnxruntime) is
 computed within the run. Both backends get the same pinned thread count; each
 thread count given is a section of the report.
 
-Cold start (process start to the first finished request) is measured in
-fresh subprocesses per backend, each building the model, loading it and
-running one request (see `COLD_START`).
+Cold start is measured on the real base stage process, `python -m
+services.base --backend ...`, started afresh per run (see `serve_once`):
+process start to health SERVING, then the first Run request on its own.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ import argparse
 import datetime as dt
 import os
 import platform
+import signal
 import statistics
 import subprocess
 import sys
@@ -35,7 +36,9 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+import grpc  # noqa: E402
 import torch  # noqa: E402
+from grpc_health.v1 import health_pb2, health_pb2_grpc  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from inference.fixtures import ESRGAN_FOLDER, SD_FOLDER, build_fixtures  # noqa: E402
@@ -51,6 +54,7 @@ from inference.onnx.runtime import load_onnx_parts, load_onnx_upscaler  # noqa: 
 from inference.registry import create_model  # noqa: E402
 from inference.rrdbnet import load_rrdbnet  # noqa: E402
 from inference.sd_parts import load_torch_parts  # noqa: E402
+from stageflow.v1 import stage_pb2, stage_pb2_grpc  # noqa: E402
 
 BACKENDS = ("torch", "onnxruntime")
 SIZES = (128, 256)
@@ -183,47 +187,137 @@ def stage_rows(folders: dict[tuple[str, str], Path], threads: int, repeats: int)
     return rows
 
 
-COLD_START = """
-import sys, time
-from pathlib import Path
-started = float(sys.argv[4])
-from inference.registry import create_model
-from inference.interface import StageInputs, Txt2ImgParams
-imported = time.time()
-model = create_model("sd-txt2img", Path(sys.argv[1]), backend=sys.argv[2],
-                     torch_threads=int(sys.argv[3]))
-model.load()
-loaded = time.time()
-model.run(Txt2ImgParams(prompt="hero", width=128, height=128, steps=20), StageInputs(),
-          lambda i, n: None, lambda: False)
-done = time.time()
-print(imported - started, loaded - started, done - started, "diffusers" in sys.modules)
+SERVICE = ("-m", "services.base")
+# The service's own entry, run through runpy, reporting on exit which diffusers
+# modules the process imported: the same code path, with nothing added to the service.
+IMPORT_PROBE = """
+import atexit, runpy, sys
+out = sys.argv[1]
+def report():
+    loaded = sorted(m for m in sys.modules if m.split(".")[0] == "diffusers")
+    with open(out, "w") as f:
+        f.write(" ".join(loaded) or "-")
+atexit.register(report)
+sys.argv = ["services.base", *sys.argv[2:]]
+runpy.run_module("services.base", run_name="__main__", alter_sys=True)
 """
+POLL_S = 0.005
+START_TIMEOUT_S = 180.0
+
+
+@dataclass
+class ColdStart:
+    backend: str
+    listening_s: float  # process start → port file written (gRPC server bound)
+    serving_s: float  # process start → health Check answers SERVING
+    first_run_s: float  # the first Run request alone, from SERVING to its result
+    first_image_s: float  # process start → the first Run's result (per-run sum, then median)
+    diffusers: list[str]  # diffusers modules the service imported (an untimed probe run)
+
+
+def serve_once(
+    entry: list[str], folder: Path, backend: str, threads: int, scratch: Path
+) -> tuple[float, float, float]:
+    """Start one base stage process, time it to SERVING and through one Run, SIGTERM it."""
+    port_file = scratch / "port"
+    port_file.unlink(missing_ok=True)
+    cmd = [
+        sys.executable,
+        *entry,
+        "--model-path",
+        str(folder),
+        "--backend",
+        backend,
+        "--port",
+        "0",
+        "--port-file",
+        str(port_file),
+        "--torch-threads",
+        str(threads),
+        "--store-url",
+        str(scratch / "store"),
+    ]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    with (scratch / f"{backend}.log").open("w") as log:
+        started = time.perf_counter()
+        proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+        try:
+            listening = _wait_port_file(proc, port_file, started) - started
+            port = int(port_file.read_text().strip())
+            with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+                health = health_pb2_grpc.HealthStub(channel)
+                serving = _wait_serving(proc, health, started) - started
+                request = stage_pb2.RunRequest(
+                    txt2img=stage_pb2.Txt2ImgParams(
+                        prompt="hero", width=128, height=128, steps=20, seed=0
+                    )
+                )
+                run_start = time.perf_counter()
+                events = list(stage_pb2_grpc.StageServiceStub(channel).Run(request, timeout=120))
+                first_run = time.perf_counter() - run_start
+                if not events or not events[-1].HasField("result"):
+                    raise RuntimeError(f"{backend}: Run ended without a result")
+        except BaseException:
+            proc.kill()
+            proc.wait()
+            tail = (scratch / f"{backend}.log").read_text()[-2000:]
+            print(f"{backend} service log:\n{tail}", file=sys.stderr)
+            raise
+        proc.send_signal(signal.SIGTERM)
+        if proc.wait(timeout=60) != 0:
+            raise RuntimeError(f"{backend}: service exited {proc.returncode} after SIGTERM")
+    return listening, serving, first_run
+
+
+def _wait_port_file(proc: subprocess.Popen[bytes], port_file: Path, started: float) -> float:
+    while time.perf_counter() - started < START_TIMEOUT_S:
+        if port_file.exists() and port_file.read_text().strip():
+            return time.perf_counter()
+        if proc.poll() is not None:
+            raise RuntimeError(f"service exited {proc.returncode} before binding")
+        time.sleep(POLL_S)
+    raise TimeoutError("no port file")
+
+
+def _wait_serving(proc: subprocess.Popen[bytes], health: Any, started: float) -> float:
+    serving = health_pb2.HealthCheckResponse.SERVING
+    while time.perf_counter() - started < START_TIMEOUT_S:
+        try:
+            if health.Check(health_pb2.HealthCheckRequest(), timeout=1).status == serving:
+                return time.perf_counter()
+        except grpc.RpcError:
+            pass  # not answering yet; the deadline below bounds the wait
+        if proc.poll() is not None:
+            raise RuntimeError(f"service exited {proc.returncode} before SERVING")
+        time.sleep(POLL_S)
+    raise TimeoutError("never SERVING")
 
 
 def cold_starts(
-    folders: dict[tuple[str, str], Path], threads: int, repeats: int
-) -> list[tuple[str, float, float, float, bool]]:
-    out = []
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    for backend in BACKENDS:
-        runs = []
-        for _ in range(repeats):
+    folders: dict[tuple[str, str], Path], threads: int, repeats: int, scratch: Path
+) -> list[ColdStart]:
+    """Medians of `repeats` service starts per backend, alternating which goes first."""
+    times: dict[str, list[tuple[float, float, float]]] = {b: [] for b in BACKENDS}
+    entry = list(SERVICE)
+    for i in range(repeats):
+        for backend in BACKENDS if i % 2 == 0 else BACKENDS[::-1]:
             folder = folders[("sd-txt2img", backend)]
-            cmd = [sys.executable, "-c", COLD_START, str(folder), backend, str(threads)]
-            started = time.time()
-            done = subprocess.run(
-                [*cmd, str(started)], capture_output=True, text=True, env=env, check=True
-            )
-            imported, loaded, first, diffusers = done.stdout.split()[-4:]
-            runs.append((float(imported), float(loaded), float(first), diffusers == "True"))
+            times[backend].append(serve_once(entry, folder, backend, threads, scratch))
+    out = []
+    for backend in BACKENDS:
+        probe = scratch / f"{backend}.imports"
+        folder = folders[("sd-txt2img", backend)]
+        serve_once(["-c", IMPORT_PROBE, str(probe)], folder, backend, threads, scratch)
+        loaded = probe.read_text().split()
+        runs = times[backend]
         out.append(
-            (
+            ColdStart(
                 backend,
                 statistics.median(r[0] for r in runs),
                 statistics.median(r[1] for r in runs),
                 statistics.median(r[2] for r in runs),
-                runs[0][3],
+                statistics.median(r[1] + r[2] for r in runs),
+                [] if loaded == ["-"] else loaded,
             )
         )
     return out
@@ -264,7 +358,9 @@ def goal_line(run: Run) -> str:
     )
 
 
-def write_report(path: Path, runs: list[Run], cold: list[Any], args: Any, argv: list[str]) -> None:
+def write_report(
+    path: Path, runs: list[Run], cold: list[ColdStart], args: Any, argv: list[str]
+) -> None:
     import onnxruntime
 
     command = " ".join([".venv/bin/python bench/backends.py", *argv])
@@ -315,19 +411,29 @@ def write_report(path: Path, runs: list[Run], cold: list[Any], args: Any, argv: 
             "",
         ]
     lines += [
-        f"## Cold start of a base stage ({runs[-1].threads} thread(s); seconds since process "
-        f"start, medians of {args.cold_repeats})",
+        f"## Cold start of a base stage ({runs[-1].threads} thread(s); seconds, medians of "
+        f"{args.cold_repeats} starts per backend)",
         "",
-        "Measured as a fresh `python -c` process per backend that imports the model layer, "
-        "builds and loads the txt2img model (`create_model(..., backend=...)`) and serves one "
-        "128 px, 20-step request; not through `python -m services.base`, whose gRPC start-up "
-        "is the same for both backends.",
+        "Each start is the real stage process, `python -m services.base --model-path <folder> "
+        "--backend torch|onnxruntime --port 0 --port-file <file> --torch-threads "
+        f"{runs[-1].threads}`, the onnxruntime folder being the `export_onnx` export of the "
+        "same fixture. The benchmark polls the port file, then grpc.health.v1 Check, every "
+        f"{POLL_S * 1000:.0f} ms (no fixed sleeps); SERVING is set once the model is loaded. "
+        "Then it times one Run request (128 px, 20 steps, guidance) on its own, stops the "
+        "process with SIGTERM and waits for it. The backends alternate which starts first. "
+        '"imported diffusers" comes from one more, untimed start per backend through the '
+        "same entry (`runpy` of `services.base`, reporting `sys.modules` at exit, after its "
+        "Run request); `tests/unit/onnx/test_stages.py::test_onnx_stages_never_import_diffusers`"
+        " checks the same for all three onnxruntime stages.",
         "",
-        "| backend | model layer imported | model loaded | first image | imported diffusers |",
-        "|---|---:|---:|---:|---|",
+        "| backend | port bound | SERVING | first Run request | start → first image "
+        "| imported diffusers |",
+        "|---|---:|---:|---:|---:|---|",
         *(
-            f"| {b} | {i:.2f} | {lo:.2f} | {fi:.2f} | {'yes' if d else 'no'} |"
-            for b, i, lo, fi, d in cold
+            f"| {c.backend} | {c.listening_s:.2f} | {c.serving_s:.2f} | {c.first_run_s:.2f} | "
+            f"{c.first_image_s:.2f} | "
+            f"{f'yes ({len(c.diffusers)} modules)' if c.diffusers else 'no'} |"
+            for c in cold
         ),
         "",
     ]
@@ -366,8 +472,14 @@ def main(argv: list[str] | None = None) -> None:
             for line in [f"threads {threads}", *table(parts), *table(stages)]:
                 print(line, flush=True)
             runs.append(Run(threads, parts, stages))
-        cold = cold_starts(folders, args.threads[-1], args.cold_repeats)
-        print(cold, flush=True)
+        cold = cold_starts(folders, args.threads[-1], args.cold_repeats, root)
+        for c in cold:
+            print(
+                f"cold start {c.backend}: bound {c.listening_s:.2f} s, "
+                f"SERVING {c.serving_s:.2f} s, first Run {c.first_run_s:.2f} s, "
+                f"diffusers modules {len(c.diffusers)}",
+                flush=True,
+            )
         args.load = (start_load, os.getloadavg()[0])
         write_report(args.out, runs, cold, args, argv)
     print(f"wrote {args.out}")
