@@ -132,6 +132,11 @@ def _write_tiny_sd(folder: Path, seed: int) -> None:
     scheduler: Any = DDIMScheduler(**SCHEDULER_CONFIG)
     scheduler.save_pretrained(folder / "scheduler")
 
+    write_model_index(folder)
+
+
+def write_model_index(folder: Path) -> None:
+    """The model_index.json of a diffusers StableDiffusion folder (no safety checker)."""
     import diffusers
 
     _write_json(

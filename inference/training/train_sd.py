@@ -8,7 +8,6 @@ Diffusion folder, weights in fp16, that `StableDiffusionPipeline` loads as is.
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -20,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from inference import tokenizer as clip_tokenizer
-from inference.fixtures import SCHEDULER_CONFIG
+from inference.fixtures import SCHEDULER_CONFIG, write_model_index
 from inference.sd_parts import quiet_hub_progress
 from inference.training import data
 
@@ -193,7 +192,6 @@ def train_diffusion(
 
 def train_sd(folder: Path, settings: SdTrainSettings, log: Log = print) -> dict[str, Any]:
     """Train and write the folder; returns measurements for the manifest."""
-    import diffusers
     from diffusers import AutoencoderKL, DDIMScheduler
     from transformers import CLIPTokenizer
 
@@ -214,22 +212,7 @@ def train_sd(folder: Path, settings: SdTrainSettings, log: Log = print) -> dict[
     final_vae.half().save_pretrained(folder / "vae")
     scheduler: Any = DDIMScheduler(**SCHEDULER_CONFIG)
     scheduler.save_pretrained(folder / "scheduler")
-    _write_json(
-        folder / "model_index.json",
-        {
-            "_class_name": "StableDiffusionPipeline",
-            "_diffusers_version": diffusers.__version__,
-            "feature_extractor": [None, None],
-            "image_encoder": [None, None],
-            "requires_safety_checker": False,
-            "safety_checker": [None, None],
-            "scheduler": ["diffusers", "DDIMScheduler"],
-            "text_encoder": ["transformers", "CLIPTextModel"],
-            "tokenizer": ["transformers", "CLIPTokenizer"],
-            "unet": ["diffusers", "UNet2DConditionModel"],
-            "vae": ["diffusers", "AutoencoderKL"],
-        },
-    )
+    write_model_index(folder)
     # Wall time goes to the log, not the manifest: the manifest stays reproducible.
     log(f"sd training took {time.monotonic() - started:.0f} s")
     return {
@@ -237,7 +220,3 @@ def train_sd(folder: Path, settings: SdTrainSettings, log: Log = print) -> dict[
         "scaling_factor": round(scaling_factor, 6),
         "unet_parameters": sum(p.numel() for p in unet.parameters()),
     }
-
-
-def _write_json(path: Path, body: dict[str, Any]) -> None:
-    path.write_text(json.dumps(body, indent=2, sort_keys=True) + "\n", encoding="utf-8")

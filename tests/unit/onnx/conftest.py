@@ -6,10 +6,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import torch
 
 from inference.base import LocalModel
-from inference.fixtures import ESRGAN_FOLDER, SD_FOLDER, build_fixtures
 from inference.onnx.export import ExportReport, export_onnx
 from inference.registry import create_model
 
@@ -17,27 +15,6 @@ from inference.registry import create_model
 PART_ATOL = 1e-4
 # Stage-level tolerance on 8-bit images: at most this many levels apart.
 STAGE_MAX_LEVELS = 2
-
-
-@pytest.fixture(scope="session", autouse=True)
-def _one_torch_thread() -> None:
-    # Bit-identical results need a fixed thread count.
-    torch.set_num_threads(1)
-
-
-@pytest.fixture(scope="session")
-def fixture_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    return build_fixtures(tmp_path_factory.mktemp("models"), seed=0)
-
-
-@pytest.fixture(scope="session")
-def sd_folder(fixture_models: dict[str, Path]) -> Path:
-    return fixture_models[SD_FOLDER]
-
-
-@pytest.fixture(scope="session")
-def esrgan_folder(fixture_models: dict[str, Path]) -> Path:
-    return fixture_models[ESRGAN_FOLDER]
 
 
 @pytest.fixture(scope="session")
