@@ -66,7 +66,10 @@ class StateChoice(enum.StrEnum):
 def _ui(as_json: bool = False) -> Ui:
     from cli.jobs import Ui
 
-    return Ui(out=Console(), err=Console(stderr=True), as_json=as_json)
+    out = Console()
+    if not out.is_terminal:  # piped or captured: do not squeeze tables to 80 columns
+        out = Console(width=120)
+    return Ui(out=out, err=Console(stderr=True), as_json=as_json)
 
 
 def _fail(message: str, code: int) -> NoReturn:
