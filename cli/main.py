@@ -20,6 +20,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from cli.loadtest import loadtest
 from cli.models import models_app
 
 if TYPE_CHECKING:
@@ -35,6 +36,7 @@ app = typer.Typer(
     pretty_exceptions_show_locals=False,
 )
 app.add_typer(models_app, name="models", no_args_is_help=True)
+app.command()(loadtest)
 
 # gRPC statuses that mean "you asked for something wrong", as opposed to "it broke".
 USAGE_STATUSES = frozenset({"INVALID_ARGUMENT", "NOT_FOUND"})

@@ -54,7 +54,11 @@ async def _serve(settings: OrchestratorSettings) -> None:
     try:
         # runner.close leaves running jobs RUNNING in the DB: the next start resumes them.
         await serve(
-            [Service(SERVICE_NAME, register)], settings, startup=runner.start, shutdown=runner.close
+            [Service(SERVICE_NAME, register)],
+            settings,
+            startup=runner.start,
+            shutdown=runner.close,
+            name="orchestrator",
         )
     finally:
         for client in stages.values():

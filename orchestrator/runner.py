@@ -16,6 +16,7 @@ from datetime import timedelta
 from typing import Any, Protocol
 
 from google.protobuf.timestamp_pb2 import Timestamp
+from opentelemetry import context as otel_context
 
 from orchestrator.bundle import (
     DEFAULT_PIPELINE,
@@ -41,6 +42,7 @@ from orchestrator.spec import (
 )
 from orchestrator.stage_client import StageCallError, StageClient
 from orchestrator.validation import check_against_stage, check_model, check_request
+from serving import metrics, tracing
 from serving.errors import FailedPrecondition, InvalidArgument, NotFound
 from serving.logging import get_logger
 from serving.storage import ObjectStore
@@ -183,6 +185,7 @@ class JobRunner:
                 "stages", f"no {', '.join(missing)} stage is configured in this orchestrator"
             )
         job_id = new_job_id()
+        tracing.tag_job(job_id)
         effective = with_defaults(request, spec)
         runs = {
             name: build_run_request(
@@ -218,6 +221,7 @@ class JobRunner:
         )
         stored, created = await self._jobs.create(job, request.request_id)
         if not created:
+            tracing.tag_job(stored.job_id)
             live = self._live.get(stored.job_id)
             return _copy(live) if live is not None else stored
         log.info("job.submitted", job_id=job_id, idempotency_key=request.request_id)
@@ -395,19 +399,25 @@ class JobRunner:
     def _start_task(self, job: Job) -> None:
         job_id = job.job_id
         self._live[job_id] = job
+        # The job's span continues the submitting call's trace (none on resume).
+        parent = otel_context.get_current()
         # A fresh context: the task must not inherit the submitting call's log
         # context (its request id and method) for the rest of the job's life.
         task = asyncio.create_task(
-            self._run_job(job), name=f"job {job_id}", context=contextvars.Context()
+            self._run_job(job, parent), name=f"job {job_id}", context=contextvars.Context()
         )
         self._tasks[job_id] = task
         task.add_done_callback(lambda _: self._tasks.pop(job_id, None))
 
-    async def _run_job(self, job: Job) -> None:
+    async def _run_job(self, job: Job, parent: otel_context.Context | None = None) -> None:
         job_id = job.job_id
+        span = tracing.tracer.start_as_current_span(
+            "job.run", context=parent, attributes={tracing.JOB_ID: job_id}
+        )
         try:
             async with self._slots.hold(job.request.priority):
-                await self._execute(job)
+                with span:
+                    await self._execute(job)
         except asyncio.CancelledError:
             if job_id not in self._cancelling:
                 raise  # shutdown: the stored state stays unfinished and is resumed
@@ -447,7 +457,11 @@ class JobRunner:
         run.cache_key, fingerprint = await self._cache_key(run)
         await self._persist(job)
         self._publish(job.job_id, stage_started=orchestrator_pb2.StageStarted(stage=run.stage))
-        cached = await self._cache.get(run.cache_key) if self._cache and run.cache_key else None
+        cached = None
+        if self._cache is not None and run.cache_key:
+            cached = await self._cache.get(run.cache_key)
+            counter = metrics.CACHE_MISSES if cached is None else metrics.CACHE_HITS
+            counter.labels(run.stage).inc()
         if cached is not None:
             run.cache_hit = True
             await self._stage_succeeded(job, run, cached)

@@ -7,6 +7,8 @@ from typing import Any
 
 import grpc
 
+from serving.tracing import client_interceptors
+
 MiB = 1024 * 1024
 
 
@@ -21,6 +23,7 @@ def client_channel(
     gRPC's default receive limit is 4 MiB; both directions are set here so a
     large message fails the same way on either side. `options` adds channel
     arguments, e.g. a service config choosing the load-balancing policy.
+    Calls carry the current trace context (W3C traceparent) after `interceptors`.
     """
     return grpc.aio.insecure_channel(
         address,
@@ -29,5 +32,5 @@ def client_channel(
             ("grpc.max_receive_message_length", max_message_bytes),
             *options,
         ],
-        interceptors=list(interceptors) or None,
+        interceptors=[*interceptors, *client_interceptors()],
     )

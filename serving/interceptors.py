@@ -4,11 +4,12 @@ call gets its log context and its one summary log line."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -17,7 +18,9 @@ import structlog
 from google.protobuf import any_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
+from opentelemetry import trace
 
+from serving import metrics, tracing
 from serving.errors import InvalidArgument, StageflowError
 from serving.logging import get_logger
 
@@ -93,26 +96,7 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
         handler = await continuation(handler_call_details)
         if handler is None:
             return handler
-        method = str(handler_call_details.method)
-        kwargs = {
-            "request_deserializer": handler.request_deserializer,
-            "response_serializer": handler.response_serializer,
-        }
-        if handler.unary_unary:
-            return grpc.unary_unary_rpc_method_handler(
-                self._wrap(method, handler.unary_unary), **kwargs
-            )
-        if handler.unary_stream:
-            return grpc.unary_stream_rpc_method_handler(
-                self._wrap(method, handler.unary_stream), **kwargs
-            )
-        if handler.stream_unary:
-            return grpc.stream_unary_rpc_method_handler(
-                self._wrap(method, handler.stream_unary), **kwargs
-            )
-        return grpc.stream_stream_rpc_method_handler(
-            self._wrap(method, handler.stream_stream), **kwargs
-        )
+        return _rewrap(handler, str(handler_call_details.method), self._wrap)
 
     def _wrap(self, method: str, behavior: Callable[..., Any]) -> Callable[..., Any]:
         # A streaming handler either yields its responses (async generator) or
@@ -145,6 +129,25 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
         return unary
 
 
+def _rewrap(
+    handler: grpc.RpcMethodHandler,
+    method: str,
+    wrap: Callable[[str, Callable[..., Any]], Callable[..., Any]],
+) -> grpc.RpcMethodHandler:
+    """The same handler with its behaviour passed through `wrap`."""
+    kwargs = {
+        "request_deserializer": handler.request_deserializer,
+        "response_serializer": handler.response_serializer,
+    }
+    if handler.unary_unary:
+        return grpc.unary_unary_rpc_method_handler(wrap(method, handler.unary_unary), **kwargs)
+    if handler.unary_stream:
+        return grpc.unary_stream_rpc_method_handler(wrap(method, handler.unary_stream), **kwargs)
+    if handler.stream_unary:
+        return grpc.stream_unary_rpc_method_handler(wrap(method, handler.stream_unary), **kwargs)
+    return grpc.stream_stream_rpc_method_handler(wrap(method, handler.stream_stream), **kwargs)
+
+
 @asynccontextmanager
 async def _call_scope(method: str, context: grpc.aio.ServicerContext) -> AsyncIterator[str]:
     """Bind the log context for one call; log its outcome on the way out."""
@@ -170,3 +173,73 @@ async def _call_scope(method: str, context: grpc.aio.ServicerContext) -> AsyncIt
                 level = logging.INFO
             duration_ms = round((time.perf_counter() - start) * 1000, 1)
             log.log(level, "rpc", code=code.name, duration_ms=duration_ms)
+
+
+class TelemetryInterceptor(grpc.aio.ServerInterceptor):
+    """Per-call Prometheus metrics (latency by status, requests, in-flight) and
+    the call's server span. Install it before ErrorInterceptor (outermost), so
+    it sees the status the caller gets."""
+
+    def __init__(self, service: str) -> None:
+        self._service = service
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(handler_call_details)
+        if handler is None:
+            return handler
+        return _rewrap(handler, str(handler_call_details.method), self._wrap)
+
+    def _wrap(self, method: str, behavior: Callable[..., Any]) -> Callable[..., Any]:
+        if inspect.isasyncgenfunction(behavior):
+
+            async def stream(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+                with self._observe(method, context):
+                    async for response in behavior(request, context):
+                        yield response
+
+            return stream
+
+        async def unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            with self._observe(method, context):
+                result = behavior(request, context)
+                return await result if inspect.isawaitable(result) else result
+
+        return unary
+
+    @contextlib.contextmanager
+    def _observe(self, method: str, context: grpc.aio.ServicerContext) -> Iterator[None]:
+        in_flight = metrics.RPC_IN_FLIGHT.labels(self._service, method)
+        in_flight.inc()
+        start = time.perf_counter()
+        code: grpc.StatusCode | None = None
+        # Health probes would flood a trace store; their metrics are enough.
+        spans = (
+            contextlib.nullcontext()
+            if method.startswith(_QUIET_PREFIXES)
+            else tracing.server_span(method, context.invocation_metadata())
+        )
+        try:
+            with spans as span:
+                try:
+                    yield
+                except asyncio.CancelledError:
+                    code = grpc.StatusCode.CANCELLED
+                    raise
+                finally:
+                    code = code or _status_code(context)
+                    if span is not None:
+                        span.set_attribute("rpc.grpc.status_code", code.name)
+                        if code is not grpc.StatusCode.OK:
+                            span.set_status(trace.StatusCode.ERROR, code.name)
+        finally:
+            in_flight.dec()
+            metrics.RPC_DURATION.labels(
+                self._service, method, code.name if code else "UNKNOWN"
+            ).observe(time.perf_counter() - start)
+            metrics.RPC_REQUESTS.labels(
+                self._service, method, code.name if code else "UNKNOWN"
+            ).inc()

@@ -25,9 +25,11 @@ from grpc_health.v1 import health as grpc_health
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from serving.interceptors import ErrorInterceptor
+from serving.interceptors import ErrorInterceptor, TelemetryInterceptor
 from serving.logging import get_logger
+from serving.metrics import MetricsServer, metrics_port_file, start_metrics_server
 from serving.settings import CommonSettings
+from serving.tracing import configure_tracing
 
 log = get_logger(__name__)
 
@@ -60,16 +62,23 @@ async def serve(
     startup: Callable[[], Awaitable[None]] | None = None,
     shutdown: Callable[[], Awaitable[None]] | None = None,
     interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
+    name: str = "",
 ) -> None:
     """Serve until SIGTERM/SIGINT (or until this task is cancelled), then drain.
+
+    `name` (base, refine, upscale, orchestrator) labels this process's metrics
+    and spans. The Prometheus endpoint (settings.metrics_port) and the tracer
+    (settings.tracing_*) live as long as the server.
 
     Raises when the address cannot be bound or `startup` fails. Once the
     server has started, `shutdown` always runs on the way out, after in-flight
     calls drained (so it must cope with a `startup` that did not finish).
     """
+    process = name  # `name` is reused below for the services' names
     limit = settings.max_message_bytes
     server = grpc.aio.server(
-        interceptors=[ErrorInterceptor(), *interceptors],
+        # Telemetry outermost: it must see the status ErrorInterceptor settled on.
+        interceptors=[TelemetryInterceptor(process), ErrorInterceptor(), *interceptors],
         options=[
             ("grpc.max_send_message_length", limit),
             ("grpc.max_receive_message_length", limit),
@@ -105,7 +114,17 @@ async def serve(
     stop = asyncio.Event()
     installed = _install_signal_handlers(loop, stop)
     phase = "startup"
+    metrics_server: MetricsServer | None = None
+    stop_tracing: Callable[[], None] = lambda: None  # noqa: E731
     try:
+        stop_tracing = configure_tracing(
+            settings.tracing_exporter,
+            service=process,
+            endpoint=settings.tracing_endpoint,
+            file=settings.tracing_file,
+        )
+        # Before the gRPC port file: whoever waits on that may read this one next.
+        metrics_server = _start_metrics(settings, host)
         if settings.port_file:
             write_port_file(settings.port_file, port)
         log.info("listening", address=f"{host}:{port}", services=names)
@@ -136,9 +155,30 @@ async def serve(
                 log.exception("shutdown failed")
         if settings.port_file:
             settings.port_file.unlink(missing_ok=True)
+        if metrics_server is not None:
+            metrics_server.close()
+            port_file = metrics_port_file(settings.port_file, settings.metrics_port_file)
+            if port_file is not None:
+                port_file.unlink(missing_ok=True)
+        stop_tracing()  # flushes spans still buffered
         for sig in installed:
             loop.remove_signal_handler(sig)
         log.info("stopped")
+
+
+def _start_metrics(settings: CommonSettings, host: str) -> MetricsServer | None:
+    """The /metrics endpoint, or None when disabled (metrics_port empty or < 0)."""
+    if settings.metrics_port is None or settings.metrics_port < 0:
+        return None
+    try:
+        metrics_server = start_metrics_server(host.strip("[]"), settings.metrics_port)
+    except OSError as e:
+        raise OSError(f"cannot serve metrics on {host}:{settings.metrics_port}: {e}") from e
+    port_file = metrics_port_file(settings.port_file, settings.metrics_port_file)
+    if port_file is not None:
+        write_port_file(port_file, metrics_server.port)
+    log.info("metrics", address=f"{host}:{metrics_server.port}", path="/metrics")
+    return metrics_server
 
 
 def _install_signal_handlers(

@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, EnvSettingsSource, SettingsConfigDict
 
-from serving.storage import ObjectStore, open_store
+from serving.storage import InstrumentedStore, open_store
 
 MiB = 1024 * 1024
 
@@ -57,6 +57,37 @@ class CommonSettings(BaseSettings):
         default=SecretStr(""), description="S3 secret key (s3:// stores)."
     )
     s3_region: str = Field(default="", description="S3 region; empty asks the server.")
+    metrics_port: int | None = Field(
+        default=0,
+        le=65535,
+        description="Port of the Prometheus /metrics HTTP endpoint (on `host`); 0 picks a "
+        "free one, a negative value or empty disables the endpoint.",
+    )
+    metrics_port_file: Path | None = Field(
+        default=None,
+        description="Write the bound metrics port here once listening; defaults to "
+        "<port_file>.metrics when port_file is set.",
+    )
+    tracing_exporter: Literal["none", "otlp", "jsonl"] = Field(
+        default="none",
+        description="Where OpenTelemetry spans go: none (tracing off), otlp (OTLP/gRPC to "
+        "tracing_endpoint) or jsonl (one JSON span per line to tracing_file).",
+    )
+    tracing_endpoint: str = Field(
+        default="",
+        description="OTLP/gRPC collector address, e.g. http://localhost:4317; empty uses the "
+        "exporter's default (OTEL_EXPORTER_OTLP_ENDPOINT, else localhost:4317).",
+    )
+    tracing_file: str = Field(
+        default="var/traces/{service}.jsonl",
+        description="Span file of the jsonl exporter (appended); {service} is replaced by "
+        "the process name (base, refine, upscale, orchestrator).",
+    )
+
+    @field_validator("metrics_port", mode="before")
+    @classmethod
+    def _empty_disables(cls, value: Any) -> Any:
+        return None if value == "" else value
 
     @field_validator("log_level")
     @classmethod
@@ -66,7 +97,7 @@ class CommonSettings(BaseSettings):
             raise ValueError("must be DEBUG, INFO, WARNING, ERROR or CRITICAL")
         return level
 
-    def open_store(self) -> ObjectStore:
+    def open_store(self) -> InstrumentedStore:
         return open_store(
             self.store_url,
             access_key=self.s3_access_key,

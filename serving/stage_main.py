@@ -64,6 +64,7 @@ def run_stage(
         max_concurrency=settings.max_concurrency,
         max_queue=settings.max_queue,
         output_prefix=settings.output_prefix,
+        stage=stage,
     )
 
     def register(server: grpc.aio.Server) -> None:
@@ -96,6 +97,7 @@ def run_stage(
             settings,
             startup=startup,
             shutdown=shutdown,
+            name=stage,
         )
     )
 

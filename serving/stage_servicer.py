@@ -18,7 +18,7 @@ import grpc
 from PIL import Image
 
 from inference.interface import StageInputs, StageModel, StageOutput, StageParams
-from serving import stage_codec
+from serving import metrics, stage_codec
 from serving.artifacts import Artifact, get_artifact, put_artifact
 from serving.errors import InvalidArgument
 from serving.images import decode_image, encode_png
@@ -63,11 +63,17 @@ class StageServicer(stage_pb2_grpc.StageServiceServicer):
         max_concurrency: int = 1,
         max_queue: int = 16,
         output_prefix: str = "artifacts",
+        stage: str = "",
     ) -> None:
+        """`stage` (base, refine, upscale) labels this servicer's metrics."""
         # A holder, so that StageAdminService can swap the model under running calls.
         self._models = model if isinstance(model, ModelHolder) else ModelHolder(model)
         self._store = store
         self._slots = ExecutionSlots(max_concurrency, max_queue)
+        self._stage = stage
+        # Read at scrape time, so the gauges are never stale.
+        metrics.STAGE_QUEUE_DEPTH.labels(stage).set_function(lambda: self._slots.waiting)
+        metrics.STAGE_RUNNING.labels(stage).set_function(lambda: self._slots.running)
         self._executor = ThreadPoolExecutor(max_concurrency, thread_name_prefix="stage")
         self._max_concurrency = max_concurrency
         self._max_queue = max_queue
@@ -175,9 +181,15 @@ class StageServicer(stage_pb2_grpc.StageServiceServicer):
         future.add_done_callback(lambda _: self._slots.release())
         future.add_done_callback(lambda _: events.put_nowait(_DONE))
         future.add_done_callback(_log_worker_end)
+        metrics.STAGE_BATCH_SIZE.labels(self._stage).observe(1)  # no batching yet
+        step_time = metrics.STAGE_STEP_DURATION.labels(self._stage)
+        last = time.perf_counter()
         while (item := await events.get()) is not _DONE:
             assert isinstance(item, tuple)
             step, total = item
+            now = time.perf_counter()
+            step_time.observe(now - last)
+            last = now
             yield stage_pb2.RunResponse(
                 progress=stage_pb2.Progress(
                     step=step, total_steps=total, elapsed_ms=_ms(started, time.perf_counter())

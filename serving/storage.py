@@ -13,8 +13,9 @@ import io
 import os
 import shutil
 import tempfile
+import time
 from collections.abc import Iterator
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager, nullcontext, suppress
 from datetime import timedelta
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
@@ -24,6 +25,7 @@ import urllib3
 from minio import Minio
 from minio.error import S3Error
 
+from serving import metrics, tracing
 from serving.errors import InvalidArgument, NotFound, StageflowError, Unavailable
 
 
@@ -314,14 +316,20 @@ class S3Store(ObjectStore):
 
 def open_store(
     url: str, *, access_key: str = "", secret_key: str = "", region: str = ""
-) -> ObjectStore:
-    """Open a store from a URL.
+) -> InstrumentedStore:
+    """Open a store from a URL, instrumented (see `InstrumentedStore`).
 
     - ``file:///abs/path`` or a plain path: LocalStore rooted there (a relative
       plain path is relative to the current directory).
     - ``s3://bucket?endpoint=http://host:port`` (or ``https://``): S3Store; the
       bucket is created when missing. Credentials come from the arguments.
     """
+    return InstrumentedStore(
+        _open_store(url, access_key=access_key, secret_key=secret_key, region=region)
+    )
+
+
+def _open_store(url: str, *, access_key: str, secret_key: str, region: str) -> ObjectStore:
     if not url:
         raise ValueError("store URL is empty")
     parts = urlsplit(url)
@@ -348,3 +356,70 @@ def open_store(
     if "://" in url:
         raise ValueError(f"unsupported store URL scheme {parts.scheme!r} in {url!r}")
     return LocalStore(Path(url))
+
+
+class InstrumentedStore(ObjectStore):
+    """Decorates a store with metrics (bytes and latency per operation) and,
+    for reads and writes, a span; `inner` is the store doing the work."""
+
+    def __init__(self, inner: ObjectStore) -> None:
+        self.inner = inner
+
+    @contextmanager
+    def _observe(self, operation: str, key: str, *, span: bool = False) -> Iterator[None]:
+        start = time.perf_counter()
+        outcome = "error"
+        scope = (
+            tracing.tracer.start_as_current_span(
+                f"store.{operation}", attributes={"stageflow.store.key": key}
+            )
+            if span
+            else nullcontext()
+        )
+        try:
+            with scope:
+                yield
+            outcome = "ok"
+        finally:
+            metrics.STORE_DURATION.labels(operation, outcome).observe(time.perf_counter() - start)
+
+    def put(self, key: str, data: bytes, content_type: str = "application/octet-stream") -> None:
+        with self._observe("put", key, span=True):
+            self.inner.put(key, data, content_type=content_type)
+        metrics.STORE_BYTES.labels("put").inc(len(data))
+
+    def get(self, key: str) -> bytes:
+        with self._observe("get", key, span=True):
+            data = self.inner.get(key)
+        metrics.STORE_BYTES.labels("get").inc(len(data))
+        return data
+
+    def put_file(
+        self, key: str, path: Path, content_type: str = "application/octet-stream"
+    ) -> None:
+        with self._observe("put", key, span=True):
+            self.inner.put_file(key, path, content_type=content_type)
+        metrics.STORE_BYTES.labels("put").inc(Path(path).stat().st_size)
+
+    def get_file(self, key: str, path: Path) -> None:
+        with self._observe("get", key, span=True):
+            self.inner.get_file(key, path)
+        metrics.STORE_BYTES.labels("get").inc(Path(path).stat().st_size)
+
+    def exists(self, key: str) -> bool:
+        with self._observe("exists", key):
+            return self.inner.exists(key)
+
+    def delete(self, key: str) -> None:
+        with self._observe("delete", key):
+            self.inner.delete(key)
+
+    def list_keys(self, prefix: str = "") -> list[str]:
+        with self._observe("list", prefix):
+            return self.inner.list_keys(prefix)
+
+    def url(self, key: str, expires: timedelta = timedelta(hours=1)) -> str:
+        return self.inner.url(key, expires)
+
+    def describe(self) -> str:
+        return self.inner.describe()

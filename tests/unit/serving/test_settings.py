@@ -115,7 +115,7 @@ def test_secret_stays_out_of_repr(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_open_store_uses_store_url(tmp_path: Path) -> None:
     store = load_settings(CommonSettings, ["--store-url", str(tmp_path / "s")]).open_store()
-    assert isinstance(store, LocalStore) and store.root == tmp_path / "s"
+    assert isinstance(store.inner, LocalStore) and store.inner.root == tmp_path / "s"
 
 
 def test_log_level_is_checked(capsys: pytest.CaptureFixture[str]) -> None:

@@ -1,0 +1,190 @@
+"""`stageflow loadtest` against real stage processes: its counts agree with the
+stage's own, and overload is counted by status code.
+
+The stage's count is read from its "run.done" log lines for the load test's
+job id. TODO(metrics): once the stage exposes Prometheus metrics, read the
+request counter by status from its /metrics endpoint instead.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from cli.cluster import LocalCluster
+from cli.loadgen import LoadConfig, run_load, seed_input
+from serving.storage import ObjectStore
+from tests.integration.conftest import log_events
+
+SIZE = {"width": 64, "height": 64}
+REPO = Path(__file__).resolve().parents[2]
+
+
+def runs_done(events: list[dict[str, object]], job_id: str) -> int:
+    return sum(1 for e in events if e.get("event") == "run.done" and e.get("job_id") == job_id)
+
+
+async def settle(count: Callable[[], int], expected: int) -> int:
+    """The stage's count once its log file has caught up with what it answered."""
+    deadline = time.monotonic() + 10
+    while (seen := count()) != expected and time.monotonic() < deadline:  # noqa: ASYNC110
+        await asyncio.sleep(0.05)  # another process writes the log: nothing to await
+    return seen
+
+
+def assert_ordered(report: dict[str, object]) -> None:
+    latency = report["latency_ms"]
+    assert isinstance(latency, dict)
+    assert 0 < latency["p50"] <= latency["p90"] <= latency["p99"] <= latency["max"]
+
+
+async def test_request_count_matches_the_stage_and_percentiles_are_ordered(
+    local_cluster: LocalCluster,
+) -> None:
+    job_id = f"lt-{uuid.uuid4().hex[:8]}"
+    config = LoadConfig(
+        address=local_cluster.addresses["base"],
+        kind="txt2img",
+        params={**SIZE, "steps": 2},
+        concurrency=2,
+        duration_s=2.0,
+        job_id=job_id,
+    )
+    report = await asyncio.to_thread(run_load, config)
+
+    assert report["errors"] == {}
+    assert report["ok"] == report["requests"] > 0
+    seen = await settle(lambda: runs_done(log_events(local_cluster, "base"), job_id), report["ok"])
+    assert seen == report["ok"]
+    assert_ordered(report)
+    assert report["throughput_rps"] > 0
+    split = report["server_ms"]
+    assert set(split) == {"queue_ms", "load_inputs_ms", "compute_ms", "store_output_ms", "total_ms"}
+    assert split["compute_ms"]["median"] <= split["total_ms"]["median"]
+
+
+async def test_upscale_from_two_processes_reuses_one_seeded_input(
+    local_cluster: LocalCluster, local_store: ObjectStore
+) -> None:
+    image = seed_input(local_store, 16, 16)
+    job_id = f"lt-{uuid.uuid4().hex[:8]}"
+    config = LoadConfig(
+        address=local_cluster.addresses["upscale"],
+        kind="upscale",
+        image=image,
+        concurrency=2,
+        processes=2,
+        duration_s=None,
+        requests=6,
+        job_id=job_id,
+    )
+    report = await asyncio.to_thread(run_load, config)
+
+    assert report["client"]["processes"] == 2
+    assert (report["ok"], report["errors"]) == (6, {})
+    assert await settle(lambda: runs_done(log_events(local_cluster, "upscale"), job_id), 6) == 6
+    assert seed_input(local_store, 16, 16) == image, "the same input, not one per run"
+
+
+def _serving(address: str) -> bool:
+    with grpc.insecure_channel(address) as channel:
+        try:
+            reply = health_pb2_grpc.HealthStub(channel).Check(
+                health_pb2.HealthCheckRequest(), timeout=1
+            )
+        except grpc.RpcError:
+            return False
+    return reply.status == health_pb2.HealthCheckResponse.SERVING
+
+
+@pytest.fixture
+def tight_base(tmp_path: Path, fixture_models: Path) -> Iterator[tuple[str, Path]]:
+    """A base stage that runs one call at a time and queues none: (address, log)."""
+    port_file, log_path = tmp_path / "port", tmp_path / "base.log"
+    argv = [sys.executable, "-m", "services.base", "--port", "0", "--port-file", str(port_file)]
+    argv += ["--store-url", (tmp_path / "store").as_uri(), "--log-json", "true"]
+    argv += ["--model-path", str(fixture_models / "tiny-sd"), "--torch-threads", "1"]
+    argv += ["--max-concurrency", "1", "--max-queue", "0"]
+    env = {**os.environ, "PYTHONPATH": str(REPO), "PYTHONUNBUFFERED": "1"}
+    with log_path.open("wb") as log:
+        proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env)
+    try:
+        deadline = time.monotonic() + 60
+        address = ""
+        while time.monotonic() < deadline and proc.poll() is None:
+            text = port_file.read_text().strip() if port_file.exists() else ""
+            if text.isdigit() and _serving(address := f"127.0.0.1:{text}"):
+                break
+            time.sleep(0.1)
+        else:
+            pytest.fail(f"base stage did not become ready:\n{log_path.read_text()[-2000:]}")
+        yield address, log_path
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def _log(path: Path) -> list[dict[str, object]]:
+    events = []
+    for line in path.read_text().splitlines():
+        with contextlib.suppress(json.JSONDecodeError):
+            events.append(json.loads(line))
+    return events
+
+
+async def test_overload_is_counted_as_resource_exhausted(tight_base: tuple[str, Path]) -> None:
+    address, log_path = tight_base
+    job_id = f"lt-{uuid.uuid4().hex[:8]}"
+    config = LoadConfig(
+        address=address,
+        kind="txt2img",
+        params={**SIZE, "steps": 10},
+        concurrency=4,
+        duration_s=None,
+        requests=40,
+        job_id=job_id,
+    )
+    report = await asyncio.to_thread(run_load, config)
+
+    assert report["requests"] == 40
+    assert set(report["errors"]) == {"RESOURCE_EXHAUSTED"}
+    assert report["errors"]["RESOURCE_EXHAUSTED"] > 0
+    assert report["ok"] + report["errors"]["RESOURCE_EXHAUSTED"] == 40
+    assert await settle(lambda: runs_done(_log(log_path), job_id), report["ok"]) == report["ok"]
+    assert_ordered(report)
+
+
+async def test_orchestrator_jobs_report_the_summed_stage_split(
+    local_cluster: LocalCluster,
+) -> None:
+    config = LoadConfig(
+        address=local_cluster.orchestrator_address,
+        kind="orchestrator",
+        params={**SIZE, "base.steps": 2, "refine.steps": 4},
+        concurrency=2,
+        duration_s=None,
+        requests=3,
+    )
+    report = await asyncio.to_thread(run_load, config)
+
+    assert (report["ok"], report["errors"]) == (3, {}), report["error_details"]
+    assert_ordered(report)
+    split = report["server_ms"]
+    # Three stages ran per job: their summed compute is within the job's latency.
+    assert 0 < split["compute_ms"]["median"] <= report["latency_ms"]["max"]

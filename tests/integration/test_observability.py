@@ -1,0 +1,133 @@
+"""What an operator sees from outside: each process's Prometheus endpoint, and
+one job's trace across the orchestrator and the three stages."""
+
+from __future__ import annotations
+
+import json
+import urllib.request
+from collections import defaultdict
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from cli.client import StageflowClient
+from cli.cluster import ORCHESTRATOR, STAGES, LocalCluster
+from serving.channels import client_channel
+from serving.metrics import metrics_port_file
+from stageflow.v1 import orchestrator_pb2 as pb
+from stageflow.v1 import stage_pb2, stage_pb2_grpc
+
+RUN = "/stageflow.v1.StageService/Run"
+
+
+def scrape(cluster: LocalCluster, name: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+    port_file = metrics_port_file(cluster.port_file(name), None)
+    assert port_file is not None
+    port = int(port_file.read_text())
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
+        text = response.read().decode()
+    return {
+        (s.name, frozenset(s.labels.items())): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+
+
+def value(
+    samples: dict[tuple[str, frozenset[tuple[str, str]]], float], name: str, **labels: str
+) -> float:
+    return samples.get((name, frozenset(labels.items())), 0.0)
+
+
+async def test_stage_metrics_endpoint_counts_a_call(local_cluster: LocalCluster) -> None:
+    before = scrape(local_cluster, "base")
+    request = stage_pb2.RunRequest(
+        txt2img=stage_pb2.Txt2ImgParams(prompt="a red circle", width=64, height=64, steps=3)
+    )
+    async with client_channel(local_cluster.addresses["base"]) as channel:
+        events = [
+            e async for e in stage_pb2_grpc.StageServiceStub(channel).Run(request, timeout=60)
+        ]
+    assert events[-1].HasField("result")
+    after = scrape(local_cluster, "base")
+
+    ok = {"service": "base", "method": RUN, "code": "OK"}
+    assert value(after, "stageflow_rpc_requests_total", **ok) == (
+        value(before, "stageflow_rpc_requests_total", **ok) + 1
+    )
+    buckets = [key for key in after if key[0] == "stageflow_rpc_duration_seconds_bucket"]
+    assert any(
+        dict(labels).get("method") == RUN and dict(labels).get("le") == "+Inf"
+        for _, labels in buckets
+    )
+    steps = value(after, "stageflow_stage_step_seconds_count", stage="base") - value(
+        before, "stageflow_stage_step_seconds_count", stage="base"
+    )
+    assert steps >= 3
+    assert value(after, "stageflow_stage_batch_size_count", stage="base") >= 1
+    assert ("stageflow_stage_queue_depth", frozenset({("stage", "base")})) in after
+    assert value(after, "stageflow_store_bytes_total", operation="put") > 0
+
+
+@pytest.fixture(scope="module")
+def traced_cluster(
+    tmp_path_factory: pytest.TempPathFactory, fixture_models: Path
+) -> Iterator[LocalCluster]:
+    state = tmp_path_factory.mktemp("traced-cluster")
+    env = {
+        "STAGEFLOW_TRACING_EXPORTER": "jsonl",
+        "STAGEFLOW_TRACING_FILE": str(state / "traces" / "{service}.jsonl"),
+    }
+    with LocalCluster(
+        state_dir=state, models_dir=fixture_models, torch_threads=1, extra_env=env
+    ) as cluster:
+        yield cluster
+
+
+def spans(cluster: LocalCluster, name: str) -> list[dict[str, Any]]:
+    path = cluster.state_dir / "traces" / f"{name}.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines() if line]
+
+
+async def test_one_job_is_one_trace_across_all_processes(traced_cluster: LocalCluster) -> None:
+    async with StageflowClient(traced_cluster.orchestrator_address) as client:
+        job = await client.submit(base="a red circle", style="flat", seed=7, width=64, height=64)
+        _ = [event async for event in client.watch(job.job_id)]
+        job = await client.get(job.job_id)
+    assert job.state == pb.JOB_STATE_SUCCEEDED, job.error
+
+    by_process = {name: spans(traced_cluster, name) for name in (*STAGES, ORCHESTRATOR)}
+    job_spans = [
+        s
+        for name, items in by_process.items()
+        for s in items
+        if s["attributes"].get("stageflow.job_id") == job.job_id
+    ]
+    trace_ids = {s["trace_id"] for s in job_spans}
+    assert len(trace_ids) == 1, trace_ids
+    (trace_id,) = trace_ids
+
+    names = defaultdict(set)
+    for s in job_spans:
+        names[s["service"]].add((s["kind"], s["name"]))
+    for stage in STAGES:
+        assert ("SERVER", RUN.lstrip("/")) in names[stage], names[stage]
+        assert ("INTERNAL", "store.put") in names[stage], names[stage]
+    orchestrator = names[ORCHESTRATOR]
+    assert ("SERVER", "stageflow.v1.OrchestratorService/SubmitJob") in orchestrator
+    assert ("INTERNAL", "job.run") in orchestrator
+    assert ("CLIENT", RUN.lstrip("/")) in orchestrator
+
+    # Every span of this trace, in every process, carries the job id.
+    in_trace = [s for items in by_process.values() for s in items if s["trace_id"] == trace_id]
+    assert all(s["attributes"].get("stageflow.job_id") == job.job_id for s in in_trace)
+    # Each stage's server span is the child of an orchestrator client span.
+    client_ids = {s["span_id"] for s in by_process[ORCHESTRATOR] if s["kind"] == "CLIENT"}
+    for stage in STAGES:
+        servers = [
+            s for s in by_process[stage] if s["kind"] == "SERVER" and s["trace_id"] == trace_id
+        ]
+        assert servers and all(s["parent_span_id"] in client_ids for s in servers)
