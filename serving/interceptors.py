@@ -79,14 +79,8 @@ async def _abort(context: grpc.aio.ServicerContext, err: Exception, request_id: 
         await context.abort(grpc.StatusCode.INTERNAL, f"internal error (request id {request_id})")
 
 
-class ErrorInterceptor(grpc.aio.ServerInterceptor):
-    """Maps `StageflowError` to its status and anything else to INTERNAL with a
-    logged traceback; binds request_id, job_id and method to the log context
-    for the call; logs one line per call with its status and duration.
-
-    Request id and job id come from the ``x-request-id`` / ``x-job-id``
-    metadata; a request id is generated when absent.
-    """
+class _WrappingInterceptor(grpc.aio.ServerInterceptor):
+    """Wraps every method's behaviour with `_wrap(method, behavior)`."""
 
     async def intercept_service(
         self,
@@ -97,6 +91,19 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
         if handler is None:
             return handler
         return _rewrap(handler, str(handler_call_details.method), self._wrap)
+
+    def _wrap(self, method: str, behavior: Callable[..., Any]) -> Callable[..., Any]:
+        raise NotImplementedError
+
+
+class ErrorInterceptor(_WrappingInterceptor):
+    """Maps `StageflowError` to its status and anything else to INTERNAL with a
+    logged traceback; binds request_id, job_id and method to the log context
+    for the call; logs one line per call with its status and duration.
+
+    Request id and job id come from the ``x-request-id`` / ``x-job-id``
+    metadata; a request id is generated when absent.
+    """
 
     def _wrap(self, method: str, behavior: Callable[..., Any]) -> Callable[..., Any]:
         # A streaming handler either yields its responses (async generator) or
@@ -175,23 +182,13 @@ async def _call_scope(method: str, context: grpc.aio.ServicerContext) -> AsyncIt
             log.log(level, "rpc", code=code.name, duration_ms=duration_ms)
 
 
-class TelemetryInterceptor(grpc.aio.ServerInterceptor):
+class TelemetryInterceptor(_WrappingInterceptor):
     """Per-call Prometheus metrics (latency by status, requests, in-flight) and
     the call's server span. Install it before ErrorInterceptor (outermost), so
     it sees the status the caller gets."""
 
     def __init__(self, service: str) -> None:
         self._service = service
-
-    async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
-        handler = await continuation(handler_call_details)
-        if handler is None:
-            return handler
-        return _rewrap(handler, str(handler_call_details.method), self._wrap)
 
     def _wrap(self, method: str, behavior: Callable[..., Any]) -> Callable[..., Any]:
         if inspect.isasyncgenfunction(behavior):
