@@ -234,7 +234,12 @@ class S3Store(ObjectStore):
         )
         with self._errors("bucket", bucket):
             if not self._client.bucket_exists(bucket):
-                self._client.make_bucket(bucket)
+                try:
+                    self._client.make_bucket(bucket)
+                except S3Error as err:
+                    # Several processes may create it at once; ours lost the race.
+                    if err.code != "BucketAlreadyOwnedByYou":
+                        raise
 
     @contextmanager
     def _errors(self, what: str, key: str) -> Iterator[None]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -187,7 +188,10 @@ async def test_one_log_line_per_call_with_context(
     await channel.unary_unary("/t.Svc/Unary")(b"ok", metadata=META)
     with pytest.raises(grpc.aio.AioRpcError):
         await channel.unary_unary("/t.Svc/Unary")(b"not_found")
-    rpc_lines = [line for line in log_lines() if line["event"] == "rpc"]
+    # The server logs a failed call after its status reaches the client.
+    async with asyncio.timeout(5):
+        while len(rpc_lines := [line for line in log_lines() if line["event"] == "rpc"]) < 2:  # noqa: ASYNC110 (log lines from the server)
+            await asyncio.sleep(0.01)
     assert len(rpc_lines) == 2
     ok, missing = rpc_lines
     assert ok["method"] == "/t.Svc/Unary" and ok["code"] == "OK"
