@@ -6,6 +6,7 @@ with our own loop in `inference.denoise`.
 
 from __future__ import annotations
 
+from collections.abc import Hashable, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
@@ -111,6 +112,61 @@ class Txt2ImgModel(_DiffusionModel):
                 cancelled,
             )
             return loop.decode_image(parts, latents)
+
+    def batch_key(self, params: StageParams) -> Hashable | None:
+        # Prompts, negative prompts and seeds may differ within a batch.
+        assert isinstance(params, Txt2ImgParams)
+        return (params.width, params.height, params.steps, params.guidance_scale)
+
+    def run_batch(
+        self,
+        params_list: Sequence[StageParams],
+        inputs_list: Sequence[StageInputs],
+        progress: ProgressFn,
+        cancelled: CancelledFn,
+    ) -> list[StageOutput]:
+        """`run` over a batch dimension: each request's latents from its own seeded
+        generator and its own text embeddings, so each image equals its single
+        run up to float summation order (the UNet sees a bigger batch)."""
+        batch = [p for p in params_list if isinstance(p, Txt2ImgParams)]
+        if not batch or len(batch) != len(params_list):
+            raise InvalidArgument("params", "run_batch takes one or more Txt2ImgParams")
+        first = batch[0]
+        for params in batch:
+            self.validate(params)
+            if self.batch_key(params) != self.batch_key(first):
+                raise InvalidArgument(
+                    "params", "a batch needs equal width, height, steps, guidance"
+                )
+        with torch.inference_mode():
+            parts = self.parts
+            guided = loop.uses_guidance(first.guidance_scale)
+            texts = [loop.encode_prompts(parts, p.prompt, p.negative_prompt, guided) for p in batch]
+            # With guidance each text is (negative, positive); the loop doubles the
+            # latents as [all, all], so embeddings go as [all negatives, all positives].
+            if guided:
+                text = torch.cat([t[:1] for t in texts] + [t[1:] for t in texts])
+            else:
+                text = torch.cat(texts)
+            scheduler = parts.new_scheduler()
+            scheduler.set_timesteps(first.steps)
+            f = parts.vae_scale_factor
+            shape = (1, parts.latent_channels, first.height // f, first.width // f)
+            latents = torch.cat(
+                [loop.randn(shape, loop.seeded_generator(p.seed), parts) for p in batch]
+            )
+            latents = latents * scheduler.init_noise_sigma
+            latents = loop.denoise(
+                parts,
+                scheduler,
+                latents,
+                scheduler.timesteps,
+                text,
+                first.guidance_scale,
+                progress,
+                cancelled,
+            )
+            return [StageOutput(loop.decode_image(parts, one)) for one in latents.split(1)]
 
 
 class RefineModel(_DiffusionModel):

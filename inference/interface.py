@@ -11,7 +11,7 @@ from __future__ import annotations
 import abc
 import dataclasses
 import enum
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -274,6 +274,24 @@ class StageModel(abc.ABC):
         just the image.
         """
         return StageOutput(self.run(params, inputs, progress, cancelled))
+
+    def batch_key(self, params: StageParams) -> Hashable | None:
+        """What requests must share to run as one batch (dynamic batching), or
+        None when this model cannot batch them. Default: never batched."""
+        return None
+
+    def run_batch(
+        self,
+        params_list: Sequence[StageParams],
+        inputs_list: Sequence[StageInputs],
+        progress: ProgressFn,
+        cancelled: CancelledFn,
+    ) -> list[StageOutput]:
+        """Run requests with equal `batch_key` as one model call; one output per
+        request, in order. `progress` counts the batch's steps; `cancelled` is
+        True once every request of the batch has gone. Only called when
+        `batch_key` is not None."""
+        raise NotImplementedError(f"{type(self).__name__} does not batch")
 
     def unload(self) -> None:
         """Release weights. Default: nothing to release."""

@@ -123,6 +123,17 @@ class StageSettings(CommonSettings):
     max_queue: int = Field(
         default=16, ge=0, description="Calls allowed to wait; beyond this, RESOURCE_EXHAUSTED."
     )
+    max_batch_size: int = Field(
+        default=1,
+        ge=1,
+        description="Dynamic batching: at most this many compatible calls run as one model "
+        "call (txt2img: same width, height, steps, guidance_scale); 1 turns it off.",
+    )
+    max_queue_delay_ms: float = Field(
+        default=5.0,
+        ge=0,
+        description="Dynamic batching: how long a call waits for others to join its batch.",
+    )
     output_prefix: str = Field(
         default="artifacts", description="Key prefix for outputs when a request names none."
     )

@@ -26,12 +26,19 @@ class ExecutionSlots:
         return self._waiting
 
     @property
+    def capacity(self) -> int:
+        return self._capacity
+
+    @property
     def running(self) -> int:
         return self._running
 
-    async def acquire(self) -> None:
-        """Wait for a slot; raise ResourceExhausted when the queue is full."""
-        if self._semaphore.locked() and self._waiting >= self._max_queue:
+    async def acquire(self, *, admit: bool = True) -> None:
+        """Wait for a slot; raise ResourceExhausted when the queue is full.
+
+        `admit=False` skips that check, for a caller that already admitted the
+        work against the queue bound (the dynamic batcher's batches)."""
+        if admit and self._semaphore.locked() and self._waiting >= self._max_queue:
             raise ResourceExhausted(
                 f"stage busy: {self._running} running, {self._waiting} queued "
                 f"(max_concurrency {self._capacity}, max_queue {self._max_queue})"

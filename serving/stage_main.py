@@ -64,6 +64,8 @@ def run_stage(
         max_concurrency=settings.max_concurrency,
         max_queue=settings.max_queue,
         output_prefix=settings.output_prefix,
+        max_batch_size=settings.max_batch_size,
+        max_queue_delay_ms=settings.max_queue_delay_ms,
         stage=stage,
     )
 

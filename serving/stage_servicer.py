@@ -20,6 +20,7 @@ from PIL import Image
 from inference.interface import StageInputs, StageModel, StageOutput, StageParams
 from serving import metrics, stage_codec
 from serving.artifacts import Artifact, get_artifact, put_artifact
+from serving.batcher import DynamicBatcher
 from serving.errors import InvalidArgument
 from serving.images import decode_image, encode_png
 from serving.logging import get_logger
@@ -64,17 +65,34 @@ class StageServicer(stage_pb2_grpc.StageServiceServicer):
         max_queue: int = 16,
         output_prefix: str = "artifacts",
         stage: str = "",
+        max_batch_size: int = 1,
+        max_queue_delay_ms: float = 5.0,
     ) -> None:
-        """`stage` (base, refine, upscale) labels this servicer's metrics."""
+        """`stage` (base, refine, upscale) labels this servicer's metrics.
+
+        `max_batch_size` > 1 turns on dynamic batching (serving.batcher) for
+        models that can batch a request's params; others run one call at a time.
+        """
         # A holder, so that StageAdminService can swap the model under running calls.
         self._models = model if isinstance(model, ModelHolder) else ModelHolder(model)
         self._store = store
         self._slots = ExecutionSlots(max_concurrency, max_queue)
         self._stage = stage
         # Read at scrape time, so the gauges are never stale.
-        metrics.STAGE_QUEUE_DEPTH.labels(stage).set_function(lambda: self._slots.waiting)
-        metrics.STAGE_RUNNING.labels(stage).set_function(lambda: self._slots.running)
         self._executor = ThreadPoolExecutor(max_concurrency, thread_name_prefix="stage")
+        self._batch_sizes = metrics.STAGE_BATCH_SIZE.labels(stage)
+        self._batcher = DynamicBatcher(
+            self._slots,
+            self._executor,
+            max_batch_size=max_batch_size,
+            max_queue_delay_ms=max_queue_delay_ms,
+            max_queue=max_queue,
+            on_batch=self._batch_sizes.observe,
+        )
+        metrics.STAGE_QUEUE_DEPTH.labels(stage).set_function(
+            lambda: self._slots.waiting + self._batcher.pending
+        )
+        metrics.STAGE_RUNNING.labels(stage).set_function(lambda: self._slots.running)
         self._max_concurrency = max_concurrency
         self._max_queue = max_queue
         self._output_prefix = output_prefix
@@ -106,6 +124,13 @@ class StageServicer(stage_pb2_grpc.StageServiceServicer):
         started = time.perf_counter()
         params = stage_codec.params_from_request(request, model.describe().param_defaults)
         model.validate(params)
+        if self._batcher.batchable(model, params):
+            async with contextlib.aclosing(
+                self._run_batched(request, context, lease, params, started)
+            ) as batched:
+                async for response in batched:
+                    yield response
+            return
         await self._slots.acquire()
         cancellation = _CallCancellation(context.time_remaining())
         try:
@@ -137,6 +162,76 @@ class StageServicer(stage_pb2_grpc.StageServiceServicer):
             store_output_ms=_ms(computed, stored),
             total_ms=_ms(started, stored),
         )
+        yield self._result(request, model, output, artifact, timing)
+
+    async def _run_batched(
+        self,
+        request: stage_pb2.RunRequest,
+        context: grpc.aio.ServicerContext,
+        lease: Lease,
+        params: StageParams,
+        started: float,
+    ) -> AsyncGenerator[stage_pb2.RunResponse, None]:
+        """One call through the dynamic batcher: its own progress, output and
+        timing; its queue time includes the wait for the batch to form."""
+        model = lease.model
+        cancellation = _CallCancellation(context.time_remaining())
+        loop = asyncio.get_running_loop()
+        events: asyncio.Queue[tuple[int, int] | object] = asyncio.Queue()
+
+        def progress(step: int, total: int) -> None:
+            loop.call_soon_threadsafe(events.put_nowait, (step, total))
+
+        try:
+            inputs = await asyncio.to_thread(self._load_inputs, request)
+            model.validate_inputs(params, inputs)
+            loaded = time.perf_counter()
+            call = asyncio.ensure_future(
+                self._batcher.submit(
+                    model, params, inputs, progress, cancellation, lease.keep_until
+                )
+            )
+            call.add_done_callback(lambda _: events.put_nowait(_DONE))
+            step_time = metrics.STAGE_STEP_DURATION.labels(self._stage)
+            last = None
+            try:
+                while (item := await events.get()) is not _DONE:
+                    assert isinstance(item, tuple)
+                    now = time.perf_counter()
+                    if last is not None:
+                        step_time.observe(now - last)
+                    last = now
+                    yield stage_pb2.RunResponse(
+                        progress=stage_pb2.Progress(
+                            step=item[0], total_steps=item[1], elapsed_ms=_ms(started, now)
+                        )
+                    )
+                output, computing = await call
+            finally:
+                call.cancel()  # the caller went away: leave the batch
+            computed = time.perf_counter()
+            artifact = await asyncio.to_thread(self._store_output, output.image)
+            stored = time.perf_counter()
+        finally:
+            cancellation.set()
+        timing = common_pb2.Timing(
+            queue_ms=_ms(loaded, computing),
+            load_inputs_ms=_ms(started, loaded),
+            compute_ms=_ms(computing, computed),
+            store_output_ms=_ms(computed, stored),
+            total_ms=_ms(started, stored),
+        )
+        yield self._result(request, model, output, artifact, timing)
+
+    def _result(
+        self,
+        request: stage_pb2.RunRequest,
+        model: StageModel,
+        output: StageOutput,
+        artifact: Artifact,
+        timing: common_pb2.Timing,
+    ) -> stage_pb2.RunResponse:
+        image = output.image
         log.info(
             "run.done",
             job_id=request.job_id,
@@ -152,7 +247,7 @@ class StageServicer(stage_pb2_grpc.StageServiceServicer):
         )
         if output.text_check is not None:
             result.text_check.CopyFrom(stage_codec.text_check(output.text_check))
-        yield stage_pb2.RunResponse(result=result)
+        return stage_pb2.RunResponse(result=result)
 
     async def _compute(
         self,
@@ -181,7 +276,7 @@ class StageServicer(stage_pb2_grpc.StageServiceServicer):
         future.add_done_callback(lambda _: self._slots.release())
         future.add_done_callback(lambda _: events.put_nowait(_DONE))
         future.add_done_callback(_log_worker_end)
-        metrics.STAGE_BATCH_SIZE.labels(self._stage).observe(1)  # no batching yet
+        self._batch_sizes.observe(1)  # a call the batcher does not batch runs alone
         step_time = metrics.STAGE_STEP_DURATION.labels(self._stage)
         last = time.perf_counter()
         while (item := await events.get()) is not _DONE:

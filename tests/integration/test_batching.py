@@ -1,0 +1,111 @@
+"""Dynamic batching in a real base stage: two concurrent compatible calls run
+as one batch (the stage's batch-size histogram says so) and each output
+equals the same call run alone."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from serving.artifacts import get_artifact
+from serving.channels import client_channel
+from serving.images import decode_image
+from serving.metrics import metrics_port_file
+from serving.storage import open_store
+from stageflow.v1 import stage_pb2, stage_pb2_grpc
+from tests.integration.test_loadtest import _serving
+
+REPO = Path(__file__).resolve().parents[2]
+# A batched call may differ from its lone run only by float summation order.
+BATCH_MAX_LEVELS = 2
+
+
+@pytest.fixture
+def batching_base(tmp_path: Path, fixture_models: Path) -> Iterator[tuple[str, Path, Path]]:
+    """A base stage batching up to 4 calls within 50 ms: (address, port file, store)."""
+    port_file, log_path, store = tmp_path / "port", tmp_path / "base.log", tmp_path / "store"
+    argv = [sys.executable, "-m", "services.base", "--port", "0", "--port-file", str(port_file)]
+    argv += ["--store-url", store.as_uri(), "--torch-threads", "1"]
+    argv += ["--model-path", str(fixture_models / "tiny-sd"), "--max-concurrency", "1"]
+    # A generous delay: each concurrent call opens its own channel first.
+    argv += ["--max-batch-size", "4", "--max-queue-delay-ms", "500"]
+    env = {**os.environ, "PYTHONPATH": str(REPO), "PYTHONUNBUFFERED": "1"}
+    with log_path.open("wb") as log:
+        proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env)
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and proc.poll() is None:
+            text = port_file.read_text().strip() if port_file.exists() else ""
+            if text.isdigit() and _serving(address := f"127.0.0.1:{text}"):
+                break
+            time.sleep(0.1)
+        else:
+            pytest.fail(f"base stage did not become ready:\n{log_path.read_text()[-2000:]}")
+        yield address, port_file, store
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def batch_histogram(port_file: Path) -> tuple[float, float]:
+    """(sum, count) of the stage's stageflow_stage_batch_size."""
+    metrics_file = metrics_port_file(port_file, None)
+    assert metrics_file is not None
+    url = f"http://127.0.0.1:{int(metrics_file.read_text())}/metrics"
+    with urllib.request.urlopen(url, timeout=10) as response:
+        text = response.read().decode()
+    values = {
+        s.name: s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+        if s.labels.get("stage") == "base"
+    }
+    return values["stageflow_stage_batch_size_sum"], values["stageflow_stage_batch_size_count"]
+
+
+async def run(address: str, store: Path, prompt: str, seed: int) -> tuple[np.ndarray, int]:
+    """(the output image, progress events seen)"""
+    request = stage_pb2.RunRequest(
+        txt2img=stage_pb2.Txt2ImgParams(prompt=prompt, seed=seed, width=64, height=64, steps=3)
+    )
+    async with client_channel(address) as channel:
+        events = [
+            e async for e in stage_pb2_grpc.StageServiceStub(channel).Run(request, timeout=60)
+        ]
+    result = events[-1].result
+    data = get_artifact(open_store(store.as_uri()), result.output.key, result.output.sha256)
+    image = np.asarray(decode_image(data, field="output")).astype(np.int16)
+    return image, sum(e.HasField("progress") for e in events)
+
+
+async def test_two_concurrent_calls_run_as_one_batch_with_their_lone_outputs(
+    batching_base: tuple[str, Path, Path],
+) -> None:
+    address, port_file, store = batching_base
+    calls = [("a red circle", 5), ("a blue square", 6)]
+    alone = [await run(address, store, prompt, seed) for prompt, seed in calls]
+    before = batch_histogram(port_file)
+    assert before == (2.0, 2.0)  # each lone call ran as a batch of one
+
+    together = await asyncio.gather(*(run(address, store, p, s) for p, s in calls))
+
+    total, count = batch_histogram(port_file)
+    assert (total - before[0], count - before[1]) == (2.0, 1.0)  # one batch of two
+    for (single, _), (batched, progress) in zip(alone, together, strict=True):
+        assert progress == 3  # each call streams its own progress
+        assert np.abs(batched - single).max() <= BATCH_MAX_LEVELS
+    assert np.abs(together[0][0] - together[1][0]).mean() > 1  # not one image twice
