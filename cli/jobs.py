@@ -23,6 +23,7 @@ from cli.render import (
     timing_table,
     to_json,
 )
+from serving import tracing
 from stageflow.v1 import orchestrator_pb2 as pb
 
 EXIT_INTERRUPTED = 130
@@ -169,6 +170,7 @@ async def submit_and_follow(
 ) -> int:
     """Submit a job; unless told not to wait, follow it to the end (see `follow`)."""
     job = await client.submit(**dataclasses.asdict(spec))
+    tracing.tag_job(job.job_id)  # the command's root span, and the calls after it
     if not wait:
         if ui.as_json:
             ui.emit_json({"job": job_dict(job), "final_path": None})

@@ -109,16 +109,33 @@ def _expected_errors(address: str | None = None) -> Iterator[None]:
         _fail("interrupted", EXIT_INTERRUPTED)
 
 
-def _with_client(address: str, body: Callable[[StageflowClient], Awaitable[int]]) -> NoReturn:
-    """Run `body` with a client in a fresh event loop, then exit with its code."""
+def _with_client(
+    address: str,
+    body: Callable[[StageflowClient], Awaitable[int]],
+    *,
+    command: str,
+    job_id: str = "",
+) -> NoReturn:
+    """Run `body` with a client in a fresh event loop, then exit with its code.
+
+    The command is one root span (`cli <command>`) when STAGEFLOW_TRACING_EXPORTER
+    is set, so a job's trace starts where the person or script asked for it.
+    """
     from cli.client import StageflowClient
+    from serving import tracing
 
     async def main() -> int:
-        async with StageflowClient(address) as client:
-            return await body(client)
+        attributes = {tracing.JOB_ID: job_id} if job_id else {}
+        with tracing.tracer.start_as_current_span(f"cli {command}", attributes=attributes):
+            async with StageflowClient(address) as client:
+                return await body(client)
 
     with _expected_errors(address):
-        code = asyncio.run(main())
+        stop_tracing = tracing.configure_tracing_from_env("cli")
+        try:
+            code = asyncio.run(main())
+        finally:
+            stop_tracing()
     raise typer.Exit(code)
 
 
@@ -315,7 +332,9 @@ def submit(
     )
     ui = _ui(as_json)
     _with_client(
-        address, lambda c: submit_and_follow(c, spec, out_dir=out, wait=not no_wait, ui=ui)
+        address,
+        lambda c: submit_and_follow(c, spec, out_dir=out, wait=not no_wait, ui=ui),
+        command="submit",
     )
 
 
@@ -330,7 +349,9 @@ def watch(
     from cli.jobs import follow
 
     ui = _ui(as_json)
-    _with_client(address, lambda c: follow(c, job_id, out_dir=out, ui=ui))
+    _with_client(
+        address, lambda c: follow(c, job_id, out_dir=out, ui=ui), job_id=job_id, command="watch"
+    )
 
 
 @app.command()
@@ -353,7 +374,7 @@ def get(
             ui.out.print(timing_table(job))
         return 0
 
-    _with_client(address, body)
+    _with_client(address, body, job_id=job_id, command="get")
 
 
 @app.command("list")
@@ -376,7 +397,7 @@ def list_jobs(
             ui.out.print(jobs_table(jobs))
         return 0
 
-    _with_client(address, body)
+    _with_client(address, body, command="list")
 
 
 @app.command()
@@ -394,7 +415,7 @@ def cancel(
         ui.out.print(Text(f"job {job.job_id}: {job_state_name(job.state)}"))
         return 0
 
-    _with_client(address, body)
+    _with_client(address, body, job_id=job_id, command="cancel")
 
 
 @app.command()
@@ -420,6 +441,7 @@ def rerun(
     from cli.jobs import follow
     from cli.render import job_state_name
     from cli.rerun import parse_sets
+    from serving import tracing
 
     with _expected_errors():
         overrides = parse_sets(from_stage, sets or [])
@@ -427,13 +449,14 @@ def rerun(
 
     async def body(client: StageflowClient) -> int:
         job = await client.rerun(job_id, from_stage, **overrides.client_kwargs())
+        tracing.tag_job(job.job_id)
         if not as_json:
             ui.say(f"job {job.job_id} version {job.version}: {job_state_name(job.state)}")
         if no_wait:
             return 0
         return await follow(client, job.job_id, out_dir=out, ui=ui)
 
-    _with_client(address, body)
+    _with_client(address, body, job_id=job_id, command="rerun")
 
 
 class PriorityChoice(enum.StrEnum):
@@ -482,4 +505,5 @@ def batch(
             summary_path=summary,
             ui=ui,
         ),
+        command="batch",
     )

@@ -7,6 +7,11 @@ drain on SIGTERM/SIGINT.
 
 Health is NOT_SERVING from bind until `startup()` (e.g. model load) returns,
 SERVING after, and NOT_SERVING again as soon as shutdown begins.
+
+SIGUSR1 flips health to NOT_SERVING for good while the process keeps serving
+every call, new ones included: a Kubernetes preStop hook sends it so that
+readiness fails and balancers (the orchestrator's round_robin over a headless
+Service) stop picking this pod *before* SIGTERM starts the drain.
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ from serving.tracing import configure_tracing
 log = get_logger(__name__)
 
 _SIGNALS = (signal.SIGTERM, signal.SIGINT)
+_UNADVERTISE = signal.SIGUSR1
 
 
 @dataclass
@@ -113,6 +119,8 @@ async def serve(
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     installed = _install_signal_handlers(loop, stop)
+    if _add_signal_handler(loop, _UNADVERTISE, lambda: asyncio.ensure_future(_unadvertise(health))):
+        installed.append(_UNADVERTISE)
     phase = "startup"
     metrics_server: MetricsServer | None = None
     stop_tracing: Callable[[], None] = lambda: None  # noqa: E731
@@ -184,14 +192,25 @@ def _start_metrics(settings: CommonSettings, host: str) -> MetricsServer | None:
 def _install_signal_handlers(
     loop: asyncio.AbstractEventLoop, stop: asyncio.Event
 ) -> list[signal.Signals]:
-    installed = []
-    for sig in _SIGNALS:
-        # Only possible in the main thread; elsewhere (some test runners) the
-        # caller stops serve() by cancelling its task instead.
-        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
-            loop.add_signal_handler(sig, stop.set)
-            installed.append(sig)
-    return installed
+    return [sig for sig in _SIGNALS if _add_signal_handler(loop, sig, stop.set)]
+
+
+def _add_signal_handler(
+    loop: asyncio.AbstractEventLoop, sig: signal.Signals, handler: Callable[[], object]
+) -> bool:
+    # Only possible in the main thread; elsewhere (some test runners) the
+    # caller stops serve() by cancelling its task instead.
+    with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+        loop.add_signal_handler(sig, handler)
+        return True
+    return False
+
+
+async def _unadvertise(health: grpc_health.aio.HealthServicer) -> None:
+    # enter_graceful_shutdown also ignores later set() calls, so a model load
+    # finishing after the preStop cannot flip the pod back to SERVING.
+    await health.enter_graceful_shutdown()
+    log.info("not serving (SIGUSR1): still answering calls until SIGTERM")
 
 
 async def _until_stopped(work: Awaitable[None], stop: asyncio.Event) -> bool:

@@ -154,8 +154,7 @@ def tag_job(job_id: str) -> None:
 
 
 def _current_job_id() -> str:
-    attributes = getattr(trace.get_current_span(), "attributes", None) or {}
-    return str(attributes.get(JOB_ID, ""))
+    return _span_job_id(trace.get_current_span())
 
 
 def _details_with_trace(
@@ -183,6 +182,16 @@ def _details_with_trace(
 _finishing: set[asyncio.Task[None]] = set()  # strong references until they run
 
 
+def _span_job_id(span: trace.Span) -> str:
+    attributes = getattr(span, "attributes", None) or {}
+    return str(attributes.get(JOB_ID, ""))
+
+
+def _answer_job_id(response: Any) -> str:
+    job = getattr(response, "job", None)
+    return str(getattr(job, "job_id", "") or "")
+
+
 def _end_with_status(span: trace.Span) -> Callable[[Any], None]:
     """A done callback ending `span` with the call's status. An aio call's
     code() is a coroutine, hence the task (it returns at once: the call is done)."""
@@ -196,6 +205,14 @@ def _end_with_status(span: trace.Span) -> Callable[[Any], None]:
         span.set_attribute("rpc.grpc.status_code", name)
         if name != "OK":
             span.set_status(trace.StatusCode.ERROR, name)
+        elif (
+            isinstance(call, grpc.aio.UnaryUnaryCall)
+            and not _span_job_id(span)
+            and (job_id := _answer_job_id(await call))
+        ):
+            # A call that created the job (SubmitJob, RerunJob) started before
+            # the id existed: name it from the answer.
+            span.set_attribute(JOB_ID, job_id)
         span.end()
 
     def done(call: Any) -> None:

@@ -4,13 +4,16 @@ once per session over the local store and once over a real S3 server."""
 from __future__ import annotations
 
 import json
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from cli.cluster import LocalCluster
 from inference.fixtures import build_fixtures
+from serving.metrics import metrics_port_file
 from serving.storage import LocalStore, ObjectStore
 from tests.s3server import S3ServerInfo
 
@@ -66,3 +69,24 @@ def log_events(cluster: LocalCluster, name: str) -> list[dict[str, object]]:
             except json.JSONDecodeError:
                 continue
     return events
+
+
+Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
+
+
+def scrape_metrics(port_file: Path) -> Samples:
+    """Every sample of the /metrics endpoint of the process that wrote `port_file`."""
+    metrics_file = metrics_port_file(port_file, None)
+    assert metrics_file is not None
+    port = int(metrics_file.read_text())
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
+        text = response.read().decode()
+    return {
+        (s.name, frozenset(s.labels.items())): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+
+
+def sample(samples: Samples, name: str, **labels: str) -> float:
+    return samples.get((name, frozenset(labels.items())), 0.0)

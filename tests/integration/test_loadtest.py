@@ -1,9 +1,9 @@
 """`stageflow loadtest` against real stage processes: its counts agree with the
 stage's own, and overload is counted by status code.
 
-The stage's count is read from its "run.done" log lines for the load test's
-job id. TODO(metrics): once the stage exposes Prometheus metrics, read the
-request counter by status from its /metrics endpoint instead.
+The stage's own count is its Prometheus request counter by status code
+(scraped before and after), and its "run.done" log lines for the load test's
+job id: both must agree with what the load tester reports.
 """
 
 from __future__ import annotations
@@ -26,9 +26,10 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from cli.cluster import LocalCluster
 from cli.loadgen import LoadConfig, run_load, seed_input
 from serving.storage import ObjectStore
-from tests.integration.conftest import log_events
+from tests.integration.conftest import Samples, log_events, sample, scrape_metrics
 
 SIZE = {"width": 64, "height": 64}
+RUN = "/stageflow.v1.StageService/Run"
 REPO = Path(__file__).resolve().parents[2]
 
 
@@ -42,6 +43,14 @@ async def settle(count: Callable[[], int], expected: int) -> int:
     while (seen := count()) != expected and time.monotonic() < deadline:  # noqa: ASYNC110
         await asyncio.sleep(0.05)  # another process writes the log: nothing to await
     return seen
+
+
+def counted(before: Samples, after: Samples, service: str, code: str) -> float:
+    """Calls of Run the stage itself counted with `code` between two scrapes."""
+    labels = {"service": service, "method": RUN, "code": code}
+    return sample(after, "stageflow_rpc_requests_total", **labels) - sample(
+        before, "stageflow_rpc_requests_total", **labels
+    )
 
 
 def assert_ordered(report: dict[str, object]) -> None:
@@ -62,10 +71,13 @@ async def test_request_count_matches_the_stage_and_percentiles_are_ordered(
         duration_s=2.0,
         job_id=job_id,
     )
+    before = scrape_metrics(local_cluster.port_file("base"))
     report = await asyncio.to_thread(run_load, config)
+    after = scrape_metrics(local_cluster.port_file("base"))
 
     assert report["errors"] == {}
     assert report["ok"] == report["requests"] > 0
+    assert counted(before, after, "base", "OK") == report["ok"]
     seen = await settle(lambda: runs_done(log_events(local_cluster, "base"), job_id), report["ok"])
     assert seen == report["ok"]
     assert_ordered(report)
@@ -110,8 +122,8 @@ def _serving(address: str) -> bool:
 
 
 @pytest.fixture
-def tight_base(tmp_path: Path, fixture_models: Path) -> Iterator[tuple[str, Path]]:
-    """A base stage that runs one call at a time and queues none: (address, log)."""
+def tight_base(tmp_path: Path, fixture_models: Path) -> Iterator[tuple[str, Path, Path]]:
+    """A base stage that runs one call at a time and queues none: (address, log, port file)."""
     port_file, log_path = tmp_path / "port", tmp_path / "base.log"
     argv = [sys.executable, "-m", "services.base", "--port", "0", "--port-file", str(port_file)]
     argv += ["--store-url", (tmp_path / "store").as_uri(), "--log-json", "true"]
@@ -130,7 +142,7 @@ def tight_base(tmp_path: Path, fixture_models: Path) -> Iterator[tuple[str, Path
             time.sleep(0.1)
         else:
             pytest.fail(f"base stage did not become ready:\n{log_path.read_text()[-2000:]}")
-        yield address, log_path
+        yield address, log_path, port_file
     finally:
         proc.terminate()
         try:
@@ -148,8 +160,10 @@ def _log(path: Path) -> list[dict[str, object]]:
     return events
 
 
-async def test_overload_is_counted_as_resource_exhausted(tight_base: tuple[str, Path]) -> None:
-    address, log_path = tight_base
+async def test_overload_is_counted_as_resource_exhausted(
+    tight_base: tuple[str, Path, Path],
+) -> None:
+    address, log_path, port_file = tight_base
     job_id = f"lt-{uuid.uuid4().hex[:8]}"
     config = LoadConfig(
         address=address,
@@ -160,11 +174,18 @@ async def test_overload_is_counted_as_resource_exhausted(tight_base: tuple[str, 
         requests=40,
         job_id=job_id,
     )
+    before = scrape_metrics(port_file)
     report = await asyncio.to_thread(run_load, config)
+    after = scrape_metrics(port_file)
 
     assert report["requests"] == 40
     assert set(report["errors"]) == {"RESOURCE_EXHAUSTED"}
     assert report["errors"]["RESOURCE_EXHAUSTED"] > 0
+    assert counted(before, after, "base", "OK") == report["ok"]
+    assert (
+        counted(before, after, "base", "RESOURCE_EXHAUSTED")
+        == (report["errors"]["RESOURCE_EXHAUSTED"])
+    )
     assert report["ok"] + report["errors"]["RESOURCE_EXHAUSTED"] == 40
     assert await settle(lambda: runs_done(_log(log_path), job_id), report["ok"]) == report["ok"]
     assert_ordered(report)

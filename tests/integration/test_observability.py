@@ -4,42 +4,28 @@ one job's trace across the orchestrator and the three stages."""
 from __future__ import annotations
 
 import json
-import urllib.request
+import os
+import subprocess
+import sys
 from collections import defaultdict
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from cli.client import StageflowClient
 from cli.cluster import ORCHESTRATOR, STAGES, LocalCluster
 from serving.channels import client_channel
-from serving.metrics import metrics_port_file
 from stageflow.v1 import orchestrator_pb2 as pb
 from stageflow.v1 import stage_pb2, stage_pb2_grpc
+from tests.integration.conftest import Samples, sample, scrape_metrics
 
 RUN = "/stageflow.v1.StageService/Run"
 
 
-def scrape(cluster: LocalCluster, name: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
-    port_file = metrics_port_file(cluster.port_file(name), None)
-    assert port_file is not None
-    port = int(port_file.read_text())
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
-        text = response.read().decode()
-    return {
-        (s.name, frozenset(s.labels.items())): s.value
-        for family in text_string_to_metric_families(text)
-        for s in family.samples
-    }
-
-
-def value(
-    samples: dict[tuple[str, frozenset[tuple[str, str]]], float], name: str, **labels: str
-) -> float:
-    return samples.get((name, frozenset(labels.items())), 0.0)
+def scrape(cluster: LocalCluster, name: str) -> Samples:
+    return scrape_metrics(cluster.port_file(name))
 
 
 async def test_stage_metrics_endpoint_counts_a_call(local_cluster: LocalCluster) -> None:
@@ -55,21 +41,21 @@ async def test_stage_metrics_endpoint_counts_a_call(local_cluster: LocalCluster)
     after = scrape(local_cluster, "base")
 
     ok = {"service": "base", "method": RUN, "code": "OK"}
-    assert value(after, "stageflow_rpc_requests_total", **ok) == (
-        value(before, "stageflow_rpc_requests_total", **ok) + 1
+    assert sample(after, "stageflow_rpc_requests_total", **ok) == (
+        sample(before, "stageflow_rpc_requests_total", **ok) + 1
     )
     buckets = [key for key in after if key[0] == "stageflow_rpc_duration_seconds_bucket"]
     assert any(
         dict(labels).get("method") == RUN and dict(labels).get("le") == "+Inf"
         for _, labels in buckets
     )
-    steps = value(after, "stageflow_stage_step_seconds_count", stage="base") - value(
+    steps = sample(after, "stageflow_stage_step_seconds_count", stage="base") - sample(
         before, "stageflow_stage_step_seconds_count", stage="base"
     )
     assert steps >= 3
-    assert value(after, "stageflow_stage_batch_size_count", stage="base") >= 1
+    assert sample(after, "stageflow_stage_batch_size_count", stage="base") >= 1
     assert ("stageflow_stage_queue_depth", frozenset({("stage", "base")})) in after
-    assert value(after, "stageflow_store_bytes_total", operation="put") > 0
+    assert sample(after, "stageflow_store_bytes_total", operation="put") > 0
 
 
 @pytest.fixture(scope="module")
@@ -131,3 +117,37 @@ async def test_one_job_is_one_trace_across_all_processes(traced_cluster: LocalCl
             s for s in by_process[stage] if s["kind"] == "SERVER" and s["trace_id"] == trace_id
         ]
         assert servers and all(s["parent_span_id"] in client_ids for s in servers)
+
+
+def test_a_cli_command_is_the_root_of_its_jobs_trace(
+    traced_cluster: LocalCluster, tmp_path: Path
+) -> None:
+    traces = traced_cluster.state_dir / "traces"
+    env = {
+        **os.environ,
+        "STAGEFLOW_TRACING_EXPORTER": "jsonl",
+        "STAGEFLOW_TRACING_FILE": str(traces / "{service}.jsonl"),
+    }
+    command = [sys.executable, "-m", "cli", "submit", "--base", "a red circle", "--style", "flat"]
+    command += ["--width", "64", "--height", "64", "--json", "--out", str(tmp_path)]
+    command += ["--address", traced_cluster.orchestrator_address]
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    job_id = json.loads(done.stdout)["job"]["job_id"]
+
+    cli = spans(traced_cluster, "cli")
+    (root,) = [s for s in cli if s["name"] == "cli submit"]
+    assert root["parent_span_id"] is None
+    assert root["attributes"]["stageflow.job_id"] == job_id
+    in_trace = [s for s in cli if s["trace_id"] == root["trace_id"]]
+    assert all(s["attributes"].get("stageflow.job_id") == job_id for s in in_trace)
+    (submit,) = [s for s in in_trace if s["name"].endswith("/SubmitJob")]
+    assert submit["kind"] == "CLIENT" and submit["parent_span_id"] == root["span_id"]
+
+    orchestrator = [
+        s for s in spans(traced_cluster, ORCHESTRATOR) if s["trace_id"] == root["trace_id"]
+    ]
+    names = {s["name"] for s in orchestrator}
+    assert {"stageflow.v1.OrchestratorService/SubmitJob", "job.run"} <= names
+    for stage in STAGES:
+        assert any(s["trace_id"] == root["trace_id"] for s in spans(traced_cluster, stage)), stage

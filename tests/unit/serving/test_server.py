@@ -277,3 +277,28 @@ async def test_call_longer_than_grace_is_cut_and_process_exits(tmp_path: Path) -
                 pass
         assert await asyncio.to_thread(proc.wait, 10) == 0
         assert time.monotonic() - start < 3, "drain ignored grace_seconds"
+
+
+async def test_sigusr1_stops_advertising_but_keeps_serving_until_sigterm(tmp_path: Path) -> None:
+    """What a Kubernetes preStop hook relies on: readiness fails first, calls still work."""
+    async with slow_server(tmp_path, grace=5) as (proc, channel):
+        health = health_pb2_grpc.HealthStub(channel)
+        watch = health.Watch(health_pb2.HealthCheckRequest())
+        assert await next_status(watch) == SERVING
+
+        proc.send_signal(signal.SIGUSR1)
+        assert await next_status(watch) == NOT_SERVING
+        watch.cancel()
+        # a call that arrives after the flip is still answered in full
+        call = channel.unary_stream("/stageflow.test.Slow/Count")(b"3,0.01")
+        assert [m async for m in call] == [b"0", b"1", b"2"]
+        assert proc.poll() is None
+        check = await health.Check(health_pb2.HealthCheckRequest(), timeout=5)
+        assert check.status == NOT_SERVING
+
+        proc.send_signal(signal.SIGTERM)
+        assert await asyncio.to_thread(proc.wait, 10) == 0
+    events = [line["event"] for line in log_events(tmp_path)]
+    assert events.index("draining") > events.index(
+        "not serving (SIGUSR1): still answering calls until SIGTERM"
+    )
