@@ -6,12 +6,17 @@ input is upscaled together with `tile_overlap` pixels of context on every side
 output. When the overlap covers the network's receptive radius
 (`rrdbnet.receptive_radius`) the tiled result equals the untiled one up to
 float rounding; a smaller overlap leaves faint seams.
+
+Dynamic batching (`run_batch`) batches *tiles*: the tiles of several requests
+that share a padded shape run through the network together, at most one tile
+per request at a time, so a batch of N requests holds at most N tiles in
+memory — the same bound as N calls running one by one.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -26,6 +31,7 @@ from inference.interface import (
     ProgressFn,
     StageInputs,
     StageKind,
+    StageOutput,
     StageParams,
     UpscaleMode,
     UpscaleParams,
@@ -134,6 +140,60 @@ class EsrganUpscaler(LocalModel):
             return out
         return self._learned(image, params, progress, cancelled)
 
+    def batch_key(self, params: StageParams) -> Hashable | None:
+        # Lanczos is one Pillow call: nothing to batch. Learned calls batch
+        # by tiling; images may differ in size (tiles are grouped by shape).
+        assert isinstance(params, UpscaleParams)
+        if params.mode != UpscaleMode.LEARNED:
+            return None
+        return (params.tile_size, params.tile_overlap)
+
+    def run_batch(
+        self,
+        params_list: Sequence[StageParams],
+        inputs_list: Sequence[StageInputs],
+        progress: ProgressFn,
+        cancelled: CancelledFn,
+    ) -> list[StageOutput]:
+        """Learned upscales of several images, their same-shape tiles run as one
+        network call; each output equals its single run up to float rounding."""
+        batch = [p for p in params_list if isinstance(p, UpscaleParams)]
+        if not batch or len(batch) != len(params_list) or len(batch) != len(inputs_list):
+            raise InvalidArgument("params", "run_batch takes one UpscaleParams per input")
+        first = batch[0]
+        for params, inputs in zip(batch, inputs_list, strict=True):
+            self.validate(params)
+            self.validate_inputs(params, inputs)
+            if params.mode != UpscaleMode.LEARNED or self.batch_key(params) != self.batch_key(
+                first
+            ):
+                raise InvalidArgument(
+                    "params", "a batch needs learned mode and equal tile_size, tile_overlap"
+                )
+        images = [inputs.image.convert("RGB") for inputs in inputs_list if inputs.image]
+        pixels = [_to_tensor(image) for image in images]
+        outs = [torch.zeros((1, 3, i.height * self.scale, i.width * self.scale)) for i in images]
+        # Tiles of every image grouped by padded shape, in order within a group.
+        groups: dict[tuple[int, int], list[tuple[int, Tile]]] = {}
+        for index, image in enumerate(images):
+            for tile in tile_grid(image.width, image.height, first.tile_size, first.tile_overlap):
+                left, top, right, bottom = tile.padded
+                groups.setdefault((bottom - top, right - left), []).append((index, tile))
+        total = sum(len(items) for items in groups.values())
+        done = 0
+        with torch.inference_mode():
+            for items in groups.values():
+                for start in range(0, len(items), len(images)):
+                    chunk = items[start : start + len(images)]
+                    check_cancelled(cancelled, done, total)
+                    crops = [_crop(pixels[index], tile.padded) for index, tile in chunk]
+                    upscaled = self.net(torch.cat(crops).to(self.device)).float().cpu()
+                    for (index, tile), one in zip(chunk, upscaled.split(1), strict=True):
+                        self._paste(outs[index], tile, one)
+                    done += len(chunk)
+                    progress(done, total)
+        return [StageOutput(_to_image(out)) for out in outs]
+
     def _learned(
         self,
         image: Image.Image,
@@ -141,28 +201,37 @@ class EsrganUpscaler(LocalModel):
         progress: ProgressFn,
         cancelled: CancelledFn,
     ) -> Image.Image:
-        s = self.scale
-        array = np.asarray(image).astype(np.float32) / 255.0
-        pixels = torch.from_numpy(array.transpose(2, 0, 1)[None].copy())
-        out = torch.zeros((1, 3, image.height * s, image.width * s))
+        pixels = _to_tensor(image)
+        out = torch.zeros((1, 3, image.height * self.scale, image.width * self.scale))
         tiles = tile_grid(image.width, image.height, params.tile_size, params.tile_overlap)
         with torch.inference_mode():
-            for done, (core, region) in enumerate(self._upscaled(pixels, tiles, cancelled)):
-                left, top, right, bottom = core
-                out[:, :, top * s : bottom * s, left * s : right * s] = region
+            # One tile in memory at a time: the bound tiling exists for.
+            for done, tile in enumerate(tiles):
+                check_cancelled(cancelled, done, len(tiles))
+                upscaled = self.net(_crop(pixels, tile.padded).to(self.device)).float().cpu()
+                self._paste(out, tile, upscaled)
                 progress(done + 1, len(tiles))
-        result = (out.clamp(0, 1)[0].permute(1, 2, 0).numpy() * 255.0).round().astype(np.uint8)
-        return Image.fromarray(result)
+        return _to_image(out)
 
-    def _upscaled(
-        self, pixels: torch.Tensor, tiles: list[Tile], cancelled: CancelledFn
-    ) -> Iterator[tuple[tuple[int, int, int, int], torch.Tensor]]:
-        """Yields each tile's core box and its upscaled core, one tile in memory."""
+    def _paste(self, out: torch.Tensor, tile: Tile, upscaled: torch.Tensor) -> None:
+        """Write the core of one upscaled padded tile into `out`."""
         s = self.scale
-        for i, tile in enumerate(tiles):
-            check_cancelled(cancelled, i, len(tiles))
-            pl, pt, pr, pb = tile.padded
-            cl, ct, cr, cb = tile.core
-            upscaled = self.net(pixels[:, :, pt:pb, pl:pr].to(self.device)).float().cpu()
-            core = upscaled[:, :, (ct - pt) * s : (cb - pt) * s, (cl - pl) * s : (cr - pl) * s]
-            yield tile.core, core
+        pl, pt, _, _ = tile.padded
+        cl, ct, cr, cb = tile.core
+        core = upscaled[:, :, (ct - pt) * s : (cb - pt) * s, (cl - pl) * s : (cr - pl) * s]
+        out[:, :, ct * s : cb * s, cl * s : cr * s] = core
+
+
+def _to_tensor(image: Image.Image) -> torch.Tensor:
+    array = np.asarray(image).astype(np.float32) / 255.0
+    return torch.from_numpy(array.transpose(2, 0, 1)[None].copy())
+
+
+def _to_image(out: torch.Tensor) -> Image.Image:
+    result = (out.clamp(0, 1)[0].permute(1, 2, 0).numpy() * 255.0).round().astype(np.uint8)
+    return Image.fromarray(result)
+
+
+def _crop(pixels: torch.Tensor, box: tuple[int, int, int, int]) -> torch.Tensor:
+    left, top, right, bottom = box
+    return pixels[:, :, top:bottom, left:right]

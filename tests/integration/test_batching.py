@@ -1,10 +1,11 @@
-"""Dynamic batching in a real base stage: two concurrent compatible calls run
-as one batch (the stage's batch-size histogram says so) and each output
-equals the same call run alone."""
+"""Dynamic batching in real base and upscale stages: two concurrent compatible
+calls run as one batch (the stage's batch-size histogram says so) and each
+output equals the same call run alone."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import subprocess
 import sys
@@ -17,12 +18,13 @@ import numpy as np
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from cli.loadgen import seed_input
 from serving.artifacts import get_artifact
 from serving.channels import client_channel
 from serving.images import decode_image
 from serving.metrics import metrics_port_file
 from serving.storage import open_store
-from stageflow.v1 import stage_pb2, stage_pb2_grpc
+from stageflow.v1 import common_pb2, stage_pb2, stage_pb2_grpc
 from tests.integration.test_loadtest import _serving
 
 REPO = Path(__file__).resolve().parents[2]
@@ -30,13 +32,13 @@ REPO = Path(__file__).resolve().parents[2]
 BATCH_MAX_LEVELS = 2
 
 
-@pytest.fixture
-def batching_base(tmp_path: Path, fixture_models: Path) -> Iterator[tuple[str, Path, Path]]:
-    """A base stage batching up to 4 calls within 50 ms: (address, port file, store)."""
-    port_file, log_path, store = tmp_path / "port", tmp_path / "base.log", tmp_path / "store"
-    argv = [sys.executable, "-m", "services.base", "--port", "0", "--port-file", str(port_file)]
+@contextlib.contextmanager
+def batching_stage(tmp_path: Path, service: str, model: Path) -> Iterator[tuple[str, Path, Path]]:
+    """A stage batching up to 4 calls within 500 ms: (address, port file, store)."""
+    port_file, log_path, store = tmp_path / "port", tmp_path / "stage.log", tmp_path / "store"
+    argv = [sys.executable, "-m", service, "--port", "0", "--port-file", str(port_file)]
     argv += ["--store-url", store.as_uri(), "--torch-threads", "1"]
-    argv += ["--model-path", str(fixture_models / "tiny-sd"), "--max-concurrency", "1"]
+    argv += ["--model-path", str(model), "--max-concurrency", "1"]
     # A generous delay: each concurrent call opens its own channel first.
     argv += ["--max-batch-size", "4", "--max-queue-delay-ms", "500"]
     env = {**os.environ, "PYTHONPATH": str(REPO), "PYTHONUNBUFFERED": "1"}
@@ -50,7 +52,7 @@ def batching_base(tmp_path: Path, fixture_models: Path) -> Iterator[tuple[str, P
                 break
             time.sleep(0.1)
         else:
-            pytest.fail(f"base stage did not become ready:\n{log_path.read_text()[-2000:]}")
+            pytest.fail(f"{service} did not become ready:\n{log_path.read_text()[-2000:]}")
         yield address, port_file, store
     finally:
         proc.terminate()
@@ -61,7 +63,19 @@ def batching_base(tmp_path: Path, fixture_models: Path) -> Iterator[tuple[str, P
             proc.wait()
 
 
-def batch_histogram(port_file: Path) -> tuple[float, float]:
+@pytest.fixture
+def batching_base(tmp_path: Path, fixture_models: Path) -> Iterator[tuple[str, Path, Path]]:
+    with batching_stage(tmp_path, "services.base", fixture_models / "tiny-sd") as stage:
+        yield stage
+
+
+@pytest.fixture
+def batching_upscale(tmp_path: Path, fixture_models: Path) -> Iterator[tuple[str, Path, Path]]:
+    with batching_stage(tmp_path, "services.upscale", fixture_models / "tiny-esrgan-x4") as stage:
+        yield stage
+
+
+def batch_histogram(port_file: Path, stage: str = "base") -> tuple[float, float]:
     """(sum, count) of the stage's stageflow_stage_batch_size."""
     metrics_file = metrics_port_file(port_file, None)
     assert metrics_file is not None
@@ -72,16 +86,22 @@ def batch_histogram(port_file: Path) -> tuple[float, float]:
         s.name: s.value
         for family in text_string_to_metric_families(text)
         for s in family.samples
-        if s.labels.get("stage") == "base"
+        if s.labels.get("stage") == stage
     }
     return values["stageflow_stage_batch_size_sum"], values["stageflow_stage_batch_size_count"]
 
 
 async def run(address: str, store: Path, prompt: str, seed: int) -> tuple[np.ndarray, int]:
-    """(the output image, progress events seen)"""
+    """(the output image, progress events seen) of a txt2img call"""
     request = stage_pb2.RunRequest(
         txt2img=stage_pb2.Txt2ImgParams(prompt=prompt, seed=seed, width=64, height=64, steps=3)
     )
+    return await run_request(address, store, request)
+
+
+async def run_request(
+    address: str, store: Path, request: stage_pb2.RunRequest
+) -> tuple[np.ndarray, int]:
     async with client_channel(address) as channel:
         events = [
             e async for e in stage_pb2_grpc.StageServiceStub(channel).Run(request, timeout=60)
@@ -109,3 +129,26 @@ async def test_two_concurrent_calls_run_as_one_batch_with_their_lone_outputs(
         assert progress == 3  # each call streams its own progress
         assert np.abs(batched - single).max() <= BATCH_MAX_LEVELS
     assert np.abs(together[0][0] - together[1][0]).mean() > 1  # not one image twice
+
+
+async def test_two_concurrent_upscales_batch_their_tiles_with_their_lone_outputs(
+    batching_upscale: tuple[str, Path, Path],
+) -> None:
+    address, port_file, store = batching_upscale
+    requests = []
+    for seed, (width, height) in enumerate([(48, 40), (40, 40)]):
+        ref = seed_input(open_store(store.as_uri()), width, height, seed=seed)
+        image = common_pb2.ArtifactRef(key=ref.key, sha256=ref.sha256)
+        params = stage_pb2.UpscaleParams(tile_size=32, tile_overlap=8)
+        requests.append(stage_pb2.RunRequest(image=image, upscale=params))
+    alone = [await run_request(address, store, r) for r in requests]
+    before = batch_histogram(port_file, "upscale")
+
+    together = await asyncio.gather(*(run_request(address, store, r) for r in requests))
+
+    total, count = batch_histogram(port_file, "upscale")
+    assert (total - before[0], count - before[1]) == (2.0, 1.0)  # one batch of two
+    for (single, _), (batched, progress) in zip(alone, together, strict=True):
+        assert batched.shape == single.shape
+        assert np.abs(batched - single).max() <= BATCH_MAX_LEVELS
+        assert progress > 0

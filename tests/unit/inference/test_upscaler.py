@@ -122,3 +122,36 @@ def test_demo_size_upscales_to_512(upscaler: EsrganUpscaler) -> None:
         UpscaleParams(), StageInputs(image=noise_image(128, 128)), lambda i, n: None, lambda: False
     )
     assert out.size == (512, 512)
+
+
+def test_a_batch_of_different_sizes_equals_each_single_run(upscaler: EsrganUpscaler) -> None:
+    torch.set_num_threads(1)
+    images = [noise_image(40, 40, seed=3), noise_image(70, 52, seed=4), noise_image(40, 40, seed=5)]
+    params = UpscaleParams(tile_size=32, tile_overlap=8)
+    steps: list[tuple[int, int]] = []
+    outputs = upscaler.run_batch(
+        [params] * 3,
+        [StageInputs(image=image) for image in images],
+        lambda i, n: steps.append((i, n)),
+        lambda: False,
+    )
+    for image, output in zip(images, outputs, strict=True):
+        alone = upscale(upscaler, image, tile_size=32, tile_overlap=8)
+        assert np.abs(np.asarray(output.image).astype(np.int16) - alone).max() <= 1
+    tiles = sum(len(tile_grid(i.width, i.height, 32, 8)) for i in images)
+    # Same-shape tiles of several images went through the network together.
+    assert len(steps) < tiles and steps[-1] == (tiles, tiles)
+
+
+def test_lanczos_is_not_batched_and_mixed_tiling_is_refused(upscaler: EsrganUpscaler) -> None:
+    assert upscaler.batch_key(UpscaleParams(mode=UpscaleMode.LANCZOS)) is None
+    assert upscaler.batch_key(UpscaleParams(tile_size=32)) != upscaler.batch_key(
+        UpscaleParams(tile_size=64)
+    )
+    with pytest.raises(InvalidArgument, match="tile_size"):
+        upscaler.run_batch(
+            [UpscaleParams(tile_size=32), UpscaleParams(tile_size=64)],
+            [StageInputs(image=noise_image(20, 20))] * 2,
+            lambda i, n: None,
+            lambda: False,
+        )
