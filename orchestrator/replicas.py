@@ -8,7 +8,8 @@ must go to *another* replica, and only we know which one just failed: a
 replica that answered UNAVAILABLE is skipped for `down_seconds`. A `dns:///`
 entry is one channel with grpc's `round_robin` policy: the resolver follows the
 A records as replicas come and go (a headless Kubernetes Service), and
-round_robin already leaves subchannels in TRANSIENT_FAILURE out of its picks.
+round_robin leaves out of its picks subchannels in TRANSIENT_FAILURE and, with
+client-side health checking on, replicas that report NOT_SERVING.
 
 `StageCaller` runs one stage call to its end: UNAVAILABLE (a replica down or
 dying mid-stream) and RESOURCE_EXHAUSTED (a replica full) are retried after an
@@ -41,8 +42,13 @@ log = get_logger(__name__)
 
 PRIMARY = "primary"
 FALLBACK = "fallback"
-# grpc's client-side round robin over every address a dns:/// name resolves to.
-ROUND_ROBIN_CONFIG = json.dumps({"loadBalancingConfig": [{"round_robin": {}}]})
+# grpc's client-side round robin over every address a dns:/// name resolves to,
+# picking only replicas whose grpc.health.v1 Watch says SERVING: a pod that
+# turned NOT_SERVING in its preStop hook gets no new calls before its drain
+# (DNS alone would keep it until its connection closes).
+ROUND_ROBIN_CONFIG = json.dumps(
+    {"loadBalancingConfig": [{"round_robin": {}}], "healthCheckConfig": {"serviceName": ""}}
+)
 
 
 def parse_addresses(value: str) -> list[str]:

@@ -224,3 +224,50 @@ async def test_retries_stop_when_the_backoff_would_pass_the_deadline() -> None:
         await _call(_caller(clock, uniform=0.999, base_seconds=1.0), stage, deadline=NOW + 2.5)
     assert "UNAVAILABLE" in str(err.value)  # names what it was retrying
     assert clock.now <= NOW + 2.5
+
+
+async def test_round_robin_config_skips_a_replica_that_reports_not_serving() -> None:
+    """What a draining pod relies on: once its health says NOT_SERVING, the
+    orchestrator's round-robin channel sends it no new calls."""
+    import grpc
+    from grpc_health.v1 import health as grpc_health
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    from orchestrator.replicas import ROUND_ROBIN_CONFIG
+
+    def whoami(name: str) -> grpc.GenericRpcHandler:
+        async def answer(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+            return name.encode()
+
+        handler = grpc.unary_unary_rpc_method_handler(answer)
+        return grpc.method_handlers_generic_handler("test.Who", {"Am": handler})
+
+    servers, healths, ports = [], [], []
+    for name in ("a", "b"):
+        server = grpc.aio.server()
+        health = grpc_health.aio.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(health, server)
+        server.add_generic_rpc_handlers([whoami(name)])
+        ports.append(server.add_insecure_port("127.0.0.1:0"))
+        await server.start()
+        await health.set("", health_pb2.HealthCheckResponse.SERVING)
+        servers.append(server)
+        healths.append(health)
+    target = "ipv4:" + ",".join(f"127.0.0.1:{port}" for port in ports)
+    options = [("grpc.service_config", ROUND_ROBIN_CONFIG)]
+    try:
+        async with grpc.aio.insecure_channel(target, options=options) as channel:
+            call = channel.unary_unary("/test.Who/Am")
+
+            async def answers(n: int) -> set[bytes]:
+                return {await call(b"", wait_for_ready=True, timeout=5) for _ in range(n)}
+
+            assert await answers(10) == {b"a", b"b"}
+            await healths[0].enter_graceful_shutdown()  # what SIGUSR1 does
+            for _ in range(50):  # the health Watch reaches the channel
+                if await answers(4) == {b"b"}:
+                    break
+            assert await answers(20) == {b"b"}
+    finally:
+        for server in servers:
+            await server.stop(None)
