@@ -189,11 +189,33 @@ class LocalStore(ObjectStore):
 _MISSING = {"NoSuchKey", "NoSuchObject", "ResourceNotFound", "NotFound"}
 
 
+# What MinIO (and SeaweedFS) answer when no region is configured.
+DEFAULT_S3_REGION = "us-east-1"
+
+
+def _endpoint(endpoint: str, secure: bool) -> tuple[str, bool]:
+    """(host:port, secure) of ``host:port`` or ``http(s)://host:port``."""
+    parts = urlsplit(endpoint if "://" in endpoint else f"//{endpoint}")
+    if parts.scheme:
+        if parts.scheme not in ("http", "https"):
+            raise ValueError(f"S3 endpoint must be http:// or https://, got {endpoint!r}")
+        secure = parts.scheme == "https"
+    if not parts.netloc or parts.path.strip("/"):
+        raise ValueError(f"S3 endpoint must be host:port, got {endpoint!r}")
+    return parts.netloc, secure
+
+
 class S3Store(ObjectStore):
     """A bucket on an S3 server, through the minio client.
 
     `endpoint` is ``host:port`` or ``http(s)://host:port``; a scheme, when
     given, decides `secure`. The bucket is created when it does not exist.
+
+    `public_endpoint` (``http(s)://host:port``), when set, is where presigned
+    URLs point: inside Kubernetes the store is ``http://minio:9000``, a name
+    clients outside the cluster cannot reach. Presigning is local (no call to
+    that address); the proxy in front of it must keep the Host header, which
+    the signature covers.
     """
 
     def __init__(
@@ -205,15 +227,10 @@ class S3Store(ObjectStore):
         secret_key: str,
         secure: bool = False,
         region: str | None = None,
+        public_endpoint: str = "",
     ) -> None:
-        parts = urlsplit(endpoint if "://" in endpoint else f"//{endpoint}")
-        if parts.scheme:
-            if parts.scheme not in ("http", "https"):
-                raise ValueError(f"S3 endpoint must be http:// or https://, got {endpoint!r}")
-            secure = parts.scheme == "https"
-        if not parts.netloc or parts.path.strip("/"):
-            raise ValueError(f"S3 endpoint must be host:port, got {endpoint!r}")
-        self.endpoint = f"{'https' if secure else 'http'}://{parts.netloc}"
+        netloc, secure = _endpoint(endpoint, secure)
+        self.endpoint = f"{'https' if secure else 'http'}://{netloc}"
         self.bucket = bucket
         # minio's default client retries a refused connection for seconds and
         # waits minutes on a dead peer; a stage should fail fast and say so.
@@ -225,13 +242,25 @@ class S3Store(ObjectStore):
             ),
         )
         self._client = Minio(
-            parts.netloc,
+            netloc,
             access_key=access_key,
             secret_key=secret_key,
             secure=secure,
             region=region or None,
             http_client=http,
         )
+        self._signer = self._client
+        if public_endpoint:
+            public_netloc, public_secure = _endpoint(public_endpoint, False)
+            # With a region given, minio presigns without asking the server:
+            # the public address need not be reachable from here.
+            self._signer = Minio(
+                public_netloc,
+                access_key=access_key,
+                secret_key=secret_key,
+                secure=public_secure,
+                region=region or DEFAULT_S3_REGION,
+            )
         with self._errors("bucket", bucket):
             if not self._client.bucket_exists(bucket):
                 try:
@@ -291,7 +320,7 @@ class S3Store(ObjectStore):
     def url(self, key: str, expires: timedelta = timedelta(hours=1)) -> str:
         check_key(key)
         with self._errors("object", key):
-            return str(self._client.presigned_get_object(self.bucket, key, expires=expires))
+            return str(self._signer.presigned_get_object(self.bucket, key, expires=expires))
 
     def describe(self) -> str:
         return f"s3://{self.bucket} at {self.endpoint}"
@@ -328,6 +357,8 @@ def open_store(
       plain path is relative to the current directory).
     - ``s3://bucket?endpoint=http://host:port`` (or ``https://``): S3Store; the
       bucket is created when missing. Credentials come from the arguments.
+      ``&public_endpoint=https://host`` makes presigned URLs point there (the
+      address clients outside the cluster use); ``&region=`` names the region.
     """
     return InstrumentedStore(
         _open_store(url, access_key=access_key, secret_key=secret_key, region=region)
@@ -351,6 +382,7 @@ def _open_store(url: str, *, access_key: str, secret_key: str, region: str) -> O
             access_key=access_key,
             secret_key=secret_key,
             region=region or query.get("region", [""])[0] or None,
+            public_endpoint=query.get("public_endpoint", [""])[0],
         )
     if parts.scheme == "file":
         if parts.netloc not in ("", "localhost"):

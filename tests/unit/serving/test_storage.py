@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from datetime import timedelta
 from pathlib import Path
@@ -175,3 +176,22 @@ def test_open_store_local_forms(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
 def test_open_store_rejects_bad_urls(url: str) -> None:
     with pytest.raises(ValueError):
         open_store(url)
+
+
+def test_public_endpoint_presigns_for_the_address_clients_use(
+    s3_server: S3ServerInfo, prefix: str
+) -> None:
+    """Services reach the store at one address (127.0.0.1 here, minio:9000 in a
+    cluster); the presigned URL names the other and still fetches the object."""
+    port = urllib.parse.urlsplit(s3_server.endpoint).port
+    store = open_store(
+        f"s3://stageflow-unit?endpoint={s3_server.endpoint}"
+        f"&public_endpoint=http://localhost:{port}",
+        access_key=s3_server.access_key,
+        secret_key=s3_server.secret_key,
+    )
+    store.put(f"{prefix}/public.png", b"from outside")
+    url = store.url(f"{prefix}/public.png", expires=timedelta(minutes=5))
+    assert url.startswith(f"http://localhost:{port}/stageflow-unit/{prefix}/public.png?")
+    with urllib.request.urlopen(url, timeout=10) as response:
+        assert response.read() == b"from outside"
