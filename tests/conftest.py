@@ -1,7 +1,8 @@
 """Shared fixtures and the test tiers.
 
 The folder sets the tier: tests/unit → `unit`, tests/integration →
-`integration`, tests/e2e → `e2e`, tests/gpu → `gpu` (skipped without CUDA).
+`integration`, tests/e2e → `e2e`, tests/gpu → `gpu` (skipped without CUDA),
+tests/deploy → `deploy`.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import pytest
 from tests.s3server import S3ServerInfo, seaweedfs_server
 
 TESTS = Path(__file__).parent
-TIERS = ("unit", "integration", "e2e", "gpu")
+TIERS = ("unit", "integration", "e2e", "gpu", "deploy")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
