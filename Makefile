@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 BIN := $(VENV)/bin
 MODELS := models
 
-.PHONY: setup venv deps proto fixtures fixtures-train fmt lint typecheck test test-unit test-integration demo up clean
+.PHONY: setup venv deps proto fixtures fixtures-train fmt lint typecheck test test-unit test-integration demo up clean k8s-validate images
 
 setup: deps proto fixtures ## venv, dependencies, generated code, fixture models
 
@@ -52,12 +52,21 @@ typecheck: deps proto
 test: setup ## unit + integration tests (starts its own S3 server and services)
 	$(BIN)/pytest tests
 
+k8s-validate: deps ## render every deploy/k8s overlay (kubectl kustomize) and validate it offline, strict
+	$(PY) -m tests.deploy.render
+
 demo: setup ## a prompt through base -> refine -> upscale to a PNG under out/
 	$(BIN)/stageflow demo --out out
 
-.PHONY: bench
-bench: deps ## torch vs onnxruntime per part, per stage, cold start -> docs/benchmarks.md (~10 min)
+.PHONY: bench bench-backends bench-serving
+bench: bench-backends bench-serving ## both benchmark scripts -> docs/benchmarks.md (~25 min)
+
+# Each script rewrites only its own marked section of docs/benchmarks.md.
+bench-backends: deps ## torch vs onnxruntime per part, per stage, cold start (~10 min)
 	$(PY) bench/backends.py --out docs/benchmarks.md
+
+bench-serving: deps fixtures ## overhead, per-stage load, batching, cache, upscaler memory (~15 min)
+	$(PY) bench/serving.py --out docs/benchmarks.md
 
 .PHONY: quality-report
 quality-report: setup ## typography pass over 100 varied texts, trained fixtures -> docs/quality.md (~2 min)
@@ -65,6 +74,24 @@ quality-report: setup ## typography pass over 100 varied texts, trained fixtures
 
 up: setup ## start the three stages and the orchestrator on loopback
 	$(BIN)/stageflow up
+
+# Container images (docker/*.Dockerfile): <REGISTRY/>stageflow/<image>:<IMAGE_TAG>.
+# `make images REGISTRY=registry.example.com IMAGE_TAG=v1` then `docker push` each.
+REGISTRY ?=
+IMAGE_TAG ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
+IMAGE_PREFIX := $(if $(REGISTRY),$(REGISTRY)/,)stageflow
+DOCKER ?= docker
+# empty: no TensorRT in stage-cuda; e.g. 10.16.1.11 adds pip's tensorrt wheel (untested)
+TENSORRT_VERSION ?=
+
+images: ## build stageflow/stage, stageflow/stage-cuda and stageflow/orchestrator (needs a Docker engine)
+	@$(DOCKER) info >/dev/null 2>&1 || { \
+		echo "make images needs a Docker engine: '$(DOCKER) info' failed (no daemon running, or no access to it)." >&2; \
+		exit 1; }
+	$(DOCKER) build -f docker/stage.Dockerfile -t $(IMAGE_PREFIX)/stage:$(IMAGE_TAG) .
+	$(DOCKER) build -f docker/stage-cuda.Dockerfile --build-arg TENSORRT_VERSION=$(TENSORRT_VERSION) \
+		-t $(IMAGE_PREFIX)/stage-cuda:$(IMAGE_TAG) .
+	$(DOCKER) build -f docker/orchestrator.Dockerfile -t $(IMAGE_PREFIX)/orchestrator:$(IMAGE_TAG) .
 
 clean:
 	rm -rf gen out var .mypy_cache .ruff_cache .pytest_cache

@@ -41,6 +41,7 @@ import torch  # noqa: E402
 from grpc_health.v1 import health_pb2, health_pb2_grpc  # noqa: E402
 from PIL import Image  # noqa: E402
 
+from bench.report import write_section  # noqa: E402
 from inference.fixtures import ESRGAN_FOLDER, SD_FOLDER, build_fixtures  # noqa: E402
 from inference.interface import (  # noqa: E402
     RefineParams,
@@ -57,6 +58,7 @@ from inference.sd_parts import load_torch_parts  # noqa: E402
 from stageflow.v1 import stage_pb2, stage_pb2_grpc  # noqa: E402
 
 BACKENDS = ("torch", "onnxruntime")
+SECTION = "bench/backends.py"
 SIZES = (128, 256)
 
 
@@ -437,8 +439,8 @@ def write_report(
         ),
         "",
     ]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("\n".join(lines), encoding="utf-8")
+    # Only this script's section: bench/serving.py writes its own beside it.
+    write_section(path, SECTION, "\n".join(lines))
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -1,0 +1,1 @@
+"""Reproducible benchmarks; each script writes its own section of docs/benchmarks.md."""

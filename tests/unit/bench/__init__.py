@@ -1,0 +1,1 @@
+"""Benchmark scripts: their pure parts."""
