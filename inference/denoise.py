@@ -8,7 +8,7 @@ Python; the heavy parts it calls may be compiled.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -45,6 +45,15 @@ def encode_prompts(
         return cond
     uncond = parts.encode_text(parts.tokenize(negative_prompt))
     return torch.cat([uncond, cond])
+
+
+def batch_embeddings(texts: Sequence[torch.Tensor], guided: bool) -> torch.Tensor:
+    """Several requests' `encode_prompts` as one batch. With guidance each is
+    (negative, positive) and `denoise` doubles the latents as [all, all], so
+    the embeddings go as [all negatives, all positives]."""
+    if guided:
+        return torch.cat([t[:1] for t in texts] + [t[1:] for t in texts])
+    return torch.cat(list(texts))
 
 
 def denoise(

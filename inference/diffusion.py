@@ -6,6 +6,7 @@ with our own loop in `inference.denoise`.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Hashable, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -142,12 +143,7 @@ class Txt2ImgModel(_DiffusionModel):
             parts = self.parts
             guided = loop.uses_guidance(first.guidance_scale)
             texts = [loop.encode_prompts(parts, p.prompt, p.negative_prompt, guided) for p in batch]
-            # With guidance each text is (negative, positive); the loop doubles the
-            # latents as [all, all], so embeddings go as [all negatives, all positives].
-            if guided:
-                text = torch.cat([t[:1] for t in texts] + [t[1:] for t in texts])
-            else:
-                text = torch.cat(texts)
+            text = loop.batch_embeddings(texts, guided)
             scheduler = parts.new_scheduler()
             scheduler.set_timesteps(first.steps)
             f = parts.vae_scale_factor
@@ -255,6 +251,63 @@ class RefineModel(_DiffusionModel):
             self._refine(params, image, pixel_mask, params.seed, progress, cancelled)
         )
 
+    def batch_key(self, params: StageParams) -> Hashable | None:
+        # The typography pass is OCR-checked attempts with their own seeds: one
+        # request at a time. Prompts, seeds, images and masks may differ in a
+        # batch; images of different sizes run as consecutive sub-batches.
+        assert isinstance(params, RefineParams)
+        if params.text:
+            return None
+        return (params.mode, params.steps, params.strength, params.guidance_scale)
+
+    def run_batch(
+        self,
+        params_list: Sequence[StageParams],
+        inputs_list: Sequence[StageInputs],
+        progress: ProgressFn,
+        cancelled: CancelledFn,
+    ) -> list[StageOutput]:
+        """img2img or inpaint of several images; those of one size run as one
+        UNet batch, each from its own seeded draws, so each output equals its
+        single run up to float summation order."""
+        batch = [p for p in params_list if isinstance(p, RefineParams)]
+        if not batch or len(batch) != len(params_list) or len(batch) != len(inputs_list):
+            raise InvalidArgument("params", "run_batch takes one RefineParams per input")
+        key = self.batch_key(batch[0])
+        for params, inputs in zip(batch, inputs_list, strict=True):
+            self.validate(params)
+            self.validate_inputs(params, inputs)
+            if key is None or self.batch_key(params) != key:
+                raise InvalidArgument(
+                    "params", "a batch needs no text and equal mode, steps, strength, guidance"
+                )
+        images = [inputs.image.convert("RGB") for inputs in inputs_list if inputs.image]
+        pixel_masks = [
+            self._pixel_mask(params, inputs, image.size)
+            if params.mode == RefineMode.INPAINT
+            else None
+            for params, inputs, image in zip(batch, inputs_list, images, strict=True)
+        ]
+        by_size: dict[tuple[int, int], list[int]] = {}
+        for index, image in enumerate(images):
+            by_size.setdefault(image.size, []).append(index)
+        outputs: dict[int, Image.Image] = {}
+        total = len(by_size)
+        for done, indices in enumerate(by_size.values()):
+            # The batch's steps: each size's sub-batch runs the same count.
+            def step(i: int, n: int, offset: int = done) -> None:
+                progress(offset * n + i, total * n)
+
+            refined = self._refine_many(
+                [batch[i] for i in indices],
+                [images[i] for i in indices],
+                [pixel_masks[i] for i in indices],
+                step,
+                cancelled,
+            )
+            outputs.update(zip(indices, refined, strict=True))
+        return [StageOutput(outputs[i]) for i in range(len(images))]
+
     @property
     def text_reader(self) -> TextReader:
         if self._reader is None:
@@ -296,27 +349,47 @@ class RefineModel(_DiffusionModel):
         cancelled: CancelledFn,
     ) -> Image.Image:
         """img2img over `image`, or inpaint where `pixel_mask` (already blurred) is set."""
+        params = dataclasses.replace(params, seed=seed)
+        return self._refine_many([params], [image], [pixel_mask], progress, cancelled)[0]
+
+    def _refine_many(
+        self,
+        batch: Sequence[RefineParams],
+        images: Sequence[Image.Image],
+        pixel_masks: Sequence[Image.Image | None],
+        progress: ProgressFn,
+        cancelled: CancelledFn,
+    ) -> list[Image.Image]:
+        """`_refine` over a batch dimension: images of one size, equal mode,
+        steps, strength and guidance; each its own prompt, seed and mask."""
+        first = batch[0]
+        inpaint = pixel_masks[0] is not None
         with torch.inference_mode():
             parts = self.parts
-            guided = loop.uses_guidance(params.guidance_scale)
-            text = loop.encode_prompts(parts, params.prompt, params.negative_prompt, guided)
+            guided = loop.uses_guidance(first.guidance_scale)
+            texts = [loop.encode_prompts(parts, p.prompt, p.negative_prompt, guided) for p in batch]
+            text = loop.batch_embeddings(texts, guided)
             scheduler = parts.new_scheduler()
-            timesteps = loop.strength_timesteps(scheduler, params.steps, params.strength)
-            gen = loop.seeded_generator(seed)
-            # Draw order (posterior sample, then noise) is diffusers' img2img order.
-            init_latents = loop.encode_image(parts, image, gen)
-            noise = loop.randn(init_latents.shape, gen, parts)
-            inpaint = pixel_mask is not None
-            if inpaint and params.strength >= 1.0:
+            timesteps = loop.strength_timesteps(scheduler, first.steps, first.strength)
+            init, noises = [], []
+            for params, image in zip(batch, images, strict=True):
+                gen = loop.seeded_generator(params.seed)
+                # Draw order (posterior sample, then noise) is diffusers' img2img order.
+                init.append(loop.encode_image(parts, image, gen))
+                noises.append(loop.randn(init[-1].shape, gen, parts))
+            init_latents, noise = torch.cat(init), torch.cat(noises)
+            if inpaint and first.strength >= 1.0:
                 # As diffusers' inpaint pipeline: full strength starts from pure noise.
                 latents = noise * scheduler.init_noise_sigma
             else:
                 latents = scheduler.add_noise(init_latents, noise, timesteps[:1])
 
             after_step: loop.AfterStep | None = None
-            if pixel_mask is not None:
-                blend_mask = masks.latent_mask(pixel_mask, parts.vae_scale_factor)
-                blend_mask = blend_mask.to(parts.device, parts.dtype)
+            if inpaint:
+                factor = parts.vae_scale_factor
+                blend_mask = torch.cat(
+                    [masks.latent_mask(m, factor) for m in pixel_masks if m is not None]
+                ).to(parts.device, parts.dtype)
 
                 def keep_unmasked(i: int, latents: torch.Tensor) -> torch.Tensor:
                     # Keep the unmasked area on the input's own noising trajectory.
@@ -333,15 +406,16 @@ class RefineModel(_DiffusionModel):
                 latents,
                 timesteps,
                 text,
-                params.guidance_scale,
+                first.guidance_scale,
                 progress,
                 cancelled,
                 after_step,
             )
-            decoded = loop.decode_image(parts, latents)
-        if pixel_mask is not None:
-            return masks.composite(decoded, image, pixel_mask)
-        return decoded
+            decoded = [loop.decode_image(parts, one) for one in latents.split(1)]
+        return [
+            masks.composite(out, image, mask) if mask is not None else out
+            for out, image, mask in zip(decoded, images, pixel_masks, strict=True)
+        ]
 
     @staticmethod
     def _pixel_mask(

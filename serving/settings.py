@@ -127,8 +127,9 @@ class StageSettings(CommonSettings):
         default=1,
         ge=1,
         description="Dynamic batching: at most this many compatible calls run as one model "
-        "call (txt2img: same width, height, steps, guidance_scale; learned upscale: same "
-        "tile_size, tile_overlap, same-shape tiles run together); 1 turns it off.",
+        "call (txt2img: same width, height, steps, guidance_scale; refine without text: same "
+        "mode, steps, strength, guidance_scale; learned upscale: same tile_size, "
+        "tile_overlap, same-shape tiles run together); 1 turns it off.",
     )
     max_queue_delay_ms: float = Field(
         default=5.0,

@@ -1,4 +1,4 @@
-"""Dynamic batching in real base and upscale stages: two concurrent compatible
+"""Dynamic batching in real base, refine and upscale stages: two concurrent compatible
 calls run as one batch (the stage's batch-size histogram says so) and each
 output equals the same call run alone."""
 
@@ -70,6 +70,12 @@ def batching_base(tmp_path: Path, fixture_models: Path) -> Iterator[tuple[str, P
 
 
 @pytest.fixture
+def batching_refine(tmp_path: Path, fixture_models: Path) -> Iterator[tuple[str, Path, Path]]:
+    with batching_stage(tmp_path, "services.refine", fixture_models / "tiny-sd") as stage:
+        yield stage
+
+
+@pytest.fixture
 def batching_upscale(tmp_path: Path, fixture_models: Path) -> Iterator[tuple[str, Path, Path]]:
     with batching_stage(tmp_path, "services.upscale", fixture_models / "tiny-esrgan-x4") as stage:
         yield stage
@@ -131,24 +137,48 @@ async def test_two_concurrent_calls_run_as_one_batch_with_their_lone_outputs(
     assert np.abs(together[0][0] - together[1][0]).mean() > 1  # not one image twice
 
 
-async def test_two_concurrent_upscales_batch_their_tiles_with_their_lone_outputs(
-    batching_upscale: tuple[str, Path, Path],
+def seeded_image(store: Path, width: int, height: int, seed: int) -> common_pb2.ArtifactRef:
+    ref = seed_input(open_store(store.as_uri()), width, height, seed=seed)
+    return common_pb2.ArtifactRef(key=ref.key, sha256=ref.sha256)
+
+
+async def assert_one_batch_of_two(
+    address: str, port_file: Path, store: Path, stage: str, requests: list[stage_pb2.RunRequest]
 ) -> None:
-    address, port_file, store = batching_upscale
-    requests = []
-    for seed, (width, height) in enumerate([(48, 40), (40, 40)]):
-        ref = seed_input(open_store(store.as_uri()), width, height, seed=seed)
-        image = common_pb2.ArtifactRef(key=ref.key, sha256=ref.sha256)
-        params = stage_pb2.UpscaleParams(tile_size=32, tile_overlap=8)
-        requests.append(stage_pb2.RunRequest(image=image, upscale=params))
     alone = [await run_request(address, store, r) for r in requests]
-    before = batch_histogram(port_file, "upscale")
+    before = batch_histogram(port_file, stage)
 
     together = await asyncio.gather(*(run_request(address, store, r) for r in requests))
 
-    total, count = batch_histogram(port_file, "upscale")
+    total, count = batch_histogram(port_file, stage)
     assert (total - before[0], count - before[1]) == (2.0, 1.0)  # one batch of two
     for (single, _), (batched, progress) in zip(alone, together, strict=True):
         assert batched.shape == single.shape
         assert np.abs(batched - single).max() <= BATCH_MAX_LEVELS
         assert progress > 0
+
+
+async def test_two_concurrent_img2img_calls_run_as_one_batch(
+    batching_refine: tuple[str, Path, Path],
+) -> None:
+    address, port_file, store = batching_refine
+    requests = [
+        stage_pb2.RunRequest(
+            image=seeded_image(store, 64, 64, seed),
+            refine=stage_pb2.RefineParams(prompt=prompt, seed=seed, steps=4, strength=0.5),
+        )
+        for seed, prompt in enumerate(["a red circle", "a blue square"])
+    ]
+    await assert_one_batch_of_two(address, port_file, store, "refine", requests)
+
+
+async def test_two_concurrent_upscales_batch_their_tiles_with_their_lone_outputs(
+    batching_upscale: tuple[str, Path, Path],
+) -> None:
+    address, port_file, store = batching_upscale
+    params = stage_pb2.UpscaleParams(tile_size=32, tile_overlap=8)
+    requests = [
+        stage_pb2.RunRequest(image=seeded_image(store, width, height, seed), upscale=params)
+        for seed, (width, height) in enumerate([(48, 40), (40, 40)])
+    ]
+    await assert_one_batch_of_two(address, port_file, store, "upscale", requests)

@@ -147,3 +147,80 @@ def test_rejects_image_sides(refine: RefineModel, size: tuple[int, int]) -> None
     with pytest.raises(InvalidArgument) as err:
         refine.validate_inputs(RefineParams(prompt="x"), StageInputs(image=Image.new("RGB", size)))
     assert err.value.field == "image"
+
+
+# --- dynamic batching ----------------------------------------------------------
+
+# A batched call may differ from its lone run only by float summation order.
+BATCH_MAX_LEVELS = 2
+
+
+def run_batch(
+    model: RefineModel, params: list[RefineParams], inputs: list[StageInputs]
+) -> tuple[list[np.ndarray], list[tuple[int, int]]]:
+    steps: list[tuple[int, int]] = []
+    outputs = model.run_batch(params, inputs, lambda i, n: steps.append((i, n)), lambda: False)
+    return [np.asarray(o.image).astype(np.int16) for o in outputs], steps
+
+
+def test_img2img_batch_of_two_sizes_equals_each_lone_run(refine: RefineModel) -> None:
+    torch.set_num_threads(1)
+    params = [
+        RefineParams(prompt="hero", seed=1, steps=4, strength=0.5),
+        RefineParams(prompt="a castle", negative_prompt="blur", seed=2, steps=4, strength=0.5),
+        RefineParams(prompt="hero", seed=3, steps=4, strength=0.5),
+    ]
+    inputs = [
+        StageInputs(image=noise_image(64, 64, seed=1)),
+        StageInputs(image=noise_image(64, 64, seed=2)),
+        StageInputs(image=noise_image(48, 64, seed=3)),
+    ]
+    batched, steps = run_batch(refine, params, inputs)
+    for p, i, out in zip(params, inputs, batched, strict=True):
+        alone = refine_run(refine, p, i).astype(np.int16)
+        assert out.shape == alone.shape
+        assert np.abs(out - alone).max() <= BATCH_MAX_LEVELS
+    assert np.abs(batched[0] - batched[1]).mean() > 1  # not one image twice
+    # Two sizes: two sub-batches of 2 steps each (4 × 0.5), counted as one run.
+    assert steps == [(1, 4), (2, 4), (3, 4), (4, 4)]
+
+
+def test_inpaint_batch_keeps_each_requests_own_mask(refine: RefineModel) -> None:
+    torch.set_num_threads(1)
+    boxes = [Box(0.0, 0.0, 0.5, 0.5), Box(0.5, 0.5, 1.0, 1.0)]
+    params = [
+        RefineParams(
+            prompt="hero",
+            seed=4 + k,
+            steps=4,
+            mode=RefineMode.INPAINT,
+            mask_box=box,
+            inpaint_mask_blur=0,
+        )
+        for k, box in enumerate(boxes)
+    ]
+    images = [noise_image(64, 64, seed=7), noise_image(64, 64, seed=8)]
+    batched, _ = run_batch(refine, params, [StageInputs(image=i) for i in images])
+    for p, image, out in zip(params, images, batched, strict=True):
+        alone = refine_run(refine, p, StageInputs(image=image)).astype(np.int16)
+        assert np.abs(out - alone).max() <= BATCH_MAX_LEVELS
+    # Outside its own box each output is its input, exactly.
+    original = [np.asarray(i).astype(np.int16) for i in images]
+    assert (batched[0][32:, :] == original[0][32:, :]).all()
+    assert (batched[1][:32, :] == original[1][:32, :]).all()
+
+
+def test_typography_requests_are_not_batched_and_mixed_batches_are_refused(
+    refine: RefineModel,
+) -> None:
+    assert refine.batch_key(RefineParams(prompt="p", text="Chapter One")) is None
+    assert refine.batch_key(RefineParams(prompt="p", steps=4)) != refine.batch_key(
+        RefineParams(prompt="p", steps=6)
+    )
+    with pytest.raises(InvalidArgument, match="equal mode, steps"):
+        refine.run_batch(
+            [RefineParams(prompt="p", steps=4), RefineParams(prompt="p", steps=6)],
+            [StageInputs(image=noise_image())] * 2,
+            lambda i, n: None,
+            lambda: False,
+        )
