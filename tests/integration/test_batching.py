@@ -9,7 +9,6 @@ import contextlib
 import os
 import subprocess
 import sys
-import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,7 +24,7 @@ from serving.images import decode_image
 from serving.metrics import metrics_port_file
 from serving.storage import open_store
 from stageflow.v1 import common_pb2, stage_pb2, stage_pb2_grpc
-from tests.integration.test_loadtest import _serving
+from tests.processes import wait_serving
 
 REPO = Path(__file__).resolve().parents[2]
 # A batched call may differ from its lone run only by float summation order.
@@ -45,14 +44,7 @@ def batching_stage(tmp_path: Path, service: str, model: Path) -> Iterator[tuple[
     with log_path.open("wb") as log:
         proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env)
     try:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline and proc.poll() is None:
-            text = port_file.read_text().strip() if port_file.exists() else ""
-            if text.isdigit() and _serving(address := f"127.0.0.1:{text}"):
-                break
-            time.sleep(0.1)
-        else:
-            pytest.fail(f"{service} did not become ready:\n{log_path.read_text()[-2000:]}")
+        address = wait_serving(proc, port_file, log_path)
         yield address, port_file, store
     finally:
         proc.terminate()

@@ -19,14 +19,13 @@ import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-import grpc
 import pytest
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from cli.cluster import LocalCluster
 from cli.loadgen import LoadConfig, run_load, seed_input
 from serving.storage import ObjectStore
 from tests.integration.conftest import Samples, log_events, sample, scrape_metrics
+from tests.processes import wait_serving
 
 SIZE = {"width": 64, "height": 64}
 RUN = "/stageflow.v1.StageService/Run"
@@ -110,17 +109,6 @@ async def test_upscale_from_two_processes_reuses_one_seeded_input(
     assert seed_input(local_store, 16, 16) == image, "the same input, not one per run"
 
 
-def _serving(address: str) -> bool:
-    with grpc.insecure_channel(address) as channel:
-        try:
-            reply = health_pb2_grpc.HealthStub(channel).Check(
-                health_pb2.HealthCheckRequest(), timeout=1
-            )
-        except grpc.RpcError:
-            return False
-    return reply.status == health_pb2.HealthCheckResponse.SERVING
-
-
 @pytest.fixture
 def tight_base(tmp_path: Path, fixture_models: Path) -> Iterator[tuple[str, Path, Path]]:
     """A base stage that runs one call at a time and queues none: (address, log, port file)."""
@@ -133,15 +121,7 @@ def tight_base(tmp_path: Path, fixture_models: Path) -> Iterator[tuple[str, Path
     with log_path.open("wb") as log:
         proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env)
     try:
-        deadline = time.monotonic() + 60
-        address = ""
-        while time.monotonic() < deadline and proc.poll() is None:
-            text = port_file.read_text().strip() if port_file.exists() else ""
-            if text.isdigit() and _serving(address := f"127.0.0.1:{text}"):
-                break
-            time.sleep(0.1)
-        else:
-            pytest.fail(f"base stage did not become ready:\n{log_path.read_text()[-2000:]}")
+        address = wait_serving(proc, port_file, log_path)
         yield address, log_path, port_file
     finally:
         proc.terminate()

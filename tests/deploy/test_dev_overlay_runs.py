@@ -1,0 +1,184 @@
+"""The dev overlay, run as processes: the fixture-models Job's script, the three
+stage Deployments and the orchestrator, each started with the command and the
+environment the rendered manifests give its container, reach SERVING and run
+one job end to end through S3.
+
+What differs from a pod, and only that: MinIO's address is a SeaweedFS server on
+loopback (with its keys in place of the Secret's), every process listens on
+127.0.0.1 on a free port (three stages cannot share 50051 on one host), so the
+orchestrator's `dns:///stage-*.stageflow.svc.cluster.local:50051` targets name
+those ports, and each volume mount is a temporary folder (the pipeline
+ConfigMap's files written into its own). Everything else (STAGEFLOW_MODEL, the
+model repository, threads, queue and batching limits, the pipeline specs) is
+the manifests' own, so a variable the manifests miss or misspell fails here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from cli.client import StageflowClient
+from stageflow.v1 import orchestrator_pb2 as pb
+from tests.deploy.render import Manifest
+from tests.processes import wait_serving
+from tests.s3server import S3ServerInfo
+
+MINIO = "http://minio:9000"
+STAGES = ("stage-base", "stage-refine", "stage-upscale")
+
+
+def workload(docs: list[Manifest], kind: str, name: str) -> Manifest:
+    (doc,) = [d for d in docs if d["kind"] == kind and d["metadata"]["name"] == name]
+    return doc
+
+
+class Pod:
+    """One container of a rendered workload, turned into a local process's
+    argv, environment and folders."""
+
+    def __init__(self, docs: list[Manifest], doc: Manifest, s3: S3ServerInfo, root: Path) -> None:
+        spec = doc["spec"]["template"]["spec"]
+        (self.container,) = spec["containers"]
+        self.root = root
+        volumes = {v["name"]: v for v in spec.get("volumes", [])}
+        self.mounts: dict[str, Path] = {}
+        for mount in self.container.get("volumeMounts", []):
+            local = root / mount["name"]
+            local.mkdir(parents=True, exist_ok=True)
+            self.mounts[mount["mountPath"]] = local
+            config_map = volumes[mount["name"]].get("configMap")
+            if config_map is not None:
+                data = workload(docs, "ConfigMap", config_map["name"])["data"]
+                for file_name, text in data.items():
+                    (local / file_name).write_text(text)
+        secrets = {"access-key": s3.access_key, "secret-key": s3.secret_key}
+        self.env: dict[str, str] = {}
+        for var in self.container.get("env", []):
+            if "valueFrom" in var:
+                ref = var["valueFrom"]["secretKeyRef"]
+                assert ref["name"] == "stageflow-s3", ref
+                self.env[var["name"]] = secrets[ref["key"]]
+            else:
+                self.env[var["name"]] = self.local(str(var["value"]).replace(MINIO, s3.endpoint))
+
+    def local(self, value: str) -> str:
+        """A value naming a path under a volume mount, pointed at its folder."""
+        for mount_path, local in self.mounts.items():
+            if value == mount_path or value.startswith(mount_path + "/"):
+                return str(local) + value[len(mount_path) :]
+        return value
+
+    def argv(self) -> list[str]:
+        """The command, with `python` this venv's and mount paths local."""
+        argv = []
+        for part in [*self.container.get("command", []), *self.container.get("args", [])]:
+            for mount_path, local in self.mounts.items():
+                part = part.replace(f"{mount_path}/", f"{local}/")
+            argv.append(sys.executable if part == "python" else part)
+        return argv
+
+    def environ(self, **overrides: str) -> dict[str, str]:
+        # The image's PATH starts with its venv's bin (python, stageflow).
+        path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
+        return {**os.environ, "PATH": path, **self.env, **overrides}
+
+    def start(self, name: str, **overrides: str) -> subprocess.Popen[bytes]:
+        env = self.environ(**overrides)
+        log = (self.root / f"{name}.log").open("wb")
+        with log:  # the child keeps its own handle
+            # Not the checkout: a pod has no models/ or var/ to fall back on.
+            return subprocess.Popen(self.argv(), env=env, cwd=self.root, stdout=log, stderr=log)
+
+
+@contextlib.contextmanager
+def processes() -> Iterator[list[subprocess.Popen[bytes]]]:
+    started: list[subprocess.Popen[bytes]] = []
+    try:
+        yield started
+    finally:
+        for proc in started:
+            proc.terminate()
+        for proc in started:
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+def loopback(root: Path, name: str) -> dict[str, str]:
+    return {
+        "STAGEFLOW_HOST": "127.0.0.1",
+        "STAGEFLOW_PORT": "0",
+        "STAGEFLOW_PORT_FILE": str(root / f"{name}.port"),
+        "STAGEFLOW_METRICS_PORT": "0",
+    }
+
+
+def test_dev_overlay_runs_a_job(
+    rendered: dict[str, list[Manifest]], s3_server: S3ServerInfo, tmp_path: Path
+) -> None:
+    docs = rendered["dev"]
+
+    # The fixture-models Job: build the fixtures, import them into the repository.
+    job = Pod(docs, workload(docs, "Job", "fixture-models"), s3_server, tmp_path / "job")
+    done = subprocess.run(
+        job.argv(),
+        env=job.environ(),
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+
+    ports: dict[str, int] = {}
+    with processes() as started:
+        stages = {}
+        for name in STAGES:
+            pod = Pod(docs, workload(docs, "Deployment", name), s3_server, tmp_path / name)
+            stages[name] = (pod, pod.start(name, **loopback(pod.root, name)))
+            started.append(stages[name][1])
+        for name, (pod, proc) in stages.items():
+            address = wait_serving(proc, pod.root / f"{name}.port", pod.root / f"{name}.log")
+            ports[name] = int(address.rsplit(":", 1)[1])
+
+        orchestrator = Pod(
+            docs, workload(docs, "Deployment", "orchestrator"), s3_server, tmp_path / "orch"
+        )
+        addresses = {}
+        for var, value in orchestrator.env.items():
+            if var.endswith("_ADDRESS"):
+                stage = value.removeprefix("dns:///").split(".")[0]
+                addresses[var] = f"dns:///127.0.0.1:{ports[stage]}"
+        assert len(addresses) == 3, orchestrator.env
+        proc = orchestrator.start(
+            "orchestrator", **loopback(orchestrator.root, "orch"), **addresses
+        )
+        started.append(proc)
+        address = wait_serving(
+            proc, orchestrator.root / "orch.port", orchestrator.root / "orch.log"
+        )
+
+        job_state = asyncio.run(submit_and_wait(address))
+    assert job_state.state == pb.JOB_STATE_SUCCEEDED, job_state.error
+    assert [run.stage for run in job_state.stages] == ["base", "refine", "upscale"]
+    # Each stage served the model its Deployment names (STAGEFLOW_MODEL).
+    assert {run.model.name for run in job_state.stages} == {"tiny-sd", "tiny-esrgan-x4"}
+    # The final image is where the manifests' store URL says: the `stageflow` bucket.
+    final = s3_server.store("stageflow").get(job_state.final.key)
+    assert final.startswith(b"\x89PNG")
+
+
+async def submit_and_wait(address: str) -> Any:
+    async with StageflowClient(address) as client:
+        job = await client.submit(base="a red circle", style="flat", width=64, height=64)
+        _ = [event async for event in client.watch(job.job_id)]
+        return await client.get(job.job_id)
