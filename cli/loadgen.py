@@ -27,13 +27,12 @@ from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import Message
 
 from cli.loadstats import OK, PHASES, Sample, WorkerResult, build_report, merge
+from cli.sets import typed_value
 from serving.errors import InvalidArgument
 
 STAGE_KINDS = ("txt2img", "refine", "upscale")
 KINDS = (*STAGE_KINDS, "orchestrator")
 ORCHESTRATOR_STAGES = ("base", "refine", "upscale")
-_INTS = {FieldDescriptor.TYPE_INT32, FieldDescriptor.TYPE_INT64}
-_FLOATS = {FieldDescriptor.TYPE_FLOAT, FieldDescriptor.TYPE_DOUBLE}
 
 
 @dataclass(frozen=True)
@@ -117,33 +116,6 @@ def _options_class(stage: str) -> type[Message]:
     return classes[stage]
 
 
-def _typed(fd: FieldDescriptor, key: str, raw: str, *, enum_numbers: bool) -> Any:
-    try:
-        if fd.type in _INTS:
-            return int(raw)
-        if fd.type in _FLOATS:
-            return float(raw)
-    except ValueError:
-        raise InvalidArgument(f"--set {key}", f"expected a number, got {raw!r}") from None
-    if fd.type == FieldDescriptor.TYPE_BOOL:
-        if raw.lower() not in ("true", "false", "1", "0", "yes", "no"):
-            raise InvalidArgument(f"--set {key}", f"expected true or false, got {raw!r}")
-        return raw.lower() in ("true", "1", "yes")
-    if fd.type == FieldDescriptor.TYPE_ENUM:
-        enum_type = fd.enum_type
-        assert enum_type is not None
-        values = {v.name: v.number for v in enum_type.values}
-        # "lanczos" -> UPSCALE_MODE_LANCZOS: the prefix is the enum's name in caps.
-        prefix = "".join(f"_{c}" if c.isupper() else c.upper() for c in enum_type.name)
-        name = raw if raw in values else f"{prefix.lstrip('_')}_{raw.upper()}"
-        if name not in values:
-            raise InvalidArgument(f"--set {key}", f"expected one of {', '.join(values)}")
-        return values[name] if enum_numbers else name
-    if fd.type == FieldDescriptor.TYPE_STRING:
-        return raw
-    raise InvalidArgument(f"--set {key}", "not a scalar field")
-
-
 def parse_sets(kind: str, sets: Sequence[str]) -> dict[str, Any]:
     """KEY=VALUE pairs onto the kind's params, typed by the proto field.
 
@@ -180,7 +152,7 @@ def parse_sets(kind: str, sets: Sequence[str]) -> dict[str, Any]:
         if fd is None or fd.type == FieldDescriptor.TYPE_MESSAGE:
             allowed = ", ".join(sorted(fields.keys()))
             raise InvalidArgument(f"--set {key}", f"unknown key; allowed: {allowed}")
-        out[key] = _typed(fd, key, raw, enum_numbers=enum_numbers)
+        out[key] = typed_value(fd, key, raw, enum_numbers=enum_numbers)
     return out
 
 

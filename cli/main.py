@@ -50,6 +50,13 @@ Address = Annotated[
     typer.Option("--address", envvar="STAGEFLOW_ADDRESS", help="Orchestrator host:port."),
 ]
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print JSON instead of tables.")]
+ModelsDir = Annotated[
+    Path | None,
+    typer.Option(
+        help="A folder laid out like `stageflow models build-fixtures` output "
+        "(default: the committed trained fixtures in fixtures/trained)."
+    ),
+]
 
 
 class UpscaleModeChoice(enum.StrEnum):
@@ -168,13 +175,7 @@ def up(
     state_dir: Annotated[
         Path, typer.Option(help="Logs, ports, SQLite and the local store.")
     ] = Path("var"),
-    models_dir: Annotated[
-        Path | None,
-        typer.Option(
-            help="A folder laid out like `stageflow models build-fixtures` output "
-            "(default: the committed trained fixtures in fixtures/trained)."
-        ),
-    ] = None,
+    models_dir: ModelsDir = None,
     store_url: Annotated[
         str | None,
         typer.Option(
@@ -240,13 +241,7 @@ def _wait_for_exit(cluster: LocalCluster, ui: Ui) -> int:
 def demo(
     out: Annotated[Path, typer.Option(help="Where the final PNG goes.")] = Path("out"),
     state_dir: Annotated[Path, typer.Option(help="The demo cluster's state.")] = Path("var/demo"),
-    models_dir: Annotated[
-        Path | None,
-        typer.Option(
-            help="A folder laid out like `stageflow models build-fixtures` output "
-            "(default: the committed trained fixtures in fixtures/trained)."
-        ),
-    ] = None,
+    models_dir: ModelsDir = None,
 ) -> None:
     """Start a local cluster, run the reference prompt through all stages, stop."""
     from cli.client import StageflowClient

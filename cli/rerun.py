@@ -14,6 +14,7 @@ from typing import Any, cast
 from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import Message
 
+from cli.sets import FLOATS, INTS, typed_value
 from serving.errors import InvalidArgument
 from stageflow.v1 import orchestrator_pb2 as pb
 
@@ -25,11 +26,9 @@ OPTIONS: dict[str, type[Message]] = {
 # CLI key -> PromptBundle field.
 BUNDLE_KEYS = {"text": "overlay_text", "style": "style", "negative": "negative_prompt"}
 
-_INTS = {FieldDescriptor.TYPE_INT32, FieldDescriptor.TYPE_INT64}
-_FLOATS = {FieldDescriptor.TYPE_FLOAT, FieldDescriptor.TYPE_DOUBLE}
 _SCALARS = (
-    _INTS
-    | _FLOATS
+    INTS
+    | FLOATS
     | {
         FieldDescriptor.TYPE_BOOL,
         FieldDescriptor.TYPE_STRING,
@@ -55,21 +54,6 @@ def allowed_keys(from_stage: str) -> list[str]:
     return sorted(f.name for f in fields if f.type in _SCALARS) + sorted(BUNDLE_KEYS)
 
 
-def _value(fd: FieldDescriptor, key: str, raw: str) -> Any:
-    try:
-        if fd.type in _INTS:
-            return int(raw)
-        if fd.type in _FLOATS:
-            return float(raw)
-    except ValueError:
-        raise InvalidArgument(f"--set {key}", f"expected a number, got {raw!r}") from None
-    if fd.type == FieldDescriptor.TYPE_BOOL:
-        if raw.lower() not in ("true", "false", "1", "0", "yes", "no"):
-            raise InvalidArgument(f"--set {key}", f"expected true or false, got {raw!r}")
-        return raw.lower() in ("true", "1", "yes")
-    return raw  # strings, and enums by short name (expanded by the client)
-
-
 def parse_sets(from_stage: str, sets: Sequence[str]) -> Overrides:
     """Map each "key=value" onto the from-stage's options or the bundle."""
     out = Overrides()
@@ -93,5 +77,5 @@ def parse_sets(from_stage: str, sets: Sequence[str]) -> Overrides:
                 f"--set {key}",
                 f"unknown key for a rerun from {from_stage}; allowed: {', '.join(allowed)}",
             )
-        out.options.setdefault(from_stage, {})[key] = _value(fd, key, raw)
+        out.options.setdefault(from_stage, {})[key] = typed_value(fd, key, raw, enum_numbers=False)
     return out

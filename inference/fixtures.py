@@ -101,24 +101,31 @@ def build_fixtures(out_dir: Path, seed: int = 0) -> dict[str, Path]:
     }
 
 
-def _write_tiny_sd(folder: Path, seed: int) -> None:
-    from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel
+def clip_text_config(vocab_size: int, *, hidden: int, intermediate: int) -> Any:
+    """A small CLIP text encoder's config over our offline tokenizer's vocab."""
+    from transformers import CLIPTextConfig
 
-    vocab_size = clip_tokenizer.write_tokenizer(folder / "tokenizer")
-    text_config = CLIPTextConfig(
+    return CLIPTextConfig(
         vocab_size=vocab_size,
-        hidden_size=TEXT_HIDDEN,
-        intermediate_size=64,
+        hidden_size=hidden,
+        intermediate_size=intermediate,
         num_hidden_layers=2,
         num_attention_heads=4,
-        projection_dim=TEXT_HIDDEN,
+        projection_dim=hidden,
         max_position_embeddings=clip_tokenizer.MODEL_MAX_LENGTH,
         # The pooled output is read at the EOS token; ids must match our vocab.
         bos_token_id=vocab_size - 2,
         eos_token_id=vocab_size - 1,
         pad_token_id=vocab_size - 1,
     )
+
+
+def _write_tiny_sd(folder: Path, seed: int) -> None:
+    from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
+    from transformers import CLIPTextModel
+
+    vocab_size = clip_tokenizer.write_tokenizer(folder / "tokenizer")
+    text_config = clip_text_config(vocab_size, hidden=TEXT_HIDDEN, intermediate=64)
     torch.manual_seed(seed)
     with quiet_hub_progress():
         CLIPTextModel(text_config).save_pretrained(folder / "text_encoder")

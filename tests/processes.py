@@ -1,10 +1,12 @@
-"""Waiting for a real server process started by a test: its port file, then
-grpc.health.v1 SERVING."""
+"""Real server processes started by a test: started with their output in a log
+file, waited for (port file, then grpc.health.v1 SERVING), and stopped."""
 
 from __future__ import annotations
 
+import contextlib
 import subprocess
 import time
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
 import grpc
@@ -36,3 +38,26 @@ def wait_serving(
             return address
         time.sleep(0.1)
     pytest.fail(f"{port_file.name}: the process did not become SERVING:\n{log.read_text()[-3000:]}")
+
+
+@contextlib.contextmanager
+def running(
+    argv: Sequence[str],
+    log: Path,
+    *,
+    env: Mapping[str, str] | None = None,
+    cwd: Path | None = None,
+) -> Iterator[subprocess.Popen[bytes]]:
+    """`argv` as a process writing stdout and stderr to `log`; on exit SIGTERM
+    (the server drains), then SIGKILL if it has not stopped in 20 s."""
+    with log.open("wb") as out:  # the child keeps its own handle
+        proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=cwd)
+    try:
+        yield proc
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from inference import tokenizer as clip_tokenizer
-from inference.fixtures import SCHEDULER_CONFIG, write_model_index
+from inference.fixtures import SCHEDULER_CONFIG, clip_text_config, write_model_index
 from inference.sd_parts import quiet_hub_progress
 from inference.training import data
 
@@ -66,23 +66,6 @@ class SdTrainSettings:
     batch_size: int = 32
     # Images pre-drawn for the diffusion phase (their latents are encoded once).
     dataset_size: int = 8192
-
-
-def text_config(vocab_size: int) -> Any:
-    from transformers import CLIPTextConfig
-
-    return CLIPTextConfig(
-        vocab_size=vocab_size,
-        hidden_size=TEXT_HIDDEN,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        projection_dim=TEXT_HIDDEN,
-        max_position_embeddings=clip_tokenizer.MODEL_MAX_LENGTH,
-        bos_token_id=vocab_size - 2,
-        eos_token_id=vocab_size - 1,
-        pad_token_id=vocab_size - 1,
-    )
 
 
 def _batch(rng: np.random.Generator, n: int, combos: list[tuple[str, str, str]]) -> torch.Tensor:
@@ -146,7 +129,9 @@ def train_diffusion(
     from transformers import CLIPTextModel
 
     torch.manual_seed(settings.seed + 3)
-    text_encoder: Any = CLIPTextModel(text_config(len(tokenizer)))
+    text_encoder: Any = CLIPTextModel(
+        clip_text_config(len(tokenizer), hidden=TEXT_HIDDEN, intermediate=128)
+    )
     unet: Any = UNet2DConditionModel(**UNET_CONFIG)
     params = sum(p.numel() for p in unet.parameters())
     log(f"unet parameters: {params:,}")

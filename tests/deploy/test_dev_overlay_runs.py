@@ -20,14 +20,13 @@ import contextlib
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from cli.client import StageflowClient
 from stageflow.v1 import orchestrator_pb2 as pb
 from tests.deploy.render import Manifest
-from tests.processes import wait_serving
+from tests.processes import running, wait_serving
 from tests.s3server import S3ServerInfo
 
 MINIO = "http://minio:9000"
@@ -43,10 +42,15 @@ class Pod:
     """One container of a rendered workload, turned into a local process's
     argv, environment and folders."""
 
-    def __init__(self, docs: list[Manifest], doc: Manifest, s3: S3ServerInfo, root: Path) -> None:
-        spec = doc["spec"]["template"]["spec"]
+    def __init__(
+        self, docs: list[Manifest], kind: str, name: str, s3: S3ServerInfo, tmp: Path
+    ) -> None:
+        spec = workload(docs, kind, name)["spec"]["template"]["spec"]
         (self.container,) = spec["containers"]
-        self.root = root
+        self.root = root = tmp / name
+        root.mkdir(parents=True, exist_ok=True)
+        self.log = root / "process.log"
+        self.port_file = root / "port"
         volumes = {v["name"]: v for v in spec.get("volumes", [])}
         self.mounts: dict[str, Path] = {}
         for mount in self.container.get("volumeMounts", []):
@@ -89,37 +93,17 @@ class Pod:
         path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
         return {**os.environ, "PATH": path, **self.env, **overrides}
 
-    def start(self, name: str, **overrides: str) -> subprocess.Popen[bytes]:
-        env = self.environ(**overrides)
-        log = (self.root / f"{name}.log").open("wb")
-        with log:  # the child keeps its own handle
-            # Not the checkout: a pod has no models/ or var/ to fall back on.
-            return subprocess.Popen(self.argv(), env=env, cwd=self.root, stdout=log, stderr=log)
-
-
-@contextlib.contextmanager
-def processes() -> Iterator[list[subprocess.Popen[bytes]]]:
-    started: list[subprocess.Popen[bytes]] = []
-    try:
-        yield started
-    finally:
-        for proc in started:
-            proc.terminate()
-        for proc in started:
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-
-
-def loopback(root: Path, name: str) -> dict[str, str]:
-    return {
-        "STAGEFLOW_HOST": "127.0.0.1",
-        "STAGEFLOW_PORT": "0",
-        "STAGEFLOW_PORT_FILE": str(root / f"{name}.port"),
-        "STAGEFLOW_METRICS_PORT": "0",
-    }
+    def start(self, stack: contextlib.ExitStack, **overrides: str) -> subprocess.Popen[bytes]:
+        """The server on a free loopback port; stopped when `stack` closes."""
+        local = {
+            "STAGEFLOW_HOST": "127.0.0.1",
+            "STAGEFLOW_PORT": "0",
+            "STAGEFLOW_PORT_FILE": str(self.port_file),
+            "STAGEFLOW_METRICS_PORT": "0",
+        }
+        # cwd is not the checkout: a pod has no models/ or var/ to fall back on.
+        env = self.environ(**local, **overrides)
+        return stack.enter_context(running(self.argv(), self.log, env=env, cwd=self.root))
 
 
 def test_dev_overlay_runs_a_job(
@@ -128,44 +112,34 @@ def test_dev_overlay_runs_a_job(
     docs = rendered["dev"]
 
     # The fixture-models Job: build the fixtures, import them into the repository.
-    job = Pod(docs, workload(docs, "Job", "fixture-models"), s3_server, tmp_path / "job")
+    job = Pod(docs, "Job", "fixture-models", s3_server, tmp_path)
     done = subprocess.run(
         job.argv(),
         env=job.environ(),
-        cwd=tmp_path,
+        cwd=job.root,
         capture_output=True,
         text=True,
         timeout=300,
     )
     assert done.returncode == 0, done.stdout + done.stderr
 
-    ports: dict[str, int] = {}
-    with processes() as started:
-        stages = {}
-        for name in STAGES:
-            pod = Pod(docs, workload(docs, "Deployment", name), s3_server, tmp_path / name)
-            stages[name] = (pod, pod.start(name, **loopback(pod.root, name)))
-            started.append(stages[name][1])
-        for name, (pod, proc) in stages.items():
-            address = wait_serving(proc, pod.root / f"{name}.port", pod.root / f"{name}.log")
-            ports[name] = int(address.rsplit(":", 1)[1])
+    with contextlib.ExitStack() as stack:
+        pods = {name: Pod(docs, "Deployment", name, s3_server, tmp_path) for name in STAGES}
+        started = {name: pod.start(stack) for name, pod in pods.items()}
+        ports = {
+            name: wait_serving(started[name], pod.port_file, pod.log).rsplit(":", 1)[1]
+            for name, pod in pods.items()
+        }
 
-        orchestrator = Pod(
-            docs, workload(docs, "Deployment", "orchestrator"), s3_server, tmp_path / "orch"
-        )
+        orchestrator = Pod(docs, "Deployment", "orchestrator", s3_server, tmp_path)
         addresses = {}
         for var, value in orchestrator.env.items():
             if var.endswith("_ADDRESS"):
                 stage = value.removeprefix("dns:///").split(".")[0]
                 addresses[var] = f"dns:///127.0.0.1:{ports[stage]}"
         assert len(addresses) == 3, orchestrator.env
-        proc = orchestrator.start(
-            "orchestrator", **loopback(orchestrator.root, "orch"), **addresses
-        )
-        started.append(proc)
-        address = wait_serving(
-            proc, orchestrator.root / "orch.port", orchestrator.root / "orch.log"
-        )
+        proc = orchestrator.start(stack, **addresses)
+        address = wait_serving(proc, orchestrator.port_file, orchestrator.log)
 
         job_state = asyncio.run(submit_and_wait(address))
     assert job_state.state == pb.JOB_STATE_SUCCEEDED, job_state.error

@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import subprocess
 import sys
 import urllib.request
 from collections.abc import Iterator
@@ -24,7 +23,7 @@ from serving.images import decode_image
 from serving.metrics import metrics_port_file
 from serving.storage import open_store
 from stageflow.v1 import common_pb2, stage_pb2, stage_pb2_grpc
-from tests.processes import wait_serving
+from tests.processes import running, wait_serving
 
 REPO = Path(__file__).resolve().parents[2]
 # A batched call may differ from its lone run only by float summation order.
@@ -41,18 +40,9 @@ def batching_stage(tmp_path: Path, service: str, model: Path) -> Iterator[tuple[
     # A generous delay: each concurrent call opens its own channel first.
     argv += ["--max-batch-size", "4", "--max-queue-delay-ms", "500"]
     env = {**os.environ, "PYTHONPATH": str(REPO), "PYTHONUNBUFFERED": "1"}
-    with log_path.open("wb") as log:
-        proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env)
-    try:
+    with running(argv, log_path, env=env) as proc:
         address = wait_serving(proc, port_file, log_path)
         yield address, port_file, store
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 @pytest.fixture

@@ -12,7 +12,6 @@ import asyncio
 import contextlib
 import json
 import os
-import subprocess
 import sys
 import time
 import uuid
@@ -25,7 +24,7 @@ from cli.cluster import LocalCluster
 from cli.loadgen import LoadConfig, run_load, seed_input
 from serving.storage import ObjectStore
 from tests.integration.conftest import Samples, log_events, sample, scrape_metrics
-from tests.processes import wait_serving
+from tests.processes import running, wait_serving
 
 SIZE = {"width": 64, "height": 64}
 RUN = "/stageflow.v1.StageService/Run"
@@ -118,18 +117,9 @@ def tight_base(tmp_path: Path, fixture_models: Path) -> Iterator[tuple[str, Path
     argv += ["--model-path", str(fixture_models / "tiny-sd"), "--torch-threads", "1"]
     argv += ["--max-concurrency", "1", "--max-queue", "0"]
     env = {**os.environ, "PYTHONPATH": str(REPO), "PYTHONUNBUFFERED": "1"}
-    with log_path.open("wb") as log:
-        proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env)
-    try:
+    with running(argv, log_path, env=env) as proc:
         address = wait_serving(proc, port_file, log_path)
         yield address, log_path, port_file
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 def _log(path: Path) -> list[dict[str, object]]:

@@ -11,19 +11,10 @@ from typing import Any
 import pytest
 import torch
 
+from inference.fixtures import SCHEDULER_CONFIG
 from inference.scheduler import DDIMConfig, DDIMScheduler
 
-SD15 = {
-    "num_train_timesteps": 1000,
-    "beta_start": 0.00085,
-    "beta_end": 0.012,
-    "beta_schedule": "scaled_linear",
-    "clip_sample": False,
-    "set_alpha_to_one": False,
-    "steps_offset": 1,
-    "prediction_type": "epsilon",
-    "timestep_spacing": "leading",
-}
+SD15 = SCHEDULER_CONFIG  # Stable Diffusion 1.5's noise schedule
 CONFIGS: dict[str, dict[str, Any]] = {
     "sd15": SD15,
     # SD 2.1-768 style: v-prediction, trailing spacing.
