@@ -13,6 +13,7 @@ import threading
 import time
 from collections.abc import AsyncGenerator, AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
+from typing import NoReturn
 
 import grpc
 from PIL import Image
@@ -21,7 +22,7 @@ from inference.interface import StageInputs, StageModel, StageOutput, StageParam
 from serving import metrics, stage_codec
 from serving.artifacts import Artifact, get_artifact, put_artifact
 from serving.batcher import DynamicBatcher
-from serving.errors import InvalidArgument
+from serving.errors import Cancelled, DeadlineExceeded, InvalidArgument
 from serving.images import decode_image, encode_png
 from serving.logging import get_logger
 from serving.model_holder import Lease, ModelHolder
@@ -50,9 +51,18 @@ class _CallCancellation:
         self._event.set()
 
     def __call__(self) -> bool:
-        if self._event.is_set():
-            return True
+        return self._event.is_set() or self.deadline_passed()
+
+    def deadline_passed(self) -> bool:
         return self._deadline is not None and time.monotonic() >= self._deadline
+
+    def reraise(self, err: Cancelled) -> NoReturn:
+        """Name what stopped the model. The stage's own clock may see the
+        deadline pass before the caller's does: then its status must be
+        DEADLINE_EXCEEDED, as the caller's own timer would have said."""
+        if not self._event.is_set() and self.deadline_passed():
+            raise DeadlineExceeded(f"the call's deadline passed: {err.message}") from err
+        raise err
 
 
 class StageServicer(stage_pb2_grpc.StageServiceServicer):
@@ -153,6 +163,8 @@ class StageServicer(stage_pb2_grpc.StageServiceServicer):
             computed = time.perf_counter()
             artifact = await asyncio.to_thread(self._store_output, image)
             stored = time.perf_counter()
+        except Cancelled as err:
+            cancellation.reraise(err)
         finally:
             cancellation.set()
         timing = common_pb2.Timing(
@@ -212,6 +224,8 @@ class StageServicer(stage_pb2_grpc.StageServiceServicer):
             computed = time.perf_counter()
             artifact = await asyncio.to_thread(self._store_output, output.image)
             stored = time.perf_counter()
+        except Cancelled as err:
+            cancellation.reraise(err)
         finally:
             cancellation.set()
         timing = common_pb2.Timing(
