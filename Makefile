@@ -6,34 +6,51 @@ PY := $(VENV)/bin/python
 BIN := $(VENV)/bin
 MODELS := models
 
-.PHONY: setup venv deps proto fixtures fixtures-train fmt lint typecheck test test-unit test-integration demo up clean k8s-validate images
+.PHONY: setup venv deps proto proto-check fixtures fixtures-train fmt lint typecheck \
+	test test-unit test-integration test-deploy demo up clean k8s-validate images
 
-setup: deps proto fixtures ## venv, dependencies, generated code, fixture models
+setup: deps fixtures ## venv, dependencies, fixture models (the generated code is committed)
 
 venv: $(PY)
 $(PY):
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --upgrade --quiet pip
 
+# File-based: reinstalled only when pyproject.toml or the lock change.
 deps: $(VENV)/.deps-installed
-$(VENV)/.deps-installed: $(PY) pyproject.toml requirements.lock
+$(VENV)/.deps-installed: pyproject.toml requirements.lock | $(PY)
 	# torch first and pinned: an unpinned torch resolves to a multi-GB CUDA build.
 	$(BIN)/pip install --quiet torch==2.13.0
 	$(BIN)/pip install --quiet -c requirements.lock -e '.[dev]'
-	# generated protobuf code is importable as `stageflow.v1` from gen/
-	echo "$(CURDIR)/gen" > "$$($(PY) -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/stageflow-gen.pth"
 	touch $@
 
-proto: deps ## generate Python code from protos/ into gen/ (not committed)
-	rm -rf gen && mkdir -p gen
-	$(PY) -m grpc_tools.protoc -Iprotos --python_out=gen --pyi_out=gen --grpc_python_out=gen \
-		protos/stageflow/v1/*.proto
+# Generated code is committed in stageflow/v1 (a wheel builds without grpcio-tools);
+# it is regenerated only when its .proto changes, and `make lint` checks it matches.
+PROTOS := $(wildcard protos/stageflow/v1/*.proto)
+GENERATED := $(patsubst protos/%.proto,%_pb2.py,$(PROTOS))
+PROTOC = $(PY) -m grpc_tools.protoc -Iprotos --python_out=$(1) --pyi_out=$(1) --grpc_python_out=$(1)
 
-fixtures: deps ## tiny seeded models for tests and the demo (built locally, never downloaded)
+proto: $(GENERATED) ## regenerate stageflow/v1 from protos/ (only what changed)
+stageflow/v1/%_pb2.py: protos/stageflow/v1/%.proto | $(VENV)/.deps-installed
+	$(call PROTOC,.) $<
+
+proto-check: | $(VENV)/.deps-installed ## fail when stageflow/v1 does not match protos/
+	@tmp=$$(mktemp -d) && trap 'rm -rf "$$tmp"' EXIT && \
+	$(call PROTOC,$$tmp) $(PROTOS) && \
+	for f in $$(cd "$$tmp/stageflow/v1" && ls); do \
+		cmp -s "$$tmp/stageflow/v1/$$f" "stageflow/v1/$$f" || { \
+			echo "stageflow/v1/$$f is stale: run 'make proto' and commit it" >&2; exit 1; }; \
+	done
+
+# Rebuilt only when the code that builds them changes.
+FIXTURE_INPUTS := stageflow/inference/fixtures.py stageflow/inference/tokenizer.py \
+	stageflow/inference/rrdbnet.py stageflow/inference/sd_parts.py
+fixtures: $(MODELS)/manifest.json ## tiny seeded models for tests and the demo (built locally, never downloaded)
+$(MODELS)/manifest.json: $(FIXTURE_INPUTS) | $(VENV)/.deps-installed
 	$(BIN)/stageflow models build-fixtures --out $(MODELS)
 
 fixtures-train: deps ## retrain the committed shapes models from scratch (~25 min, one thread)
-	$(PY) -m inference.training --out fixtures/trained
+	$(PY) -m stageflow.inference.training --out fixtures/trained
 	# the golden image the quality gates compare against comes from the new weights
 	$(PY) -m tests.integration.quality.shared
 
@@ -41,16 +58,26 @@ fmt: deps
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
-lint: deps
+lint: deps proto-check ## ruff, buf, generated code up to date, import contracts (.importlinter)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	cd protos && ../$(BIN)/buf lint
+	$(BIN)/lint-imports
 
-typecheck: deps proto
+typecheck: deps
 	$(BIN)/mypy
 
-test: setup ## unit + integration tests (starts its own S3 server and services)
-	$(BIN)/pytest tests
+# Tiers (the folder sets the marker; see tests/conftest.py). `make test` runs all three.
+test-unit: deps ## no processes, no torch import at collection
+	$(BIN)/pytest tests/unit
+
+test-integration: setup ## real processes, real gRPC, a real S3 server; the model stack
+	$(BIN)/pytest tests/integration tests/e2e tests/gpu
+
+test-deploy: deps ## Dockerfiles and Kubernetes manifests, rendered and checked offline
+	$(BIN)/pytest tests/deploy
+
+test: test-unit test-integration test-deploy ## every tier
 
 k8s-validate: deps ## render every deploy/k8s overlay (kubectl kustomize) and validate it offline, strict
 	$(PY) -m tests.deploy.render
@@ -94,4 +121,4 @@ images: ## build stageflow/stage, stageflow/stage-cuda and stageflow/orchestrato
 	$(DOCKER) build -f docker/orchestrator.Dockerfile -t $(IMAGE_PREFIX)/orchestrator:$(IMAGE_TAG) .
 
 clean:
-	rm -rf gen out var .mypy_cache .ruff_cache .pytest_cache
+	rm -rf out var .mypy_cache .ruff_cache .pytest_cache

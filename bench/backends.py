@@ -12,7 +12,7 @@ computed within the run. Both backends get the same pinned thread count; each
 thread count given is a section of the report.
 
 Cold start is measured on the real base stage process, `python -m
-services.base --backend ...`, started afresh per run (see `serve_once`):
+stageflow.services.base --backend ...`, started afresh per run (see `serve_once`):
 process start to health SERVING, then the first Run request on its own.
 """
 
@@ -42,19 +42,19 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from bench.report import write_section  # noqa: E402
-from inference.fixtures import ESRGAN_FOLDER, SD_FOLDER, build_fixtures  # noqa: E402
-from inference.interface import (  # noqa: E402
+from stageflow.inference.fixtures import ESRGAN_FOLDER, SD_FOLDER, build_fixtures  # noqa: E402
+from stageflow.inference.interface import (  # noqa: E402
     RefineParams,
     StageInputs,
     StageParams,
     Txt2ImgParams,
     UpscaleParams,
 )
-from inference.onnx.export import export_onnx  # noqa: E402
-from inference.onnx.runtime import load_onnx_parts, load_onnx_upscaler  # noqa: E402
-from inference.registry import create_model  # noqa: E402
-from inference.rrdbnet import load_rrdbnet  # noqa: E402
-from inference.sd_parts import load_torch_parts  # noqa: E402
+from stageflow.inference.onnx.export import export_onnx  # noqa: E402
+from stageflow.inference.onnx.runtime import load_onnx_parts, load_onnx_upscaler  # noqa: E402
+from stageflow.inference.registry import create_model  # noqa: E402
+from stageflow.inference.rrdbnet import load_rrdbnet  # noqa: E402
+from stageflow.inference.sd_parts import load_torch_parts  # noqa: E402
 from stageflow.v1 import stage_pb2, stage_pb2_grpc  # noqa: E402
 
 BACKENDS = ("torch", "onnxruntime")
@@ -189,7 +189,7 @@ def stage_rows(folders: dict[tuple[str, str], Path], threads: int, repeats: int)
     return rows
 
 
-SERVICE = ("-m", "services.base")
+SERVICE = ("-m", "stageflow.services.base")
 # The service's own entry, run through runpy, reporting on exit which diffusers
 # modules the process imported: the same code path, with nothing added to the service.
 IMPORT_PROBE = """
@@ -200,8 +200,8 @@ def report():
     with open(out, "w") as f:
         f.write(" ".join(loaded) or "-")
 atexit.register(report)
-sys.argv = ["services.base", *sys.argv[2:]]
-runpy.run_module("services.base", run_name="__main__", alter_sys=True)
+sys.argv = ["stageflow.services.base", *sys.argv[2:]]
+runpy.run_module("stageflow.services.base", run_name="__main__", alter_sys=True)
 """
 POLL_S = 0.005
 START_TIMEOUT_S = 180.0
@@ -377,8 +377,9 @@ def write_report(
         "- threads: the same pinned count for both backends (torch.set_num_threads, ORT "
         f"intra_op threads); medians of {args.repeats} paired repeats per part and UNet/VAE "
         f"size, {max(3, args.repeats // 4)} per upscaler size and per stage",
-        "- models: the tiny fixtures (`inference.fixtures`, a ~2M-parameter UNet, VAE /8, "
-        "RRDBNet with 16 features and 1 block), exported with `export_onnx` (fp32, opset 17)",
+        "- models: the tiny fixtures (`stageflow.inference.fixtures`, a ~2M-parameter UNet, "
+        "VAE /8, RRDBNet with 16 features and 1 block), exported with `export_onnx` "
+        "(fp32, opset 17)",
         "",
         "Absolute numbers are noisy: this machine is shared with other work (model training, "
         f"test suites); load average {args.load[0]:.2f} when this run started, "
@@ -416,16 +417,18 @@ def write_report(
         f"## Cold start of a base stage ({runs[-1].threads} thread(s); seconds, medians of "
         f"{args.cold_repeats} starts per backend)",
         "",
-        "Each start is the real stage process, `python -m services.base --model-path <folder> "
-        "--backend torch|onnxruntime --port 0 --port-file <file> --torch-threads "
+        "Each start is the real stage process, `python -m stageflow.services.base "
+        "--model-path <folder> --backend torch|onnxruntime --port 0 --port-file <file> "
+        "--torch-threads "
         f"{runs[-1].threads}`, the onnxruntime folder being the `export_onnx` export of the "
         "same fixture. The benchmark polls the port file, then grpc.health.v1 Check, every "
         f"{POLL_S * 1000:.0f} ms (no fixed sleeps); SERVING is set once the model is loaded. "
         "Then it times one Run request (128 px, 20 steps, guidance) on its own, stops the "
         "process with SIGTERM and waits for it. The backends alternate which starts first. "
         '"imported diffusers" comes from one more, untimed start per backend through the '
-        "same entry (`runpy` of `services.base`, reporting `sys.modules` at exit, after its "
-        "Run request); `tests/unit/onnx/test_stages.py::test_onnx_stages_never_import_diffusers`"
+        "same entry (`runpy` of `stageflow.services.base`, reporting `sys.modules` at exit, "
+        "after its Run request); "
+        "`tests/unit/onnx/test_stages.py::test_onnx_stages_never_import_diffusers`"
         " checks the same for all three onnxruntime stages.",
         "",
         "| backend | port bound | SERVING | first Run request | start → first image "

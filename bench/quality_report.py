@@ -9,7 +9,7 @@ Latin; 3-30 characters) run the way `stageflow demo` runs a job: pipeline
 the model knows ("a red circle on a blue background", a style, the overlay
 clause), the x4 upscaler, then the refine stage's typography pass. Every
 stage's parameters come from the orchestrator's own request builders
-(orchestrator.bundle) decoded by the stage codec, so the report follows the
+(stageflow.orchestrator.bundle) decoded by the stage codec, so the report follows the
 orchestrator's defaults. Defaults: the committed trained fixtures
 (fixtures/trained/shapes-sd, shapes-esrgan-x4) at 32 px -> 128 px; point --sd,
 --upscaler and --base-size at other folders (the random `models/tiny-sd` at
@@ -38,8 +38,8 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from inference.diffusion import RefineModel, Txt2ImgModel  # noqa: E402
-from inference.interface import (  # noqa: E402
+from stageflow.inference.diffusion import RefineModel, Txt2ImgModel  # noqa: E402
+from stageflow.inference.interface import (  # noqa: E402
     RefineParams,
     StageInputs,
     StageParams,
@@ -47,13 +47,13 @@ from inference.interface import (  # noqa: E402
     Txt2ImgParams,
     UpscaleParams,
 )
-from inference.ocr import TextReader  # noqa: E402
-from inference.text_pass import style_of  # noqa: E402
-from inference.training.data import STYLES, all_combinations, caption  # noqa: E402
-from inference.typography import render_text  # noqa: E402
-from inference.upscaler import EsrganUpscaler  # noqa: E402
-from orchestrator.bundle import build_run_request, compose_prompt  # noqa: E402
-from serving.stage_codec import params_from_request  # noqa: E402
+from stageflow.inference.ocr import TextReader  # noqa: E402
+from stageflow.inference.text_pass import style_of  # noqa: E402
+from stageflow.inference.training.data import STYLES, all_combinations, caption  # noqa: E402
+from stageflow.inference.typography import render_text  # noqa: E402
+from stageflow.inference.upscaler import EsrganUpscaler  # noqa: E402
+from stageflow.orchestrator.bundle import build_run_request, compose_prompt  # noqa: E402
+from stageflow.stage.codec import params_from_request  # noqa: E402
 from stageflow.v1 import orchestrator_pb2  # noqa: E402
 
 TRAINED = ROOT / "fixtures" / "trained"

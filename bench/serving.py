@@ -5,7 +5,7 @@
 Five figures, all on the fixture models under models/ (`make fixtures`):
 
 1. orchestration overhead: one job through real processes (orchestrator and
-   three stage processes over gRPC, local-folder store; `cli.cluster.LocalCluster`)
+   three stage processes over gRPC, local-folder store; `stageflow.cli.cluster.LocalCluster`)
    against the same three StageModels called in this process with the same
    parameters (built by the orchestrator's own `with_defaults` and
    `build_run_request`, decoded by the stage's own codec) and the same seed.
@@ -13,7 +13,7 @@ Five figures, all on the fixture models under models/ (`make fixtures`):
    own seed, shared by both modes, so the stage cache never answers for the
    services and the two final images must be byte-identical.
 2. per-stage throughput and latency at closed-loop concurrency 1, 2, 4, 8, with
-   the load tester's own `cli.loadgen.run_load`, against the same processes.
+   the load tester's own `stageflow.cli.loadgen.run_load`, against the same processes.
 3. dynamic batching on (max_batch_size 8) vs off (1) at concurrency 8: two base
    stage processes on the onnxruntime backend over one `export_onnx` export,
    measured in alternating rounds.
@@ -182,9 +182,9 @@ class InProcess:
     def __init__(self, models_dir: Path, threads: int) -> None:
         import torch
 
-        from inference.registry import create_model
-        from orchestrator.settings import PIPELINES_DIR
-        from orchestrator.spec import parse_spec
+        from stageflow.inference.registry import create_model
+        from stageflow.orchestrator.settings import PIPELINES_DIR
+        from stageflow.orchestrator.spec import parse_spec
 
         torch.set_num_threads(threads)
         self.spec = parse_spec(PIPELINES_DIR / "default.yaml")
@@ -197,16 +197,16 @@ class InProcess:
 
     def requests(self, submit: Any) -> dict[str, Any]:
         """stage -> RunRequest, as the orchestrator builds them for this job."""
-        from orchestrator.bundle import build_run_request
-        from orchestrator.spec import with_defaults
+        from stageflow.orchestrator.bundle import build_run_request
+        from stageflow.orchestrator.spec import with_defaults
 
         effective = with_defaults(submit, self.spec)
         return {s: build_run_request(s, effective) for s in STAGES}
 
     def run(self, submit: Any) -> LocalSample:
-        from inference.interface import StageInputs
-        from serving.images import encode_png
-        from serving.stage_codec import params_from_request
+        from stageflow.inference.interface import StageInputs
+        from stageflow.stage.codec import params_from_request
+        from stageflow.stage.images import encode_png
 
         requests = self.requests(submit)
         image = None
@@ -302,7 +302,7 @@ def describe_stage(address: str) -> tuple[int, int]:
 
 async def pipeline(address: str, local: InProcess, plan: Plan, log: Any) -> Pipeline:
     """Rounds of (in-process job, service job) in alternating order, plus the cache runs."""
-    from cli.client import StageflowClient
+    from stageflow.client import StageflowClient
 
     out = Pipeline()
     async with StageflowClient(address) as client:
@@ -372,7 +372,7 @@ def load_params(stage: str, px: int) -> dict[str, Any]:
 def load_once(
     address: str, stage: str, px: int, concurrency: int, seconds: float, warmup: float, image: Any
 ) -> dict[str, Any]:
-    from cli.loadgen import LoadConfig, run_load
+    from stageflow.cli.loadgen import LoadConfig, run_load
 
     config = LoadConfig(
         address=address,
@@ -393,8 +393,8 @@ def load_once(
 def stage_loads(
     addresses: dict[str, str], store_url: str, plan: Plan, log: Any
 ) -> dict[str, list[LoadRow]]:
-    from cli.loadgen import seed_input
-    from serving.storage import open_store
+    from stageflow.cli.loadgen import seed_input
+    from stageflow.core.storage import open_store
 
     image = seed_input(open_store(store_url), plan.stage_px, plan.stage_px)
     rows: dict[str, list[LoadRow]] = {s: [] for s in STAGES}
@@ -421,7 +421,7 @@ def stage_loads(
 @contextmanager
 def stage_process(argv: Sequence[str], scratch: Path, name: str) -> Iterator[str]:
     """A stage process on a free port; yields its address once health says SERVING."""
-    from cli.cluster import _health_status, _read_port, log_tail
+    from stageflow.cli.cluster import _health_status, _read_port, log_tail
 
     port_file = scratch / f"{name}.port"
     log_path = scratch / f"{name}.log"
@@ -480,11 +480,18 @@ DEFAULT_OVERLAP = 24  # the default pipeline's upscale tile_overlap
 
 
 def batching(models_dir: Path, scratch: Path, threads: int, plan: Plan, log: Any) -> list[BatchRow]:
-    from inference.onnx.export import export_onnx
+    from stageflow.inference.onnx.export import export_onnx
 
     onnx = export_onnx(models_dir / FOLDERS["base"], scratch / "onnx" / FOLDERS["base"]).folder
     store = (scratch / "batch-store").as_uri()
-    common = ["-m", "services.base", "--model-path", str(onnx), "--backend", "onnxruntime"]
+    common = [
+        "-m",
+        "stageflow.services.base",
+        "--model-path",
+        str(onnx),
+        "--backend",
+        "onnxruntime",
+    ]
     common += ["--torch-threads", str(threads), "--store-url", store]
     common += ["--max-queue-delay-ms", str(BATCH_DELAY_MS)]
     rows = []
@@ -698,7 +705,7 @@ def load_lines(
     return [
         "## (2) Per-stage throughput and latency (closed loop)",
         "",
-        f"`cli.loadgen.run_load` (the code behind `stageflow loadtest`), one client "
+        f"`stageflow.cli.loadgen.run_load` (the code behind `stageflow loadtest`), one client "
         f"process, {plan.load_s:g} s measured after {plan.load_warmup_s:g} s of warm-up per "
         "cell, against the stage processes of (1). Stage settings (max_concurrency / "
         f"max_queue, from Describe): {limits}: the defaults, so one call computes at a time "
@@ -758,7 +765,8 @@ def batching_lines(rows: list[BatchRow], plan: Plan, threads: int) -> list[str]:
         f"Goal ≥ {BATCHING_GOAL:.1f}×: **{verdict(met)}**: {verdicts}.",
         "",
         "Two base stage processes over one `export_onnx` export of tiny-sd (fp32, opset 17): "
-        "`python -m services.base --model-path <onnx> --backend onnxruntime --torch-threads "
+        "`python -m stageflow.services.base --model-path <onnx> --backend onnxruntime "
+        "--torch-threads "
         f"{threads} --max-queue-delay-ms {BATCH_DELAY_MS:g} --max-batch-size 8` (on) and the "
         "same with `--max-batch-size 1` (off), max_concurrency 1 both. "
         f"`run_load` at concurrency {plan.batch_concurrency}, txt2img 20 steps with "
@@ -916,7 +924,7 @@ def main(argv: list[str] | None = None) -> None:
     def log(message: str) -> None:
         print(f"[{time.perf_counter() - t0:6.0f} s] {message}", flush=True)
 
-    from cli.cluster import LocalCluster
+    from stageflow.cli.cluster import LocalCluster
 
     with tempfile.TemporaryDirectory(prefix="bench-serving-") as tmp:
         scratch = Path(tmp)

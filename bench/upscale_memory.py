@@ -56,8 +56,8 @@ def main(argv: list[str] | None = None) -> None:
     import torch
     from PIL import Image
 
-    from inference.interface import StageInputs, UpscaleParams
-    from inference.registry import create_model
+    from stageflow.inference.interface import StageInputs, UpscaleParams
+    from stageflow.inference.registry import create_model
 
     torch.set_num_threads(args.threads)
     model = create_model(

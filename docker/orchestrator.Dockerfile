@@ -61,4 +61,4 @@ USER 10001:10001
 # gRPC, Prometheus /metrics
 EXPOSE 50051 9090
 # Exec form: python is PID 1 and receives SIGTERM itself.
-ENTRYPOINT ["python", "-m", "orchestrator"]
+ENTRYPOINT ["python", "-m", "stageflow.orchestrator"]

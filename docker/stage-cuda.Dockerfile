@@ -79,4 +79,4 @@ USER 10001:10001
 # gRPC, Prometheus /metrics
 EXPOSE 50051 9090
 # Exec form: python is PID 1 and receives SIGTERM / SIGUSR1 itself.
-ENTRYPOINT ["python", "-m", "services.base"]
+ENTRYPOINT ["python", "-m", "stageflow.services.base"]

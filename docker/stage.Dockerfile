@@ -2,7 +2,7 @@
 # stageflow/stage: the base, refine and upscale stages on CPU (torch CPU + onnxruntime).
 #
 # One image serves all three stages; the Deployment picks one with
-#   command: ["python", "-m", "services.base"]   (or services.refine / services.upscale)
+#   command: ["python", "-m", "stageflow.services.base"]   (or stageflow.services.refine / stageflow.services.upscale)
 # Models are not in the image: a stage downloads STAGEFLOW_MODEL from
 # STAGEFLOW_MODEL_REPOSITORY (a MinIO prefix) into STAGEFLOW_MODEL_CACHE at start.
 # The `stageflow` command is on PATH too (model import Jobs, load tests).
@@ -66,4 +66,4 @@ USER 10001:10001
 # gRPC, Prometheus /metrics
 EXPOSE 50051 9090
 # Exec form: python is PID 1 and receives SIGTERM / SIGUSR1 itself.
-ENTRYPOINT ["python", "-m", "services.base"]
+ENTRYPOINT ["python", "-m", "stageflow.services.base"]

@@ -7,17 +7,17 @@ from collections.abc import Sequence
 
 import grpc
 
-from orchestrator.jobs import JobStore
-from orchestrator.replicas import RetryPolicy, StageCaller, stage_client_for
-from orchestrator.runner import JobRunner
-from orchestrator.scheduler import parse_limits
-from orchestrator.servicer import SERVICE_NAME, OrchestratorServicer
-from orchestrator.settings import OrchestratorSettings
-from orchestrator.spec import SpecError, load_specs
-from orchestrator.stage_client import StageClient
-from serving.logging import configure_logging
-from serving.server import Service, serve
-from serving.settings import load_settings
+from stageflow.core.logging import configure_logging
+from stageflow.orchestrator.jobs import JobStore
+from stageflow.orchestrator.replicas import RetryPolicy, StageCaller, stage_client_for
+from stageflow.orchestrator.runner import JobRunner
+from stageflow.orchestrator.scheduler import parse_limits
+from stageflow.orchestrator.servicer import SERVICE_NAME, OrchestratorServicer
+from stageflow.orchestrator.settings import OrchestratorSettings
+from stageflow.orchestrator.spec import SpecError, load_specs
+from stageflow.orchestrator.stage_client import StageClient
+from stageflow.serving.server import Service, serve
+from stageflow.serving.settings import load_settings
 from stageflow.v1 import orchestrator_pb2_grpc
 
 

@@ -45,7 +45,7 @@ CREATE TABLE IF NOT EXISTS job_versions (
 );
 -- The stage cache: content address of a stage run -> what it produced.
 CREATE TABLE IF NOT EXISTS stage_cache (
-    key        TEXT PRIMARY KEY,  -- orchestrator.cache.cache_key
+    key        TEXT PRIMARY KEY,  -- stageflow.orchestrator.cache.cache_key
     stage      TEXT NOT NULL,
     output_key TEXT NOT NULL,     -- readable from the sqlite3 shell
     created_at INTEGER NOT NULL,  -- unix microseconds

@@ -29,13 +29,13 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
-from orchestrator.stage_client import (
+from stageflow.core.logging import get_logger
+from stageflow.orchestrator.stage_client import (
     DEFAULT_MAX_MESSAGE_BYTES,
     GrpcStageClient,
     StageCallError,
     StageClient,
 )
-from serving.logging import get_logger
 from stageflow.v1 import stage_pb2
 
 log = get_logger(__name__)

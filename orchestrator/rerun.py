@@ -7,9 +7,9 @@ on; the runner then builds their requests from the merged options.
 
 from __future__ import annotations
 
-from orchestrator.bundle import compose_prompt
-from orchestrator.validation import check_request
-from serving.errors import FailedPrecondition, InvalidArgument
+from stageflow.core.errors import FailedPrecondition, InvalidArgument
+from stageflow.orchestrator.bundle import compose_prompt
+from stageflow.orchestrator.validation import check_request
 from stageflow.v1 import orchestrator_pb2
 
 _TERMINAL = (

@@ -18,7 +18,10 @@ from typing import Any, Protocol
 from google.protobuf.timestamp_pb2 import Timestamp
 from opentelemetry import context as otel_context
 
-from orchestrator.bundle import (
+from stageflow.core.errors import FailedPrecondition, InvalidArgument, NotFound
+from stageflow.core.logging import get_logger
+from stageflow.core.storage import ObjectStore
+from stageflow.orchestrator.bundle import (
     DEFAULT_PIPELINE,
     build_run_request,
     compose_prompt,
@@ -26,12 +29,12 @@ from orchestrator.bundle import (
     pipeline_of,
     with_input,
 )
-from orchestrator.cache import StageCache, cache_key
-from orchestrator.jobs import UNFINISHED, JobStore, new_job_id
-from orchestrator.replicas import FALLBACK, PRIMARY, Route, StageCaller
-from orchestrator.rerun import apply_overrides
-from orchestrator.scheduler import PriorityGate, StageScheduler
-from orchestrator.spec import (
+from stageflow.orchestrator.cache import StageCache, cache_key
+from stageflow.orchestrator.jobs import UNFINISHED, JobStore, new_job_id
+from stageflow.orchestrator.replicas import FALLBACK, PRIMARY, Route, StageCaller
+from stageflow.orchestrator.rerun import apply_overrides
+from stageflow.orchestrator.scheduler import PriorityGate, StageScheduler
+from stageflow.orchestrator.spec import (
     DEFAULT_SPEC,
     PipelineSpec,
     builtin_spec,
@@ -40,12 +43,9 @@ from orchestrator.spec import (
     with_defaults,
     with_fallback,
 )
-from orchestrator.stage_client import StageCallError, StageClient
-from orchestrator.validation import check_against_stage, check_model, check_request
-from serving import metrics, tracing
-from serving.errors import FailedPrecondition, InvalidArgument, NotFound
-from serving.logging import get_logger
-from serving.storage import ObjectStore
+from stageflow.orchestrator.stage_client import StageCallError, StageClient
+from stageflow.orchestrator.validation import check_against_stage, check_model, check_request
+from stageflow.serving import metrics, tracing
 from stageflow.v1 import common_pb2, orchestrator_pb2, stage_pb2
 
 Job = orchestrator_pb2.Job

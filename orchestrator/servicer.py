@@ -1,6 +1,6 @@
 """OrchestratorService over gRPC: decode, delegate to the JobRunner, encode.
 
-Errors are serving.errors exceptions; the shared ErrorInterceptor maps them.
+Errors are stageflow.core.errors exceptions; the shared ErrorInterceptor maps them.
 """
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator
 
 import grpc
 
-from orchestrator.runner import DEFAULT_PAGE_SIZE, JobRunner
+from stageflow.orchestrator.runner import DEFAULT_PAGE_SIZE, JobRunner
 from stageflow.v1 import orchestrator_pb2, orchestrator_pb2_grpc
 
 SERVICE_NAME = orchestrator_pb2.DESCRIPTOR.services_by_name["OrchestratorService"].full_name

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from pydantic import Field
 
-from serving.settings import CommonSettings
+from stageflow.serving.settings import CommonSettings
 
 # The specs shipped with stageflow, found wherever the process is started from.
 PIPELINES_DIR = Path(__file__).resolve().parent.parent / "pipelines"

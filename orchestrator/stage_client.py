@@ -11,8 +11,8 @@ from typing import Any, Protocol
 
 import grpc
 
-from serving.channels import client_channel
-from serving.errors import StageflowError
+from stageflow.core.errors import StageflowError
+from stageflow.serving.channels import client_channel
 from stageflow.v1 import stage_pb2, stage_pb2_grpc
 
 DEFAULT_MAX_MESSAGE_BYTES = 16 * 1024 * 1024

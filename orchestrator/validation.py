@@ -7,8 +7,8 @@ Describe; errors name the SubmitJobRequest field the caller wrote.
 
 from __future__ import annotations
 
-from orchestrator.bundle import STAGE_BUILDERS, submit_field
-from serving.errors import FailedPrecondition, InvalidArgument
+from stageflow.core.errors import FailedPrecondition, InvalidArgument
+from stageflow.orchestrator.bundle import STAGE_BUILDERS, submit_field
 from stageflow.v1 import orchestrator_pb2, stage_pb2
 
 

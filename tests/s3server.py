@@ -24,7 +24,7 @@ from pathlib import Path
 import urllib3
 from minio import Minio
 
-from serving.storage import S3Store
+from stageflow.core.storage import S3Store
 
 # SeaweedFS opens a gRPC port at HTTP port + this offset.
 GRPC_OFFSET = 10000

@@ -2,8 +2,8 @@
 
 from collections.abc import Sequence
 
-from inference.registry import create_model
-from serving.stage_main import run_stage
+from stageflow.inference.registry import create_model
+from stageflow.stage.main import run_stage
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -16,8 +16,8 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
-from orchestrator.settings import OrchestratorSettings
-from serving.settings import StageSettings
+from stageflow.orchestrator.settings import OrchestratorSettings
+from stageflow.serving.settings import StageSettings
 
 Manifest = dict[str, Any]
 
@@ -30,7 +30,7 @@ GRPC_PORT = 50051
 GPU = "nvidia.com/gpu"
 GPU_POOL = "stageflow.io/gpu-pool"
 # Where the `stageflow` CLI (and the model repository it opens) read env vars.
-CLI_SOURCES = (REPO / "cli", REPO / "inference" / "repository.py")
+CLI_SOURCES = (REPO / "stageflow" / "cli", REPO / "stageflow" / "inference" / "repository.py")
 # Kubernetes' default when a pod names none.
 DEFAULT_TERMINATION_GRACE = 30
 
@@ -460,7 +460,9 @@ def check_autoscaling(
             problems.append(f"{_name(hpa)}: no CPU fallback metric")
         for name in pods:
             if name not in metric_names:
-                problems.append(f"{_name(hpa)}: {name} is not a metric serving.metrics exports")
+                problems.append(
+                    f"{_name(hpa)}: {name} is not a metric stageflow.serving.metrics exports"
+                )
             if name not in adapter_metrics:
                 problems.append(f"{_name(hpa)}: the Prometheus adapter has no rule for {name}")
     return problems

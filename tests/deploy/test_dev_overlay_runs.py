@@ -23,7 +23,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from cli.client import StageflowClient
+from stageflow.client import StageflowClient
 from stageflow.v1 import orchestrator_pb2 as pb
 from tests.deploy.render import Manifest
 from tests.processes import running, wait_serving

@@ -39,17 +39,22 @@ TORCH_PIN = "torch==2.13.0"
 UID_GID = "10001:10001"
 PORTS = {"50051", "9090"}
 # What the Kubernetes manifests run (notes: issue-6 contract).
-K8S_MODULES = ("services.base", "services.refine", "services.upscale", "orchestrator")
+K8S_MODULES = (
+    "stageflow.services.base",
+    "stageflow.services.refine",
+    "stageflow.services.upscale",
+    "stageflow.orchestrator",
+)
 # The orchestrator image's `stageflow` must submit/watch jobs and drive txt2img or
 # orchestrator load tests; these modules are what that needs.
 ORCHESTRATOR_GRAPH = (
-    "orchestrator.__main__",
-    "cli.main",
-    "cli.client",
-    "cli.jobs",
-    "cli.batch",
-    "cli.rerun",
-    "cli.loadgen",
+    "stageflow.orchestrator.__main__",
+    "stageflow.cli.main",
+    "stageflow.client",
+    "stageflow.cli.jobs",
+    "stageflow.cli.batch",
+    "stageflow.cli.rerun",
+    "stageflow.cli.loadgen",
 )
 ALWAYS_PRESENT = {"stageflow", "pip", "setuptools"}
 # Imported when present, skipped when not (try/except ImportError): rich.pretty
@@ -424,7 +429,7 @@ COPY models/tiny-sd /app/models/tiny-sd
 ADD fixtures/trained/shapes-sd/unet.safetensors /app/
 RUN stageflow models build-fixtures --out /app/models
 USER root
-ENTRYPOINT python -m services.base
+ENTRYPOINT python -m stageflow.services.base
 """
 
 
@@ -432,7 +437,7 @@ def test_checks_catch_a_bad_dockerfile() -> None:
     assert check_multi_stage(BAD)
     assert check_non_root_user(BAD) == ["USER root: uid must be numeric"]
     assert check_exec_form_entrypoint(BAD) == [
-        "ENTRYPOINT python -m services.base: not exec form (a JSON list)"
+        "ENTRYPOINT python -m stageflow.services.base: not exec form (a JSON list)"
     ]
     problems = check_no_models(BAD)
     assert any("whole build context" in p for p in problems)

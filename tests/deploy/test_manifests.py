@@ -13,7 +13,7 @@ import pytest
 import yaml
 from prometheus_client import REGISTRY
 
-import serving.metrics  # noqa: F401  (registers the stageflow_* metrics)
+import stageflow.serving.metrics  # noqa: F401  (registers the stageflow_* metrics)
 from tests.deploy import policies
 from tests.deploy.render import K8S, Manifest, schema_errors, variants
 

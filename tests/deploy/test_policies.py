@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from serving.settings import StageSettings
+from stageflow.serving.settings import StageSettings
 from tests.deploy import policies
 from tests.deploy.render import Manifest
 
@@ -23,7 +23,7 @@ def stage_deployment(name: str = "base") -> Manifest:
     container = {
         "name": "stage",
         "image": "stageflow/stage-cuda:0.1.0",
-        "command": ["python", "-m", f"services.{name}"],
+        "command": ["python", "-m", f"stageflow.services.{name}"],
         "env": [
             {"name": "STAGEFLOW_PORT", "value": "50051"},
             {"name": "STAGEFLOW_GRACE_SECONDS", "value": "60"},
@@ -245,7 +245,10 @@ def test_env_flags_a_model_without_a_repository() -> None:
 
 def test_env_flags_a_required_field_without_a_default() -> None:
     # What the stage's own defaults (services/base/__main__.py) supply...
-    assert set(policies.service_defaults("services.base")) >= {"model_family", "model_path"}
+    assert set(policies.service_defaults("stageflow.services.base")) >= {
+        "model_family",
+        "model_path",
+    }
     assert policies.check_env([stage_deployment()]) == []
     # ...is a required setting a container must set when a process gives none.
     assert policies.check_settings("stage", {}, StageSettings, {}) == [
@@ -349,7 +352,7 @@ def test_autoscaling_flags_unserved_metrics_and_missing_fallback() -> None:
     assert policies.check_autoscaling(bad, known, known) == [
         "HorizontalPodAutoscaler/stage-base: no CPU fallback metric",
         "HorizontalPodAutoscaler/stage-base: stageflow_queue is not a metric "
-        "serving.metrics exports",
+        "stageflow.serving.metrics exports",
         "HorizontalPodAutoscaler/stage-base: the Prometheus adapter has no rule for "
         "stageflow_queue",
         "HorizontalPodAutoscaler/stage-refine: minReplicas must be 2..maxReplicas",

@@ -16,7 +16,16 @@ REPO = Path(__file__).resolve().parents[2]
 def test_demo_writes_the_final_png_and_stops_its_processes(tmp_path: Path) -> None:
     out, state = tmp_path / "out", tmp_path / "state"
     done = subprocess.run(
-        [sys.executable, "-m", "cli", "demo", "--out", str(out), "--state-dir", str(state)],
+        [
+            sys.executable,
+            "-m",
+            "stageflow.cli",
+            "demo",
+            "--out",
+            str(out),
+            "--state-dir",
+            str(state),
+        ],
         cwd=REPO,
         capture_output=True,
         text=True,

@@ -17,14 +17,14 @@ from PIL import Image
 
 trt = pytest.importorskip("tensorrt", reason="TensorRT is not installed (optional backend)")
 
-from inference.fixtures import ESRGAN_FOLDER, SD_FOLDER, build_fixtures  # noqa: E402
-from inference.interface import StageInputs, Txt2ImgParams, UpscaleParams  # noqa: E402
-from inference.onnx.export import ExportReport, export_onnx  # noqa: E402
-from inference.onnx.layout import read_manifest  # noqa: E402
-from inference.registry import create_model  # noqa: E402
-from inference.rrdbnet import load_rrdbnet  # noqa: E402
-from inference.tensorrt.engine import CACHE_ENV, Profile, load_engine  # noqa: E402
-from inference.tensorrt.runtime import load_trt_upscaler  # noqa: E402
+from stageflow.inference.fixtures import ESRGAN_FOLDER, SD_FOLDER, build_fixtures  # noqa: E402
+from stageflow.inference.interface import StageInputs, Txt2ImgParams, UpscaleParams  # noqa: E402
+from stageflow.inference.onnx.export import ExportReport, export_onnx  # noqa: E402
+from stageflow.inference.onnx.layout import read_manifest  # noqa: E402
+from stageflow.inference.registry import create_model  # noqa: E402
+from stageflow.inference.rrdbnet import load_rrdbnet  # noqa: E402
+from stageflow.inference.tensorrt.engine import CACHE_ENV, Profile, load_engine  # noqa: E402
+from stageflow.inference.tensorrt.runtime import load_trt_upscaler  # noqa: E402
 
 
 @pytest.fixture(scope="module")

@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from cli.cluster import LocalCluster
-from inference.fixtures import build_fixtures
-from serving.metrics import metrics_port_file
-from serving.storage import LocalStore, ObjectStore
+from stageflow.cli.cluster import LocalCluster
+from stageflow.core.storage import LocalStore, ObjectStore
+from stageflow.inference.fixtures import build_fixtures
+from stageflow.serving.metrics import metrics_port_file
 from tests.s3server import S3ServerInfo
 
 S3_BUCKET = "itest"

@@ -16,12 +16,12 @@ import numpy as np
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from cli.loadgen import seed_input
-from serving.artifacts import get_artifact
-from serving.channels import client_channel
-from serving.images import decode_image
-from serving.metrics import metrics_port_file
-from serving.storage import open_store
+from stageflow.cli.loadgen import seed_input
+from stageflow.core.artifacts import get_artifact
+from stageflow.core.storage import open_store
+from stageflow.serving.channels import client_channel
+from stageflow.serving.metrics import metrics_port_file
+from stageflow.stage.images import decode_image
 from stageflow.v1 import common_pb2, stage_pb2, stage_pb2_grpc
 from tests.processes import running, wait_serving
 
@@ -47,19 +47,21 @@ def batching_stage(tmp_path: Path, service: str, model: Path) -> Iterator[tuple[
 
 @pytest.fixture
 def batching_base(tmp_path: Path, fixture_models: Path) -> Iterator[tuple[str, Path, Path]]:
-    with batching_stage(tmp_path, "services.base", fixture_models / "tiny-sd") as stage:
+    with batching_stage(tmp_path, "stageflow.services.base", fixture_models / "tiny-sd") as stage:
         yield stage
 
 
 @pytest.fixture
 def batching_refine(tmp_path: Path, fixture_models: Path) -> Iterator[tuple[str, Path, Path]]:
-    with batching_stage(tmp_path, "services.refine", fixture_models / "tiny-sd") as stage:
+    with batching_stage(tmp_path, "stageflow.services.refine", fixture_models / "tiny-sd") as stage:
         yield stage
 
 
 @pytest.fixture
 def batching_upscale(tmp_path: Path, fixture_models: Path) -> Iterator[tuple[str, Path, Path]]:
-    with batching_stage(tmp_path, "services.upscale", fixture_models / "tiny-esrgan-x4") as stage:
+    with batching_stage(
+        tmp_path, "stageflow.services.upscale", fixture_models / "tiny-esrgan-x4"
+    ) as stage:
         yield stage
 
 

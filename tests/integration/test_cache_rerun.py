@@ -7,10 +7,10 @@ from __future__ import annotations
 
 import asyncio
 
-from cli.client import StageflowClient
-from cli.cluster import LocalCluster
-from serving.artifacts import get_artifact
-from serving.storage import ObjectStore
+from stageflow.cli.cluster import LocalCluster
+from stageflow.client import StageflowClient
+from stageflow.core.artifacts import get_artifact
+from stageflow.core.storage import ObjectStore
 from stageflow.v1 import orchestrator_pb2 as pb
 from tests.integration.conftest import log_events
 

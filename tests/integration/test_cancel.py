@@ -10,9 +10,9 @@ from collections.abc import Callable
 import grpc
 import pytest
 
-from cli.client import StageflowClient
-from cli.cluster import LocalCluster
-from serving.channels import client_channel
+from stageflow.cli.cluster import LocalCluster
+from stageflow.client import StageflowClient
+from stageflow.serving.channels import client_channel
 from stageflow.v1 import orchestrator_pb2 as pb
 from stageflow.v1 import stage_pb2, stage_pb2_grpc
 from tests.integration.conftest import log_events

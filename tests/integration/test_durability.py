@@ -17,10 +17,10 @@ from pathlib import Path
 
 import pytest
 
-from cli.client import StageflowClient
-from cli.cluster import LocalCluster
-from orchestrator.jobs import JobStore
-from serving.storage import LocalStore
+from stageflow.cli.cluster import LocalCluster
+from stageflow.client import StageflowClient
+from stageflow.core.storage import LocalStore
+from stageflow.orchestrator.jobs import JobStore
 from stageflow.v1 import orchestrator_pb2 as pb
 from tests.integration.conftest import log_events
 
@@ -82,7 +82,7 @@ async def test_orchestrator_killed_mid_batch_loses_and_duplicates_nothing(
     # The real CLI, as a user runs it; this loop only polls it.
     batch = subprocess.Popen(  # noqa: ASYNC220
         [
-            sys.executable, "-m", "cli", "batch", str(bundles), "--concurrency", str(BATCH),
+            sys.executable, "-m", "stageflow.cli", "batch", str(bundles), "--concurrency", str(BATCH),
             "--address", cluster.orchestrator_address, "--out", str(out),
             "--summary", str(summary),
         ],

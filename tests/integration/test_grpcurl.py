@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from cli.cluster import LocalCluster
+from stageflow.cli.cluster import LocalCluster
 
 GRPCURL = shutil.which("grpcurl", path=str(Path(sys.executable).parent)) or shutil.which("grpcurl")
 pytestmark = pytest.mark.skipif(GRPCURL is None, reason="grpcurl not installed (dev extra)")

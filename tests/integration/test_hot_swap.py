@@ -20,11 +20,11 @@ import pytest
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from typer.testing import CliRunner
 
-from cli.cluster import LocalCluster, _health_status, _read_port, log_tail
-from cli.main import app
-from inference.fixtures import SD_FOLDER, build_fixtures
-from inference.repository import ModelRepository
-from serving.channels import client_channel
+from stageflow.cli.cluster import LocalCluster, _health_status, _read_port, log_tail
+from stageflow.cli.main import app
+from stageflow.inference.fixtures import SD_FOLDER, build_fixtures
+from stageflow.inference.repository import ModelRepository
+from stageflow.serving.channels import client_channel
 from stageflow.v1 import stage_pb2, stage_pb2_grpc
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -63,7 +63,7 @@ def stage(repository: ModelRepository, tmp_path_factory: pytest.TempPathFactory)
     tmp = tmp_path_factory.mktemp("base-stage")
     port_file, log = tmp / "port", tmp / "base.log"
     argv = [
-        sys.executable, "-m", "services.base",
+        sys.executable, "-m", "stageflow.services.base",
         "--model-repository", repository.root, "--model", "tiny-sd@1",
         "--port", "0", "--port-file", str(port_file), "--store-url", str(tmp / "store"),
         "--torch-threads", "1", "--max-queue", "64", "--log-json", "true",

@@ -20,9 +20,9 @@ from pathlib import Path
 
 import pytest
 
-from cli.cluster import LocalCluster
-from cli.loadgen import LoadConfig, run_load, seed_input
-from serving.storage import ObjectStore
+from stageflow.cli.cluster import LocalCluster
+from stageflow.cli.loadgen import LoadConfig, run_load, seed_input
+from stageflow.core.storage import ObjectStore
 from tests.integration.conftest import Samples, log_events, sample, scrape_metrics
 from tests.processes import running, wait_serving
 
@@ -112,7 +112,15 @@ async def test_upscale_from_two_processes_reuses_one_seeded_input(
 def tight_base(tmp_path: Path, fixture_models: Path) -> Iterator[tuple[str, Path, Path]]:
     """A base stage that runs one call at a time and queues none: (address, log, port file)."""
     port_file, log_path = tmp_path / "port", tmp_path / "base.log"
-    argv = [sys.executable, "-m", "services.base", "--port", "0", "--port-file", str(port_file)]
+    argv = [
+        sys.executable,
+        "-m",
+        "stageflow.services.base",
+        "--port",
+        "0",
+        "--port-file",
+        str(port_file),
+    ]
     argv += ["--store-url", (tmp_path / "store").as_uri(), "--log-json", "true"]
     argv += ["--model-path", str(fixture_models / "tiny-sd"), "--torch-threads", "1"]
     argv += ["--max-concurrency", "1", "--max-queue", "0"]

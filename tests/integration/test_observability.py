@@ -14,9 +14,9 @@ from typing import Any
 
 import pytest
 
-from cli.client import StageflowClient
-from cli.cluster import ORCHESTRATOR, STAGES, LocalCluster
-from serving.channels import client_channel
+from stageflow.cli.cluster import ORCHESTRATOR, STAGES, LocalCluster
+from stageflow.client import StageflowClient
+from stageflow.serving.channels import client_channel
 from stageflow.v1 import orchestrator_pb2 as pb
 from stageflow.v1 import stage_pb2, stage_pb2_grpc
 from tests.integration.conftest import Samples, sample, scrape_metrics
@@ -128,7 +128,16 @@ def test_a_cli_command_is_the_root_of_its_jobs_trace(
         "STAGEFLOW_TRACING_EXPORTER": "jsonl",
         "STAGEFLOW_TRACING_FILE": str(traces / "{service}.jsonl"),
     }
-    command = [sys.executable, "-m", "cli", "submit", "--base", "a red circle", "--style", "flat"]
+    command = [
+        sys.executable,
+        "-m",
+        "stageflow.cli",
+        "submit",
+        "--base",
+        "a red circle",
+        "--style",
+        "flat",
+    ]
     command += ["--width", "64", "--height", "64", "--json", "--out", str(tmp_path)]
     command += ["--address", traced_cluster.orchestrator_address]
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)

@@ -9,11 +9,11 @@ import urllib.parse
 
 from PIL import Image
 
-from cli.client import StageflowClient
-from cli.cluster import LocalCluster
-from serving.artifacts import get_artifact
-from serving.channels import client_channel
-from serving.storage import ObjectStore
+from stageflow.cli.cluster import LocalCluster
+from stageflow.client import StageflowClient
+from stageflow.core.artifacts import get_artifact
+from stageflow.core.storage import ObjectStore
+from stageflow.serving.channels import client_channel
 from stageflow.v1 import orchestrator_pb2 as pb
 from stageflow.v1 import stage_pb2, stage_pb2_grpc
 from tests.integration.conftest import S3_BUCKET

@@ -20,8 +20,8 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from cli.client import StageflowClient
-from cli.cluster import LocalCluster
+from stageflow.cli.cluster import LocalCluster
+from stageflow.client import StageflowClient
 from stageflow.v1 import orchestrator_pb2 as pb
 
 JOBS = 8
@@ -107,7 +107,7 @@ async def test_a_replica_killed_mid_batch_loses_no_job_and_changes_no_byte(
         processes.append(
             Process(
                 name,
-                ["-m", "services.base", "--model-path", str(fixture_models / "tiny-sd"),
+                ["-m", "stageflow.services.base", "--model-path", str(fixture_models / "tiny-sd"),
                  "--torch-threads", "1", "--store-url", store, "--log-json", "true"],
                 tmp_path,
             )
@@ -117,7 +117,8 @@ async def test_a_replica_killed_mid_batch_loses_no_job_and_changes_no_byte(
     addresses = local_cluster.addresses
     orchestrator = Process(
         "orchestrator",
-        ["-m", "orchestrator", "--store-url", store, "--db-path", str(tmp_path / "jobs.sqlite"),
+        ["-m", "stageflow.orchestrator", "--store-url", store,
+         "--db-path", str(tmp_path / "jobs.sqlite"),
          "--base-address", f"{replica_a.address},{replica_b.address}",
          "--refine-address", addresses["refine"], "--upscale-address", addresses["upscale"],
          "--stage-cache", "false", "--retry-base-seconds", "0.05", "--log-json", "true"],

@@ -12,11 +12,11 @@ from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 from PIL import Image
 
-from cli.cluster import LocalCluster
-from serving.artifacts import Artifact, artifact_key, put_artifact
-from serving.channels import client_channel
-from serving.images import encode_png
-from serving.storage import ObjectStore
+from stageflow.cli.cluster import LocalCluster
+from stageflow.core.artifacts import Artifact, artifact_key, put_artifact
+from stageflow.core.storage import ObjectStore
+from stageflow.serving.channels import client_channel
+from stageflow.stage.images import encode_png
 from stageflow.v1 import common_pb2, stage_pb2, stage_pb2_grpc
 
 TIMEOUT = 60.0

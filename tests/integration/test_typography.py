@@ -10,13 +10,13 @@ import sys
 
 from PIL import Image
 
-from cli.client import StageflowClient
-from cli.cluster import LocalCluster
-from inference.interface import TextPlacement
-from inference.ocr import TextReader, cer, normalize
-from inference.typography import PLACEMENT_BOXES, box_pixels
-from serving.artifacts import get_artifact
-from serving.storage import ObjectStore
+from stageflow.cli.cluster import LocalCluster
+from stageflow.client import StageflowClient
+from stageflow.core.artifacts import get_artifact
+from stageflow.core.storage import ObjectStore
+from stageflow.inference.interface import TextPlacement
+from stageflow.inference.ocr import TextReader, cer, normalize
+from stageflow.inference.typography import PLACEMENT_BOXES, box_pixels
 from stageflow.v1 import orchestrator_pb2 as pb
 
 TEXT = "Chapter One"
@@ -68,7 +68,7 @@ def test_cli_submit_refuses_a_bad_stage_order(local_cluster: LocalCluster) -> No
         [
             sys.executable,
             "-m",
-            "cli",
+            "stageflow.cli",
             "submit",
             "--address",
             local_cluster.orchestrator_address,

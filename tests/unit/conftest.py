@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from inference.fixtures import ESRGAN_FOLDER, SD_FOLDER, build_fixtures
+from stageflow.inference.fixtures import ESRGAN_FOLDER, SD_FOLDER, build_fixtures
 
 
 @pytest.fixture(scope="session", autouse=True)

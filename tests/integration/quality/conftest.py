@@ -8,9 +8,9 @@ from collections.abc import Iterator
 import pytest
 import torch
 
-from cli.cluster import LocalCluster
-from inference.diffusion import Txt2ImgModel
-from serving.storage import LocalStore, ObjectStore
+from stageflow.cli.cluster import LocalCluster
+from stageflow.core.storage import LocalStore, ObjectStore
+from stageflow.inference.diffusion import Txt2ImgModel
 from tests.integration.quality.shared import TRAINED_SD
 
 

@@ -12,9 +12,9 @@ from pathlib import Path
 
 from PIL import Image
 
-from cli.cluster import TRAINED_MODELS_DIR, TRAINED_STAGE_MODELS
-from inference.interface import StageInputs, Txt2ImgParams
-from inference.training import analysis, data
+from stageflow.cli.cluster import TRAINED_MODELS_DIR, TRAINED_STAGE_MODELS
+from stageflow.inference.interface import StageInputs, Txt2ImgParams
+from stageflow.inference.training import analysis, data
 
 TRAINED_SD = TRAINED_MODELS_DIR / TRAINED_STAGE_MODELS["base"]
 TRAINED_ESRGAN = TRAINED_MODELS_DIR / TRAINED_STAGE_MODELS["upscale"]
@@ -73,7 +73,7 @@ def adherence(
 
 
 def run_in_process(model: object, prompt: str, seed: int) -> Image.Image:
-    from inference.diffusion import Txt2ImgModel
+    from stageflow.inference.diffusion import Txt2ImgModel
 
     assert isinstance(model, Txt2ImgModel)
     return model.run(params(prompt, seed), StageInputs(), lambda _i, _n: None, lambda: False)
@@ -82,7 +82,7 @@ def run_in_process(model: object, prompt: str, seed: int) -> Image.Image:
 def write_golden() -> Path:
     import torch
 
-    from inference.diffusion import Txt2ImgModel
+    from stageflow.inference.diffusion import Txt2ImgModel
 
     torch.set_num_threads(1)
     model = Txt2ImgModel(TRAINED_SD)

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from PIL import Image
 
-from serving.artifacts import get_artifact, put_artifact
-from serving.channels import client_channel
-from serving.images import decode_image, encode_png
-from serving.storage import ObjectStore
+from stageflow.core.artifacts import get_artifact, put_artifact
+from stageflow.core.storage import ObjectStore
+from stageflow.serving.channels import client_channel
+from stageflow.stage.images import decode_image, encode_png
 from stageflow.v1 import common_pb2, stage_pb2, stage_pb2_grpc
 
 TIMEOUT = 120.0

@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cli.cluster import LocalCluster
-from inference.diffusion import Txt2ImgModel
-from serving.storage import ObjectStore
+from stageflow.cli.cluster import LocalCluster
+from stageflow.core.storage import ObjectStore
+from stageflow.inference.diffusion import Txt2ImgModel
 from tests.integration.quality import shared, stage_calls
 
 

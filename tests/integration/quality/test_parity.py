@@ -9,8 +9,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from cli.cluster import LocalCluster
-from serving.storage import ObjectStore
+from stageflow.cli.cluster import LocalCluster
+from stageflow.core.storage import ObjectStore
 from tests.integration.quality import shared, stage_calls
 
 PROMPTS = ("a green triangle on a black background", "a yellow square on a blue background")

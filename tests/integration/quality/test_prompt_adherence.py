@@ -16,11 +16,11 @@ import pytest
 import torch
 from PIL import Image
 
-from cli.cluster import LocalCluster
-from inference.diffusion import Txt2ImgModel
-from inference.training import analysis, data
-from orchestrator.bundle import compose_prompt
-from serving.storage import ObjectStore
+from stageflow.cli.cluster import LocalCluster
+from stageflow.core.storage import ObjectStore
+from stageflow.inference.diffusion import Txt2ImgModel
+from stageflow.inference.training import analysis, data
+from stageflow.orchestrator.bundle import compose_prompt
 from stageflow.v1 import orchestrator_pb2
 from tests.integration.quality import shared, stage_calls
 

@@ -6,10 +6,10 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image
 
-from cli.cluster import LocalCluster
-from inference.training import data
-from inference.training.train_upscaler import pair
-from serving.storage import ObjectStore
+from stageflow.cli.cluster import LocalCluster
+from stageflow.core.storage import ObjectStore
+from stageflow.inference.training import data
+from stageflow.inference.training.train_upscaler import pair
 from stageflow.v1 import stage_pb2
 from tests.integration.quality import stage_calls
 

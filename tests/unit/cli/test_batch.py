@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner, Result
 
-from cli.batch import BatchFileError, parse_bundles
-from cli.main import app
+from stageflow.cli.batch import BatchFileError, parse_bundles
+from stageflow.cli.main import app
 from stageflow.v1 import orchestrator_pb2 as pb
 from tests.unit.cli.fakes import FINAL_BYTES, FakeOrchestrator
 

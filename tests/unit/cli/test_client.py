@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from cli.client import StageflowClient, SyncStageflowClient, options
-from serving.errors import DataLoss, FailedPrecondition, InvalidArgument
+from stageflow.client import StageflowClient, SyncStageflowClient, options
+from stageflow.core.errors import DataLoss, FailedPrecondition, InvalidArgument
 from stageflow.v1 import common_pb2, stage_pb2
 from stageflow.v1 import orchestrator_pb2 as pb
 from tests.unit.cli.fakes import FINAL_BYTES, FakeOrchestrator

@@ -11,10 +11,15 @@ from pathlib import Path
 
 import pytest
 
-from cli.cluster import ClusterError, LocalCluster
+from stageflow.cli.cluster import ClusterError, LocalCluster
 
 FAKE_SERVICE = str(Path(__file__).with_name("fake_service.py"))
-ALL = ("services.base", "services.refine", "services.upscale", "orchestrator")
+ALL = (
+    "stageflow.services.base",
+    "stageflow.services.refine",
+    "stageflow.services.upscale",
+    "stageflow.orchestrator",
+)
 
 
 @pytest.fixture
@@ -93,28 +98,29 @@ def test_start_wires_processes_and_stop_goes_orchestrator_first(
         procs = [cluster.process(n) for n in addresses]
         assert cluster.log_path("base") == tmp_path / "state" / "logs" / "base.log"
 
-    orch = recorded(record, "orchestrator").flags
+    orch = recorded(record, "stageflow.orchestrator").flags
     for stage in ("base", "refine", "upscale"):
         assert orch[f"--{stage}-address"] == addresses[stage]
     assert orch["--db-path"] == str(tmp_path / "state" / "orchestrator.sqlite")
     assert orch["--store-url"] == (tmp_path / "state" / "store").as_uri()
     assert "--torch-threads" not in orch
 
-    base = recorded(record, "services.base")
+    base = recorded(record, "stageflow.services.base")
     assert base.flags["--model-path"] == str(models / "tiny-sd")
     assert base.flags["--torch-threads"] == "2"
     assert base.flags["--log-json"] == "true"
     # Secrets travel by environment, never on the command line.
     assert base.env == {"STAGEFLOW_S3_ACCESS_KEY": "AK", "STAGEFLOW_S3_SECRET_KEY": "SECRET"}
     assert "SECRET" not in " ".join(base.argv)
-    upscale = recorded(record, "services.upscale").flags
+    upscale = recorded(record, "stageflow.services.upscale").flags
     assert upscale["--model-path"] == str(models / "tiny-esrgan-x4")
     assert upscale["--max-side"] == "2048"
 
     assert all(p.returncode is not None for p in procs)
-    orchestrator_stopped = int((record / "orchestrator.stopped").read_text())
+    orchestrator_stopped = int((record / "stageflow.orchestrator.stopped").read_text())
     for stage in ("base", "refine", "upscale"):
-        assert int((record / f"services.{stage}.stopped").read_text()) > orchestrator_stopped
+        stopped = record / f"stageflow.services.{stage}.stopped"
+        assert int(stopped.read_text()) > orchestrator_stopped
     cluster.stop()  # a second stop is harmless
 
 
@@ -122,7 +128,7 @@ def test_start_wires_processes_and_stop_goes_orchestrator_first(
 def test_a_process_that_exits_fails_start_with_its_log(
     tmp_path: Path, models: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    cluster = make(tmp_path, models, FAKE_MODE_services_refine="exit")
+    cluster = make(tmp_path, models, FAKE_MODE_stageflow_services_refine="exit")
     spawned: list[subprocess.Popen[bytes]] = []
     spawn = cluster._spawn
 
@@ -143,13 +149,13 @@ def test_a_process_that_exits_fails_start_with_its_log(
 
 @pytest.mark.usefixtures("fake_launcher")
 def test_stop_kills_what_ignores_sigterm(tmp_path: Path, models: Path) -> None:
-    cluster = make(tmp_path, models, FAKE_MODE_orchestrator="stubborn")
+    cluster = make(tmp_path, models, FAKE_MODE_stageflow_orchestrator="stubborn")
     cluster.start(timeout=30)
     orchestrator = cluster.process("orchestrator")
     cluster.stop(grace=0.5)
     assert orchestrator.returncode == -9
     assert not alive(orchestrator.pid)
-    assert (tmp_path / "record" / "services.base.stopped").exists()
+    assert (tmp_path / "record" / "stageflow.services.base.stopped").exists()
 
 
 @pytest.mark.usefixtures("fake_launcher")

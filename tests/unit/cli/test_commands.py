@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner, Result
 
-from cli.main import app
+from stageflow.cli.main import app
 from stageflow.v1 import orchestrator_pb2 as pb
 from stageflow.v1 import stage_pb2
 from tests.unit.cli.fakes import FINAL_BYTES, FakeOrchestrator

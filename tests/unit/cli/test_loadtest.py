@@ -11,11 +11,19 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-from cli.loadgen import InputRef, LoadConfig, Share, parse_sets, shares, split, stage_request
-from cli.loadplot import HEIGHT, WIDTH, plot_report
-from cli.loadstats import Sample, WorkerResult, build_report, merge, percentile
-from cli.main import app
-from serving.errors import InvalidArgument
+from stageflow.cli.loadgen import (
+    InputRef,
+    LoadConfig,
+    Share,
+    parse_sets,
+    shares,
+    split,
+    stage_request,
+)
+from stageflow.cli.loadplot import HEIGHT, WIDTH, plot_report
+from stageflow.cli.loadstats import Sample, WorkerResult, build_report, merge, percentile
+from stageflow.cli.main import app
+from stageflow.core.errors import InvalidArgument
 from stageflow.v1 import stage_pb2
 
 TIMING = {"queue_ms": 1.0, "load_inputs_ms": 2.0, "compute_ms": 30.0, "store_output_ms": 3.0}

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner, Result
 
-from cli.main import app
-from inference.fixtures import ESRGAN_FOLDER, build_fixtures
+from stageflow.cli.main import app
+from stageflow.inference.fixtures import ESRGAN_FOLDER, build_fixtures
 
 
 @pytest.fixture(scope="module")

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from cli.rerun import allowed_keys, parse_sets
-from serving.errors import InvalidArgument
+from stageflow.cli.rerun import allowed_keys, parse_sets
+from stageflow.core.errors import InvalidArgument
 
 
 def test_sets_map_onto_the_stage_options_and_the_bundle() -> None:

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from cli.cluster import TRAINED_MODELS_DIR, LocalCluster
-from cli.jobs import DEMO_SPEC
-from inference.training import analysis
+from stageflow.cli.cluster import TRAINED_MODELS_DIR, LocalCluster
+from stageflow.cli.jobs import DEMO_SPEC
+from stageflow.inference.training import analysis
 
 
 def test_default_cluster_serves_the_committed_trained_models(tmp_path: Path) -> None:

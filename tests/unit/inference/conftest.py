@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from inference.diffusion import RefineModel, Txt2ImgModel
-from inference.upscaler import EsrganUpscaler
+from stageflow.inference.diffusion import RefineModel, Txt2ImgModel
+from stageflow.inference.upscaler import EsrganUpscaler
 
 
 @pytest.fixture(scope="session")

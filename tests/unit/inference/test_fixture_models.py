@@ -6,7 +6,7 @@ import hashlib
 import json
 from pathlib import Path
 
-from inference.fixtures import build_fixtures
+from stageflow.inference.fixtures import build_fixtures
 
 
 def file_digests(root: Path) -> dict[str, str]:

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from inference import registry
-from inference.interface import StageKind
+from stageflow.inference import registry
+from stageflow.inference.interface import StageKind
 
 
 def test_families_map_to_stage_kinds() -> None:
@@ -34,5 +34,5 @@ def test_create_model_constructs_without_loading(tmp_path: Path) -> None:
 
 
 def test_import_does_not_pull_torch() -> None:
-    code = "import sys, inference.registry; assert 'torch' not in sys.modules, 'torch imported'"
+    code = "import sys, stageflow.inference.registry; assert 'torch' not in sys.modules, 'torch'"
     subprocess.run([sys.executable, "-c", code], check=True)

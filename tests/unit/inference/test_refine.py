@@ -9,10 +9,10 @@ import pytest
 import torch
 from PIL import Image
 
-from inference.diffusion import RefineModel
-from inference.interface import Box, RefineMode, RefineParams, StageInputs
-from inference.masks import blur_mask, mask_from_box
-from serving.errors import FailedPrecondition, InvalidArgument
+from stageflow.core.errors import FailedPrecondition, InvalidArgument
+from stageflow.inference.diffusion import RefineModel
+from stageflow.inference.interface import Box, RefineMode, RefineParams, StageInputs
+from stageflow.inference.masks import blur_mask, mask_from_box
 
 
 def noise_image(width: int = 64, height: int = 64, seed: int = 0) -> Image.Image:

@@ -11,11 +11,12 @@ from typing import Any, ClassVar
 
 import pytest
 
-from inference.base import folder_fingerprint
-from inference.interface import StageKind
-from inference.model_loader import RepositoryLoader
-from inference.registry import create_model
-from inference.repository import (
+from stageflow.core.errors import DataLoss, FailedPrecondition, InvalidArgument, NotFound
+from stageflow.inference.base import folder_fingerprint
+from stageflow.inference.interface import StageKind
+from stageflow.inference.model_loader import RepositoryLoader
+from stageflow.inference.registry import create_model
+from stageflow.inference.repository import (
     Backend,
     InvalidManifest,
     ModelFormat,
@@ -23,7 +24,6 @@ from inference.repository import (
     parse_ref,
     version_order,
 )
-from serving.errors import DataLoss, FailedPrecondition, InvalidArgument, NotFound
 from tests.s3server import S3ServerInfo
 
 UNET_WEIGHTS = "unet/diffusion_pytorch_model.safetensors"

@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from inference.rrdbnet import RRDBNet, RRDBNetConfig, load_rrdbnet, save_rrdbnet
+from stageflow.inference.rrdbnet import RRDBNet, RRDBNetConfig, load_rrdbnet, save_rrdbnet
 
 SMALL = RRDBNetConfig(num_feat=8, num_block=1, num_grow_ch=4)
 

@@ -11,8 +11,8 @@ from typing import Any
 import pytest
 import torch
 
-from inference.fixtures import SCHEDULER_CONFIG
-from inference.scheduler import DDIMConfig, DDIMScheduler
+from stageflow.inference.fixtures import SCHEDULER_CONFIG
+from stageflow.inference.scheduler import DDIMConfig, DDIMScheduler
 
 SD15 = SCHEDULER_CONFIG  # Stable Diffusion 1.5's noise schedule
 CONFIGS: dict[str, dict[str, Any]] = {
@@ -97,7 +97,7 @@ def test_stochastic_steps_are_refused() -> None:
 
 def test_does_not_import_diffusers() -> None:
     code = (
-        "import sys, torch; from inference.scheduler import DDIMScheduler, DDIMConfig;"
+        "import sys, torch; from stageflow.inference.scheduler import DDIMScheduler, DDIMConfig;"
         "s = DDIMScheduler(DDIMConfig()); s.set_timesteps(3);"
         "assert 'diffusers' not in sys.modules"
     )

@@ -11,8 +11,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from inference.base import LocalModel
-from inference.interface import (
+from stageflow.core.errors import Cancelled, FailedPrecondition, InvalidArgument
+from stageflow.inference.base import LocalModel
+from stageflow.inference.interface import (
     RefineParams,
     StageInputs,
     StageParams,
@@ -20,8 +21,7 @@ from inference.interface import (
     UpscaleParams,
     param_ranges,
 )
-from inference.registry import create_model, families
-from serving.errors import Cancelled, FailedPrecondition, InvalidArgument
+from stageflow.inference.registry import create_model, families
 
 
 def noise_image(width: int, height: int, seed: int = 0) -> Image.Image:

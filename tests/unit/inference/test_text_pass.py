@@ -8,12 +8,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from inference.diffusion import RefineModel
-from inference.interface import Box, RefineMode, RefineParams, StageInputs
-from inference.ocr import TextReader
-from inference.text_pass import aligned_box, run_text_pass
-from inference.typography import TextStyle, render_text
-from serving.errors import InvalidArgument
+from stageflow.core.errors import InvalidArgument
+from stageflow.inference.diffusion import RefineModel
+from stageflow.inference.interface import Box, RefineMode, RefineParams, StageInputs
+from stageflow.inference.ocr import TextReader
+from stageflow.inference.text_pass import aligned_box, run_text_pass
+from stageflow.inference.typography import TextStyle, render_text
 
 
 def background(size: int = 128, seed: int = 0) -> Image.Image:

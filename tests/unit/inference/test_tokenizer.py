@@ -8,7 +8,14 @@ from pathlib import Path
 import pytest
 from transformers import CLIPTokenizer
 
-from inference.tokenizer import BOS, EOS, MODEL_MAX_LENGTH, WORDS, bytes_to_unicode, write_tokenizer
+from stageflow.inference.tokenizer import (
+    BOS,
+    EOS,
+    MODEL_MAX_LENGTH,
+    WORDS,
+    bytes_to_unicode,
+    write_tokenizer,
+)
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,7 @@ import json
 import pytest
 import torch
 
-from cli.cluster import TRAINED_MODELS_DIR
+from stageflow.cli.cluster import TRAINED_MODELS_DIR
 
 
 def manifest() -> dict[str, object]:
@@ -54,8 +54,8 @@ def test_weights_are_stored_in_fp16(weights: str) -> None:
 
 
 def test_loaders_give_float32_parts() -> None:
-    from inference.rrdbnet import load_rrdbnet
-    from inference.sd_parts import load_torch_parts
+    from stageflow.inference.rrdbnet import load_rrdbnet
+    from stageflow.inference.sd_parts import load_torch_parts
 
     parts = load_torch_parts(TRAINED_MODELS_DIR / "shapes-sd")
     ids = parts.tokenize("a red circle on a blue background")

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from inference import tokenizer
-from inference.training import analysis, data
+from stageflow.inference import tokenizer
+from stageflow.inference.training import analysis, data
 
 
 def test_same_seed_same_scenes_and_pixels() -> None:

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from inference.diffusion import Txt2ImgModel
-from inference.interface import StageInputs, Txt2ImgParams
-from serving.errors import InvalidArgument
+from stageflow.core.errors import InvalidArgument
+from stageflow.inference.diffusion import Txt2ImgModel
+from stageflow.inference.interface import StageInputs, Txt2ImgParams
 
 
 def run(model: Txt2ImgModel, **kwargs: object) -> np.ndarray:

@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from inference.interface import Box, TextPlacement
-from inference.ocr import TextReader, cer, levenshtein, normalize
-from inference.text_pass import line_box
-from inference.typography import (
+from stageflow.inference.interface import Box, TextPlacement
+from stageflow.inference.ocr import TextReader, cer, levenshtein, normalize
+from stageflow.inference.text_pass import line_box
+from stageflow.inference.typography import (
     BLACK,
     FONT_PATH,
     WHITE,

@@ -9,16 +9,16 @@ import pytest
 import torch
 from PIL import Image
 
-from inference.interface import StageInputs, UpscaleMode, UpscaleParams
-from inference.rrdbnet import (
+from stageflow.core.errors import FailedPrecondition, InvalidArgument
+from stageflow.inference.interface import StageInputs, UpscaleMode, UpscaleParams
+from stageflow.inference.rrdbnet import (
     RRDBNet,
     RRDBNetConfig,
     load_rrdbnet,
     read_config,
     receptive_radius,
 )
-from inference.upscaler import EsrganUpscaler, tile_grid
-from serving.errors import FailedPrecondition, InvalidArgument
+from stageflow.inference.upscaler import EsrganUpscaler, tile_grid
 
 
 def noise_image(width: int, height: int, seed: int = 0) -> Image.Image:

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from inference.base import LocalModel
-from inference.onnx.export import ExportReport, export_onnx
-from inference.registry import create_model
+from stageflow.inference.base import LocalModel
+from stageflow.inference.onnx.export import ExportReport, export_onnx
+from stageflow.inference.registry import create_model
 
 # Part-level tolerance: ORT and torch order float sums differently (~1e-6 seen).
 PART_ATOL = 1e-4

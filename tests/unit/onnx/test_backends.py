@@ -10,13 +10,13 @@ from typing import Any
 import onnxruntime as ort
 import pytest
 
-from inference.backends import BackendUnavailable
-from inference.base import LocalModel
-from inference.onnx import runtime
-from inference.onnx.export import ExportReport
-from inference.onnx.runtime import ProviderUnavailable, create_session, resolve_providers
-from inference.registry import create_model
-from serving.errors import FailedPrecondition
+from stageflow.core.errors import FailedPrecondition
+from stageflow.inference.backends import BackendUnavailable
+from stageflow.inference.base import LocalModel
+from stageflow.inference.onnx import runtime
+from stageflow.inference.onnx.export import ExportReport
+from stageflow.inference.onnx.runtime import ProviderUnavailable, create_session, resolve_providers
+from stageflow.inference.registry import create_model
 
 
 def test_default_and_aliases_resolve_to_cpu() -> None:

@@ -6,8 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from inference.base import LocalModel
-from inference.interface import StageInputs, Txt2ImgParams
+from stageflow.inference.base import LocalModel
+from stageflow.inference.interface import StageInputs, Txt2ImgParams
 
 # A batched request may differ from its single run only by float summation
 # order inside the bigger UNet/text-encoder batch: at most 2 of 255 levels.

@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from inference.onnx import export, layout
-from inference.onnx.export import ExportReport, export_onnx
-from inference.onnx.runtime import load_onnx_upscaler
-from inference.rrdbnet import load_rrdbnet
+from stageflow.inference.onnx import export, layout
+from stageflow.inference.onnx.export import ExportReport, export_onnx
+from stageflow.inference.onnx.runtime import load_onnx_upscaler
+from stageflow.inference.rrdbnet import load_rrdbnet
 
 
 def test_manifest_records_settings_digests_and_fingerprint(sd_export: ExportReport) -> None:

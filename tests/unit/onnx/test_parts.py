@@ -7,10 +7,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from inference.onnx.export import ExportReport
-from inference.onnx.runtime import load_onnx_parts, load_onnx_upscaler
-from inference.rrdbnet import load_rrdbnet
-from inference.sd_parts import DiffusionParts, load_torch_parts
+from stageflow.inference.onnx.export import ExportReport
+from stageflow.inference.onnx.runtime import load_onnx_parts, load_onnx_upscaler
+from stageflow.inference.rrdbnet import load_rrdbnet
+from stageflow.inference.sd_parts import DiffusionParts, load_torch_parts
 from tests.unit.onnx.conftest import PART_ATOL
 
 # Pixel sides: 32/64/96 px are latents of 4/8/12, each a multiple of the

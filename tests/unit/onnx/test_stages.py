@@ -13,8 +13,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from inference.base import LocalModel
-from inference.interface import (
+from stageflow.core.errors import InvalidArgument
+from stageflow.inference.base import LocalModel
+from stageflow.inference.interface import (
     Box,
     RefineMode,
     RefineParams,
@@ -23,8 +24,7 @@ from inference.interface import (
     Txt2ImgParams,
     UpscaleParams,
 )
-from inference.onnx.export import ExportReport
-from serving.errors import InvalidArgument
+from stageflow.inference.onnx.export import ExportReport
 from tests.unit.onnx.conftest import STAGE_MAX_LEVELS
 
 
@@ -122,8 +122,8 @@ NO_DIFFUSERS = """
 import sys
 from pathlib import Path
 from PIL import Image
-from inference.registry import create_model
-from inference.interface import RefineParams, StageInputs, Txt2ImgParams, UpscaleParams
+from stageflow.inference.registry import create_model
+from stageflow.inference.interface import RefineParams, StageInputs, Txt2ImgParams, UpscaleParams
 sd, esrgan = Path(sys.argv[1]), Path(sys.argv[2])
 base = create_model("sd-txt2img", sd, backend="onnxruntime", torch_threads=1)
 base.load()

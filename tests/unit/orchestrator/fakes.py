@@ -7,9 +7,9 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 
-from orchestrator.stage_client import StageCallError
-from serving.errors import NotFound
-from serving.storage import ObjectStore
+from stageflow.core.errors import NotFound
+from stageflow.core.storage import ObjectStore
+from stageflow.orchestrator.stage_client import StageCallError
 from stageflow.v1 import common_pb2, stage_pb2
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from orchestrator.bundle import (
+from stageflow.orchestrator.bundle import (
     DEFAULT_PIPELINE,
     TEXT_BAND,
     build_run_request,

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.cache import StageCache, cache_key
-from orchestrator.jobs import JobStore
+from stageflow.orchestrator.cache import StageCache, cache_key
+from stageflow.orchestrator.jobs import JobStore
 from stageflow.v1 import common_pb2, stage_pb2
 from tests.unit.orchestrator.fakes import FakeStore
 

@@ -10,11 +10,11 @@ from pathlib import Path
 import grpc
 import pytest
 
-from orchestrator.jobs import JobStore
-from orchestrator.runner import JobRunner
-from orchestrator.servicer import OrchestratorServicer
-from orchestrator.stage_client import GrpcStageClient, StageCallError
-from serving.interceptors import ErrorInterceptor
+from stageflow.orchestrator.jobs import JobStore
+from stageflow.orchestrator.runner import JobRunner
+from stageflow.orchestrator.servicer import OrchestratorServicer
+from stageflow.orchestrator.stage_client import GrpcStageClient, StageCallError
+from stageflow.serving.interceptors import ErrorInterceptor
 from stageflow.v1 import (
     common_pb2,
     orchestrator_pb2,

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from orchestrator.jobs import JobStore, new_job_id
+from stageflow.orchestrator.jobs import JobStore, new_job_id
 from stageflow.v1 import orchestrator_pb2
 
 S = orchestrator_pb2

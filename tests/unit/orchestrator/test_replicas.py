@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator, Sequence
 
 import pytest
 
-from orchestrator.replicas import (
+from stageflow.orchestrator.replicas import (
     FALLBACK,
     PRIMARY,
     ReplicatedStageClient,
@@ -17,7 +17,7 @@ from orchestrator.replicas import (
     parse_addresses,
     stage_client_for,
 )
-from orchestrator.stage_client import GrpcStageClient, StageCallError
+from stageflow.orchestrator.stage_client import GrpcStageClient, StageCallError
 from stageflow.v1 import stage_pb2
 from tests.unit.orchestrator.fakes import FakeStage
 
@@ -233,7 +233,7 @@ async def test_round_robin_config_skips_a_replica_that_reports_not_serving() -> 
     from grpc_health.v1 import health as grpc_health
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-    from orchestrator.replicas import ROUND_ROBIN_CONFIG
+    from stageflow.orchestrator.replicas import ROUND_ROBIN_CONFIG
 
     def whoami(name: str) -> grpc.GenericRpcHandler:
         async def answer(request: bytes, context: grpc.aio.ServicerContext) -> bytes:

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.bundle import DEFAULT_PIPELINE
-from orchestrator.jobs import JobStore
-from orchestrator.runner import JobRunner
-from serving.errors import FailedPrecondition, InvalidArgument
+from stageflow.core.errors import FailedPrecondition, InvalidArgument
+from stageflow.orchestrator.bundle import DEFAULT_PIPELINE
+from stageflow.orchestrator.jobs import JobStore
+from stageflow.orchestrator.runner import JobRunner
 from stageflow.v1 import common_pb2, orchestrator_pb2, stage_pb2
 from tests.unit.orchestrator.fakes import FakeSettings, FakeStage
 

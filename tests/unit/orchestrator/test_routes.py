@@ -8,12 +8,12 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.jobs import JobStore
-from orchestrator.replicas import RetryPolicy, StageCaller
-from orchestrator.runner import JobRunner
-from orchestrator.spec import SpecError, load_specs, parse_spec, with_fallback
-from orchestrator.stage_client import StageCallError
-from serving.errors import InvalidArgument
+from stageflow.core.errors import InvalidArgument
+from stageflow.orchestrator.jobs import JobStore
+from stageflow.orchestrator.replicas import RetryPolicy, StageCaller
+from stageflow.orchestrator.runner import JobRunner
+from stageflow.orchestrator.spec import SpecError, load_specs, parse_spec, with_fallback
+from stageflow.orchestrator.stage_client import StageCallError
 from stageflow.v1 import orchestrator_pb2, stage_pb2
 from tests.unit.orchestrator.fakes import FakeSettings, FakeStage, FakeStore
 

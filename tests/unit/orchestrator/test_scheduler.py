@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.jobs import JobStore
-from orchestrator.runner import JobRunner
-from orchestrator.scheduler import PriorityGate, StageScheduler, parse_limits
+from stageflow.orchestrator.jobs import JobStore
+from stageflow.orchestrator.runner import JobRunner
+from stageflow.orchestrator.scheduler import PriorityGate, StageScheduler, parse_limits
 from stageflow.v1 import orchestrator_pb2 as S
 from stageflow.v1 import stage_pb2
 from tests.unit.orchestrator.fakes import FakeSettings, FakeStage, FakeStore

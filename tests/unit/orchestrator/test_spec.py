@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.jobs import JobStore
-from orchestrator.runner import JobRunner
-from orchestrator.settings import PIPELINES_DIR
-from orchestrator.spec import SpecError, load_specs, parse_spec, with_defaults
-from serving.errors import FailedPrecondition, InvalidArgument
+from stageflow.core.errors import FailedPrecondition, InvalidArgument
+from stageflow.orchestrator.jobs import JobStore
+from stageflow.orchestrator.runner import JobRunner
+from stageflow.orchestrator.settings import PIPELINES_DIR
+from stageflow.orchestrator.spec import SpecError, load_specs, parse_spec, with_defaults
 from stageflow.v1 import common_pb2, orchestrator_pb2, stage_pb2
 from tests.unit.orchestrator.fakes import FakeSettings, FakeStage, FakeStore
 
@@ -134,7 +134,7 @@ async def test_a_spec_naming_another_model_is_refused_at_submit(
 
 
 def test_the_orchestrator_refuses_to_start_on_a_bad_spec(tmp_path: Path) -> None:
-    from orchestrator.__main__ import main
+    from stageflow.orchestrator.__main__ import main
 
     _write(tmp_path, "default", "stages:\n  - stage: base\n    defaults: {steps: -1}\n")
     with pytest.raises(SystemExit) as err:

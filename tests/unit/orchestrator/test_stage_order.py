@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.bundle import input_scales
-from orchestrator.jobs import JobStore
-from orchestrator.runner import JobRunner
-from orchestrator.validation import check_stages
-from serving.errors import InvalidArgument
+from stageflow.core.errors import InvalidArgument
+from stageflow.orchestrator.bundle import input_scales
+from stageflow.orchestrator.jobs import JobStore
+from stageflow.orchestrator.runner import JobRunner
+from stageflow.orchestrator.validation import check_stages
 from stageflow.v1 import orchestrator_pb2, stage_pb2
 from tests.unit.orchestrator.fakes import FakeSettings, FakeStage, FakeStore
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from serving.storage import LocalStore, ObjectStore, S3Store
+from stageflow.core.storage import LocalStore, ObjectStore, S3Store
 from tests.s3server import S3ServerInfo
 
 

@@ -12,9 +12,9 @@ from collections.abc import AsyncIterator
 
 import grpc
 
-from serving.logging import configure_logging
-from serving.server import Service, serve
-from serving.settings import CommonSettings, load_settings
+from stageflow.core.logging import configure_logging
+from stageflow.serving.server import Service, serve
+from stageflow.serving.settings import CommonSettings, load_settings
 
 SERVICE = "stageflow.test.Slow"
 

@@ -5,9 +5,9 @@ from pathlib import Path
 
 import pytest
 
-from serving.artifacts import Artifact, artifact_key, get_artifact, put_artifact
-from serving.errors import DataLoss, InvalidArgument, NotFound
-from serving.storage import LocalStore, ObjectStore
+from stageflow.core.artifacts import Artifact, artifact_key, get_artifact, put_artifact
+from stageflow.core.errors import DataLoss, InvalidArgument, NotFound
+from stageflow.core.storage import LocalStore, ObjectStore
 
 
 class CountingStore(LocalStore):

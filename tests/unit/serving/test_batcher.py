@@ -12,7 +12,8 @@ from typing import ClassVar
 import pytest
 from PIL import Image
 
-from inference.interface import (
+from stageflow.core.errors import ResourceExhausted
+from stageflow.inference.interface import (
     CancelledFn,
     ModelDescription,
     ProgressFn,
@@ -23,9 +24,8 @@ from inference.interface import (
     StageParams,
     Txt2ImgParams,
 )
-from serving.batcher import DynamicBatcher
-from serving.errors import ResourceExhausted
-from serving.slots import ExecutionSlots
+from stageflow.stage.batcher import DynamicBatcher
+from stageflow.stage.slots import ExecutionSlots
 
 
 class FakeTxt2Img(StageModel):

@@ -5,8 +5,8 @@ import io
 import pytest
 from PIL import Image, PngImagePlugin
 
-from serving.errors import FailedPrecondition
-from serving.images import decode_image, encode_png
+from stageflow.core.errors import FailedPrecondition
+from stageflow.stage.images import decode_image, encode_png
 
 
 def gradient(mode: str = "RGB", size: tuple[int, int] = (16, 8)) -> Image.Image:

@@ -14,8 +14,7 @@ import structlog
 from google.rpc import error_details_pb2
 from grpc_status import _async as rpc_status_aio
 
-from serving.channels import client_channel
-from serving.errors import (
+from stageflow.core.errors import (
     Cancelled,
     DataLoss,
     DeadlineExceeded,
@@ -26,8 +25,9 @@ from serving.errors import (
     StageflowError,
     Unavailable,
 )
-from serving.interceptors import ErrorInterceptor
-from serving.logging import configure_logging
+from stageflow.core.logging import configure_logging
+from stageflow.serving.channels import client_channel
+from stageflow.serving.interceptors import ErrorInterceptor
 
 ERRORS: dict[str, tuple[Exception | None, grpc.StatusCode, str]] = {
     "ok": (None, grpc.StatusCode.OK, ""),

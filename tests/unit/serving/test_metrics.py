@@ -16,14 +16,15 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from prometheus_client import REGISTRY
 
-from serving.channels import client_channel
-from serving.errors import NotFound
-from serving.interceptors import ErrorInterceptor, TelemetryInterceptor
-from serving.metrics import metrics_port_file, start_metrics_server
-from serving.server import serve
-from serving.settings import CommonSettings
-from serving.storage import InstrumentedStore, LocalStore, open_store
-from serving.tracing import JOB_ID, JsonlSpanExporter, _JobIdProcessor
+from stageflow.core.errors import NotFound
+from stageflow.core.storage import LocalStore
+from stageflow.serving.channels import client_channel
+from stageflow.serving.interceptors import ErrorInterceptor, TelemetryInterceptor
+from stageflow.serving.metrics import metrics_port_file, start_metrics_server
+from stageflow.serving.server import serve
+from stageflow.serving.settings import CommonSettings
+from stageflow.serving.stores import InstrumentedStore, open_store
+from stageflow.serving.tracing import JOB_ID, JsonlSpanExporter, _JobIdProcessor
 
 SERVICE = "unit-metrics"
 

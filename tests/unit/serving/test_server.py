@@ -20,9 +20,9 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
-from serving.channels import client_channel
-from serving.server import Service, serve
-from serving.settings import CommonSettings
+from stageflow.serving.channels import client_channel
+from stageflow.serving.server import Service, serve
+from stageflow.serving.settings import CommonSettings
 from stageflow.v1 import stage_pb2, stage_pb2_grpc
 
 STAGE = stage_pb2.DESCRIPTOR.services_by_name["StageService"].full_name

@@ -5,8 +5,8 @@ from pathlib import Path
 import pytest
 from pydantic_settings import BaseSettings
 
-from serving.settings import CommonSettings, StageSettings, load_settings
-from serving.storage import LocalStore
+from stageflow.core.storage import LocalStore
+from stageflow.serving.settings import CommonSettings, StageSettings, load_settings
 
 REQUIRED = ["--model-family", "tiny-sd", "--model-path", "/models/tiny"]
 

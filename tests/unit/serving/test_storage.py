@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from serving.errors import InvalidArgument, NotFound, StageflowError, Unavailable
-from serving.storage import LocalStore, ObjectStore, S3Store, open_store
+from stageflow.core.errors import InvalidArgument, NotFound, StageflowError, Unavailable
+from stageflow.core.storage import LocalStore, ObjectStore, S3Store, open_store
 from tests.s3server import S3ServerInfo, free_port_pairs
 
 
@@ -155,18 +155,16 @@ def test_open_store_s3_url(s3_server: S3ServerInfo, s3_store: S3Store, prefix: s
         access_key=s3_server.access_key,
         secret_key=s3_server.secret_key,
     )
-    assert isinstance(store.inner, S3Store)
+    assert isinstance(store, S3Store)
     assert store.get(f"{prefix}/via-url") == b"same bucket"
 
 
 def test_open_store_local_forms(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     by_uri = open_store((tmp_path / "a").as_uri())
-    assert isinstance(by_uri.inner, LocalStore) and by_uri.inner.root == tmp_path / "a"
+    assert isinstance(by_uri, LocalStore) and by_uri.root == tmp_path / "a"
     monkeypatch.chdir(tmp_path)
     relative = open_store("var/store")
-    assert (
-        isinstance(relative.inner, LocalStore) and relative.inner.root == tmp_path / "var" / "store"
-    )
+    assert isinstance(relative, LocalStore) and relative.root == tmp_path / "var" / "store"
 
 
 @pytest.mark.parametrize(

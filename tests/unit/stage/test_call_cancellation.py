@@ -6,8 +6,8 @@ import time
 
 import pytest
 
-from serving.errors import Cancelled, DeadlineExceeded
-from serving.stage_servicer import _CallCancellation
+from stageflow.core.errors import Cancelled, DeadlineExceeded
+from stageflow.stage.servicer import _CallCancellation
 
 
 def test_stopped_by_the_deadline_is_deadline_exceeded() -> None:

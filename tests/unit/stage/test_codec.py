@@ -2,9 +2,9 @@
 
 import pytest
 
-from inference.interface import Box, RefineMode, RefineParams, Txt2ImgParams, UpscaleMode
-from serving import stage_codec
-from serving.errors import InvalidArgument
+from stageflow.core.errors import InvalidArgument
+from stageflow.inference.interface import Box, RefineMode, RefineParams, Txt2ImgParams, UpscaleMode
+from stageflow.stage import codec as stage_codec
 from stageflow.v1 import stage_pb2
 
 

@@ -8,7 +8,8 @@ import asyncio
 import pytest
 from PIL import Image
 
-from inference.interface import (
+from stageflow.core.errors import FailedPrecondition
+from stageflow.inference.interface import (
     ModelDescription,
     ModelIdentity,
     StageInputs,
@@ -17,8 +18,7 @@ from inference.interface import (
     StageParams,
     UpscaleParams,
 )
-from serving.errors import FailedPrecondition
-from serving.model_holder import ModelHolder
+from stageflow.stage.model_holder import ModelHolder
 
 
 class Fake(StageModel):

@@ -2,8 +2,8 @@ import asyncio
 
 import pytest
 
-from serving.errors import ResourceExhausted
-from serving.slots import ExecutionSlots
+from stageflow.core.errors import ResourceExhausted
+from stageflow.stage.slots import ExecutionSlots
 
 
 async def test_calls_beyond_capacity_wait_and_beyond_the_queue_are_refused() -> None:

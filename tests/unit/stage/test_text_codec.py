@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from inference.interface import Box, RefineParams, TextCheck, TextPlacement
-from serving import stage_codec
-from serving.errors import InvalidArgument
+from stageflow.core.errors import InvalidArgument
+from stageflow.inference.interface import Box, RefineParams, TextCheck, TextPlacement
+from stageflow.stage import codec as stage_codec
 from stageflow.v1 import stage_pb2
 
 

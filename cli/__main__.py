@@ -1,6 +1,0 @@
-"""`python -m cli` runs the `stageflow` command."""
-
-from cli.main import app
-
-if __name__ == "__main__":
-    app()

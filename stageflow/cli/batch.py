@@ -1,0 +1,218 @@
+"""`stageflow batch`: the reference workflow's "xargs over prompts.txt", done properly.
+
+Every line of a JSONL file is one prompt bundle. All lines are parsed before
+anything is submitted; each job's idempotency key is the file's content hash
+plus its line number, so running the same file again after a crash finds the
+jobs already submitted instead of starting them twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import hashlib
+import json
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import grpc
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from stageflow.cli.jobs import JobSpec, Ui
+from stageflow.cli.render import job_state_name
+from stageflow.client import StageflowClient
+from stageflow.v1 import orchestrator_pb2 as pb
+
+# Keys of a bundle line -> JobSpec field (None: the same name).
+_TEXT_KEYS = {"base": None, "style": None, "text": None, "negative": None, "pipeline": None}
+_INT_KEYS = {"seed", "width", "height"}
+_OPTION_KEYS = {
+    "base_options": "base_options",
+    "refine_options": "refine_options",
+    "upscale_options": "upscale_options",
+}
+KNOWN_KEYS = sorted({*_TEXT_KEYS, *_INT_KEYS, *_OPTION_KEYS, "stages", "options"})
+# The orchestrator being restarted is a pause, not a failure: keep retrying this long.
+RECONNECT_SECONDS = 120.0
+_RETRYABLE = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED})
+
+
+class BatchFileError(ValueError):
+    """A line of the bundle file is not a valid bundle; the message names the line."""
+
+
+@dataclass(frozen=True)
+class BatchLine:
+    line: int  # 1-based line number in the file
+    spec: JobSpec
+
+
+def _bundle(line: int, value: Any) -> JobSpec:
+    if not isinstance(value, dict):
+        raise BatchFileError(f"line {line}: expected a JSON object, got {type(value).__name__}")
+    unknown = sorted(set(value) - set(KNOWN_KEYS))
+    if unknown:
+        raise BatchFileError(f"line {line}: unknown keys {unknown}; known: {KNOWN_KEYS}")
+    if not isinstance(value.get("base"), str) or not value["base"].strip():
+        raise BatchFileError(f"line {line}: 'base' (what to draw) is required, a non-empty string")
+    fields: dict[str, Any] = {}
+    for key in _TEXT_KEYS:
+        if key in value:
+            if not isinstance(value[key], str):
+                raise BatchFileError(f"line {line}: {key!r} must be a string")
+            fields[key] = value[key]
+    for key in _INT_KEYS:
+        if key in value:
+            if isinstance(value[key], bool) or not isinstance(value[key], int):
+                raise BatchFileError(f"line {line}: {key!r} must be an integer")
+            fields[key] = value[key]
+    if "stages" in value:
+        stages = value["stages"]
+        if not isinstance(stages, list) or not all(isinstance(s, str) for s in stages):
+            raise BatchFileError(f"line {line}: 'stages' must be a list of stage names")
+        fields["stages"] = tuple(stages)
+    # Either base_options/refine_options/... or "options": {"base": {...}, ...}.
+    nested = value.get("options", {})
+    if not isinstance(nested, dict):
+        raise BatchFileError(f"line {line}: 'options' must be an object")
+    for stage in nested:
+        if f"{stage}_options" not in _OPTION_KEYS:
+            raise BatchFileError(f"line {line}: options.{stage}: not a stage with options")
+    for key, field in _OPTION_KEYS.items():
+        options = value.get(key, nested.get(key.removesuffix("_options"), {}))
+        if not isinstance(options, dict):
+            raise BatchFileError(f"line {line}: {key!r} must be an object")
+        fields[field] = dict(options)
+    fields.setdefault("style", "")
+    return JobSpec(**fields)
+
+
+def parse_bundles(data: bytes) -> list[BatchLine]:
+    """Every non-blank line as a bundle with its request id; BatchFileError names a bad line."""
+    digest = hashlib.sha256(data).hexdigest()[:16]
+    lines: list[BatchLine] = []
+    for number, raw in enumerate(data.decode("utf-8").splitlines(), start=1):
+        if not raw.strip():
+            continue
+        try:
+            value = json.loads(raw)
+        except json.JSONDecodeError as err:
+            raise BatchFileError(f"line {number}: not valid JSON: {err.msg}") from None
+        spec = dataclasses.replace(_bundle(number, value), request_id=f"batch-{digest}-{number}")
+        lines.append(BatchLine(number, spec))
+    if not lines:
+        raise BatchFileError("the file holds no bundles")
+    return lines
+
+
+async def _retrying(what: str, call: Any, ui: Ui) -> Any:
+    """Await `call()`, retrying UNAVAILABLE (a restarting orchestrator) with backoff."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + RECONNECT_SECONDS
+    delay = 0.2
+    while True:
+        try:
+            return await call()
+        except grpc.aio.AioRpcError as err:
+            if err.code() not in _RETRYABLE or loop.time() + delay > deadline:
+                raise
+            ui.say(f"{what}: {err.code().name}, retrying in {delay:.1f}s")
+        await asyncio.sleep(delay * random.uniform(0.5, 1.0))
+        delay = min(delay * 2, 5.0)
+
+
+async def _finished(client: StageflowClient, job_id: str) -> pb.Job:
+    """Follow a job to its end (the last event of WatchJob)."""
+    job: pb.Job | None = None
+    async for event in client.watch(job_id):
+        kind = event.WhichOneof("event")
+        if kind == "finished":
+            return event.finished
+        if kind == "snapshot":
+            job = event.snapshot
+    state = job_state_name(job.state) if job is not None else "unknown"
+    raise grpc.aio.AioRpcError(
+        grpc.StatusCode.UNAVAILABLE,
+        grpc.aio.Metadata(),
+        grpc.aio.Metadata(),
+        details=f"watch of job {job_id} ended while it was {state}",
+    )
+
+
+async def _run_line(
+    client: StageflowClient, item: BatchLine, priority: int, out_dir: Path | None, ui: Ui
+) -> dict[str, Any]:
+    summary: dict[str, Any] = {"line": item.line, "job_id": "", "final_key": "", "status": ""}
+    summary.update(final_path=None, error="")
+    what = f"line {item.line}"
+    try:
+        # Resubmitting after a lost connection is safe: the request id is the same.
+        submitted = await _retrying(
+            what, lambda: client.submit(**dataclasses.asdict(item.spec), priority=priority), ui
+        )
+        summary["job_id"] = submitted.job_id
+        job: pb.Job = await _retrying(what, lambda: _finished(client, submitted.job_id), ui)
+        summary["status"] = job_state_name(job.state)
+        summary["error"] = job.error
+        if job.state == pb.JOB_STATE_SUCCEEDED:
+            summary["final_key"] = job.final.key
+            if out_dir is not None:
+                data = await client.fetch_final(job)
+                path = out_dir / f"line{item.line:05d}-{job.job_id}.png"
+                await asyncio.to_thread(path.write_bytes, data)
+                summary["final_path"] = str(path)
+    except grpc.aio.AioRpcError as err:
+        summary["status"] = summary["status"] or "error"
+        summary["error"] = f"{err.code().name}: {err.details()}"
+    except Exception as err:  # one bad line must not sink the batch
+        summary["status"] = summary["status"] or "error"
+        summary["error"] = str(err)
+    return summary
+
+
+def _write_summary(path: Path, summaries: list[dict[str, Any]]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(s) + "\n" for s in summaries))
+
+
+async def run_batch(
+    client: StageflowClient,
+    lines: list[BatchLine],
+    *,
+    concurrency: int,
+    priority: int,
+    out_dir: Path | None,
+    summary_path: Path,
+    ui: Ui,
+) -> int:
+    """Submit and follow every line, at most `concurrency` at once; write one
+    summary line per input line (in file order). 0 when every job succeeded."""
+    if out_dir is not None:
+        await asyncio.to_thread(out_dir.mkdir, parents=True, exist_ok=True)
+    gate = asyncio.Semaphore(concurrency)
+    progress = Progress(
+        TextColumn("batch"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[failed]} failed"),
+        TimeElapsedColumn(),
+        console=ui.err,
+        transient=ui.as_json,
+    )
+
+    async def one(item: BatchLine) -> dict[str, Any]:
+        async with gate:
+            summary = await _run_line(client, item, priority, out_dir, ui)
+        failed = summary["status"] != "succeeded"
+        progress.update(task, advance=1, failed=progress.tasks[task].fields["failed"] + failed)
+        return summary
+
+    with progress:
+        task = progress.add_task("batch", total=len(lines), failed=0)
+        summaries = await asyncio.gather(*(one(item) for item in lines))
+    await asyncio.to_thread(_write_summary, summary_path, summaries)
+    succeeded = sum(s["status"] == "succeeded" for s in summaries)
+    ui.say(f"{succeeded} of {len(summaries)} jobs succeeded; summary: {summary_path}")
+    return 0 if succeeded == len(summaries) else 1

@@ -1,0 +1,364 @@
+"""The whole system as real processes on loopback: three stages and the orchestrator.
+
+`LocalCluster` is what `stageflow up`, `stageflow demo` and the integration tests
+run. Every process is started with `--port 0` and reports the port it bound
+through a port file, so several clusters can run side by side; readiness is the
+grpc.health.v1 answer SERVING, polled, never guessed with a sleep.
+
+Children run in their own sessions so that Ctrl-C reaches only the launcher,
+which then stops them in order. The flip side: a launcher killed with SIGKILL
+leaves them running; `stop()` (or the context manager) is the way out.
+start() blocks; from async code call it through asyncio.to_thread.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import IO, Self
+
+STAGES: tuple[str, ...] = ("base", "refine", "upscale")
+ORCHESTRATOR = "orchestrator"
+# Which fixture model folder each stage serves, relative to a models_dir laid
+# out like `stageflow models build-fixtures` output (random weights).
+STAGE_MODELS: Mapping[str, str] = {
+    "base": "tiny-sd",
+    "refine": "tiny-sd",
+    "upscale": "tiny-esrgan-x4",
+}
+# The default: the committed trained fixtures (`make fixtures-train`), which
+# draw what the prompt says ("a red circle on a blue background", 32 px).
+# The committed trained fixtures of a checkout (not shipped in the wheel).
+TRAINED_MODELS_DIR = Path(__file__).resolve().parents[2] / "fixtures" / "trained"
+TRAINED_STAGE_MODELS: Mapping[str, str] = {
+    "base": "shapes-sd",
+    "refine": "shapes-sd",
+    "upscale": "shapes-esrgan-x4",
+}
+_POLL_S = 0.05
+_LOG_TAIL_LINES = 40
+
+
+class ClusterError(RuntimeError):
+    """A process of the cluster could not be started or did not become ready."""
+
+
+@dataclass
+class _Proc:
+    name: str
+    argv: list[str]
+    popen: subprocess.Popen[bytes]
+    log: IO[bytes]
+    port: int | None = None
+    ready: bool = False
+
+
+def log_tail(path: Path, lines: int = _LOG_TAIL_LINES) -> str:
+    """The last lines of a log file, for error messages."""
+    try:
+        text = path.read_text(errors="replace")
+    except OSError:
+        return "(no log)"
+    tail = text.splitlines()[-lines:]
+    return "\n".join(tail) if tail else "(log is empty)"
+
+
+def _read_port(path: Path) -> int | None:
+    """The port in a port file, or None while it is missing or half written."""
+    try:
+        text = path.read_text().strip()
+    except OSError:
+        return None
+    return int(text) if text.isdigit() else None
+
+
+def _health_status(address: str, timeout: float = 1.0) -> str:
+    """grpc.health.v1 Check of the whole server: SERVING, NOT_SERVING, ... or UNREACHABLE."""
+    import grpc
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    with grpc.insecure_channel(address) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        try:
+            reply = stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=timeout)
+        except grpc.RpcError:
+            return "UNREACHABLE"
+    return str(health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status))
+
+
+def _flag_value(args: Sequence[str], flag: str) -> str | None:
+    """The value of `--flag value` or `--flag=value` in args, the last one winning."""
+    value = None
+    for i, arg in enumerate(args):
+        if arg == flag and i + 1 < len(args):
+            value = args[i + 1]
+        elif arg.startswith(flag + "="):
+            value = arg.split("=", 1)[1]
+    return value
+
+
+class LocalCluster:
+    """Starts base, refine, upscale and the orchestrator as child processes.
+
+    Use as a context manager (starts on enter, stops on exit) or call
+    `start()` / `stop()`. Logs go to `<state_dir>/logs/<name>.log`.
+    """
+
+    def __init__(
+        self,
+        *,
+        state_dir: Path,
+        models_dir: Path | None = None,
+        store_url: str | None = None,
+        s3_access_key: str = "",
+        s3_secret_key: str = "",
+        orchestrator_port: int = 0,
+        torch_threads: int = 1,
+        extra_env: Mapping[str, str] | None = None,
+        stage_args: Mapping[str, Sequence[str]] | None = None,
+        orchestrator_args: Sequence[str] = (),
+    ) -> None:
+        self.state_dir = Path(state_dir).resolve()
+        # No models_dir: the trained fixtures; a models_dir: build-fixtures' layout.
+        self.models_dir = Path(models_dir).resolve() if models_dir else TRAINED_MODELS_DIR
+        self.stage_models = STAGE_MODELS if models_dir else TRAINED_STAGE_MODELS
+        self.store_url = store_url or (self.state_dir / "store").as_uri()
+        self.orchestrator_port = orchestrator_port
+        self.torch_threads = torch_threads
+        self._s3_keys = (s3_access_key, s3_secret_key)
+        self._extra_env = dict(extra_env or {})
+        self._stage_args = {name: list(args) for name, args in (stage_args or {}).items()}
+        unknown = set(self._stage_args) - set(STAGES)
+        if unknown:
+            raise ValueError(f"stage_args names unknown stages {sorted(unknown)}; known: {STAGES}")
+        self._orchestrator_args = list(orchestrator_args)  # extra flags, e.g. --stage-cache false
+        self._procs: dict[str, _Proc] = {}
+
+    # -- what callers read ---------------------------------------------------
+
+    @property
+    def addresses(self) -> dict[str, str]:
+        """name -> "127.0.0.1:port" of every process that is ready."""
+        return {n: f"127.0.0.1:{p.port}" for n, p in self._procs.items() if p.ready}
+
+    @property
+    def orchestrator_address(self) -> str:
+        try:
+            return self.addresses[ORCHESTRATOR]
+        except KeyError:
+            raise ClusterError("the orchestrator is not running; call start() first") from None
+
+    def process(self, name: str) -> subprocess.Popen[bytes]:
+        return self._proc(name).popen
+
+    def log_path(self, name: str) -> Path:
+        return self.state_dir / "logs" / f"{name}.log"
+
+    def port_file(self, name: str) -> Path:
+        return self.state_dir / "ports" / name
+
+    def model_path(self, stage: str) -> Path:
+        """The model folder a stage serves: its --model-path in stage_args, else the fixture."""
+        override = _flag_value(self._stage_args.get(stage, []), "--model-path")
+        return Path(override) if override else self.models_dir / self.stage_models[stage]
+
+    # -- lifecycle -------------------------------------------------------------
+
+    def start(self, timeout: float = 120) -> None:
+        """Start the stages in parallel, then the orchestrator; return once all are SERVING.
+
+        Raises ClusterError (after stopping whatever was started) when a model
+        folder is missing, a process exits, or readiness takes over `timeout`.
+        """
+        if self._procs:
+            raise ClusterError("cluster already started")
+        self._check_models()
+        for sub in ("logs", "ports"):
+            (self.state_dir / sub).mkdir(parents=True, exist_ok=True)
+        deadline = time.monotonic() + timeout
+        try:
+            for stage in STAGES:
+                self._spawn(stage, self._stage_argv(stage, port=0))
+            self._wait_ready(STAGES, deadline, timeout)
+            self._spawn(ORCHESTRATOR, self._orchestrator_argv(self.orchestrator_port))
+            self._wait_ready((ORCHESTRATOR,), deadline, timeout)
+        except BaseException:
+            self.stop(grace=5)
+            raise
+
+    def stop(self, grace: float = 15) -> None:
+        """SIGTERM the orchestrator, then the stages; SIGKILL what outlives `grace`.
+
+        Safe to call twice, and on a cluster that never started.
+        """
+        if ORCHESTRATOR in self._procs:
+            self._terminate([self._procs[ORCHESTRATOR]], grace)
+        self._terminate([self._procs[n] for n in STAGES if n in self._procs], grace)
+        for proc in self._procs.values():
+            proc.log.close()
+        self._procs.clear()
+
+    def restart(self, name: str, timeout: float = 120, grace: float = 15) -> None:
+        """Stop one process and start it again on the same port (the others keep its address)."""
+        old = self._proc(name)
+        self._terminate([old], grace)
+        old.log.close()
+        argv = old.argv
+        if old.port is not None:
+            argv = self._with_port(argv, old.port)
+        del self._procs[name]
+        self._spawn(name, argv, append_log=True)
+        self._wait_ready((name,), time.monotonic() + timeout, timeout)
+
+    def __enter__(self) -> Self:
+        if not self._procs:
+            self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    # -- internals -------------------------------------------------------------
+
+    def _proc(self, name: str) -> _Proc:
+        try:
+            return self._procs[name]
+        except KeyError:
+            raise KeyError(
+                f"no running process named {name!r}; have {sorted(self._procs)}"
+            ) from None
+
+    def _check_models(self) -> None:
+        missing = [
+            f"{stage}: {path}"
+            for stage in STAGES
+            if not (path := self.model_path(stage)).is_dir() or not any(path.iterdir())
+        ]
+        if not missing:
+            return
+        if self.stage_models is TRAINED_STAGE_MODELS:
+            hint = "Restore the committed trained fixtures or retrain them: `make fixtures-train`."
+        else:
+            build = f"stageflow models build-fixtures --out {self.models_dir}"
+            hint = f"Build the fixture models with `make setup` or `{build}`."
+        raise ClusterError("model folders are missing (" + "; ".join(missing) + "). " + hint)
+
+    def _common_argv(self, name: str, port: int) -> list[str]:
+        return [
+            "--host", "127.0.0.1",
+            "--port", str(port),
+            "--port-file", str(self.port_file(name)),
+            "--store-url", self.store_url,
+            "--log-json", "true",
+        ]  # fmt: skip
+
+    def _stage_argv(self, stage: str, port: int) -> list[str]:
+        argv = [*self._launcher(f"stageflow.services.{stage}"), *self._common_argv(stage, port)]
+        argv += ["--torch-threads", str(self.torch_threads)]
+        extra = self._stage_args.get(stage, [])
+        if _flag_value(extra, "--model-path") is None:
+            argv += ["--model-path", str(self.model_path(stage))]
+        return argv + extra
+
+    def _orchestrator_argv(self, port: int) -> list[str]:
+        argv = [*self._launcher("stageflow.orchestrator"), *self._common_argv(ORCHESTRATOR, port)]
+        argv += ["--db-path", str(self.state_dir / "orchestrator.sqlite")]
+        for stage in STAGES:
+            argv += [f"--{stage}-address", self.addresses[stage]]
+        return argv + self._orchestrator_args
+
+    @staticmethod
+    def _launcher(module: str) -> list[str]:
+        """The command that runs a module (tests swap in a fake service here)."""
+        return [sys.executable, "-m", module]
+
+    @staticmethod
+    def _with_port(argv: list[str], port: int) -> list[str]:
+        out = list(argv)
+        out[out.index("--port") + 1] = str(port)
+        return out
+
+    def _env(self) -> dict[str, str]:
+        env = {**os.environ, **self._extra_env, "PYTHONUNBUFFERED": "1"}
+        access, secret = self._s3_keys
+        # Secrets go by environment, never argv: argv is visible to every user in `ps`.
+        if access:
+            env["STAGEFLOW_S3_ACCESS_KEY"] = access
+        if secret:
+            env["STAGEFLOW_S3_SECRET_KEY"] = secret
+        return env
+
+    def _spawn(self, name: str, argv: list[str], append_log: bool = False) -> None:
+        self.port_file(name).unlink(missing_ok=True)
+        log = self.log_path(name).open("ab" if append_log else "wb")
+        # A new session: Ctrl-C in the terminal reaches only us, and we stop the
+        # children in order (orchestrator first) instead of all dying at once.
+        popen = subprocess.Popen(
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=self._env(),
+            start_new_session=True,
+        )
+        self._procs[name] = _Proc(name=name, argv=argv, popen=popen, log=log)
+
+    def _wait_ready(self, names: Sequence[str], deadline: float, timeout: float) -> None:
+        pending = [self._procs[n] for n in names]
+        status: dict[str, str] = {}
+        while pending:
+            for proc in list(pending):
+                rc = proc.popen.poll()
+                if rc is not None:
+                    log = self.log_path(proc.name)
+                    raise ClusterError(
+                        f"{proc.name} exited with status {rc} before it was ready. "
+                        f"Last lines of {log}:\n{log_tail(log)}"
+                    )
+                if proc.port is None:
+                    proc.port = _read_port(self.port_file(proc.name))
+                    status[proc.name] = "no port file yet"
+                if proc.port is not None:
+                    status[proc.name] = _health_status(f"127.0.0.1:{proc.port}")
+                    if status[proc.name] == "SERVING":
+                        proc.ready = True
+                        pending.remove(proc)
+            if not pending:
+                return
+            if time.monotonic() > deadline:
+                name = pending[0].name
+                raise ClusterError(
+                    f"{name} not ready after {timeout:.0f}s ({status.get(name)}). "
+                    f"Last lines of {self.log_path(name)}:\n{log_tail(self.log_path(name))}"
+                )
+            time.sleep(_POLL_S)
+
+    @staticmethod
+    def _terminate(procs: Sequence[_Proc], grace: float) -> None:
+        live = [p for p in procs if p.popen.poll() is None]
+        for p in live:
+            with contextlib.suppress(ProcessLookupError):
+                p.popen.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + grace
+        for p in live:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                p.popen.wait(timeout=max(0.0, deadline - time.monotonic()))
+        for p in live:
+            if p.popen.poll() is None:
+                # The whole group: a straggler's own children must not outlive it.
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(p.popen.pid, signal.SIGKILL)
+                p.popen.wait()

@@ -1,0 +1,191 @@
+"""`stageflow models ...`: the model repository and live model swaps.
+
+The repository root defaults to $STAGEFLOW_MODEL_REPOSITORY, else
+models/repository; an S3 root (s3://bucket/prefix?endpoint=http://h:p) takes
+its keys from STAGEFLOW_S3_ACCESS_KEY / STAGEFLOW_S3_SECRET_KEY.
+Heavy modules (grpc, torch) are imported inside the commands.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, NoReturn
+
+import typer
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+if TYPE_CHECKING:
+    from stageflow.inference.repository import ModelRepository, ModelVersion
+
+models_app = typer.Typer(help="Models: fixtures, the model repository, live swaps.")
+
+EXIT_USAGE = 2
+EXIT_FAILURE = 1
+USAGE_CODES = frozenset({"INVALID_ARGUMENT", "NOT_FOUND"})
+
+Repository = Annotated[
+    str | None,
+    typer.Option(
+        "--repository",
+        help="Repository root: a folder or s3://bucket/prefix?endpoint=http://h:p "
+        "(default: $STAGEFLOW_MODEL_REPOSITORY or models/repository).",
+        show_default=False,
+    ),
+]
+
+
+def _fail(message: str, code: int) -> NoReturn:
+    Console(stderr=True).print(Text(message), soft_wrap=True)
+    raise typer.Exit(code)
+
+
+@contextlib.contextmanager
+def _errors() -> Iterator[None]:
+    """Expected failures: one line on stderr and an exit code, no traceback."""
+    from stageflow.core.errors import StageflowError
+
+    try:
+        yield
+    except StageflowError as err:
+        _fail(f"{err.code}: {err.message}", EXIT_USAGE if err.code in USAGE_CODES else EXIT_FAILURE)
+    except ValueError as err:
+        _fail(f"error: {err}", EXIT_USAGE)
+    except OSError as err:
+        _fail(f"error: {err}", EXIT_FAILURE)
+
+
+def _open(root: str | None) -> ModelRepository:
+    from stageflow.inference.repository import ModelRepository, default_root
+
+    return ModelRepository(
+        root or default_root(),
+        access_key=os.environ.get("STAGEFLOW_S3_ACCESS_KEY", ""),
+        secret_key=os.environ.get("STAGEFLOW_S3_SECRET_KEY", ""),
+        region=os.environ.get("STAGEFLOW_S3_REGION", ""),
+    )
+
+
+def _row(version: ModelVersion) -> dict[str, object]:
+    return {
+        "name": version.name,
+        "version": version.version,
+        "kinds": [str(k) for k in version.kinds],
+        "format": str(version.format),
+        "backend": str(version.backend),
+        "architecture": version.architecture,
+        "fingerprint": version.fingerprint,
+        "source": version.source,
+        "created_at": version.created_at.isoformat(),
+    }
+
+
+@models_app.command("build-fixtures")
+def build_fixtures(
+    out: Annotated[Path, typer.Option(help="Where to write the models.")] = Path("models"),
+    seed: Annotated[int, typer.Option(help="Weight seed.")] = 0,
+) -> None:
+    """Build the tiny seeded fixture models locally (nothing is downloaded)."""
+    from stageflow.inference.fixtures import build_fixtures as build
+
+    paths = build(out, seed=seed)
+    for name, path in paths.items():
+        Console().print(Text(f"{name}: {path}"))
+
+
+@models_app.command("list")
+def list_models(
+    repository: Repository = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """List every model version in the repository."""
+    with _errors():
+        repo = _open(repository)
+        versions, problems = repo.scan()
+    for problem in problems:
+        Console(stderr=True).print(Text(f"skipped: {problem}"), soft_wrap=True)
+    if as_json:
+        print(json.dumps([_row(v) for v in versions], indent=2))
+        return
+    table = Table(title=f"models in {repo.describe()}")
+    for column in ("model", "kinds", "format", "backend", "fingerprint", "source", "created"):
+        table.add_column(column)
+    for v in versions:
+        table.add_row(
+            v.ref,
+            ", ".join(str(k) for k in v.kinds),
+            str(v.format) + (f" ({v.architecture})" if v.architecture else ""),
+            str(v.backend),
+            v.fingerprint[:12],
+            v.source or "",
+            v.created_at.isoformat(),
+        )
+    Console().print(table)
+
+
+@models_app.command("import")
+def import_model(
+    src: Annotated[Path, typer.Argument(help="A local diffusers or ESRGAN folder.")],
+    name: Annotated[str, typer.Option(help="Model name in the repository.")],
+    version: Annotated[str, typer.Option(help="Version to create, e.g. 1.")],
+    repository: Repository = None,
+) -> None:
+    """Copy a local model folder into the repository as NAME@VERSION."""
+    with _errors():
+        created = _open(repository).import_folder(src, name, version)
+    kinds = ", ".join(str(k) for k in created.kinds)
+    Console().print(
+        Text(f"imported {created.ref}: {created.format} ({created.architecture}) for {kinds}")
+    )
+
+
+@models_app.command("compile")
+def compile_model(
+    model: Annotated[str, typer.Argument(help="name[@version]; default its latest torch version.")],
+    backend: Annotated[str, typer.Option(help="onnx or tensorrt.")] = "onnx",
+    fp16: Annotated[bool, typer.Option("--fp16", help="Export in half precision.")] = False,
+    repository: Repository = None,
+) -> None:
+    """Export a version to ONNX as a new version named <version>-<backend>[-fp16]."""
+    from stageflow.inference.repository import parse_ref
+
+    with _errors():
+        name, version = parse_ref(model)
+        created = _open(repository).compile(name, version, backend=backend, fp16=fp16)
+    summary = f"{created.backend}, {created.fingerprint[:12]}"
+    Console().print(Text(f"compiled {created.source} -> {created.ref} ({summary})"))
+
+
+@models_app.command("load")
+def load_model(
+    address: Annotated[str, typer.Argument(help="The stage's host:port.")],
+    model: Annotated[str, typer.Argument(help="name@version from the stage's repository.")],
+    timeout: Annotated[float, typer.Option(help="Seconds to wait for the load.")] = 600.0,
+) -> None:
+    """Make a running stage load and serve another model version, without a restart."""
+    import grpc
+
+    from stageflow.v1 import stage_pb2, stage_pb2_grpc
+
+    with grpc.insecure_channel(address) as channel:
+        stub = stage_pb2_grpc.StageAdminServiceStub(channel)
+        try:
+            reply = stub.LoadModel(stage_pb2.LoadModelRequest(model=model), timeout=timeout)
+        except grpc.RpcError as err:
+            code = err.code().name if hasattr(err, "code") else "UNKNOWN"
+            details = err.details() if hasattr(err, "details") else str(err)
+            if code == "UNAVAILABLE":
+                details = f"{details} (is a stage running at {address}?)"
+            _fail(f"{code}: {details}", EXIT_USAGE if code in USAGE_CODES else EXIT_FAILURE)
+    info = reply.model
+    Console().print(
+        Text(
+            f"{address} now serves {info.name}@{info.version} "
+            f"({info.backend}, {info.fingerprint[:12]})"
+        )
+    )

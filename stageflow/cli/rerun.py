@@ -1,0 +1,81 @@
+"""`stageflow rerun --set KEY=VALUE`: from flat keys to RerunJob overrides.
+
+A key is a field of the from-stage's options (refine: strength, steps,
+guidance_scale, ...) or of the prompt bundle (text, style, negative). Values
+are parsed by the field's type, so "steps=x" fails here, not on the server.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, cast
+
+from google.protobuf.descriptor import FieldDescriptor
+from google.protobuf.message import Message
+
+from stageflow.cli.sets import FLOATS, INTS, typed_value
+from stageflow.core.errors import InvalidArgument
+from stageflow.v1 import orchestrator_pb2 as pb
+
+OPTIONS: dict[str, type[Message]] = {
+    "base": pb.BaseOptions,
+    "refine": pb.RefineOptions,
+    "upscale": pb.UpscaleOptions,
+}
+# CLI key -> PromptBundle field.
+BUNDLE_KEYS = {"text": "overlay_text", "style": "style", "negative": "negative_prompt"}
+
+_SCALARS = (
+    INTS
+    | FLOATS
+    | {
+        FieldDescriptor.TYPE_BOOL,
+        FieldDescriptor.TYPE_STRING,
+        FieldDescriptor.TYPE_ENUM,
+    }
+)
+
+
+@dataclass
+class Overrides:
+    """Keyword arguments of StageflowClient.rerun."""
+
+    options: dict[str, dict[str, Any]] = field(default_factory=dict)
+    bundle: dict[str, str] = field(default_factory=dict)
+
+    def client_kwargs(self) -> dict[str, Any]:
+        kwargs: dict[str, Any] = {f"{s}_options": v for s, v in self.options.items()}
+        return {**kwargs, "bundle": self.bundle or None}
+
+
+def allowed_keys(from_stage: str) -> list[str]:
+    fields = OPTIONS[from_stage].DESCRIPTOR.fields if from_stage in OPTIONS else []
+    return sorted(f.name for f in fields if f.type in _SCALARS) + sorted(BUNDLE_KEYS)
+
+
+def parse_sets(from_stage: str, sets: Sequence[str]) -> Overrides:
+    """Map each "key=value" onto the from-stage's options or the bundle."""
+    out = Overrides()
+    allowed = allowed_keys(from_stage)
+    # cast: the stubs type descriptors as the python or the upb implementation.
+    fields = cast(
+        Mapping[str, FieldDescriptor],
+        OPTIONS[from_stage].DESCRIPTOR.fields_by_name if from_stage in OPTIONS else {},
+    )
+    for item in sets:
+        key, sep, raw = item.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise InvalidArgument("--set", f"expected KEY=VALUE, got {item!r}")
+        if key in BUNDLE_KEYS:
+            out.bundle[BUNDLE_KEYS[key]] = raw
+            continue
+        fd = fields.get(key)
+        if fd is None or fd.type not in _SCALARS:
+            raise InvalidArgument(
+                f"--set {key}",
+                f"unknown key for a rerun from {from_stage}; allowed: {', '.join(allowed)}",
+            )
+        out.options.setdefault(from_stage, {})[key] = typed_value(fd, key, raw, enum_numbers=False)
+    return out

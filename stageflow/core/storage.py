@@ -1,0 +1,387 @@
+"""Object storage: the only way images move between services.
+
+`ObjectStore` is a small synchronous interface with two implementations:
+`LocalStore` (a folder; the embedded default) and `S3Store` (the minio client:
+MinIO, SeaweedFS, AWS S3). Call it from async code through asyncio.to_thread.
+Content addressing and digest checks live in `stageflow.core.artifacts`.
+"""
+
+from __future__ import annotations
+
+import abc
+import io
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
+from datetime import timedelta
+from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
+from urllib.request import url2pathname
+
+import urllib3
+from minio import Minio
+from minio.error import S3Error
+
+from stageflow.core.errors import InvalidArgument, NotFound, StageflowError, Unavailable
+
+
+class ObjectStore(abc.ABC):
+    """Keys are '/'-separated relative paths without '..' segments."""
+
+    @abc.abstractmethod
+    def put(self, key: str, data: bytes, content_type: str = "application/octet-stream") -> None:
+        """Write an object atomically (readers never see a partial object)."""
+
+    @abc.abstractmethod
+    def get(self, key: str) -> bytes:
+        """Read an object; raise stageflow.core.errors.NotFound when it does not exist."""
+
+    @abc.abstractmethod
+    def exists(self, key: str) -> bool: ...
+
+    @abc.abstractmethod
+    def delete(self, key: str) -> None:
+        """Delete an object; deleting a missing key is not an error."""
+
+    @abc.abstractmethod
+    def url(self, key: str, expires: timedelta = timedelta(hours=1)) -> str:
+        """A URL a client can fetch the object from: presigned GET on S3,
+        file:// for a local folder."""
+
+    @abc.abstractmethod
+    def describe(self) -> str:
+        """Where this store points, for logs (never includes secrets)."""
+
+    @abc.abstractmethod
+    def list_keys(self, prefix: str = "") -> list[str]:
+        """Every key that starts with `prefix` (a plain string prefix, as in S3),
+        sorted; "a/" lists everything below the folder a."""
+
+    def put_file(
+        self, key: str, path: Path, content_type: str = "application/octet-stream"
+    ) -> None:
+        """Write an object from a file; stores override this to stream large files."""
+        self.put(key, Path(path).read_bytes(), content_type=content_type)
+
+    def get_file(self, key: str, path: Path) -> None:
+        """Read an object into a file (replaced atomically); NotFound as `get`."""
+        _write_atomically(Path(path), self.get(key))
+
+
+def _write_atomically(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # Write beside the target and rename: os.replace is atomic on one
+    # filesystem, so a concurrent reader sees the old or the new object.
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _is_partial(name: str) -> bool:
+    """A LocalStore write in progress (see _write_atomically)."""
+    return name.startswith(".") and name.endswith(".tmp")
+
+
+def check_key(key: str, *, field: str = "key") -> str:
+    """Reject keys that could escape a store's root or alias another key."""
+    if not key:
+        raise InvalidArgument(field, "must not be empty")
+    if key.startswith("/") or "\\" in key or "\x00" in key:
+        raise InvalidArgument(field, f"must be a relative '/'-separated path, got {key!r}")
+    if any(part in ("", ".", "..") for part in key.split("/")):
+        raise InvalidArgument(field, f"must not contain empty, '.' or '..' segments, got {key!r}")
+    return key
+
+
+class LocalStore(ObjectStore):
+    """A folder; each key is a file below `root`. Content types are not kept,
+    and `url()` ignores `expires` (file:// URLs do not expire)."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root).resolve()
+        self.root.mkdir(parents=True, exist_ok=True)
+
+    def _path(self, key: str) -> Path:
+        return self.root.joinpath(*check_key(key).split("/"))
+
+    def put(self, key: str, data: bytes, content_type: str = "application/octet-stream") -> None:
+        _write_atomically(self._path(key), data)
+
+    def put_file(
+        self, key: str, path: Path, content_type: str = "application/octet-stream"
+    ) -> None:
+        target = self._path(key)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+        os.close(fd)
+        try:
+            shutil.copyfile(path, tmp)
+            os.replace(tmp, target)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+    def get_file(self, key: str, path: Path) -> None:
+        source = self._path(key)
+        if not source.is_file():
+            raise NotFound(f"object {key} not found in {self.describe()}")
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        os.close(fd)
+        try:
+            shutil.copyfile(source, tmp)
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+    def list_keys(self, prefix: str = "") -> list[str]:
+        # Walk only the deepest folder the prefix names, then filter by the rest.
+        folder, _, _ = prefix.rpartition("/")
+        base = (
+            self.root.joinpath(*check_key(folder, field="prefix").split("/"))
+            if folder
+            else self.root
+        )
+        if not base.is_dir():
+            return []
+        keys = (
+            p.relative_to(self.root).as_posix()
+            for p in base.rglob("*")
+            if p.is_file() and not _is_partial(p.name)
+        )
+        return sorted(k for k in keys if k.startswith(prefix))
+
+    def get(self, key: str) -> bytes:
+        try:
+            return self._path(key).read_bytes()
+        except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+            raise NotFound(f"object {key} not found in {self.describe()}") from None
+
+    def exists(self, key: str) -> bool:
+        return self._path(key).is_file()
+
+    def delete(self, key: str) -> None:
+        with suppress(IsADirectoryError, NotADirectoryError):
+            self._path(key).unlink(missing_ok=True)
+
+    def url(self, key: str, expires: timedelta = timedelta(hours=1)) -> str:
+        return self._path(key).as_uri()
+
+    def describe(self) -> str:
+        return str(self.root)
+
+
+# Keys S3 uses for "this object is not there" (HEAD answers carry no body, so
+# minio reports those as ResourceNotFound/NoSuchKey depending on the call).
+_MISSING = {"NoSuchKey", "NoSuchObject", "ResourceNotFound", "NotFound"}
+
+
+# What MinIO (and SeaweedFS) answer when no region is configured.
+DEFAULT_S3_REGION = "us-east-1"
+
+
+def _endpoint(endpoint: str, secure: bool) -> tuple[str, bool]:
+    """(host:port, secure) of ``host:port`` or ``http(s)://host:port``."""
+    parts = urlsplit(endpoint if "://" in endpoint else f"//{endpoint}")
+    if parts.scheme:
+        if parts.scheme not in ("http", "https"):
+            raise ValueError(f"S3 endpoint must be http:// or https://, got {endpoint!r}")
+        secure = parts.scheme == "https"
+    if not parts.netloc or parts.path.strip("/"):
+        raise ValueError(f"S3 endpoint must be host:port, got {endpoint!r}")
+    return parts.netloc, secure
+
+
+class S3Store(ObjectStore):
+    """A bucket on an S3 server, through the minio client.
+
+    `endpoint` is ``host:port`` or ``http(s)://host:port``; a scheme, when
+    given, decides `secure`. The bucket is created when it does not exist.
+
+    `public_endpoint` (``http(s)://host:port``), when set, is where presigned
+    URLs point: inside Kubernetes the store is ``http://minio:9000``, a name
+    clients outside the cluster cannot reach. Presigning is local (no call to
+    that address); the proxy in front of it must keep the Host header, which
+    the signature covers.
+    """
+
+    def __init__(
+        self,
+        endpoint: str,
+        bucket: str,
+        *,
+        access_key: str,
+        secret_key: str,
+        secure: bool = False,
+        region: str | None = None,
+        public_endpoint: str = "",
+    ) -> None:
+        netloc, secure = _endpoint(endpoint, secure)
+        self.endpoint = f"{'https' if secure else 'http'}://{netloc}"
+        self.bucket = bucket
+        # minio's default client retries a refused connection for seconds and
+        # waits minutes on a dead peer; a stage should fail fast and say so.
+        http = urllib3.PoolManager(
+            timeout=urllib3.Timeout(connect=5.0, read=60.0),
+            maxsize=10,
+            retries=urllib3.Retry(
+                total=2, backoff_factor=0.1, status_forcelist=[500, 502, 503, 504]
+            ),
+        )
+        self._client = Minio(
+            netloc,
+            access_key=access_key,
+            secret_key=secret_key,
+            secure=secure,
+            region=region or None,
+            http_client=http,
+        )
+        self._signer = self._client
+        if public_endpoint:
+            public_netloc, public_secure = _endpoint(public_endpoint, False)
+            # With a region given, minio presigns without asking the server:
+            # the public address need not be reachable from here.
+            self._signer = Minio(
+                public_netloc,
+                access_key=access_key,
+                secret_key=secret_key,
+                secure=public_secure,
+                region=region or DEFAULT_S3_REGION,
+            )
+        with self._errors("bucket", bucket):
+            if not self._client.bucket_exists(bucket):
+                try:
+                    self._client.make_bucket(bucket)
+                except S3Error as err:
+                    # Several processes may create it at once; ours lost the race.
+                    if err.code != "BucketAlreadyOwnedByYou":
+                        raise
+
+    @contextmanager
+    def _errors(self, what: str, key: str) -> Iterator[None]:
+        """Map client failures to domain errors that name the store."""
+        try:
+            yield
+        except S3Error as e:
+            if e.code == "NoSuchBucket":
+                raise NotFound(f"bucket {self.bucket} not found at {self.endpoint}") from None
+            if e.code in _MISSING:
+                raise NotFound(f"{what} {key} not found in {self.describe()}") from None
+            raise StageflowError(
+                f"object store {self.describe()} refused {what} {key}: {e.code}: {e.message}"
+            ) from e
+        except (urllib3.exceptions.HTTPError, OSError) as e:
+            raise Unavailable(f"object store {self.endpoint} unreachable: {e}") from e
+
+    def put(self, key: str, data: bytes, content_type: str = "application/octet-stream") -> None:
+        check_key(key)
+        with self._errors("object", key):
+            self._client.put_object(
+                self.bucket, key, io.BytesIO(data), len(data), content_type=content_type
+            )
+
+    def get(self, key: str) -> bytes:
+        check_key(key)
+        with self._errors("object", key):
+            response = self._client.get_object(self.bucket, key)
+            try:
+                return response.read()
+            finally:
+                response.close()
+                response.release_conn()
+
+    def exists(self, key: str) -> bool:
+        check_key(key)
+        try:
+            with self._errors("object", key):
+                self._client.stat_object(self.bucket, key)
+        except NotFound:
+            return False
+        return True
+
+    def delete(self, key: str) -> None:
+        check_key(key)
+        with self._errors("object", key):
+            self._client.remove_object(self.bucket, key)
+
+    def url(self, key: str, expires: timedelta = timedelta(hours=1)) -> str:
+        check_key(key)
+        with self._errors("object", key):
+            return str(self._signer.presigned_get_object(self.bucket, key, expires=expires))
+
+    def describe(self) -> str:
+        return f"s3://{self.bucket} at {self.endpoint}"
+
+    def list_keys(self, prefix: str = "") -> list[str]:
+        with self._errors("prefix", prefix):
+            objects = self._client.list_objects(self.bucket, prefix=prefix or None, recursive=True)
+            return sorted(o.object_name for o in objects if not o.is_dir)
+
+    def put_file(
+        self, key: str, path: Path, content_type: str = "application/octet-stream"
+    ) -> None:
+        check_key(key)
+        with self._errors("object", key):
+            # Streams from disk, multipart above the part size: model weights
+            # run to gigabytes and need not fit in memory.
+            self._client.fput_object(self.bucket, key, str(path), content_type=content_type)
+
+    def get_file(self, key: str, path: Path) -> None:
+        check_key(key)
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with self._errors("object", key):
+            # fget_object downloads to a side file and renames it into place.
+            self._client.fget_object(self.bucket, key, str(path))
+
+
+def open_store(
+    url: str, *, access_key: str = "", secret_key: str = "", region: str = ""
+) -> ObjectStore:
+    """Open a store from a URL (the one store-URL grammar).
+
+    - ``file:///abs/path`` or a plain path: LocalStore rooted there (a relative
+      plain path is relative to the current directory).
+    - ``s3://bucket?endpoint=http://host:port`` (or ``https://``): S3Store; the
+      bucket is created when missing. Credentials come from the arguments.
+      ``&public_endpoint=https://host`` makes presigned URLs point there (the
+      address clients outside the cluster use); ``&region=`` names the region.
+    """
+    if not url:
+        raise ValueError("store URL is empty")
+    parts = urlsplit(url)
+    if parts.scheme == "s3":
+        query = parse_qs(parts.query)
+        endpoint = query.get("endpoint", [""])[0]
+        if not parts.netloc or not endpoint or parts.path.strip("/"):
+            raise ValueError(
+                f"S3 store URL must be s3://bucket?endpoint=http://host:port, got {url!r}"
+            )
+        return S3Store(
+            endpoint,
+            parts.netloc,
+            access_key=access_key,
+            secret_key=secret_key,
+            region=region or query.get("region", [""])[0] or None,
+            public_endpoint=query.get("public_endpoint", [""])[0],
+        )
+    if parts.scheme == "file":
+        if parts.netloc not in ("", "localhost"):
+            raise ValueError(
+                f"file store URL must be file:///absolute/path (or a plain path), got {url!r}"
+            )
+        return LocalStore(Path(url2pathname(parts.path)))
+    if "://" in url:
+        raise ValueError(f"unsupported store URL scheme {parts.scheme!r} in {url!r}")
+    return LocalStore(Path(url))

@@ -1,0 +1,168 @@
+"""Backends by name: what loads a model folder's parts for each runtime.
+
+A model class asks its backend for the parts it drives (`DiffusionParts`
+for the diffusion stages, an upscaling network for ESRGAN) and for the
+folder's fingerprint; the model's own code is the same for every backend.
+A new backend is one `Backend` entry here, not a branch in each model.
+
+Loaders import their runtime when called, so `import stageflow.inference.backends`
+costs nothing and a torch-only process never imports onnxruntime (nor an
+ONNX-only one diffusers).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from stageflow.core.errors import FailedPrecondition
+
+if TYPE_CHECKING:
+    import torch
+
+    from stageflow.inference.sd_parts import DiffusionParts
+
+    # image in [0, 1] (B, 3, H, W) -> upscaled (B, 3, sH, sW)
+    UpscaleNet = Callable[[torch.Tensor], torch.Tensor]
+
+
+@dataclass(frozen=True)
+class BackendOptions:
+    device: str = "cpu"
+    # Execution providers, for the backends that have them (onnxruntime).
+    providers: tuple[str, ...] = ()
+    # Intra-op threads (0: the runtime's default); pinned for reproducible output.
+    threads: int = 0
+
+
+class BackendUnavailable(FailedPrecondition):
+    """The backend's runtime library is not installed in this process."""
+
+
+@dataclass(frozen=True)
+class Backend:
+    name: str
+    diffusion: Callable[[Path, BackendOptions], DiffusionParts]
+    # -> (network, its scale)
+    upscaler: Callable[[Path, BackendOptions], tuple[UpscaleNet, int]]
+    fingerprint: Callable[[Path], str]
+    takes_providers: bool = False
+    # The importable module the backend needs, checked before loading.
+    requires: str = ""
+
+
+# --- torch ----------------------------------------------------------------------------
+
+
+def _torch_diffusion(folder: Path, options: BackendOptions) -> DiffusionParts:
+    from stageflow.inference.sd_parts import load_torch_parts
+
+    return load_torch_parts(folder, options.device)
+
+
+def _torch_upscaler(folder: Path, options: BackendOptions) -> tuple[UpscaleNet, int]:
+    from stageflow.inference.rrdbnet import load_rrdbnet
+
+    net, config = load_rrdbnet(folder)
+    return net.to(options.device), config.scale
+
+
+def _folder_fingerprint(folder: Path) -> str:
+    from stageflow.inference.base import folder_fingerprint
+
+    return folder_fingerprint(folder)
+
+
+# --- onnxruntime ----------------------------------------------------------------------
+
+
+def _ort_diffusion(folder: Path, options: BackendOptions) -> DiffusionParts:
+    from stageflow.inference.onnx.runtime import load_onnx_parts
+
+    return load_onnx_parts(folder, options.providers, options.threads)
+
+
+def _ort_upscaler(folder: Path, options: BackendOptions) -> tuple[UpscaleNet, int]:
+    from stageflow.inference.onnx.runtime import load_onnx_upscaler
+
+    return load_onnx_upscaler(folder, options.providers, options.threads)
+
+
+def _export_fingerprint(folder: Path) -> str:
+    # Re-hashes the files: a corrupt export fails here, before serving.
+    from stageflow.inference.onnx.layout import read_manifest
+
+    return read_manifest(folder, verify=True).fingerprint
+
+
+# --- tensorrt -------------------------------------------------------------------------
+
+
+def _trt_diffusion(folder: Path, options: BackendOptions) -> DiffusionParts:
+    from stageflow.inference.tensorrt.runtime import load_trt_parts
+
+    return load_trt_parts(folder, options.device)
+
+
+def _trt_upscaler(folder: Path, options: BackendOptions) -> tuple[UpscaleNet, int]:
+    from stageflow.inference.tensorrt.runtime import load_trt_upscaler
+
+    return load_trt_upscaler(folder, options.device)
+
+
+BACKENDS: dict[str, Backend] = {
+    b.name: b
+    for b in (
+        Backend("torch", _torch_diffusion, _torch_upscaler, _folder_fingerprint),
+        Backend(
+            "onnxruntime",
+            _ort_diffusion,
+            _ort_upscaler,
+            _export_fingerprint,
+            takes_providers=True,
+            requires="onnxruntime",
+        ),
+        Backend(
+            "tensorrt",
+            _trt_diffusion,
+            _trt_upscaler,
+            _export_fingerprint,
+            requires="tensorrt",
+        ),
+    )
+}
+
+
+def backend(name: str, providers: Sequence[str] = ()) -> Backend:
+    """The backend called `name`; ValueError for an unknown one, or for
+    providers given to a backend that has none (cheap: imports nothing)."""
+    try:
+        found = BACKENDS[name]
+    except KeyError:
+        raise ValueError(
+            f"unknown backend {name!r}; known backends: {', '.join(sorted(BACKENDS))}"
+        ) from None
+    if providers and not found.takes_providers:
+        raise ValueError(
+            f"backend {name!r} takes no execution providers (got {list(providers)}); "
+            "providers apply to the onnxruntime backend"
+        )
+    return found
+
+
+def require_runtime(found: Backend) -> None:
+    """Raise BackendUnavailable when the backend's library is not installed."""
+    if found.requires and importlib.util.find_spec(found.requires) is None:
+        raise BackendUnavailable(
+            f"backend {found.name!r} needs the {found.requires!r} Python package, which is "
+            "not installed in this environment"
+            + (
+                " (TensorRT comes with NVIDIA's wheels or containers; export to ONNX and use "
+                "the onnxruntime backend where it is absent)"
+                if found.name == "tensorrt"
+                else ""
+            )
+        )

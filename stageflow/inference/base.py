@@ -1,0 +1,119 @@
+"""What every model in this package shares: construction, identity, threads.
+
+Every StageModel here takes the same constructor arguments so the registry
+and the stage processes can build any family the same way.
+"""
+
+from __future__ import annotations
+
+import abc
+import hashlib
+from collections.abc import Sequence
+from pathlib import Path
+
+from stageflow.core.errors import Cancelled, FailedPrecondition
+from stageflow.core.logging import get_logger
+from stageflow.inference import backends
+from stageflow.inference.interface import CancelledFn, ModelIdentity, StageModel
+
+log = get_logger(__name__)
+
+
+def folder_fingerprint(folder: Path) -> str:
+    """sha256 over (relative path, file digest) of every file, in path order.
+
+    Any changed, added, removed or renamed file changes it, so the stage
+    cache never reuses an output made by other weights.
+    """
+    outer = hashlib.sha256()
+    files = sorted(p for p in folder.rglob("*") if p.is_file())
+    for path in files:
+        outer.update(path.relative_to(folder).as_posix().encode())
+        outer.update(b"\0")
+        with path.open("rb") as f:
+            outer.update(hashlib.file_digest(f, "sha256").digest())
+    return outer.hexdigest()
+
+
+def check_cancelled(cancelled: CancelledFn, done: int, total: int) -> None:
+    if cancelled():
+        raise Cancelled(f"cancelled at step {done} of {total}")
+
+
+class LocalModel(StageModel, abc.ABC):
+    """A StageModel whose weights live in one local folder."""
+
+    def __init__(
+        self,
+        path: Path,
+        *,
+        name: str | None = None,
+        version: str = "1",
+        device: str = "cpu",
+        torch_threads: int = 0,
+        max_side: int = 1024,
+        backend: str = "torch",
+        providers: Sequence[str] = (),
+    ) -> None:
+        self.path = Path(path)
+        self.name = name or self.path.name
+        self.version = version
+        self.device = device
+        self.torch_threads = torch_threads
+        self.max_side = max_side
+        # Checked here, not at load: a typo in a backend name fails at start-up.
+        self.runtime = backends.backend(backend, providers)
+        self.backend = backend
+        self.providers = tuple(providers)
+        self._identity: ModelIdentity | None = None
+
+    @property
+    def backend_options(self) -> backends.BackendOptions:
+        return backends.BackendOptions(self.device, self.providers, self.torch_threads)
+
+    @property
+    def loaded(self) -> bool:
+        return self._identity is not None
+
+    @property
+    def identity(self) -> ModelIdentity:
+        if self._identity is None:
+            raise FailedPrecondition(f"model {self.name} is not loaded")
+        return self._identity
+
+    def load(self) -> None:
+        if not self.path.is_dir():
+            raise FileNotFoundError(f"model folder {self.path} does not exist")
+        if self.torch_threads > 0:
+            import torch
+
+            # Process-wide: one stage process serves one model.
+            torch.set_num_threads(self.torch_threads)
+        backends.require_runtime(self.runtime)
+        # Before the weights: a compiled folder's files are verified against its manifest.
+        fingerprint = self.runtime.fingerprint(self.path)
+        self._load_weights()
+        self._identity = ModelIdentity(
+            name=self.name,
+            version=self.version,
+            backend=self.backend,
+            fingerprint=fingerprint,
+        )
+        log.info(
+            "model loaded",
+            model=self.name,
+            version=self.version,
+            backend=self.backend,
+            providers=list(self.providers),
+            fingerprint=fingerprint[:12],
+        )
+
+    def unload(self) -> None:
+        self._release_weights()
+        self._identity = None
+
+    @abc.abstractmethod
+    def _load_weights(self) -> None: ...
+
+    @abc.abstractmethod
+    def _release_weights(self) -> None: ...

@@ -1,0 +1,298 @@
+"""What a stage model is, independent of any transport.
+
+A stage process plugs one `StageModel` into the shared stage servicer. The
+servicer validates a request with `model.validate(params)` before any work,
+then calls `model.run(...)` in a worker thread. Images cross this boundary as
+PIL images; nothing here knows about gRPC or protobuf.
+"""
+
+from __future__ import annotations
+
+import abc
+import dataclasses
+import enum
+from collections.abc import Callable, Hashable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+from PIL import Image
+
+from stageflow.core.errors import InvalidArgument
+
+
+class StageKind(enum.StrEnum):
+    TXT2IMG = "txt2img"
+    REFINE = "refine"
+    UPSCALE = "upscale"
+
+
+def bounded(lo: float, hi: float) -> dict[str, Any]:
+    """Field metadata: the inclusive range a numeric parameter must lie in."""
+    return {"range": (lo, hi)}
+
+
+@dataclass(frozen=True)
+class Txt2ImgParams:
+    prompt: str
+    negative_prompt: str = ""
+    width: int = 128
+    height: int = 128
+    steps: int = field(default=20, metadata=bounded(1, 200))
+    guidance_scale: float = field(default=7.5, metadata=bounded(1.0, 30.0))
+    seed: int = field(default=0, metadata=bounded(0, 2**63 - 1))
+
+
+class RefineMode(enum.StrEnum):
+    IMG2IMG = "img2img"
+    INPAINT = "inpaint"
+
+
+@dataclass(frozen=True)
+class Box:
+    """A rectangle in fractions of the image size, origin top left."""
+
+    left: float
+    top: float
+    right: float
+    bottom: float
+
+
+class TextPlacement(enum.StrEnum):
+    """Which full-width band of the image overlay text is fitted into."""
+
+    BOTTOM = "bottom"
+    TOP = "top"
+    CENTER = "center"
+
+
+@dataclass(frozen=True)
+class RefineParams:
+    prompt: str
+    negative_prompt: str = ""
+    mode: RefineMode = RefineMode.IMG2IMG
+    strength: float = field(default=0.5, metadata=bounded(0.01, 1.0))
+    steps: int = field(default=40, metadata=bounded(1, 200))
+    guidance_scale: float = field(default=7.5, metadata=bounded(1.0, 30.0))
+    seed: int = field(default=42, metadata=bounded(0, 2**63 - 1))
+    inpaint_mask_blur: int = field(default=4, metadata=bounded(0, 64))
+    mask_box: Box | None = None
+    # Overlay text. When set, the stage runs the typography pass (stageflow.inference.text_pass)
+    # instead of `mode`: the text is drawn exactly, inpainted at `strength` over its
+    # own mask, and read back by OCR; `mask_box` and a mask input must be unset.
+    text: str = ""
+    text_placement: TextPlacement = TextPlacement.BOTTOM
+    # A box for the text in fractions of the image; when set it replaces text_placement.
+    text_box: Box | None = None
+    # "#rrggbb" or a CSS name; empty picks black or white by contrast with the region.
+    text_color: str = ""
+    # Outline width as a fraction of the font size; 0 draws none.
+    text_stroke: float = field(default=0.0, metadata=bounded(0.0, 0.2))
+    text_shadow: bool = False
+    # Accept a harmonised result when OCR's character error rate is at most this.
+    # 0: overlay text must come out exact; a harmonised pass that changes even
+    # one character is retried, then replaced by the exact render.
+    max_cer: float = field(default=0.0, metadata=bounded(0.0, 1.0))
+    # Harmonising passes (seed, seed + 1, ...) before falling back to the exact render.
+    max_attempts: int = field(default=3, metadata=bounded(1, 10))
+
+
+class UpscaleMode(enum.StrEnum):
+    LEARNED = "learned"
+    LANCZOS = "lanczos"
+
+
+@dataclass(frozen=True)
+class UpscaleParams:
+    mode: UpscaleMode = UpscaleMode.LEARNED
+    tile_size: int = field(default=128, metadata=bounded(0, 1024))
+    tile_overlap: int = field(default=24, metadata=bounded(0, 64))
+
+
+StageParams = Txt2ImgParams | RefineParams | UpscaleParams
+
+
+@dataclass(frozen=True)
+class StageInputs:
+    """Decoded input artifacts; which are required depends on the stage kind."""
+
+    image: Image.Image | None = None
+    mask: Image.Image | None = None
+
+
+@dataclass(frozen=True)
+class TextCheck:
+    """What OCR read back from the typography pass's output."""
+
+    text: str  # the text asked for
+    ocr_text: str  # what OCR read on the output image
+    cer: float  # character error rate of ocr_text against text (after NFKC)
+    exact: bool  # ocr_text equals text after normalisation
+    attempts: int  # harmonising passes run
+    fell_back: bool  # no pass met max_cer: the output is the exact, un-harmonised render
+    attempt_cers: tuple[float, ...] = ()  # the CER of each harmonising pass, in order
+
+
+@dataclass(frozen=True)
+class StageOutput:
+    """A stage call's image and what the stage found out while making it."""
+
+    image: Image.Image
+    text_check: TextCheck | None = None
+
+
+@dataclass(frozen=True)
+class ModelIdentity:
+    name: str
+    version: str
+    backend: str
+    fingerprint: str
+
+
+@dataclass(frozen=True)
+class ModelDescription:
+    """What a loaded model accepts; served by Describe and used to validate."""
+
+    kind: StageKind
+    identity: ModelIdentity
+    min_side: int
+    max_side: int
+    size_multiple: int
+    param_ranges: dict[str, tuple[float, float]]
+    # Defaults this model gives unset parameters (model.yaml), over the
+    # params dataclass defaults.
+    param_defaults: Mapping[str, float] = field(default_factory=dict)
+
+
+# progress(step_done_1_based, total_steps)
+ProgressFn = Callable[[int, int], None]
+# Returns True when the caller has gone away or the deadline has passed.
+CancelledFn = Callable[[], bool]
+
+
+def param_ranges(params_cls: type) -> dict[str, tuple[float, float]]:
+    return {
+        f.name: f.metadata["range"] for f in dataclasses.fields(params_cls) if "range" in f.metadata
+    }
+
+
+def check_ranges(params: StageParams) -> None:
+    """Raise InvalidArgument naming the first numeric field out of its range."""
+    for f in dataclasses.fields(params):
+        if "range" not in f.metadata:
+            continue
+        lo, hi = f.metadata["range"]
+        value = getattr(params, f.name)
+        if not lo <= value <= hi:
+            raise InvalidArgument(f.name, f"must be in [{lo:g}, {hi:g}], got {value:g}")
+
+
+MAX_PROMPT_CHARS = 2000
+
+
+def check_prompts(params: StageParams) -> None:
+    """Prompts must be non-empty (negative prompts may be empty) and bounded."""
+    for name in ("prompt", "negative_prompt"):
+        text = getattr(params, name, None)
+        if text is None:
+            continue
+        if name == "prompt" and not text.strip():
+            raise InvalidArgument(name, "must not be empty")
+        if len(text) > MAX_PROMPT_CHARS:
+            raise InvalidArgument(
+                name, f"must be at most {MAX_PROMPT_CHARS} characters, got {len(text)}"
+            )
+
+
+def check_side(name: str, value: int, desc: ModelDescription) -> None:
+    if not desc.min_side <= value <= desc.max_side:
+        raise InvalidArgument(
+            name, f"must be in [{desc.min_side}, {desc.max_side}] pixels, got {value}"
+        )
+    if value % desc.size_multiple:
+        raise InvalidArgument(
+            name, f"must be a multiple of {desc.size_multiple} pixels, got {value}"
+        )
+
+
+class StageModel(abc.ABC):
+    """A model behind a stage. One class per model family + a registry entry.
+
+    Lifecycle: construct (cheap) -> load() -> run()* -> unload(). `run` is
+    called from a worker thread, at most `max_concurrency` at a time.
+    """
+
+    kind: ClassVar[StageKind]
+    params_type: ClassVar[type]
+
+    @abc.abstractmethod
+    def load(self) -> None:
+        """Load weights; after this `describe()` is valid."""
+
+    @abc.abstractmethod
+    def describe(self) -> ModelDescription: ...
+
+    def validate(self, params: StageParams) -> None:
+        """Raise InvalidArgument for the first bad field. Called before any work.
+
+        The base checks the type and the numeric ranges; subclasses add their own
+        checks (sizes, required text) after calling super.
+        """
+        if not isinstance(params, self.params_type):
+            raise InvalidArgument(
+                "params", f"this stage ({self.kind}) takes {self.params_type.__name__}"
+            )
+        check_ranges(params)
+        check_prompts(params)
+
+    def validate_inputs(self, params: StageParams, inputs: StageInputs) -> None:
+        """Raise InvalidArgument (or FailedPrecondition for a missing input) once
+        the inputs are decoded, before running: input sizes, mask presence."""
+        return None
+
+    @abc.abstractmethod
+    def run(
+        self,
+        params: StageParams,
+        inputs: StageInputs,
+        progress: ProgressFn,
+        cancelled: CancelledFn,
+    ) -> Image.Image:
+        """Produce the output image. Check `cancelled()` between steps and raise
+        stageflow.core.errors.Cancelled when it returns True."""
+
+    def run_with_report(
+        self,
+        params: StageParams,
+        inputs: StageInputs,
+        progress: ProgressFn,
+        cancelled: CancelledFn,
+    ) -> StageOutput:
+        """`run`, plus what the call found out (the servicer calls this one).
+
+        Models with nothing to report keep this default; a model that checks its
+        own output (the refine stage's OCR) overrides it and lets `run` return
+        just the image.
+        """
+        return StageOutput(self.run(params, inputs, progress, cancelled))
+
+    def batch_key(self, params: StageParams) -> Hashable | None:
+        """What requests must share to run as one batch (dynamic batching), or
+        None when this model cannot batch them. Default: never batched."""
+        return None
+
+    def run_batch(
+        self,
+        params_list: Sequence[StageParams],
+        inputs_list: Sequence[StageInputs],
+        progress: ProgressFn,
+        cancelled: CancelledFn,
+    ) -> list[StageOutput]:
+        """Run requests with equal `batch_key` as one model call; one output per
+        request, in order. `progress` counts the batch's steps; `cancelled` is
+        True once every request of the batch has gone. Only called when
+        `batch_key` is not None."""
+        raise NotImplementedError(f"{type(self).__name__} does not batch")
+
+    def unload(self) -> None:
+        """Release weights. Default: nothing to release."""
+        return None

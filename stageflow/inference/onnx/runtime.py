@@ -1,0 +1,182 @@
+"""ONNX Runtime backend: sessions over an exported folder, as `DiffusionParts`.
+
+Execution providers are asked for by name and never silently dropped: a
+provider this onnxruntime build lacks is a `ProviderUnavailable` error naming
+it and what is available, and after each session is created we check it kept
+the providers asked for (onnxruntime quietly falls back to CPU when, say, the
+CUDA libraries fail to load).
+
+This module imports onnxruntime, numpy, torch (the loop's tensors) and a
+tokenizer; never diffusers: an ONNX-only stage process does not pay for it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from stageflow.core.errors import FailedPrecondition
+from stageflow.core.logging import get_logger
+from stageflow.inference.onnx import layout
+from stageflow.inference.scheduler import scheduler_factory
+from stageflow.inference.sd_parts import DiffusionParts
+
+log = get_logger(__name__)
+
+# Short names accepted in settings and model.yaml; full provider names work too.
+PROVIDER_ALIASES = {
+    "cpu": "CPUExecutionProvider",
+    "cuda": "CUDAExecutionProvider",
+    "tensorrt": "TensorrtExecutionProvider",
+}
+DEFAULT_PROVIDERS = ("CPUExecutionProvider",)
+
+_NUMPY_TYPES = {
+    "tensor(float)": np.float32,
+    "tensor(float16)": np.float16,
+    "tensor(int64)": np.int64,
+    "tensor(int32)": np.int32,
+}
+
+
+class ProviderUnavailable(FailedPrecondition):
+    """An execution provider was asked for that this onnxruntime cannot give."""
+
+
+def resolve_providers(names: Sequence[str]) -> list[str]:
+    """Provider names as onnxruntime spells them; raises ProviderUnavailable for
+    one this build lacks. An empty list means the CPU provider."""
+    import onnxruntime as ort
+
+    available = ort.get_available_providers()
+    resolved = [PROVIDER_ALIASES.get(n.lower(), n) for n in (names or DEFAULT_PROVIDERS)]
+    for name, full in zip(names or DEFAULT_PROVIDERS, resolved, strict=True):
+        if full not in available:
+            raise ProviderUnavailable(
+                f"execution provider {name!r} ({full}) is not available in this onnxruntime "
+                f"{ort.__version__} build; available: {', '.join(available)}. CUDA and "
+                "TensorRT providers need the onnxruntime-gpu package and their libraries"
+            )
+    return list(dict.fromkeys(resolved))
+
+
+def create_session(
+    path: Path, providers: Sequence[str], threads: int = 0, *, spinning: bool = True
+) -> Any:
+    """An InferenceSession on exactly `providers` (resolved names), `threads`
+    intra-op threads (0: onnxruntime's default, one per physical core)."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    # A fixed thread count gives bit-identical results run to run.
+    if threads > 0:
+        options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    # Intra-op threads spin-wait after a run (onnxruntime's default). Measured here at 2
+    # threads: without it the UNet step is ~40% slower; with it, torch work that runs
+    # right after a session call in the same process (other backends, benchmarks) is
+    # slowed while the threads spin. A stage serves one backend, so spinning stays on.
+    options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.log_severity_level = 3
+    try:
+        session = ort.InferenceSession(str(path), sess_options=options, providers=list(providers))
+    except Exception as err:  # onnxruntime raises its own unrelated exception types
+        raise FailedPrecondition(f"{path}: onnxruntime cannot load it: {err}") from err
+    kept = session.get_providers()
+    missing = [p for p in providers if p not in kept]
+    if missing:
+        raise ProviderUnavailable(
+            f"{path.name}: onnxruntime created the session without {', '.join(missing)} "
+            f"(it kept {', '.join(kept)}); refusing to fall back silently"
+        )
+    return session
+
+
+class OrtPart:
+    """One graph: torch tensors in, torch float32 tensors out.
+
+    Inputs are cast to the graph's own dtypes, so fp16 exports take the same
+    float32 tensors the loop holds.
+    """
+
+    def __init__(self, path: Path, providers: Sequence[str], threads: int) -> None:
+        self.session = create_session(path, providers, threads)
+        self.inputs = [
+            (i.name, _NUMPY_TYPES.get(i.type, np.float32)) for i in self.session.get_inputs()
+        ]
+        self.output = self.session.get_outputs()[0].name
+
+    def __call__(self, *tensors: torch.Tensor) -> torch.Tensor:
+        feed = {
+            name: t.detach().cpu().numpy().astype(dtype, copy=False)
+            for (name, dtype), t in zip(self.inputs, tensors, strict=True)
+        }
+        (out,) = self.session.run([self.output], feed)
+        return torch.from_numpy(np.asarray(out, dtype=np.float32))
+
+
+def load_onnx_parts(
+    folder: Path, providers: Sequence[str] = (), threads: int = 0
+) -> DiffusionParts:
+    folder = Path(folder)
+    manifest = layout.read_manifest(folder, verify=False)
+    if manifest.kind != layout.KIND_SD:
+        raise FailedPrecondition(f"{folder} holds a {manifest.kind} export, not Stable Diffusion")
+    names = resolve_providers(providers)
+    log.info("onnxruntime sessions", folder=str(folder), providers=names, threads=threads)
+    parts = {name: OrtPart(manifest.part(folder, name), names, threads) for name in layout.SD_PARTS}
+    unet = parts[layout.UNET]
+    cfg = manifest.config
+    return DiffusionParts(
+        tokenize=tokenizer_fn(folder / "tokenizer", int(cfg["max_token_length"])),
+        encode_text=parts[layout.TEXT_ENCODER],
+        # The graph takes the timestep as a (1,) float tensor.
+        predict_noise=lambda sample, t, text: unet(sample, t.reshape(1).float(), text),
+        encode_image=parts[layout.VAE_ENCODER],
+        decode_latents=parts[layout.VAE_DECODER],
+        new_scheduler=scheduler_factory(folder / "scheduler"),
+        latent_channels=int(cfg["latent_channels"]),
+        scaling_factor=float(cfg["scaling_factor"]),
+        vae_scale_factor=int(cfg["vae_scale_factor"]),
+        unet_levels=int(cfg["unet_levels"]),
+        device=torch.device("cpu"),
+    )
+
+
+def load_onnx_upscaler(
+    folder: Path, providers: Sequence[str] = (), threads: int = 0
+) -> tuple[Callable[[torch.Tensor], torch.Tensor], int]:
+    """The upscaler graph as `net(image) -> upscaled` and its scale."""
+    folder = Path(folder)
+    manifest = layout.read_manifest(folder, verify=False)
+    if manifest.kind != layout.KIND_ESRGAN:
+        raise FailedPrecondition(f"{folder} holds a {manifest.kind} export, not an upscaler")
+    names = resolve_providers(providers)
+    log.info("onnxruntime sessions", folder=str(folder), providers=names, threads=threads)
+    net = OrtPart(manifest.part(folder, layout.UPSCALER), names, threads)
+    return net, int(manifest.config["scale"])
+
+
+def tokenizer_fn(folder: Path, max_length: int) -> Callable[[str], torch.Tensor]:
+    # transformers' tokenizer, not diffusers: the same ids as the torch backend.
+    from transformers import CLIPTokenizer
+
+    tokenizer = CLIPTokenizer.from_pretrained(folder)
+
+    def tokenize(text: str) -> torch.Tensor:
+        ids: torch.Tensor = tokenizer(
+            text,
+            padding="max_length",
+            max_length=max_length,
+            truncation=True,
+            return_tensors="pt",
+        ).input_ids
+        return ids
+
+    return tokenize

@@ -1,0 +1,36 @@
+"""Client channels with the same explicit limits the servers use."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import grpc
+
+from stageflow.serving.tracing import client_interceptors
+
+MiB = 1024 * 1024
+
+
+def client_channel(
+    address: str,
+    max_message_bytes: int = 16 * MiB,
+    interceptors: Sequence[grpc.aio.ClientInterceptor] = (),
+    options: Sequence[tuple[str, Any]] = (),
+) -> grpc.aio.Channel:
+    """An insecure grpc.aio channel to ``host:port``.
+
+    gRPC's default receive limit is 4 MiB; both directions are set here so a
+    large message fails the same way on either side. `options` adds channel
+    arguments, e.g. a service config choosing the load-balancing policy.
+    Calls carry the current trace context (W3C traceparent) after `interceptors`.
+    """
+    return grpc.aio.insecure_channel(
+        address,
+        options=[
+            ("grpc.max_send_message_length", max_message_bytes),
+            ("grpc.max_receive_message_length", max_message_bytes),
+            *options,
+        ],
+        interceptors=[*interceptors, *client_interceptors()],
+    )
