@@ -277,6 +277,22 @@ class JobRunner:
         latest = await self.get(job_id)
         return [*await self._jobs.versions(job_id), latest]
 
+    async def artifact(
+        self, request: orchestrator_pb2.GetArtifactRequest
+    ) -> tuple[common_pb2.ArtifactRef, bytes]:
+        """The artifact of a job version the request names, read from the store
+        and checked against its sha256 (DATA_LOSS otherwise)."""
+        # Imported here so this method stays self-contained (runner.py is being split).
+        from stageflow.core.artifacts import get_artifact
+        from stageflow.orchestrator.artifacts import check_artifact_request, select_artifact
+
+        check_artifact_request(request)
+        ref = select_artifact(request, await self.versions(request.job_id))
+        if self._store is None:
+            raise FailedPrecondition("this orchestrator has no object store to read from")
+        data = await asyncio.to_thread(get_artifact, self._store, ref.key, ref.sha256)
+        return ref, data
+
     def _spec(self, name: str) -> PipelineSpec:
         spec = self._specs.get(name or DEFAULT_SPEC)
         if spec is None:
