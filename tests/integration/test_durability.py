@@ -82,7 +82,8 @@ async def test_orchestrator_killed_mid_batch_loses_and_duplicates_nothing(
     # The real CLI, as a user runs it; this loop only polls it.
     batch = subprocess.Popen(  # noqa: ASYNC220
         [
-            sys.executable, "-m", "stageflow.cli", "batch", str(bundles), "--concurrency", str(BATCH),
+            sys.executable, "-m", "stageflow.cli", "batch", str(bundles),
+            "--concurrency", str(BATCH),
             "--address", cluster.orchestrator_address, "--out", str(out),
             "--summary", str(summary),
         ],
