@@ -81,7 +81,7 @@ def test_a_prefixed_store_keeps_every_key_below_its_prefix(tmp_path: Path) -> No
     store.delete("x/1.png")
     assert store.list_keys() == ["x/2.png"]
     assert store.url("x/2.png").endswith("/team/a/x/2.png")
-    with pytest.raises(InvalidArgument, match="'..' segments"):
+    with pytest.raises(InvalidArgument, match=r"'\.\.' segments"):
         store.get("../elsewhere.png")
 
 
