@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from stageflow.orchestrator.jobs import JobStore, new_job_id
+from stageflow.orchestrator.sqlite_store import SqliteJobStore
+from stageflow.orchestrator.store import new_job_id
 from stageflow.v1 import orchestrator_pb2
 
 S = orchestrator_pb2
@@ -28,15 +29,15 @@ def _job(created_us: int, state: S.JobState = S.JOB_STATE_QUEUED) -> S.Job:
 
 
 @pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[JobStore]:
-    jobs = JobStore(tmp_path / "db" / "jobs.sqlite")
+async def store(tmp_path: Path) -> AsyncIterator[SqliteJobStore]:
+    jobs = SqliteJobStore(tmp_path / "db" / "jobs.sqlite")
     yield jobs
     await jobs.close()
 
 
 async def test_round_trip_and_update_survive_reopening(tmp_path: Path) -> None:
     path = tmp_path / "jobs.sqlite"
-    jobs = JobStore(path)
+    jobs = SqliteJobStore(path)
     job = _job(1_000)
     stored, created = await jobs.create(job)
     assert created and stored == job
@@ -46,7 +47,7 @@ async def test_round_trip_and_update_survive_reopening(tmp_path: Path) -> None:
     await jobs.update(job)
     await jobs.close()
 
-    reopened = JobStore(path)
+    reopened = SqliteJobStore(path)
     try:
         assert await reopened.get(job.job_id) == job
         assert await reopened.get("job-missing") is None
@@ -54,7 +55,7 @@ async def test_round_trip_and_update_survive_reopening(tmp_path: Path) -> None:
         await reopened.close()
 
 
-async def test_same_request_id_returns_the_first_job(store: JobStore) -> None:
+async def test_same_request_id_returns_the_first_job(store: SqliteJobStore) -> None:
     first, created = await store.create(_job(1), "req-1")
     assert created
     again, created_again = await store.create(_job(2), "req-1")
@@ -66,7 +67,7 @@ async def test_same_request_id_returns_the_first_job(store: JobStore) -> None:
     assert len(await store.list_jobs(10)) == 3
 
 
-async def test_list_is_newest_first_with_a_state_filter_and_a_limit(store: JobStore) -> None:
+async def test_list_is_newest_first_with_a_state_filter_and_a_limit(store: SqliteJobStore) -> None:
     old = _job(1_000, S.JOB_STATE_SUCCEEDED)
     mid = _job(2_000, S.JOB_STATE_RUNNING)
     new = _job(3_000, S.JOB_STATE_SUCCEEDED)
@@ -78,7 +79,7 @@ async def test_list_is_newest_first_with_a_state_filter_and_a_limit(store: JobSt
     assert [j.job_id for j in done] == [new.job_id, old.job_id]
 
 
-async def test_unfinished_lists_queued_and_running_oldest_first(store: JobStore) -> None:
+async def test_unfinished_lists_queued_and_running_oldest_first(store: SqliteJobStore) -> None:
     running = _job(2_000, S.JOB_STATE_RUNNING)
     queued = _job(1_000, S.JOB_STATE_QUEUED)
     for job in (running, queued, _job(500, S.JOB_STATE_FAILED)):
@@ -86,7 +87,7 @@ async def test_unfinished_lists_queued_and_running_oldest_first(store: JobStore)
     assert [j.job_id for j in await store.unfinished()] == [queued.job_id, running.job_id]
 
 
-async def test_updating_a_missing_job_raises(store: JobStore) -> None:
+async def test_updating_a_missing_job_raises(store: SqliteJobStore) -> None:
     with pytest.raises(KeyError):
         await store.update(_job(1))
 
