@@ -12,8 +12,9 @@ from stageflow.core.errors import InvalidArgument, NotFound
 from stageflow.orchestrator.bundle import DEFAULT_PIPELINE
 from stageflow.orchestrator.runner import JobRunner
 from stageflow.orchestrator.sqlite_store import SqliteJobStore
+from stageflow.orchestrator.store import JobStore
 from stageflow.v1 import orchestrator_pb2, stage_pb2
-from tests.unit.orchestrator.fakes import FakeSettings, FakeStage, FakeStore
+from tests.unit.orchestrator.fakes import FakeSettings, FakeStage, FakeStore, MemoryJobStore
 
 S = orchestrator_pb2
 WAIT = 5.0  # seconds; every wait below normally takes milliseconds
@@ -38,15 +39,19 @@ def _fakes(**overrides: FakeStage) -> dict[str, FakeStage]:
     return fakes
 
 
-@pytest.fixture
-async def jobs(tmp_path: Path) -> AsyncIterator[SqliteJobStore]:
-    store = SqliteJobStore(tmp_path / "jobs.sqlite")
+@pytest.fixture(params=["sqlite", "memory"])
+async def jobs(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[JobStore]:
+    """The runner depends on the JobStore protocol only: each test runs over
+    the SQLite store and over a store that is nothing but the protocol."""
+    store: JobStore = (
+        SqliteJobStore(tmp_path / "jobs.sqlite") if request.param == "sqlite" else MemoryJobStore()
+    )
     yield store
     await store.close()
 
 
 @pytest.fixture
-async def runners(jobs: SqliteJobStore) -> AsyncIterator[list[JobRunner]]:
+async def runners(jobs: JobStore) -> AsyncIterator[list[JobRunner]]:
     """Runners made by a test; closed at its end so no task outlives it."""
     made: list[JobRunner] = []
     yield made
@@ -57,7 +62,7 @@ async def runners(jobs: SqliteJobStore) -> AsyncIterator[list[JobRunner]]:
 def _runner(
     runners: list[JobRunner],
     fakes: dict[str, FakeStage],
-    jobs: SqliteJobStore,
+    jobs: JobStore,
     **settings: object,
 ) -> JobRunner:
     runner = JobRunner(fakes, jobs, FakeSettings(**settings), FakeStore())  # type: ignore[arg-type]
@@ -85,7 +90,7 @@ def _describe(event: S.WatchJobResponse) -> str:
 
 
 async def test_success_passes_outputs_downstream_and_streams_events_in_order(
-    jobs: SqliteJobStore, runners: list[JobRunner]
+    jobs: JobStore, runners: list[JobRunner]
 ) -> None:
     fakes = _fakes()
     runner = _runner(runners, fakes, jobs)
@@ -130,7 +135,7 @@ async def test_success_passes_outputs_downstream_and_streams_events_in_order(
 
 
 async def test_stage_failure_fails_the_job_naming_the_stage(
-    jobs: SqliteJobStore, runners: list[JobRunner]
+    jobs: JobStore, runners: list[JobRunner]
 ) -> None:
     fakes = _fakes(
         refine=FakeStage("refine", fail=("INVALID_ARGUMENT", "strength: must be in [0.01, 1]"))
@@ -153,7 +158,7 @@ async def test_stage_failure_fails_the_job_naming_the_stage(
 
 
 async def test_cancel_mid_stage_cancels_the_stage_call(
-    jobs: SqliteJobStore, runners: list[JobRunner]
+    jobs: JobStore, runners: list[JobRunner]
 ) -> None:
     fakes = _fakes(base=FakeStage("base", block_at=1))
     runner = _runner(runners, fakes, jobs)
@@ -186,7 +191,7 @@ async def test_cancel_mid_stage_cancels_the_stage_call(
 
 
 async def test_jobs_beyond_the_limit_wait_queued_and_can_be_cancelled(
-    jobs: SqliteJobStore, runners: list[JobRunner]
+    jobs: JobStore, runners: list[JobRunner]
 ) -> None:
     fakes = _fakes(base=FakeStage("base", block_at=0))
     runner = _runner(runners, fakes, jobs, max_running_jobs=1)
@@ -206,7 +211,7 @@ async def test_jobs_beyond_the_limit_wait_queued_and_can_be_cancelled(
 
 
 async def test_restart_resumes_from_the_first_unfinished_stage(
-    jobs: SqliteJobStore, runners: list[JobRunner]
+    jobs: JobStore, runners: list[JobRunner]
 ) -> None:
     first_fakes = _fakes(refine=FakeStage("refine", block_at=1))
     first = _runner(runners, first_fakes, jobs)
@@ -236,7 +241,7 @@ async def test_restart_resumes_from_the_first_unfinished_stage(
 
 
 async def test_submit_with_a_used_request_id_returns_the_first_job(
-    jobs: SqliteJobStore, runners: list[JobRunner]
+    jobs: JobStore, runners: list[JobRunner]
 ) -> None:
     fakes = _fakes()
     runner = _runner(runners, fakes, jobs)
@@ -249,7 +254,7 @@ async def test_submit_with_a_used_request_id_returns_the_first_job(
 
 
 async def test_watch_of_a_finished_job_is_snapshot_then_finished(
-    jobs: SqliteJobStore, runners: list[JobRunner]
+    jobs: JobStore, runners: list[JobRunner]
 ) -> None:
     runner = _runner(runners, _fakes(), jobs)
     job = await runner.submit(_request())
@@ -261,7 +266,7 @@ async def test_watch_of_a_finished_job_is_snapshot_then_finished(
     ]
 
 
-async def test_unknown_jobs_are_not_found(jobs: SqliteJobStore, runners: list[JobRunner]) -> None:
+async def test_unknown_jobs_are_not_found(jobs: JobStore, runners: list[JobRunner]) -> None:
     runner = _runner(runners, _fakes(), jobs)
     with pytest.raises(NotFound):
         await runner.get("job-nope")
@@ -274,7 +279,7 @@ async def test_unknown_jobs_are_not_found(jobs: SqliteJobStore, runners: list[Jo
 
 
 async def test_list_jobs_filters_and_bounds_the_page(
-    jobs: SqliteJobStore, runners: list[JobRunner]
+    jobs: JobStore, runners: list[JobRunner]
 ) -> None:
     fakes = _fakes(refine=FakeStage("refine", fail=("INTERNAL", "boom")))
     runner = _runner(runners, fakes, jobs)
@@ -303,7 +308,7 @@ async def test_list_jobs_filters_and_bounds_the_page(
     ],
 )
 async def test_malformed_requests_are_rejected_before_anything_is_stored(
-    jobs: SqliteJobStore, runners: list[JobRunner], change: dict[str, object], field: str
+    jobs: JobStore, runners: list[JobRunner], change: dict[str, object], field: str
 ) -> None:
     fakes = _fakes()
     runner = _runner(runners, fakes, jobs)
@@ -334,7 +339,7 @@ def _stage_limits(*ranges: tuple[str, float, float]) -> stage_pb2.DescribeRespon
     ],
 )
 async def test_requests_outside_the_stages_published_limits_fail_at_submit(
-    jobs: SqliteJobStore,
+    jobs: JobStore,
     runners: list[JobRunner],
     change: dict[str, object],
     field: str,
@@ -355,7 +360,7 @@ async def test_requests_outside_the_stages_published_limits_fail_at_submit(
 
 
 async def test_describe_is_cached_and_an_unreachable_stage_does_not_block_submit(
-    jobs: SqliteJobStore, runners: list[JobRunner]
+    jobs: JobStore, runners: list[JobRunner]
 ) -> None:
     fakes = _fakes(base=FakeStage("base", describe=_stage_limits(("steps", 1, 100))))
     runner = _runner(runners, fakes, jobs)
