@@ -257,9 +257,9 @@ def _process(container: Manifest) -> tuple[str, str]:
     command = _command(container)
     if command[:2] == ["python", "-m"] and len(command) > 2:
         module = command[2]
-        if module.startswith("services."):
+        if module.startswith("stageflow.services."):
             return "stage", module
-        if module == "orchestrator":
+        if module == "stageflow.orchestrator":
             return "orchestrator", ""
     if command and command[0] == "stageflow":
         return "cli", ""
