@@ -17,9 +17,9 @@ from stageflow.core.errors import FailedPrecondition, InvalidArgument, NotFound,
 from stageflow.core.storage import LocalStore
 from stageflow.orchestrator import artifacts
 from stageflow.orchestrator.artifacts import check_artifact_request, chunks, select_artifact
-from stageflow.orchestrator.jobs import JobStore
 from stageflow.orchestrator.runner import JobRunner
 from stageflow.orchestrator.servicer import OrchestratorServicer
+from stageflow.orchestrator.sqlite_store import SqliteJobStore
 from stageflow.serving.interceptors import ErrorInterceptor
 from stageflow.v1 import common_pb2, orchestrator_pb2, orchestrator_pb2_grpc, stage_pb2
 from tests.unit.orchestrator.fakes import FakeSettings
@@ -152,7 +152,7 @@ async def served(
     tmp_path: Path,
 ) -> AsyncIterator[tuple[orchestrator_pb2_grpc.OrchestratorServiceStub, LocalStore]]:
     store = LocalStore(tmp_path / "store")
-    jobs = JobStore(tmp_path / "jobs.sqlite")
+    jobs = SqliteJobStore(tmp_path / "jobs.sqlite")
     stages = {name: StoringStage(name, store) for name in ("base", "refine", "upscale")}
     runner = JobRunner(stages, jobs, FakeSettings(), store)
     server = grpc.aio.server(interceptors=[ErrorInterceptor()])
