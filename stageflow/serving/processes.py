@@ -168,6 +168,7 @@ class ServerProcess:
 
     Readiness is `ready()` returning True when given, else the port in
     `port_file` answering health SERVING at `host`. One of the two is needed.
+    `start_timeout` bounds `wait_ready` (and so the context manager's enter).
     `env` replaces the environment (default: this process's); `cwd` is the
     working directory; `append_log` keeps what `log` already holds.
     """
@@ -184,6 +185,7 @@ class ServerProcess:
         env: Mapping[str, str] | None = None,
         cwd: Path | None = None,
         append_log: bool = False,
+        start_timeout: float = DEFAULT_START_TIMEOUT_S,
     ) -> None:
         if not argv:
             raise ValueError(f"{name}: argv is empty")
@@ -197,6 +199,7 @@ class ServerProcess:
         self.env = dict(env) if env is not None else None
         self.cwd = cwd
         self._ready_check = ready
+        self.start_timeout = start_timeout
         self._append_log = append_log
         self._popen: subprocess.Popen[bytes] | None = None
         self._started = 0.0
@@ -281,11 +284,11 @@ class ServerProcess:
             self._close_channel()
         return self.ready
 
-    def wait_port(self, timeout: float = DEFAULT_START_TIMEOUT_S, poll_s: float = POLL_S) -> int:
+    def wait_port(self, timeout: float | None = None, poll_s: float = POLL_S) -> int:
         """The port, once the process wrote its port file."""
         if self.port_file is None:
             raise ProcessError(f"{self.name} has no port file")
-        deadline = time.monotonic() + timeout
+        deadline = time.monotonic() + (self.start_timeout if timeout is None else timeout)
         while self.port is None:
             self._raise_if_exited()
             self.port = read_port(self.port_file)
@@ -296,8 +299,9 @@ class ServerProcess:
                 time.sleep(poll_s)
         return self.port
 
-    def wait_ready(self, timeout: float = DEFAULT_START_TIMEOUT_S, poll_s: float = POLL_S) -> Self:
-        wait_ready([self], timeout, poll_s)
+    def wait_ready(self, timeout: float | None = None, poll_s: float = POLL_S) -> Self:
+        """Wait until ready (at most `timeout`, default `start_timeout`); see `wait_ready`."""
+        wait_ready([self], self.start_timeout if timeout is None else timeout, poll_s)
         return self
 
     def stop(self, grace: float = DEFAULT_GRACE_S) -> int | None:
