@@ -397,6 +397,8 @@ def write_report(
         f"{runs[-1].threads}`, the onnxruntime folder being the `export_onnx` export of the "
         "same fixture. The benchmark polls the port file, then grpc.health.v1 Check, every "
         f"{POLL_S * 1000:.0f} ms (no fixed sleeps); SERVING is set once the model is loaded. "
+        "The process is started as every stageflow server is (`stageflow.serving.processes`: "
+        "about 15 ms of that start is the exec wrapper setting its parent-death signal). "
         "Then it times one Run request (128 px, 20 steps, guidance) on its own, stops the "
         "process with SIGTERM and waits for it. The backends alternate which starts first. "
         '"imported diffusers" comes from one more, untimed start per backend through the '
