@@ -53,6 +53,7 @@ def run_stage(
             max_side=settings.max_side,
             backend=settings.backend,
             providers=settings.provider_list(),
+            engine_cache=settings.trt_cache,
         )
         model.load()
         return model
@@ -126,4 +127,5 @@ def _repository_loader(
         torch_threads=settings.torch_threads,
         max_side=settings.max_side,
         providers=settings.provider_list(),
+        engine_cache=settings.trt_cache,
     )

@@ -16,8 +16,10 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
+from stageflow.cli.settings import CLI_SETTINGS
 from stageflow.orchestrator.settings import OrchestratorSettings
 from stageflow.serving.settings import StageSettings
+from stageflow.serving.tracing import TracingSettings
 
 Manifest = dict[str, Any]
 
@@ -30,7 +32,7 @@ GRPC_PORT = 50051
 GPU = "nvidia.com/gpu"
 GPU_POOL = "stageflow.io/gpu-pool"
 # Where the `stageflow` CLI (and the model repository it opens) read env vars.
-CLI_SOURCES = (REPO / "stageflow" / "cli", REPO / "stageflow" / "inference" / "repository.py")
+CLI_SOURCES = (REPO / "stageflow" / "cli",)
 # Kubernetes' default when a pod names none.
 DEFAULT_TERMINATION_GRACE = 30
 
@@ -288,8 +290,14 @@ def service_defaults(module: str) -> dict[str, Any]:
 
 @cache
 def cli_env_names() -> frozenset[str]:
-    """Every STAGEFLOW_* name the CLI's source reads (a quoted literal)."""
+    """Every STAGEFLOW_* name the CLI reads: the fields of its settings classes
+    (stageflow.cli.settings, and tracing's), and the variables its options name
+    (a quoted literal, `envvar="STAGEFLOW_ADDRESS"`)."""
     names: set[str] = set()
+    settings: tuple[type[BaseModel], ...] = (*CLI_SETTINGS, TracingSettings)
+    for cls in settings:
+        prefix = str(cls.model_config.get("env_prefix", ""))
+        names.update(prefix + field.upper() for field in cls.model_fields)
     for source in CLI_SOURCES:
         for path in [source] if source.is_file() else sorted(source.rglob("*.py")):
             names.update(re.findall(r"[\"'](STAGEFLOW_[A-Z0-9_]+)[\"']", path.read_text()))
