@@ -7,19 +7,18 @@ stage's model and data-plane limits.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 
-from stageflow.core.settings import load_settings
+from stageflow.core.settings import StageflowSettings, load_settings
 from stageflow.serving.stores import InstrumentedStore, open_store
-from stageflow.serving.tracing import TracingSettings
 
 MiB = 1024 * 1024
 
 
-class CommonSettings(TracingSettings):
-    """What every stageflow process needs (and, from TracingSettings, where its spans go)."""
+class CommonSettings(StageflowSettings):
+    """What every stageflow process needs."""
 
     host: str = Field(default="127.0.0.1", description="Address to listen on; 0.0.0.0 for all.")
     port: int = Field(
@@ -63,6 +62,21 @@ class CommonSettings(TracingSettings):
         default=None,
         description="Write the bound metrics port here once listening; defaults to "
         "<port_file>.metrics when port_file is set.",
+    )
+    tracing_exporter: Literal["none", "otlp", "jsonl"] = Field(
+        default="none",
+        description="Where OpenTelemetry spans go: none (tracing off), otlp (OTLP/gRPC to "
+        "tracing_endpoint) or jsonl (one JSON span per line to tracing_file).",
+    )
+    tracing_endpoint: str = Field(
+        default="",
+        description="OTLP/gRPC collector address, e.g. http://localhost:4317; empty uses the "
+        "exporter's default (OTEL_EXPORTER_OTLP_ENDPOINT, else localhost:4317).",
+    )
+    tracing_file: str = Field(
+        default="var/traces/{service}.jsonl",
+        description="Span file of the jsonl exporter (appended); {service} is replaced by "
+        "the process name (base, refine, upscale, orchestrator).",
     )
 
     @field_validator("metrics_port", mode="before")

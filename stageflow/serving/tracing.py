@@ -18,7 +18,7 @@ import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Literal, TextIO
+from typing import Any, TextIO
 
 import grpc
 from opentelemetry import propagate, trace
@@ -32,9 +32,6 @@ from opentelemetry.sdk.trace.export import (
     SpanExporter,
     SpanExportResult,
 )
-from pydantic import Field
-
-from stageflow.core.settings import StageflowSettings, load_settings
 
 JOB_ID = "stageflow.job_id"
 EXPORTERS = ("none", "otlp", "jsonl")
@@ -262,37 +259,3 @@ class _UnaryStreamTracing(grpc.aio.UnaryStreamClientInterceptor):
         self, continuation: Any, client_call_details: grpc.aio.ClientCallDetails, request: Any
     ) -> Any:
         return await _traced(continuation, client_call_details, request)
-
-
-class TracingSettings(StageflowSettings):
-    """Where a process's spans go: part of every server's CommonSettings; the CLI,
-    which has no other settings, builds it alone (`configure_tracing_from_env`)."""
-
-    tracing_exporter: Literal["none", "otlp", "jsonl"] = Field(
-        default="none",
-        description="Where OpenTelemetry spans go: none (tracing off), otlp (OTLP/gRPC to "
-        "tracing_endpoint) or jsonl (one JSON span per line to tracing_file).",
-    )
-    tracing_endpoint: str = Field(
-        default="",
-        description="OTLP/gRPC collector address, e.g. http://localhost:4317; empty uses the "
-        "exporter's default (OTEL_EXPORTER_OTLP_ENDPOINT, else localhost:4317).",
-    )
-    tracing_file: str = Field(
-        default="var/traces/{service}.jsonl",
-        description="Span file of the jsonl exporter (appended); {service} is replaced by "
-        "the process name (base, refine, upscale, orchestrator).",
-    )
-
-
-def configure_tracing_from_env(service: str) -> Callable[[], None]:
-    """`configure_tracing` from STAGEFLOW_TRACING_EXPORTER / _ENDPOINT / _FILE (read
-    through TracingSettings), for a process without a settings object of its own
-    (the CLI); returns its shutdown."""
-    settings = load_settings(TracingSettings, [])
-    return configure_tracing(
-        settings.tracing_exporter,
-        service=service,
-        endpoint=settings.tracing_endpoint,
-        file=settings.tracing_file,
-    )

@@ -19,7 +19,6 @@ from pydantic import BaseModel, ValidationError
 from stageflow.cli.settings import CLI_SETTINGS
 from stageflow.orchestrator.settings import OrchestratorSettings
 from stageflow.serving.settings import StageSettings
-from stageflow.serving.tracing import TracingSettings
 
 Manifest = dict[str, Any]
 
@@ -31,7 +30,8 @@ COMPONENT = "app.kubernetes.io/component"
 GRPC_PORT = 50051
 GPU = "nvidia.com/gpu"
 GPU_POOL = "stageflow.io/gpu-pool"
-# Where the `stageflow` CLI (and the model repository it opens) read env vars.
+# Where the `stageflow` CLI names env vars it reads other than through
+# stageflow.cli.settings (typer's envvar=, stageflow.cli.telemetry).
 CLI_SOURCES = (REPO / "stageflow" / "cli",)
 # Kubernetes' default when a pod names none.
 DEFAULT_TERMINATION_GRACE = 30
@@ -291,11 +291,10 @@ def service_defaults(module: str) -> dict[str, Any]:
 @cache
 def cli_env_names() -> frozenset[str]:
     """Every STAGEFLOW_* name the CLI reads: the fields of its settings classes
-    (stageflow.cli.settings, and tracing's), and the variables its options name
-    (a quoted literal, `envvar="STAGEFLOW_ADDRESS"`)."""
+    (stageflow.cli.settings), and the names in its source (a quoted literal:
+    `envvar="STAGEFLOW_ADDRESS"`, the tracing variables of stageflow.cli.telemetry)."""
     names: set[str] = set()
-    settings: tuple[type[BaseModel], ...] = (*CLI_SETTINGS, TracingSettings)
-    for cls in settings:
+    for cls in CLI_SETTINGS:
         prefix = str(cls.model_config.get("env_prefix", ""))
         names.update(prefix + field.upper() for field in cls.model_fields)
     for source in CLI_SOURCES:

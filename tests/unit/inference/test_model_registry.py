@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from stageflow.inference import registry
+from stageflow.inference.base import LocalModel
 from stageflow.inference.interface import StageKind
 
 
@@ -29,3 +30,15 @@ def test_create_model_constructs_without_loading(tmp_path: Path) -> None:
     assert type(model).__name__ == "EsrganUpscaler"
     with pytest.raises(FileNotFoundError):
         model.load()
+
+
+def test_the_engine_cache_reaches_the_backend_options(tmp_path: Path) -> None:
+    """The stage's STAGEFLOW_TRT_CACHE (StageSettings.trt_cache) arrives as an argument:
+    the model layer reads no environment."""
+    model = registry.create_model(
+        "esrgan", tmp_path, backend="tensorrt", engine_cache=tmp_path / "engines"
+    )
+    assert isinstance(model, LocalModel)
+    assert model.backend_options.engine_cache == tmp_path / "engines"
+    default = registry.create_model("esrgan", tmp_path, backend="tensorrt")
+    assert isinstance(default, LocalModel) and default.backend_options.engine_cache is None
