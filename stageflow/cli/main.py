@@ -20,6 +20,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from stageflow.cli.keys import keys_app
 from stageflow.cli.loadtest import loadtest
 from stageflow.cli.models import models_app
 
@@ -36,6 +37,7 @@ app = typer.Typer(
     pretty_exceptions_show_locals=False,
 )
 app.add_typer(models_app, name="models", no_args_is_help=True)
+app.add_typer(keys_app, name="keys", no_args_is_help=True)
 app.command()(loadtest)
 
 # gRPC statuses that mean "you asked for something wrong", as opposed to "it broke".

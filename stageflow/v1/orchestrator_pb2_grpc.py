@@ -27,7 +27,10 @@ if _version_not_supported:
 
 class OrchestratorServiceStub:
     """Runs jobs through the stages (base -> refine -> upscale), passing only
-    object keys between them, and streams their progress.
+    object keys between them, and streams their progress. With authentication
+    on, every call carries the metadata `authorization: Bearer <API key>`
+    (UNAUTHENTICATED otherwise) and sees only its tenant's jobs: another
+    tenant's job id answers NOT_FOUND, as an unknown one does.
     """
 
     def __init__(self, channel):
@@ -75,7 +78,10 @@ class OrchestratorServiceStub:
 
 class OrchestratorServiceServicer:
     """Runs jobs through the stages (base -> refine -> upscale), passing only
-    object keys between them, and streams their progress.
+    object keys between them, and streams their progress. With authentication
+    on, every call carries the metadata `authorization: Bearer <API key>`
+    (UNAUTHENTICATED otherwise) and sees only its tenant's jobs: another
+    tenant's job id answers NOT_FOUND, as an unknown one does.
     """
 
     def SubmitJob(self, request, context):
@@ -187,7 +193,10 @@ def add_OrchestratorServiceServicer_to_server(servicer, server):
  # This class is part of an EXPERIMENTAL API.
 class OrchestratorService:
     """Runs jobs through the stages (base -> refine -> upscale), passing only
-    object keys between them, and streams their progress.
+    object keys between them, and streams their progress. With authentication
+    on, every call carries the metadata `authorization: Bearer <API key>`
+    (UNAUTHENTICATED otherwise) and sees only its tenant's jobs: another
+    tenant's job id answers NOT_FOUND, as an unknown one does.
     """
 
     @staticmethod
