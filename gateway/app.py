@@ -12,7 +12,7 @@ from fastapi.responses import JSONResponse
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from stageflow.client import ClientSettings, StageflowClient, StageflowClientError
-from stageflow.gateway import jobs
+from stageflow.gateway import images, jobs
 from stageflow.gateway.errors import GatewayError, error_body, json_error
 
 
@@ -48,6 +48,7 @@ def create_app(client_settings: ClientSettings) -> FastAPI:
     for exc in (StageflowClientError, GatewayError, RequestValidationError):
         app.add_exception_handler(exc, json_error)
     app.include_router(jobs.router)
+    app.include_router(images.router)
 
     @app.get("/healthz", tags=["probes"], summary="The process is up")
     async def healthz() -> dict[str, str]:

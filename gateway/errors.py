@@ -1,8 +1,9 @@
 """gRPC status -> HTTP status, in one table, and the JSON error bodies.
 
 Every error the gateway answers is ``{"error": {"code", "message", "field"}}``
-(`code` the gRPC status name, `field` the offending request field or null).
-The table follows google.rpc's HTTP mapping, except
+(`code` the gRPC status name, `field` the offending request field or null);
+the OpenAI-compatible routes answer the same content in OpenAI's shape
+(`openai_error`). The table follows google.rpc's HTTP mapping, except
 FAILED_PRECONDITION: 409, since here it means "not in that state yet" (a job
 still running, an artifact not produced yet), a conflict with the resource's
 state rather than a malformed request.
@@ -36,6 +37,23 @@ HTTP_STATUS: dict[str, int] = {
     "DATA_LOSS": 500,
     "UNAUTHENTICATED": 401,
 }
+
+
+OPENAI_PATHS = ("/v1/images/", "/v1/models")
+# OpenAI's error types by HTTP status (its clients pick the exception class by status).
+_OPENAI_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    409: "conflict_error",
+    429: "rate_limit_error",
+}
+
+
+def openai_error(status: int, code: str, message: str, field: str | None) -> dict[str, Any]:
+    kind = _OPENAI_TYPES.get(status, "server_error" if status >= 500 else "invalid_request_error")
+    return {"error": {"message": message, "type": kind, "param": field, "code": code.lower()}}
 
 
 class GatewayError(Exception):
@@ -72,4 +90,7 @@ def _headers(status: int) -> dict[str, str]:
 
 async def json_error(request: Request, err: Exception) -> JSONResponse:
     status, code, message, field = from_exception(err)
+    if request.url.path.startswith(OPENAI_PATHS):
+        body = openai_error(status, code, message, field)
+        return JSONResponse(body, status, _headers(status))
     return JSONResponse(error_body(code, message, field), status, _headers(status))

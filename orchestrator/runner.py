@@ -273,6 +273,13 @@ class JobRunner:
         data = await asyncio.to_thread(get_artifact, self._store, ref.key, ref.sha256)
         return ref, data
 
+    def pipelines(self) -> list[orchestrator_pb2.PipelineInfo]:
+        """The pipeline specs this runner runs, by name."""
+        return [
+            orchestrator_pb2.PipelineInfo(name=name, stages=spec.order, sha256=spec.sha256)
+            for name, spec in sorted(self._specs.items())
+        ]
+
     def _spec(self, name: str) -> PipelineSpec:
         spec = self._specs.get(name or DEFAULT_SPEC)
         if spec is None:

@@ -127,3 +127,9 @@ class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServiceServicer):
                 yield orchestrator_pb2.GetArtifactResponse(
                     artifact=ref if i == 0 else None, data=chunk
                 )
+
+    async def ListPipelines(
+        self, request: orchestrator_pb2.ListPipelinesRequest, context: grpc.aio.ServicerContext
+    ) -> orchestrator_pb2.ListPipelinesResponse:
+        async with self._call(context, "ListPipelines"):
+            return orchestrator_pb2.ListPipelinesResponse(pipelines=self._runner.pipelines())

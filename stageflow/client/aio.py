@@ -182,6 +182,11 @@ class StageflowClient:
         reply = await self._unary(self._stub.ListJobs, request)
         return builtins.list(reply.jobs)
 
+    async def pipelines(self) -> builtins.list[pb.PipelineInfo]:
+        """The orchestrator's pipeline specs (names for `submit(pipeline=...)`), by name."""
+        reply = await self._unary(self._stub.ListPipelines, pb.ListPipelinesRequest())
+        return builtins.list(reply.pipelines)
+
     async def cancel(self, job_id: str) -> pb.Job:
         """Cancel a job (its running stage call too); a finished job is returned unchanged."""
         reply = await self._unary(self._stub.CancelJob, pb.CancelJobRequest(job_id=job_id))

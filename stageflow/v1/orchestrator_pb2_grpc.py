@@ -74,6 +74,11 @@ class OrchestratorServiceStub:
                 request_serializer=stageflow_dot_v1_dot_orchestrator__pb2.GetArtifactRequest.SerializeToString,
                 response_deserializer=stageflow_dot_v1_dot_orchestrator__pb2.GetArtifactResponse.FromString,
                 _registered_method=True)
+        self.ListPipelines = channel.unary_unary(
+                '/stageflow.v1.OrchestratorService/ListPipelines',
+                request_serializer=stageflow_dot_v1_dot_orchestrator__pb2.ListPipelinesRequest.SerializeToString,
+                response_deserializer=stageflow_dot_v1_dot_orchestrator__pb2.ListPipelinesResponse.FromString,
+                _registered_method=True)
 
 
 class OrchestratorServiceServicer:
@@ -145,6 +150,14 @@ class OrchestratorServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListPipelines(self, request, context):
+        """Lists the pipeline specs this orchestrator runs (the names
+        SubmitJobRequest.pipeline takes), sorted by name.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_OrchestratorServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -182,6 +195,11 @@ def add_OrchestratorServiceServicer_to_server(servicer, server):
                     servicer.GetArtifact,
                     request_deserializer=stageflow_dot_v1_dot_orchestrator__pb2.GetArtifactRequest.FromString,
                     response_serializer=stageflow_dot_v1_dot_orchestrator__pb2.GetArtifactResponse.SerializeToString,
+            ),
+            'ListPipelines': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListPipelines,
+                    request_deserializer=stageflow_dot_v1_dot_orchestrator__pb2.ListPipelinesRequest.FromString,
+                    response_serializer=stageflow_dot_v1_dot_orchestrator__pb2.ListPipelinesResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -378,6 +396,33 @@ class OrchestratorService:
             '/stageflow.v1.OrchestratorService/GetArtifact',
             stageflow_dot_v1_dot_orchestrator__pb2.GetArtifactRequest.SerializeToString,
             stageflow_dot_v1_dot_orchestrator__pb2.GetArtifactResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListPipelines(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/stageflow.v1.OrchestratorService/ListPipelines',
+            stageflow_dot_v1_dot_orchestrator__pb2.ListPipelinesRequest.SerializeToString,
+            stageflow_dot_v1_dot_orchestrator__pb2.ListPipelinesResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -4,6 +4,7 @@ resumption, artifacts in three formats, two tenants, missing and revoked keys.""
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import io
 import json
@@ -15,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
+import openai
 import pytest
 from PIL import Image
 
@@ -232,3 +234,54 @@ def test_bad_input_names_the_field(gateway: Gateway) -> None:
     assert reply.status_code == 400 and reply.json()["error"]["field"] == "seed"
     reply = httpx.get(f"{gateway.url}/v1/jobs?state=done", headers=headers)
     assert reply.status_code == 400 and reply.json()["error"]["field"] == "state"
+
+
+def test_openai_client_generates_images_and_lists_models(gateway: Gateway) -> None:
+    client = openai.OpenAI(
+        base_url=f"{gateway.url}/v1", api_key=gateway.keys["acme"], max_retries=0
+    )
+    models = {m.id for m in client.models.list()}
+    assert {"default", "text-after-upscale"} <= models
+    result = client.images.generate(
+        model="default",
+        prompt="a red circle on a blue background",
+        n=2,
+        size="32x32",  # OpenAI's own sizes are larger: any WxH passes
+        response_format="b64_json",
+        extra_body={"seed": 11, "style": "openai test"},
+    )
+    assert result.data is not None and len(result.data) == 2
+    images = [base64.b64decode(d.b64_json or "") for d in result.data]
+    for png in images:
+        with Image.open(io.BytesIO(png)) as image:
+            assert image.format == "PNG" and image.size == (128, 128)  # 32 px base, x4 upscale
+    assert images[0] != images[1]  # seeds 11 and 12
+
+    by_url = client.images.generate(
+        prompt="a red circle on a blue background",
+        size="32x32",
+        response_format="url",
+        extra_body={"seed": 11, "style": "openai test"},
+    )
+    assert by_url.data is not None and by_url.data[0].url
+    fetched = httpx.get(by_url.data[0].url, headers=gateway.auth("acme"))
+    assert fetched.status_code == 200 and fetched.content == images[0]  # same seed, same image
+
+
+def test_openai_errors_come_in_openai_shapes(gateway: Gateway) -> None:
+    client = openai.OpenAI(
+        base_url=f"{gateway.url}/v1", api_key=gateway.keys["acme"], max_retries=0
+    )
+    with pytest.raises(openai.BadRequestError) as bad:
+        client.images.generate(prompt="a circle", n=5, size="32x32")
+    assert bad.value.param == "n" and bad.value.type == "invalid_request_error"
+    with pytest.raises(openai.BadRequestError) as bad:
+        client.images.generate(prompt="a circle", size="big")
+    assert bad.value.param == "size"
+    with pytest.raises(openai.BadRequestError) as bad:
+        client.images.generate(prompt="a circle", model="nope", size="32x32")
+    assert bad.value.param == "pipeline" and "unknown pipeline" in bad.value.message
+    anonymous = openai.OpenAI(base_url=f"{gateway.url}/v1", api_key="sf_wrong", max_retries=0)
+    with pytest.raises(openai.AuthenticationError) as denied:
+        anonymous.models.list()
+    assert denied.value.code == "unauthenticated"
