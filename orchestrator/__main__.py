@@ -7,7 +7,8 @@ from collections.abc import Sequence
 
 import grpc
 
-from stageflow.core.logging import configure_logging
+from stageflow.core.logging import configure_logging, get_logger
+from stageflow.orchestrator.auth import Authenticator
 from stageflow.orchestrator.replicas import RetryPolicy, StageCaller, stage_client_for
 from stageflow.orchestrator.runner import JobRunner
 from stageflow.orchestrator.scheduler import parse_limits
@@ -46,7 +47,12 @@ async def _serve(settings: OrchestratorSettings) -> None:
     runner = JobRunner(
         stages, jobs, settings, store, specs=specs, stage_limits=stage_limits, caller=caller
     )
-    servicer = OrchestratorServicer(runner)
+    auth = Authenticator(jobs, settings.auth_secret_key.get_secret_value(), enabled=settings.auth)
+    if not auth.enabled:
+        get_logger(__name__).warning(
+            "auth.off", message="authentication is OFF: every caller can read and cancel every job"
+        )
+    servicer = OrchestratorServicer(runner, auth)
 
     def register(server: grpc.aio.Server) -> None:
         orchestrator_pb2_grpc.add_OrchestratorServiceServicer_to_server(servicer, server)

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, SecretStr, model_validator
 
+from stageflow.orchestrator.auth import MIN_SECRET_CHARS
 from stageflow.serving.settings import CommonSettings
 
 # The specs shipped with stageflow, found wherever the process is started from.
@@ -79,3 +80,24 @@ class OrchestratorSettings(CommonSettings):
         description="Reuse a stage's output when its content address (stage, model, "
         "parameters, input digests) was computed before; false calls every stage.",
     )
+    auth: bool = Field(
+        False,
+        description="Require an API key (metadata authorization: Bearer KEY) on every "
+        "OrchestratorService call and scope jobs to its tenant; off, every caller sees "
+        "every job (the embedded `stageflow up`). Keys: `stageflow keys create`.",
+    )
+    auth_secret_key: SecretStr = Field(
+        SecretStr(""),
+        description=f"Server secret of the keyed hash (HMAC-SHA256) API keys are stored "
+        f"under, at least {MIN_SECRET_CHARS} characters; needed with auth on. Rotating it "
+        "invalidates every key.",
+    )
+
+    @model_validator(mode="after")
+    def _auth_needs_secret(self) -> OrchestratorSettings:
+        if self.auth and len(self.auth_secret_key.get_secret_value()) < MIN_SECRET_CHARS:
+            raise ValueError(
+                f"auth needs auth_secret_key (STAGEFLOW_AUTH_SECRET_KEY) of at least "
+                f"{MIN_SECRET_CHARS} characters, e.g. `openssl rand -hex 32`"
+            )
+        return self

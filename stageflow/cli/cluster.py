@@ -30,6 +30,7 @@ from stageflow.serving.processes import ProcessError, ServerProcess
 
 STAGES: tuple[str, ...] = ("base", "refine", "upscale")
 ORCHESTRATOR = "orchestrator"
+GATEWAY = "gateway"
 # Which fixture model folder each stage serves, relative to a models_dir laid
 # out like `stageflow models build-fixtures` output (random weights).
 STAGE_MODELS: Mapping[str, str] = {
@@ -83,6 +84,8 @@ class LocalCluster:
         extra_env: Mapping[str, str] | None = None,
         stage_args: Mapping[str, Sequence[str]] | None = None,
         orchestrator_args: Sequence[str] = (),
+        gateway_port: int | None = None,
+        gateway_args: Sequence[str] = (),
     ) -> None:
         self.state_dir = Path(state_dir).resolve()
         # No models_dir: the trained fixtures; a models_dir: build-fixtures' layout.
@@ -98,6 +101,9 @@ class LocalCluster:
         if unknown:
             raise ValueError(f"stage_args names unknown stages {sorted(unknown)}; known: {STAGES}")
         self._orchestrator_args = list(orchestrator_args)  # extra flags, e.g. --stage-cache false
+        # The HTTP gateway in front of the orchestrator: None runs none, 0 any free port.
+        self.gateway_port = gateway_port
+        self._gateway_args = list(gateway_args)
         self._procs: dict[str, ServerProcess] = {}
 
     # -- what callers read ---------------------------------------------------
@@ -113,6 +119,14 @@ class LocalCluster:
             return self.addresses[ORCHESTRATOR]
         except KeyError:
             raise ClusterError("the orchestrator is not running; call start() first") from None
+
+    @property
+    def gateway_url(self) -> str:
+        """http://127.0.0.1:port of the gateway (started with gateway_port set)."""
+        try:
+            return f"http://{self.addresses[GATEWAY]}"
+        except KeyError:
+            raise ClusterError("no gateway is running (start with gateway_port set)") from None
 
     def process(self, name: str) -> subprocess.Popen[bytes]:
         return self._proc(name).popen
@@ -148,17 +162,22 @@ class LocalCluster:
             self._wait_ready(STAGES, deadline, timeout)
             self._spawn(ORCHESTRATOR, self._orchestrator_argv(self.orchestrator_port))
             self._wait_ready((ORCHESTRATOR,), deadline, timeout)
+            if self.gateway_port is not None:
+                self._spawn(GATEWAY, self._gateway_argv(self.gateway_port))
+                self._wait_ready((GATEWAY,), deadline, timeout)
         except BaseException:
             self.stop(grace=5)
             raise
 
     def stop(self, grace: float = 15) -> None:
-        """SIGTERM the orchestrator, then the stages; SIGKILL what outlives `grace`.
+        """SIGTERM the gateway, the orchestrator, then the stages; SIGKILL what outlives `grace`.
 
         Safe to call twice, and on a cluster that never started. A signal that
         arrives meanwhile hurries the stop instead of cutting it short.
         """
         with processes.stopping():
+            if GATEWAY in self._procs:
+                processes.stop_all([self._procs[GATEWAY]], grace)
             if ORCHESTRATOR in self._procs:
                 processes.stop_all([self._procs[ORCHESTRATOR]], grace)
             processes.stop_all([self._procs[n] for n in STAGES if n in self._procs], grace)
@@ -237,6 +256,17 @@ class LocalCluster:
             argv += [f"--{stage}-address", self.addresses[stage]]
         return argv + self._orchestrator_args
 
+    def _gateway_argv(self, port: int) -> list[str]:
+        return [
+            *self._launcher("stageflow.gateway"),
+            "--host", "127.0.0.1",
+            "--port", str(port),
+            "--port-file", str(self.port_file(GATEWAY)),
+            "--orchestrator-address", self.orchestrator_address,
+            "--log-json", "true",
+            *self._gateway_args,
+        ]  # fmt: skip
+
     @staticmethod
     def _launcher(module: str) -> list[str]:
         """The command that runs a module (tests swap in a fake service here)."""
@@ -264,6 +294,7 @@ class LocalCluster:
             argv,
             log=self.log_path(name),
             port_file=self.port_file(name),
+            ready=(lambda: _http_ready(proc)) if name == GATEWAY else None,
             env=self._env(),
             append_log=append_log,
         )
@@ -276,3 +307,15 @@ class LocalCluster:
             )
         except ProcessError as e:
             raise ClusterError(str(e)) from e
+
+
+def _http_ready(proc: ServerProcess) -> bool:
+    """The gateway's /readyz answers 200 (it is HTTP: no grpc.health)."""
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"http://{proc.address}/readyz", timeout=1) as reply:
+            return bool(reply.status == 200)
+    except urllib.error.URLError:
+        return False

@@ -20,6 +20,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from stageflow.cli.keys import keys_app
 from stageflow.cli.loadtest import loadtest
 from stageflow.cli.models import models_app
 
@@ -36,6 +37,7 @@ app = typer.Typer(
     pretty_exceptions_show_locals=False,
 )
 app.add_typer(models_app, name="models", no_args_is_help=True)
+app.add_typer(keys_app, name="keys", no_args_is_help=True)
 app.command()(loadtest)
 
 # gRPC statuses that mean "you asked for something wrong", as opposed to "it broke".
@@ -193,8 +195,12 @@ def up(
     ] = None,
     port: Annotated[int, typer.Option(help="Orchestrator port (0: any free one).")] = 50051,
     threads: Annotated[int, typer.Option(help="Torch threads per stage.")] = 1,
+    gateway_port: Annotated[
+        int, typer.Option(help="HTTP gateway port (0: any free one; -1: no gateway).")
+    ] = 8080,
 ) -> None:
-    """Start the three stages and the orchestrator on loopback; Ctrl-C stops them."""
+    """Start the three stages, the orchestrator and the HTTP gateway on loopback;
+    Ctrl-C stops them. Authentication is off: every caller sees every job."""
     from stageflow.cli.cluster import LocalCluster
     from stageflow.serving.processes import signals_interrupt
 
@@ -205,6 +211,7 @@ def up(
         store_url=store_url,
         orchestrator_port=port,
         torch_threads=threads,
+        gateway_port=gateway_port if gateway_port >= 0 else None,
     )
     code = 0
     # SIGTERM and SIGHUP behave like Ctrl-C, so `kill` and a closed terminal also
@@ -214,6 +221,14 @@ def up(
         try:
             cluster.start()
             _print_addresses(cluster, ui.out)
+            if cluster.gateway_port is not None:
+                ui.out.print(Text(f"gateway: {cluster.gateway_url} (API docs: /docs)"))
+            ui.out.print(
+                Text(
+                    "authentication is OFF (embedded cluster): any local caller can read "
+                    "and cancel every job"
+                )
+            )
             ui.out.print(
                 Text(
                     f"submit a job: stageflow submit --address {cluster.orchestrator_address} "

@@ -45,7 +45,10 @@ class StageflowClient:
     `address` ("host:port") wins over `settings.address`; `settings` default to
     `ClientSettings.from_env()` (STAGEFLOW_ADDRESS, else 127.0.0.1:50051).
     `interceptors` are grpc.aio client interceptors for every call (e.g.
-    tracing: the client itself depends on no tracing library).
+    tracing: the client itself depends on no tracing library). With
+    `settings.api_key` (STAGEFLOW_API_KEY) every call carries
+    `authorization: Bearer <key>`; `with_api_key(key)` is a client for another
+    key over the same channel (a gateway serving many callers).
 
     The channel opens on first use, in the running event loop; `close()` it, or
     use `async with`. Methods return the generated protobuf messages; every
@@ -63,9 +66,20 @@ class StageflowClient:
         if address is not None:
             settings = dataclasses.replace(settings, address=address)
         self.settings = settings
-        self._interceptors = tuple(interceptors)
-        self._channel: grpc.aio.Channel | None = None
-        self._stub_: pb_grpc.OrchestratorServiceStub | None = None
+        self._connection = _Connection(settings, tuple(interceptors))
+
+    def with_api_key(self, api_key: str) -> StageflowClient:
+        """A client sending `api_key` ("" for none) over this client's channel;
+        closing either closes the channel for both."""
+        clone = object.__new__(StageflowClient)
+        clone.settings = dataclasses.replace(self.settings, api_key=api_key)
+        clone._connection = self._connection
+        return clone
+
+    @property
+    def _metadata(self) -> tuple[tuple[str, str], ...]:
+        key = self.settings.api_key
+        return (("authorization", f"Bearer {key}"),) if key else ()
 
     @property
     def address(self) -> str:
@@ -74,14 +88,13 @@ class StageflowClient:
 
     @property
     def _stub(self) -> pb_grpc.OrchestratorServiceStub:
-        if self._stub_ is None:
-            self._channel = open_channel(self.settings, self._interceptors)
-            self._stub_ = pb_grpc.OrchestratorServiceStub(self._channel)
-        return self._stub_
+        return self._connection.stub()
 
     async def _unary(self, method: Callable[..., Awaitable[R]], request: Any) -> R:
         try:
-            return await method(request, timeout=self.settings.timeout_seconds)
+            return await method(
+                request, timeout=self.settings.timeout_seconds, metadata=self._metadata
+            )
         except grpc.RpcError as err:
             raise from_rpc_error(err) from None
 
@@ -131,13 +144,17 @@ class StageflowClient:
             priority=priority,  # type: ignore[arg-type]
             deadline_seconds=deadline_seconds,
         )
+        return await self.submit_request(request)
+
+    async def submit_request(self, request: pb.SubmitJobRequest) -> pb.Job:
+        """Submit a job from a whole SubmitJobRequest (e.g. parsed from JSON)."""
         reply = await self._unary(self._stub.SubmitJob, request)
         return reply.job
 
     async def watch(self, job_id: str) -> AsyncGenerator[pb.WatchJobResponse, None]:
         """A job's events: a snapshot, stage events, then `finished`; the stream
         then ends. Leaving the loop early cancels the stream."""
-        call = self._stub.WatchJob(pb.WatchJobRequest(job_id=job_id))
+        call = self._stub.WatchJob(pb.WatchJobRequest(job_id=job_id), metadata=self._metadata)
         try:
             async for event in call:
                 yield event
@@ -164,6 +181,11 @@ class StageflowClient:
         request = pb.ListJobsRequest(page_size=page_size, state=job_state(state))  # type: ignore[arg-type]
         reply = await self._unary(self._stub.ListJobs, request)
         return builtins.list(reply.jobs)
+
+    async def pipelines(self) -> builtins.list[pb.PipelineInfo]:
+        """The orchestrator's pipeline specs (names for `submit(pipeline=...)`), by name."""
+        reply = await self._unary(self._stub.ListPipelines, pb.ListPipelinesRequest())
+        return builtins.list(reply.pipelines)
 
     async def cancel(self, job_id: str) -> pb.Job:
         """Cancel a job (its running stage call too); a finished job is returned unchanged."""
@@ -194,6 +216,10 @@ class StageflowClient:
                 getattr(request, name).CopyFrom(options(cls, values))
         if bundle:
             request.bundle.CopyFrom(options(pb.BundleOverrides, bundle))
+        return await self.rerun_request(request)
+
+    async def rerun_request(self, request: pb.RerunJobRequest) -> pb.Job:
+        """Rerun from a whole RerunJobRequest (e.g. parsed from JSON)."""
         reply = await self._unary(self._stub.RerunJob, request)
         return reply.job
 
@@ -244,7 +270,9 @@ class StageflowClient:
             artifact = f"stage {request.stage}" if request.stage else request.key or "final image"
             version = f" version {request.version}" if request.version else ""
             what = f"{artifact} of job {request.job_id}{version}"
-        call = self._stub.GetArtifact(request, timeout=self.settings.timeout_seconds)
+        call = self._stub.GetArtifact(
+            request, timeout=self.settings.timeout_seconds, metadata=self._metadata
+        )
         try:
             _, data = await receive_artifact(call, what, expected_sha256=expected_sha256)
         except grpc.RpcError as err:
@@ -257,9 +285,7 @@ class StageflowClient:
 
     async def close(self) -> None:
         """Close the channel; the next call opens a new one."""
-        if self._channel is not None:
-            await self._channel.close()
-        self._channel = self._stub_ = None
+        await self._connection.close()
 
     async def __aenter__(self) -> Self:
         return self
@@ -271,3 +297,26 @@ class StageflowClient:
         tb: TracebackType | None,
     ) -> None:
         await self.close()
+
+
+class _Connection:
+    """The channel and stub, opened on first use; shared by `with_api_key` clones."""
+
+    def __init__(
+        self, settings: ClientSettings, interceptors: tuple[grpc.aio.ClientInterceptor, ...]
+    ) -> None:
+        self._settings = settings
+        self._interceptors = interceptors
+        self._channel: grpc.aio.Channel | None = None
+        self._stub: pb_grpc.OrchestratorServiceStub | None = None
+
+    def stub(self) -> pb_grpc.OrchestratorServiceStub:
+        if self._stub is None:
+            self._channel = open_channel(self._settings, self._interceptors)
+            self._stub = pb_grpc.OrchestratorServiceStub(self._channel)
+        return self._stub
+
+    async def close(self) -> None:
+        if self._channel is not None:
+            await self._channel.close()
+        self._channel = self._stub = None

@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from stageflow.client.errors import InvalidArgument
 
@@ -18,6 +18,7 @@ MiB = 1024 * 1024
 
 ADDRESS_ENV = "STAGEFLOW_ADDRESS"
 TIMEOUT_ENV = "STAGEFLOW_CLIENT_TIMEOUT_SECONDS"
+API_KEY_ENV = "STAGEFLOW_API_KEY"
 
 
 @dataclass(frozen=True)
@@ -31,6 +32,9 @@ class ClientSettings:
     timeout_seconds: float = 30.0
     # gRPC send/receive limit, as the servers set it (gRPC's default receive is 4 MiB).
     max_message_bytes: int = 16 * MiB
+    # Sent as `authorization: Bearer <key>` on every call when set (an
+    # orchestrator with auth on needs it); never shown in repr.
+    api_key: str = field(default="", repr=False)
 
     def __post_init__(self) -> None:
         if not self.address.strip():
@@ -46,12 +50,15 @@ class ClientSettings:
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> ClientSettings:
-        """Settings from STAGEFLOW_ADDRESS (default 127.0.0.1:50051) and
-        STAGEFLOW_CLIENT_TIMEOUT_SECONDS (default 30); unset or empty means the default."""
+        """Settings from STAGEFLOW_ADDRESS (default 127.0.0.1:50051),
+        STAGEFLOW_CLIENT_TIMEOUT_SECONDS (default 30) and STAGEFLOW_API_KEY
+        (default none); unset or empty means the default."""
         env = os.environ if environ is None else environ
         kwargs: dict[str, object] = {}
         if address := env.get(ADDRESS_ENV, "").strip():
             kwargs["address"] = address
+        if api_key := env.get(API_KEY_ENV, "").strip():
+            kwargs["api_key"] = api_key
         if timeout := env.get(TIMEOUT_ENV, "").strip():
             try:
                 kwargs["timeout_seconds"] = float(timeout)

@@ -76,6 +76,9 @@ class SyncStageflowClient:
     def cancel(self, job_id: str) -> pb.Job:
         return self._run(self._client.cancel(job_id))
 
+    def pipelines(self) -> builtins.list[pb.PipelineInfo]:
+        return self._run(self._client.pipelines())
+
     def rerun(
         self,
         job_id: str,

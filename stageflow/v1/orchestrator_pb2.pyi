@@ -180,7 +180,7 @@ class StageRun(_message.Message):
     def __init__(self, stage: _Optional[str] = ..., state: _Optional[_Union[StageState, str]] = ..., output: _Optional[_Union[_common_pb2.ArtifactRef, _Mapping]] = ..., model: _Optional[_Union[_common_pb2.ModelInfo, _Mapping]] = ..., timing: _Optional[_Union[_common_pb2.Timing, _Mapping]] = ..., step: _Optional[int] = ..., total_steps: _Optional[int] = ..., error: _Optional[str] = ..., request: _Optional[_Union[_stage_pb2.RunRequest, _Mapping]] = ..., text_check: _Optional[_Union[_stage_pb2.TextCheck, _Mapping]] = ..., cache_hit: _Optional[bool] = ..., cache_key: _Optional[str] = ..., service: _Optional[str] = ..., route: _Optional[str] = ..., attempts: _Optional[int] = ...) -> None: ...
 
 class Job(_message.Message):
-    __slots__ = ("job_id", "state", "bundle", "prompt", "seed", "width", "height", "stages", "final", "final_url", "error", "created_at", "updated_at", "request", "pipeline", "pipeline_sha256", "version", "rerun_from")
+    __slots__ = ("job_id", "state", "bundle", "prompt", "seed", "width", "height", "stages", "final", "final_url", "error", "created_at", "updated_at", "request", "pipeline", "pipeline_sha256", "version", "rerun_from", "tenant")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
     BUNDLE_FIELD_NUMBER: _ClassVar[int]
@@ -199,6 +199,7 @@ class Job(_message.Message):
     PIPELINE_SHA256_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     RERUN_FROM_FIELD_NUMBER: _ClassVar[int]
+    TENANT_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     state: JobState
     bundle: PromptBundle
@@ -217,7 +218,8 @@ class Job(_message.Message):
     pipeline_sha256: str
     version: int
     rerun_from: str
-    def __init__(self, job_id: _Optional[str] = ..., state: _Optional[_Union[JobState, str]] = ..., bundle: _Optional[_Union[PromptBundle, _Mapping]] = ..., prompt: _Optional[str] = ..., seed: _Optional[int] = ..., width: _Optional[int] = ..., height: _Optional[int] = ..., stages: _Optional[_Iterable[_Union[StageRun, _Mapping]]] = ..., final: _Optional[_Union[_common_pb2.ArtifactRef, _Mapping]] = ..., final_url: _Optional[str] = ..., error: _Optional[str] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., updated_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., request: _Optional[_Union[SubmitJobRequest, _Mapping]] = ..., pipeline: _Optional[str] = ..., pipeline_sha256: _Optional[str] = ..., version: _Optional[int] = ..., rerun_from: _Optional[str] = ...) -> None: ...
+    tenant: str
+    def __init__(self, job_id: _Optional[str] = ..., state: _Optional[_Union[JobState, str]] = ..., bundle: _Optional[_Union[PromptBundle, _Mapping]] = ..., prompt: _Optional[str] = ..., seed: _Optional[int] = ..., width: _Optional[int] = ..., height: _Optional[int] = ..., stages: _Optional[_Iterable[_Union[StageRun, _Mapping]]] = ..., final: _Optional[_Union[_common_pb2.ArtifactRef, _Mapping]] = ..., final_url: _Optional[str] = ..., error: _Optional[str] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., updated_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., request: _Optional[_Union[SubmitJobRequest, _Mapping]] = ..., pipeline: _Optional[str] = ..., pipeline_sha256: _Optional[str] = ..., version: _Optional[int] = ..., rerun_from: _Optional[str] = ..., tenant: _Optional[str] = ...) -> None: ...
 
 class WatchJobRequest(_message.Message):
     __slots__ = ("job_id",)
@@ -356,3 +358,23 @@ class GetArtifactResponse(_message.Message):
     artifact: _common_pb2.ArtifactRef
     data: bytes
     def __init__(self, artifact: _Optional[_Union[_common_pb2.ArtifactRef, _Mapping]] = ..., data: _Optional[bytes] = ...) -> None: ...
+
+class ListPipelinesRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class PipelineInfo(_message.Message):
+    __slots__ = ("name", "stages", "sha256")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    STAGES_FIELD_NUMBER: _ClassVar[int]
+    SHA256_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    stages: _containers.RepeatedScalarFieldContainer[str]
+    sha256: str
+    def __init__(self, name: _Optional[str] = ..., stages: _Optional[_Iterable[str]] = ..., sha256: _Optional[str] = ...) -> None: ...
+
+class ListPipelinesResponse(_message.Message):
+    __slots__ = ("pipelines",)
+    PIPELINES_FIELD_NUMBER: _ClassVar[int]
+    pipelines: _containers.RepeatedCompositeFieldContainer[PipelineInfo]
+    def __init__(self, pipelines: _Optional[_Iterable[_Union[PipelineInfo, _Mapping]]] = ...) -> None: ...

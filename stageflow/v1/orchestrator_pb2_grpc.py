@@ -27,7 +27,10 @@ if _version_not_supported:
 
 class OrchestratorServiceStub:
     """Runs jobs through the stages (base -> refine -> upscale), passing only
-    object keys between them, and streams their progress.
+    object keys between them, and streams their progress. With authentication
+    on, every call carries the metadata `authorization: Bearer <API key>`
+    (UNAUTHENTICATED otherwise) and sees only its tenant's jobs: another
+    tenant's job id answers NOT_FOUND, as an unknown one does.
     """
 
     def __init__(self, channel):
@@ -71,11 +74,19 @@ class OrchestratorServiceStub:
                 request_serializer=stageflow_dot_v1_dot_orchestrator__pb2.GetArtifactRequest.SerializeToString,
                 response_deserializer=stageflow_dot_v1_dot_orchestrator__pb2.GetArtifactResponse.FromString,
                 _registered_method=True)
+        self.ListPipelines = channel.unary_unary(
+                '/stageflow.v1.OrchestratorService/ListPipelines',
+                request_serializer=stageflow_dot_v1_dot_orchestrator__pb2.ListPipelinesRequest.SerializeToString,
+                response_deserializer=stageflow_dot_v1_dot_orchestrator__pb2.ListPipelinesResponse.FromString,
+                _registered_method=True)
 
 
 class OrchestratorServiceServicer:
     """Runs jobs through the stages (base -> refine -> upscale), passing only
-    object keys between them, and streams their progress.
+    object keys between them, and streams their progress. With authentication
+    on, every call carries the metadata `authorization: Bearer <API key>`
+    (UNAUTHENTICATED otherwise) and sees only its tenant's jobs: another
+    tenant's job id answers NOT_FOUND, as an unknown one does.
     """
 
     def SubmitJob(self, request, context):
@@ -139,6 +150,14 @@ class OrchestratorServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListPipelines(self, request, context):
+        """Lists the pipeline specs this orchestrator runs (the names
+        SubmitJobRequest.pipeline takes), sorted by name.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_OrchestratorServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -177,6 +196,11 @@ def add_OrchestratorServiceServicer_to_server(servicer, server):
                     request_deserializer=stageflow_dot_v1_dot_orchestrator__pb2.GetArtifactRequest.FromString,
                     response_serializer=stageflow_dot_v1_dot_orchestrator__pb2.GetArtifactResponse.SerializeToString,
             ),
+            'ListPipelines': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListPipelines,
+                    request_deserializer=stageflow_dot_v1_dot_orchestrator__pb2.ListPipelinesRequest.FromString,
+                    response_serializer=stageflow_dot_v1_dot_orchestrator__pb2.ListPipelinesResponse.SerializeToString,
+            ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
             'stageflow.v1.OrchestratorService', rpc_method_handlers)
@@ -187,7 +211,10 @@ def add_OrchestratorServiceServicer_to_server(servicer, server):
  # This class is part of an EXPERIMENTAL API.
 class OrchestratorService:
     """Runs jobs through the stages (base -> refine -> upscale), passing only
-    object keys between them, and streams their progress.
+    object keys between them, and streams their progress. With authentication
+    on, every call carries the metadata `authorization: Bearer <API key>`
+    (UNAUTHENTICATED otherwise) and sees only its tenant's jobs: another
+    tenant's job id answers NOT_FOUND, as an unknown one does.
     """
 
     @staticmethod
@@ -369,6 +396,33 @@ class OrchestratorService:
             '/stageflow.v1.OrchestratorService/GetArtifact',
             stageflow_dot_v1_dot_orchestrator__pb2.GetArtifactRequest.SerializeToString,
             stageflow_dot_v1_dot_orchestrator__pb2.GetArtifactResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListPipelines(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/stageflow.v1.OrchestratorService/ListPipelines',
+            stageflow_dot_v1_dot_orchestrator__pb2.ListPipelinesRequest.SerializeToString,
+            stageflow_dot_v1_dot_orchestrator__pb2.ListPipelinesResponse.FromString,
             options,
             channel_credentials,
             insecure,
