@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import datetime
 import json
-import os
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, NoReturn, TypeVar
@@ -88,10 +87,11 @@ def create(
     as_json: JsonFlag = False,
 ) -> None:
     """Create a key for TENANT and print it once (only its hash is stored)."""
+    from stageflow.cli.settings import KeyCommandSettings, from_environment
     from stageflow.core.errors import InvalidArgument
     from stageflow.orchestrator.auth import check_secret, new_key
 
-    secret = os.environ.get(SECRET_ENV, "")
+    secret = from_environment(KeyCommandSettings).auth_secret_key.get_secret_value()
     try:
         check_secret(secret)
         key, record = new_key(tenant, secret)

@@ -49,9 +49,23 @@ class ModelCommandSettings(S3Keys):
     )
 
 
+class KeyCommandSettings(StageflowSettings):
+    """`stageflow keys create`: the orchestrator's key-hashing secret (the same value
+    the orchestrator reads as auth_secret_key)."""
+
+    auth_secret_key: SecretStr = Field(
+        default=SecretStr(""),
+        description="HMAC secret that API keys are hashed with (at least 32 characters).",
+    )
+
+
 # Every class above: the STAGEFLOW_* names a `stageflow` container may set
 # (tests/deploy/policies.py checks the manifests against them).
-CLI_SETTINGS: tuple[type[StageflowSettings], ...] = (S3Keys, ModelCommandSettings)
+CLI_SETTINGS: tuple[type[StageflowSettings], ...] = (
+    S3Keys,
+    ModelCommandSettings,
+    KeyCommandSettings,
+)
 
 
 def from_environment(cls: type[T]) -> T:
