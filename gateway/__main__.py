@@ -39,7 +39,7 @@ async def _serve(settings: GatewaySettings) -> None:
     sock = _bind(settings.host, settings.port)
     port = sock.getsockname()[1]
     config = uvicorn.Config(
-        create_app(client),
+        create_app(client, settings),
         log_config=None,
         access_log=False,
         lifespan="on",

@@ -12,8 +12,9 @@ from fastapi.responses import JSONResponse
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from stageflow.client import ClientSettings, StageflowClient, StageflowClientError
-from stageflow.gateway import images, jobs
+from stageflow.gateway import images, jobs, uploads
 from stageflow.gateway.errors import GatewayError, error_body, json_error
+from stageflow.gateway.settings import GatewaySettings
 
 
 async def orchestrator_serving(address: str, deadline_s: float = 2.0) -> bool:
@@ -27,9 +28,9 @@ async def orchestrator_serving(address: str, deadline_s: float = 2.0) -> bool:
         return bool(reply.status == health_pb2.HealthCheckResponse.SERVING)
 
 
-def create_app(client_settings: ClientSettings) -> FastAPI:
+def create_app(client_settings: ClientSettings, settings: GatewaySettings | None = None) -> FastAPI:
     """The gateway for the orchestrator `client_settings` names (no key of its own:
-    each request's Bearer key is passed through)."""
+    each request's Bearer key is passed through); `settings` give its limits."""
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -45,10 +46,12 @@ def create_app(client_settings: ClientSettings) -> FastAPI:
         summary="Staged image generation over HTTP/JSON and an OpenAI-compatible Images API.",
         lifespan=lifespan,
     )
+    app.state.settings = settings if settings is not None else GatewaySettings()
     for exc in (StageflowClientError, GatewayError, RequestValidationError):
         app.add_exception_handler(exc, json_error)
     app.include_router(jobs.router)
     app.include_router(images.router)
+    app.include_router(uploads.router)
 
     @app.get("/healthz", tags=["probes"], summary="The process is up")
     async def healthz() -> dict[str, str]:

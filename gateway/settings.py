@@ -25,5 +25,17 @@ class GatewaySettings(StageflowSettings):
     request_timeout_seconds: float = Field(
         30.0, gt=0, description="Deadline of each orchestrator call a request makes."
     )
+    upload_max_bytes: int = Field(
+        20 * 1024 * 1024, ge=1, description="Largest uploaded image, in bytes (read no further)."
+    )
+    upload_max_pixels: int = Field(
+        4096 * 4096,
+        ge=1,
+        description="Most pixels (width x height, from the header) an upload may declare; "
+        "more is refused before decoding (decompression bombs).",
+    )
+    upload_max_side: int = Field(
+        8192, ge=1, description="Longest side of an uploaded image, in pixels."
+    )
     log_level: str = Field("INFO", description="DEBUG, INFO, WARNING, ERROR or CRITICAL.")
     log_json: bool = Field(False, description="JSON lines on stderr instead of console text.")

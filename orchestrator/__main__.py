@@ -17,6 +17,7 @@ from stageflow.orchestrator.settings import OrchestratorSettings
 from stageflow.orchestrator.spec import SpecError, load_specs
 from stageflow.orchestrator.sqlite_store import SqliteJobStore
 from stageflow.orchestrator.stage_client import StageClient
+from stageflow.orchestrator.uploads import UploadLimits
 from stageflow.serving.server import Service, serve
 from stageflow.serving.settings import load_settings
 from stageflow.v1 import orchestrator_pb2_grpc
@@ -45,7 +46,16 @@ async def _serve(settings: OrchestratorSettings) -> None:
         )
     )
     runner = JobRunner(
-        stages, jobs, settings, store, specs=specs, stage_limits=stage_limits, caller=caller
+        stages,
+        jobs,
+        settings,
+        store,
+        specs=specs,
+        stage_limits=stage_limits,
+        caller=caller,
+        upload_limits=UploadLimits(
+            max_bytes=settings.upload_max_bytes, max_pixels=settings.upload_max_pixels
+        ),
     )
     auth = Authenticator(jobs, settings.auth_secret_key.get_secret_value(), enabled=settings.auth)
     if not auth.enabled:

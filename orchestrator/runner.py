@@ -50,6 +50,7 @@ from stageflow.orchestrator.spec import (
 )
 from stageflow.orchestrator.stage_client import StageClient
 from stageflow.orchestrator.store import TERMINAL, UNFINISHED, JobStore, new_job_id
+from stageflow.orchestrator.uploads import UploadLimits, resolve_upload, store_upload
 from stageflow.orchestrator.validation import check_request
 from stageflow.serving import tracing
 from stageflow.v1 import common_pb2, orchestrator_pb2
@@ -84,6 +85,7 @@ class JobRunner:
         specs: Mapping[str, PipelineSpec] | None = None,
         stage_limits: Mapping[str, int] | None = None,
         caller: StageCaller | None = None,
+        upload_limits: UploadLimits | None = None,
     ) -> None:
         """`specs` by name (pipelines/*.yaml); without them a built-in "default"
         spec runs `pipeline` with the built-in defaults. `stage_limits` caps the
@@ -104,7 +106,8 @@ class JobRunner:
         self._specs = dict(specs)
         self._jobs = jobs
         self._settings = settings
-        self._store = store  # read by GetArtifact
+        self._store = store  # read by GetArtifact, written by UploadImage
+        self._upload_limits = upload_limits or UploadLimits()
         self._directory = StageDirectory(stages, stage_limits)
         self._hub = EventHub()
         self._executor = JobExecutor(
@@ -157,6 +160,9 @@ class JobRunner:
         InvalidArgument naming the offending field."""
         check_request(request)
         spec = self._spec(request.pipeline)
+        input_ref = None
+        if request.input_image:
+            input_ref, request = await self._with_input(request, spec, tenant)
         pipeline = pipeline_of(request, spec.order)
         services = services_of(spec, pipeline)
         missing = [name for name in pipeline if services[name] not in self._directory]
@@ -173,6 +179,8 @@ class JobRunner:
             )
             for name in pipeline
         }
+        if input_ref is not None:  # the first stage reads the uploaded image
+            runs[pipeline[0]].image.CopyFrom(input_ref)
         await self._directory.check(effective, spec, pipeline, runs)
         created_at = now()
         job = Job(
@@ -231,6 +239,9 @@ class JobRunner:
             effective = with_defaults(job.request, spec)
             names = [run.stage for run in job.stages]
             first = names.index(request.from_stage)
+            uploaded = common_pb2.ArtifactRef()
+            if job.request.input_image:  # rerun from the first stage: it reads the upload
+                uploaded.CopyFrom(previous.stages[0].request.image)
             for run in job.stages[first:]:
                 version_id = f"{job.job_id}.v{job.version}"
                 run.request.CopyFrom(
@@ -242,6 +253,8 @@ class JobRunner:
                     )
                 )
                 run.request.request_id = f"{version_id}.{run.stage}"
+            if first == 0 and uploaded.key:
+                job.stages[0].request.image.CopyFrom(uploaded)
             runs = {run.stage: run.request for run in job.stages[first:]}
             await self._directory.check(effective, spec, tuple(names), runs)
             created_at = now()
@@ -272,6 +285,46 @@ class JobRunner:
             raise FailedPrecondition("this orchestrator has no object store to read from")
         data = await asyncio.to_thread(get_artifact, self._store, ref.key, ref.sha256)
         return ref, data
+
+    @property
+    def upload_max_bytes(self) -> int:
+        return self._upload_limits.max_bytes
+
+    async def upload(
+        self, data: bytes, tenant: str | None = None
+    ) -> orchestrator_pb2.UploadImageResponse:
+        """Check an uploaded image from its header, then store it under `tenant`."""
+        if self._store is None:
+            raise FailedPrecondition("this orchestrator has no object store to write to")
+        return await store_upload(self._store, data, tenant, self._upload_limits)
+
+    async def _with_input(
+        self,
+        request: orchestrator_pb2.SubmitJobRequest,
+        spec: PipelineSpec,
+        tenant: str | None,
+    ) -> tuple[common_pb2.ArtifactRef, orchestrator_pb2.SubmitJobRequest]:
+        """The upload `request.input_image` names (of `tenant`) and the request
+        with its size and a stage order that starts after base."""
+        if self._store is None:
+            raise FailedPrecondition("this orchestrator has no object store to read from")
+        ref, width, height = await resolve_upload(self._store, request.input_image, tenant)
+        out = orchestrator_pb2.SubmitJobRequest()
+        out.CopyFrom(request)
+        for name, actual in (("width", width), ("height", height)):
+            given = getattr(out, name)
+            if given and given != actual:
+                raise InvalidArgument(name, f"must be 0 or the input image's {actual}, got {given}")
+            setattr(out, name, actual)
+        if not out.stages:
+            out.stages.extend(name for name in spec.order if name != "base")
+            if not out.stages:
+                raise InvalidArgument(
+                    "input_image", f"pipeline {spec.name!r} has no stage after base to read it"
+                )
+        if "refine" in out.stages and not out.bundle.base.strip():
+            raise InvalidArgument("bundle.base", "must not be empty: the refine stage needs it")
+        return ref, out
 
     def pipelines(self) -> list[orchestrator_pb2.PipelineInfo]:
         """The pipeline specs this runner runs, by name."""

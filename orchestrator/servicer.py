@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import grpc
 
+from stageflow.core.errors import InvalidArgument
 from stageflow.core.logging import get_logger
 from stageflow.orchestrator.artifacts import chunks
 from stageflow.orchestrator.auth import Authenticator, Principal, bearer
@@ -127,6 +128,20 @@ class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServiceServicer):
                 yield orchestrator_pb2.GetArtifactResponse(
                     artifact=ref if i == 0 else None, data=chunk
                 )
+
+    async def UploadImage(
+        self,
+        request_iterator: AsyncIterator[orchestrator_pb2.UploadImageRequest],
+        context: grpc.aio.ServicerContext,
+    ) -> orchestrator_pb2.UploadImageResponse:
+        async with self._call(context, "UploadImage") as call:
+            limit = self._runner.upload_max_bytes
+            data = bytearray()
+            async for message in request_iterator:
+                data += message.data
+                if len(data) > limit:  # stop reading: it is refused whatever follows
+                    raise InvalidArgument("data", f"must be at most {limit} bytes")
+            return await self._runner.upload(bytes(data), call.tenant)
 
     async def ListPipelines(
         self, request: orchestrator_pb2.ListPipelinesRequest, context: grpc.aio.ServicerContext

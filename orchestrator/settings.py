@@ -93,6 +93,16 @@ class OrchestratorSettings(CommonSettings):
         "invalidates every key.",
     )
 
+    upload_max_bytes: int = Field(
+        20 * 1024 * 1024, ge=1, description="Largest uploaded image (UploadImage), in bytes."
+    )
+    upload_max_pixels: int = Field(
+        4096 * 4096,
+        ge=1,
+        description="Most pixels (width x height, from the header) an uploaded image may "
+        "declare; more is refused before it is stored (decompression bombs).",
+    )
+
     @model_validator(mode="after")
     def _auth_needs_secret(self) -> OrchestratorSettings:
         if self.auth and len(self.auth_secret_key.get_secret_value()) < MIN_SECRET_CHARS:

@@ -24,7 +24,12 @@ def check_stages(request: orchestrator_pb2.SubmitJobRequest) -> None:
     repeated = sorted({name for name in stages if stages.count(name) > 1})
     if repeated:
         raise InvalidArgument("stages", f"each stage at most once, got {', '.join(repeated)} twice")
-    if stages[0] != "base":
+    if request.input_image:
+        if "base" in stages:
+            raise InvalidArgument(
+                "stages", "must not include base with an input_image: the image is the input"
+            )
+    elif stages[0] != "base":
         raise InvalidArgument(
             "stages", f"must start with base (the only stage without an input), got {stages[0]!r}"
         )
@@ -32,11 +37,11 @@ def check_stages(request: orchestrator_pb2.SubmitJobRequest) -> None:
 
 def check_request(request: orchestrator_pb2.SubmitJobRequest) -> None:
     check_stages(request)
-    if not request.bundle.base.strip():
+    if not request.bundle.base.strip() and not request.input_image:
         raise InvalidArgument("bundle.base", "must not be empty")
     for name in ("width", "height"):
         value = getattr(request, name)
-        if value <= 0:
+        if value <= 0 and not (request.input_image and value == 0):  # 0: the image's
             raise InvalidArgument(name, f"must be > 0, got {value}")
     if request.HasField("deadline_seconds") and not request.deadline_seconds > 0:
         raise InvalidArgument(

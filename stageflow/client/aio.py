@@ -21,6 +21,8 @@ from stageflow.v1 import orchestrator_pb2 as pb
 from stageflow.v1 import orchestrator_pb2_grpc as pb_grpc
 
 R = TypeVar("R")
+# Bytes per UploadImageRequest (the server's message limit is far above).
+UPLOAD_CHUNK_BYTES = 1024 * 1024
 
 
 def open_channel(
@@ -181,6 +183,19 @@ class StageflowClient:
         request = pb.ListJobsRequest(page_size=page_size, state=job_state(state))  # type: ignore[arg-type]
         reply = await self._unary(self._stub.ListJobs, request)
         return builtins.list(reply.jobs)
+
+    async def upload(self, data: bytes) -> pb.UploadImageResponse:
+        """Store an image (PNG, JPEG or WebP bytes) of the caller's tenant as a
+        job input; the answer's `upload_id` goes in SubmitJobRequest.input_image.
+        InvalidArgument naming `data` for a bad format, size or header."""
+        pieces = [data[i : i + UPLOAD_CHUNK_BYTES] for i in range(0, len(data), UPLOAD_CHUNK_BYTES)]
+        requests = [pb.UploadImageRequest(data=piece) for piece in pieces or [b""]]
+        try:
+            return await self._stub.UploadImage(
+                iter(requests), timeout=self.settings.timeout_seconds, metadata=self._metadata
+            )
+        except grpc.RpcError as err:
+            raise from_rpc_error(err) from None
 
     async def pipelines(self) -> builtins.list[pb.PipelineInfo]:
         """The orchestrator's pipeline specs (names for `submit(pipeline=...)`), by name."""

@@ -112,7 +112,7 @@ class UpscaleOptions(_message.Message):
     def __init__(self, mode: _Optional[_Union[_stage_pb2.UpscaleMode, str]] = ..., tile_size: _Optional[int] = ..., tile_overlap: _Optional[int] = ...) -> None: ...
 
 class SubmitJobRequest(_message.Message):
-    __slots__ = ("bundle", "seed", "width", "height", "base", "refine", "upscale", "request_id", "stages", "pipeline", "priority", "deadline_seconds")
+    __slots__ = ("bundle", "seed", "width", "height", "base", "refine", "upscale", "request_id", "stages", "pipeline", "priority", "deadline_seconds", "input_image")
     BUNDLE_FIELD_NUMBER: _ClassVar[int]
     SEED_FIELD_NUMBER: _ClassVar[int]
     WIDTH_FIELD_NUMBER: _ClassVar[int]
@@ -125,6 +125,7 @@ class SubmitJobRequest(_message.Message):
     PIPELINE_FIELD_NUMBER: _ClassVar[int]
     PRIORITY_FIELD_NUMBER: _ClassVar[int]
     DEADLINE_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    INPUT_IMAGE_FIELD_NUMBER: _ClassVar[int]
     bundle: PromptBundle
     seed: int
     width: int
@@ -137,7 +138,8 @@ class SubmitJobRequest(_message.Message):
     pipeline: str
     priority: Priority
     deadline_seconds: float
-    def __init__(self, bundle: _Optional[_Union[PromptBundle, _Mapping]] = ..., seed: _Optional[int] = ..., width: _Optional[int] = ..., height: _Optional[int] = ..., base: _Optional[_Union[BaseOptions, _Mapping]] = ..., refine: _Optional[_Union[RefineOptions, _Mapping]] = ..., upscale: _Optional[_Union[UpscaleOptions, _Mapping]] = ..., request_id: _Optional[str] = ..., stages: _Optional[_Iterable[str]] = ..., pipeline: _Optional[str] = ..., priority: _Optional[_Union[Priority, str]] = ..., deadline_seconds: _Optional[float] = ...) -> None: ...
+    input_image: str
+    def __init__(self, bundle: _Optional[_Union[PromptBundle, _Mapping]] = ..., seed: _Optional[int] = ..., width: _Optional[int] = ..., height: _Optional[int] = ..., base: _Optional[_Union[BaseOptions, _Mapping]] = ..., refine: _Optional[_Union[RefineOptions, _Mapping]] = ..., upscale: _Optional[_Union[UpscaleOptions, _Mapping]] = ..., request_id: _Optional[str] = ..., stages: _Optional[_Iterable[str]] = ..., pipeline: _Optional[str] = ..., priority: _Optional[_Union[Priority, str]] = ..., deadline_seconds: _Optional[float] = ..., input_image: _Optional[str] = ...) -> None: ...
 
 class SubmitJobResponse(_message.Message):
     __slots__ = ("job",)
@@ -378,3 +380,23 @@ class ListPipelinesResponse(_message.Message):
     PIPELINES_FIELD_NUMBER: _ClassVar[int]
     pipelines: _containers.RepeatedCompositeFieldContainer[PipelineInfo]
     def __init__(self, pipelines: _Optional[_Iterable[_Union[PipelineInfo, _Mapping]]] = ...) -> None: ...
+
+class UploadImageRequest(_message.Message):
+    __slots__ = ("data",)
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    data: bytes
+    def __init__(self, data: _Optional[bytes] = ...) -> None: ...
+
+class UploadImageResponse(_message.Message):
+    __slots__ = ("upload_id", "image", "width", "height", "format")
+    UPLOAD_ID_FIELD_NUMBER: _ClassVar[int]
+    IMAGE_FIELD_NUMBER: _ClassVar[int]
+    WIDTH_FIELD_NUMBER: _ClassVar[int]
+    HEIGHT_FIELD_NUMBER: _ClassVar[int]
+    FORMAT_FIELD_NUMBER: _ClassVar[int]
+    upload_id: str
+    image: _common_pb2.ArtifactRef
+    width: int
+    height: int
+    format: str
+    def __init__(self, upload_id: _Optional[str] = ..., image: _Optional[_Union[_common_pb2.ArtifactRef, _Mapping]] = ..., width: _Optional[int] = ..., height: _Optional[int] = ..., format: _Optional[str] = ...) -> None: ...

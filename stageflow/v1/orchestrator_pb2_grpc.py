@@ -79,6 +79,11 @@ class OrchestratorServiceStub:
                 request_serializer=stageflow_dot_v1_dot_orchestrator__pb2.ListPipelinesRequest.SerializeToString,
                 response_deserializer=stageflow_dot_v1_dot_orchestrator__pb2.ListPipelinesResponse.FromString,
                 _registered_method=True)
+        self.UploadImage = channel.stream_unary(
+                '/stageflow.v1.OrchestratorService/UploadImage',
+                request_serializer=stageflow_dot_v1_dot_orchestrator__pb2.UploadImageRequest.SerializeToString,
+                response_deserializer=stageflow_dot_v1_dot_orchestrator__pb2.UploadImageResponse.FromString,
+                _registered_method=True)
 
 
 class OrchestratorServiceServicer:
@@ -158,6 +163,18 @@ class OrchestratorServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def UploadImage(self, request_iterator, context):
+        """Stores the caller's own image (PNG, JPEG or WebP) as a job input: the
+        chunks' concatenation is the file. Its format and size are read from its
+        header and checked (at most the orchestrator's upload_max_bytes and
+        upload_max_pixels, so no decompression bomb is ever stored) before it is
+        stored, content-addressed, under the caller's tenant. INVALID_ARGUMENT
+        naming `data` otherwise. SubmitJobRequest.input_image takes the id.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_OrchestratorServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -200,6 +217,11 @@ def add_OrchestratorServiceServicer_to_server(servicer, server):
                     servicer.ListPipelines,
                     request_deserializer=stageflow_dot_v1_dot_orchestrator__pb2.ListPipelinesRequest.FromString,
                     response_serializer=stageflow_dot_v1_dot_orchestrator__pb2.ListPipelinesResponse.SerializeToString,
+            ),
+            'UploadImage': grpc.stream_unary_rpc_method_handler(
+                    servicer.UploadImage,
+                    request_deserializer=stageflow_dot_v1_dot_orchestrator__pb2.UploadImageRequest.FromString,
+                    response_serializer=stageflow_dot_v1_dot_orchestrator__pb2.UploadImageResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -423,6 +445,33 @@ class OrchestratorService:
             '/stageflow.v1.OrchestratorService/ListPipelines',
             stageflow_dot_v1_dot_orchestrator__pb2.ListPipelinesRequest.SerializeToString,
             stageflow_dot_v1_dot_orchestrator__pb2.ListPipelinesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UploadImage(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_unary(
+            request_iterator,
+            target,
+            '/stageflow.v1.OrchestratorService/UploadImage',
+            stageflow_dot_v1_dot_orchestrator__pb2.UploadImageRequest.SerializeToString,
+            stageflow_dot_v1_dot_orchestrator__pb2.UploadImageResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -285,3 +285,133 @@ def test_openai_errors_come_in_openai_shapes(gateway: Gateway) -> None:
     with pytest.raises(openai.AuthenticationError) as denied:
         anonymous.models.list()
     assert denied.value.code == "unauthenticated"
+
+
+def _png(size: tuple[int, int] = (32, 32), color: tuple[int, ...] = (20, 90, 200)) -> bytes:
+    out = io.BytesIO()
+    Image.new("RGBA" if len(color) == 4 else "RGB", size, color).save(out, format="PNG")
+    return out.getvalue()
+
+
+def _bomb_png() -> bytes:
+    """A PNG under 100 bytes whose header claims 60000 x 60000 pixels."""
+    import struct
+    import zlib
+
+    ihdr = struct.pack(">IIBBBBB", 60000, 60000, 8, 2, 0, 0, 0)
+    chunk = struct.pack(">I", 13) + b"IHDR" + ihdr + struct.pack(">I", zlib.crc32(b"IHDR" + ihdr))
+    return b"\x89PNG\r\n\x1a\n" + chunk + b"\x00" * 32
+
+
+def _upload(gw: Gateway, data: bytes, tenant: str = "acme") -> httpx.Response:
+    return httpx.post(
+        f"{gw.url}/v1/uploads",
+        files={"file": ("in.png", data, "image/png")},
+        headers=gw.auth(tenant),
+        timeout=WAIT,
+    )
+
+
+def test_an_upload_is_a_jobs_input_and_only_its_tenants(gateway: Gateway) -> None:
+    source = _png()
+    reply = _upload(gateway, source)
+    assert reply.status_code == 201, reply.text
+    upload = reply.json()
+    assert upload["id"] == f"{hashlib.sha256(source).hexdigest()}.png"
+    assert (upload["width"], upload["height"], upload["format"]) == (32, 32, "png")
+
+    bundle = {"base": "a red circle on a blue background"}
+    job = _submit(gateway, bundle=bundle, input_image=upload["id"], width=0, height=0)
+    assert [s["stage"] for s in job["stages"]] == ["refine", "upscale"]  # base skipped
+    _finish(gateway, str(job["job_id"]))
+    got = httpx.get(f"{gateway.url}/v1/jobs/{job['job_id']}", headers=gateway.auth("acme"))
+    done = got.json()["job"]
+    assert done["state"] == "JOB_STATE_SUCCEEDED", done
+    assert done["stages"][0]["request"]["image"]["sha256"] == hashlib.sha256(source).hexdigest()
+    final = httpx.get(
+        f"{gateway.url}/v1/jobs/{job['job_id']}/versions/1/image", headers=gateway.auth("acme")
+    )
+    with Image.open(io.BytesIO(final.content)) as image:
+        assert image.size == (128, 128)  # the 32 px upload, refined, x4
+
+    # Rerunning from the first stage reads the upload again.
+    url = f"{gateway.url}/v1/jobs/{job['job_id']}"
+    rerun = httpx.post(f"{url}/rerun", json={"from_stage": "refine"}, headers=gateway.auth("acme"))
+    assert rerun.status_code == 201, rerun.text
+    _finish(gateway, str(job["job_id"]))
+    latest = httpx.get(url, headers=gateway.auth("acme")).json()["job"]
+    assert latest["version"] == 2 and latest["state"] == "JOB_STATE_SUCCEEDED", latest
+
+    other = httpx.post(
+        f"{gateway.url}/v1/jobs",
+        json={**JOB, "input_image": upload["id"], "width": 0, "height": 0},
+        headers=gateway.auth("globex"),
+    )
+    assert other.status_code == 404 and other.json()["error"]["code"] == "NOT_FOUND"
+    with_base = httpx.post(
+        f"{gateway.url}/v1/jobs",
+        json={**JOB, "input_image": upload["id"], "stages": ["base", "refine"]},
+        headers=gateway.auth("acme"),
+    )
+    assert with_base.status_code == 400 and with_base.json()["error"]["field"] == "stages"
+
+
+def test_uploads_are_checked_before_they_are_stored(gateway: Gateway) -> None:
+    bomb = _upload(gateway, _bomb_png())
+    assert bomb.status_code == 400, bomb.text
+    assert bomb.json()["error"]["field"] == "file" and "pixels" in bomb.json()["error"]["message"]
+    junk = _upload(gateway, b"GIF89a not really an image")
+    assert junk.status_code == 400 and "PNG, JPEG or WebP" in junk.json()["error"]["message"]
+    truncated = _upload(gateway, _png((32, 32))[:60])
+    assert truncated.status_code == 400 and truncated.json()["error"]["field"] == "file"
+    assert not list((gateway.cluster.state_dir).rglob("uploads/acme/**/*.gif"))
+    anonymous = httpx.post(
+        f"{gateway.url}/v1/uploads", files={"file": ("in.png", _png(), "image/png")}
+    )
+    assert anonymous.status_code == 401
+
+
+def test_openai_client_edits_an_image(gateway: Gateway) -> None:
+    client = openai.OpenAI(
+        base_url=f"{gateway.url}/v1", api_key=gateway.keys["acme"], max_retries=0
+    )
+    mask = Image.new("RGBA", (32, 32), (0, 0, 0, 255))
+    mask.paste((0, 0, 0, 0), (0, 16, 32, 32))  # repaint the bottom half
+    mask_png = io.BytesIO()
+    mask.save(mask_png, format="PNG")
+    result = client.images.edit(
+        image=("in.png", _png(), "image/png"),
+        mask=("mask.png", mask_png.getvalue(), "image/png"),
+        prompt="a red circle on a blue background",
+        n=1,
+        response_format="b64_json",
+        extra_body={"seed": 5},
+    )
+    assert result.data is not None and len(result.data) == 1
+    edited = base64.b64decode(result.data[0].b64_json or "")
+    with Image.open(io.BytesIO(edited)) as image:
+        assert image.size == (32, 32)  # the refine stage alone keeps the size
+    jobs = httpx.get(f"{gateway.url}/v1/jobs", headers=gateway.auth("acme")).json()["jobs"]
+    latest = jobs[0]
+    assert [s["stage"] for s in latest["stages"]] == ["refine"]
+    params = latest["stages"][0]["request"]["refine"]
+    assert params["mode"] == "REFINE_MODE_INPAINT"
+    # The mask's transparent half (proto3 JSON leaves out the 0.0 left).
+    assert params["mask_box"] == {"top": 0.5, "right": 1.0, "bottom": 1.0}
+
+    # No prompt and an upscaling pipeline: upscale only (OpenAI's client insists
+    # on a prompt, so this one is plain multipart).
+    reply = httpx.post(
+        f"{gateway.url}/v1/images/edits",
+        files={"image": ("in.png", _png(), "image/png")},
+        data={"model": "default"},
+        headers=gateway.auth("acme"),
+        timeout=WAIT,
+    )
+    assert reply.status_code == 200, reply.text
+    upscaled = base64.b64decode(reply.json()["data"][0]["b64_json"])
+    with Image.open(io.BytesIO(upscaled)) as image:
+        assert image.size == (128, 128)
+    with pytest.raises(openai.BadRequestError) as bad:
+        client.images.edit(image=("in.gif", b"GIF89a...", "image/gif"), prompt="x")
+    assert bad.value.param == "image" and bad.value.type == "invalid_request_error"
