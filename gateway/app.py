@@ -12,7 +12,7 @@ from fastapi.responses import JSONResponse
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from stageflow.client import ClientSettings, StageflowClient, StageflowClientError
-from stageflow.gateway import images, jobs, uploads
+from stageflow.gateway import images, jobs, share, uploads
 from stageflow.gateway.errors import GatewayError, error_body, json_error
 from stageflow.gateway.settings import GatewaySettings
 
@@ -52,6 +52,7 @@ def create_app(client_settings: ClientSettings, settings: GatewaySettings | None
     app.include_router(jobs.router)
     app.include_router(images.router)
     app.include_router(uploads.router)
+    app.include_router(share.router)
 
     @app.get("/healthz", tags=["probes"], summary="The process is up")
     async def healthz() -> dict[str, str]:

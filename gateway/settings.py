@@ -37,5 +37,10 @@ class GatewaySettings(StageflowSettings):
     upload_max_side: int = Field(
         8192, ge=1, description="Longest side of an uploaded image, in pixels."
     )
+    public_url: str = Field(
+        "",
+        description="Base URL share links are made with (e.g. https://images.example.com); "
+        "empty: the URL the request came in on.",
+    )
     log_level: str = Field("INFO", description="DEBUG, INFO, WARNING, ERROR or CRITICAL.")
     log_json: bool = Field(False, description="JSON lines on stderr instead of console text.")

@@ -14,6 +14,7 @@ from stageflow.orchestrator.runner import JobRunner
 from stageflow.orchestrator.scheduler import parse_limits
 from stageflow.orchestrator.servicer import SERVICE_NAME, OrchestratorServicer
 from stageflow.orchestrator.settings import OrchestratorSettings
+from stageflow.orchestrator.sharing import ShareSigner
 from stageflow.orchestrator.spec import SpecError, load_specs
 from stageflow.orchestrator.sqlite_store import SqliteJobStore
 from stageflow.orchestrator.stage_client import StageClient
@@ -53,6 +54,9 @@ async def _serve(settings: OrchestratorSettings) -> None:
         specs=specs,
         stage_limits=stage_limits,
         caller=caller,
+        sharing=ShareSigner(
+            settings.share_secret_key.get_secret_value(), settings.share_max_seconds
+        ),
         upload_limits=UploadLimits(
             max_bytes=settings.upload_max_bytes, max_pixels=settings.upload_max_pixels
         ),

@@ -40,6 +40,7 @@ from stageflow.orchestrator.execution import JobExecutor, RunnerSettings, now
 from stageflow.orchestrator.replicas import StageCaller
 from stageflow.orchestrator.rerun import apply_overrides
 from stageflow.orchestrator.scheduler import PriorityGate
+from stageflow.orchestrator.sharing import ShareSigner
 from stageflow.orchestrator.spec import (
     DEFAULT_SPEC,
     PipelineSpec,
@@ -86,6 +87,7 @@ class JobRunner:
         stage_limits: Mapping[str, int] | None = None,
         caller: StageCaller | None = None,
         upload_limits: UploadLimits | None = None,
+        sharing: ShareSigner | None = None,
     ) -> None:
         """`specs` by name (pipelines/*.yaml); without them a built-in "default"
         spec runs `pipeline` with the built-in defaults. `stage_limits` caps the
@@ -108,6 +110,7 @@ class JobRunner:
         self._settings = settings
         self._store = store  # read by GetArtifact, written by UploadImage
         self._upload_limits = upload_limits or UploadLimits()
+        self._sharing = sharing or ShareSigner("", 0)
         self._directory = StageDirectory(stages, stage_limits)
         self._hub = EventHub()
         self._executor = JobExecutor(
@@ -285,6 +288,31 @@ class JobRunner:
             raise FailedPrecondition("this orchestrator has no object store to read from")
         data = await asyncio.to_thread(get_artifact, self._store, ref.key, ref.sha256)
         return ref, data
+
+    async def share(
+        self, request: orchestrator_pb2.ShareArtifactRequest, tenant: str | None = None
+    ) -> orchestrator_pb2.ShareArtifactResponse:
+        """A signed token for the final image of a version of `tenant`'s job."""
+        check_artifact_request(
+            orchestrator_pb2.GetArtifactRequest(job_id=request.job_id, version=request.version)
+        )
+        versions = await self.versions(request.job_id, tenant)
+        select = orchestrator_pb2.GetArtifactRequest(job_id=request.job_id, version=request.version)
+        select_artifact(select, versions)  # NOT_FOUND / FAILED_PRECONDITION: nothing to share
+        version = request.version or versions[-1].version or 1
+        shared = self._sharing.sign(request.job_id, version, int(request.expires_in_seconds))
+        reply = orchestrator_pb2.ShareArtifactResponse(
+            token=self._sharing.token(shared), version=version
+        )
+        reply.expires_at.FromSeconds(shared.expires)
+        return reply
+
+    async def shared_artifact(self, token: str) -> tuple[common_pb2.ArtifactRef, bytes]:
+        """The final image a valid, unexpired share token names (of any tenant:
+        the token is the authority)."""
+        shared = self._sharing.verify(token)
+        request = orchestrator_pb2.GetArtifactRequest(job_id=shared.job_id, version=shared.version)
+        return await self.artifact(request, None)
 
     @property
     def upload_max_bytes(self) -> int:

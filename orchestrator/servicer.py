@@ -143,6 +143,38 @@ class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServiceServicer):
                     raise InvalidArgument("data", f"must be at most {limit} bytes")
             return await self._runner.upload(bytes(data), call.tenant)
 
+    async def ShareArtifact(
+        self, request: orchestrator_pb2.ShareArtifactRequest, context: grpc.aio.ServicerContext
+    ) -> orchestrator_pb2.ShareArtifactResponse:
+        async with self._call(context, "ShareArtifact", request.job_id) as call:
+            return await self._runner.share(request, call.tenant)
+
+    async def GetSharedArtifact(
+        self, request: orchestrator_pb2.GetSharedArtifactRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[orchestrator_pb2.GetSharedArtifactResponse]:
+        # No API key: the signed token is the credential (checked by the runner).
+        outcome = "OK"
+        try:
+            ref, data = await self._runner.shared_artifact(request.token)
+        except Exception as err:
+            outcome = str(getattr(err, "code", "INTERNAL"))
+            raise
+        finally:
+            if self._auth is not None and self._auth.enabled:
+                job_id = request.token.split("/", 1)[0][:40]
+                audit.info(
+                    "audit",
+                    tenant="",
+                    key_id="share-link",
+                    action="GetSharedArtifact",
+                    job_id=job_id,
+                    outcome=outcome,
+                )
+        for i, chunk in enumerate(chunks(data)):
+            yield orchestrator_pb2.GetSharedArtifactResponse(
+                artifact=ref if i == 0 else None, data=chunk
+            )
+
     async def ListPipelines(
         self, request: orchestrator_pb2.ListPipelinesRequest, context: grpc.aio.ServicerContext
     ) -> orchestrator_pb2.ListPipelinesResponse:

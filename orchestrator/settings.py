@@ -103,6 +103,15 @@ class OrchestratorSettings(CommonSettings):
         "declare; more is refused before it is stored (decompression bombs).",
     )
 
+    share_secret_key: SecretStr = Field(
+        SecretStr(""),
+        description="Secret the share links (ShareArtifact) are signed with (HMAC-SHA256), "
+        "at least 32 characters; empty turns sharing off. Rotating it revokes every link.",
+    )
+    share_max_seconds: int = Field(
+        7 * 24 * 3600, ge=1, description="Longest lifetime a share link may be given."
+    )
+
     @model_validator(mode="after")
     def _auth_needs_secret(self) -> OrchestratorSettings:
         if self.auth and len(self.auth_secret_key.get_secret_value()) < MIN_SECRET_CHARS:

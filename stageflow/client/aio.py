@@ -17,6 +17,7 @@ from stageflow.client.download import receive_artifact, write_atomically
 from stageflow.client.errors import FailedPrecondition, from_rpc_error
 from stageflow.client.options import job_state, options
 from stageflow.client.settings import ClientSettings
+from stageflow.v1 import common_pb2
 from stageflow.v1 import orchestrator_pb2 as pb
 from stageflow.v1 import orchestrator_pb2_grpc as pb_grpc
 
@@ -196,6 +197,29 @@ class StageflowClient:
             )
         except grpc.RpcError as err:
             raise from_rpc_error(err) from None
+
+    async def share(
+        self, job_id: str, version: int = 0, expires_in_seconds: int = 0
+    ) -> pb.ShareArtifactResponse:
+        """A signed share token of a job version's final image (version 0: the
+        latest; expiry 0: the orchestrator's maximum)."""
+        request = pb.ShareArtifactRequest(
+            job_id=job_id, version=version, expires_in_seconds=expires_in_seconds
+        )
+        return await self._unary(self._stub.ShareArtifact, request)
+
+    async def shared(self, token: str) -> tuple[common_pb2.ArtifactRef, bytes]:
+        """The image a share token names (no API key needed), verified against
+        its sha256. PermissionDenied for a bad token, OutOfRange once expired."""
+        call = self._stub.GetSharedArtifact(
+            pb.GetSharedArtifactRequest(token=token), timeout=self.settings.timeout_seconds
+        )
+        try:
+            return await receive_artifact(call, "shared image")
+        except grpc.RpcError as err:
+            raise from_rpc_error(err) from None
+        finally:
+            call.cancel()
 
     async def pipelines(self) -> builtins.list[pb.PipelineInfo]:
         """The orchestrator's pipeline specs (names for `submit(pipeline=...)`), by name."""

@@ -59,6 +59,18 @@ class DeadlineExceeded(StageflowError):
     code = "DEADLINE_EXCEEDED"
 
 
+class PermissionDenied(StageflowError):
+    """The caller's credential (e.g. a share link's signature) does not allow it."""
+
+    code = "PERMISSION_DENIED"
+
+
+class OutOfRange(StageflowError):
+    """A value past its valid range, e.g. a share link past its expiry."""
+
+    code = "OUT_OF_RANGE"
+
+
 class Unauthenticated(StageflowError):
     """No API key, a malformed or unknown one, or a revoked one."""
 

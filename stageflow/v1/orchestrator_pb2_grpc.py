@@ -84,6 +84,16 @@ class OrchestratorServiceStub:
                 request_serializer=stageflow_dot_v1_dot_orchestrator__pb2.UploadImageRequest.SerializeToString,
                 response_deserializer=stageflow_dot_v1_dot_orchestrator__pb2.UploadImageResponse.FromString,
                 _registered_method=True)
+        self.ShareArtifact = channel.unary_unary(
+                '/stageflow.v1.OrchestratorService/ShareArtifact',
+                request_serializer=stageflow_dot_v1_dot_orchestrator__pb2.ShareArtifactRequest.SerializeToString,
+                response_deserializer=stageflow_dot_v1_dot_orchestrator__pb2.ShareArtifactResponse.FromString,
+                _registered_method=True)
+        self.GetSharedArtifact = channel.unary_stream(
+                '/stageflow.v1.OrchestratorService/GetSharedArtifact',
+                request_serializer=stageflow_dot_v1_dot_orchestrator__pb2.GetSharedArtifactRequest.SerializeToString,
+                response_deserializer=stageflow_dot_v1_dot_orchestrator__pb2.GetSharedArtifactResponse.FromString,
+                _registered_method=True)
 
 
 class OrchestratorServiceServicer:
@@ -175,6 +185,29 @@ class OrchestratorServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ShareArtifact(self, request, context):
+        """Signs a share link of a job version's final image: a token that
+        GetSharedArtifact accepts without an API key until it expires. The
+        signature is an HMAC-SHA256 under the orchestrator's share secret over
+        the job id, version and expiry, so rotating the secret revokes every
+        link. FAILED_PRECONDITION while the version has no final image or with
+        no share secret configured; INVALID_ARGUMENT naming
+        `expires_in_seconds` past the configured maximum.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetSharedArtifact(self, request, context):
+        """The final image a share token names, as GetArtifact streams it; needs
+        no API key (the token is the authority). PERMISSION_DENIED for a token
+        whose signature does not match (any changed byte), OUT_OF_RANGE for one
+        past its expiry.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_OrchestratorServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -222,6 +255,16 @@ def add_OrchestratorServiceServicer_to_server(servicer, server):
                     servicer.UploadImage,
                     request_deserializer=stageflow_dot_v1_dot_orchestrator__pb2.UploadImageRequest.FromString,
                     response_serializer=stageflow_dot_v1_dot_orchestrator__pb2.UploadImageResponse.SerializeToString,
+            ),
+            'ShareArtifact': grpc.unary_unary_rpc_method_handler(
+                    servicer.ShareArtifact,
+                    request_deserializer=stageflow_dot_v1_dot_orchestrator__pb2.ShareArtifactRequest.FromString,
+                    response_serializer=stageflow_dot_v1_dot_orchestrator__pb2.ShareArtifactResponse.SerializeToString,
+            ),
+            'GetSharedArtifact': grpc.unary_stream_rpc_method_handler(
+                    servicer.GetSharedArtifact,
+                    request_deserializer=stageflow_dot_v1_dot_orchestrator__pb2.GetSharedArtifactRequest.FromString,
+                    response_serializer=stageflow_dot_v1_dot_orchestrator__pb2.GetSharedArtifactResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -472,6 +515,60 @@ class OrchestratorService:
             '/stageflow.v1.OrchestratorService/UploadImage',
             stageflow_dot_v1_dot_orchestrator__pb2.UploadImageRequest.SerializeToString,
             stageflow_dot_v1_dot_orchestrator__pb2.UploadImageResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ShareArtifact(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/stageflow.v1.OrchestratorService/ShareArtifact',
+            stageflow_dot_v1_dot_orchestrator__pb2.ShareArtifactRequest.SerializeToString,
+            stageflow_dot_v1_dot_orchestrator__pb2.ShareArtifactResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetSharedArtifact(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/stageflow.v1.OrchestratorService/GetSharedArtifact',
+            stageflow_dot_v1_dot_orchestrator__pb2.GetSharedArtifactRequest.SerializeToString,
+            stageflow_dot_v1_dot_orchestrator__pb2.GetSharedArtifactResponse.FromString,
             options,
             channel_credentials,
             insecure,

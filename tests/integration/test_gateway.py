@@ -11,6 +11,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +24,7 @@ from PIL import Image
 from stageflow.cli.cluster import LocalCluster
 
 SECRET = "gateway-test-secret-0123456789abcdef"
+SHARE_SECRET = "gateway-share-secret-0123456789abcdef"
 WAIT = 300.0
 JOB = {
     "bundle": {"base": "a red circle on a blue background", "style": "gateway test"},
@@ -59,7 +61,7 @@ def gateway(tmp_path_factory: pytest.TempPathFactory, fixture_models: Path) -> I
         models_dir=fixture_models,
         torch_threads=1,
         orchestrator_args=["--auth", "true"],
-        extra_env={"STAGEFLOW_AUTH_SECRET_KEY": SECRET},
+        extra_env={"STAGEFLOW_AUTH_SECRET_KEY": SECRET, "STAGEFLOW_SHARE_SECRET_KEY": SHARE_SECRET},
         gateway_port=0,
     ) as cluster:
         gw = Gateway(cluster, cluster.gateway_url, {})
@@ -415,3 +417,51 @@ def test_openai_client_edits_an_image(gateway: Gateway) -> None:
     with pytest.raises(openai.BadRequestError) as bad:
         client.images.edit(image=("in.gif", b"GIF89a...", "image/gif"), prompt="x")
     assert bad.value.param == "image" and bad.value.type == "invalid_request_error"
+
+
+def test_share_links_open_without_a_key_and_fail_when_altered_or_expired(
+    gateway: Gateway,
+) -> None:
+    job = _submit(gateway, seed=21)
+    job_id = str(job["job_id"])
+    _finish(gateway, job_id)
+    url = f"{gateway.url}/v1/jobs/{job_id}/versions/1"
+    final = httpx.get(f"{url}/image", headers=gateway.auth("acme")).content
+
+    reply = httpx.post(f"{url}/share", json={"expires_in": 600}, headers=gateway.auth("acme"))
+    assert reply.status_code == 201, reply.text
+    link = reply.json()
+    assert link["image_url"] == link["url"] + "/image" and link["version"] == 1
+    image = httpx.get(link["image_url"])  # no key
+    assert image.status_code == 200 and image.content == final
+    page = httpx.get(link["url"])
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+    assert "/image" in page.text and job_id in page.text
+
+    # Any changed byte of the path, the expiry's included: 403.
+    job_part, version, expires, signature = link["url"].split("/share/", 1)[1].split("/")
+    flipped = signature[:-1] + ("A" if signature[-1] != "A" else "B")
+    forged = [
+        f"{job_part}/{version}/{expires}/{flipped}",
+        f"{job_part}/{version}/{int(expires) + 1}/{signature}",
+        f"{job_part}/2/{expires}/{signature}",
+    ]
+    for path in forged:
+        denied = httpx.get(f"{gateway.url}/share/{path}/image")
+        assert denied.status_code == 403, (path, denied.text)
+        assert denied.json()["error"]["code"] == "PERMISSION_DENIED"
+
+    short = httpx.post(f"{url}/share", json={"expires_in": 1}, headers=gateway.auth("acme"))
+    assert short.status_code == 201
+    time.sleep(2.1)
+    gone = httpx.get(short.json()["image_url"])
+    assert gone.status_code == 410 and "expired" in gone.json()["error"]["message"]
+    assert httpx.get(short.json()["url"]).status_code == 410
+
+    too_long = httpx.post(f"{url}/share", json={"expires_in": 10**9}, headers=gateway.auth("acme"))
+    assert too_long.status_code == 400
+    assert too_long.json()["error"]["field"] == "expires_in_seconds"
+    # Another tenant cannot share it: 404, as for an unknown job.
+    other = httpx.post(f"{url}/share", json={}, headers=gateway.auth("globex"))
+    assert other.status_code == 404 and other.json()["error"]["code"] == "NOT_FOUND"
+    assert httpx.post(f"{url}/share", json={}).status_code == 401
