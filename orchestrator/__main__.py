@@ -9,6 +9,7 @@ import grpc
 
 from stageflow.core.logging import configure_logging, get_logger
 from stageflow.orchestrator.auth import Authenticator
+from stageflow.orchestrator.quotas import parse_quota
 from stageflow.orchestrator.replicas import RetryPolicy, StageCaller, stage_client_for
 from stageflow.orchestrator.runner import JobRunner
 from stageflow.orchestrator.scheduler import parse_limits
@@ -54,6 +55,7 @@ async def _serve(settings: OrchestratorSettings) -> None:
         specs=specs,
         stage_limits=stage_limits,
         caller=caller,
+        default_quota=parse_quota(settings.default_quota, "default_quota"),
         sharing=ShareSigner(
             settings.share_secret_key.get_secret_value(), settings.share_max_seconds
         ),

@@ -17,8 +17,10 @@ message an unknown id gets, so its existence is not revealed.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import functools
+import time
 from collections.abc import AsyncIterator, Mapping, Sequence
 
 from opentelemetry import context as otel_context
@@ -37,6 +39,7 @@ from stageflow.orchestrator.bundle import (
 from stageflow.orchestrator.directory import StageDirectory
 from stageflow.orchestrator.events import EventHub
 from stageflow.orchestrator.execution import JobExecutor, RunnerSettings, now
+from stageflow.orchestrator.quotas import WINDOW_SECONDS, Quota, check_submit
 from stageflow.orchestrator.replicas import StageCaller
 from stageflow.orchestrator.rerun import apply_overrides
 from stageflow.orchestrator.scheduler import PriorityGate
@@ -88,6 +91,7 @@ class JobRunner:
         caller: StageCaller | None = None,
         upload_limits: UploadLimits | None = None,
         sharing: ShareSigner | None = None,
+        default_quota: Quota | None = None,
     ) -> None:
         """`specs` by name (pipelines/*.yaml); without them a built-in "default"
         spec runs `pipeline` with the built-in defaults. `stage_limits` caps the
@@ -111,6 +115,11 @@ class JobRunner:
         self._store = store  # read by GetArtifact, written by UploadImage
         self._upload_limits = upload_limits or UploadLimits()
         self._sharing = sharing or ShareSigner("", 0)
+        self._default_quota = default_quota or Quota()
+        # Per tenant: submits are checked against the quota one at a time, and
+        # its jobs past its running limit wait QUEUED for one of its slots.
+        self._tenant_locks: dict[str, asyncio.Lock] = {}
+        self._tenant_slots: dict[str, tuple[int, asyncio.Semaphore]] = {}
         self._directory = StageDirectory(stages, stage_limits)
         self._hub = EventHub()
         self._executor = JobExecutor(
@@ -211,7 +220,8 @@ class JobRunner:
             version=1,
             tenant=tenant or "",
         )
-        stored, created = await self._jobs.create(job, request.request_id)
+        async with self._admission(tenant):
+            stored, created = await self._jobs.create(job, request.request_id)
         if not created:
             tracing.tag_job(stored.job_id)
             live = self._live.get(stored.job_id)
@@ -313,6 +323,44 @@ class JobRunner:
         shared = self._sharing.verify(token)
         request = orchestrator_pb2.GetArtifactRequest(job_id=shared.job_id, version=shared.version)
         return await self.artifact(request, None)
+
+    async def quota(self, tenant: str) -> Quota:
+        """`tenant`'s quota: its own row, else the default."""
+        return await self._jobs.get_quota(tenant) or self._default_quota
+
+    @contextlib.asynccontextmanager
+    async def _admission(self, tenant: str | None) -> AsyncIterator[None]:
+        """Held around a submit's insert: the tenant's queued and per-minute
+        limits are checked against the database with no other submit of that
+        tenant in between. No tenant (auth off): no limits."""
+        if tenant is None:
+            yield
+            return
+        lock = self._tenant_locks.setdefault(tenant, asyncio.Lock())
+        async with lock:
+            quota = await self.quota(tenant)
+            if quota.max_queued is not None or quota.per_minute is not None:
+                now_s = time.time()
+                usage = await self._jobs.usage(tenant, now_s - WINDOW_SECONDS)
+                check_submit(quota, usage, now_s)
+            yield
+
+    @contextlib.asynccontextmanager
+    async def _tenant_slot(self, tenant: str) -> AsyncIterator[None]:
+        """One of the tenant's running slots (its quota's max_running)."""
+        if not tenant:
+            yield
+            return
+        limit = (await self.quota(tenant)).max_running
+        if limit is None:
+            yield
+            return
+        entry = self._tenant_slots.get(tenant)
+        if entry is None or entry[0] != limit:  # its first job, or its quota changed
+            entry = (limit, asyncio.Semaphore(limit))
+            self._tenant_slots[tenant] = entry
+        async with entry[1]:
+            yield
 
     @property
     def upload_max_bytes(self) -> int:
@@ -436,7 +484,7 @@ class JobRunner:
             "job.run", context=parent, attributes={tracing.JOB_ID: job_id}
         )
         try:
-            async with self._slots.hold(job.request.priority):
+            async with self._tenant_slot(job.tenant), self._slots.hold(job.request.priority):
                 with span:
                     await self._executor.execute(job)
         except asyncio.CancelledError:

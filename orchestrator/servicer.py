@@ -77,6 +77,12 @@ class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServiceServicer):
         self, request: orchestrator_pb2.SubmitJobRequest, context: grpc.aio.ServicerContext
     ) -> orchestrator_pb2.SubmitJobResponse:
         async with self._call(context, "SubmitJob") as call:
+            if call.principal is not None and call.principal.priority == "bulk":
+                # A bulk key's jobs all take the bulk lane, whatever they ask for.
+                bulk = orchestrator_pb2.SubmitJobRequest()
+                bulk.CopyFrom(request)
+                bulk.priority = orchestrator_pb2.PRIORITY_BULK
+                request = bulk
             job = await self._runner.submit(request, call.tenant)
             call.job_id = job.job_id
             return orchestrator_pb2.SubmitJobResponse(job=job)

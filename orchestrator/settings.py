@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field, SecretStr, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 
+from stageflow.core.errors import InvalidArgument
 from stageflow.orchestrator.auth import MIN_SECRET_CHARS
+from stageflow.orchestrator.quotas import parse_quota
 from stageflow.serving.settings import CommonSettings
 
 # The specs shipped with stageflow, found wherever the process is started from.
@@ -111,6 +113,23 @@ class OrchestratorSettings(CommonSettings):
     share_max_seconds: int = Field(
         7 * 24 * 3600, ge=1, description="Longest lifetime a share link may be given."
     )
+
+    default_quota: str = Field(
+        "",
+        description="Each tenant's limits unless `stageflow keys create --quota` set its own: "
+        "'running=N,queued=N,per_minute=N' (any of them; empty: none). Over them a submit "
+        "is RESOURCE_EXHAUSTED with a retry delay (HTTP 429 + Retry-After); jobs past "
+        "`running` wait QUEUED. Only with auth on (tenants).",
+    )
+
+    @field_validator("default_quota")
+    @classmethod
+    def _quota_parses(cls, value: str) -> str:
+        try:
+            parse_quota(value, "default_quota")
+        except InvalidArgument as err:
+            raise ValueError(str(err)) from None
+        return value
 
     @model_validator(mode="after")
     def _auth_needs_secret(self) -> OrchestratorSettings:

@@ -4,6 +4,7 @@ resumption, artifacts in three formats, two tenants, missing and revoked keys.""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import io
@@ -22,6 +23,7 @@ import pytest
 from PIL import Image
 
 from stageflow.cli.cluster import LocalCluster
+from stageflow.client import ClientSettings, ResourceExhausted, StageflowClient
 
 SECRET = "gateway-test-secret-0123456789abcdef"
 SHARE_SECRET = "gateway-share-secret-0123456789abcdef"
@@ -465,3 +467,65 @@ def test_share_links_open_without_a_key_and_fail_when_altered_or_expired(
     other = httpx.post(f"{url}/share", json={}, headers=gateway.auth("globex"))
     assert other.status_code == 404 and other.json()["error"]["code"] == "NOT_FOUND"
     assert httpx.post(f"{url}/share", json={}).status_code == 401
+
+
+def test_a_burst_over_the_rate_limit_gets_429_and_the_accepted_jobs_complete(
+    gateway: Gateway,
+) -> None:
+    out = gateway.keys_cli(
+        "create", "--tenant", "bursty", "--quota", "per_minute=3,queued=10", "--json"
+    ).stdout
+    key = json.loads(out)["key"]
+    headers = {"Authorization": f"Bearer {key}"}
+
+    async def burst() -> list[httpx.Response]:
+        async with httpx.AsyncClient(base_url=gateway.url, timeout=WAIT) as http:
+            return await asyncio.gather(
+                *(
+                    http.post("/v1/jobs", json={**JOB, "seed": 100 + i}, headers=headers)
+                    for i in range(6)
+                )
+            )
+
+    replies = asyncio.run(burst())
+    accepted = [r for r in replies if r.status_code == 201]
+    refused = [r for r in replies if r.status_code == 429]
+    assert len(accepted) == 3 and len(refused) == 3, [r.status_code for r in replies]
+    for reply in refused:
+        assert 1 <= int(reply.headers["retry-after"]) <= 60
+        assert reply.json()["error"]["code"] == "RESOURCE_EXHAUSTED"
+
+    # A gRPC caller with the same key: RESOURCE_EXHAUSTED with google.rpc.RetryInfo.
+    async def grpc_submit() -> float | None:
+        settings = ClientSettings(address=gateway.cluster.orchestrator_address, api_key=key)
+        async with StageflowClient(settings=settings) as client:
+            with pytest.raises(ResourceExhausted) as err:
+                await client.submit(base="a circle", width=32, height=32)
+            return err.value.retry_after
+
+    retry_after = asyncio.run(grpc_submit())
+    assert retry_after is not None and 0 < retry_after <= 60
+
+    for reply in accepted:
+        job_id = reply.json()["job"]["job_id"]
+        with httpx.stream(
+            "GET", f"{gateway.url}/v1/jobs/{job_id}/events", headers=headers, timeout=WAIT
+        ) as response:
+            frames = list(_events(response))
+        assert frames[-1][1] == "finished"
+        assert frames[-1][2]["finished"]["state"] == "JOB_STATE_SUCCEEDED"
+
+
+def test_a_bulk_keys_jobs_take_the_bulk_lane(gateway: Gateway) -> None:
+    out = gateway.keys_cli("create", "--tenant", "acme", "--priority", "bulk", "--json").stdout
+    created = json.loads(out)
+    assert created["priority"] == "bulk"
+    headers = {"Authorization": f"Bearer {created['key']}"}
+    body = {**JOB, "seed": 31, "priority": "PRIORITY_INTERACTIVE"}
+    reply = httpx.post(f"{gateway.url}/v1/jobs", json=body, headers=headers)
+    assert reply.status_code == 201, reply.text
+    assert reply.json()["job"]["request"]["priority"] == "PRIORITY_BULK"
+    interactive = httpx.post(
+        f"{gateway.url}/v1/jobs", json={**body, "seed": 32}, headers=gateway.auth("acme")
+    )
+    assert interactive.json()["job"]["request"]["priority"] == "PRIORITY_INTERACTIVE"
