@@ -16,7 +16,7 @@ from stageflow.core.image_header import check_upload, read_header
 from stageflow.core.storage import LocalStore
 from stageflow.orchestrator.uploads import UploadLimits, resolve_upload, store_upload
 
-LIMITS = {"max_bytes": 1 << 20, "max_pixels": 256 * 256, "max_side": 512}
+LIMITS: dict[str, int] = {"max_bytes": 1 << 20, "max_pixels": 256 * 256, "max_side": 512}
 
 
 def _encode(fmt: str, size: tuple[int, int], **kwargs: object) -> bytes:
@@ -52,7 +52,9 @@ def _png_claiming(width: int, height: int) -> bytes:
 
 def test_a_bomb_is_refused_from_its_header() -> None:
     with pytest.raises(InvalidArgument, match="at most 65536 pixels") as err:
-        check_upload(_png_claiming(300, 300), field="file", **LIMITS)
+        check_upload(
+            _png_claiming(300, 300), max_bytes=1 << 20, max_pixels=65536, max_side=512, field="file"
+        )
     assert err.value.field == "file"
     with pytest.raises(InvalidArgument, match="each side must be at most 512"):
         check_upload(_png_claiming(100_000, 1), **LIMITS)

@@ -58,7 +58,7 @@ async def jobs(tmp_path: Path) -> AsyncIterator[SqliteJobStore]:
 async def test_a_tenants_limits_hold_and_others_are_untouched(jobs: SqliteJobStore) -> None:
     base = FakeStage("base", block_at=1)
     fakes = {name: FakeStage(name) for name in DEFAULT_PIPELINE} | {"base": base}
-    runner = JobRunner(fakes, jobs, FakeSettings(max_running_jobs=8), FakeStore())  # type: ignore[arg-type]
+    runner = JobRunner(fakes, jobs, FakeSettings(max_running_jobs=8), FakeStore())
     try:
         await jobs.set_quota("acme", Quota(max_running=1, max_queued=2, per_minute=10))
         first = await runner.submit(_request(1), "acme")
