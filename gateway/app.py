@@ -12,14 +12,16 @@ from fastapi.responses import JSONResponse
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from stageflow.client import ClientSettings, StageflowClient, StageflowClientError
+from stageflow.client.aio import open_channel
 from stageflow.gateway import images, jobs, share, uploads
 from stageflow.gateway.errors import GatewayError, error_body, json_error
 from stageflow.gateway.settings import GatewaySettings
 
 
-async def orchestrator_serving(address: str, deadline_s: float = 2.0) -> bool:
-    """True when the orchestrator's grpc.health.v1 answers SERVING."""
-    async with grpc.aio.insecure_channel(address) as channel:
+async def orchestrator_serving(settings: ClientSettings, deadline_s: float = 2.0) -> bool:
+    """True when the orchestrator's grpc.health.v1 answers SERVING (over the
+    client's own channel settings: TLS when it uses TLS)."""
+    async with open_channel(settings) as channel:
         stub = health_pb2_grpc.HealthStub(channel)
         try:
             reply = await stub.Check(health_pb2.HealthCheckRequest(), timeout=deadline_s)
@@ -60,7 +62,7 @@ def create_app(client_settings: ClientSettings, settings: GatewaySettings | None
 
     @app.get("/readyz", tags=["probes"], summary="Ready: the orchestrator answers SERVING")
     async def readyz() -> JSONResponse:
-        if await orchestrator_serving(client_settings.address):
+        if await orchestrator_serving(client_settings):
             return JSONResponse({"status": "ready"})
         body = error_body("UNAVAILABLE", "the orchestrator does not answer SERVING", None)
         return JSONResponse(body, status_code=503)

@@ -42,5 +42,14 @@ class GatewaySettings(StageflowSettings):
         description="Base URL share links are made with (e.g. https://images.example.com); "
         "empty: the URL the request came in on.",
     )
+    tls_cert: Path | None = Field(
+        None,
+        description="PEM certificate: serve HTTPS with it, and present it to the "
+        "orchestrator (mutual TLS). Needs tls_key.",
+    )
+    tls_key: Path | None = Field(None, description="PEM private key of tls_cert.")
+    tls_ca: Path | None = Field(
+        None, description="PEM CA bundle verifying the orchestrator: gRPC over TLS."
+    )
     log_level: str = Field("INFO", description="DEBUG, INFO, WARNING, ERROR or CRITICAL.")
     log_json: bool = Field(False, description="JSON lines on stderr instead of console text.")

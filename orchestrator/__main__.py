@@ -22,6 +22,7 @@ from stageflow.orchestrator.stage_client import StageClient
 from stageflow.orchestrator.uploads import UploadLimits
 from stageflow.serving.server import Service, serve
 from stageflow.serving.settings import load_settings
+from stageflow.serving.tls import channel_credentials
 from stageflow.v1 import orchestrator_pb2_grpc
 
 
@@ -35,8 +36,10 @@ async def _serve(settings: OrchestratorSettings) -> None:
         "refine": settings.refine_address,
         "upscale": settings.upscale_address,
     }
+    # mTLS to the stages with this process's own certificate, when it has one.
+    credentials = channel_credentials(settings.tls_cert, settings.tls_key, settings.tls_ca)
     stages: dict[str, StageClient] = {
-        name: stage_client_for(address, settings.max_message_bytes)
+        name: stage_client_for(address, settings.max_message_bytes, credentials)
         for name, address in addresses.items()
     }
     caller = StageCaller(

@@ -29,6 +29,8 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
+import grpc
+
 from stageflow.core.logging import get_logger
 from stageflow.orchestrator.stage_client import (
     DEFAULT_MAX_MESSAGE_BYTES,
@@ -59,8 +61,13 @@ def parse_addresses(value: str) -> list[str]:
     return addresses
 
 
-def stage_client_for(value: str, max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> StageClient:
-    """A client for one address setting: one channel per entry, balanced."""
+def stage_client_for(
+    value: str,
+    max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+    credentials: grpc.ChannelCredentials | None = None,
+) -> StageClient:
+    """A client for one address setting: one channel per entry, balanced
+    (TLS with `credentials`)."""
     clients: list[StageClient] = [
         GrpcStageClient(
             address,
@@ -68,6 +75,7 @@ def stage_client_for(value: str, max_message_bytes: int = DEFAULT_MAX_MESSAGE_BY
             options=[("grpc.service_config", ROUND_ROBIN_CONFIG)]
             if address.startswith("dns:")
             else (),
+            credentials=credentials,
         )
         for address in parse_addresses(value)
     ]

@@ -31,15 +31,28 @@ def open_channel(
 ) -> grpc.aio.Channel:
     """An insecure grpc.aio channel to `settings.address` with the servers'
     explicit message limits in both directions (gRPC's default receive limit
-    is 4 MiB), so a large message fails the same way on either side."""
-    return grpc.aio.insecure_channel(
-        settings.address,
-        options=[
-            ("grpc.max_send_message_length", settings.max_message_bytes),
-            ("grpc.max_receive_message_length", settings.max_message_bytes),
-        ],
-        interceptors=list(interceptors) or None,
-    )
+    is 4 MiB), so a large message fails the same way on either side. TLS
+    (mutual with a client certificate) when the settings name a CA or a
+    certificate."""
+    options = [
+        ("grpc.max_send_message_length", settings.max_message_bytes),
+        ("grpc.max_receive_message_length", settings.max_message_bytes),
+    ]
+    chain = list(interceptors) or None
+    if settings.tls_ca or settings.tls_cert:
+
+        def read(path: str) -> bytes | None:
+            return Path(path).read_bytes() if path else None
+
+        credentials = grpc.ssl_channel_credentials(
+            root_certificates=read(settings.tls_ca),
+            private_key=read(settings.tls_key),
+            certificate_chain=read(settings.tls_cert),
+        )
+        return grpc.aio.secure_channel(
+            settings.address, credentials, options=options, interceptors=chain
+        )
+    return grpc.aio.insecure_channel(settings.address, options=options, interceptors=chain)
 
 
 class StageflowClient:
