@@ -37,6 +37,8 @@ from stageflow.v1 import stage_pb2
 router = APIRouter(prefix="/v1", tags=["openai"])
 
 MAX_N = 4
+# SubmitJobRequest.seed is an int64, and image i uses seed + i.
+SEED_MIN, SEED_MAX = -(2**63), 2**63 - 1 - MAX_N
 _SIZE = re.compile(r"^(\d{1,5})x(\d{1,5})$")
 
 
@@ -50,7 +52,9 @@ class ImageGeneration(BaseModel):
     n: int = Field(1, ge=1, le=MAX_N, description=f"Images, 1 to {MAX_N}: one job each.")
     size: str = Field("64x64", description="WxH of the job's base image.")
     response_format: Literal["b64_json", "url"] = "b64_json"
-    seed: int = Field(42, description="Seed of the first image; image i uses seed + i.")
+    seed: int = Field(
+        42, ge=SEED_MIN, le=SEED_MAX, description="Seed of the first image; image i uses seed + i."
+    )
     style: str = ""
     text: str = Field("", description="Overlay text (the typography pass).")
     negative_prompt: str = ""
@@ -148,7 +152,7 @@ async def edits(
     n: Annotated[int, Form(ge=1, le=MAX_N)] = 1,
     size: Annotated[str | None, Form(description="Accepted; the image's own size is used.")] = None,
     response_format: Annotated[Literal["b64_json", "url"], Form()] = "b64_json",
-    seed: Annotated[int, Form()] = 42,
+    seed: Annotated[int, Form(ge=SEED_MIN, le=SEED_MAX)] = 42,
     style: Annotated[str, Form()] = "",
     text: Annotated[str, Form()] = "",
     negative_prompt: Annotated[str, Form()] = "",

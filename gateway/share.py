@@ -23,7 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from stageflow.client import StageflowClientError
 from stageflow.gateway.errors import error_body, from_exception
-from stageflow.gateway.jobs import Client
+from stageflow.gateway.jobs import INT32_MAX, Client
 
 router = APIRouter(tags=["share"])
 
@@ -34,7 +34,10 @@ class ShareRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     expires_in: int = Field(
-        0, ge=0, description="Seconds the link lives; 0 (default) the orchestrator's maximum."
+        0,
+        ge=0,
+        le=2**63 - 1,
+        description="Seconds the link lives; 0 (default) the orchestrator's maximum.",
     )
 
 
@@ -52,7 +55,9 @@ async def share(
     client: Client,
     request: Request,
     job_id: str,
-    version: Annotated[int, Path(ge=1, description="1 for the submitted job, N+1 per rerun")],
+    version: Annotated[
+        int, Path(ge=1, le=INT32_MAX, description="1 for the submitted job, N+1 per rerun")
+    ],
     body: Annotated[ShareRequest | None, Body()] = None,
 ) -> dict[str, Any]:
     expires_in = body.expires_in if body is not None else 0

@@ -529,3 +529,42 @@ def test_a_bulk_keys_jobs_take_the_bulk_lane(gateway: Gateway) -> None:
         f"{gateway.url}/v1/jobs", json={**body, "seed": 32}, headers=gateway.auth("acme")
     )
     assert interactive.json()["job"]["request"]["priority"] == "PRIORITY_INTERACTIVE"
+
+
+# A fixed, small budget per operation: the whole sweep stays well under a minute.
+SCHEMATHESIS_EXAMPLES = 30
+
+
+def test_schemathesis_finds_no_5xx(gateway: Gateway) -> None:
+    """Every operation of /openapi.json, fed schemathesis' generated requests
+    (valid and invalid, with a valid key): no answer is a 5xx."""
+    import schemathesis
+    from hypothesis import HealthCheck, given, settings
+
+    schema = schemathesis.openapi.from_url(f"{gateway.url}/openapi.json")
+    headers = gateway.auth("acme")
+    failures: list[str] = []
+    operations = 0
+    for result in schema.get_all_operations():
+        operation = result.ok()
+        operations += 1
+
+        @settings(
+            max_examples=SCHEMATHESIS_EXAMPLES,
+            deadline=None,
+            database=None,
+            derandomize=True,  # the same requests on every run
+            suppress_health_check=list(HealthCheck),
+        )
+        @given(case=operation.as_strategy())
+        def call(case: schemathesis.Case) -> None:
+            response = case.call(headers=headers, timeout=WAIT)
+            if response.status_code >= 500:
+                failures.append(
+                    f"{case.method} {case.formatted_path} -> {response.status_code}: "
+                    f"{response.text[:200]}"
+                )
+
+        call()
+    assert operations >= 12  # the jobs, images, uploads, share and OpenAI routes
+    assert failures == [], "\n".join(failures)
