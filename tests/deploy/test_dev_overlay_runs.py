@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from stageflow.client import StageflowClient
+from stageflow.orchestrator.settings import parse_stages
 from stageflow.v1 import orchestrator_pb2 as pb
 from tests.deploy.render import Manifest
 from tests.processes import running, wait_serving
@@ -132,13 +133,15 @@ def test_dev_overlay_runs_a_job(
         }
 
         orchestrator = Pod(docs, "Deployment", "orchestrator", s3_server, tmp_path)
-        addresses = {}
-        for var, value in orchestrator.env.items():
-            if var.endswith("_ADDRESS"):
-                stage = value.removeprefix("dns:///").split(".")[0]
-                addresses[var] = f"dns:///127.0.0.1:{ports[stage]}"
-        assert len(addresses) == 3, orchestrator.env
-        proc = orchestrator.start(stack, **addresses)
+        # STAGEFLOW_STAGES names each stage's Service; point each at its local port.
+        services = parse_stages(orchestrator.env["STAGEFLOW_STAGES"])
+        assert set(services) == {"base", "refine", "upscale"}, orchestrator.env
+        local = {
+            name: f"dns:///127.0.0.1:{ports[addresses[0].removeprefix('dns:///').split('.')[0]]}"
+            for name, addresses in services.items()
+        }
+        stages = ";".join(f"{name}={address}" for name, address in local.items())
+        proc = orchestrator.start(stack, STAGEFLOW_STAGES=stages)
         address = wait_serving(proc, orchestrator.port_file, orchestrator.log)
 
         job_state = asyncio.run(submit_and_wait(address))
