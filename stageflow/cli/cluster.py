@@ -5,27 +5,29 @@ run. Every process is started with `--port 0` and reports the port it bound
 through a port file, so several clusters can run side by side; readiness is the
 grpc.health.v1 answer SERVING, polled, never guessed with a sleep.
 
-Children run in their own sessions so that Ctrl-C reaches only the launcher,
-which then stops them in order. The flip side: a launcher killed with SIGKILL
-leaves them running; `stop()` (or the context manager) is the way out.
-start() blocks; from async code call it through asyncio.to_thread.
+The processes are `stageflow.serving.processes.ServerProcess`es: each in its
+own session (Ctrl-C reaches only the launcher, which then stops them in order,
+orchestrator first), and each dies with the launcher however it ends (SIGKILL
+included, through a parent-death signal). A launcher that should turn SIGTERM
+and SIGHUP into an orderly stop runs inside `processes.signals_interrupt()`
+(`stageflow up` does). start() blocks; from async code call it through
+asyncio.to_thread.
 """
 
 from __future__ import annotations
 
-import contextlib
 import os
-import signal
 import subprocess
 import sys
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import IO, Self
+from typing import Self
 
 from stageflow import kinds
+from stageflow.serving import processes
+from stageflow.serving.processes import ProcessError, ServerProcess
 
 # The stages a cluster runs unless told otherwise: the default pipeline's kinds.
 STAGES: tuple[str, ...] = kinds.default_pipeline()
@@ -47,55 +49,10 @@ def stage_models(trained: bool, names: Sequence[str] | None = None) -> dict[str,
 
 STAGE_MODELS: Mapping[str, str] = stage_models(trained=False, names=STAGES)
 TRAINED_STAGE_MODELS: Mapping[str, str] = stage_models(trained=True, names=STAGES)
-_POLL_S = 0.05
-_LOG_TAIL_LINES = 40
 
 
 class ClusterError(RuntimeError):
     """A process of the cluster could not be started or did not become ready."""
-
-
-@dataclass
-class _Proc:
-    name: str
-    argv: list[str]
-    popen: subprocess.Popen[bytes]
-    log: IO[bytes]
-    port: int | None = None
-    ready: bool = False
-
-
-def log_tail(path: Path, lines: int = _LOG_TAIL_LINES) -> str:
-    """The last lines of a log file, for error messages."""
-    try:
-        text = path.read_text(errors="replace")
-    except OSError:
-        return "(no log)"
-    tail = text.splitlines()[-lines:]
-    return "\n".join(tail) if tail else "(log is empty)"
-
-
-def _read_port(path: Path) -> int | None:
-    """The port in a port file, or None while it is missing or half written."""
-    try:
-        text = path.read_text().strip()
-    except OSError:
-        return None
-    return int(text) if text.isdigit() else None
-
-
-def _health_status(address: str, timeout: float = 1.0) -> str:
-    """grpc.health.v1 Check of the whole server: SERVING, NOT_SERVING, ... or UNREACHABLE."""
-    import grpc
-    from grpc_health.v1 import health_pb2, health_pb2_grpc
-
-    with grpc.insecure_channel(address) as channel:
-        stub = health_pb2_grpc.HealthStub(channel)
-        try:
-            reply = stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=timeout)
-        except grpc.RpcError:
-            return "UNREACHABLE"
-    return str(health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status))
 
 
 def _flag_value(args: Sequence[str], flag: str) -> str | None:
@@ -150,7 +107,7 @@ class LocalCluster:
                 f"stage_args names unknown stages {sorted(unknown)}; known: {self.stages}"
             )
         self._orchestrator_args = list(orchestrator_args)  # extra flags, e.g. --stage-cache false
-        self._procs: dict[str, _Proc] = {}
+        self._procs: dict[str, ServerProcess] = {}
 
     # -- what callers read ---------------------------------------------------
 
@@ -207,20 +164,19 @@ class LocalCluster:
     def stop(self, grace: float = 15) -> None:
         """SIGTERM the orchestrator, then the stages; SIGKILL what outlives `grace`.
 
-        Safe to call twice, and on a cluster that never started.
+        Safe to call twice, and on a cluster that never started. A signal that
+        arrives meanwhile hurries the stop instead of cutting it short.
         """
-        if ORCHESTRATOR in self._procs:
-            self._terminate([self._procs[ORCHESTRATOR]], grace)
-        self._terminate([self._procs[n] for n in self.stages if n in self._procs], grace)
-        for proc in self._procs.values():
-            proc.log.close()
-        self._procs.clear()
+        with processes.stopping():
+            if ORCHESTRATOR in self._procs:
+                processes.stop_all([self._procs[ORCHESTRATOR]], grace)
+            processes.stop_all([self._procs[n] for n in self.stages if n in self._procs], grace)
+            self._procs.clear()
 
     def restart(self, name: str, timeout: float = 120, grace: float = 15) -> None:
         """Stop one process and start it again on the same port (the others keep its address)."""
         old = self._proc(name)
-        self._terminate([old], grace)
-        old.log.close()
+        old.stop(grace)
         argv = old.argv
         if old.port is not None:
             argv = self._with_port(argv, old.port)
@@ -243,7 +199,7 @@ class LocalCluster:
 
     # -- internals -------------------------------------------------------------
 
-    def _proc(self, name: str) -> _Proc:
+    def _proc(self, name: str) -> ServerProcess:
         try:
             return self._procs[name]
         except KeyError:
@@ -311,63 +267,20 @@ class LocalCluster:
         return env
 
     def _spawn(self, name: str, argv: list[str], append_log: bool = False) -> None:
-        self.port_file(name).unlink(missing_ok=True)
-        log = self.log_path(name).open("ab" if append_log else "wb")
-        # A new session: Ctrl-C in the terminal reaches only us, and we stop the
-        # children in order (orchestrator first) instead of all dying at once.
-        popen = subprocess.Popen(
+        proc = ServerProcess(
+            name,
             argv,
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
+            log=self.log_path(name),
+            port_file=self.port_file(name),
             env=self._env(),
-            start_new_session=True,
+            append_log=append_log,
         )
-        self._procs[name] = _Proc(name=name, argv=argv, popen=popen, log=log)
+        self._procs[name] = proc.start()
 
     def _wait_ready(self, names: Sequence[str], deadline: float, timeout: float) -> None:
-        pending = [self._procs[n] for n in names]
-        status: dict[str, str] = {}
-        while pending:
-            for proc in list(pending):
-                rc = proc.popen.poll()
-                if rc is not None:
-                    log = self.log_path(proc.name)
-                    raise ClusterError(
-                        f"{proc.name} exited with status {rc} before it was ready. "
-                        f"Last lines of {log}:\n{log_tail(log)}"
-                    )
-                if proc.port is None:
-                    proc.port = _read_port(self.port_file(proc.name))
-                    status[proc.name] = "no port file yet"
-                if proc.port is not None:
-                    status[proc.name] = _health_status(f"127.0.0.1:{proc.port}")
-                    if status[proc.name] == "SERVING":
-                        proc.ready = True
-                        pending.remove(proc)
-            if not pending:
-                return
-            if time.monotonic() > deadline:
-                name = pending[0].name
-                raise ClusterError(
-                    f"{name} not ready after {timeout:.0f}s ({status.get(name)}). "
-                    f"Last lines of {self.log_path(name)}:\n{log_tail(self.log_path(name))}"
-                )
-            time.sleep(_POLL_S)
-
-    @staticmethod
-    def _terminate(procs: Sequence[_Proc], grace: float) -> None:
-        live = [p for p in procs if p.popen.poll() is None]
-        for p in live:
-            with contextlib.suppress(ProcessLookupError):
-                p.popen.send_signal(signal.SIGTERM)
-        deadline = time.monotonic() + grace
-        for p in live:
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                p.popen.wait(timeout=max(0.0, deadline - time.monotonic()))
-        for p in live:
-            if p.popen.poll() is None:
-                # The whole group: a straggler's own children must not outlive it.
-                with contextlib.suppress(ProcessLookupError, PermissionError):
-                    os.killpg(p.popen.pid, signal.SIGKILL)
-                p.popen.wait()
+        try:
+            processes.wait_ready(
+                [self._procs[n] for n in names], max(0.0, deadline - time.monotonic())
+            )
+        except ProcessError as e:
+            raise ClusterError(str(e)) from e

@@ -149,7 +149,8 @@ def _with_client(
 @contextlib.contextmanager
 def _signals_ignored() -> Iterator[None]:
     """A second Ctrl-C must not cut an orderly shutdown short and orphan children."""
-    previous = {sig: signal.signal(sig, signal.SIG_IGN) for sig in (signal.SIGINT, signal.SIGTERM)}
+    stop_signals = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+    previous = {sig: signal.signal(sig, signal.SIG_IGN) for sig in stop_signals}
     try:
         yield
     finally:
@@ -188,6 +189,7 @@ def up(
 ) -> None:
     """Start the three stages and the orchestrator on loopback; Ctrl-C stops them."""
     from stageflow.cli.cluster import LocalCluster
+    from stageflow.serving.processes import signals_interrupt
 
     ui = _ui()
     cluster = LocalCluster(
@@ -197,34 +199,32 @@ def up(
         orchestrator_port=port,
         torch_threads=threads,
     )
-    # SIGTERM behaves like Ctrl-C, so `kill` also stops the children in order.
-    previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
     code = 0
-    try:
-        with _expected_errors():
-            ui.say(f"starting stages and orchestrator (logs in {cluster.state_dir / 'logs'}) ...")
-            try:
-                cluster.start()
-                _print_addresses(cluster, ui.out)
-                ui.out.print(
-                    Text(
-                        f"submit a job: stageflow submit --address {cluster.orchestrator_address} "
-                        '--base "a red circle on a blue background" --style "moody cinematic"\n'
-                        "stop with Ctrl-C"
-                    )
+    # SIGTERM and SIGHUP behave like Ctrl-C, so `kill` and a closed terminal also
+    # stop the children in order (a SIGKILL leaves it to their parent-death signal).
+    with signals_interrupt(), _expected_errors():
+        ui.say(f"starting stages and orchestrator (logs in {cluster.state_dir / 'logs'}) ...")
+        try:
+            cluster.start()
+            _print_addresses(cluster, ui.out)
+            ui.out.print(
+                Text(
+                    f"submit a job: stageflow submit --address {cluster.orchestrator_address} "
+                    '--base "a red circle on a blue background" --style "moody cinematic"\n'
+                    "stop with Ctrl-C"
                 )
-                code = _wait_for_exit(cluster, ui)
-            finally:
-                with _signals_ignored():
+            )
+            code = _wait_for_exit(cluster, ui)
+        finally:
+            with _signals_ignored():
+                with contextlib.suppress(OSError):  # a hung-up terminal
                     ui.say("stopping ...")
-                    cluster.stop()
-    finally:
-        signal.signal(signal.SIGTERM, previous)
+                cluster.stop()
     raise typer.Exit(code)
 
 
 def _wait_for_exit(cluster: LocalCluster, ui: Ui) -> int:
-    """Block until Ctrl-C/SIGTERM (0) or until a child dies on its own (1)."""
+    """Block until Ctrl-C/SIGTERM/SIGHUP (0) or until a child dies on its own (1)."""
     try:
         while True:
             for name in cluster.addresses:

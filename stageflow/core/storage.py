@@ -15,6 +15,7 @@ import shutil
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
+from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
@@ -346,42 +347,131 @@ class S3Store(ObjectStore):
             self._client.fget_object(self.bucket, key, str(path))
 
 
-def open_store(
-    url: str, *, access_key: str = "", secret_key: str = "", region: str = ""
-) -> ObjectStore:
-    """Open a store from a URL (the one store-URL grammar).
+@dataclass(frozen=True)
+class StoreLocation:
+    """A parsed store URL: the one grammar every store and the model repository read.
 
-    - ``file:///abs/path`` or a plain path: LocalStore rooted there (a relative
-      plain path is relative to the current directory).
-    - ``s3://bucket?endpoint=http://host:port`` (or ``https://``): S3Store; the
-      bucket is created when missing. Credentials come from the arguments.
-      ``&public_endpoint=https://host`` makes presigned URLs point there (the
-      address clients outside the cluster use); ``&region=`` names the region.
+    - ``file:///abs/path`` or a plain path (relative to the working directory):
+      a local folder, `folder`.
+    - ``s3://bucket[/prefix]?endpoint=http(s)://host:port[&region=R][&public_endpoint=URL]``:
+      a bucket on an S3 server, keys below `prefix` (no leading or trailing '/').
     """
+
+    folder: Path | None = None
+    bucket: str = ""
+    prefix: str = ""
+    endpoint: str = ""
+    region: str = ""
+    public_endpoint: str = ""
+
+    @property
+    def is_s3(self) -> bool:
+        return self.folder is None
+
+
+def parse_store_url(url: str, *, what: str = "store") -> StoreLocation:
+    """Parse a store URL (see `StoreLocation`); ValueError names what is wrong."""
     if not url:
-        raise ValueError("store URL is empty")
+        raise ValueError(f"{what} URL is empty")
     parts = urlsplit(url)
     if parts.scheme == "s3":
         query = parse_qs(parts.query)
         endpoint = query.get("endpoint", [""])[0]
-        if not parts.netloc or not endpoint or parts.path.strip("/"):
+        if not parts.netloc or not endpoint:
             raise ValueError(
-                f"S3 store URL must be s3://bucket?endpoint=http://host:port, got {url!r}"
+                f"an S3 {what} URL is s3://bucket[/prefix]?endpoint=http://host:port, got {url!r}"
             )
-        return S3Store(
-            endpoint,
-            parts.netloc,
-            access_key=access_key,
-            secret_key=secret_key,
-            region=region or query.get("region", [""])[0] or None,
+        prefix = parts.path.strip("/")
+        if prefix:
+            try:
+                check_key(prefix, field=f"{what} prefix")
+            except InvalidArgument as err:
+                raise ValueError(f"{err.message} (in {url!r})") from None
+        return StoreLocation(
+            bucket=parts.netloc,
+            prefix=prefix,
+            endpoint=endpoint,
+            region=query.get("region", [""])[0],
             public_endpoint=query.get("public_endpoint", [""])[0],
         )
     if parts.scheme == "file":
         if parts.netloc not in ("", "localhost"):
             raise ValueError(
-                f"file store URL must be file:///absolute/path (or a plain path), got {url!r}"
+                f"a file {what} URL is file:///absolute/path (or a plain path), got {url!r}"
             )
-        return LocalStore(Path(url2pathname(parts.path)))
+        return StoreLocation(folder=Path(url2pathname(parts.path)))
     if "://" in url:
-        raise ValueError(f"unsupported store URL scheme {parts.scheme!r} in {url!r}")
-    return LocalStore(Path(url))
+        raise ValueError(f"unsupported {what} URL scheme {parts.scheme!r} in {url!r}")
+    return StoreLocation(folder=Path(url))
+
+
+def open_location(
+    location: StoreLocation, *, access_key: str = "", secret_key: str = "", region: str = ""
+) -> ObjectStore:
+    """The store at `location`, its prefix not applied (see `open_store`)."""
+    if location.folder is not None:
+        return LocalStore(location.folder)
+    return S3Store(
+        location.endpoint,
+        location.bucket,
+        access_key=access_key,
+        secret_key=secret_key,
+        region=region or location.region or None,
+        public_endpoint=location.public_endpoint,
+    )
+
+
+def open_store(
+    url: str, *, access_key: str = "", secret_key: str = "", region: str = ""
+) -> ObjectStore:
+    """Open the store a URL names (`parse_store_url`); an S3 prefix scopes every key.
+
+    Local folders are created on first write; an S3 bucket is created when
+    missing. Credentials come from the arguments, never from the URL.
+    ``&public_endpoint=https://host`` makes presigned URLs point there (the
+    address clients outside the cluster use).
+    """
+    location = parse_store_url(url)
+    store = open_location(location, access_key=access_key, secret_key=secret_key, region=region)
+    return PrefixedStore(store, location.prefix) if location.prefix else store
+
+
+class PrefixedStore(ObjectStore):
+    """Every key of `inner` below ``prefix/``: what an ``s3://bucket/prefix`` URL opens."""
+
+    def __init__(self, inner: ObjectStore, prefix: str) -> None:
+        self.inner = inner
+        self.prefix = check_key(prefix.strip("/"), field="prefix") + "/"
+
+    def _key(self, key: str) -> str:
+        return self.prefix + check_key(key)
+
+    def put(self, key: str, data: bytes, content_type: str = "application/octet-stream") -> None:
+        self.inner.put(self._key(key), data, content_type=content_type)
+
+    def get(self, key: str) -> bytes:
+        return self.inner.get(self._key(key))
+
+    def exists(self, key: str) -> bool:
+        return self.inner.exists(self._key(key))
+
+    def delete(self, key: str) -> None:
+        self.inner.delete(self._key(key))
+
+    def url(self, key: str, expires: timedelta = timedelta(hours=1)) -> str:
+        return self.inner.url(self._key(key), expires)
+
+    def describe(self) -> str:
+        return f"{self.inner.describe()}/{self.prefix.rstrip('/')}"
+
+    def list_keys(self, prefix: str = "") -> list[str]:
+        found = self.inner.list_keys(self.prefix + prefix)
+        return [key[len(self.prefix) :] for key in found]
+
+    def put_file(
+        self, key: str, path: Path, content_type: str = "application/octet-stream"
+    ) -> None:
+        self.inner.put_file(self._key(key), path, content_type=content_type)
+
+    def get_file(self, key: str, path: Path) -> None:
+        self.inner.get_file(self._key(key), path)

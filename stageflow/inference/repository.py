@@ -40,8 +40,6 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any, Protocol
-from urllib.parse import parse_qs, urlsplit
-from urllib.request import url2pathname
 
 import yaml
 from pydantic import (
@@ -56,7 +54,7 @@ from pydantic import (
 
 from stageflow.core.errors import DataLoss, FailedPrecondition, InvalidArgument, NotFound
 from stageflow.core.logging import get_logger
-from stageflow.core.storage import LocalStore, ObjectStore, S3Store, check_key
+from stageflow.core.storage import ObjectStore, check_key, open_location, parse_store_url
 from stageflow.inference.interface import StageKind, params_type_of
 
 log = get_logger(__name__)
@@ -448,29 +446,12 @@ def _onnx_exporter() -> Exporter:
 def _open_root(
     root: str, *, access_key: str, secret_key: str, region: str
 ) -> tuple[ObjectStore, str, Path | None]:
-    """(store, key prefix, local folder or None) for a repository root."""
-    parts = urlsplit(root)
-    if parts.scheme == "s3":
-        endpoint = parse_qs(parts.query).get("endpoint", [""])[0]
-        if not parts.netloc or not endpoint:
-            raise ValueError(
-                "an S3 model repository is s3://bucket/prefix?endpoint=http://host:port, "
-                f"got {root!r}"
-            )
-        prefix = parts.path.strip("/")
-        if prefix:
-            check_key(prefix, field="repository prefix")
-        store = S3Store(
-            endpoint, parts.netloc, access_key=access_key, secret_key=secret_key, region=region
-        )
-        return store, f"{prefix}/" if prefix else "", None
-    if parts.scheme == "file":
-        folder = Path(url2pathname(parts.path))
-    elif "://" in root:
-        raise ValueError(f"unsupported model repository scheme {parts.scheme!r} in {root!r}")
-    else:
-        folder = Path(root)
-    return LocalStore(folder), "", folder.resolve()
+    """(store, key prefix, local folder or None) for a repository root: a store URL
+    (`stageflow.core.storage.parse_store_url`, the grammar every store reads)."""
+    location = parse_store_url(root, what="model repository")
+    store = open_location(location, access_key=access_key, secret_key=secret_key, region=region)
+    prefix = f"{location.prefix}/" if location.prefix else ""
+    return store, prefix, None if location.folder is None else location.folder.resolve()
 
 
 class ModelRepository:

@@ -1,12 +1,17 @@
-"""Dynamic batching, like Triton's dynamic batcher: concurrent compatible calls
-run as one model call.
+"""Batch forming, like Triton's dynamic batcher: concurrent compatible calls
+run as one model call, and every other call runs as a batch of one.
 
-A call whose params the model can batch (`StageModel.batch_key` is not None)
-waits up to `max_queue_delay_ms` for others with the same key; a group runs
-as soon as it holds `max_batch_size` calls, or when the first call's delay is
-up. A batch takes one execution slot, like a single call, so the stage still
-computes at most `max_concurrency` model calls at a time. Each call keeps its
-own progress events and output; the model sees one call.
+A call whose params the model can batch (`StageModel.batch_key` is not None,
+and `max_batch_size` > 1) waits up to `max_queue_delay_ms` for others with the
+same key; a group runs as soon as it holds `max_batch_size` calls, or when the
+first call's delay is up. Any other call is a group of its own, due at once. A
+group takes one execution slot when it is due, so the stage computes at most
+`max_concurrency` model calls at a time. Each call keeps its own progress
+events and output; the model sees one call.
+
+Admission (RESOURCE_EXHAUSTED) happens before a call gets here: each call
+brings the `Ticket` it was admitted with and gives it back when its batch
+starts.
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from typing import Any
 
-from stageflow.core.errors import ResourceExhausted
+from stageflow.core.logging import get_logger
 from stageflow.inference.interface import (
     CancelledFn,
     ProgressFn,
@@ -27,23 +32,27 @@ from stageflow.inference.interface import (
     StageOutput,
     StageParams,
 )
-from stageflow.stage.slots import ExecutionSlots
+from stageflow.stage.slots import ExecutionSlots, Ticket
 
 # (batch size) -> None: told when a batch starts computing (metrics).
 BatchObserver = Callable[[int], None]
-# (the worker's future) -> None: e.g. a model lease held until the worker ends.
-WorkerHook = Callable[["asyncio.Future[Any]"], None]
+# (the worker's future, when it started: time.perf_counter()) -> None: told
+# when the call's model call starts, e.g. to hold its model until the worker ends.
+WorkerHook = Callable[["asyncio.Future[Any]", float], None]
+
+log = get_logger(__name__)
 
 
 @dataclass
 class _Call:
+    ticket: Ticket
     model: StageModel
     params: StageParams
     inputs: StageInputs
     progress: ProgressFn
     cancelled: CancelledFn
     on_worker: WorkerHook | None
-    result: asyncio.Future[tuple[StageOutput, float]] = field(
+    result: asyncio.Future[StageOutput] = field(
         default_factory=lambda: asyncio.get_running_loop().create_future()
     )
 
@@ -52,7 +61,7 @@ class _Call:
 class _Group:
     calls: list[_Call]
     timer: asyncio.TimerHandle | None = None
-    draining: bool = False  # a task waits for a slot to take calls from this group
+    task: asyncio.Task[None] | None = None  # set while it waits for a slot
 
 
 class DynamicBatcher:
@@ -63,7 +72,6 @@ class DynamicBatcher:
         *,
         max_batch_size: int,
         max_queue_delay_ms: float,
-        max_queue: int,
         on_batch: BatchObserver | None = None,
     ) -> None:
         if max_batch_size < 1:
@@ -72,94 +80,101 @@ class DynamicBatcher:
         self._executor = executor
         self._max_batch_size = max_batch_size
         self._delay = max_queue_delay_ms / 1000.0
-        self._max_queue = max_queue
         self._on_batch = on_batch
         self._groups: dict[Hashable, _Group] = {}
-        self._pending = 0  # calls waiting for their batch to form
-
-    @property
-    def pending(self) -> int:
-        return self._pending
 
     def batchable(self, model: StageModel, params: StageParams) -> bool:
         return self._max_batch_size > 1 and model.batch_key(params) is not None
 
     async def submit(
         self,
+        ticket: Ticket,
         model: StageModel,
         params: StageParams,
         inputs: StageInputs,
         progress: ProgressFn,
         cancelled: CancelledFn,
         on_worker: WorkerHook | None = None,
-    ) -> tuple[StageOutput, float]:
-        """Run one call in a batch; return its output and when compute began
-        (time.perf_counter()). Raises ResourceExhausted when the queue is full."""
-        key = model.batch_key(params)
-        if key is None:
-            raise ValueError("submit() needs params the model can batch")
-        # Same bound as ExecutionSlots: refuse when every slot is busy and
-        # max_queue calls (forming batches or batches waiting) already wait.
-        if self._slots.running >= self._slots.capacity and (
-            self._slots.waiting + self._pending >= self._max_queue
-        ):
-            raise ResourceExhausted(
-                f"stage busy: {self._slots.running} running, "
-                f"{self._slots.waiting + self._pending} queued (max_queue {self._max_queue})"
-            )
-        call = _Call(model, params, inputs, progress, cancelled, on_worker)
-        group_key = (id(model), key)  # a hot swap never mixes two models' calls
+    ) -> StageOutput:
+        """Run one admitted call in a batch (of one, when it cannot batch) and
+        return its output. `progress` and `cancelled` are called from the
+        worker thread; cancelling this coroutine takes the call out of its
+        batch (a batch whose calls are all gone stops at its next step check)."""
+        call = _Call(ticket, model, params, inputs, progress, cancelled, on_worker)
+        alone = not self.batchable(model, params)
+        # A hot swap never mixes two models' calls; a call that cannot batch is
+        # a group of its own.
+        group_key = ("alone", id(call)) if alone else (id(model), model.batch_key(params))
         group = self._groups.setdefault(group_key, _Group([]))
         group.calls.append(call)
-        self._pending += 1
-        if len(group.calls) >= self._max_batch_size:
+        if alone or len(group.calls) >= self._max_batch_size:
             self._drain(group_key)
-        elif group.timer is None and not group.draining:
+        elif group.timer is None and group.task is None:
             loop = asyncio.get_running_loop()
             group.timer = loop.call_later(self._delay, self._drain, group_key)
         try:
             return await call.result
         except asyncio.CancelledError:
-            # Gone before its batch formed: leave the group; once running, the
-            # call's own `cancelled` drops it (the batch stops when all are gone).
+            # Gone before its batch started: leave the group (and drop a group
+            # left empty); once running, the call's own `cancelled` drops it.
             if call in group.calls:
                 group.calls.remove(call)
-                self._pending -= 1
+                if not group.calls and self._groups.get(group_key) is group:
+                    del self._groups[group_key]
+                    if group.timer is not None:
+                        group.timer.cancel()
+                    if group.task is not None:
+                        group.task.cancel()
             raise
 
     def _drain(self, group_key: Hashable) -> None:
-        """The group is due (full, or its first call waited the delay): take a
-        slot, then run what the group holds by then, as Triton forms a batch
-        when an instance is free, so calls arriving meanwhile still join."""
+        """The group is due (full, alone, or its first call waited the delay):
+        take a slot, then run what the group holds by then, as Triton forms a
+        batch when an instance is free, so calls arriving meanwhile still join."""
         group = self._groups.get(group_key)
-        if group is None or group.draining:
+        if group is None or group.task is not None:
             return
         if group.timer is not None:
             group.timer.cancel()
             group.timer = None
-        group.draining = True
-        task = asyncio.get_running_loop().create_task(self._execute(group_key, group))
-        task.add_done_callback(_retrieve)
+        group.task = asyncio.get_running_loop().create_task(self._execute(group_key, group))
+        group.task.add_done_callback(_retrieve)
 
     async def _execute(self, group_key: Hashable, group: _Group) -> None:
         try:
-            await self._slots.acquire(admit=False)
+            await self._slots.acquire()
         except BaseException as error:
             _fail(group.calls, error)
             raise
         calls = group.calls[: self._max_batch_size]
         del group.calls[: len(calls)]
-        self._pending -= len(calls)
-        group.draining = False
+        group.task = None
         if not group.calls:
-            del self._groups[group_key]
+            if self._groups.get(group_key) is group:
+                del self._groups[group_key]
         else:
             self._drain(group_key)  # the rest has waited long enough: next slot
-        loop = asyncio.get_running_loop()
+        for call in calls:
+            call.ticket.leave()
         live = [c for c in calls if not c.result.done()]
         if not live:
             self._slots.release()
             return
+        future = self._start(live)
+        try:
+            outputs = await future
+        except BaseException as error:
+            _fail(live, error)
+            return
+        for call, output in zip(live, outputs, strict=True):
+            # A cancelled call's output is dropped: nobody is waiting for it.
+            if not call.result.done():
+                call.result.set_result(output)
+
+    def _start(self, live: list[_Call]) -> asyncio.Future[list[StageOutput]]:
+        """Start the model call of `live` in a worker; its slot is released when
+        the worker ends, not when the calls do: a cancelled batch keeps its slot
+        until the model has stopped at its next step check."""
         model = live[0].model
 
         def progress(step: int, total: int) -> None:
@@ -171,6 +186,7 @@ class DynamicBatcher:
 
         if self._on_batch is not None:
             self._on_batch(len(live))
+        loop = asyncio.get_running_loop()
         started = time.perf_counter()
         future: asyncio.Future[list[StageOutput]]
         if len(live) == 1:
@@ -188,18 +204,11 @@ class DynamicBatcher:
                 all_cancelled,
             )
         future.add_done_callback(lambda _: self._slots.release())
+        future.add_done_callback(_log_worker_end)
         for call in live:
             if call.on_worker is not None:
-                call.on_worker(future)
-        try:
-            outputs = await future
-        except BaseException as error:
-            _fail(live, error)
-            return
-        for call, output in zip(live, outputs, strict=True):
-            # A cancelled call's output is dropped: nobody is waiting for it.
-            if not call.result.done():
-                call.result.set_result((output, started))
+                call.on_worker(future, started)
+        return future
 
 
 def _single(
@@ -225,3 +234,11 @@ def _fail(calls: list[_Call], error: BaseException) -> None:
 def _retrieve(task: asyncio.Task[None]) -> None:
     if not task.cancelled():
         task.exception()
+
+
+def _log_worker_end(future: asyncio.Future[list[StageOutput]]) -> None:
+    if future.cancelled():
+        return
+    error = future.exception()
+    if error is not None:
+        log.info("run.stopped", error=type(error).__name__, detail=str(error))

@@ -25,6 +25,7 @@ from stageflow.serving.server import Service, serve
 from stageflow.serving.settings import StageSettings, load_settings
 from stageflow.stage import codec
 from stageflow.stage.admin import ADMIN_SERVICE_NAME, StageAdminServicer
+from stageflow.stage.dataplane import StageDataPlane
 from stageflow.stage.model_holder import ModelHolder
 from stageflow.stage.servicer import StageServicer
 from stageflow.v1 import stage_pb2, stage_pb2_grpc
@@ -78,7 +79,7 @@ def run_stage(
 
     holder = ModelHolder()
     admin = StageAdminServicer(holder, loader.load if loader is not None else None)
-    servicer = StageServicer(
+    plane = StageDataPlane(
         holder,
         store,
         max_concurrency=settings.max_concurrency,
@@ -88,6 +89,7 @@ def run_stage(
         max_queue_delay_ms=settings.max_queue_delay_ms,
         stage=stage,
     )
+    servicer = StageServicer(plane)
 
     def register(server: grpc.aio.Server) -> None:
         stage_pb2_grpc.add_StageServiceServicer_to_server(servicer, server)
@@ -97,7 +99,7 @@ def run_stage(
 
     async def startup() -> None:
         model = await holder.swap(initial_model)
-        servicer.ready = True
+        plane.ready = True
         identity = model.describe().identity
         log.info(
             "stage.ready",
@@ -109,8 +111,8 @@ def run_stage(
         )
 
     async def shutdown() -> None:
-        servicer.ready = False
-        servicer.close()
+        plane.ready = False
+        plane.close()
         await holder.aclose()
 
     asyncio.run(

@@ -1,7 +1,11 @@
-"""Bounded execution slots: at most `capacity` calls run, at most `max_queue` wait.
+"""Admission and execution slots: at most `capacity` model calls compute at
+once (a batch is one model call), at most `max_queue` admitted calls wait.
 
-A call beyond that is refused with RESOURCE_EXHAUSTED instead of piling up, so
-an overloaded stage answers at once and callers can back off or go elsewhere.
+A call is admitted when it arrives, before any work: beyond the bound it is
+refused with RESOURCE_EXHAUSTED instead of piling up, so an overloaded stage
+answers at once and callers can back off or go elsewhere. An admitted call
+waits (reading its inputs, forming a batch, waiting for a slot) until its model
+call starts or it goes away.
 """
 
 from __future__ import annotations
@@ -9,6 +13,19 @@ from __future__ import annotations
 import asyncio
 
 from stageflow.core.errors import ResourceExhausted
+
+
+class Ticket:
+    """One admitted call's place in the queue; `leave` gives it back (once)."""
+
+    def __init__(self, slots: ExecutionSlots) -> None:
+        self._slots: ExecutionSlots | None = slots
+
+    def leave(self) -> None:
+        """The call started computing or went away: it no longer waits."""
+        if self._slots is not None:
+            self._slots._waiting -= 1
+            self._slots = None
 
 
 class ExecutionSlots:
@@ -23,6 +40,7 @@ class ExecutionSlots:
 
     @property
     def waiting(self) -> int:
+        """Admitted calls whose model call has not started."""
         return self._waiting
 
     @property
@@ -31,23 +49,24 @@ class ExecutionSlots:
 
     @property
     def running(self) -> int:
+        """Model calls computing (each holds a slot)."""
         return self._running
 
-    async def acquire(self, *, admit: bool = True) -> None:
-        """Wait for a slot; raise ResourceExhausted when the queue is full.
-
-        `admit=False` skips that check, for a caller that already admitted the
-        work against the queue bound (the dynamic batcher's batches)."""
-        if admit and self._semaphore.locked() and self._waiting >= self._max_queue:
+    def admit(self) -> Ticket:
+        """Admit one call, or raise ResourceExhausted when `max_queue` calls
+        already wait beyond those the free slots will take."""
+        free = self._capacity - self._running
+        if self._waiting >= self._max_queue + free:
             raise ResourceExhausted(
                 f"stage busy: {self._running} running, {self._waiting} queued "
                 f"(max_concurrency {self._capacity}, max_queue {self._max_queue})"
             )
         self._waiting += 1
-        try:
-            await self._semaphore.acquire()
-        finally:
-            self._waiting -= 1
+        return Ticket(self)
+
+    async def acquire(self) -> None:
+        """Wait for a slot (in arrival order) for one model call of admitted calls."""
+        await self._semaphore.acquire()
         self._running += 1
 
     def release(self) -> None:

@@ -25,9 +25,9 @@ from typing import Any
 
 from stageflow.client import StageflowClient
 from stageflow.orchestrator.settings import parse_stages
+from stageflow.serving.processes import ServerProcess, wait_ready
 from stageflow.v1 import orchestrator_pb2 as pb
 from tests.deploy.render import Manifest
-from tests.processes import running, wait_serving
 from tests.s3server import S3ServerInfo
 
 MINIO = "http://minio:9000"
@@ -94,8 +94,8 @@ class Pod:
         path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
         return {**os.environ, "PATH": path, **self.env, **overrides}
 
-    def start(self, stack: contextlib.ExitStack, **overrides: str) -> subprocess.Popen[bytes]:
-        """The server on a free loopback port; stopped when `stack` closes."""
+    def start(self, stack: contextlib.ExitStack, **overrides: str) -> ServerProcess:
+        """The server on a free loopback port, started; stopped when `stack` closes."""
         local = {
             "STAGEFLOW_HOST": "127.0.0.1",
             "STAGEFLOW_PORT": "0",
@@ -104,7 +104,16 @@ class Pod:
         }
         # cwd is not the checkout: a pod has no models/ or var/ to fall back on.
         env = self.environ(**local, **overrides)
-        return stack.enter_context(running(self.argv(), self.log, env=env, cwd=self.root))
+        server = ServerProcess(
+            self.root.name,
+            self.argv(),
+            log=self.log,
+            port_file=self.port_file,
+            env=env,
+            cwd=self.root,
+        )
+        stack.callback(server.stop)
+        return server.start()
 
 
 def test_dev_overlay_runs_a_job(
@@ -127,10 +136,8 @@ def test_dev_overlay_runs_a_job(
     with contextlib.ExitStack() as stack:
         pods = {name: Pod(docs, "Deployment", name, s3_server, tmp_path) for name in STAGES}
         started = {name: pod.start(stack) for name, pod in pods.items()}
-        ports = {
-            name: wait_serving(started[name], pod.port_file, pod.log).rsplit(":", 1)[1]
-            for name, pod in pods.items()
-        }
+        wait_ready(list(started.values()), timeout=90)
+        ports = {name: stage.port for name, stage in started.items()}
 
         orchestrator = Pod(docs, "Deployment", "orchestrator", s3_server, tmp_path)
         # STAGEFLOW_STAGES names each stage's Service; point each at its local port.
@@ -141,8 +148,8 @@ def test_dev_overlay_runs_a_job(
             for name, addresses in services.items()
         }
         stages = ";".join(f"{name}={address}" for name, address in local.items())
-        proc = orchestrator.start(stack, STAGEFLOW_STAGES=stages)
-        address = wait_serving(proc, orchestrator.port_file, orchestrator.log)
+        started_orchestrator = orchestrator.start(stack, STAGEFLOW_STAGES=stages)
+        address = started_orchestrator.wait_ready(timeout=90).address
 
         job_state = asyncio.run(submit_and_wait(address))
     assert job_state.state == pb.JOB_STATE_SUCCEEDED, job_state.error

@@ -20,7 +20,7 @@ import pytest
 from stageflow.cli.cluster import LocalCluster
 from stageflow.client import StageflowClient
 from stageflow.core.storage import LocalStore
-from stageflow.orchestrator.jobs import JobStore
+from stageflow.orchestrator.sqlite_store import SqliteJobStore
 from stageflow.v1 import orchestrator_pb2 as pb
 from tests.integration.conftest import log_events
 
@@ -60,7 +60,7 @@ def downloaded_sizes(rows: list[dict[str, object]]) -> list[int]:
 
 async def stored_jobs(cluster: LocalCluster) -> list[pb.Job]:
     """The orchestrator's DB as it was left (read while the orchestrator is dead)."""
-    store = JobStore(cluster.state_dir / "orchestrator.sqlite")
+    store = SqliteJobStore(cluster.state_dir / "orchestrator.sqlite")
     try:
         return await store.list_jobs(100)
     finally:

@@ -1,4 +1,4 @@
-"""A fake StageClient and ObjectStore for runner tests."""
+"""A fake StageClient, ObjectStore and JobStore for runner tests."""
 
 from __future__ import annotations
 
@@ -10,7 +10,8 @@ from datetime import timedelta
 from stageflow.core.errors import NotFound
 from stageflow.core.storage import ObjectStore
 from stageflow.orchestrator.stage_client import StageCallError
-from stageflow.v1 import common_pb2, stage_pb2
+from stageflow.orchestrator.store import UNFINISHED
+from stageflow.v1 import common_pb2, orchestrator_pb2, stage_pb2
 
 
 class FakeStage:
@@ -129,3 +130,84 @@ class FakeStore(ObjectStore):
 
     def list_keys(self, prefix: str = "") -> list[str]:
         raise NotImplementedError
+
+
+class MemoryJobStore:
+    """`store.JobStore` in dicts: the contract and nothing else, so the runner's
+    tests run against it and the SQLite store alike (a runner that needed more
+    than the protocol would fail here). Copies on the way in and out, as a
+    serializing store does."""
+
+    def __init__(self) -> None:
+        self.jobs: dict[str, orchestrator_pb2.Job] = {}  # insertion order = rowid order
+        self.by_request: dict[str, str] = {}
+        self.old: dict[tuple[str, int], orchestrator_pb2.Job] = {}
+        self.cache: dict[str, stage_pb2.StageResult] = {}
+
+    @staticmethod
+    def _copy(job: orchestrator_pb2.Job) -> orchestrator_pb2.Job:
+        out = orchestrator_pb2.Job()
+        out.CopyFrom(job)
+        return out
+
+    def _newest_first(self) -> list[orchestrator_pb2.Job]:
+        rows = list(enumerate(self.jobs.values()))
+        rows.sort(key=lambda r: (r[1].created_at.ToMicroseconds(), r[0]), reverse=True)
+        return [job for _, job in rows]
+
+    async def create(
+        self, job: orchestrator_pb2.Job, request_id: str = ""
+    ) -> tuple[orchestrator_pb2.Job, bool]:
+        if request_id and request_id in self.by_request:
+            return self._copy(self.jobs[self.by_request[request_id]]), False
+        if job.job_id in self.jobs:
+            raise KeyError(f"job {job.job_id!r} exists")
+        self.jobs[job.job_id] = self._copy(job)
+        if request_id:
+            self.by_request[request_id] = job.job_id
+        return job, True
+
+    async def get(self, job_id: str) -> orchestrator_pb2.Job | None:
+        job = self.jobs.get(job_id)
+        return None if job is None else self._copy(job)
+
+    async def update(self, job: orchestrator_pb2.Job) -> None:
+        if job.job_id not in self.jobs:
+            raise KeyError(f"no job {job.job_id!r} to update")
+        self.jobs[job.job_id] = self._copy(job)
+
+    async def list_jobs(
+        self, page_size: int = 50, state: orchestrator_pb2.JobState | None = None
+    ) -> list[orchestrator_pb2.Job]:
+        jobs = [j for j in self._newest_first() if state is None or j.state == state]
+        return [self._copy(j) for j in jobs[:page_size]]
+
+    async def unfinished(self) -> list[orchestrator_pb2.Job]:
+        return [self._copy(j) for j in reversed(self._newest_first()) if j.state in UNFINISHED]
+
+    async def add_version(
+        self, previous: orchestrator_pb2.Job, latest: orchestrator_pb2.Job
+    ) -> None:
+        key = (previous.job_id, previous.version)
+        if key in self.old or latest.job_id not in self.jobs:
+            raise KeyError(f"cannot add version {key}")
+        self.old[key] = self._copy(previous)
+        self.jobs[latest.job_id] = self._copy(latest)
+
+    async def versions(self, job_id: str) -> list[orchestrator_pb2.Job]:
+        return [self._copy(j) for (jid, _), j in sorted(self.old.items()) if jid == job_id]
+
+    async def cache_get(self, key: str) -> stage_pb2.StageResult | None:
+        result = self.cache.get(key)
+        return (
+            None if result is None else stage_pb2.StageResult.FromString(result.SerializeToString())
+        )
+
+    async def cache_put(self, key: str, stage: str, result: stage_pb2.StageResult) -> None:
+        self.cache[key] = stage_pb2.StageResult.FromString(result.SerializeToString())
+
+    async def cache_delete(self, key: str) -> None:
+        self.cache.pop(key, None)
+
+    async def close(self) -> None:
+        pass

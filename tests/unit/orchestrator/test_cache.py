@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from stageflow.orchestrator.cache import StageCache, cache_key
-from stageflow.orchestrator.jobs import JobStore
+from stageflow.orchestrator.sqlite_store import SqliteJobStore
 from stageflow.v1 import common_pb2, stage_pb2
 from tests.unit.orchestrator.fakes import FakeStore
 
@@ -95,13 +95,13 @@ def test_the_stage_changes_the_key_and_an_unknown_model_is_not_cached() -> None:
 
 
 @pytest.fixture
-async def jobs(tmp_path: Path) -> AsyncIterator[JobStore]:
-    store = JobStore(tmp_path / "jobs.sqlite")
+async def jobs(tmp_path: Path) -> AsyncIterator[SqliteJobStore]:
+    store = SqliteJobStore(tmp_path / "jobs.sqlite")
     yield store
     await store.close()
 
 
-async def test_a_hit_is_verified_against_the_store(jobs: JobStore) -> None:
+async def test_a_hit_is_verified_against_the_store(jobs: SqliteJobStore) -> None:
     store = FakeStore()
     data = b"png bytes"
     ref = common_pb2.ArtifactRef(key="artifacts/x.png", sha256=hashlib.sha256(data).hexdigest())

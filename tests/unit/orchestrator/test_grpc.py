@@ -10,9 +10,9 @@ from pathlib import Path
 import grpc
 import pytest
 
-from stageflow.orchestrator.jobs import JobStore
 from stageflow.orchestrator.runner import JobRunner
 from stageflow.orchestrator.servicer import OrchestratorServicer
+from stageflow.orchestrator.sqlite_store import SqliteJobStore
 from stageflow.orchestrator.stage_client import GrpcStageClient, StageCallError
 from stageflow.serving.interceptors import ErrorInterceptor
 from stageflow.v1 import (
@@ -150,7 +150,7 @@ async def test_cancelling_the_consumer_cancels_the_stage_call(
 async def orchestrator(
     tmp_path: Path,
 ) -> AsyncIterator[orchestrator_pb2_grpc.OrchestratorServiceStub]:
-    jobs = JobStore(tmp_path / "jobs.sqlite")
+    jobs = SqliteJobStore(tmp_path / "jobs.sqlite")
     fakes = {name: FakeStage(name) for name in ("base", "refine", "upscale")}
     runner = JobRunner(fakes, jobs, FakeSettings())
     servicer = OrchestratorServicer(runner)

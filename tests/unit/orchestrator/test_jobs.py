@@ -1,17 +1,28 @@
-"""The SQLite job store."""
+"""The JobStore contract (orchestrator/store.py), run over every implementation.
+
+A new store (PostgreSQL) adds itself to IMPLEMENTATIONS and must pass all of it;
+the in-memory fake the runner tests also use is held to the same contract.
+"""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import pytest
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from stageflow.orchestrator.jobs import JobStore, new_job_id
-from stageflow.v1 import orchestrator_pb2
+from stageflow.orchestrator.sqlite_store import SqliteJobStore
+from stageflow.orchestrator.store import JobStore, new_job_id
+from stageflow.v1 import common_pb2, orchestrator_pb2, stage_pb2
+from tests.unit.orchestrator.fakes import MemoryJobStore
 
 S = orchestrator_pb2
+
+IMPLEMENTATIONS: dict[str, Callable[[Path], JobStore]] = {
+    "sqlite": lambda tmp: SqliteJobStore(tmp / "db" / "jobs.sqlite"),
+    "memory": lambda tmp: MemoryJobStore(),
+}
 
 
 def _job(created_us: int, state: S.JobState = S.JOB_STATE_QUEUED) -> S.Job:
@@ -27,16 +38,16 @@ def _job(created_us: int, state: S.JobState = S.JOB_STATE_QUEUED) -> S.Job:
     )
 
 
-@pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[JobStore]:
-    jobs = JobStore(tmp_path / "db" / "jobs.sqlite")
+@pytest.fixture(params=sorted(IMPLEMENTATIONS))
+async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[JobStore]:
+    jobs = IMPLEMENTATIONS[request.param](tmp_path)
     yield jobs
     await jobs.close()
 
 
 async def test_round_trip_and_update_survive_reopening(tmp_path: Path) -> None:
     path = tmp_path / "jobs.sqlite"
-    jobs = JobStore(path)
+    jobs = SqliteJobStore(path)
     job = _job(1_000)
     stored, created = await jobs.create(job)
     assert created and stored == job
@@ -46,7 +57,7 @@ async def test_round_trip_and_update_survive_reopening(tmp_path: Path) -> None:
     await jobs.update(job)
     await jobs.close()
 
-    reopened = JobStore(path)
+    reopened = SqliteJobStore(path)
     try:
         assert await reopened.get(job.job_id) == job
         assert await reopened.get("job-missing") is None
@@ -86,9 +97,49 @@ async def test_unfinished_lists_queued_and_running_oldest_first(store: JobStore)
     assert [j.job_id for j in await store.unfinished()] == [queued.job_id, running.job_id]
 
 
-async def test_updating_a_missing_job_raises(store: JobStore) -> None:
+async def test_unknown_ids_read_as_none_and_empty_and_updating_one_raises(
+    store: JobStore,
+) -> None:
+    assert await store.get("job-missing") is None
+    assert await store.versions("job-missing") == []
     with pytest.raises(KeyError):
         await store.update(_job(1))
+
+
+async def test_a_new_version_keeps_the_previous_one(store: JobStore) -> None:
+    first = _job(1_000, S.JOB_STATE_SUCCEEDED)
+    first.version = 1
+    await store.create(first)
+    second = S.Job()
+    second.CopyFrom(first)
+    second.version, second.state = 2, S.JOB_STATE_QUEUED
+    await store.add_version(first, second)
+    third = S.Job()
+    third.CopyFrom(second)
+    third.version = 3
+    await store.add_version(second, third)
+    assert await store.get(first.job_id) == third
+    assert await store.versions(first.job_id) == [first, second]
+    assert [j.job_id for j in await store.unfinished()] == [first.job_id]
+    # The same version twice is refused, and nothing of the failed call lands.
+    with pytest.raises(Exception):  # noqa: B017 -- each store raises its own kind
+        await store.add_version(second, first)
+    assert await store.get(first.job_id) == third
+    assert await store.versions(first.job_id) == [first, second]
+
+
+async def test_cache_entries_are_put_replaced_and_deleted(store: JobStore) -> None:
+    def result(key: str) -> stage_pb2.StageResult:
+        return stage_pb2.StageResult(output=common_pb2.ArtifactRef(key=key, sha256="ab"))
+
+    assert await store.cache_get("k") is None
+    await store.cache_put("k", "base", result("artifacts/a.png"))
+    assert await store.cache_get("k") == result("artifacts/a.png")
+    await store.cache_put("k", "base", result("artifacts/b.png"))
+    assert await store.cache_get("k") == result("artifacts/b.png")
+    await store.cache_delete("k")
+    await store.cache_delete("k")  # a missing key is not an error
+    assert await store.cache_get("k") is None
 
 
 def test_job_ids_are_unique_and_prefixed() -> None:

@@ -10,8 +10,8 @@ import pytest
 
 from stageflow.core.errors import FailedPrecondition, InvalidArgument
 from stageflow.orchestrator.bundle import DEFAULT_PIPELINE
-from stageflow.orchestrator.jobs import JobStore
 from stageflow.orchestrator.runner import JobRunner
+from stageflow.orchestrator.sqlite_store import SqliteJobStore
 from stageflow.v1 import common_pb2, orchestrator_pb2, stage_pb2
 from tests.unit.orchestrator.fakes import FakeSettings, FakeStage
 
@@ -36,8 +36,8 @@ def _request(**kwargs: object) -> S.SubmitJobRequest:
 
 
 @pytest.fixture
-async def jobs(tmp_path: Path) -> AsyncIterator[JobStore]:
-    store = JobStore(tmp_path / "jobs.sqlite")
+async def jobs(tmp_path: Path) -> AsyncIterator[SqliteJobStore]:
+    store = SqliteJobStore(tmp_path / "jobs.sqlite")
     yield store
     await store.close()
 
@@ -48,7 +48,7 @@ def fakes() -> dict[str, FakeStage]:
 
 
 @pytest.fixture
-async def runner(jobs: JobStore, fakes: dict[str, FakeStage]) -> AsyncIterator[JobRunner]:
+async def runner(jobs: SqliteJobStore, fakes: dict[str, FakeStage]) -> AsyncIterator[JobRunner]:
     made = JobRunner(fakes, jobs, FakeSettings(stage_cache=True))
     yield made
     await made.close()
@@ -100,7 +100,7 @@ async def test_a_changed_parameter_misses_only_from_that_stage_on(
 
 
 async def test_with_the_cache_off_every_stage_is_called(
-    jobs: JobStore, fakes: dict[str, FakeStage]
+    jobs: SqliteJobStore, fakes: dict[str, FakeStage]
 ) -> None:
     runner = JobRunner(fakes, jobs, FakeSettings(stage_cache=False))
     try:
@@ -159,7 +159,7 @@ async def test_rerun_with_nothing_changed_is_all_cache_hits(
 
 
 async def test_rerun_refusals_name_the_problem(
-    jobs: JobStore, runner: JobRunner, fakes: dict[str, FakeStage]
+    jobs: SqliteJobStore, runner: JobRunner, fakes: dict[str, FakeStage]
 ) -> None:
     job = await runner.submit(_request())
     await _finish(runner, job.job_id)

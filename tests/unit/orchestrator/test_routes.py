@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 
 from stageflow.core.errors import InvalidArgument
-from stageflow.orchestrator.jobs import JobStore
 from stageflow.orchestrator.replicas import RetryPolicy, StageCaller
 from stageflow.orchestrator.runner import JobRunner
 from stageflow.orchestrator.spec import SpecError, load_specs, parse_spec, with_fallback
+from stageflow.orchestrator.sqlite_store import SqliteJobStore
 from stageflow.orchestrator.stage_client import StageCallError
 from stageflow.v1 import orchestrator_pb2, stage_pb2
 from tests.unit.orchestrator.fakes import FakeSettings, FakeStage, FakeStore
@@ -63,8 +63,8 @@ def _request(**kwargs: object) -> S.SubmitJobRequest:
 
 
 @pytest.fixture
-async def jobs(tmp_path: Path) -> AsyncIterator[JobStore]:
-    store = JobStore(tmp_path / "jobs.sqlite")
+async def jobs(tmp_path: Path) -> AsyncIterator[SqliteJobStore]:
+    store = SqliteJobStore(tmp_path / "jobs.sqlite")
     yield store
     await store.close()
 
@@ -99,7 +99,7 @@ def test_a_bad_fallback_names_the_field(tmp_path: Path) -> None:
 
 
 async def test_resource_exhausted_takes_the_fallback_and_the_run_records_it(
-    tmp_path: Path, jobs: JobStore
+    tmp_path: Path, jobs: SqliteJobStore
 ) -> None:
     (tmp_path / "default.yaml").write_text(SPEC)
     fakes = {"base": FakeStage("base"), "upscale": OutOfMemory("upscale")}
@@ -124,7 +124,7 @@ async def test_resource_exhausted_takes_the_fallback_and_the_run_records_it(
 
 
 async def test_without_a_fallback_resource_exhausted_fails_the_job(
-    tmp_path: Path, jobs: JobStore
+    tmp_path: Path, jobs: SqliteJobStore
 ) -> None:
     (tmp_path / "default.yaml").write_text("stages:\n  - stage: base\n  - stage: upscale\n")
     fakes = {"base": FakeStage("base"), "upscale": OutOfMemory("upscale")}
@@ -139,7 +139,7 @@ async def test_without_a_fallback_resource_exhausted_fails_the_job(
     assert done.stages[1].attempts == 2
 
 
-async def test_stage_calls_get_the_time_left_of_the_job(jobs: JobStore) -> None:
+async def test_stage_calls_get_the_time_left_of_the_job(jobs: SqliteJobStore) -> None:
     fakes = {name: FakeStage(name) for name in ("base", "refine", "upscale")}
     runner = JobRunner(fakes, jobs, FakeSettings(stage_timeout_seconds=30.0), FakeStore())
     try:
@@ -155,7 +155,7 @@ async def test_stage_calls_get_the_time_left_of_the_job(jobs: JobStore) -> None:
         await runner.close()
 
 
-async def test_a_job_past_its_deadline_fails_with_deadline_exceeded(jobs: JobStore) -> None:
+async def test_a_job_past_its_deadline_fails_with_deadline_exceeded(jobs: SqliteJobStore) -> None:
     fakes = {name: FakeStage(name) for name in ("base", "refine", "upscale")}
     fakes["base"].block_at = 1  # holds the base call until the job's time is up
     runner = JobRunner(fakes, jobs, FakeSettings(), FakeStore())

@@ -10,10 +10,11 @@ import pytest
 
 from stageflow.core.errors import InvalidArgument, NotFound
 from stageflow.orchestrator.bundle import DEFAULT_PIPELINE
-from stageflow.orchestrator.jobs import JobStore
 from stageflow.orchestrator.runner import JobRunner
+from stageflow.orchestrator.sqlite_store import SqliteJobStore
+from stageflow.orchestrator.store import JobStore
 from stageflow.v1 import orchestrator_pb2, stage_pb2
-from tests.unit.orchestrator.fakes import FakeSettings, FakeStage, FakeStore
+from tests.unit.orchestrator.fakes import FakeSettings, FakeStage, FakeStore, MemoryJobStore
 
 S = orchestrator_pb2
 WAIT = 5.0  # seconds; every wait below normally takes milliseconds
@@ -38,9 +39,13 @@ def _fakes(**overrides: FakeStage) -> dict[str, FakeStage]:
     return fakes
 
 
-@pytest.fixture
-async def jobs(tmp_path: Path) -> AsyncIterator[JobStore]:
-    store = JobStore(tmp_path / "jobs.sqlite")
+@pytest.fixture(params=["sqlite", "memory"])
+async def jobs(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[JobStore]:
+    """The runner depends on the JobStore protocol only: each test runs over
+    the SQLite store and over a store that is nothing but the protocol."""
+    store: JobStore = (
+        SqliteJobStore(tmp_path / "jobs.sqlite") if request.param == "sqlite" else MemoryJobStore()
+    )
     yield store
     await store.close()
 

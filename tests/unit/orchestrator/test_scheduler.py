@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from stageflow.orchestrator.jobs import JobStore
 from stageflow.orchestrator.runner import JobRunner
 from stageflow.orchestrator.scheduler import PriorityGate, StageScheduler, parse_limits
+from stageflow.orchestrator.sqlite_store import SqliteJobStore
 from stageflow.v1 import orchestrator_pb2 as S
 from stageflow.v1 import stage_pb2
 from tests.unit.orchestrator.fakes import FakeSettings, FakeStage, FakeStore
@@ -57,8 +57,8 @@ def _request(seed: int, priority: int = S.PRIORITY_UNSPECIFIED) -> S.SubmitJobRe
 
 
 @pytest.fixture
-async def jobs(tmp_path: Path) -> AsyncIterator[JobStore]:
-    store = JobStore(tmp_path / "jobs.sqlite")
+async def jobs(tmp_path: Path) -> AsyncIterator[SqliteJobStore]:
+    store = SqliteJobStore(tmp_path / "jobs.sqlite")
     yield store
     await store.close()
 
@@ -75,7 +75,9 @@ def _job_order(stage: FakeStage) -> list[str]:
     return [dict(md)["x-job-id"] for md in stage.metadata]
 
 
-async def test_interactive_call_is_admitted_before_an_earlier_bulk_one(jobs: JobStore) -> None:
+async def test_interactive_call_is_admitted_before_an_earlier_bulk_one(
+    jobs: SqliteJobStore,
+) -> None:
     base = FakeStage("base", block_at=1)
     runner = JobRunner(
         {"base": base},
@@ -101,7 +103,7 @@ async def test_interactive_call_is_admitted_before_an_earlier_bulk_one(jobs: Job
     assert _job_order(base) == [first.job_id, interactive.job_id, bulk.job_id]
 
 
-async def test_stage_limit_caps_calls_in_flight(jobs: JobStore) -> None:
+async def test_stage_limit_caps_calls_in_flight(jobs: SqliteJobStore) -> None:
     base = CountingStage("base")
     runner = JobRunner(
         {"base": base},

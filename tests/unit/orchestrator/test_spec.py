@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 
 from stageflow.core.errors import FailedPrecondition, InvalidArgument
-from stageflow.orchestrator.jobs import JobStore
 from stageflow.orchestrator.runner import JobRunner
 from stageflow.orchestrator.settings import PIPELINES_DIR
 from stageflow.orchestrator.spec import SpecError, load_specs, parse_spec, with_defaults
+from stageflow.orchestrator.sqlite_store import SqliteJobStore
 from stageflow.v1 import common_pb2, orchestrator_pb2, stage_pb2
 from tests.unit.orchestrator.fakes import FakeSettings, FakeStage, FakeStore
 
@@ -78,8 +78,8 @@ def test_spec_defaults_replace_built_ins_and_job_options_win(tmp_path: Path) -> 
 
 
 @pytest.fixture
-async def jobs(tmp_path: Path) -> AsyncIterator[JobStore]:
-    store = JobStore(tmp_path / "jobs.sqlite")
+async def jobs(tmp_path: Path) -> AsyncIterator[SqliteJobStore]:
+    store = SqliteJobStore(tmp_path / "jobs.sqlite")
     yield store
     await store.close()
 
@@ -95,7 +95,7 @@ def _request(**kwargs: object) -> S.SubmitJobRequest:
 
 
 async def test_runner_uses_the_named_spec_and_records_its_hash(
-    tmp_path: Path, jobs: JobStore
+    tmp_path: Path, jobs: SqliteJobStore
 ) -> None:
     specs = load_specs(PIPELINES_DIR)
     fakes = {name: FakeStage(name) for name in ("base", "refine", "upscale")}
@@ -119,7 +119,7 @@ async def test_runner_uses_the_named_spec_and_records_its_hash(
 
 
 async def test_a_spec_naming_another_model_is_refused_at_submit(
-    tmp_path: Path, jobs: JobStore
+    tmp_path: Path, jobs: SqliteJobStore
 ) -> None:
     _write(tmp_path, "default", "stages:\n  - stage: base\n    model: tiny-sd@2\n")
     desc = stage_pb2.DescribeResponse(model=common_pb2.ModelInfo(name="tiny-sd", version="1"))

@@ -10,8 +10,8 @@ import pytest
 
 from stageflow.core.errors import InvalidArgument
 from stageflow.orchestrator.bundle import input_scales
-from stageflow.orchestrator.jobs import JobStore
 from stageflow.orchestrator.runner import JobRunner
+from stageflow.orchestrator.sqlite_store import SqliteJobStore
 from stageflow.orchestrator.validation import check_stages
 from stageflow.v1 import orchestrator_pb2, stage_pb2
 from tests.unit.orchestrator.fakes import FakeSettings, FakeStage, FakeStore
@@ -57,7 +57,7 @@ class TextCheckingStage(FakeStage):
 
 @pytest.fixture
 async def runner(tmp_path: Path) -> AsyncIterator[tuple[JobRunner, dict[str, FakeStage]]]:
-    jobs = JobStore(tmp_path / "jobs.sqlite")
+    jobs = SqliteJobStore(tmp_path / "jobs.sqlite")
     fakes: dict[str, FakeStage] = {
         "base": FakeStage("base"),
         "refine": TextCheckingStage("refine"),
@@ -149,7 +149,7 @@ async def test_sizes_are_checked_at_each_stages_own_scale(
 
 
 async def test_a_stage_this_orchestrator_lacks_is_invalid(tmp_path: Path) -> None:
-    jobs = JobStore(tmp_path / "jobs.sqlite")
+    jobs = SqliteJobStore(tmp_path / "jobs.sqlite")
     fakes = {"base": FakeStage("base"), "upscale": FakeStage("upscale")}
     only_two = JobRunner(
         fakes,

@@ -1,4 +1,5 @@
-"""The dynamic batcher's grouping, delay, size limit and queue bound, with a fake model."""
+"""The dynamic batcher's grouping, delay and size limit, with a fake model; calls that
+cannot batch run as batches of one."""
 
 from __future__ import annotations
 
@@ -82,27 +83,32 @@ def executor() -> Iterator[ThreadPoolExecutor]:
         yield pool
 
 
+SLOTS: dict[DynamicBatcher, ExecutionSlots] = {}
+
+
 def batcher(
     executor: ThreadPoolExecutor, *, size: int = 4, delay_ms: float = 50, max_queue: int = 16
 ) -> tuple[DynamicBatcher, list[int]]:
     observed: list[int] = []
-    return (
-        DynamicBatcher(
-            ExecutionSlots(1, max_queue),
-            executor,
-            max_batch_size=size,
-            max_queue_delay_ms=delay_ms,
-            max_queue=max_queue,
-            on_batch=observed.append,
-        ),
-        observed,
+    slots = ExecutionSlots(1, max_queue)
+    made = DynamicBatcher(
+        slots, executor, max_batch_size=size, max_queue_delay_ms=delay_ms, on_batch=observed.append
     )
+    SLOTS[made] = slots
+    return made, observed
 
 
-async def submit(b: DynamicBatcher, model: FakeTxt2Img, p: Txt2ImgParams) -> tuple[int, int]:
-    """(the seed painted into this call's output, progress events it saw)"""
+async def submit(b: DynamicBatcher, model: StageModel, p: Txt2ImgParams) -> tuple[int, int]:
+    """(the seed painted into this call's output, progress events it saw); the
+    call is admitted first, as the data plane does."""
     seen: list[int] = []
-    output, _ = await b.submit(model, p, StageInputs(), lambda i, n: seen.append(i), lambda: False)
+    ticket = SLOTS[b].admit()
+    try:
+        output = await b.submit(
+            ticket, model, p, StageInputs(), lambda i, n: seen.append(i), lambda: False
+        )
+    finally:
+        ticket.leave()
     pixel = output.image.getpixel((0, 0))
     assert isinstance(pixel, int)
     return pixel, len(seen)
@@ -166,10 +172,68 @@ async def test_full_queue_answers_resource_exhausted(executor: ThreadPoolExecuto
     assert await asyncio.to_thread(model.entered.wait, 10)
     second = asyncio.ensure_future(submit(b, model, params(2)))  # waits: 1 queued
     await asyncio.sleep(0.05)
+    assert SLOTS[b].waiting == 1
     with pytest.raises(ResourceExhausted):
         await submit(b, model, params(3))
     model.gate.set()
     assert [await first, await second] == [(1, 1), (2, 1)]
+    assert (SLOTS[b].running, SLOTS[b].waiting) == (0, 0)
+
+
+class Unbatchable(FakeTxt2Img):
+    def batch_key(self, params: StageParams) -> Hashable | None:
+        return None
+
+    def run(
+        self, params: StageParams, inputs: StageInputs, progress: ProgressFn, cancelled: CancelledFn
+    ) -> Image.Image:
+        assert isinstance(params, Txt2ImgParams)
+        self.calls.append(1)
+        self.entered.set()
+        self.gate.wait(10)
+        progress(1, 1)
+        return Image.new("L", (1, 1), params.seed)
+
+    def run_batch(
+        self,
+        params_list: Sequence[StageParams],
+        inputs_list: Sequence[StageInputs],
+        progress: ProgressFn,
+        cancelled: CancelledFn,
+    ) -> list[StageOutput]:
+        raise AssertionError("a model that cannot batch is never given a batch")
+
+
+async def test_calls_that_cannot_batch_run_at_once_as_batches_of_one(
+    executor: ThreadPoolExecutor,
+) -> None:
+    model = Unbatchable()
+    b, observed = batcher(executor, delay_ms=10_000)
+    started = time.perf_counter()
+    results = await asyncio.gather(*(submit(b, model, params(s)) for s in (1, 2, 3)))
+    assert time.perf_counter() - started < 5  # no batch delay for them
+    assert results == [(1, 1), (2, 1), (3, 1)]
+    assert observed == [1, 1, 1]
+
+
+async def test_a_call_cancelled_while_waiting_for_a_slot_gives_it_up(
+    executor: ThreadPoolExecutor,
+) -> None:
+    model = Unbatchable()
+    model.gate.clear()
+    b, observed = batcher(executor)
+    first = asyncio.ensure_future(submit(b, model, params(1)))
+    assert await asyncio.to_thread(model.entered.wait, 10)
+    waiting = asyncio.ensure_future(submit(b, model, params(2)))
+    await asyncio.sleep(0.05)
+    waiting.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await waiting
+    model.gate.set()
+    assert await first == (1, 1)
+    assert await submit(b, model, params(3)) == (3, 1)
+    assert observed == [1, 1]  # the cancelled call never ran
+    assert (SLOTS[b].running, SLOTS[b].waiting) == (0, 0)
 
 
 @pytest.mark.parametrize("gone", [1, 2])
@@ -192,7 +256,14 @@ async def test_cancelled_calls_are_dropped_and_all_gone_stops_the_batch(
     model.run_batch = checking_run_batch  # type: ignore[method-assign]
     calls = [
         asyncio.ensure_future(
-            b.submit(model, params(i), StageInputs(), lambda i, n: None, flags[i].is_set)
+            b.submit(
+                SLOTS[b].admit(),
+                model,
+                params(i),
+                StageInputs(),
+                lambda i, n: None,
+                flags[i].is_set,
+            )
         )
         for i in range(2)
     ]
@@ -210,5 +281,5 @@ async def test_cancelled_calls_are_dropped_and_all_gone_stops_the_batch(
             await asyncio.sleep(0.01)
     assert batch_cancelled == [gone == 2]
     if gone == 1:  # the other call still gets its output
-        output, _ = results[1]  # type: ignore[misc]
-        assert output.image.size == (1, 1)
+        output = results[1]
+        assert isinstance(output, StageOutput) and output.image.size == (1, 1)

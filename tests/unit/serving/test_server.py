@@ -21,6 +21,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from stageflow.serving.channels import client_channel
+from stageflow.serving.processes import ServerProcess
 from stageflow.serving.server import Service, serve
 from stageflow.serving.settings import CommonSettings
 from stageflow.v1 import stage_pb2, stage_pb2_grpc
@@ -205,38 +206,20 @@ def test_port_in_use_is_an_error(tmp_path: Path) -> None:
 SLOW_SERVER = Path(__file__).with_name("slow_server.py")
 
 
-def start_slow_server(tmp_path: Path, grace: float) -> subprocess.Popen[bytes]:
-    with open(tmp_path / "server.log", "wb") as log:  # the child keeps its own handle
-        return subprocess.Popen(
-            [
-                sys.executable,
-                str(SLOW_SERVER),
-                "--port-file",
-                str(tmp_path / "port"),
-                "--grace-seconds",
-                str(grace),
-                "--log-json",
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=log,
-        )
-
-
 @contextlib.asynccontextmanager
 async def slow_server(
     tmp_path: Path, grace: float
 ) -> AsyncIterator[tuple[subprocess.Popen[bytes], grpc.aio.Channel]]:
-    proc = start_slow_server(tmp_path, grace)
+    port_file = tmp_path / "port"
+    argv = [sys.executable, str(SLOW_SERVER), "--port-file", str(port_file)]
+    argv += ["--grace-seconds", str(grace), "--log-json"]
+    server = ServerProcess("slow server", argv, log=tmp_path / "server.log", port_file=port_file)
     try:
-        port = await wait_for_port(tmp_path / "port", lambda: proc.poll() is None)
-        async with client_channel(f"127.0.0.1:{port}") as channel:
-            health = health_pb2_grpc.HealthStub(channel)
-            await health.Check(health_pb2.HealthCheckRequest(), wait_for_ready=True, timeout=10)
-            yield proc, channel
+        await asyncio.to_thread(server.start().wait_ready, 30)
+        async with client_channel(server.address) as channel:
+            yield server.popen, channel
     finally:
-        if proc.poll() is None:
-            proc.kill()
-        proc.wait()
+        await asyncio.to_thread(server.stop, 0)
 
 
 def log_events(tmp_path: Path) -> list[dict[str, Any]]:

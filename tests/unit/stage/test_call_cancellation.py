@@ -7,13 +7,13 @@ import time
 import pytest
 
 from stageflow.core.errors import Cancelled, DeadlineExceeded
-from stageflow.stage.servicer import _CallCancellation
+from stageflow.stage.dataplane import CallCancellation
 
 
 def test_stopped_by_the_deadline_is_deadline_exceeded() -> None:
     """The stage's clock can see the deadline pass before the caller's does;
     the status must still be DEADLINE_EXCEEDED, not CANCELLED."""
-    cancellation = _CallCancellation(0.01)
+    cancellation = CallCancellation(0.01)
     time.sleep(0.02)
     assert cancellation()
     with pytest.raises(DeadlineExceeded, match="cancelled at step 3 of 9"):
@@ -21,7 +21,7 @@ def test_stopped_by_the_deadline_is_deadline_exceeded() -> None:
 
 
 def test_stopped_because_the_caller_left_stays_cancelled() -> None:
-    cancellation = _CallCancellation(None)
+    cancellation = CallCancellation(None)
     cancellation.set()
     assert cancellation()
     with pytest.raises(Cancelled) as err:

@@ -1,4 +1,4 @@
-"""Job state in SQLite: one row per job holding the whole serialized `Job`.
+"""The SQLite `JobStore`: one row per job holding the whole serialized `Job`.
 
 One connection, used only from a single worker thread: calls from the event
 loop never block it on disk, and writes land in the order they were made
@@ -11,17 +11,15 @@ import asyncio
 import functools
 import sqlite3
 import time
-import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TypeVar
 
+from stageflow.orchestrator.store import UNFINISHED
 from stageflow.v1 import orchestrator_pb2, stage_pb2
 
 T = TypeVar("T")
-
-UNFINISHED = (orchestrator_pb2.JOB_STATE_QUEUED, orchestrator_pb2.JOB_STATE_RUNNING)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -54,10 +52,6 @@ CREATE TABLE IF NOT EXISTS stage_cache (
 """
 
 
-def new_job_id() -> str:
-    return f"job-{uuid.uuid4().hex[:16]}"
-
-
 def _state_name(state: orchestrator_pb2.JobState) -> str:
     return orchestrator_pb2.JobState.Name(state)
 
@@ -66,8 +60,9 @@ def _decode(blob: bytes) -> orchestrator_pb2.Job:
     return orchestrator_pb2.Job.FromString(blob)
 
 
-class JobStore:
-    """Async facade over a SQLite file (or ":memory:")."""
+class SqliteJobStore:
+    """`store.JobStore` over a SQLite file (or ":memory:"); the method contracts
+    are documented there."""
 
     def __init__(self, path: Path | str) -> None:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="jobstore")
@@ -89,7 +84,7 @@ class JobStore:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._executor, functools.partial(fn, *args))
 
-    # --- public API -------------------------------------------------------
+    # --- JobStore ---------------------------------------------------------
 
     async def create(
         self, job: orchestrator_pb2.Job, request_id: str = ""

@@ -1,0 +1,64 @@
+"""The watch hub: job events fanned out to every WatchJob stream of that job.
+
+The runner publishes as a job moves (stage started, progress, stage finished,
+finished); a watcher gets the job's snapshot first and then every event after
+it, ending with `finished`. Publishing never blocks: each watcher has its own
+unbounded queue, and a job with no watchers costs nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+from stageflow.orchestrator.store import TERMINAL
+from stageflow.v1 import orchestrator_pb2
+
+Job = orchestrator_pb2.Job
+WatchJobResponse = orchestrator_pb2.WatchJobResponse
+
+
+class EventHub:
+    def __init__(self) -> None:
+        self._subscribers: dict[str, set[asyncio.Queue[WatchJobResponse]]] = {}
+
+    def publish(self, job_id: str, **event: Any) -> None:
+        """Send one `WatchJobResponse` event (a keyword of its `event` oneof:
+        stage_started, stage_progress, stage_finished, finished) to the job's
+        watchers. The message is built here: later changes to `event`'s values
+        are not seen."""
+        subscribers = self._subscribers.get(job_id)
+        if not subscribers:
+            return
+        message = WatchJobResponse(job_id=job_id, **event)
+        for queue in subscribers:
+            queue.put_nowait(message)
+
+    async def watch(
+        self, job_id: str, snapshot: Callable[[str], Awaitable[Job]]
+    ) -> AsyncIterator[WatchJobResponse]:
+        """`snapshot(job_id)` (whose errors, e.g. NotFound, propagate), then every
+        event published for the job, ending with `finished`; a job already
+        finished yields its snapshot and `finished` at once."""
+        queue: asyncio.Queue[WatchJobResponse] = asyncio.Queue()
+        # Subscribe before reading the snapshot: an event in between is seen
+        # (at worst twice), never lost.
+        self._subscribers.setdefault(job_id, set()).add(queue)
+        try:
+            job = await snapshot(job_id)
+            yield WatchJobResponse(job_id=job_id, snapshot=job)
+            if job.state in TERMINAL:
+                yield WatchJobResponse(job_id=job_id, finished=job)
+                return
+            while True:
+                event = await queue.get()
+                yield event
+                if event.WhichOneof("event") == "finished":
+                    return
+        finally:
+            subscribers = self._subscribers.get(job_id)
+            if subscribers is not None:
+                subscribers.discard(queue)
+                if not subscribers:
+                    del self._subscribers[job_id]

@@ -1,0 +1,108 @@
+"""What the orchestrator needs from a job store, whatever holds the rows.
+
+`JobStore` is the only store type the runner, the stage cache and the entry
+point's wiring depend on: the SQLite store (`sqlite_store.SqliteJobStore`,
+one orchestrator) implements it today, and a PostgreSQL store for several
+orchestrator replicas fills the same contract without the runner changing.
+
+The store holds three things: the latest version of every job (a whole
+serialized `Job`, with its state and timestamps as query columns), the earlier
+versions of rerun jobs, and the stage cache's entries. Every method is a
+coroutine that must not block the event loop.
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Protocol
+
+from stageflow.v1 import orchestrator_pb2, stage_pb2
+
+Job = orchestrator_pb2.Job
+
+# States a job is left in only while some orchestrator owns it: on start-up
+# these are resumed (`JobStore.unfinished`).
+UNFINISHED = (orchestrator_pb2.JOB_STATE_QUEUED, orchestrator_pb2.JOB_STATE_RUNNING)
+# States a job never leaves (until a rerun makes a new version of it).
+TERMINAL = frozenset(
+    {
+        orchestrator_pb2.JOB_STATE_SUCCEEDED,
+        orchestrator_pb2.JOB_STATE_FAILED,
+        orchestrator_pb2.JOB_STATE_CANCELLED,
+    }
+)
+
+
+def new_job_id() -> str:
+    return f"job-{uuid.uuid4().hex[:16]}"
+
+
+class JobStore(Protocol):
+    """Durable job state. Contracts every implementation keeps:
+
+    - Each call is atomic and its effect is visible to every call started after
+      it returned (the runner awaits each write before the next one, so writes
+      of one job land in the order they were made).
+    - Unknown ids are not errors when reading: `get` returns None and
+      `versions` an empty list; writing one (`update`, `add_version`) raises
+      KeyError.
+    - Jobs come back equal (protobuf `==`) to what was written.
+    """
+
+    async def create(self, job: Job, request_id: str = "") -> tuple[Job, bool]:
+        """Insert `job` and return it with True. With a non-empty `request_id`
+        already used by a stored job, insert nothing and return that job with
+        False (idempotent submit; the check and the insert are one atomic step,
+        so two concurrent submits with one key create one job). An empty key is
+        never a duplicate."""
+        ...
+
+    async def get(self, job_id: str) -> Job | None:
+        """The latest version of the job, or None when no job has that id."""
+        ...
+
+    async def update(self, job: Job) -> None:
+        """Replace the stored latest version of `job.job_id` with `job` (its
+        `state` and `updated_at` are the new query columns). Raises KeyError
+        when no such job is stored."""
+        ...
+
+    async def list_jobs(
+        self, page_size: int = 50, state: orchestrator_pb2.JobState | None = None
+    ) -> list[Job]:
+        """At most `page_size` jobs, newest `created_at` first (ties: the later
+        insert first); only those in `state` when it is given."""
+        ...
+
+    async def unfinished(self) -> list[Job]:
+        """Jobs in an UNFINISHED state, oldest `created_at` first (the order to
+        resume them in)."""
+        ...
+
+    async def add_version(self, previous: Job, latest: Job) -> None:
+        """In one transaction: keep `previous` as version `previous.version` of
+        its job and make `latest` the job's stored latest version. Neither
+        happens if either fails (a version is never lost or doubled); an
+        existing (job_id, version) pair or an unknown job raises."""
+        ...
+
+    async def versions(self, job_id: str) -> list[Job]:
+        """The job's earlier versions, oldest first; [] for a job never rerun or
+        unknown. The latest version is `get(job_id)`, not in this list."""
+        ...
+
+    async def cache_get(self, key: str) -> stage_pb2.StageResult | None:
+        """The stage cache entry under `key`, or None."""
+        ...
+
+    async def cache_put(self, key: str, stage: str, result: stage_pb2.StageResult) -> None:
+        """Store `result` under `key`, replacing any entry there."""
+        ...
+
+    async def cache_delete(self, key: str) -> None:
+        """Drop the entry under `key`; a missing key is not an error."""
+        ...
+
+    async def close(self) -> None:
+        """Release connections; no other method is called afterwards."""
+        ...
