@@ -24,7 +24,8 @@ _TERMINAL = (
 
 def _option_fields() -> tuple[str, ...]:
     """The RerunJobRequest fields named after a stage: kinds with an options message."""
-    return tuple(k.name for k in kinds.all_kinds() if k.has_options_message)
+    fields = orchestrator_pb2.RerunJobRequest.DESCRIPTOR.fields_by_name
+    return tuple(k.name for k in kinds.all_kinds() if k.has_options_message and k.name in fields)
 
 
 def _overrides(rerun: orchestrator_pb2.RerunJobRequest, stage: str) -> bool:

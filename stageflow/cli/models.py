@@ -62,7 +62,9 @@ def _errors() -> Iterator[None]:
 
 def _open(root: str | None) -> ModelRepository:
     from stageflow.inference.repository import ModelRepository, default_root
+    from stageflow.stage import codec
 
+    codec.install()  # model.yaml may name a kind a plugin declares
     return ModelRepository(
         root or default_root(),
         access_key=os.environ.get("STAGEFLOW_S3_ACCESS_KEY", ""),
