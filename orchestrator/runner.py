@@ -16,9 +16,11 @@ from collections.abc import AsyncIterator, Mapping, Sequence
 
 from opentelemetry import context as otel_context
 
+from stageflow.core.artifacts import get_artifact
 from stageflow.core.errors import FailedPrecondition, InvalidArgument, NotFound
 from stageflow.core.logging import get_logger
 from stageflow.core.storage import ObjectStore
+from stageflow.orchestrator.artifacts import check_artifact_request, select_artifact
 from stageflow.orchestrator.bundle import (
     DEFAULT_PIPELINE,
     build_run_request,
@@ -43,7 +45,7 @@ from stageflow.orchestrator.stage_client import StageClient
 from stageflow.orchestrator.store import TERMINAL, UNFINISHED, JobStore, new_job_id
 from stageflow.orchestrator.validation import check_request
 from stageflow.serving import tracing
-from stageflow.v1 import orchestrator_pb2
+from stageflow.v1 import common_pb2, orchestrator_pb2
 
 Job = orchestrator_pb2.Job
 StageRun = orchestrator_pb2.StageRun
@@ -95,6 +97,7 @@ class JobRunner:
         self._specs = dict(specs)
         self._jobs = jobs
         self._settings = settings
+        self._store = store  # read by GetArtifact
         self._directory = StageDirectory(stages, stage_limits)
         self._hub = EventHub()
         self._executor = JobExecutor(
@@ -246,6 +249,18 @@ class JobRunner:
         """Every version of the job, oldest first; the last is `get(job_id)`."""
         latest = await self.get(job_id)
         return [*await self._jobs.versions(job_id), latest]
+
+    async def artifact(
+        self, request: orchestrator_pb2.GetArtifactRequest
+    ) -> tuple[common_pb2.ArtifactRef, bytes]:
+        """The artifact of a job version the request names, read from the store
+        and checked against its sha256 (DATA_LOSS otherwise)."""
+        check_artifact_request(request)
+        ref = select_artifact(request, await self.versions(request.job_id))
+        if self._store is None:
+            raise FailedPrecondition("this orchestrator has no object store to read from")
+        data = await asyncio.to_thread(get_artifact, self._store, ref.key, ref.sha256)
+        return ref, data
 
     def _spec(self, name: str) -> PipelineSpec:
         spec = self._specs.get(name or DEFAULT_SPEC)

@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 
 import grpc
 
+from stageflow.orchestrator.artifacts import chunks
 from stageflow.orchestrator.runner import DEFAULT_PAGE_SIZE, JobRunner
 from stageflow.v1 import orchestrator_pb2, orchestrator_pb2_grpc
 
@@ -53,3 +54,11 @@ class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServiceServicer):
         self, request: orchestrator_pb2.RerunJobRequest, context: grpc.aio.ServicerContext
     ) -> orchestrator_pb2.RerunJobResponse:
         return orchestrator_pb2.RerunJobResponse(job=await self._runner.rerun(request))
+
+    async def GetArtifact(
+        self, request: orchestrator_pb2.GetArtifactRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[orchestrator_pb2.GetArtifactResponse]:
+        ref, data = await self._runner.artifact(request)
+        for i, chunk in enumerate(chunks(data)):
+            # The artifact's identity rides on the first message only.
+            yield orchestrator_pb2.GetArtifactResponse(artifact=ref if i == 0 else None, data=chunk)

@@ -252,7 +252,7 @@ async def _caller(config: LoadConfig) -> Any:
 
     if config.kind == ORCHESTRATOR:
         from stageflow.cli.render import job_state_name
-        from stageflow.client import StageflowClient
+        from stageflow.client import StageflowClient, StageflowClientError
 
         async with StageflowClient(config.address) as client:
             submit_kwargs = _orchestrator_kwargs(config)
@@ -264,8 +264,8 @@ async def _caller(config: LoadConfig) -> Any:
                     async for event in client.watch(submitted.job_id):
                         if event.HasField("finished"):
                             finished = event.finished
-                except grpc.aio.AioRpcError as err:
-                    return err.code().name, None, err.details() or ""
+                except StageflowClientError as err:
+                    return err.status, None, err.message
                 if finished is None:
                     return "NO_RESULT", None, "the job stream ended early"
                 state = job_state_name(finished.state)

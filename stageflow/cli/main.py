@@ -92,10 +92,16 @@ def _expected_errors(address: str | None = None) -> Iterator[None]:
     import grpc
 
     from stageflow.cli.cluster import ClusterError
+    from stageflow.client.errors import StageflowClientError
     from stageflow.core.errors import StageflowError
 
     try:
         yield
+    except StageflowClientError as err:
+        message = str(err)
+        if err.status == "UNAVAILABLE" and address:
+            message += f" (is an orchestrator running at {address}? `stageflow up` starts one)"
+        _fail(message, EXIT_USAGE if err.status in USAGE_STATUSES else EXIT_FAILURE)
     except grpc.RpcError as err:
         code = err.code().name if hasattr(err, "code") else "UNKNOWN"
         details = err.details() if hasattr(err, "details") else str(err)
@@ -126,19 +132,20 @@ def _with_client(
     """Run `body` with a client in a fresh event loop, then exit with its code.
 
     The command is one root span (`cli <command>`) when STAGEFLOW_TRACING_EXPORTER
-    is set, so a job's trace starts where the person or script asked for it.
+    is set and the serving extra is installed, so a job's trace starts where the
+    person or script asked for it.
     """
+    from stageflow.cli import telemetry
     from stageflow.client import StageflowClient
-    from stageflow.serving import tracing
 
     async def main() -> int:
-        attributes = {tracing.JOB_ID: job_id} if job_id else {}
-        with tracing.tracer.start_as_current_span(f"cli {command}", attributes=attributes):
-            async with StageflowClient(address) as client:
+        with telemetry.command_span(command, job_id):
+            interceptors = telemetry.client_interceptors()
+            async with StageflowClient(address, interceptors=interceptors) as client:
                 return await body(client)
 
     with _expected_errors(address):
-        stop_tracing = tracing.configure_tracing_from_env("cli")
+        stop_tracing = telemetry.start("cli")
         try:
             code = asyncio.run(main())
         finally:
@@ -436,7 +443,7 @@ def rerun(
     from stageflow.cli.jobs import follow
     from stageflow.cli.render import job_state_name
     from stageflow.cli.rerun import parse_sets
-    from stageflow.serving import tracing
+    from stageflow.cli.telemetry import tag_job
 
     with _expected_errors():
         overrides = parse_sets(from_stage, sets or [])
@@ -444,7 +451,7 @@ def rerun(
 
     async def body(client: StageflowClient) -> int:
         job = await client.rerun(job_id, from_stage, **overrides.client_kwargs())
-        tracing.tag_job(job.job_id)
+        tag_job(job.job_id)
         if not as_json:
             ui.say(f"job {job.job_id} version {job.version}: {job_state_name(job.state)}")
         if no_wait:

@@ -66,6 +66,11 @@ class OrchestratorServiceStub:
                 request_serializer=stageflow_dot_v1_dot_orchestrator__pb2.RerunJobRequest.SerializeToString,
                 response_deserializer=stageflow_dot_v1_dot_orchestrator__pb2.RerunJobResponse.FromString,
                 _registered_method=True)
+        self.GetArtifact = channel.unary_stream(
+                '/stageflow.v1.OrchestratorService/GetArtifact',
+                request_serializer=stageflow_dot_v1_dot_orchestrator__pb2.GetArtifactRequest.SerializeToString,
+                response_deserializer=stageflow_dot_v1_dot_orchestrator__pb2.GetArtifactResponse.FromString,
+                _registered_method=True)
 
 
 class OrchestratorServiceServicer:
@@ -120,6 +125,20 @@ class OrchestratorServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetArtifact(self, request, context):
+        """Streams one artifact of one job version (the final image, a stage's
+        output, or any of their keys) from the orchestrator's object store, so a
+        caller needs neither the store nor a URL to it. The first message carries
+        the artifact's key, size, sha256 and media type, every message a chunk of
+        its bytes (at most 1 MiB), in order; the caller verifies the sha256.
+        INVALID_ARGUMENT naming the field for a malformed request, NOT_FOUND for
+        an unknown job, version, stage or key, FAILED_PRECONDITION when the
+        artifact does not exist yet (a stage still pending, a job not succeeded).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_OrchestratorServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -152,6 +171,11 @@ def add_OrchestratorServiceServicer_to_server(servicer, server):
                     servicer.RerunJob,
                     request_deserializer=stageflow_dot_v1_dot_orchestrator__pb2.RerunJobRequest.FromString,
                     response_serializer=stageflow_dot_v1_dot_orchestrator__pb2.RerunJobResponse.SerializeToString,
+            ),
+            'GetArtifact': grpc.unary_stream_rpc_method_handler(
+                    servicer.GetArtifact,
+                    request_deserializer=stageflow_dot_v1_dot_orchestrator__pb2.GetArtifactRequest.FromString,
+                    response_serializer=stageflow_dot_v1_dot_orchestrator__pb2.GetArtifactResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -318,6 +342,33 @@ class OrchestratorService:
             '/stageflow.v1.OrchestratorService/RerunJob',
             stageflow_dot_v1_dot_orchestrator__pb2.RerunJobRequest.SerializeToString,
             stageflow_dot_v1_dot_orchestrator__pb2.RerunJobResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetArtifact(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/stageflow.v1.OrchestratorService/GetArtifact',
+            stageflow_dot_v1_dot_orchestrator__pb2.GetArtifactRequest.SerializeToString,
+            stageflow_dot_v1_dot_orchestrator__pb2.GetArtifactResponse.FromString,
             options,
             channel_credentials,
             insecure,
