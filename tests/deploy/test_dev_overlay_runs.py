@@ -23,6 +23,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from stageflow import kinds
 from stageflow.client import StageflowClient
 from stageflow.orchestrator.settings import parse_stages
 from stageflow.serving.processes import ServerProcess, wait_ready
@@ -31,7 +32,8 @@ from tests.deploy.render import Manifest
 from tests.s3server import S3ServerInfo
 
 MINIO = "http://minio:9000"
-STAGES = ("stage-base", "stage-refine", "stage-upscale")
+# The Deployment of each stage kind the manifests deploy (the default pipeline's).
+STAGES = tuple(f"stage-{name}" for name in kinds.default_pipeline())
 
 
 def workload(docs: list[Manifest], kind: str, name: str) -> Manifest:
@@ -142,7 +144,7 @@ def test_dev_overlay_runs_a_job(
         orchestrator = Pod(docs, "Deployment", "orchestrator", s3_server, tmp_path)
         # STAGEFLOW_STAGES names each stage's Service; point each at its local port.
         services = parse_stages(orchestrator.env["STAGEFLOW_STAGES"])
-        assert set(services) == {"base", "refine", "upscale"}, orchestrator.env
+        assert set(services) == set(kinds.default_pipeline()), orchestrator.env
         local = {
             name: f"dns:///127.0.0.1:{ports[addresses[0].removeprefix('dns:///').split('.')[0]]}"
             for name, addresses in services.items()
