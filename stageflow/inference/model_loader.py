@@ -88,7 +88,8 @@ class RepositoryModel(StageModel):
             min_side=max(own.min_side, sizes.min_side),
             max_side=min(own.max_side, sizes.max_side),
             size_multiple=multiple,
-            param_defaults=self.version.defaults.get(own.kind, {}),
+            # model.yaml's over the model's own.
+            param_defaults={**own.param_defaults, **self.version.defaults.get(own.kind, {})},
         )
 
     def validate(self, params: StageParams) -> None:
