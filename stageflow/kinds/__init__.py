@@ -257,7 +257,7 @@ def build_params(kind: Kind, request: orchestrator_pb2.SubmitJobRequest) -> Mess
 
 # -- the registry -------------------------------------------------------------
 
-_lock = threading.Lock()
+_lock = threading.RLock()  # a plugin may register() while its entry point loads
 _kinds: dict[str, Kind] = {}
 _plugins_loaded = False
 
