@@ -5,7 +5,6 @@ from __future__ import annotations
 import enum
 import json
 import math
-import os
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -156,12 +155,15 @@ def loadtest(
         if needs_input(kind):
             if not store_url:
                 _fail(f"error: --store-url is needed to seed {kind} inputs", EXIT_USAGE)
+            from stageflow.cli.settings import S3Keys, from_environment
             from stageflow.core.storage import open_store
 
+            keys = from_environment(S3Keys)
             store = open_store(
                 store_url,
-                access_key=os.environ.get("STAGEFLOW_S3_ACCESS_KEY", ""),
-                secret_key=os.environ.get("STAGEFLOW_S3_SECRET_KEY", ""),
+                access_key=keys.s3_access_key,
+                secret_key=keys.s3_secret_key.get_secret_value(),
+                region=keys.s3_region,
             )
             image = seed_input(store, *_size(input_size))
         config = LoadConfig(

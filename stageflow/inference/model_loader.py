@@ -133,6 +133,7 @@ class RepositoryLoader:
         torch_threads: int = 0,
         max_side: int = 1024,
         providers: Sequence[str] = (),
+        engine_cache: Path | None = None,
     ) -> None:
         self.repository = repository
         self.kind = kind
@@ -142,6 +143,7 @@ class RepositoryLoader:
         self._torch_threads = torch_threads
         self._max_side = max_side
         self._providers = tuple(providers)
+        self._engine_cache = engine_cache
 
     def resolve(self, ref: str) -> tuple[ModelVersion, str]:
         """The version `ref` names and the family that serves it on this stage,
@@ -191,4 +193,5 @@ class RepositoryLoader:
         if found.backend != Backend.TORCH:
             kwargs["backend"] = str(found.backend)
             kwargs["providers"] = self._providers
+            kwargs["engine_cache"] = self._engine_cache
         return kwargs

@@ -63,9 +63,10 @@ def create_model(
     "onnxruntime" over an `export_onnx` folder, "tensorrt"); `providers` are
     onnxruntime execution providers ("cpu", "cuda", "tensorrt" or full names).
     Other kwargs are the shared constructor's: name, version, device,
-    torch_threads, max_side. An unknown backend, or providers for a backend
-    without them, raise ValueError here; a missing runtime or provider raises
-    FailedPrecondition at load().
+    torch_threads, max_side, engine_cache (where tensorrt caches its engines).
+    An unknown backend, or providers for a backend without them, raise
+    ValueError here; a missing runtime or provider raises FailedPrecondition
+    at load().
     """
     cls = model_class(family)
     return cls(Path(path), backend=backend, providers=providers, **kwargs)  # type: ignore[call-arg]

@@ -30,7 +30,6 @@ import dataclasses
 import enum
 import hashlib
 import json
-import os
 import re
 import shutil
 import tempfile
@@ -61,7 +60,7 @@ log = get_logger(__name__)
 
 MANIFEST = "model.yaml"
 LATEST = "latest"
-DEFAULT_ROOT = "models/repository"
+# Where an S3 repository's versions are downloaded when the caller names no folder.
 DEFAULT_CACHE = "var/model-cache"
 # Names and versions become key segments and folder names: keep them plain.
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
@@ -89,14 +88,6 @@ COMPILE_BACKENDS: Mapping[str, Backend] = {
 
 class InvalidManifest(FailedPrecondition):
     """A model.yaml that does not parse or validate; the message names the field."""
-
-
-def default_root() -> str:
-    return os.environ.get("STAGEFLOW_MODEL_REPOSITORY") or DEFAULT_ROOT
-
-
-def default_cache_dir() -> Path:
-    return Path(os.environ.get("STAGEFLOW_MODEL_CACHE") or DEFAULT_CACHE)
 
 
 def check_name(value: str, field: str) -> str:
@@ -455,17 +446,20 @@ def _open_root(
 
 
 class ModelRepository:
+    """The repository at `root`, configured by its caller (the stage's settings,
+    the CLI's): this layer reads no environment."""
+
     def __init__(
         self,
-        root: str | Path | None = None,
+        root: str | Path,
         *,
         access_key: str = "",
         secret_key: str = "",
         region: str = "",
         cache_dir: Path | None = None,
     ) -> None:
-        self.root = str(root) if root is not None else default_root()
-        self.cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+        self.root = str(root)
+        self.cache_dir = Path(cache_dir) if cache_dir is not None else Path(DEFAULT_CACHE)
         self._store, self._prefix, self._local = _open_root(
             self.root, access_key=access_key, secret_key=secret_key, region=region
         )

@@ -73,6 +73,7 @@ def run_stage(
             max_side=settings.max_side,
             backend=settings.backend,
             providers=settings.provider_list(),
+            engine_cache=settings.trt_cache,
         )
         model.load()
         return model
@@ -147,4 +148,5 @@ def _repository_loader(
         torch_threads=settings.torch_threads,
         max_side=settings.max_side,
         providers=settings.provider_list(),
+        engine_cache=settings.trt_cache,
     )

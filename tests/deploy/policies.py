@@ -16,6 +16,7 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 
 from stageflow import kinds
+from stageflow.cli.settings import CLI_SETTINGS
 from stageflow.orchestrator.settings import OrchestratorSettings
 from stageflow.serving.settings import StageSettings
 
@@ -30,8 +31,9 @@ COMPONENT = "app.kubernetes.io/component"
 GRPC_PORT = 50051
 GPU = "nvidia.com/gpu"
 GPU_POOL = "stageflow.io/gpu-pool"
-# Where the `stageflow` CLI (and the model repository it opens) read env vars.
-CLI_SOURCES = (REPO / "stageflow" / "cli", REPO / "stageflow" / "inference" / "repository.py")
+# Where the `stageflow` CLI names env vars it reads other than through
+# stageflow.cli.settings (typer's envvar=, stageflow.cli.telemetry).
+CLI_SOURCES = (REPO / "stageflow" / "cli",)
 # Kubernetes' default when a pod names none.
 DEFAULT_TERMINATION_GRACE = 30
 
@@ -285,8 +287,13 @@ def service_defaults(kind: str) -> dict[str, Any]:
 
 @cache
 def cli_env_names() -> frozenset[str]:
-    """Every STAGEFLOW_* name the CLI's source reads (a quoted literal)."""
+    """Every STAGEFLOW_* name the CLI reads: the fields of its settings classes
+    (stageflow.cli.settings), and the names in its source (a quoted literal:
+    `envvar="STAGEFLOW_ADDRESS"`, the tracing variables of stageflow.cli.telemetry)."""
     names: set[str] = set()
+    for cls in CLI_SETTINGS:
+        prefix = str(cls.model_config.get("env_prefix", ""))
+        names.update(prefix + field.upper() for field in cls.model_fields)
     for source in CLI_SOURCES:
         for path in [source] if source.is_file() else sorted(source.rglob("*.py")):
             names.update(re.findall(r"[\"'](STAGEFLOW_[A-Z0-9_]+)[\"']", path.read_text()))

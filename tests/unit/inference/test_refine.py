@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 from stageflow.core.errors import FailedPrecondition, InvalidArgument
-from stageflow.inference.diffusion import RefineModel
 from stageflow.inference.interface import (
     STRENGTH_IMG2IMG,
     STRENGTH_INPAINT,
@@ -20,7 +19,9 @@ from stageflow.inference.interface import (
     RefineParams,
     StageInputs,
 )
-from stageflow.inference.masks import blur_mask, mask_from_box
+
+if TYPE_CHECKING:
+    from stageflow.inference.diffusion import RefineModel
 
 
 def noise_image(width: int = 64, height: int = 64, seed: int = 0) -> Image.Image:
@@ -33,6 +34,7 @@ def refine_run(model: RefineModel, params: RefineParams, inputs: StageInputs) ->
 
 
 def test_img2img_matches_diffusers_pipeline(refine: RefineModel, sd_folder: Path) -> None:
+    import torch
     from diffusers import StableDiffusionImg2ImgPipeline
 
     pipe = StableDiffusionImg2ImgPipeline.from_pretrained(sd_folder)
@@ -72,6 +74,8 @@ def test_strength_sets_how_far_the_image_moves(refine: RefineModel) -> None:
 
 
 def test_inpaint_box_keeps_unmasked_pixels_exactly(refine: RefineModel) -> None:
+    from stageflow.inference.masks import blur_mask, mask_from_box
+
     image = noise_image(seed=3)
     box = Box(0.25, 0.25, 0.75, 0.5)
     params = RefineParams(prompt="chapter one", mode=RefineMode.INPAINT, mask_box=box, steps=8)
@@ -181,6 +185,8 @@ def run_batch(
 
 
 def test_img2img_batch_of_two_sizes_equals_each_lone_run(refine: RefineModel) -> None:
+    import torch
+
     torch.set_num_threads(1)
     params = [
         RefineParams(prompt="hero", seed=1, steps=4, strength=0.5),
@@ -203,6 +209,8 @@ def test_img2img_batch_of_two_sizes_equals_each_lone_run(refine: RefineModel) ->
 
 
 def test_inpaint_batch_keeps_each_requests_own_mask(refine: RefineModel) -> None:
+    import torch
+
     torch.set_num_threads(1)
     boxes = [Box(0.0, 0.0, 0.5, 0.5), Box(0.5, 0.5, 1.0, 1.0)]
     params = [
