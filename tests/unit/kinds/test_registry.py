@@ -204,3 +204,24 @@ def test_a_rerun_merges_the_new_kinds_options_key_by_key(blur: kinds.Kind) -> No
     with pytest.raises(InvalidArgument) as err:
         apply_overrides(previous, early)
     assert err.value.field == "base"
+
+
+def test_the_load_tester_takes_the_new_kind(blur: kinds.Kind) -> None:
+    from stageflow.cli.loadgen import InputRef, LoadConfig, load_kinds, parse_sets, stage_request
+
+    assert "blur" in load_kinds()
+    params = parse_sets("blur", ["radius=2.5", "passes=2"])
+    assert params == {"radius": 2.5, "passes": 2}
+    with pytest.raises(InvalidArgument, match="allowed: mode, passes, radius"):
+        parse_sets("blur", ["sigma=1"])
+    with pytest.raises(InvalidArgument, match="seeded input"):
+        LoadConfig(address="x", kind="blur")  # it reads an image
+    image = InputRef("in.png", "a" * 64, 3)
+    run = stage_request(
+        LoadConfig(address="x", kind="blur", params=params, image=image),
+        seed=1,
+        request_id="r",
+        job_id="j",
+    )
+    assert run.generic.kind == "blur" and run.image.key == "in.png"
+    assert codec.params_from_request(run) == BlurParams(radius=2.5, passes=2)
