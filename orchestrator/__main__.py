@@ -27,14 +27,9 @@ async def _serve(settings: OrchestratorSettings) -> None:
     stage_limits = parse_limits(settings.stage_limits)
     store = settings.open_store()
     jobs = SqliteJobStore(settings.db_path)
-    addresses = {
-        "base": settings.base_address,
-        "refine": settings.refine_address,
-        "upscale": settings.upscale_address,
-    }
     stages: dict[str, StageClient] = {
-        name: stage_client_for(address, settings.max_message_bytes)
-        for name, address in addresses.items()
+        name: stage_client_for(",".join(addresses), settings.max_message_bytes)
+        for name, addresses in settings.stages.items()
     }
     caller = StageCaller(
         RetryPolicy(

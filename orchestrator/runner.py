@@ -173,7 +173,8 @@ class JobRunner:
             )
             for name in pipeline
         }
-        await self._directory.check(effective, spec, pipeline, runs)
+        size = await self._directory.check(effective, spec, pipeline, runs)
+        width, height = size or (request.width, request.height)
         created_at = now()
         job = Job(
             job_id=job_id,
@@ -181,8 +182,8 @@ class JobRunner:
             bundle=request.bundle,
             prompt=compose_prompt(request.bundle),
             seed=request.seed,
-            width=request.width,
-            height=request.height,
+            width=width,
+            height=height,
             stages=[
                 StageRun(
                     stage=name,
@@ -243,7 +244,9 @@ class JobRunner:
                 )
                 run.request.request_id = f"{version_id}.{run.stage}"
             runs = {run.stage: run.request for run in job.stages[first:]}
-            await self._directory.check(effective, spec, tuple(names), runs)
+            # Stages before `from_stage` keep their outputs: the base size is theirs.
+            kept = (job.width, job.height) if first > 0 and job.width and job.height else None
+            await self._directory.check(effective, spec, tuple(names), runs, size=kept)
             created_at = now()
             job.created_at.CopyFrom(created_at)
             job.updated_at.CopyFrom(created_at)

@@ -10,7 +10,15 @@ import pytest
 from PIL import Image
 
 from stageflow.core.errors import FailedPrecondition, InvalidArgument
-from stageflow.inference.interface import Box, RefineMode, RefineParams, StageInputs
+from stageflow.inference.interface import (
+    STRENGTH_IMG2IMG,
+    STRENGTH_INPAINT,
+    STRENGTH_TEXT,
+    Box,
+    RefineMode,
+    RefineParams,
+    StageInputs,
+)
 
 if TYPE_CHECKING:
     from stageflow.inference.diffusion import RefineModel
@@ -107,7 +115,16 @@ def test_reference_workflow_config_is_accepted(refine: RefineModel) -> None:
     out = refine.run(
         params, StageInputs(image=noise_image()), lambda i, n: calls.append(i), lambda: False
     )
-    assert out.size == (64, 64) and len(calls) == 20  # 40 steps x strength 0.5
+    # Unset strength is the inpaint default: 40 steps x 0.75.
+    assert params.strength == STRENGTH_INPAINT == 0.75
+    assert out.size == (64, 64) and len(calls) == 30
+
+
+def test_an_unset_strength_follows_the_pass() -> None:
+    assert RefineParams(prompt="p").strength == STRENGTH_IMG2IMG
+    assert RefineParams(prompt="p", mode=RefineMode.INPAINT).strength == STRENGTH_INPAINT
+    assert RefineParams(prompt="p", text="Hi", mode=RefineMode.INPAINT).strength == STRENGTH_TEXT
+    assert RefineParams(prompt="p", text="Hi", strength=0.9).strength == 0.9
 
 
 @pytest.mark.parametrize(
