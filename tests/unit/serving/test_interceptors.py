@@ -104,9 +104,13 @@ HANDLERS = {
 def log_lines(capsys: pytest.CaptureFixture[str]) -> Iterator[Callable[[], list[dict[str, Any]]]]:
     configure_logging(level="DEBUG", json=True, service="test")
 
+    seen: list[dict[str, Any]] = []
+
     def read() -> list[dict[str, Any]]:
+        """Every line logged so far (readouterr consumes, so keep what it gave)."""
         raw = capsys.readouterr().err
-        return [json.loads(line) for line in raw.splitlines() if line]
+        seen.extend(json.loads(line) for line in raw.splitlines() if line)
+        return list(seen)
 
     yield read
     configure_logging()  # back to a handler on the real stderr
