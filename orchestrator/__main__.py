@@ -52,11 +52,14 @@ async def _serve(settings: OrchestratorSettings) -> None:
         orchestrator_pb2_grpc.add_OrchestratorServiceServicer_to_server(servicer, server)
 
     try:
-        # runner.close leaves running jobs RUNNING in the DB: the next start resumes them.
+        # On SIGTERM runner.drain stops admitting and lets the stage calls in
+        # flight finish within the grace; runner.close then leaves every job
+        # QUEUED or RUNNING in the DB: the next start resumes them.
         await serve(
             [Service(SERVICE_NAME, register)],
             settings,
             startup=runner.start,
+            drain=runner.drain,
             shutdown=runner.close,
             name="orchestrator",
         )
