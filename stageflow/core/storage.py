@@ -11,6 +11,7 @@ from __future__ import annotations
 import abc
 import io
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -369,6 +370,26 @@ class StoreLocation:
         return self.folder is None
 
 
+# S3's bucket naming rules (3-63 characters: lowercase letters, digits, dots
+# and hyphens, a letter or digit at each end), checked before any client is made.
+_BUCKET = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
+_IPV4 = re.compile(r"\d+\.\d+\.\d+\.\d+")
+
+
+def check_bucket(bucket: str) -> str | None:
+    """What is wrong with an S3 bucket name, or None when it is valid."""
+    if not _BUCKET.fullmatch(bucket):
+        return (
+            "must be 3-63 characters of lowercase letters, digits, '.' and '-', "
+            "starting and ending with a letter or digit"
+        )
+    if any(pair in bucket for pair in ("..", ".-", "-.")):
+        return "must not hold '..', '.-' or '-.'"
+    if _IPV4.fullmatch(bucket):
+        return "must not be an IP address"
+    return None
+
+
 def parse_store_url(url: str, *, what: str = "store") -> StoreLocation:
     """Parse a store URL (see `StoreLocation`); ValueError names what is wrong."""
     if not url:
@@ -381,6 +402,9 @@ def parse_store_url(url: str, *, what: str = "store") -> StoreLocation:
             raise ValueError(
                 f"an S3 {what} URL is s3://bucket[/prefix]?endpoint=http://host:port, got {url!r}"
             )
+        problem = check_bucket(parts.netloc)
+        if problem is not None:
+            raise ValueError(f"the bucket of {what} URL {url!r} {problem}, got {parts.netloc!r}")
         prefix = parts.path.strip("/")
         if prefix:
             try:
