@@ -32,14 +32,16 @@ async def _serve(settings: OrchestratorSettings) -> None:
         "upscale": settings.upscale_address,
     }
     stages: dict[str, StageClient] = {
-        name: stage_client_for(address, settings.max_message_bytes)
+        name: stage_client_for(
+            address, settings.max_message_bytes, wait_ready_seconds=settings.retry_budget_seconds
+        )
         for name, address in addresses.items()
     }
     caller = StageCaller(
         RetryPolicy(
             base_seconds=settings.retry_base_seconds,
             cap_seconds=settings.retry_cap_seconds,
-            max_attempts=settings.retry_max_attempts,
+            budget_seconds=settings.retry_budget_seconds,
             exhausted_max_attempts=settings.exhausted_max_attempts,
         )
     )

@@ -89,56 +89,81 @@ def _tail(path: Path, lines: int = 40) -> str:
         return ""
 
 
+class SeaweedFS:
+    """`weed mini` with its data under `tmp_dir`, on ports chosen once: it can
+    be stopped and started again at the same address with the same objects."""
+
+    def __init__(self, tmp_dir: Path) -> None:
+        self.tmp_dir = tmp_dir
+        data = tmp_dir / "data"
+        data.mkdir(parents=True, exist_ok=True)
+        access_key, secret_key = "stageflow-test", secrets.token_hex(16)
+        config = tmp_dir / "s3.json"
+        identity = {
+            "name": "admin",
+            "credentials": [{"accessKey": access_key, "secretKey": secret_key}],
+            "actions": ["Admin", "Read", "List", "Tagging", "Write"],
+        }
+        config.write_text(json.dumps({"identities": [identity]}))
+        self.ports = free_port_pairs(5)
+        s3, master, volume, filer, admin = self.ports
+        # As DESIGN.md shows, plus: the admin server (on even with -admin.ui=false)
+        # needs its own port, telemetry is off (no network here), and the unix
+        # sockets go under tmp_dir instead of /tmp/seaweedfs-*.sock.
+        self.cmd = [
+            weed_binary(),
+            "mini",
+            f"-dir={data}",
+            "-ip=127.0.0.1",
+            "-ip.bind=127.0.0.1",
+            f"-s3.port={s3}",
+            f"-s3.config={config}",
+            f"-master.port={master}",
+            f"-volume.port={volume}",
+            f"-filer.port={filer}",
+            f"-admin.port={admin}",
+            "-webdav=false",
+            "-admin.ui=false",
+            "-s3.port.iceberg=0",
+            "-s3.port.lance=0",
+            "-metricsPort=0",
+            "-master.telemetry=false",
+            f"-s3.localSocket={tmp_dir / 's3.sock'}",
+            f"-filer.localSocket={tmp_dir / 'filer.sock'}",
+        ]
+        self.info = S3ServerInfo(
+            f"http://127.0.0.1:{s3}", access_key, secret_key, tmp_dir / "weed.log"
+        )
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        """Start it (the log is appended to) and return once S3 answers."""
+        with open(self.info.log_path, "ab") as log:
+            self._proc = subprocess.Popen(
+                self.cmd,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                cwd=self.tmp_dir,
+            )
+        _wait_ready(self._proc, self.info)
+
+    def stop(self) -> None:
+        if self._proc is not None:
+            _stop(self._proc)
+            self._proc = None
+        _remove_stray_sockets(self.ports)
+
+
 @contextlib.contextmanager
 def seaweedfs_server(tmp_dir: Path) -> Iterator[S3ServerInfo]:
     """Run `weed mini` with its data under `tmp_dir` until the block exits."""
-    data = tmp_dir / "data"
-    data.mkdir(parents=True, exist_ok=True)
-    access_key, secret_key = "stageflow-test", secrets.token_hex(16)
-    config = tmp_dir / "s3.json"
-    identity = {
-        "name": "admin",
-        "credentials": [{"accessKey": access_key, "secretKey": secret_key}],
-        "actions": ["Admin", "Read", "List", "Tagging", "Write"],
-    }
-    config.write_text(json.dumps({"identities": [identity]}))
-    s3, master, volume, filer, admin = free_port_pairs(5)
-    # As DESIGN.md shows, plus: the admin server (on even with -admin.ui=false)
-    # needs its own port, telemetry is off (no network here), and the unix
-    # sockets go under tmp_dir instead of /tmp/seaweedfs-*.sock.
-    cmd = [
-        weed_binary(),
-        "mini",
-        f"-dir={data}",
-        "-ip=127.0.0.1",
-        "-ip.bind=127.0.0.1",
-        f"-s3.port={s3}",
-        f"-s3.config={config}",
-        f"-master.port={master}",
-        f"-volume.port={volume}",
-        f"-filer.port={filer}",
-        f"-admin.port={admin}",
-        "-webdav=false",
-        "-admin.ui=false",
-        "-s3.port.iceberg=0",
-        "-s3.port.lance=0",
-        "-metricsPort=0",
-        "-master.telemetry=false",
-        f"-s3.localSocket={tmp_dir / 's3.sock'}",
-        f"-filer.localSocket={tmp_dir / 'filer.sock'}",
-    ]
-    log_path = tmp_dir / "weed.log"
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen(
-            cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=tmp_dir
-        )
-    info = S3ServerInfo(f"http://127.0.0.1:{s3}", access_key, secret_key, log_path)
+    server = SeaweedFS(tmp_dir)
     try:
-        _wait_ready(proc, info)
-        yield info
+        server.start()
+        yield server.info
     finally:
-        _stop(proc)
-        _remove_stray_sockets([s3, master, volume, filer, admin])
+        server.stop()
 
 
 def _wait_ready(proc: subprocess.Popen[bytes], info: S3ServerInfo) -> None:
