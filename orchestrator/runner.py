@@ -350,7 +350,10 @@ class JobRunner:
             log.exception("job.internal_error", job_id=job_id)
             if self._closing:
                 return  # left unfinished in the store: the next start retries it
-            await self._executor.finish_failed(job, None, f"internal error: {err}")
+            # Not str(err): it may hold reprs, paths or data; the log has the traceback.
+            await self._executor.finish_failed(
+                job, None, f"internal error ({type(err).__name__}; see the orchestrator's log)"
+            )
         finally:
             self._live.pop(job_id, None)
             self._cancelling.discard(job_id)

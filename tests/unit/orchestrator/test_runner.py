@@ -295,6 +295,23 @@ async def test_drain_lets_the_call_in_flight_finish_and_starts_no_other(
     assert later is not None and later.state == S.JOB_STATE_QUEUED
 
 
+async def test_a_bug_fails_the_job_with_a_message_that_holds_no_repr(
+    jobs: JobStore, runners: list[JobRunner]
+) -> None:
+    class Broken(FakeStage):
+        async def run(self, *args: object, **kwargs: object):  # type: ignore[no-untyped-def]
+            raise RuntimeError("<_io.BytesIO object at 0x7f00deadbeef> is not in deque")
+            yield  # an async generator, as StageClient.run is
+
+    runner = _runner(runners, _fakes(base=Broken("base")), jobs)
+    job = await runner.submit(_request())
+    events = await _collect(runner.watch(job.job_id))
+    final = events[-1].finished
+    assert final.state == S.JOB_STATE_FAILED
+    assert "internal error (RuntimeError" in final.error
+    assert "0x" not in final.error and "deque" not in final.error
+
+
 async def test_submit_with_a_used_request_id_returns_the_first_job(
     jobs: JobStore, runners: list[JobRunner]
 ) -> None:
