@@ -26,25 +26,33 @@ $(VENV)/.deps-installed: pyproject.toml requirements.lock | $(PY)
 
 # Generated code is committed in stageflow/v1 (a wheel builds without grpcio-tools);
 # it is regenerated only when its .proto changes, and `make lint` checks it matches.
+# Each .proto gives three files; one run of protoc writes all three (a grouped pattern rule).
 PROTOS := $(wildcard protos/stageflow/v1/*.proto)
-GENERATED := $(patsubst protos/%.proto,%_pb2.py,$(PROTOS))
+GENERATED := $(foreach suffix,_pb2.py _pb2.pyi _pb2_grpc.py,$(patsubst protos/%.proto,%$(suffix),$(PROTOS)))
 PROTOC = $(PY) -m grpc_tools.protoc -Iprotos --python_out=$(1) --pyi_out=$(1) --grpc_python_out=$(1)
 
 proto: $(GENERATED) ## regenerate stageflow/v1 from protos/ (only what changed)
-stageflow/v1/%_pb2.py: protos/stageflow/v1/%.proto | $(VENV)/.deps-installed
+stageflow/v1/%_pb2.py stageflow/v1/%_pb2.pyi stageflow/v1/%_pb2_grpc.py: protos/stageflow/v1/%.proto | $(VENV)/.deps-installed
 	$(call PROTOC,.) $<
 
+# Both ways: every generated file equals protoc's output, and no generated file
+# is left over from a .proto that is gone.
 proto-check: | $(VENV)/.deps-installed ## fail when stageflow/v1 does not match protos/
 	@tmp=$$(mktemp -d) && trap 'rm -rf "$$tmp"' EXIT && \
 	$(call PROTOC,$$tmp) $(PROTOS) && \
 	for f in $$(cd "$$tmp/stageflow/v1" && ls); do \
 		cmp -s "$$tmp/stageflow/v1/$$f" "stageflow/v1/$$f" || { \
 			echo "stageflow/v1/$$f is stale: run 'make proto' and commit it" >&2; exit 1; }; \
+	done && \
+	for f in $$(cd stageflow/v1 && ls *_pb2*); do \
+		[ -e "$$tmp/stageflow/v1/$$f" ] || { \
+			echo "stageflow/v1/$$f has no .proto in protos/stageflow/v1: delete it" >&2; exit 1; }; \
 	done
 
-# Rebuilt only when the code that builds them changes.
+# Rebuilt only when the code that builds them, or the pinned libraries that
+# initialise their weights (diffusers, transformers, torch), change.
 FIXTURE_INPUTS := stageflow/inference/fixtures.py stageflow/inference/tokenizer.py \
-	stageflow/inference/rrdbnet.py stageflow/inference/sd_parts.py
+	stageflow/inference/rrdbnet.py stageflow/inference/sd_parts.py requirements.lock
 fixtures: $(MODELS)/manifest.json ## tiny seeded models for tests and the demo (built locally, never downloaded)
 $(MODELS)/manifest.json: $(FIXTURE_INPUTS) | $(VENV)/.deps-installed
 	$(BIN)/stageflow models build-fixtures --out $(MODELS)
@@ -64,14 +72,15 @@ lint: deps proto-check ## ruff, buf, generated code up to date, import contracts
 	cd protos && ../$(BIN)/buf lint
 	$(BIN)/lint-imports
 
-typecheck: deps
+typecheck: deps proto
 	$(BIN)/mypy
 
 # Tiers (the folder sets the marker; see tests/conftest.py). `make test` runs all three.
-test-unit: deps ## no processes, no torch import at collection
+# `proto` is a no-op unless a .proto changed since its generated files.
+test-unit: deps proto ## no processes, no torch import at collection (tests/unit/conftest.py checks both)
 	$(BIN)/pytest tests/unit
 
-test-integration: setup ## real processes, real gRPC, a real S3 server; the model stack
+test-integration: setup proto ## real processes, real gRPC, a real S3 server; the model stack
 	$(BIN)/pytest tests/integration tests/e2e tests/gpu
 
 test-deploy: deps ## Dockerfiles and Kubernetes manifests, rendered and checked offline

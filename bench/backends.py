@@ -22,7 +22,6 @@ import argparse
 import datetime as dt
 import os
 import platform
-import signal
 import statistics
 import subprocess
 import sys
@@ -38,7 +37,6 @@ sys.path.insert(0, str(ROOT))
 
 import grpc  # noqa: E402
 import torch  # noqa: E402
-from grpc_health.v1 import health_pb2, health_pb2_grpc  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from bench.report import write_section  # noqa: E402
@@ -55,6 +53,7 @@ from stageflow.inference.onnx.runtime import load_onnx_parts, load_onnx_upscaler
 from stageflow.inference.registry import create_model  # noqa: E402
 from stageflow.inference.rrdbnet import load_rrdbnet  # noqa: E402
 from stageflow.inference.sd_parts import load_torch_parts  # noqa: E402
+from stageflow.serving.processes import ServerProcess, log_tail, signals_interrupt  # noqa: E402
 from stageflow.v1 import stage_pb2, stage_pb2_grpc  # noqa: E402
 
 BACKENDS = ("torch", "onnxruntime")
@@ -222,7 +221,6 @@ def serve_once(
 ) -> tuple[float, float, float]:
     """Start one base stage process, time it to SERVING and through one Run, SIGTERM it."""
     port_file = scratch / "port"
-    port_file.unlink(missing_ok=True)
     cmd = [
         sys.executable,
         *entry,
@@ -240,59 +238,35 @@ def serve_once(
         str(scratch / "store"),
     ]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    with (scratch / f"{backend}.log").open("w") as log:
-        started = time.perf_counter()
-        proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
-        try:
-            listening = _wait_port_file(proc, port_file, started) - started
-            port = int(port_file.read_text().strip())
-            with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
-                health = health_pb2_grpc.HealthStub(channel)
-                serving = _wait_serving(proc, health, started) - started
-                request = stage_pb2.RunRequest(
-                    txt2img=stage_pb2.Txt2ImgParams(
-                        prompt="hero", width=128, height=128, steps=20, seed=0
-                    )
+    log = scratch / f"{backend}.log"
+    server = ServerProcess(
+        backend, cmd, log=log, port_file=port_file, env=env, cwd=ROOT, start_timeout=START_TIMEOUT_S
+    )
+    started = time.perf_counter()
+    server.start()
+    try:
+        server.wait_port(poll_s=POLL_S)
+        listening = time.perf_counter() - started
+        server.wait_ready(poll_s=POLL_S)
+        serving = time.perf_counter() - started
+        with grpc.insecure_channel(server.address) as channel:
+            request = stage_pb2.RunRequest(
+                txt2img=stage_pb2.Txt2ImgParams(
+                    prompt="hero", width=128, height=128, steps=20, seed=0
                 )
-                run_start = time.perf_counter()
-                events = list(stage_pb2_grpc.StageServiceStub(channel).Run(request, timeout=120))
-                first_run = time.perf_counter() - run_start
-                if not events or not events[-1].HasField("result"):
-                    raise RuntimeError(f"{backend}: Run ended without a result")
-        except BaseException:
-            proc.kill()
-            proc.wait()
-            tail = (scratch / f"{backend}.log").read_text()[-2000:]
-            print(f"{backend} service log:\n{tail}", file=sys.stderr)
-            raise
-        proc.send_signal(signal.SIGTERM)
-        if proc.wait(timeout=60) != 0:
-            raise RuntimeError(f"{backend}: service exited {proc.returncode} after SIGTERM")
+            )
+            run_start = time.perf_counter()
+            events = list(stage_pb2_grpc.StageServiceStub(channel).Run(request, timeout=120))
+            first_run = time.perf_counter() - run_start
+            if not events or not events[-1].HasField("result"):
+                raise RuntimeError(f"{backend}: Run ended without a result")
+    except BaseException:
+        server.stop(grace=0)
+        print(f"{backend} service log:\n{log_tail(log)}", file=sys.stderr)
+        raise
+    if server.stop(grace=60) != 0:
+        raise RuntimeError(f"{backend}: service exited {server.returncode} after SIGTERM")
     return listening, serving, first_run
-
-
-def _wait_port_file(proc: subprocess.Popen[bytes], port_file: Path, started: float) -> float:
-    while time.perf_counter() - started < START_TIMEOUT_S:
-        if port_file.exists() and port_file.read_text().strip():
-            return time.perf_counter()
-        if proc.poll() is not None:
-            raise RuntimeError(f"service exited {proc.returncode} before binding")
-        time.sleep(POLL_S)
-    raise TimeoutError("no port file")
-
-
-def _wait_serving(proc: subprocess.Popen[bytes], health: Any, started: float) -> float:
-    serving = health_pb2.HealthCheckResponse.SERVING
-    while time.perf_counter() - started < START_TIMEOUT_S:
-        try:
-            if health.Check(health_pb2.HealthCheckRequest(), timeout=1).status == serving:
-                return time.perf_counter()
-        except grpc.RpcError:
-            pass  # not answering yet; the deadline below bounds the wait
-        if proc.poll() is not None:
-            raise RuntimeError(f"service exited {proc.returncode} before SERVING")
-        time.sleep(POLL_S)
-    raise TimeoutError("never SERVING")
 
 
 def cold_starts(
@@ -423,6 +397,8 @@ def write_report(
         f"{runs[-1].threads}`, the onnxruntime folder being the `export_onnx` export of the "
         "same fixture. The benchmark polls the port file, then grpc.health.v1 Check, every "
         f"{POLL_S * 1000:.0f} ms (no fixed sleeps); SERVING is set once the model is loaded. "
+        "The process is started as every stageflow server is (`stageflow.serving.processes`: "
+        "about 15 ms of that start is the exec wrapper setting its parent-death signal). "
         "Then it times one Run request (128 px, 20 steps, guidance) on its own, stops the "
         "process with SIGTERM and waits for it. The backends alternate which starts first. "
         '"imported diffusers" comes from one more, untimed start per backend through the '
@@ -491,4 +467,5 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    with signals_interrupt():  # SIGTERM/SIGHUP stop the stage processes on the way out
+        main()

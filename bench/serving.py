@@ -36,7 +36,6 @@ import hashlib
 import json
 import os
 import platform
-import signal
 import subprocess
 import sys
 import tempfile
@@ -61,12 +60,15 @@ from bench.report import (  # noqa: E402
     verdict,
     write_section,
 )
+from stageflow import kinds  # noqa: E402
 
 SECTION = "bench/serving.py"
-STAGES = ("base", "refine", "upscale")
-FAMILIES = {"base": "sd-txt2img", "refine": "sd-refine", "upscale": "esrgan"}
-FOLDERS = {"base": "tiny-sd", "refine": "tiny-sd", "upscale": "tiny-esrgan-x4"}
-LOAD_KINDS = {"base": "txt2img", "refine": "refine", "upscale": "upscale"}
+STAGES = kinds.default_pipeline()
+# From each kind's declaration (stageflow.kinds): its family, fixture folder and
+# the RunRequest field of its params.
+FAMILIES = {s: kinds.get(s).model_family for s in STAGES}
+FOLDERS = {s: kinds.get(s).model_folder for s in STAGES}
+LOAD_KINDS = {s: kinds.params_field(kinds.get(s)) for s in STAGES}
 PHASES = ("queue_ms", "load_inputs_ms", "compute_ms", "store_output_ms", "total_ms")
 JOB = {"base": "a lighthouse on a cliff at dusk", "style": "oil painting"}
 OVERHEAD_GOAL = 1.10
@@ -421,39 +423,17 @@ def stage_loads(
 @contextmanager
 def stage_process(argv: Sequence[str], scratch: Path, name: str) -> Iterator[str]:
     """A stage process on a free port; yields its address once health says SERVING."""
-    from stageflow.cli.cluster import _health_status, _read_port, log_tail
+    from stageflow.serving.processes import ServerProcess
 
     port_file = scratch / f"{name}.port"
-    log_path = scratch / f"{name}.log"
-    port_file.unlink(missing_ok=True)
     cmd = [sys.executable, *argv, "--host", "127.0.0.1", "--port", "0"]
     cmd += ["--port-file", str(port_file)]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    with log_path.open("wb") as log:
-        proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
-        try:
-            deadline = time.monotonic() + 180
-            address = ""
-            while True:
-                if proc.poll() is not None:
-                    raise RuntimeError(f"{name} exited {proc.returncode}:\n{log_tail(log_path)}")
-                if time.monotonic() > deadline:
-                    raise TimeoutError(f"{name} never SERVING:\n{log_tail(log_path)}")
-                port = _read_port(port_file)
-                if port is not None:
-                    address = f"127.0.0.1:{port}"
-                    if _health_status(address) == "SERVING":
-                        break
-                time.sleep(0.05)
-            yield address
-        finally:
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-                try:
-                    proc.wait(timeout=30)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait()
+    log = scratch / f"{name}.log"
+    with ServerProcess(
+        name, cmd, log=log, port_file=port_file, env=env, cwd=ROOT, start_timeout=180
+    ) as stage:
+        yield stage.address
 
 
 @dataclass
@@ -962,4 +942,7 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from stageflow.serving.processes import signals_interrupt
+
+    with signals_interrupt():  # SIGTERM/SIGHUP stop the cluster and stages on the way out
+        main()

@@ -7,7 +7,8 @@ from collections.abc import Sequence
 
 import grpc
 
-from stageflow.core.logging import configure_logging
+from stageflow.core.logging import configure_logging, get_logger
+from stageflow.orchestrator.auth import Authenticator
 from stageflow.orchestrator.replicas import RetryPolicy, StageCaller, stage_client_for
 from stageflow.orchestrator.runner import JobRunner
 from stageflow.orchestrator.scheduler import parse_limits
@@ -26,16 +27,13 @@ async def _serve(settings: OrchestratorSettings) -> None:
     stage_limits = parse_limits(settings.stage_limits)
     store = settings.open_store()
     jobs = SqliteJobStore(settings.db_path)
-    addresses = {
-        "base": settings.base_address,
-        "refine": settings.refine_address,
-        "upscale": settings.upscale_address,
-    }
     stages: dict[str, StageClient] = {
         name: stage_client_for(
-            address, settings.max_message_bytes, wait_ready_seconds=settings.retry_budget_seconds
+            ",".join(addresses),
+            settings.max_message_bytes,
+            wait_ready_seconds=settings.retry_budget_seconds,
         )
-        for name, address in addresses.items()
+        for name, addresses in settings.stages.items()
     }
     caller = StageCaller(
         RetryPolicy(
@@ -48,7 +46,12 @@ async def _serve(settings: OrchestratorSettings) -> None:
     runner = JobRunner(
         stages, jobs, settings, store, specs=specs, stage_limits=stage_limits, caller=caller
     )
-    servicer = OrchestratorServicer(runner)
+    auth = Authenticator(jobs, settings.auth_secret_key.get_secret_value(), enabled=settings.auth)
+    if not auth.enabled:
+        get_logger(__name__).warning(
+            "auth.off", message="authentication is OFF: every caller can read and cancel every job"
+        )
+    servicer = OrchestratorServicer(runner, auth)
 
     def register(server: grpc.aio.Server) -> None:
         orchestrator_pb2_grpc.add_OrchestratorServiceServicer_to_server(servicer, server)

@@ -200,6 +200,9 @@ class JobExecutor:
         run.timing.CopyFrom(result.timing)
         if result.HasField("text_check"):
             run.text_check.CopyFrom(result.text_check)
+        if run is job.stages[0] and result.width and result.height:
+            # The base size the first stage made (its model's default when unset).
+            job.width, job.height = result.width, result.height
         run.state = orchestrator_pb2.STAGE_STATE_SUCCEEDED
         await self._persist(job)
         self._hub.publish(job.job_id, stage_finished=orchestrator_pb2.StageFinished(run=run))

@@ -6,19 +6,28 @@ state) is `execution.JobExecutor`'s. The runner's other parts: the stage
 directory (clients, Describe cache, per-stage limits), the event hub (WatchJob
 streams) and a `store.JobStore` (any implementation: the runner depends on the
 protocol only). Stages only ever exchange artifact keys.
+
+Tenants are enforced here, the one layer every path to a job goes through
+(gRPC today, the gateway through gRPC): each API method takes the caller's
+`tenant` (None: authentication is off, nothing is scoped). A job belongs to
+the tenant that submitted it; another tenant's job id is NOT_FOUND with the
+message an unknown id gets, so its existence is not revealed.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextvars
+import functools
 from collections.abc import AsyncIterator, Mapping, Sequence
 
 from opentelemetry import context as otel_context
 
+from stageflow.core.artifacts import get_artifact
 from stageflow.core.errors import FailedPrecondition, InvalidArgument, NotFound
 from stageflow.core.logging import get_logger
 from stageflow.core.storage import ObjectStore
+from stageflow.orchestrator.artifacts import check_artifact_request, select_artifact
 from stageflow.orchestrator.bundle import (
     DEFAULT_PIPELINE,
     build_run_request,
@@ -43,7 +52,7 @@ from stageflow.orchestrator.stage_client import StageClient
 from stageflow.orchestrator.store import TERMINAL, UNFINISHED, JobStore, new_job_id
 from stageflow.orchestrator.validation import check_request
 from stageflow.serving import tracing
-from stageflow.v1 import orchestrator_pb2
+from stageflow.v1 import common_pb2, orchestrator_pb2
 
 Job = orchestrator_pb2.Job
 StageRun = orchestrator_pb2.StageRun
@@ -95,6 +104,7 @@ class JobRunner:
         self._specs = dict(specs)
         self._jobs = jobs
         self._settings = settings
+        self._store = store  # read by GetArtifact
         self._directory = StageDirectory(stages, stage_limits)
         self._hub = EventHub()
         self._executor = JobExecutor(
@@ -158,9 +168,12 @@ class JobRunner:
 
     # --- API ------------------------------------------------------------------
 
-    async def submit(self, request: orchestrator_pb2.SubmitJobRequest) -> Job:
-        """Validate, persist QUEUED and start the job; a repeated request_id returns
-        the first job. Raises InvalidArgument naming the offending field."""
+    async def submit(
+        self, request: orchestrator_pb2.SubmitJobRequest, tenant: str | None = None
+    ) -> Job:
+        """Validate, persist QUEUED and start the job, owned by `tenant`; a
+        repeated request_id (of that tenant) returns the first job. Raises
+        InvalidArgument naming the offending field."""
         check_request(request)
         spec = self._spec(request.pipeline)
         pipeline = pipeline_of(request, spec.order)
@@ -179,7 +192,8 @@ class JobRunner:
             )
             for name in pipeline
         }
-        await self._directory.check(effective, spec, pipeline, runs)
+        size = await self._directory.check(effective, spec, pipeline, runs)
+        width, height = size or (request.width, request.height)
         created_at = now()
         job = Job(
             job_id=job_id,
@@ -187,8 +201,8 @@ class JobRunner:
             bundle=request.bundle,
             prompt=compose_prompt(request.bundle),
             seed=request.seed,
-            width=request.width,
-            height=request.height,
+            width=width,
+            height=height,
             stages=[
                 StageRun(
                     stage=name,
@@ -204,6 +218,7 @@ class JobRunner:
             pipeline=spec.name,
             pipeline_sha256=spec.sha256,
             version=1,
+            tenant=tenant or "",
         )
         stored, created = await self._jobs.create(job, request.request_id)
         if not created:
@@ -214,9 +229,12 @@ class JobRunner:
         self._start_task(job)
         return _copy(job)
 
-    async def rerun(self, request: orchestrator_pb2.RerunJobRequest) -> Job:
+    async def rerun(
+        self, request: orchestrator_pb2.RerunJobRequest, tenant: str | None = None
+    ) -> Job:
         """Version N+1 of a finished job: stages before `from_stage` keep their
         outputs, the rest run again with the overrides merged in."""
+        await self.get(request.job_id, tenant)  # before anything tells a running job apart
         async with self._rerun_lock:  # two reruns of one job must not both be N+1
             task = self._tasks.get(request.job_id)
             if task is not None:
@@ -227,7 +245,7 @@ class JobRunner:
                     )
                 # Finished (watchers may have seen it) but its task is still closing.
                 await asyncio.wait({task})
-            previous = await self.get(request.job_id)
+            previous = await self.get(request.job_id, tenant)
             spec = self._spec(previous.pipeline)
             job = apply_overrides(previous, request)
             effective = with_defaults(job.request, spec)
@@ -245,7 +263,9 @@ class JobRunner:
                 )
                 run.request.request_id = f"{version_id}.{run.stage}"
             runs = {run.stage: run.request for run in job.stages[first:]}
-            await self._directory.check(effective, spec, tuple(names), runs)
+            # Stages before `from_stage` keep their outputs: the base size is theirs.
+            kept = (job.width, job.height) if first > 0 and job.width and job.height else None
+            await self._directory.check(effective, spec, tuple(names), runs, size=kept)
             created_at = now()
             job.created_at.CopyFrom(created_at)
             job.updated_at.CopyFrom(created_at)
@@ -258,10 +278,29 @@ class JobRunner:
             self._start_task(job)
             return _copy(job)
 
-    async def versions(self, job_id: str) -> list[Job]:
+    async def versions(self, job_id: str, tenant: str | None = None) -> list[Job]:
         """Every version of the job, oldest first; the last is `get(job_id)`."""
-        latest = await self.get(job_id)
+        latest = await self.get(job_id, tenant)
         return [*await self._jobs.versions(job_id), latest]
+
+    async def artifact(
+        self, request: orchestrator_pb2.GetArtifactRequest, tenant: str | None = None
+    ) -> tuple[common_pb2.ArtifactRef, bytes]:
+        """The artifact of a job version the request names, read from the store
+        and checked against its sha256 (DATA_LOSS otherwise)."""
+        check_artifact_request(request)
+        ref = select_artifact(request, await self.versions(request.job_id, tenant))
+        if self._store is None:
+            raise FailedPrecondition("this orchestrator has no object store to read from")
+        data = await asyncio.to_thread(get_artifact, self._store, ref.key, ref.sha256)
+        return ref, data
+
+    def pipelines(self) -> list[orchestrator_pb2.PipelineInfo]:
+        """The pipeline specs this runner runs, by name."""
+        return [
+            orchestrator_pb2.PipelineInfo(name=name, stages=spec.order, sha256=spec.sha256)
+            for name, spec in sorted(self._specs.items())
+        ]
 
     def _spec(self, name: str) -> PipelineSpec:
         spec = self._specs.get(name or DEFAULT_SPEC)
@@ -270,15 +309,16 @@ class JobRunner:
             raise InvalidArgument("pipeline", f"unknown pipeline spec {name!r}; known: {known}")
         return spec
 
-    async def get(self, job_id: str) -> Job:
+    async def get(self, job_id: str, tenant: str | None = None) -> Job:
+        """The job's latest version; NotFound when it is unknown or not `tenant`'s."""
         if not job_id:
             raise InvalidArgument("job_id", "must not be empty")
         live = self._live.get(job_id)
-        if live is not None:
-            return _copy(live)
-        job = await self._jobs.get(job_id)
-        if job is None:
+        job = _copy(live) if live is not None else await self._jobs.get(job_id)
+        if job is None or (tenant is not None and job.tenant != tenant):
             raise NotFound(f"job {job_id!r} not found")
+        if live is not None:
+            return job
         if job.state == orchestrator_pb2.JOB_STATE_SUCCEEDED:
             # A presigned URL expires; every GetJob hands out a fresh one.
             job.final_url = await self._executor.final_url(job.job_id, job.final) or job.final_url
@@ -288,19 +328,20 @@ class JobRunner:
         self,
         page_size: int = DEFAULT_PAGE_SIZE,
         state: orchestrator_pb2.JobState = orchestrator_pb2.JOB_STATE_UNSPECIFIED,
+        tenant: str | None = None,
     ) -> list[Job]:
-        """Newest first; only jobs in `state` unless it is UNSPECIFIED."""
+        """Newest first; only jobs in `state` unless it is UNSPECIFIED, only `tenant`'s."""
         if not 1 <= page_size <= MAX_PAGE_SIZE:
             raise InvalidArgument("page_size", f"must be in [1, {MAX_PAGE_SIZE}], got {page_size}")
         wanted = None if state == orchestrator_pb2.JOB_STATE_UNSPECIFIED else state
-        jobs = await self._jobs.list_jobs(page_size, wanted)
+        jobs = await self._jobs.list_jobs(page_size, wanted, tenant)
         return [_copy(self._live[j.job_id]) if j.job_id in self._live else j for j in jobs]
 
-    async def cancel(self, job_id: str) -> Job:
+    async def cancel(self, job_id: str, tenant: str | None = None) -> Job:
         """Cancel the job and its running stage call; a finished job is returned unchanged."""
+        job = await self.get(job_id, tenant)
         task = self._tasks.get(job_id)
         if task is None:
-            job = await self.get(job_id)
             if job.state in UNFINISHED:  # stored unfinished but not resumed yet
                 await self._executor.mark_cancelled(job)
             return job
@@ -311,9 +352,9 @@ class JobRunner:
         await asyncio.wait({task})
         return await self.get(job_id)
 
-    def watch(self, job_id: str) -> AsyncIterator[WatchJobResponse]:
+    def watch(self, job_id: str, tenant: str | None = None) -> AsyncIterator[WatchJobResponse]:
         """The snapshot, then every event, ending with `finished`."""
-        return self._hub.watch(job_id, self.get)
+        return self._hub.watch(job_id, functools.partial(self.get, tenant=tenant))
 
     # --- the job's task ---------------------------------------------------------
 

@@ -1,55 +1,135 @@
-"""OrchestratorService over gRPC: decode, delegate to the JobRunner, encode.
+"""OrchestratorService over gRPC: authenticate, decode, delegate to the JobRunner, encode.
 
 Errors are stageflow.core.errors exceptions; the shared ErrorInterceptor maps them.
+Each call names its caller's tenant to the runner, which does the scoping;
+every call made with authentication on leaves one audit log line.
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
 
 import grpc
 
+from stageflow.core.logging import get_logger
+from stageflow.orchestrator.artifacts import chunks
+from stageflow.orchestrator.auth import Authenticator, Principal, bearer
 from stageflow.orchestrator.runner import DEFAULT_PAGE_SIZE, JobRunner
 from stageflow.v1 import orchestrator_pb2, orchestrator_pb2_grpc
 
 SERVICE_NAME = orchestrator_pb2.DESCRIPTOR.services_by_name["OrchestratorService"].full_name
 
+audit = get_logger("stageflow.audit")
+
+
+@dataclass
+class _Call:
+    principal: Principal | None
+    job_id: str
+
+    @property
+    def tenant(self) -> str | None:
+        return None if self.principal is None else self.principal.tenant
+
 
 class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServiceServicer):
-    def __init__(self, runner: JobRunner) -> None:
+    def __init__(self, runner: JobRunner, auth: Authenticator | None = None) -> None:
         self._runner = runner
+        self._auth = auth
+
+    @asynccontextmanager
+    async def _call(
+        self, context: grpc.aio.ServicerContext, action: str, job_id: str = ""
+    ) -> AsyncIterator[_Call]:
+        """The call's principal (None with authentication off); with it on,
+        one audit line on the way out: tenant, key id, action, job id, outcome."""
+        if self._auth is None or not self._auth.enabled:
+            yield _Call(None, job_id)
+            return
+        call = _Call(None, job_id)
+        outcome = "OK"
+        try:
+            key = bearer(context.invocation_metadata() or ())
+            call.principal = await self._auth.authenticate(key)
+            yield call
+        except asyncio.CancelledError:
+            outcome = "CANCELLED"
+            raise
+        except Exception as err:
+            outcome = str(getattr(err, "code", "INTERNAL"))
+            raise
+        finally:
+            principal = call.principal
+            audit.info(
+                "audit",
+                tenant=principal.tenant if principal else "",
+                key_id=principal.key_id if principal else "",
+                action=action,
+                job_id=call.job_id,
+                outcome=outcome,
+            )
 
     async def SubmitJob(
         self, request: orchestrator_pb2.SubmitJobRequest, context: grpc.aio.ServicerContext
     ) -> orchestrator_pb2.SubmitJobResponse:
-        return orchestrator_pb2.SubmitJobResponse(job=await self._runner.submit(request))
+        async with self._call(context, "SubmitJob") as call:
+            job = await self._runner.submit(request, call.tenant)
+            call.job_id = job.job_id
+            return orchestrator_pb2.SubmitJobResponse(job=job)
 
     async def WatchJob(
         self, request: orchestrator_pb2.WatchJobRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[orchestrator_pb2.WatchJobResponse]:
-        async for event in self._runner.watch(request.job_id):
-            yield event
+        async with self._call(context, "WatchJob", request.job_id) as call:
+            async for event in self._runner.watch(request.job_id, call.tenant):
+                yield event
 
     async def GetJob(
         self, request: orchestrator_pb2.GetJobRequest, context: grpc.aio.ServicerContext
     ) -> orchestrator_pb2.GetJobResponse:
-        versions = await self._runner.versions(request.job_id)
-        return orchestrator_pb2.GetJobResponse(job=versions[-1], versions=versions)
+        async with self._call(context, "GetJob", request.job_id) as call:
+            versions = await self._runner.versions(request.job_id, call.tenant)
+            return orchestrator_pb2.GetJobResponse(job=versions[-1], versions=versions)
 
     async def ListJobs(
         self, request: orchestrator_pb2.ListJobsRequest, context: grpc.aio.ServicerContext
     ) -> orchestrator_pb2.ListJobsResponse:
-        # 0 is proto3's "not set": the default page.
-        page_size = request.page_size or DEFAULT_PAGE_SIZE
-        jobs = await self._runner.list_jobs(page_size, request.state)
-        return orchestrator_pb2.ListJobsResponse(jobs=jobs)
+        async with self._call(context, "ListJobs") as call:
+            # 0 is proto3's "not set": the default page.
+            page_size = request.page_size or DEFAULT_PAGE_SIZE
+            jobs = await self._runner.list_jobs(page_size, request.state, call.tenant)
+            return orchestrator_pb2.ListJobsResponse(jobs=jobs)
 
     async def CancelJob(
         self, request: orchestrator_pb2.CancelJobRequest, context: grpc.aio.ServicerContext
     ) -> orchestrator_pb2.CancelJobResponse:
-        return orchestrator_pb2.CancelJobResponse(job=await self._runner.cancel(request.job_id))
+        async with self._call(context, "CancelJob", request.job_id) as call:
+            job = await self._runner.cancel(request.job_id, call.tenant)
+            return orchestrator_pb2.CancelJobResponse(job=job)
 
     async def RerunJob(
         self, request: orchestrator_pb2.RerunJobRequest, context: grpc.aio.ServicerContext
     ) -> orchestrator_pb2.RerunJobResponse:
-        return orchestrator_pb2.RerunJobResponse(job=await self._runner.rerun(request))
+        async with self._call(context, "RerunJob", request.job_id) as call:
+            job = await self._runner.rerun(request, call.tenant)
+            return orchestrator_pb2.RerunJobResponse(job=job)
+
+    async def GetArtifact(
+        self, request: orchestrator_pb2.GetArtifactRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[orchestrator_pb2.GetArtifactResponse]:
+        async with self._call(context, "GetArtifact", request.job_id) as call:
+            ref, data = await self._runner.artifact(request, call.tenant)
+            for i, chunk in enumerate(chunks(data)):
+                # The artifact's identity rides on the first message only.
+                yield orchestrator_pb2.GetArtifactResponse(
+                    artifact=ref if i == 0 else None, data=chunk
+                )
+
+    async def ListPipelines(
+        self, request: orchestrator_pb2.ListPipelinesRequest, context: grpc.aio.ServicerContext
+    ) -> orchestrator_pb2.ListPipelinesResponse:
+        async with self._call(context, "ListPipelines"):
+            return orchestrator_pb2.ListPipelinesResponse(pipelines=self._runner.pipelines())

@@ -16,6 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TypeVar
 
+from stageflow.orchestrator.auth import ApiKey
 from stageflow.orchestrator.store import UNFINISHED
 from stageflow.v1 import orchestrator_pb2, stage_pb2
 
@@ -25,15 +26,12 @@ _SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
     job_id     TEXT PRIMARY KEY,
     request_id TEXT NOT NULL DEFAULT '',
+    tenant     TEXT NOT NULL DEFAULT '',  -- Job.tenant; '' with authentication off
     state      TEXT NOT NULL,     -- JobState name, readable from the sqlite3 shell
     created_at INTEGER NOT NULL,  -- unix microseconds
     updated_at INTEGER NOT NULL,
     job        BLOB NOT NULL      -- serialized stageflow.v1.Job
 );
--- Idempotent submit: one job per non-empty caller key.
-CREATE UNIQUE INDEX IF NOT EXISTS jobs_request_id ON jobs (request_id) WHERE request_id != '';
-CREATE INDEX IF NOT EXISTS jobs_created ON jobs (created_at);
-CREATE INDEX IF NOT EXISTS jobs_state_created ON jobs (state, created_at);
 -- Earlier versions of rerun jobs; the jobs row always holds the latest one.
 CREATE TABLE IF NOT EXISTS job_versions (
     job_id  TEXT NOT NULL,
@@ -49,7 +47,29 @@ CREATE TABLE IF NOT EXISTS stage_cache (
     created_at INTEGER NOT NULL,  -- unix microseconds
     result     BLOB NOT NULL      -- serialized stageflow.v1.StageResult (output, model, timing)
 );
+-- API keys (stageflow.orchestrator.auth): the keyed hash, never the key.
+CREATE TABLE IF NOT EXISTS api_keys (
+    key_id     TEXT PRIMARY KEY,
+    tenant     TEXT NOT NULL,
+    prefix     TEXT NOT NULL,
+    key_hash   TEXT NOT NULL,     -- hex HMAC-SHA256(server secret, key)
+    created_at INTEGER NOT NULL,  -- unix microseconds
+    revoked_at INTEGER NOT NULL DEFAULT 0
+);
 """
+
+# After the tables (and the migration of a file written before tenants).
+_INDEXES = """
+DROP INDEX IF EXISTS jobs_request_id;
+-- Idempotent submit: one job per non-empty caller key, per tenant.
+CREATE UNIQUE INDEX IF NOT EXISTS jobs_tenant_request_id
+    ON jobs (tenant, request_id) WHERE request_id != '';
+CREATE INDEX IF NOT EXISTS jobs_created ON jobs (created_at);
+CREATE INDEX IF NOT EXISTS jobs_state_created ON jobs (state, created_at);
+CREATE INDEX IF NOT EXISTS jobs_tenant_created ON jobs (tenant, created_at);
+"""
+
+_KEY_COLUMNS = "key_id, tenant, prefix, key_hash, created_at, revoked_at"
 
 
 def _state_name(state: orchestrator_pb2.JobState) -> str:
@@ -78,6 +98,10 @@ class SqliteJobStore:
         conn.execute("PRAGMA synchronous=NORMAL")
         conn.execute("PRAGMA busy_timeout=5000")
         conn.executescript(_SCHEMA)
+        columns = {row[1] for row in conn.execute("PRAGMA table_info(jobs)")}
+        if "tenant" not in columns:  # a file from before tenants: its jobs are tenant ''
+            conn.execute("ALTER TABLE jobs ADD COLUMN tenant TEXT NOT NULL DEFAULT ''")
+        conn.executescript(_INDEXES)
         return conn
 
     async def _call(self, fn: Callable[..., T], *args: object) -> T:
@@ -103,9 +127,10 @@ class SqliteJobStore:
         self,
         page_size: int = 50,
         state: orchestrator_pb2.JobState | None = None,
+        tenant: str | None = None,
     ) -> list[orchestrator_pb2.Job]:
-        """Newest first; only jobs in `state` when given."""
-        return await self._call(self._list_jobs, page_size, state)
+        """Newest first; only jobs in `state`, of `tenant`, when given."""
+        return await self._call(self._list_jobs, page_size, state, tenant)
 
     async def unfinished(self) -> list[orchestrator_pb2.Job]:
         """QUEUED and RUNNING jobs, oldest first (the order to resume them in)."""
@@ -130,6 +155,18 @@ class SqliteJobStore:
     async def cache_delete(self, key: str) -> None:
         await self._call(self._cache_delete, key)
 
+    async def create_key(self, key: ApiKey) -> None:
+        await self._call(self._create_key, key)
+
+    async def get_key(self, key_id: str) -> ApiKey | None:
+        return await self._call(self._get_key, key_id)
+
+    async def list_keys(self, tenant: str | None = None) -> list[ApiKey]:
+        return await self._call(self._list_keys, tenant)
+
+    async def revoke_key(self, key_id: str, revoked_at: int) -> ApiKey | None:
+        return await self._call(self._revoke_key, key_id, revoked_at)
+
     async def close(self) -> None:
         await self._call(self._conn.close)
         self._executor.shutdown(wait=True)
@@ -141,11 +178,12 @@ class SqliteJobStore:
     ) -> tuple[orchestrator_pb2.Job, bool]:
         try:
             self._conn.execute(
-                "INSERT INTO jobs (job_id, request_id, state, created_at, updated_at, job)"
-                " VALUES (?, ?, ?, ?, ?, ?)",
+                "INSERT INTO jobs (job_id, request_id, tenant, state, created_at, updated_at, job)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?)",
                 (
                     job.job_id,
                     request_id,
+                    job.tenant,
                     _state_name(job.state),
                     job.created_at.ToMicroseconds(),
                     job.updated_at.ToMicroseconds(),
@@ -156,7 +194,7 @@ class SqliteJobStore:
             if not request_id:
                 raise
             row = self._conn.execute(
-                "SELECT job FROM jobs WHERE request_id = ?", (request_id,)
+                "SELECT job FROM jobs WHERE tenant = ? AND request_id = ?", (job.tenant, request_id)
             ).fetchone()
             if row is None:  # the conflict was on job_id, not on the caller's key
                 raise
@@ -181,18 +219,20 @@ class SqliteJobStore:
             raise KeyError(f"no job {job.job_id!r} to update")
 
     def _list_jobs(
-        self, page_size: int, state: orchestrator_pb2.JobState | None
+        self, page_size: int, state: orchestrator_pb2.JobState | None, tenant: str | None
     ) -> list[orchestrator_pb2.Job]:
-        if state is None:
-            rows = self._conn.execute(
-                "SELECT job FROM jobs ORDER BY created_at DESC, rowid DESC LIMIT ?",
-                (page_size,),
-            )
-        else:
-            rows = self._conn.execute(
-                "SELECT job FROM jobs WHERE state = ? ORDER BY created_at DESC, rowid DESC LIMIT ?",
-                (_state_name(state), page_size),
-            )
+        where, args = [], []
+        if state is not None:
+            where.append("state = ?")
+            args.append(_state_name(state))
+        if tenant is not None:
+            where.append("tenant = ?")
+            args.append(tenant)
+        clause = f"WHERE {' AND '.join(where)} " if where else ""
+        rows = self._conn.execute(
+            f"SELECT job FROM jobs {clause}ORDER BY created_at DESC, rowid DESC LIMIT ?",
+            (*args, page_size),
+        )
         return [_decode(row[0]) for row in rows]
 
     def _unfinished(self) -> list[orchestrator_pb2.Job]:
@@ -230,3 +270,35 @@ class SqliteJobStore:
 
     def _cache_delete(self, key: str) -> None:
         self._conn.execute("DELETE FROM stage_cache WHERE key = ?", (key,))
+
+    def _create_key(self, key: ApiKey) -> None:
+        try:
+            self._conn.execute(
+                f"INSERT INTO api_keys ({_KEY_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?)",
+                (key.key_id, key.tenant, key.prefix, key.key_hash, key.created_at, key.revoked_at),
+            )
+        except sqlite3.IntegrityError:
+            raise KeyError(f"key id {key.key_id!r} exists") from None
+
+    def _get_key(self, key_id: str) -> ApiKey | None:
+        row = self._conn.execute(
+            f"SELECT {_KEY_COLUMNS} FROM api_keys WHERE key_id = ?", (key_id,)
+        ).fetchone()
+        return None if row is None else ApiKey(*row)
+
+    def _list_keys(self, tenant: str | None) -> list[ApiKey]:
+        if tenant is None:
+            rows = self._conn.execute(f"SELECT {_KEY_COLUMNS} FROM api_keys ORDER BY created_at")
+        else:
+            rows = self._conn.execute(
+                f"SELECT {_KEY_COLUMNS} FROM api_keys WHERE tenant = ? ORDER BY created_at",
+                (tenant,),
+            )
+        return [ApiKey(*row) for row in rows]
+
+    def _revoke_key(self, key_id: str, revoked_at: int) -> ApiKey | None:
+        self._conn.execute(
+            "UPDATE api_keys SET revoked_at = ? WHERE key_id = ? AND revoked_at = 0",
+            (revoked_at, key_id),
+        )
+        return self._get_key(key_id)

@@ -5,9 +5,10 @@ point's wiring depend on: the SQLite store (`sqlite_store.SqliteJobStore`,
 one orchestrator) implements it today, and a PostgreSQL store for several
 orchestrator replicas fills the same contract without the runner changing.
 
-The store holds three things: the latest version of every job (a whole
-serialized `Job`, with its state and timestamps as query columns), the earlier
-versions of rerun jobs, and the stage cache's entries. Every method is a
+The store holds four things: the latest version of every job (a whole
+serialized `Job`, with its state, tenant and timestamps as query columns), the
+earlier versions of rerun jobs, the stage cache's entries, and the API keys
+(`auth.ApiKey`: hashes, never keys). Every method is a
 coroutine that must not block the event loop.
 """
 
@@ -16,6 +17,7 @@ from __future__ import annotations
 import uuid
 from typing import Protocol
 
+from stageflow.orchestrator.auth import ApiKey
 from stageflow.v1 import orchestrator_pb2, stage_pb2
 
 Job = orchestrator_pb2.Job
@@ -51,10 +53,11 @@ class JobStore(Protocol):
 
     async def create(self, job: Job, request_id: str = "") -> tuple[Job, bool]:
         """Insert `job` and return it with True. With a non-empty `request_id`
-        already used by a stored job, insert nothing and return that job with
-        False (idempotent submit; the check and the insert are one atomic step,
-        so two concurrent submits with one key create one job). An empty key is
-        never a duplicate."""
+        already used by a stored job of the same tenant (`job.tenant`), insert
+        nothing and return that job with False (idempotent submit; the check
+        and the insert are one atomic step, so two concurrent submits with one
+        key create one job). An empty key is never a duplicate; another
+        tenant's use of the same key is not either."""
         ...
 
     async def get(self, job_id: str) -> Job | None:
@@ -68,10 +71,14 @@ class JobStore(Protocol):
         ...
 
     async def list_jobs(
-        self, page_size: int = 50, state: orchestrator_pb2.JobState | None = None
+        self,
+        page_size: int = 50,
+        state: orchestrator_pb2.JobState | None = None,
+        tenant: str | None = None,
     ) -> list[Job]:
         """At most `page_size` jobs, newest `created_at` first (ties: the later
-        insert first); only those in `state` when it is given."""
+        insert first); only those in `state` when it is given, only those of
+        `tenant` (`Job.tenant`) when it is given."""
         ...
 
     async def unfinished(self) -> list[Job]:
@@ -101,6 +108,24 @@ class JobStore(Protocol):
 
     async def cache_delete(self, key: str) -> None:
         """Drop the entry under `key`; a missing key is not an error."""
+        ...
+
+    async def create_key(self, key: ApiKey) -> None:
+        """Store a new API key record; an existing key id raises KeyError."""
+        ...
+
+    async def get_key(self, key_id: str) -> ApiKey | None:
+        """The key record with that id (revoked ones too), or None."""
+        ...
+
+    async def list_keys(self, tenant: str | None = None) -> list[ApiKey]:
+        """Key records, oldest first; only `tenant`'s when it is given."""
+        ...
+
+    async def revoke_key(self, key_id: str, revoked_at: int) -> ApiKey | None:
+        """Mark the key revoked at `revoked_at` (unix microseconds; a key
+        already revoked keeps its first time) and return it; None for an
+        unknown id. Every `get_key` after it returns sees it revoked."""
         ...
 
     async def close(self) -> None:

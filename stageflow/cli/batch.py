@@ -17,12 +17,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import grpc
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from stageflow.cli.jobs import JobSpec, Ui
 from stageflow.cli.render import job_state_name
-from stageflow.client import StageflowClient
+from stageflow.client import DeadlineExceeded, StageflowClient, StageflowClientError, Unavailable
 from stageflow.v1 import orchestrator_pb2 as pb
 
 # Keys of a bundle line -> JobSpec field (None: the same name).
@@ -36,7 +35,7 @@ _OPTION_KEYS = {
 KNOWN_KEYS = sorted({*_TEXT_KEYS, *_INT_KEYS, *_OPTION_KEYS, "stages", "options"})
 # The orchestrator being restarted is a pause, not a failure: keep retrying this long.
 RECONNECT_SECONDS = 120.0
-_RETRYABLE = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED})
+_RETRYABLE = (Unavailable, DeadlineExceeded)
 
 
 class BatchFileError(ValueError):
@@ -115,10 +114,10 @@ async def _retrying(what: str, call: Any, ui: Ui) -> Any:
     while True:
         try:
             return await call()
-        except grpc.aio.AioRpcError as err:
-            if err.code() not in _RETRYABLE or loop.time() + delay > deadline:
+        except _RETRYABLE as err:
+            if loop.time() + delay > deadline:
                 raise
-            ui.say(f"{what}: {err.code().name}, retrying in {delay:.1f}s")
+            ui.say(f"{what}: {err.status}, retrying in {delay:.1f}s")
         await asyncio.sleep(delay * random.uniform(0.5, 1.0))
         delay = min(delay * 2, 5.0)
 
@@ -133,12 +132,7 @@ async def _finished(client: StageflowClient, job_id: str) -> pb.Job:
         if kind == "snapshot":
             job = event.snapshot
     state = job_state_name(job.state) if job is not None else "unknown"
-    raise grpc.aio.AioRpcError(
-        grpc.StatusCode.UNAVAILABLE,
-        grpc.aio.Metadata(),
-        grpc.aio.Metadata(),
-        details=f"watch of job {job_id} ended while it was {state}",
-    )
+    raise Unavailable(f"watch of job {job_id} ended while it was {state}")
 
 
 async def _run_line(
@@ -159,13 +153,12 @@ async def _run_line(
         if job.state == pb.JOB_STATE_SUCCEEDED:
             summary["final_key"] = job.final.key
             if out_dir is not None:
-                data = await client.fetch_final(job)
                 path = out_dir / f"line{item.line:05d}-{job.job_id}.png"
-                await asyncio.to_thread(path.write_bytes, data)
+                await client.fetch_final(job, path=path)
                 summary["final_path"] = str(path)
-    except grpc.aio.AioRpcError as err:
+    except StageflowClientError as err:
         summary["status"] = summary["status"] or "error"
-        summary["error"] = f"{err.code().name}: {err.details()}"
+        summary["error"] = str(err)
     except Exception as err:  # one bad line must not sink the batch
         summary["status"] = summary["status"] or "error"
         summary["error"] = str(err)

@@ -5,93 +5,55 @@ run. Every process is started with `--port 0` and reports the port it bound
 through a port file, so several clusters can run side by side; readiness is the
 grpc.health.v1 answer SERVING, polled, never guessed with a sleep.
 
-Children run in their own sessions so that Ctrl-C reaches only the launcher,
-which then stops them in order. The flip side: a launcher killed with SIGKILL
-leaves them running; `stop()` (or the context manager) is the way out.
-start() blocks; from async code call it through asyncio.to_thread.
+The processes are `stageflow.serving.processes.ServerProcess`es: each in its
+own session (Ctrl-C reaches only the launcher, which then stops them in order,
+orchestrator first), and each dies with the launcher however it ends (SIGKILL
+included, through a parent-death signal). A launcher that should turn SIGTERM
+and SIGHUP into an orderly stop runs inside `processes.signals_interrupt()`
+(`stageflow up` does). start() blocks; from async code call it through
+asyncio.to_thread.
 """
 
 from __future__ import annotations
 
-import contextlib
 import os
-import signal
 import subprocess
 import sys
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import IO, Self
+from typing import Self
 
-STAGES: tuple[str, ...] = ("base", "refine", "upscale")
+from stageflow import kinds
+from stageflow.serving import processes
+from stageflow.serving.processes import ProcessError, ServerProcess
+
+# The stages a cluster runs unless told otherwise: the default pipeline's kinds.
+STAGES: tuple[str, ...] = kinds.default_pipeline()
 ORCHESTRATOR = "orchestrator"
-# Which fixture model folder each stage serves, relative to a models_dir laid
-# out like `stageflow models build-fixtures` output (random weights).
-STAGE_MODELS: Mapping[str, str] = {
-    "base": "tiny-sd",
-    "refine": "tiny-sd",
-    "upscale": "tiny-esrgan-x4",
-}
-# The default: the committed trained fixtures (`make fixtures-train`), which
-# draw what the prompt says ("a red circle on a blue background", 32 px).
-# The committed trained fixtures of a checkout (not shipped in the wheel).
+GATEWAY = "gateway"
+# The committed trained fixtures of a checkout (not shipped in the wheel): the
+# default, which draw what the prompt says ("a red circle on a blue
+# background", 32 px); a models_dir is laid out like `stageflow models
+# build-fixtures` output (random weights). Each kind declares its folder in both.
 TRAINED_MODELS_DIR = Path(__file__).resolve().parents[2] / "fixtures" / "trained"
-TRAINED_STAGE_MODELS: Mapping[str, str] = {
-    "base": "shapes-sd",
-    "refine": "shapes-sd",
-    "upscale": "shapes-esrgan-x4",
-}
-_POLL_S = 0.05
-_LOG_TAIL_LINES = 40
+
+
+def stage_models(trained: bool, names: Sequence[str] | None = None) -> dict[str, str]:
+    """Stage -> the fixture folder it serves (trained fixtures or build-fixtures')."""
+    found = [kinds.get(n) for n in names] if names is not None else kinds.all_kinds()
+    return {
+        k.name: (k.trained_folder or k.model_folder) if trained else k.model_folder for k in found
+    }
+
+
+STAGE_MODELS: Mapping[str, str] = stage_models(trained=False, names=STAGES)
+TRAINED_STAGE_MODELS: Mapping[str, str] = stage_models(trained=True, names=STAGES)
 
 
 class ClusterError(RuntimeError):
     """A process of the cluster could not be started or did not become ready."""
-
-
-@dataclass
-class _Proc:
-    name: str
-    argv: list[str]
-    popen: subprocess.Popen[bytes]
-    log: IO[bytes]
-    port: int | None = None
-    ready: bool = False
-
-
-def log_tail(path: Path, lines: int = _LOG_TAIL_LINES) -> str:
-    """The last lines of a log file, for error messages."""
-    try:
-        text = path.read_text(errors="replace")
-    except OSError:
-        return "(no log)"
-    tail = text.splitlines()[-lines:]
-    return "\n".join(tail) if tail else "(log is empty)"
-
-
-def _read_port(path: Path) -> int | None:
-    """The port in a port file, or None while it is missing or half written."""
-    try:
-        text = path.read_text().strip()
-    except OSError:
-        return None
-    return int(text) if text.isdigit() else None
-
-
-def _health_status(address: str, timeout: float = 1.0) -> str:
-    """grpc.health.v1 Check of the whole server: SERVING, NOT_SERVING, ... or UNREACHABLE."""
-    import grpc
-    from grpc_health.v1 import health_pb2, health_pb2_grpc
-
-    with grpc.insecure_channel(address) as channel:
-        stub = health_pb2_grpc.HealthStub(channel)
-        try:
-            reply = stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=timeout)
-        except grpc.RpcError:
-            return "UNREACHABLE"
-    return str(health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status))
 
 
 def _flag_value(args: Sequence[str], flag: str) -> str | None:
@@ -106,7 +68,8 @@ def _flag_value(args: Sequence[str], flag: str) -> str | None:
 
 
 class LocalCluster:
-    """Starts base, refine, upscale and the orchestrator as child processes.
+    """Starts the stages (base, refine, upscale unless `stages` names other
+    registered kinds) and the orchestrator as child processes.
 
     Use as a context manager (starts on enter, stops on exit) or call
     `start()` / `stop()`. Logs go to `<state_dir>/logs/<name>.log`.
@@ -125,22 +88,32 @@ class LocalCluster:
         extra_env: Mapping[str, str] | None = None,
         stage_args: Mapping[str, Sequence[str]] | None = None,
         orchestrator_args: Sequence[str] = (),
+        gateway_port: int | None = None,
+        gateway_args: Sequence[str] = (),
+        stages: Sequence[str] = STAGES,
     ) -> None:
         self.state_dir = Path(state_dir).resolve()
+        self.stages = tuple(stages)
         # No models_dir: the trained fixtures; a models_dir: build-fixtures' layout.
         self.models_dir = Path(models_dir).resolve() if models_dir else TRAINED_MODELS_DIR
-        self.stage_models = STAGE_MODELS if models_dir else TRAINED_STAGE_MODELS
+        self.trained = not models_dir
+        self.stage_models = stage_models(self.trained, self.stages)
         self.store_url = store_url or (self.state_dir / "store").as_uri()
         self.orchestrator_port = orchestrator_port
         self.torch_threads = torch_threads
         self._s3_keys = (s3_access_key, s3_secret_key)
         self._extra_env = dict(extra_env or {})
         self._stage_args = {name: list(args) for name, args in (stage_args or {}).items()}
-        unknown = set(self._stage_args) - set(STAGES)
+        unknown = set(self._stage_args) - set(self.stages)
         if unknown:
-            raise ValueError(f"stage_args names unknown stages {sorted(unknown)}; known: {STAGES}")
+            raise ValueError(
+                f"stage_args names unknown stages {sorted(unknown)}; known: {self.stages}"
+            )
         self._orchestrator_args = list(orchestrator_args)  # extra flags, e.g. --stage-cache false
-        self._procs: dict[str, _Proc] = {}
+        # The HTTP gateway in front of the orchestrator: None runs none, 0 any free port.
+        self.gateway_port = gateway_port
+        self._gateway_args = list(gateway_args)
+        self._procs: dict[str, ServerProcess] = {}
 
     # -- what callers read ---------------------------------------------------
 
@@ -155,6 +128,14 @@ class LocalCluster:
             return self.addresses[ORCHESTRATOR]
         except KeyError:
             raise ClusterError("the orchestrator is not running; call start() first") from None
+
+    @property
+    def gateway_url(self) -> str:
+        """http://127.0.0.1:port of the gateway (started with gateway_port set)."""
+        try:
+            return f"http://{self.addresses[GATEWAY]}"
+        except KeyError:
+            raise ClusterError("no gateway is running (start with gateway_port set)") from None
 
     def process(self, name: str) -> subprocess.Popen[bytes]:
         return self._proc(name).popen
@@ -185,32 +166,36 @@ class LocalCluster:
             (self.state_dir / sub).mkdir(parents=True, exist_ok=True)
         deadline = time.monotonic() + timeout
         try:
-            for stage in STAGES:
+            for stage in self.stages:
                 self._spawn(stage, self._stage_argv(stage, port=0))
-            self._wait_ready(STAGES, deadline, timeout)
+            self._wait_ready(self.stages, deadline, timeout)
             self._spawn(ORCHESTRATOR, self._orchestrator_argv(self.orchestrator_port))
             self._wait_ready((ORCHESTRATOR,), deadline, timeout)
+            if self.gateway_port is not None:
+                self._spawn(GATEWAY, self._gateway_argv(self.gateway_port))
+                self._wait_ready((GATEWAY,), deadline, timeout)
         except BaseException:
             self.stop(grace=5)
             raise
 
     def stop(self, grace: float = 15) -> None:
-        """SIGTERM the orchestrator, then the stages; SIGKILL what outlives `grace`.
+        """SIGTERM the gateway, the orchestrator, then the stages; SIGKILL what outlives `grace`.
 
-        Safe to call twice, and on a cluster that never started.
+        Safe to call twice, and on a cluster that never started. A signal that
+        arrives meanwhile hurries the stop instead of cutting it short.
         """
-        if ORCHESTRATOR in self._procs:
-            self._terminate([self._procs[ORCHESTRATOR]], grace)
-        self._terminate([self._procs[n] for n in STAGES if n in self._procs], grace)
-        for proc in self._procs.values():
-            proc.log.close()
-        self._procs.clear()
+        with processes.stopping():
+            if GATEWAY in self._procs:
+                processes.stop_all([self._procs[GATEWAY]], grace)
+            if ORCHESTRATOR in self._procs:
+                processes.stop_all([self._procs[ORCHESTRATOR]], grace)
+            processes.stop_all([self._procs[n] for n in self.stages if n in self._procs], grace)
+            self._procs.clear()
 
     def restart(self, name: str, timeout: float = 120, grace: float = 15) -> None:
         """Stop one process and start it again on the same port (the others keep its address)."""
         old = self._proc(name)
-        self._terminate([old], grace)
-        old.log.close()
+        old.stop(grace)
         argv = old.argv
         if old.port is not None:
             argv = self._with_port(argv, old.port)
@@ -233,7 +218,7 @@ class LocalCluster:
 
     # -- internals -------------------------------------------------------------
 
-    def _proc(self, name: str) -> _Proc:
+    def _proc(self, name: str) -> ServerProcess:
         try:
             return self._procs[name]
         except KeyError:
@@ -244,12 +229,12 @@ class LocalCluster:
     def _check_models(self) -> None:
         missing = [
             f"{stage}: {path}"
-            for stage in STAGES
+            for stage in self.stages
             if not (path := self.model_path(stage)).is_dir() or not any(path.iterdir())
         ]
         if not missing:
             return
-        if self.stage_models is TRAINED_STAGE_MODELS:
+        if self.trained:
             hint = "Restore the committed trained fixtures or retrain them: `make fixtures-train`."
         else:
             build = f"stageflow models build-fixtures --out {self.models_dir}"
@@ -266,7 +251,7 @@ class LocalCluster:
         ]  # fmt: skip
 
     def _stage_argv(self, stage: str, port: int) -> list[str]:
-        argv = [*self._launcher(f"stageflow.services.{stage}"), *self._common_argv(stage, port)]
+        argv = [*self._launcher("stageflow.stage", stage), *self._common_argv(stage, port)]
         argv += ["--torch-threads", str(self.torch_threads)]
         extra = self._stage_args.get(stage, [])
         if _flag_value(extra, "--model-path") is None:
@@ -276,14 +261,24 @@ class LocalCluster:
     def _orchestrator_argv(self, port: int) -> list[str]:
         argv = [*self._launcher("stageflow.orchestrator"), *self._common_argv(ORCHESTRATOR, port)]
         argv += ["--db-path", str(self.state_dir / "orchestrator.sqlite")]
-        for stage in STAGES:
-            argv += [f"--{stage}-address", self.addresses[stage]]
+        argv += ["--stages", ";".join(f"{s}={self.addresses[s]}" for s in self.stages)]
         return argv + self._orchestrator_args
 
+    def _gateway_argv(self, port: int) -> list[str]:
+        return [
+            *self._launcher("stageflow.gateway"),
+            "--host", "127.0.0.1",
+            "--port", str(port),
+            "--port-file", str(self.port_file(GATEWAY)),
+            "--orchestrator-address", self.orchestrator_address,
+            "--log-json", "true",
+            *self._gateway_args,
+        ]  # fmt: skip
+
     @staticmethod
-    def _launcher(module: str) -> list[str]:
+    def _launcher(module: str, *args: str) -> list[str]:
         """The command that runs a module (tests swap in a fake service here)."""
-        return [sys.executable, "-m", module]
+        return [sys.executable, "-m", module, *args]
 
     @staticmethod
     def _with_port(argv: list[str], port: int) -> list[str]:
@@ -302,63 +297,33 @@ class LocalCluster:
         return env
 
     def _spawn(self, name: str, argv: list[str], append_log: bool = False) -> None:
-        self.port_file(name).unlink(missing_ok=True)
-        log = self.log_path(name).open("ab" if append_log else "wb")
-        # A new session: Ctrl-C in the terminal reaches only us, and we stop the
-        # children in order (orchestrator first) instead of all dying at once.
-        popen = subprocess.Popen(
+        proc = ServerProcess(
+            name,
             argv,
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
+            log=self.log_path(name),
+            port_file=self.port_file(name),
+            ready=(lambda: _http_ready(proc)) if name == GATEWAY else None,
             env=self._env(),
-            start_new_session=True,
+            append_log=append_log,
         )
-        self._procs[name] = _Proc(name=name, argv=argv, popen=popen, log=log)
+        self._procs[name] = proc.start()
 
     def _wait_ready(self, names: Sequence[str], deadline: float, timeout: float) -> None:
-        pending = [self._procs[n] for n in names]
-        status: dict[str, str] = {}
-        while pending:
-            for proc in list(pending):
-                rc = proc.popen.poll()
-                if rc is not None:
-                    log = self.log_path(proc.name)
-                    raise ClusterError(
-                        f"{proc.name} exited with status {rc} before it was ready. "
-                        f"Last lines of {log}:\n{log_tail(log)}"
-                    )
-                if proc.port is None:
-                    proc.port = _read_port(self.port_file(proc.name))
-                    status[proc.name] = "no port file yet"
-                if proc.port is not None:
-                    status[proc.name] = _health_status(f"127.0.0.1:{proc.port}")
-                    if status[proc.name] == "SERVING":
-                        proc.ready = True
-                        pending.remove(proc)
-            if not pending:
-                return
-            if time.monotonic() > deadline:
-                name = pending[0].name
-                raise ClusterError(
-                    f"{name} not ready after {timeout:.0f}s ({status.get(name)}). "
-                    f"Last lines of {self.log_path(name)}:\n{log_tail(self.log_path(name))}"
-                )
-            time.sleep(_POLL_S)
+        try:
+            processes.wait_ready(
+                [self._procs[n] for n in names], max(0.0, deadline - time.monotonic())
+            )
+        except ProcessError as e:
+            raise ClusterError(str(e)) from e
 
-    @staticmethod
-    def _terminate(procs: Sequence[_Proc], grace: float) -> None:
-        live = [p for p in procs if p.popen.poll() is None]
-        for p in live:
-            with contextlib.suppress(ProcessLookupError):
-                p.popen.send_signal(signal.SIGTERM)
-        deadline = time.monotonic() + grace
-        for p in live:
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                p.popen.wait(timeout=max(0.0, deadline - time.monotonic()))
-        for p in live:
-            if p.popen.poll() is None:
-                # The whole group: a straggler's own children must not outlive it.
-                with contextlib.suppress(ProcessLookupError, PermissionError):
-                    os.killpg(p.popen.pid, signal.SIGKILL)
-                p.popen.wait()
+
+def _http_ready(proc: ServerProcess) -> bool:
+    """The gateway's /readyz answers 200 (it is HTTP: no grpc.health)."""
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"http://{proc.address}/readyz", timeout=1) as reply:
+            return bool(reply.status == 200)
+    except urllib.error.URLError:
+        return False

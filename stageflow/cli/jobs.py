@@ -22,8 +22,8 @@ from stageflow.cli.render import (
     timing_table,
     to_json,
 )
+from stageflow.cli.telemetry import tag_job
 from stageflow.client import StageflowClient
-from stageflow.serving import tracing
 from stageflow.v1 import orchestrator_pb2 as pb
 
 EXIT_INTERRUPTED = 130
@@ -130,12 +130,6 @@ async def watch_until_done(client: StageflowClient, job_id: str, ui: Ui) -> pb.J
     return finished if finished is not None else await client.get(job_id)
 
 
-def _save(path: Path, data: bytes) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(data)
-    return path
-
-
 async def follow(client: StageflowClient, job_id: str, *, out_dir: Path | None, ui: Ui) -> int:
     """Watch a job to its end, download its final image into out_dir, report; the exit code."""
     try:
@@ -146,8 +140,9 @@ async def follow(client: StageflowClient, job_id: str, *, out_dir: Path | None, 
         return EXIT_INTERRUPTED
     path: Path | None = None
     if job.state == pb.JOB_STATE_SUCCEEDED and out_dir is not None:
-        data = await client.fetch_final(job)
-        path = await asyncio.to_thread(_save, out_dir / f"{job.job_id}.png", data)
+        # Through the orchestrator (GetArtifact), verified: no store, no URL.
+        path = out_dir / f"{job.job_id}.png"
+        await client.fetch_final(job, path=path)
     if ui.as_json:
         ui.emit_json({"job": job_dict(job), "final_path": str(path) if path else None})
     else:
@@ -170,7 +165,7 @@ async def submit_and_follow(
 ) -> int:
     """Submit a job; unless told not to wait, follow it to the end (see `follow`)."""
     job = await client.submit(**dataclasses.asdict(spec))
-    tracing.tag_job(job.job_id)  # the command's root span, and the calls after it
+    tag_job(job.job_id)  # the command's root span, and the calls after it
     if not wait:
         if ui.as_json:
             ui.emit_json({"job": job_dict(job), "final_path": None})

@@ -20,6 +20,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from stageflow.cli.keys import keys_app
 from stageflow.cli.loadtest import loadtest
 from stageflow.cli.models import models_app
 
@@ -36,6 +37,7 @@ app = typer.Typer(
     pretty_exceptions_show_locals=False,
 )
 app.add_typer(models_app, name="models", no_args_is_help=True)
+app.add_typer(keys_app, name="keys", no_args_is_help=True)
 app.command()(loadtest)
 
 # gRPC statuses that mean "you asked for something wrong", as opposed to "it broke".
@@ -92,10 +94,16 @@ def _expected_errors(address: str | None = None) -> Iterator[None]:
     import grpc
 
     from stageflow.cli.cluster import ClusterError
+    from stageflow.client.errors import StageflowClientError
     from stageflow.core.errors import StageflowError
 
     try:
         yield
+    except StageflowClientError as err:
+        message = str(err)
+        if err.status == "UNAVAILABLE" and address:
+            message += f" (is an orchestrator running at {address}? `stageflow up` starts one)"
+        _fail(message, EXIT_USAGE if err.status in USAGE_STATUSES else EXIT_FAILURE)
     except grpc.RpcError as err:
         code = err.code().name if hasattr(err, "code") else "UNKNOWN"
         details = err.details() if hasattr(err, "details") else str(err)
@@ -126,19 +134,20 @@ def _with_client(
     """Run `body` with a client in a fresh event loop, then exit with its code.
 
     The command is one root span (`cli <command>`) when STAGEFLOW_TRACING_EXPORTER
-    is set, so a job's trace starts where the person or script asked for it.
+    is set and the serving extra is installed, so a job's trace starts where the
+    person or script asked for it.
     """
+    from stageflow.cli import telemetry
     from stageflow.client import StageflowClient
-    from stageflow.serving import tracing
 
     async def main() -> int:
-        attributes = {tracing.JOB_ID: job_id} if job_id else {}
-        with tracing.tracer.start_as_current_span(f"cli {command}", attributes=attributes):
-            async with StageflowClient(address) as client:
+        with telemetry.command_span(command, job_id):
+            interceptors = telemetry.client_interceptors()
+            async with StageflowClient(address, interceptors=interceptors) as client:
                 return await body(client)
 
     with _expected_errors(address):
-        stop_tracing = tracing.configure_tracing_from_env("cli")
+        stop_tracing = telemetry.start("cli")
         try:
             code = asyncio.run(main())
         finally:
@@ -149,7 +158,8 @@ def _with_client(
 @contextlib.contextmanager
 def _signals_ignored() -> Iterator[None]:
     """A second Ctrl-C must not cut an orderly shutdown short and orphan children."""
-    previous = {sig: signal.signal(sig, signal.SIG_IGN) for sig in (signal.SIGINT, signal.SIGTERM)}
+    stop_signals = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+    previous = {sig: signal.signal(sig, signal.SIG_IGN) for sig in stop_signals}
     try:
         yield
     finally:
@@ -185,9 +195,14 @@ def up(
     ] = None,
     port: Annotated[int, typer.Option(help="Orchestrator port (0: any free one).")] = 50051,
     threads: Annotated[int, typer.Option(help="Torch threads per stage.")] = 1,
+    gateway_port: Annotated[
+        int, typer.Option(help="HTTP gateway port (0: any free one; -1: no gateway).")
+    ] = 8080,
 ) -> None:
-    """Start the three stages and the orchestrator on loopback; Ctrl-C stops them."""
+    """Start the three stages, the orchestrator and the HTTP gateway on loopback;
+    Ctrl-C stops them. Authentication is off: every caller sees every job."""
     from stageflow.cli.cluster import LocalCluster
+    from stageflow.serving.processes import signals_interrupt
 
     ui = _ui()
     cluster = LocalCluster(
@@ -196,35 +211,42 @@ def up(
         store_url=store_url,
         orchestrator_port=port,
         torch_threads=threads,
+        gateway_port=gateway_port if gateway_port >= 0 else None,
     )
-    # SIGTERM behaves like Ctrl-C, so `kill` also stops the children in order.
-    previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
     code = 0
-    try:
-        with _expected_errors():
-            ui.say(f"starting stages and orchestrator (logs in {cluster.state_dir / 'logs'}) ...")
-            try:
-                cluster.start()
-                _print_addresses(cluster, ui.out)
-                ui.out.print(
-                    Text(
-                        f"submit a job: stageflow submit --address {cluster.orchestrator_address} "
-                        '--base "a red circle on a blue background" --style "moody cinematic"\n'
-                        "stop with Ctrl-C"
-                    )
+    # SIGTERM and SIGHUP behave like Ctrl-C, so `kill` and a closed terminal also
+    # stop the children in order (a SIGKILL leaves it to their parent-death signal).
+    with signals_interrupt(), _expected_errors():
+        ui.say(f"starting stages and orchestrator (logs in {cluster.state_dir / 'logs'}) ...")
+        try:
+            cluster.start()
+            _print_addresses(cluster, ui.out)
+            if cluster.gateway_port is not None:
+                ui.out.print(Text(f"gateway: {cluster.gateway_url} (API docs: /docs)"))
+            ui.out.print(
+                Text(
+                    "authentication is OFF (embedded cluster): any local caller can read "
+                    "and cancel every job"
                 )
-                code = _wait_for_exit(cluster, ui)
-            finally:
-                with _signals_ignored():
+            )
+            ui.out.print(
+                Text(
+                    f"submit a job: stageflow submit --address {cluster.orchestrator_address} "
+                    '--base "a red circle on a blue background" --style "moody cinematic"\n'
+                    "stop with Ctrl-C"
+                )
+            )
+            code = _wait_for_exit(cluster, ui)
+        finally:
+            with _signals_ignored():
+                with contextlib.suppress(OSError):  # a hung-up terminal
                     ui.say("stopping ...")
-                    cluster.stop()
-    finally:
-        signal.signal(signal.SIGTERM, previous)
+                cluster.stop()
     raise typer.Exit(code)
 
 
 def _wait_for_exit(cluster: LocalCluster, ui: Ui) -> int:
-    """Block until Ctrl-C/SIGTERM (0) or until a child dies on its own (1)."""
+    """Block until Ctrl-C/SIGTERM/SIGHUP (0) or until a child dies on its own (1)."""
     try:
         while True:
             for name in cluster.addresses:
@@ -436,7 +458,7 @@ def rerun(
     from stageflow.cli.jobs import follow
     from stageflow.cli.render import job_state_name
     from stageflow.cli.rerun import parse_sets
-    from stageflow.serving import tracing
+    from stageflow.cli.telemetry import tag_job
 
     with _expected_errors():
         overrides = parse_sets(from_stage, sets or [])
@@ -444,7 +466,7 @@ def rerun(
 
     async def body(client: StageflowClient) -> int:
         job = await client.rerun(job_id, from_stage, **overrides.client_kwargs())
-        tracing.tag_job(job.job_id)
+        tag_job(job.job_id)
         if not as_json:
             ui.say(f"job {job.job_id} version {job.version}: {job_state_name(job.state)}")
         if no_wait:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, NoReturn
@@ -61,13 +60,18 @@ def _errors() -> Iterator[None]:
 
 
 def _open(root: str | None) -> ModelRepository:
-    from stageflow.inference.repository import ModelRepository, default_root
+    from stageflow.cli.settings import ModelCommandSettings, from_environment
+    from stageflow.inference.repository import ModelRepository
+    from stageflow.stage import codec
 
+    codec.install()  # model.yaml may name a kind a plugin declares
+    settings = from_environment(ModelCommandSettings)
     return ModelRepository(
-        root or default_root(),
-        access_key=os.environ.get("STAGEFLOW_S3_ACCESS_KEY", ""),
-        secret_key=os.environ.get("STAGEFLOW_S3_SECRET_KEY", ""),
-        region=os.environ.get("STAGEFLOW_S3_REGION", ""),
+        root or settings.model_repository,
+        access_key=settings.s3_access_key,
+        secret_key=settings.s3_secret_key.get_secret_value(),
+        region=settings.s3_region,
+        cache_dir=settings.model_cache,
     )
 
 

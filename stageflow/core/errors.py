@@ -57,3 +57,9 @@ class Cancelled(StageflowError):
 
 class DeadlineExceeded(StageflowError):
     code = "DEADLINE_EXCEEDED"
+
+
+class Unauthenticated(StageflowError):
+    """No API key, a malformed or unknown one, or a revoked one."""
+
+    code = "UNAUTHENTICATED"

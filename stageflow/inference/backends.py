@@ -36,6 +36,9 @@ class BackendOptions:
     providers: tuple[str, ...] = ()
     # Intra-op threads (0: the runtime's default); pinned for reproducible output.
     threads: int = 0
+    # Where built engines are cached, for the backends that build them (tensorrt);
+    # None: the backend's default.
+    engine_cache: Path | None = None
 
 
 class BackendUnavailable(FailedPrecondition):
@@ -104,13 +107,13 @@ def _export_fingerprint(folder: Path) -> str:
 def _trt_diffusion(folder: Path, options: BackendOptions) -> DiffusionParts:
     from stageflow.inference.tensorrt.runtime import load_trt_parts
 
-    return load_trt_parts(folder, options.device)
+    return load_trt_parts(folder, options.device, cache_dir=options.engine_cache)
 
 
 def _trt_upscaler(folder: Path, options: BackendOptions) -> tuple[UpscaleNet, int]:
     from stageflow.inference.tensorrt.runtime import load_trt_upscaler
 
-    return load_trt_upscaler(folder, options.device)
+    return load_trt_upscaler(folder, options.device, cache_dir=options.engine_cache)
 
 
 BACKENDS: dict[str, Backend] = {

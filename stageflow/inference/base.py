@@ -54,6 +54,7 @@ class LocalModel(StageModel, abc.ABC):
         max_side: int = 1024,
         backend: str = "torch",
         providers: Sequence[str] = (),
+        engine_cache: Path | None = None,
     ) -> None:
         self.path = Path(path)
         self.name = name or self.path.name
@@ -65,11 +66,14 @@ class LocalModel(StageModel, abc.ABC):
         self.runtime = backends.backend(backend, providers)
         self.backend = backend
         self.providers = tuple(providers)
+        self.engine_cache = engine_cache
         self._identity: ModelIdentity | None = None
 
     @property
     def backend_options(self) -> backends.BackendOptions:
-        return backends.BackendOptions(self.device, self.providers, self.torch_threads)
+        return backends.BackendOptions(
+            self.device, self.providers, self.torch_threads, self.engine_cache
+        )
 
     @property
     def loaded(self) -> bool:

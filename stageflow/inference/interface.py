@@ -13,7 +13,7 @@ import dataclasses
 import enum
 from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
 
 from PIL import Image
 
@@ -21,9 +21,52 @@ from stageflow.core.errors import InvalidArgument
 
 
 class StageKind(enum.StrEnum):
+    """The model layer's own kinds. A kind is a plain string: a kind declared
+    elsewhere (stageflow.kinds) names its params type with `stage_params`."""
+
     TXT2IMG = "txt2img"
     REFINE = "refine"
     UPSCALE = "upscale"
+
+
+# Model kind -> the dataclass of its parameters, filled by `stage_params`.
+_PARAMS_TYPES: dict[str, type] = {}
+
+
+_T = TypeVar("_T", bound=type)
+
+
+def stage_params(kind: str) -> Callable[[_T], _T]:
+    """Class decorator: `cls` is the parameter type of models of `kind`.
+
+    The model repository validates model.yaml defaults against it, and the
+    stage codec decodes requests into it.
+    """
+
+    def register(cls: _T) -> _T:
+        if not dataclasses.is_dataclass(cls):
+            raise TypeError(f"{cls.__name__}: stage params must be a dataclass")
+        known = _PARAMS_TYPES.get(kind)
+        if known is not None and known.__qualname__ != cls.__qualname__:
+            raise ValueError(f"kind {kind!r} already has params type {known.__name__}")
+        _PARAMS_TYPES[kind] = cls
+        return cls
+
+    return register
+
+
+def params_type_of(kind: str) -> type:
+    """The params dataclass of `kind`; ValueError naming the known kinds."""
+    try:
+        return _PARAMS_TYPES[kind]
+    except KeyError:
+        raise ValueError(
+            f"unknown stage kind {kind!r}; known: {', '.join(known_kinds())}"
+        ) from None
+
+
+def known_kinds() -> tuple[str, ...]:
+    return tuple(_PARAMS_TYPES)
 
 
 def bounded(lo: float, hi: float) -> dict[str, Any]:
@@ -31,6 +74,7 @@ def bounded(lo: float, hi: float) -> dict[str, Any]:
     return {"range": (lo, hi)}
 
 
+@stage_params(StageKind.TXT2IMG)
 @dataclass(frozen=True)
 class Txt2ImgParams:
     prompt: str
@@ -65,12 +109,22 @@ class TextPlacement(enum.StrEnum):
     CENTER = "center"
 
 
+# The strength an unset `strength` takes by what the pass does: img2img
+# re-noises a third, inpainting repaints most of its region, and the
+# typography pass only harmonises text drawn exactly (a light inpaint).
+STRENGTH_IMG2IMG = 0.35
+STRENGTH_INPAINT = 0.75
+STRENGTH_TEXT = 0.3
+
+
+@stage_params(StageKind.REFINE)
 @dataclass(frozen=True)
 class RefineParams:
     prompt: str
     negative_prompt: str = ""
     mode: RefineMode = RefineMode.IMG2IMG
-    strength: float = field(default=0.5, metadata=bounded(0.01, 1.0))
+    # None: by mode (STRENGTH_IMG2IMG, STRENGTH_INPAINT, STRENGTH_TEXT with text).
+    strength: float = field(default=None, metadata=bounded(0.01, 1.0))  # type: ignore[assignment]
     steps: int = field(default=40, metadata=bounded(1, 200))
     guidance_scale: float = field(default=7.5, metadata=bounded(1.0, 30.0))
     seed: int = field(default=42, metadata=bounded(0, 2**63 - 1))
@@ -95,12 +149,23 @@ class RefineParams:
     # Harmonising passes (seed, seed + 1, ...) before falling back to the exact render.
     max_attempts: int = field(default=3, metadata=bounded(1, 10))
 
+    def __post_init__(self) -> None:
+        if self.strength is None:
+            if self.text:
+                strength = STRENGTH_TEXT
+            elif self.mode == RefineMode.INPAINT:
+                strength = STRENGTH_INPAINT
+            else:
+                strength = STRENGTH_IMG2IMG
+            object.__setattr__(self, "strength", strength)
+
 
 class UpscaleMode(enum.StrEnum):
     LEARNED = "learned"
     LANCZOS = "lanczos"
 
 
+@stage_params(StageKind.UPSCALE)
 @dataclass(frozen=True)
 class UpscaleParams:
     mode: UpscaleMode = UpscaleMode.LEARNED
@@ -152,7 +217,7 @@ class ModelIdentity:
 class ModelDescription:
     """What a loaded model accepts; served by Describe and used to validate."""
 
-    kind: StageKind
+    kind: str
     identity: ModelIdentity
     min_side: int
     max_side: int
@@ -228,7 +293,7 @@ class StageModel(abc.ABC):
     called from a worker thread, at most `max_concurrency` at a time.
     """
 
-    kind: ClassVar[StageKind]
+    kind: ClassVar[str]
     params_type: ClassVar[type]
 
     @abc.abstractmethod

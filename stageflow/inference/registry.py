@@ -21,6 +21,18 @@ FAMILY_PATHS: dict[str, str] = {
 }
 
 
+def register_family(family: str, target: str) -> None:
+    """Add a family ("module:Class"), e.g. one a stage kind declared outside
+    stageflow brings (stageflow.kinds `family_classes`); the same name twice
+    must name the same class."""
+    known = FAMILY_PATHS.get(family)
+    if known is not None and known != target:
+        raise ValueError(f"model family {family!r} is already {known}, not {target}")
+    if ":" not in target:
+        raise ValueError(f"model family {family!r}: expected module:Class, got {target!r}")
+    FAMILY_PATHS[family] = target
+
+
 def families() -> list[str]:
     return sorted(FAMILY_PATHS)
 
@@ -51,9 +63,10 @@ def create_model(
     "onnxruntime" over an `export_onnx` folder, "tensorrt"); `providers` are
     onnxruntime execution providers ("cpu", "cuda", "tensorrt" or full names).
     Other kwargs are the shared constructor's: name, version, device,
-    torch_threads, max_side. An unknown backend, or providers for a backend
-    without them, raise ValueError here; a missing runtime or provider raises
-    FailedPrecondition at load().
+    torch_threads, max_side, engine_cache (where tensorrt caches its engines).
+    An unknown backend, or providers for a backend without them, raise
+    ValueError here; a missing runtime or provider raises FailedPrecondition
+    at load().
     """
     cls = model_class(family)
     return cls(Path(path), backend=backend, providers=providers, **kwargs)  # type: ignore[call-arg]

@@ -30,7 +30,6 @@ import dataclasses
 import enum
 import hashlib
 import json
-import os
 import re
 import shutil
 import tempfile
@@ -39,21 +38,29 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Annotated, Any, Protocol
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from stageflow.core.errors import DataLoss, FailedPrecondition, InvalidArgument, NotFound
 from stageflow.core.logging import get_logger
 from stageflow.core.storage import ObjectStore, check_key, open_location, parse_store_url
-from stageflow.inference.interface import RefineParams, StageKind, Txt2ImgParams, UpscaleParams
+from stageflow.inference.interface import StageKind, params_type_of
 
 log = get_logger(__name__)
 
 MANIFEST = "model.yaml"
 LATEST = "latest"
-DEFAULT_ROOT = "models/repository"
+# Where an S3 repository's versions are downloaded when the caller names no folder.
 DEFAULT_CACHE = "var/model-cache"
 # Names and versions become key segments and folder names: keep them plain.
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
@@ -78,23 +85,9 @@ COMPILE_BACKENDS: Mapping[str, Backend] = {
     "tensorrt": Backend.TENSORRT,
 }
 
-_PARAMS_TYPES: Mapping[StageKind, type] = {
-    StageKind.TXT2IMG: Txt2ImgParams,
-    StageKind.REFINE: RefineParams,
-    StageKind.UPSCALE: UpscaleParams,
-}
-
 
 class InvalidManifest(FailedPrecondition):
     """A model.yaml that does not parse or validate; the message names the field."""
-
-
-def default_root() -> str:
-    return os.environ.get("STAGEFLOW_MODEL_REPOSITORY") or DEFAULT_ROOT
-
-
-def default_cache_dir() -> Path:
-    return Path(os.environ.get("STAGEFLOW_MODEL_CACHE") or DEFAULT_CACHE)
 
 
 def check_name(value: str, field: str) -> str:
@@ -129,12 +122,12 @@ def version_order(version: str) -> tuple[tuple[int, int, str], ...]:
     )
 
 
-def defaultable_params(kind: StageKind) -> dict[str, dataclasses.Field[Any]]:
+def defaultable_params(kind: str) -> dict[str, dataclasses.Field[Any]]:
     """Parameters a model.yaml may give defaults for: the numeric ones."""
     return {
         f.name: f
-        for f in dataclasses.fields(_PARAMS_TYPES[kind])
-        if f.type in ("int", "float") or "range" in f.metadata
+        for f in dataclasses.fields(params_type_of(kind))
+        if f.type in ("int", "float", int, float) or "range" in f.metadata
     }
 
 
@@ -164,6 +157,11 @@ class FileEntry(BaseModel):
     size: int = Field(ge=0)
 
 
+def _known_kind(kind: str) -> str:
+    params_type_of(kind)  # ValueError naming the known kinds
+    return str(kind)
+
+
 class ModelVersion(BaseModel):
     """One version of a model: the contents of its model.yaml."""
 
@@ -172,13 +170,16 @@ class ModelVersion(BaseModel):
     manifest_version: int = Field(default=1, ge=1, le=1, description="model.yaml schema version.")
     name: str = Field(pattern=_NAME.pattern)
     version: str = Field(pattern=_NAME.pattern)
-    kinds: list[StageKind] = Field(min_length=1, description="Stage kinds it serves.")
+    kinds: list[Annotated[str, AfterValidator(_known_kind)]] = Field(
+        min_length=1, description="Stage kinds it serves."
+    )
     format: ModelFormat
     architecture: str = Field(default="", description="e.g. sd, sdxl, rrdbnet-x4.")
     backend: Backend
     sizes: Sizes
-    defaults: dict[StageKind, dict[str, int | float]] = Field(
-        default_factory=dict, description="Parameter defaults per stage kind."
+    defaults: dict[str, dict[str, int | float]] = Field(
+        default_factory=dict,
+        description="Parameter defaults per stage kind, over the model class's own.",
     )
     fingerprint: str = Field(pattern=_SHA256)
     files: dict[str, FileEntry] = Field(min_length=1)
@@ -194,10 +195,10 @@ class ModelVersion(BaseModel):
 
     @field_validator("kinds")
     @classmethod
-    def _unique_kinds(cls, kinds: list[StageKind]) -> list[StageKind]:
+    def _unique_kinds(cls, kinds: list[str]) -> list[str]:
         if len(set(kinds)) != len(kinds):
             raise ValueError(f"lists a kind twice: {[str(k) for k in kinds]}")
-        return kinds
+        return [str(k) for k in kinds]
 
     @field_validator("files")
     @classmethod
@@ -220,6 +221,13 @@ class ModelVersion(BaseModel):
                 raise ValueError(f"must be name@version, got {source!r}")
         return source
 
+    @field_validator("defaults")
+    @classmethod
+    def _plain_kinds(
+        cls, defaults: dict[str, dict[str, int | float]]
+    ) -> dict[str, dict[str, int | float]]:
+        return {str(kind): values for kind, values in defaults.items()}
+
     @model_validator(mode="after")
     def _defaults_fit(self) -> ModelVersion:
         for kind, values in self.defaults.items():
@@ -231,7 +239,7 @@ class ModelVersion(BaseModel):
                 if key not in known:
                     raise ValueError(f"{where}: unknown parameter; known: {', '.join(known)}")
                 f = known[key]
-                if f.type == "int" and value != int(value):
+                if f.type in ("int", int) and value != int(value):
                     raise ValueError(f"{where}: must be a whole number, got {value:g}")
                 lo, hi = f.metadata.get("range", (self.sizes.min_side, self.sizes.max_side))
                 if not lo <= value <= hi:
@@ -314,9 +322,9 @@ def check_files(version: ModelVersion, folder: Path) -> list[str]:
 class Detected:
     format: ModelFormat
     architecture: str
-    kinds: list[StageKind]
+    kinds: list[str]
     sizes: Sizes
-    defaults: dict[StageKind, dict[str, int | float]]
+    defaults: dict[str, dict[str, int | float]]
 
 
 def _read_json(path: Path) -> dict[str, Any]:
@@ -337,7 +345,7 @@ def _detect_diffusers(src: Path) -> Detected | None:
     unet = _read_json(src / "unet" / "config.json")
     vae = _read_json(src / "vae" / "config.json")
     xl = "text_encoder_2" in index or "XL" in pipeline
-    kinds = [StageKind.TXT2IMG, StageKind.REFINE]
+    kinds: list[str] = [StageKind.TXT2IMG, StageKind.REFINE]
     if "Inpaint" in pipeline or ("Img2Img" in pipeline and "text_encoder" not in index):
         kinds = [StageKind.REFINE]  # inpainting UNets and the SDXL refiner start from an image
     architecture = "sdxl" if xl else "sd"
@@ -349,9 +357,10 @@ def _detect_diffusers(src: Path) -> Detected | None:
     native = int(max(sample) if isinstance(sample, list) else sample) * vae_scale
     native = max(multiple, native // multiple * multiple)
     max_side = max(1024, 2 * native) // multiple * multiple
-    defaults: dict[StageKind, dict[str, int | float]] = {
-        StageKind.TXT2IMG: {"width": native, "height": native, "steps": 20, "guidance_scale": 7.5},
-        StageKind.REFINE: {"steps": 40, "strength": 0.5, "guidance_scale": 7.5},
+    # What this folder says about itself: its native size. Steps, guidance and
+    # strength stay the model class's defaults (one owner each).
+    defaults: dict[str, dict[str, int | float]] = {
+        StageKind.TXT2IMG: {"width": native, "height": native},
     }
     return Detected(
         format=ModelFormat.DIFFUSERS,
@@ -377,7 +386,7 @@ def _detect_esrgan(src: Path) -> Detected | None:
         architecture=f"rrdbnet-x{raw.get('scale', 4)}",
         kinds=[StageKind.UPSCALE],
         sizes=Sizes(min_side=1, max_side=1024, size_multiple=1),
-        defaults={StageKind.UPSCALE: {"tile_size": 128, "tile_overlap": 24}},
+        defaults={},
     )
 
 
@@ -437,17 +446,20 @@ def _open_root(
 
 
 class ModelRepository:
+    """The repository at `root`, configured by its caller (the stage's settings,
+    the CLI's): this layer reads no environment."""
+
     def __init__(
         self,
-        root: str | Path | None = None,
+        root: str | Path,
         *,
         access_key: str = "",
         secret_key: str = "",
         region: str = "",
         cache_dir: Path | None = None,
     ) -> None:
-        self.root = str(root) if root is not None else default_root()
-        self.cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+        self.root = str(root)
+        self.cache_dir = Path(cache_dir) if cache_dir is not None else Path(DEFAULT_CACHE)
         self._store, self._prefix, self._local = _open_root(
             self.root, access_key=access_key, secret_key=secret_key, region=region
         )

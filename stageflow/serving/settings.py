@@ -174,6 +174,11 @@ class StageSettings(CommonSettings):
         default=Path("var/model-cache"),
         description="Where versions from an S3 model repository are downloaded to.",
     )
+    trt_cache: Path | None = Field(
+        default=None,
+        description="Where the tensorrt backend caches the engines it builds; empty: "
+        "~/.cache/stageflow/tensorrt.",
+    )
 
     def provider_list(self) -> list[str]:
         return [p.strip() for p in self.providers.split(",") if p.strip()]

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -260,15 +259,3 @@ class _UnaryStreamTracing(grpc.aio.UnaryStreamClientInterceptor):
         self, continuation: Any, client_call_details: grpc.aio.ClientCallDetails, request: Any
     ) -> Any:
         return await _traced(continuation, client_call_details, request)
-
-
-def configure_tracing_from_env(service: str) -> Callable[[], None]:
-    """`configure_tracing` from STAGEFLOW_TRACING_EXPORTER / _ENDPOINT / _FILE,
-    for a process without a settings object (the CLI); returns its shutdown."""
-    env = os.environ
-    return configure_tracing(
-        env.get("STAGEFLOW_TRACING_EXPORTER", "none"),
-        service=service,
-        endpoint=env.get("STAGEFLOW_TRACING_ENDPOINT", ""),
-        file=env.get("STAGEFLOW_TRACING_FILE", "var/traces/{service}.jsonl"),
-    )

@@ -22,68 +22,87 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 from stageflow.v1 import common_pb2 as stageflow_dot_v1_dot_common__pb2
 from stageflow.v1 import stage_pb2 as stageflow_dot_v1_dot_stage__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1fstageflow/v1/orchestrator.proto\x12\x0cstageflow.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x19stageflow/v1/common.proto\x1a\x18stageflow/v1/stage.proto\"Z\n\x0cPromptBundle\x12\x0c\n\x04\x62\x61se\x18\x01 \x01(\t\x12\r\n\x05style\x18\x02 \x01(\t\x12\x14\n\x0coverlay_text\x18\x03 \x01(\t\x12\x17\n\x0fnegative_prompt\x18\x04 \x01(\t\"[\n\x0b\x42\x61seOptions\x12\x12\n\x05steps\x18\x01 \x01(\x05H\x00\x88\x01\x01\x12\x1b\n\x0eguidance_scale\x18\x02 \x01(\x02H\x01\x88\x01\x01\x42\x08\n\x06_stepsB\x11\n\x0f_guidance_scale\"\x84\x04\n\rRefineOptions\x12+\n\x04mode\x18\x01 \x01(\x0e\x32\x18.stageflow.v1.RefineModeH\x00\x88\x01\x01\x12\x15\n\x08strength\x18\x02 \x01(\x02H\x01\x88\x01\x01\x12\x12\n\x05steps\x18\x03 \x01(\x05H\x02\x88\x01\x01\x12\x1b\n\x0eguidance_scale\x18\x04 \x01(\x02H\x03\x88\x01\x01\x12\x11\n\x04seed\x18\x05 \x01(\x03H\x04\x88\x01\x01\x12\x1e\n\x11inpaint_mask_blur\x18\x06 \x01(\x05H\x05\x88\x01\x01\x12#\n\x08mask_box\x18\x07 \x01(\x0b\x32\x11.stageflow.v1.Box\x12\x33\n\x0etext_placement\x18\x08 \x01(\x0e\x32\x1b.stageflow.v1.TextPlacement\x12\x12\n\ntext_color\x18\t \x01(\t\x12\x18\n\x0btext_stroke\x18\n \x01(\x02H\x06\x88\x01\x01\x12\x13\n\x0btext_shadow\x18\x0b \x01(\x08\x12\x14\n\x07max_cer\x18\x0c \x01(\x02H\x07\x88\x01\x01\x12\x19\n\x0cmax_attempts\x18\r \x01(\x05H\x08\x88\x01\x01\x42\x07\n\x05_modeB\x0b\n\t_strengthB\x08\n\x06_stepsB\x11\n\x0f_guidance_scaleB\x07\n\x05_seedB\x14\n\x12_inpaint_mask_blurB\x0e\n\x0c_text_strokeB\n\n\x08_max_cerB\x0f\n\r_max_attempts\"\x99\x01\n\x0eUpscaleOptions\x12,\n\x04mode\x18\x01 \x01(\x0e\x32\x19.stageflow.v1.UpscaleModeH\x00\x88\x01\x01\x12\x16\n\ttile_size\x18\x02 \x01(\x05H\x01\x88\x01\x01\x12\x19\n\x0ctile_overlap\x18\x03 \x01(\x05H\x02\x88\x01\x01\x42\x07\n\x05_modeB\x0c\n\n_tile_sizeB\x0f\n\r_tile_overlap\"\x84\x03\n\x10SubmitJobRequest\x12*\n\x06\x62undle\x18\x01 \x01(\x0b\x32\x1a.stageflow.v1.PromptBundle\x12\x0c\n\x04seed\x18\x02 \x01(\x03\x12\r\n\x05width\x18\x03 \x01(\x05\x12\x0e\n\x06height\x18\x04 \x01(\x05\x12\'\n\x04\x62\x61se\x18\x05 \x01(\x0b\x32\x19.stageflow.v1.BaseOptions\x12+\n\x06refine\x18\x06 \x01(\x0b\x32\x1b.stageflow.v1.RefineOptions\x12-\n\x07upscale\x18\x07 \x01(\x0b\x32\x1c.stageflow.v1.UpscaleOptions\x12\x12\n\nrequest_id\x18\x08 \x01(\t\x12\x0e\n\x06stages\x18\t \x03(\t\x12\x10\n\x08pipeline\x18\n \x01(\t\x12(\n\x08priority\x18\x0b \x01(\x0e\x32\x16.stageflow.v1.Priority\x12\x1d\n\x10\x64\x65\x61\x64line_seconds\x18\x0c \x01(\x01H\x00\x88\x01\x01\x42\x13\n\x11_deadline_seconds\"3\n\x11SubmitJobResponse\x12\x1e\n\x03job\x18\x01 \x01(\x0b\x32\x11.stageflow.v1.Job\"\x9d\x03\n\x08StageRun\x12\r\n\x05stage\x18\x01 \x01(\t\x12\'\n\x05state\x18\x02 \x01(\x0e\x32\x18.stageflow.v1.StageState\x12)\n\x06output\x18\x03 \x01(\x0b\x32\x19.stageflow.v1.ArtifactRef\x12&\n\x05model\x18\x04 \x01(\x0b\x32\x17.stageflow.v1.ModelInfo\x12$\n\x06timing\x18\x05 \x01(\x0b\x32\x14.stageflow.v1.Timing\x12\x0c\n\x04step\x18\x06 \x01(\x05\x12\x13\n\x0btotal_steps\x18\x07 \x01(\x05\x12\r\n\x05\x65rror\x18\x08 \x01(\t\x12)\n\x07request\x18\t \x01(\x0b\x32\x18.stageflow.v1.RunRequest\x12+\n\ntext_check\x18\n \x01(\x0b\x32\x17.stageflow.v1.TextCheck\x12\x11\n\tcache_hit\x18\x0b \x01(\x08\x12\x11\n\tcache_key\x18\x0c \x01(\t\x12\x0f\n\x07service\x18\r \x01(\t\x12\r\n\x05route\x18\x0e \x01(\t\x12\x10\n\x08\x61ttempts\x18\x0f \x01(\x05\"\xfa\x03\n\x03Job\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12%\n\x05state\x18\x02 \x01(\x0e\x32\x16.stageflow.v1.JobState\x12*\n\x06\x62undle\x18\x03 \x01(\x0b\x32\x1a.stageflow.v1.PromptBundle\x12\x0e\n\x06prompt\x18\x04 \x01(\t\x12\x0c\n\x04seed\x18\x05 \x01(\x03\x12\r\n\x05width\x18\x06 \x01(\x05\x12\x0e\n\x06height\x18\x07 \x01(\x05\x12&\n\x06stages\x18\x08 \x03(\x0b\x32\x16.stageflow.v1.StageRun\x12(\n\x05\x66inal\x18\t \x01(\x0b\x32\x19.stageflow.v1.ArtifactRef\x12\x11\n\tfinal_url\x18\n \x01(\t\x12\r\n\x05\x65rror\x18\x0b \x01(\t\x12.\n\ncreated_at\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nupdated_at\x18\r \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x07request\x18\x0e \x01(\x0b\x32\x1e.stageflow.v1.SubmitJobRequest\x12\x10\n\x08pipeline\x18\x0f \x01(\t\x12\x17\n\x0fpipeline_sha256\x18\x10 \x01(\t\x12\x0f\n\x07version\x18\x11 \x01(\x05\x12\x12\n\nrerun_from\x18\x12 \x01(\t\"!\n\x0fWatchJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"\x1d\n\x0cStageStarted\x12\r\n\x05stage\x18\x01 \x01(\t\"A\n\rStageProgress\x12\r\n\x05stage\x18\x01 \x01(\t\x12\x0c\n\x04step\x18\x02 \x01(\x05\x12\x13\n\x0btotal_steps\x18\x03 \x01(\x05\"4\n\rStageFinished\x12#\n\x03run\x18\x01 \x01(\x0b\x32\x16.stageflow.v1.StageRun\"\x9c\x02\n\x10WatchJobResponse\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12%\n\x08snapshot\x18\x02 \x01(\x0b\x32\x11.stageflow.v1.JobH\x00\x12\x33\n\rstage_started\x18\x03 \x01(\x0b\x32\x1a.stageflow.v1.StageStartedH\x00\x12\x35\n\x0estage_progress\x18\x04 \x01(\x0b\x32\x1b.stageflow.v1.StageProgressH\x00\x12\x35\n\x0estage_finished\x18\x05 \x01(\x0b\x32\x1b.stageflow.v1.StageFinishedH\x00\x12%\n\x08\x66inished\x18\x06 \x01(\x0b\x32\x11.stageflow.v1.JobH\x00\x42\x07\n\x05\x65vent\"\x1f\n\rGetJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"U\n\x0eGetJobResponse\x12\x1e\n\x03job\x18\x01 \x01(\x0b\x32\x11.stageflow.v1.Job\x12#\n\x08versions\x18\x02 \x03(\x0b\x32\x11.stageflow.v1.Job\"K\n\x0fListJobsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12%\n\x05state\x18\x02 \x01(\x0e\x32\x16.stageflow.v1.JobState\"3\n\x10ListJobsResponse\x12\x1f\n\x04jobs\x18\x01 \x03(\x0b\x32\x11.stageflow.v1.Job\"\"\n\x10\x43\x61ncelJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"3\n\x11\x43\x61ncelJobResponse\x12\x1e\n\x03job\x18\x01 \x01(\x0b\x32\x11.stageflow.v1.Job\"\xa9\x01\n\x0f\x42undleOverrides\x12\x11\n\x04\x62\x61se\x18\x01 \x01(\tH\x00\x88\x01\x01\x12\x12\n\x05style\x18\x02 \x01(\tH\x01\x88\x01\x01\x12\x19\n\x0coverlay_text\x18\x03 \x01(\tH\x02\x88\x01\x01\x12\x1c\n\x0fnegative_prompt\x18\x04 \x01(\tH\x03\x88\x01\x01\x42\x07\n\x05_baseB\x08\n\x06_styleB\x0f\n\r_overlay_textB\x12\n\x10_negative_prompt\"\xe9\x01\n\x0fRerunJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x12\n\nfrom_stage\x18\x02 \x01(\t\x12\'\n\x04\x62\x61se\x18\x03 \x01(\x0b\x32\x19.stageflow.v1.BaseOptions\x12+\n\x06refine\x18\x04 \x01(\x0b\x32\x1b.stageflow.v1.RefineOptions\x12-\n\x07upscale\x18\x05 \x01(\x0b\x32\x1c.stageflow.v1.UpscaleOptions\x12-\n\x06\x62undle\x18\x06 \x01(\x0b\x32\x1d.stageflow.v1.BundleOverrides\"2\n\x10RerunJobResponse\x12\x1e\n\x03job\x18\x01 \x01(\x0b\x32\x11.stageflow.v1.Job*Q\n\x08Priority\x12\x18\n\x14PRIORITY_UNSPECIFIED\x10\x00\x12\x18\n\x14PRIORITY_INTERACTIVE\x10\x01\x12\x11\n\rPRIORITY_BULK\x10\x02*\x9a\x01\n\x08JobState\x12\x19\n\x15JOB_STATE_UNSPECIFIED\x10\x00\x12\x14\n\x10JOB_STATE_QUEUED\x10\x01\x12\x15\n\x11JOB_STATE_RUNNING\x10\x02\x12\x17\n\x13JOB_STATE_SUCCEEDED\x10\x03\x12\x14\n\x10JOB_STATE_FAILED\x10\x04\x12\x17\n\x13JOB_STATE_CANCELLED\x10\x05*\xa9\x01\n\nStageState\x12\x1b\n\x17STAGE_STATE_UNSPECIFIED\x10\x00\x12\x17\n\x13STAGE_STATE_PENDING\x10\x01\x12\x17\n\x13STAGE_STATE_RUNNING\x10\x02\x12\x19\n\x15STAGE_STATE_SUCCEEDED\x10\x03\x12\x16\n\x12STAGE_STATE_FAILED\x10\x04\x12\x19\n\x15STAGE_STATE_CANCELLED\x10\x05\x32\xd9\x03\n\x13OrchestratorService\x12L\n\tSubmitJob\x12\x1e.stageflow.v1.SubmitJobRequest\x1a\x1f.stageflow.v1.SubmitJobResponse\x12K\n\x08WatchJob\x12\x1d.stageflow.v1.WatchJobRequest\x1a\x1e.stageflow.v1.WatchJobResponse0\x01\x12\x43\n\x06GetJob\x12\x1b.stageflow.v1.GetJobRequest\x1a\x1c.stageflow.v1.GetJobResponse\x12I\n\x08ListJobs\x12\x1d.stageflow.v1.ListJobsRequest\x1a\x1e.stageflow.v1.ListJobsResponse\x12L\n\tCancelJob\x12\x1e.stageflow.v1.CancelJobRequest\x1a\x1f.stageflow.v1.CancelJobResponse\x12I\n\x08RerunJob\x12\x1d.stageflow.v1.RerunJobRequest\x1a\x1e.stageflow.v1.RerunJobResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1fstageflow/v1/orchestrator.proto\x12\x0cstageflow.v1\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x19stageflow/v1/common.proto\x1a\x18stageflow/v1/stage.proto\"Z\n\x0cPromptBundle\x12\x0c\n\x04\x62\x61se\x18\x01 \x01(\t\x12\r\n\x05style\x18\x02 \x01(\t\x12\x14\n\x0coverlay_text\x18\x03 \x01(\t\x12\x17\n\x0fnegative_prompt\x18\x04 \x01(\t\"[\n\x0b\x42\x61seOptions\x12\x12\n\x05steps\x18\x01 \x01(\x05H\x00\x88\x01\x01\x12\x1b\n\x0eguidance_scale\x18\x02 \x01(\x02H\x01\x88\x01\x01\x42\x08\n\x06_stepsB\x11\n\x0f_guidance_scale\"\x84\x04\n\rRefineOptions\x12+\n\x04mode\x18\x01 \x01(\x0e\x32\x18.stageflow.v1.RefineModeH\x00\x88\x01\x01\x12\x15\n\x08strength\x18\x02 \x01(\x02H\x01\x88\x01\x01\x12\x12\n\x05steps\x18\x03 \x01(\x05H\x02\x88\x01\x01\x12\x1b\n\x0eguidance_scale\x18\x04 \x01(\x02H\x03\x88\x01\x01\x12\x11\n\x04seed\x18\x05 \x01(\x03H\x04\x88\x01\x01\x12\x1e\n\x11inpaint_mask_blur\x18\x06 \x01(\x05H\x05\x88\x01\x01\x12#\n\x08mask_box\x18\x07 \x01(\x0b\x32\x11.stageflow.v1.Box\x12\x33\n\x0etext_placement\x18\x08 \x01(\x0e\x32\x1b.stageflow.v1.TextPlacement\x12\x12\n\ntext_color\x18\t \x01(\t\x12\x18\n\x0btext_stroke\x18\n \x01(\x02H\x06\x88\x01\x01\x12\x13\n\x0btext_shadow\x18\x0b \x01(\x08\x12\x14\n\x07max_cer\x18\x0c \x01(\x02H\x07\x88\x01\x01\x12\x19\n\x0cmax_attempts\x18\r \x01(\x05H\x08\x88\x01\x01\x42\x07\n\x05_modeB\x0b\n\t_strengthB\x08\n\x06_stepsB\x11\n\x0f_guidance_scaleB\x07\n\x05_seedB\x14\n\x12_inpaint_mask_blurB\x0e\n\x0c_text_strokeB\n\n\x08_max_cerB\x0f\n\r_max_attempts\"\x99\x01\n\x0eUpscaleOptions\x12,\n\x04mode\x18\x01 \x01(\x0e\x32\x19.stageflow.v1.UpscaleModeH\x00\x88\x01\x01\x12\x16\n\ttile_size\x18\x02 \x01(\x05H\x01\x88\x01\x01\x12\x19\n\x0ctile_overlap\x18\x03 \x01(\x05H\x02\x88\x01\x01\x42\x07\n\x05_modeB\x0c\n\n_tile_sizeB\x0f\n\r_tile_overlap\"\xaa\x04\n\x10SubmitJobRequest\x12*\n\x06\x62undle\x18\x01 \x01(\x0b\x32\x1a.stageflow.v1.PromptBundle\x12\x0c\n\x04seed\x18\x02 \x01(\x03\x12\x12\n\x05width\x18\x03 \x01(\x05H\x00\x88\x01\x01\x12\x13\n\x06height\x18\x04 \x01(\x05H\x01\x88\x01\x01\x12\'\n\x04\x62\x61se\x18\x05 \x01(\x0b\x32\x19.stageflow.v1.BaseOptions\x12+\n\x06refine\x18\x06 \x01(\x0b\x32\x1b.stageflow.v1.RefineOptions\x12-\n\x07upscale\x18\x07 \x01(\x0b\x32\x1c.stageflow.v1.UpscaleOptions\x12\x12\n\nrequest_id\x18\x08 \x01(\t\x12\x0e\n\x06stages\x18\t \x03(\t\x12\x10\n\x08pipeline\x18\n \x01(\t\x12(\n\x08priority\x18\x0b \x01(\x0e\x32\x16.stageflow.v1.Priority\x12\x1d\n\x10\x64\x65\x61\x64line_seconds\x18\x0c \x01(\x01H\x02\x88\x01\x01\x12<\n\x07options\x18\r \x03(\x0b\x32+.stageflow.v1.SubmitJobRequest.OptionsEntry\x1aG\n\x0cOptionsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12&\n\x05value\x18\x02 \x01(\x0b\x32\x17.google.protobuf.Struct:\x02\x38\x01\x42\x08\n\x06_widthB\t\n\x07_heightB\x13\n\x11_deadline_seconds\"3\n\x11SubmitJobResponse\x12\x1e\n\x03job\x18\x01 \x01(\x0b\x32\x11.stageflow.v1.Job\"\x9d\x03\n\x08StageRun\x12\r\n\x05stage\x18\x01 \x01(\t\x12\'\n\x05state\x18\x02 \x01(\x0e\x32\x18.stageflow.v1.StageState\x12)\n\x06output\x18\x03 \x01(\x0b\x32\x19.stageflow.v1.ArtifactRef\x12&\n\x05model\x18\x04 \x01(\x0b\x32\x17.stageflow.v1.ModelInfo\x12$\n\x06timing\x18\x05 \x01(\x0b\x32\x14.stageflow.v1.Timing\x12\x0c\n\x04step\x18\x06 \x01(\x05\x12\x13\n\x0btotal_steps\x18\x07 \x01(\x05\x12\r\n\x05\x65rror\x18\x08 \x01(\t\x12)\n\x07request\x18\t \x01(\x0b\x32\x18.stageflow.v1.RunRequest\x12+\n\ntext_check\x18\n \x01(\x0b\x32\x17.stageflow.v1.TextCheck\x12\x11\n\tcache_hit\x18\x0b \x01(\x08\x12\x11\n\tcache_key\x18\x0c \x01(\t\x12\x0f\n\x07service\x18\r \x01(\t\x12\r\n\x05route\x18\x0e \x01(\t\x12\x10\n\x08\x61ttempts\x18\x0f \x01(\x05\"\x8a\x04\n\x03Job\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12%\n\x05state\x18\x02 \x01(\x0e\x32\x16.stageflow.v1.JobState\x12*\n\x06\x62undle\x18\x03 \x01(\x0b\x32\x1a.stageflow.v1.PromptBundle\x12\x0e\n\x06prompt\x18\x04 \x01(\t\x12\x0c\n\x04seed\x18\x05 \x01(\x03\x12\r\n\x05width\x18\x06 \x01(\x05\x12\x0e\n\x06height\x18\x07 \x01(\x05\x12&\n\x06stages\x18\x08 \x03(\x0b\x32\x16.stageflow.v1.StageRun\x12(\n\x05\x66inal\x18\t \x01(\x0b\x32\x19.stageflow.v1.ArtifactRef\x12\x11\n\tfinal_url\x18\n \x01(\t\x12\r\n\x05\x65rror\x18\x0b \x01(\t\x12.\n\ncreated_at\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nupdated_at\x18\r \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x07request\x18\x0e \x01(\x0b\x32\x1e.stageflow.v1.SubmitJobRequest\x12\x10\n\x08pipeline\x18\x0f \x01(\t\x12\x17\n\x0fpipeline_sha256\x18\x10 \x01(\t\x12\x0f\n\x07version\x18\x11 \x01(\x05\x12\x12\n\nrerun_from\x18\x12 \x01(\t\x12\x0e\n\x06tenant\x18\x13 \x01(\t\"!\n\x0fWatchJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"\x1d\n\x0cStageStarted\x12\r\n\x05stage\x18\x01 \x01(\t\"A\n\rStageProgress\x12\r\n\x05stage\x18\x01 \x01(\t\x12\x0c\n\x04step\x18\x02 \x01(\x05\x12\x13\n\x0btotal_steps\x18\x03 \x01(\x05\"4\n\rStageFinished\x12#\n\x03run\x18\x01 \x01(\x0b\x32\x16.stageflow.v1.StageRun\"\x9c\x02\n\x10WatchJobResponse\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12%\n\x08snapshot\x18\x02 \x01(\x0b\x32\x11.stageflow.v1.JobH\x00\x12\x33\n\rstage_started\x18\x03 \x01(\x0b\x32\x1a.stageflow.v1.StageStartedH\x00\x12\x35\n\x0estage_progress\x18\x04 \x01(\x0b\x32\x1b.stageflow.v1.StageProgressH\x00\x12\x35\n\x0estage_finished\x18\x05 \x01(\x0b\x32\x1b.stageflow.v1.StageFinishedH\x00\x12%\n\x08\x66inished\x18\x06 \x01(\x0b\x32\x11.stageflow.v1.JobH\x00\x42\x07\n\x05\x65vent\"\x1f\n\rGetJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"U\n\x0eGetJobResponse\x12\x1e\n\x03job\x18\x01 \x01(\x0b\x32\x11.stageflow.v1.Job\x12#\n\x08versions\x18\x02 \x03(\x0b\x32\x11.stageflow.v1.Job\"K\n\x0fListJobsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12%\n\x05state\x18\x02 \x01(\x0e\x32\x16.stageflow.v1.JobState\"3\n\x10ListJobsResponse\x12\x1f\n\x04jobs\x18\x01 \x03(\x0b\x32\x11.stageflow.v1.Job\"\"\n\x10\x43\x61ncelJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"3\n\x11\x43\x61ncelJobResponse\x12\x1e\n\x03job\x18\x01 \x01(\x0b\x32\x11.stageflow.v1.Job\"\xa9\x01\n\x0f\x42undleOverrides\x12\x11\n\x04\x62\x61se\x18\x01 \x01(\tH\x00\x88\x01\x01\x12\x12\n\x05style\x18\x02 \x01(\tH\x01\x88\x01\x01\x12\x19\n\x0coverlay_text\x18\x03 \x01(\tH\x02\x88\x01\x01\x12\x1c\n\x0fnegative_prompt\x18\x04 \x01(\tH\x03\x88\x01\x01\x42\x07\n\x05_baseB\x08\n\x06_styleB\x0f\n\r_overlay_textB\x12\n\x10_negative_prompt\"\xef\x02\n\x0fRerunJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x12\n\nfrom_stage\x18\x02 \x01(\t\x12\'\n\x04\x62\x61se\x18\x03 \x01(\x0b\x32\x19.stageflow.v1.BaseOptions\x12+\n\x06refine\x18\x04 \x01(\x0b\x32\x1b.stageflow.v1.RefineOptions\x12-\n\x07upscale\x18\x05 \x01(\x0b\x32\x1c.stageflow.v1.UpscaleOptions\x12-\n\x06\x62undle\x18\x06 \x01(\x0b\x32\x1d.stageflow.v1.BundleOverrides\x12;\n\x07options\x18\x07 \x03(\x0b\x32*.stageflow.v1.RerunJobRequest.OptionsEntry\x1aG\n\x0cOptionsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12&\n\x05value\x18\x02 \x01(\x0b\x32\x17.google.protobuf.Struct:\x02\x38\x01\"2\n\x10RerunJobResponse\x12\x1e\n\x03job\x18\x01 \x01(\x0b\x32\x11.stageflow.v1.Job\"Q\n\x12GetArtifactRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x05\x12\r\n\x05stage\x18\x03 \x01(\t\x12\x0b\n\x03key\x18\x04 \x01(\t\"P\n\x13GetArtifactResponse\x12+\n\x08\x61rtifact\x18\x01 \x01(\x0b\x32\x19.stageflow.v1.ArtifactRef\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\"\x16\n\x14ListPipelinesRequest\"<\n\x0cPipelineInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06stages\x18\x02 \x03(\t\x12\x0e\n\x06sha256\x18\x03 \x01(\t\"F\n\x15ListPipelinesResponse\x12-\n\tpipelines\x18\x01 \x03(\x0b\x32\x1a.stageflow.v1.PipelineInfo*Q\n\x08Priority\x12\x18\n\x14PRIORITY_UNSPECIFIED\x10\x00\x12\x18\n\x14PRIORITY_INTERACTIVE\x10\x01\x12\x11\n\rPRIORITY_BULK\x10\x02*\x9a\x01\n\x08JobState\x12\x19\n\x15JOB_STATE_UNSPECIFIED\x10\x00\x12\x14\n\x10JOB_STATE_QUEUED\x10\x01\x12\x15\n\x11JOB_STATE_RUNNING\x10\x02\x12\x17\n\x13JOB_STATE_SUCCEEDED\x10\x03\x12\x14\n\x10JOB_STATE_FAILED\x10\x04\x12\x17\n\x13JOB_STATE_CANCELLED\x10\x05*\xa9\x01\n\nStageState\x12\x1b\n\x17STAGE_STATE_UNSPECIFIED\x10\x00\x12\x17\n\x13STAGE_STATE_PENDING\x10\x01\x12\x17\n\x13STAGE_STATE_RUNNING\x10\x02\x12\x19\n\x15STAGE_STATE_SUCCEEDED\x10\x03\x12\x16\n\x12STAGE_STATE_FAILED\x10\x04\x12\x19\n\x15STAGE_STATE_CANCELLED\x10\x05\x32\x89\x05\n\x13OrchestratorService\x12L\n\tSubmitJob\x12\x1e.stageflow.v1.SubmitJobRequest\x1a\x1f.stageflow.v1.SubmitJobResponse\x12K\n\x08WatchJob\x12\x1d.stageflow.v1.WatchJobRequest\x1a\x1e.stageflow.v1.WatchJobResponse0\x01\x12\x43\n\x06GetJob\x12\x1b.stageflow.v1.GetJobRequest\x1a\x1c.stageflow.v1.GetJobResponse\x12I\n\x08ListJobs\x12\x1d.stageflow.v1.ListJobsRequest\x1a\x1e.stageflow.v1.ListJobsResponse\x12L\n\tCancelJob\x12\x1e.stageflow.v1.CancelJobRequest\x1a\x1f.stageflow.v1.CancelJobResponse\x12I\n\x08RerunJob\x12\x1d.stageflow.v1.RerunJobRequest\x1a\x1e.stageflow.v1.RerunJobResponse\x12T\n\x0bGetArtifact\x12 .stageflow.v1.GetArtifactRequest\x1a!.stageflow.v1.GetArtifactResponse0\x01\x12X\n\rListPipelines\x12\".stageflow.v1.ListPipelinesRequest\x1a#.stageflow.v1.ListPipelinesResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'stageflow.v1.orchestrator_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_PRIORITY']._serialized_start=3637
-  _globals['_PRIORITY']._serialized_end=3718
-  _globals['_JOBSTATE']._serialized_start=3721
-  _globals['_JOBSTATE']._serialized_end=3875
-  _globals['_STAGESTATE']._serialized_start=3878
-  _globals['_STAGESTATE']._serialized_end=4047
-  _globals['_PROMPTBUNDLE']._serialized_start=135
-  _globals['_PROMPTBUNDLE']._serialized_end=225
-  _globals['_BASEOPTIONS']._serialized_start=227
-  _globals['_BASEOPTIONS']._serialized_end=318
-  _globals['_REFINEOPTIONS']._serialized_start=321
-  _globals['_REFINEOPTIONS']._serialized_end=837
-  _globals['_UPSCALEOPTIONS']._serialized_start=840
-  _globals['_UPSCALEOPTIONS']._serialized_end=993
-  _globals['_SUBMITJOBREQUEST']._serialized_start=996
-  _globals['_SUBMITJOBREQUEST']._serialized_end=1384
-  _globals['_SUBMITJOBRESPONSE']._serialized_start=1386
-  _globals['_SUBMITJOBRESPONSE']._serialized_end=1437
-  _globals['_STAGERUN']._serialized_start=1440
-  _globals['_STAGERUN']._serialized_end=1853
-  _globals['_JOB']._serialized_start=1856
-  _globals['_JOB']._serialized_end=2362
-  _globals['_WATCHJOBREQUEST']._serialized_start=2364
-  _globals['_WATCHJOBREQUEST']._serialized_end=2397
-  _globals['_STAGESTARTED']._serialized_start=2399
-  _globals['_STAGESTARTED']._serialized_end=2428
-  _globals['_STAGEPROGRESS']._serialized_start=2430
-  _globals['_STAGEPROGRESS']._serialized_end=2495
-  _globals['_STAGEFINISHED']._serialized_start=2497
-  _globals['_STAGEFINISHED']._serialized_end=2549
-  _globals['_WATCHJOBRESPONSE']._serialized_start=2552
-  _globals['_WATCHJOBRESPONSE']._serialized_end=2836
-  _globals['_GETJOBREQUEST']._serialized_start=2838
-  _globals['_GETJOBREQUEST']._serialized_end=2869
-  _globals['_GETJOBRESPONSE']._serialized_start=2871
-  _globals['_GETJOBRESPONSE']._serialized_end=2956
-  _globals['_LISTJOBSREQUEST']._serialized_start=2958
-  _globals['_LISTJOBSREQUEST']._serialized_end=3033
-  _globals['_LISTJOBSRESPONSE']._serialized_start=3035
-  _globals['_LISTJOBSRESPONSE']._serialized_end=3086
-  _globals['_CANCELJOBREQUEST']._serialized_start=3088
-  _globals['_CANCELJOBREQUEST']._serialized_end=3122
-  _globals['_CANCELJOBRESPONSE']._serialized_start=3124
-  _globals['_CANCELJOBRESPONSE']._serialized_end=3175
-  _globals['_BUNDLEOVERRIDES']._serialized_start=3178
-  _globals['_BUNDLEOVERRIDES']._serialized_end=3347
-  _globals['_RERUNJOBREQUEST']._serialized_start=3350
-  _globals['_RERUNJOBREQUEST']._serialized_end=3583
-  _globals['_RERUNJOBRESPONSE']._serialized_start=3585
-  _globals['_RERUNJOBRESPONSE']._serialized_end=3635
-  _globals['_ORCHESTRATORSERVICE']._serialized_start=4050
-  _globals['_ORCHESTRATORSERVICE']._serialized_end=4523
+  _globals['_SUBMITJOBREQUEST_OPTIONSENTRY']._loaded_options = None
+  _globals['_SUBMITJOBREQUEST_OPTIONSENTRY']._serialized_options = b'8\001'
+  _globals['_RERUNJOBREQUEST_OPTIONSENTRY']._loaded_options = None
+  _globals['_RERUNJOBREQUEST_OPTIONSENTRY']._serialized_options = b'8\001'
+  _globals['_PRIORITY']._serialized_start=4306
+  _globals['_PRIORITY']._serialized_end=4387
+  _globals['_JOBSTATE']._serialized_start=4390
+  _globals['_JOBSTATE']._serialized_end=4544
+  _globals['_STAGESTATE']._serialized_start=4547
+  _globals['_STAGESTATE']._serialized_end=4716
+  _globals['_PROMPTBUNDLE']._serialized_start=165
+  _globals['_PROMPTBUNDLE']._serialized_end=255
+  _globals['_BASEOPTIONS']._serialized_start=257
+  _globals['_BASEOPTIONS']._serialized_end=348
+  _globals['_REFINEOPTIONS']._serialized_start=351
+  _globals['_REFINEOPTIONS']._serialized_end=867
+  _globals['_UPSCALEOPTIONS']._serialized_start=870
+  _globals['_UPSCALEOPTIONS']._serialized_end=1023
+  _globals['_SUBMITJOBREQUEST']._serialized_start=1026
+  _globals['_SUBMITJOBREQUEST']._serialized_end=1580
+  _globals['_SUBMITJOBREQUEST_OPTIONSENTRY']._serialized_start=1467
+  _globals['_SUBMITJOBREQUEST_OPTIONSENTRY']._serialized_end=1538
+  _globals['_SUBMITJOBRESPONSE']._serialized_start=1582
+  _globals['_SUBMITJOBRESPONSE']._serialized_end=1633
+  _globals['_STAGERUN']._serialized_start=1636
+  _globals['_STAGERUN']._serialized_end=2049
+  _globals['_JOB']._serialized_start=2052
+  _globals['_JOB']._serialized_end=2574
+  _globals['_WATCHJOBREQUEST']._serialized_start=2576
+  _globals['_WATCHJOBREQUEST']._serialized_end=2609
+  _globals['_STAGESTARTED']._serialized_start=2611
+  _globals['_STAGESTARTED']._serialized_end=2640
+  _globals['_STAGEPROGRESS']._serialized_start=2642
+  _globals['_STAGEPROGRESS']._serialized_end=2707
+  _globals['_STAGEFINISHED']._serialized_start=2709
+  _globals['_STAGEFINISHED']._serialized_end=2761
+  _globals['_WATCHJOBRESPONSE']._serialized_start=2764
+  _globals['_WATCHJOBRESPONSE']._serialized_end=3048
+  _globals['_GETJOBREQUEST']._serialized_start=3050
+  _globals['_GETJOBREQUEST']._serialized_end=3081
+  _globals['_GETJOBRESPONSE']._serialized_start=3083
+  _globals['_GETJOBRESPONSE']._serialized_end=3168
+  _globals['_LISTJOBSREQUEST']._serialized_start=3170
+  _globals['_LISTJOBSREQUEST']._serialized_end=3245
+  _globals['_LISTJOBSRESPONSE']._serialized_start=3247
+  _globals['_LISTJOBSRESPONSE']._serialized_end=3298
+  _globals['_CANCELJOBREQUEST']._serialized_start=3300
+  _globals['_CANCELJOBREQUEST']._serialized_end=3334
+  _globals['_CANCELJOBRESPONSE']._serialized_start=3336
+  _globals['_CANCELJOBRESPONSE']._serialized_end=3387
+  _globals['_BUNDLEOVERRIDES']._serialized_start=3390
+  _globals['_BUNDLEOVERRIDES']._serialized_end=3559
+  _globals['_RERUNJOBREQUEST']._serialized_start=3562
+  _globals['_RERUNJOBREQUEST']._serialized_end=3929
+  _globals['_RERUNJOBREQUEST_OPTIONSENTRY']._serialized_start=1467
+  _globals['_RERUNJOBREQUEST_OPTIONSENTRY']._serialized_end=1538
+  _globals['_RERUNJOBRESPONSE']._serialized_start=3931
+  _globals['_RERUNJOBRESPONSE']._serialized_end=3981
+  _globals['_GETARTIFACTREQUEST']._serialized_start=3983
+  _globals['_GETARTIFACTREQUEST']._serialized_end=4064
+  _globals['_GETARTIFACTRESPONSE']._serialized_start=4066
+  _globals['_GETARTIFACTRESPONSE']._serialized_end=4146
+  _globals['_LISTPIPELINESREQUEST']._serialized_start=4148
+  _globals['_LISTPIPELINESREQUEST']._serialized_end=4170
+  _globals['_PIPELINEINFO']._serialized_start=4172
+  _globals['_PIPELINEINFO']._serialized_end=4232
+  _globals['_LISTPIPELINESRESPONSE']._serialized_start=4234
+  _globals['_LISTPIPELINESRESPONSE']._serialized_end=4304
+  _globals['_ORCHESTRATORSERVICE']._serialized_start=4719
+  _globals['_ORCHESTRATORSERVICE']._serialized_end=5368
 # @@protoc_insertion_point(module_scope)

@@ -1,5 +1,6 @@
 import datetime
 
+from google.protobuf import struct_pb2 as _struct_pb2
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from stageflow.v1 import common_pb2 as _common_pb2
 from stageflow.v1 import stage_pb2 as _stage_pb2
@@ -112,7 +113,14 @@ class UpscaleOptions(_message.Message):
     def __init__(self, mode: _Optional[_Union[_stage_pb2.UpscaleMode, str]] = ..., tile_size: _Optional[int] = ..., tile_overlap: _Optional[int] = ...) -> None: ...
 
 class SubmitJobRequest(_message.Message):
-    __slots__ = ("bundle", "seed", "width", "height", "base", "refine", "upscale", "request_id", "stages", "pipeline", "priority", "deadline_seconds")
+    __slots__ = ("bundle", "seed", "width", "height", "base", "refine", "upscale", "request_id", "stages", "pipeline", "priority", "deadline_seconds", "options")
+    class OptionsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: _struct_pb2.Struct
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ...) -> None: ...
     BUNDLE_FIELD_NUMBER: _ClassVar[int]
     SEED_FIELD_NUMBER: _ClassVar[int]
     WIDTH_FIELD_NUMBER: _ClassVar[int]
@@ -125,6 +133,7 @@ class SubmitJobRequest(_message.Message):
     PIPELINE_FIELD_NUMBER: _ClassVar[int]
     PRIORITY_FIELD_NUMBER: _ClassVar[int]
     DEADLINE_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    OPTIONS_FIELD_NUMBER: _ClassVar[int]
     bundle: PromptBundle
     seed: int
     width: int
@@ -137,7 +146,8 @@ class SubmitJobRequest(_message.Message):
     pipeline: str
     priority: Priority
     deadline_seconds: float
-    def __init__(self, bundle: _Optional[_Union[PromptBundle, _Mapping]] = ..., seed: _Optional[int] = ..., width: _Optional[int] = ..., height: _Optional[int] = ..., base: _Optional[_Union[BaseOptions, _Mapping]] = ..., refine: _Optional[_Union[RefineOptions, _Mapping]] = ..., upscale: _Optional[_Union[UpscaleOptions, _Mapping]] = ..., request_id: _Optional[str] = ..., stages: _Optional[_Iterable[str]] = ..., pipeline: _Optional[str] = ..., priority: _Optional[_Union[Priority, str]] = ..., deadline_seconds: _Optional[float] = ...) -> None: ...
+    options: _containers.MessageMap[str, _struct_pb2.Struct]
+    def __init__(self, bundle: _Optional[_Union[PromptBundle, _Mapping]] = ..., seed: _Optional[int] = ..., width: _Optional[int] = ..., height: _Optional[int] = ..., base: _Optional[_Union[BaseOptions, _Mapping]] = ..., refine: _Optional[_Union[RefineOptions, _Mapping]] = ..., upscale: _Optional[_Union[UpscaleOptions, _Mapping]] = ..., request_id: _Optional[str] = ..., stages: _Optional[_Iterable[str]] = ..., pipeline: _Optional[str] = ..., priority: _Optional[_Union[Priority, str]] = ..., deadline_seconds: _Optional[float] = ..., options: _Optional[_Mapping[str, _struct_pb2.Struct]] = ...) -> None: ...
 
 class SubmitJobResponse(_message.Message):
     __slots__ = ("job",)
@@ -180,7 +190,7 @@ class StageRun(_message.Message):
     def __init__(self, stage: _Optional[str] = ..., state: _Optional[_Union[StageState, str]] = ..., output: _Optional[_Union[_common_pb2.ArtifactRef, _Mapping]] = ..., model: _Optional[_Union[_common_pb2.ModelInfo, _Mapping]] = ..., timing: _Optional[_Union[_common_pb2.Timing, _Mapping]] = ..., step: _Optional[int] = ..., total_steps: _Optional[int] = ..., error: _Optional[str] = ..., request: _Optional[_Union[_stage_pb2.RunRequest, _Mapping]] = ..., text_check: _Optional[_Union[_stage_pb2.TextCheck, _Mapping]] = ..., cache_hit: _Optional[bool] = ..., cache_key: _Optional[str] = ..., service: _Optional[str] = ..., route: _Optional[str] = ..., attempts: _Optional[int] = ...) -> None: ...
 
 class Job(_message.Message):
-    __slots__ = ("job_id", "state", "bundle", "prompt", "seed", "width", "height", "stages", "final", "final_url", "error", "created_at", "updated_at", "request", "pipeline", "pipeline_sha256", "version", "rerun_from")
+    __slots__ = ("job_id", "state", "bundle", "prompt", "seed", "width", "height", "stages", "final", "final_url", "error", "created_at", "updated_at", "request", "pipeline", "pipeline_sha256", "version", "rerun_from", "tenant")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
     BUNDLE_FIELD_NUMBER: _ClassVar[int]
@@ -199,6 +209,7 @@ class Job(_message.Message):
     PIPELINE_SHA256_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     RERUN_FROM_FIELD_NUMBER: _ClassVar[int]
+    TENANT_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     state: JobState
     bundle: PromptBundle
@@ -217,7 +228,8 @@ class Job(_message.Message):
     pipeline_sha256: str
     version: int
     rerun_from: str
-    def __init__(self, job_id: _Optional[str] = ..., state: _Optional[_Union[JobState, str]] = ..., bundle: _Optional[_Union[PromptBundle, _Mapping]] = ..., prompt: _Optional[str] = ..., seed: _Optional[int] = ..., width: _Optional[int] = ..., height: _Optional[int] = ..., stages: _Optional[_Iterable[_Union[StageRun, _Mapping]]] = ..., final: _Optional[_Union[_common_pb2.ArtifactRef, _Mapping]] = ..., final_url: _Optional[str] = ..., error: _Optional[str] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., updated_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., request: _Optional[_Union[SubmitJobRequest, _Mapping]] = ..., pipeline: _Optional[str] = ..., pipeline_sha256: _Optional[str] = ..., version: _Optional[int] = ..., rerun_from: _Optional[str] = ...) -> None: ...
+    tenant: str
+    def __init__(self, job_id: _Optional[str] = ..., state: _Optional[_Union[JobState, str]] = ..., bundle: _Optional[_Union[PromptBundle, _Mapping]] = ..., prompt: _Optional[str] = ..., seed: _Optional[int] = ..., width: _Optional[int] = ..., height: _Optional[int] = ..., stages: _Optional[_Iterable[_Union[StageRun, _Mapping]]] = ..., final: _Optional[_Union[_common_pb2.ArtifactRef, _Mapping]] = ..., final_url: _Optional[str] = ..., error: _Optional[str] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., updated_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., request: _Optional[_Union[SubmitJobRequest, _Mapping]] = ..., pipeline: _Optional[str] = ..., pipeline_sha256: _Optional[str] = ..., version: _Optional[int] = ..., rerun_from: _Optional[str] = ..., tenant: _Optional[str] = ...) -> None: ...
 
 class WatchJobRequest(_message.Message):
     __slots__ = ("job_id",)
@@ -316,23 +328,72 @@ class BundleOverrides(_message.Message):
     def __init__(self, base: _Optional[str] = ..., style: _Optional[str] = ..., overlay_text: _Optional[str] = ..., negative_prompt: _Optional[str] = ...) -> None: ...
 
 class RerunJobRequest(_message.Message):
-    __slots__ = ("job_id", "from_stage", "base", "refine", "upscale", "bundle")
+    __slots__ = ("job_id", "from_stage", "base", "refine", "upscale", "bundle", "options")
+    class OptionsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: _struct_pb2.Struct
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ...) -> None: ...
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     FROM_STAGE_FIELD_NUMBER: _ClassVar[int]
     BASE_FIELD_NUMBER: _ClassVar[int]
     REFINE_FIELD_NUMBER: _ClassVar[int]
     UPSCALE_FIELD_NUMBER: _ClassVar[int]
     BUNDLE_FIELD_NUMBER: _ClassVar[int]
+    OPTIONS_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     from_stage: str
     base: BaseOptions
     refine: RefineOptions
     upscale: UpscaleOptions
     bundle: BundleOverrides
-    def __init__(self, job_id: _Optional[str] = ..., from_stage: _Optional[str] = ..., base: _Optional[_Union[BaseOptions, _Mapping]] = ..., refine: _Optional[_Union[RefineOptions, _Mapping]] = ..., upscale: _Optional[_Union[UpscaleOptions, _Mapping]] = ..., bundle: _Optional[_Union[BundleOverrides, _Mapping]] = ...) -> None: ...
+    options: _containers.MessageMap[str, _struct_pb2.Struct]
+    def __init__(self, job_id: _Optional[str] = ..., from_stage: _Optional[str] = ..., base: _Optional[_Union[BaseOptions, _Mapping]] = ..., refine: _Optional[_Union[RefineOptions, _Mapping]] = ..., upscale: _Optional[_Union[UpscaleOptions, _Mapping]] = ..., bundle: _Optional[_Union[BundleOverrides, _Mapping]] = ..., options: _Optional[_Mapping[str, _struct_pb2.Struct]] = ...) -> None: ...
 
 class RerunJobResponse(_message.Message):
     __slots__ = ("job",)
     JOB_FIELD_NUMBER: _ClassVar[int]
     job: Job
     def __init__(self, job: _Optional[_Union[Job, _Mapping]] = ...) -> None: ...
+
+class GetArtifactRequest(_message.Message):
+    __slots__ = ("job_id", "version", "stage", "key")
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    STAGE_FIELD_NUMBER: _ClassVar[int]
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    version: int
+    stage: str
+    key: str
+    def __init__(self, job_id: _Optional[str] = ..., version: _Optional[int] = ..., stage: _Optional[str] = ..., key: _Optional[str] = ...) -> None: ...
+
+class GetArtifactResponse(_message.Message):
+    __slots__ = ("artifact", "data")
+    ARTIFACT_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    artifact: _common_pb2.ArtifactRef
+    data: bytes
+    def __init__(self, artifact: _Optional[_Union[_common_pb2.ArtifactRef, _Mapping]] = ..., data: _Optional[bytes] = ...) -> None: ...
+
+class ListPipelinesRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class PipelineInfo(_message.Message):
+    __slots__ = ("name", "stages", "sha256")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    STAGES_FIELD_NUMBER: _ClassVar[int]
+    SHA256_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    stages: _containers.RepeatedScalarFieldContainer[str]
+    sha256: str
+    def __init__(self, name: _Optional[str] = ..., stages: _Optional[_Iterable[str]] = ..., sha256: _Optional[str] = ...) -> None: ...
+
+class ListPipelinesResponse(_message.Message):
+    __slots__ = ("pipelines",)
+    PIPELINES_FIELD_NUMBER: _ClassVar[int]
+    pipelines: _containers.RepeatedCompositeFieldContainer[PipelineInfo]
+    def __init__(self, pipelines: _Optional[_Iterable[_Union[PipelineInfo, _Mapping]]] = ...) -> None: ...

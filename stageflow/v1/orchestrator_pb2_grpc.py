@@ -27,7 +27,10 @@ if _version_not_supported:
 
 class OrchestratorServiceStub:
     """Runs jobs through the stages (base -> refine -> upscale), passing only
-    object keys between them, and streams their progress.
+    object keys between them, and streams their progress. With authentication
+    on, every call carries the metadata `authorization: Bearer <API key>`
+    (UNAUTHENTICATED otherwise) and sees only its tenant's jobs: another
+    tenant's job id answers NOT_FOUND, as an unknown one does.
     """
 
     def __init__(self, channel):
@@ -66,11 +69,24 @@ class OrchestratorServiceStub:
                 request_serializer=stageflow_dot_v1_dot_orchestrator__pb2.RerunJobRequest.SerializeToString,
                 response_deserializer=stageflow_dot_v1_dot_orchestrator__pb2.RerunJobResponse.FromString,
                 _registered_method=True)
+        self.GetArtifact = channel.unary_stream(
+                '/stageflow.v1.OrchestratorService/GetArtifact',
+                request_serializer=stageflow_dot_v1_dot_orchestrator__pb2.GetArtifactRequest.SerializeToString,
+                response_deserializer=stageflow_dot_v1_dot_orchestrator__pb2.GetArtifactResponse.FromString,
+                _registered_method=True)
+        self.ListPipelines = channel.unary_unary(
+                '/stageflow.v1.OrchestratorService/ListPipelines',
+                request_serializer=stageflow_dot_v1_dot_orchestrator__pb2.ListPipelinesRequest.SerializeToString,
+                response_deserializer=stageflow_dot_v1_dot_orchestrator__pb2.ListPipelinesResponse.FromString,
+                _registered_method=True)
 
 
 class OrchestratorServiceServicer:
     """Runs jobs through the stages (base -> refine -> upscale), passing only
-    object keys between them, and streams their progress.
+    object keys between them, and streams their progress. With authentication
+    on, every call carries the metadata `authorization: Bearer <API key>`
+    (UNAUTHENTICATED otherwise) and sees only its tenant's jobs: another
+    tenant's job id answers NOT_FOUND, as an unknown one does.
     """
 
     def SubmitJob(self, request, context):
@@ -120,6 +136,28 @@ class OrchestratorServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetArtifact(self, request, context):
+        """Streams one artifact of one job version (the final image, a stage's
+        output, or any of their keys) from the orchestrator's object store, so a
+        caller needs neither the store nor a URL to it. The first message carries
+        the artifact's key, size, sha256 and media type, every message a chunk of
+        its bytes (at most 1 MiB), in order; the caller verifies the sha256.
+        INVALID_ARGUMENT naming the field for a malformed request, NOT_FOUND for
+        an unknown job, version, stage or key, FAILED_PRECONDITION when the
+        artifact does not exist yet (a stage still pending, a job not succeeded).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListPipelines(self, request, context):
+        """Lists the pipeline specs this orchestrator runs (the names
+        SubmitJobRequest.pipeline takes), sorted by name.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_OrchestratorServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -153,6 +191,16 @@ def add_OrchestratorServiceServicer_to_server(servicer, server):
                     request_deserializer=stageflow_dot_v1_dot_orchestrator__pb2.RerunJobRequest.FromString,
                     response_serializer=stageflow_dot_v1_dot_orchestrator__pb2.RerunJobResponse.SerializeToString,
             ),
+            'GetArtifact': grpc.unary_stream_rpc_method_handler(
+                    servicer.GetArtifact,
+                    request_deserializer=stageflow_dot_v1_dot_orchestrator__pb2.GetArtifactRequest.FromString,
+                    response_serializer=stageflow_dot_v1_dot_orchestrator__pb2.GetArtifactResponse.SerializeToString,
+            ),
+            'ListPipelines': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListPipelines,
+                    request_deserializer=stageflow_dot_v1_dot_orchestrator__pb2.ListPipelinesRequest.FromString,
+                    response_serializer=stageflow_dot_v1_dot_orchestrator__pb2.ListPipelinesResponse.SerializeToString,
+            ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
             'stageflow.v1.OrchestratorService', rpc_method_handlers)
@@ -163,7 +211,10 @@ def add_OrchestratorServiceServicer_to_server(servicer, server):
  # This class is part of an EXPERIMENTAL API.
 class OrchestratorService:
     """Runs jobs through the stages (base -> refine -> upscale), passing only
-    object keys between them, and streams their progress.
+    object keys between them, and streams their progress. With authentication
+    on, every call carries the metadata `authorization: Bearer <API key>`
+    (UNAUTHENTICATED otherwise) and sees only its tenant's jobs: another
+    tenant's job id answers NOT_FOUND, as an unknown one does.
     """
 
     @staticmethod
@@ -318,6 +369,60 @@ class OrchestratorService:
             '/stageflow.v1.OrchestratorService/RerunJob',
             stageflow_dot_v1_dot_orchestrator__pb2.RerunJobRequest.SerializeToString,
             stageflow_dot_v1_dot_orchestrator__pb2.RerunJobResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetArtifact(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/stageflow.v1.OrchestratorService/GetArtifact',
+            stageflow_dot_v1_dot_orchestrator__pb2.GetArtifactRequest.SerializeToString,
+            stageflow_dot_v1_dot_orchestrator__pb2.GetArtifactResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListPipelines(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/stageflow.v1.OrchestratorService/ListPipelines',
+            stageflow_dot_v1_dot_orchestrator__pb2.ListPipelinesRequest.SerializeToString,
+            stageflow_dot_v1_dot_orchestrator__pb2.ListPipelinesResponse.FromString,
             options,
             channel_credentials,
             insecure,

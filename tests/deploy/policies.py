@@ -7,7 +7,6 @@ show every problem at once, and a unit test can feed it a broken object.
 
 from __future__ import annotations
 
-import ast
 import re
 from collections.abc import Iterator, Mapping
 from functools import cache
@@ -16,6 +15,8 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
+from stageflow import kinds
+from stageflow.cli.settings import CLI_SETTINGS
 from stageflow.orchestrator.settings import OrchestratorSettings
 from stageflow.serving.settings import StageSettings
 
@@ -24,13 +25,15 @@ Manifest = dict[str, Any]
 REPO = Path(__file__).resolve().parents[2]
 WORKLOAD_KINDS = ("Deployment", "StatefulSet", "DaemonSet", "Job")
 LONG_RUNNING_KINDS = ("Deployment", "StatefulSet", "DaemonSet")
-STAGE_COMPONENTS = ("stage-base", "stage-refine", "stage-upscale")
+# Each registered stage kind runs as its own Deployment, `stage-<kind>`.
+STAGE_COMPONENTS = tuple(f"stage-{kind.name}" for kind in kinds.all_kinds())
 COMPONENT = "app.kubernetes.io/component"
 GRPC_PORT = 50051
 GPU = "nvidia.com/gpu"
 GPU_POOL = "stageflow.io/gpu-pool"
-# Where the `stageflow` CLI (and the model repository it opens) read env vars.
-CLI_SOURCES = (REPO / "stageflow" / "cli", REPO / "stageflow" / "inference" / "repository.py")
+# Where the `stageflow` CLI names env vars it reads other than through
+# stageflow.cli.settings (typer's envvar=, stageflow.cli.telemetry).
+CLI_SOURCES = (REPO / "stageflow" / "cli",)
 # Kubernetes' default when a pod names none.
 DEFAULT_TERMINATION_GRACE = 30
 
@@ -251,14 +254,17 @@ def _command(container: Manifest) -> list[str]:
 
 
 def _process(container: Manifest) -> tuple[str, str]:
-    """What the container runs: ("stage", module), ("orchestrator", ""),
-    ("cli", "") for the `stageflow` command (directly or in a shell script),
-    else ("other", "")."""
+    """What the container runs: ("stage", kind) for `python -m
+    stageflow.services.KIND` or `python -m stageflow.stage KIND`,
+    ("orchestrator", ""), ("cli", "") for the `stageflow` command (directly or
+    in a shell script), else ("other", "")."""
     command = _command(container)
     if command[:2] == ["python", "-m"] and len(command) > 2:
         module = command[2]
         if module.startswith("stageflow.services."):
-            return "stage", module
+            return "stage", module.removeprefix("stageflow.services.")
+        if module == "stageflow.stage" and len(command) > 3:
+            return "stage", command[3]
         if module == "stageflow.orchestrator":
             return "orchestrator", ""
     if command and command[0] == "stageflow":
@@ -271,25 +277,23 @@ def _process(container: Manifest) -> tuple[str, str]:
     return "other", ""
 
 
-@cache
-def service_defaults(module: str) -> dict[str, Any]:
-    """The keyword defaults `services/<x>/__main__.py` passes to run_stage
-    (model_family, model_path), read from its source so torch is not imported."""
-    path = REPO / Path(*module.split(".")) / "__main__.py"
-    for node in ast.walk(ast.parse(path.read_text())):
-        if (
-            isinstance(node, ast.Call)
-            and isinstance(node.func, ast.Name)
-            and node.func.id == "run_stage"
-        ):
-            return {k.arg: ast.literal_eval(k.value) for k in node.keywords if k.arg}
-    raise ValueError(f"{path}: no run_stage(...) call")
+def service_defaults(kind: str) -> dict[str, Any]:
+    """The settings defaults a stage of `kind` starts with (model_family,
+    model_path), from its declaration; `kind` may be its services module."""
+    from stageflow.stage.main import kind_defaults
+
+    return kind_defaults(kinds.get(kind.removeprefix("stageflow.services.")))
 
 
 @cache
 def cli_env_names() -> frozenset[str]:
-    """Every STAGEFLOW_* name the CLI's source reads (a quoted literal)."""
+    """Every STAGEFLOW_* name the CLI reads: the fields of its settings classes
+    (stageflow.cli.settings), and the names in its source (a quoted literal:
+    `envvar="STAGEFLOW_ADDRESS"`, the tracing variables of stageflow.cli.telemetry)."""
     names: set[str] = set()
+    for cls in CLI_SETTINGS:
+        prefix = str(cls.model_config.get("env_prefix", ""))
+        names.update(prefix + field.upper() for field in cls.model_fields)
     for source in CLI_SOURCES:
         for path in [source] if source.is_file() else sorted(source.rglob("*.py")):
             names.update(re.findall(r"[\"'](STAGEFLOW_[A-Z0-9_]+)[\"']", path.read_text()))

@@ -23,14 +23,17 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from stageflow import kinds
 from stageflow.client import StageflowClient
+from stageflow.orchestrator.settings import parse_stages
+from stageflow.serving.processes import ServerProcess, wait_ready
 from stageflow.v1 import orchestrator_pb2 as pb
 from tests.deploy.render import Manifest
-from tests.processes import running, wait_serving
 from tests.s3server import S3ServerInfo
 
 MINIO = "http://minio:9000"
-STAGES = ("stage-base", "stage-refine", "stage-upscale")
+# The Deployment of each stage kind the manifests deploy (the default pipeline's).
+STAGES = tuple(f"stage-{name}" for name in kinds.default_pipeline())
 
 
 def workload(docs: list[Manifest], kind: str, name: str) -> Manifest:
@@ -93,8 +96,8 @@ class Pod:
         path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
         return {**os.environ, "PATH": path, **self.env, **overrides}
 
-    def start(self, stack: contextlib.ExitStack, **overrides: str) -> subprocess.Popen[bytes]:
-        """The server on a free loopback port; stopped when `stack` closes."""
+    def start(self, stack: contextlib.ExitStack, **overrides: str) -> ServerProcess:
+        """The server on a free loopback port, started; stopped when `stack` closes."""
         local = {
             "STAGEFLOW_HOST": "127.0.0.1",
             "STAGEFLOW_PORT": "0",
@@ -103,7 +106,16 @@ class Pod:
         }
         # cwd is not the checkout: a pod has no models/ or var/ to fall back on.
         env = self.environ(**local, **overrides)
-        return stack.enter_context(running(self.argv(), self.log, env=env, cwd=self.root))
+        server = ServerProcess(
+            self.root.name,
+            self.argv(),
+            log=self.log,
+            port_file=self.port_file,
+            env=env,
+            cwd=self.root,
+        )
+        stack.callback(server.stop)
+        return server.start()
 
 
 def test_dev_overlay_runs_a_job(
@@ -126,20 +138,20 @@ def test_dev_overlay_runs_a_job(
     with contextlib.ExitStack() as stack:
         pods = {name: Pod(docs, "Deployment", name, s3_server, tmp_path) for name in STAGES}
         started = {name: pod.start(stack) for name, pod in pods.items()}
-        ports = {
-            name: wait_serving(started[name], pod.port_file, pod.log).rsplit(":", 1)[1]
-            for name, pod in pods.items()
-        }
+        wait_ready(list(started.values()), timeout=90)
+        ports = {name: stage.port for name, stage in started.items()}
 
         orchestrator = Pod(docs, "Deployment", "orchestrator", s3_server, tmp_path)
-        addresses = {}
-        for var, value in orchestrator.env.items():
-            if var.endswith("_ADDRESS"):
-                stage = value.removeprefix("dns:///").split(".")[0]
-                addresses[var] = f"dns:///127.0.0.1:{ports[stage]}"
-        assert len(addresses) == 3, orchestrator.env
-        proc = orchestrator.start(stack, **addresses)
-        address = wait_serving(proc, orchestrator.port_file, orchestrator.log)
+        # STAGEFLOW_STAGES names each stage's Service; point each at its local port.
+        services = parse_stages(orchestrator.env["STAGEFLOW_STAGES"])
+        assert set(services) == set(kinds.default_pipeline()), orchestrator.env
+        local = {
+            name: f"dns:///127.0.0.1:{ports[addresses[0].removeprefix('dns:///').split('.')[0]]}"
+            for name, addresses in services.items()
+        }
+        stages = ";".join(f"{name}={address}" for name, address in local.items())
+        started_orchestrator = orchestrator.start(stack, STAGEFLOW_STAGES=stages)
+        address = started_orchestrator.wait_ready(timeout=90).address
 
         job_state = asyncio.run(submit_and_wait(address))
     assert job_state.state == pb.JOB_STATE_SUCCEEDED, job_state.error

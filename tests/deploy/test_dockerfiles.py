@@ -2,10 +2,15 @@
 
 No Docker engine runs where stageflow is developed, so the images are checked
 as text: multi-stage, a numeric non-root USER, exec-form ENTRYPOINT, no model
-weights copied in, torch pinned, the same protoc call as `make proto`, and an
-orchestrator image whose package list covers what `python -m orchestrator`
-imports and nothing of the model stack. Every check is also run on a bad
-Dockerfile, so each can fail.
+weights copied in, torch pinned, and the shape of the install: a wheel built
+from the source in a stage of its own (`pip wheel --no-deps . -w /wheels`), the
+dependencies of an extra (`stageflow[stage]`, `stageflow[orchestrator]`) in a
+cached layer, then the wheel with --no-deps; no editable install, no `.pth`
+file, no protoc, and a runtime stage that copies only the virtualenv. The
+orchestrator image's extra covers what `python -m stageflow.orchestrator`
+imports and nothing of the model stack. The wheel is built here from exactly
+what the Dockerfiles copy. Every check is also run on bad Dockerfiles, so each
+can fail.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ import importlib
 import importlib.metadata
 import importlib.util
 import json
+import os
 import re
 import shlex
 import shutil
@@ -24,9 +30,13 @@ import tomllib
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import ModuleType
+from zipfile import ZipFile
 
 import pytest
 from packaging.requirements import Requirement
+
+from stageflow import kinds
 
 ROOT = Path(__file__).resolve().parents[2]
 DOCKER = ROOT / "docker"
@@ -38,11 +48,12 @@ IMAGES = {
 TORCH_PIN = "torch==2.13.0"
 UID_GID = "10001:10001"
 PORTS = {"50051", "9090"}
-# What the Kubernetes manifests run (notes: issue-6 contract).
+# What the Kubernetes manifests run (notes: issue-6 contract): a stage per
+# kind of the default pipeline (stageflow.kinds), the generic stage entry,
+# and the orchestrator.
 K8S_MODULES = (
-    "stageflow.services.base",
-    "stageflow.services.refine",
-    "stageflow.services.upscale",
+    *(f"stageflow.services.{name}" for name in kinds.default_pipeline()),
+    "stageflow.stage",
     "stageflow.orchestrator",
 )
 # The orchestrator image's `stageflow` must submit/watch jobs and drive txt2img or
@@ -57,6 +68,21 @@ ORCHESTRATOR_GRAPH = (
     "stageflow.cli.loadgen",
 )
 ALWAYS_PRESENT = {"stageflow", "pip", "setuptools"}
+# Never in the orchestrator image (the model stack, by distribution name).
+MODEL_STACK = (
+    "torch",
+    "diffusers",
+    "transformers",
+    "safetensors",
+    "numpy",
+    "pillow",
+    "rapidocr",
+    "onnxruntime",
+    "onnx",
+    "onnxscript",
+)
+VENV = "/opt/venv"
+WHEELS = "/wheels"
 # Imported when present, skipped when not (try/except ImportError): rich.pretty
 # tries attrs, grpc tries grpc_tools for runtime protos. The dev venv has both.
 OPTIONAL_IMPORTS = {"attr", "grpc_tools"}
@@ -155,6 +181,7 @@ class PipInstall:
     requirements: list[str]  # positional requirement specifiers
     options: dict[str, str]  # value options, last one wins (-r, --index-url, ...)
     editable: bool
+    flags: frozenset[str] = frozenset()  # options without a value (--no-deps, ...)
 
 
 def pip_installs(stages: Iterable[Stage]) -> list[PipInstall]:
@@ -169,6 +196,7 @@ def pip_installs(stages: Iterable[Stage]) -> list[PipInstall]:
                 rest = words[words.index("install") + 1 :]
                 requirements: list[str] = []
                 options: dict[str, str] = {}
+                flags: set[str] = set()
                 editable = False
                 i = 0
                 while i < len(rest):
@@ -180,10 +208,12 @@ def pip_installs(stages: Iterable[Stage]) -> list[PipInstall]:
                             i += 1
                         editable = editable or option in {"-e", "--editable"}
                         options[option] = value
-                    elif not word.startswith("-"):
+                    elif word.startswith("-"):
+                        flags.add(word)
+                    else:
                         requirements.append(word)
                     i += 1
-                found.append(PipInstall(requirements, options, editable))
+                found.append(PipInstall(requirements, options, editable, frozenset(flags)))
     return found
 
 
@@ -276,6 +306,117 @@ def check_pip_pins(text: str) -> list[str]:
     return problems
 
 
+def _copies_from(stage: Stage) -> list[tuple[str, list[str]]]:
+    """(source stage, [sources..., destination]) of each `COPY --from=...` of STAGE."""
+    found = []
+    for ins in stage.all("COPY"):
+        words = shlex.split(ins.args)
+        source = next((w.removeprefix("--from=") for w in words if w.startswith("--from=")), None)
+        if source is not None:
+            found.append((source, [w for w in words if not w.startswith("--")]))
+    return found
+
+
+def _builds_the_wheel(words: list[str]) -> bool:
+    """`pip wheel --no-deps . -w /wheels` (or `python -m pip wheel ...`)."""
+    names = [Path(w).name for w in words]
+    if "pip" not in names or "wheel" not in words or words.index("wheel") < names.index("pip"):
+        return False
+    out = next((words[i + 1] for i, w in enumerate(words[:-1]) if w in {"-w", "--wheel-dir"}), "")
+    return "--no-deps" in words and "." in words and out == WHEELS
+
+
+def _stage_named(stages: list[Stage], name: str) -> Stage | None:
+    return next((s for s in stages if s.name == name), None)
+
+
+def check_installs_the_built_wheel(text: str) -> list[str]:
+    """A stage builds the wheel; the stage whose venv the runtime copies installs the
+    dependencies first (their own layers, cached) and then that wheel, --no-deps."""
+    stages = parse_dockerfile(text)
+    wheel = next(
+        (
+            s
+            for s in stages
+            if any(_builds_the_wheel(c) for r in s.all("RUN") for c in _commands(r.args))
+        ),
+        None,
+    )
+    if wheel is None:
+        return [f"no stage builds the wheel: pip wheel --no-deps . -w {WHEELS}"]
+    venv_from = [src for src, paths in _copies_from(stages[-1]) if paths[:1] == [VENV]]
+    builder = _stage_named(stages, venv_from[0]) if venv_from else None
+    if builder is None:
+        return [f"the runtime stage copies no {VENV} from a build stage"]
+    problems = []
+    if not any(src == wheel.name and paths[:1] == [WHEELS] for src, paths in _copies_from(builder)):
+        problems.append(f"{builder.name} does not COPY --from={wheel.name} {WHEELS}")
+    installs = pip_installs([builder])
+    at = [
+        i
+        for i, inst in enumerate(installs)
+        if any(r.startswith(f"{WHEELS}/") and r.endswith(".whl") for r in inst.requirements)
+    ]
+    if not at:
+        return [*problems, f"{builder.name} does not pip install the wheel from {WHEELS}"]
+    if "--no-deps" not in installs[at[-1]].flags:
+        problems.append("the wheel is installed without --no-deps: pip would resolve again")
+    if at[-1] != len(installs) - 1:
+        problems.append("a pip install after the wheel: dependencies go first, in their own layer")
+    if not any("-r" in inst.options for inst in installs[: at[-1]]):
+        problems.append("no `pip install -r` of the dependencies before the wheel")
+    return problems
+
+
+def check_no_editable_install(text: str) -> list[str]:
+    problems = []
+    for install in pip_installs(parse_dockerfile(text)):
+        if install.editable:
+            problems.append("pip install -e: an editable install needs the source in the image")
+        if {".", "./"} & set(install.requirements):
+            problems.append("pip install .: installs the source tree, not the built wheel")
+    return problems
+
+
+def check_no_pth(text: str) -> list[str]:
+    """Nothing reaches sys.path through a .pth file: the wheel holds all the code."""
+    return [
+        f"RUN {run.args[:70]}...: writes a .pth file"
+        for stage in parse_dockerfile(text)
+        for run in stage.all("RUN")
+        if re.search(r"\.pth\b", run.args)
+    ]
+
+
+def check_no_protoc(text: str) -> list[str]:
+    """The generated code is committed in stageflow/v1 and comes with the wheel."""
+    return [
+        f"RUN {run.args[:70]}...: runs or installs protoc"
+        for stage in parse_dockerfile(text)
+        for run in stage.all("RUN")
+        if re.search(r"grpc_tools|grpcio-tools|\bprotoc\b", run.args)
+    ]
+
+
+def check_runtime_copies_only_the_venv(text: str) -> list[str]:
+    final = parse_dockerfile(text)[-1]
+    problems = []
+    for ins in final.all("ADD"):
+        problems.append(f"ADD {ins.args}: the runtime stage copies only the virtualenv")
+    for ins in final.all("COPY"):
+        words = shlex.split(ins.args)
+        paths = [w for w in words if not w.startswith("--")]
+        if not any(w.startswith("--from=") for w in words):
+            problems.append(f"COPY {ins.args}: copies from the build context into the runtime")
+        elif paths != [VENV, VENV]:
+            problems.append(f"COPY {ins.args}: the runtime stage copies only {VENV}")
+    if not [paths for _, paths in _copies_from(final) if paths == [VENV, VENV]]:
+        problems.append(f"the runtime stage copies no {VENV}")
+    if pip_installs([final]):
+        problems.append("pip install in the runtime stage")
+    return problems
+
+
 def read_dockerignore(text: str) -> list[str]:
     return [line.strip() for line in text.splitlines() if line.strip() and not line.startswith("#")]
 
@@ -335,21 +476,38 @@ def _copy_sources(stages: Iterable[Stage]) -> list[str]:
     return sources
 
 
-def project_deps_excludes(stages: list[Stage]) -> list[str]:
-    """The `--exclude` names of the builder's `project_deps.py` call, ARGs expanded."""
+def project_deps() -> ModuleType:
+    """docker/project_deps.py, the script the images run to list their requirements."""
+    spec = importlib.util.spec_from_file_location("project_deps", DOCKER / "project_deps.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def project_deps_call(stages: list[Stage]) -> list[str]:
+    """The arguments of the builder's `project_deps.py` call, ARGs expanded."""
     args = {k: v for stage in stages for k, v in _args(stage).items()}
     for stage in stages:
         for run in stage.all("RUN"):
             for words in _commands(run.args):
-                if not any(w.endswith("project_deps.py") for w in words):
+                script = [i for i, w in enumerate(words) if w.endswith("project_deps.py")]
+                if not script:
                     continue
-                names = words[words.index("--exclude") + 1 :] if "--exclude" in words else []
                 expanded = []
-                for name in names:
-                    ref = re.fullmatch(r"\$\{?(\w+)\}?", name)
-                    expanded += args[ref.group(1)].split() if ref else [name]
+                for word in words[script[0] + 1 :]:
+                    ref = re.fullmatch(r"\$\{?(\w+)\}?", word)
+                    expanded += args[ref.group(1)].split() if ref else [word]
                 return expanded
     raise AssertionError("no project_deps.py call in the Dockerfile")
+
+
+def image_requirements(image: str) -> tuple[list[str], list[str], list[str]]:
+    """(extras, excluded names, requirements) of IMAGE's dependency layer."""
+    deps = project_deps()
+    call = deps.parser().parse_args(project_deps_call(parse_dockerfile(_text(image))))
+    requirements = deps.project_requirements(ROOT / "pyproject.toml", call.extra, call.exclude)
+    return call.extra, call.exclude, requirements
 
 
 def _normalise(name: str) -> str:
@@ -419,7 +577,7 @@ def image_dependency_problems(
     return problems
 
 
-# ---- the checks fail on a bad Dockerfile ------------------------------------
+# ---- the checks fail on bad Dockerfiles -------------------------------------
 
 BAD = """\
 FROM python:3.11-slim
@@ -430,6 +588,43 @@ ADD fixtures/trained/shapes-sd/unet.safetensors /app/
 RUN stageflow models build-fixtures --out /app/models
 USER root
 ENTRYPOINT python -m stageflow.services.base
+"""
+
+# The images as they were before the wheel: protoc in the builder, an editable
+# install, generated code on sys.path through a .pth, the source tree in the runtime.
+EDITABLE = """\
+FROM python:3.11-slim AS builder
+RUN python -m venv /opt/tools && /opt/tools/bin/pip install grpcio-tools==1.85.1
+RUN python -m venv /opt/venv
+COPY pyproject.toml requirements.lock docker/project_deps.py ./
+RUN python project_deps.py > /tmp/requirements.txt \\
+ && pip install -c requirements.lock -r /tmp/requirements.txt
+COPY serving ./serving
+RUN mkdir -p gen && /opt/tools/bin/python -m grpc_tools.protoc -Iprotos \\
+      --python_out=gen --pyi_out=gen --grpc_python_out=gen protos/stageflow/v1/*.proto
+RUN pip install --no-deps -e . \\
+ && echo /app/gen > "$(python -c 'import site; print(site.getsitepackages()[0])')/gen.pth"
+FROM python:3.11-slim AS runtime
+COPY --from=builder /opt/venv /opt/venv
+COPY --from=builder /app /app
+COPY serving /app/serving
+USER 10001:10001
+ENTRYPOINT ["python", "-m", "stageflow.orchestrator"]
+"""
+
+# A wheel, but installed with its dependencies resolved again, and dependencies after it.
+WHEEL_WITH_DEPS = """\
+FROM python:3.11-slim AS wheel
+COPY stageflow ./stageflow
+RUN pip wheel --no-deps . -w /wheels
+FROM python:3.11-slim AS builder
+COPY --from=wheel /wheels /wheels
+RUN pip install /wheels/stageflow-*.whl
+RUN pip install -r requirements.txt
+FROM python:3.11-slim
+COPY --from=builder /opt/venv /opt/venv
+USER 10001
+ENTRYPOINT ["python"]
 """
 
 
@@ -448,6 +643,49 @@ def test_checks_catch_a_bad_dockerfile() -> None:
     assert "pip install torch>=2: torch must be torch==2.13.0" in pins
     assert "pip install diffusers: not pinned with ==" in pins
     assert not any("torchvision" in p for p in pins)  # pinned, if oddly
+    assert check_installs_the_built_wheel(BAD) == [
+        "no stage builds the wheel: pip wheel --no-deps . -w /wheels"
+    ]
+    runtime = check_runtime_copies_only_the_venv(BAD)
+    assert "COPY . /app: copies from the build context into the runtime" in runtime
+    assert "ADD fixtures/trained/shapes-sd/unet.safetensors /app/: the runtime stage copies" in (
+        " ".join(runtime)
+    )
+    assert "pip install in the runtime stage" in runtime
+
+
+def test_checks_catch_the_editable_install() -> None:
+    assert check_no_editable_install(EDITABLE) == [
+        "pip install -e: an editable install needs the source in the image"
+    ]
+    assert check_no_editable_install("FROM a\nRUN pip install --no-deps .\n") == [
+        "pip install .: installs the source tree, not the built wheel"
+    ]
+    (pth,) = check_no_pth(EDITABLE)
+    assert "writes a .pth file" in pth
+    assert len(check_no_protoc(EDITABLE)) == 2  # installed, then run
+    assert check_runtime_copies_only_the_venv(EDITABLE) == [
+        "COPY --from=builder /app /app: the runtime stage copies only /opt/venv",
+        "COPY serving /app/serving: copies from the build context into the runtime",
+    ]
+    assert check_installs_the_built_wheel(EDITABLE) == [
+        "no stage builds the wheel: pip wheel --no-deps . -w /wheels"
+    ]
+
+
+def test_checks_catch_a_wheel_installed_with_its_dependencies() -> None:
+    assert check_installs_the_built_wheel(WHEEL_WITH_DEPS) == [
+        "the wheel is installed without --no-deps: pip would resolve again",
+        "a pip install after the wheel: dependencies go first, in their own layer",
+        "no `pip install -r` of the dependencies before the wheel",
+    ]
+    other_dir = WHEEL_WITH_DEPS.replace("-w /wheels", "-w /dist")
+    assert check_installs_the_built_wheel(other_dir) == [
+        "no stage builds the wheel: pip wheel --no-deps . -w /wheels"
+    ]
+    no_copy = WHEEL_WITH_DEPS.replace("COPY --from=wheel /wheels /wheels\n", "")
+    assert "builder does not COPY --from=wheel /wheels" in check_installs_the_built_wheel(no_copy)
+    assert check_runtime_copies_only_the_venv(WHEEL_WITH_DEPS) == []
 
 
 @pytest.mark.parametrize(
@@ -499,6 +737,11 @@ CHECKS = [
     check_exec_form_entrypoint,
     check_no_models,
     check_pip_pins,
+    check_installs_the_built_wheel,
+    check_no_editable_install,
+    check_no_pth,
+    check_no_protoc,
+    check_runtime_copies_only_the_venv,
 ]
 
 
@@ -513,18 +756,12 @@ def test_images_pass_the_checks(image: str, check: object) -> None:
 def test_runtime_stage_follows_the_contract(image: str) -> None:
     final = parse_dockerfile(_text(image))[-1]
     assert final.all("USER")[-1].args == UID_GID
-    assert [w.args for w in final.all("WORKDIR")][-1] == "/app"
     env = _env(final)
     assert env.get("PYTHONDONTWRITEBYTECODE") == "1"
     assert env.get("PYTHONUNBUFFERED") == "1"
-    assert env.get("PATH", "").startswith("/opt/venv/bin:")  # `python`, `stageflow`
+    assert env.get("PATH", "").startswith(f"{VENV}/bin:")  # `python`, `stageflow`
     exposed = {p for ins in final.all("EXPOSE") for p in ins.args.split()}
     assert exposed >= PORTS
-    # the runtime gets the venv and the code from the builder: no pip, nothing from the context
-    assert not pip_installs([final])
-    assert _copy_sources([final]) == []
-    copied = {shlex.split(c.args)[-1] for c in final.all("COPY")}
-    assert copied == {"/opt/venv", "/app"}
 
 
 @pytest.mark.parametrize("image", sorted(IMAGES))
@@ -546,38 +783,33 @@ def test_stageflow_console_script_exists() -> None:
     assert callable(getattr(importlib.import_module(module), attribute))
 
 
-@pytest.mark.parametrize("image", sorted(IMAGES))
-def test_protoc_call_matches_make_proto(image: str) -> None:
-    make = (ROOT / "Makefile").read_text().replace("\\\n", " ")
-    make_line = next(line for line in make.splitlines() if "grpc_tools.protoc" in line)
-    make_args = shlex.split(make_line.split("grpc_tools.protoc", 1)[1])
-    runs = [r for s in parse_dockerfile(_text(image)) for r in s.all("RUN")]
-    commands = [c for r in runs for c in _commands(r.args) if "grpc_tools.protoc" in c]
-    assert len(commands) == 1
-    assert commands[0][commands[0].index("grpc_tools.protoc") + 1 :] == make_args
-
-
-@pytest.mark.parametrize("image", sorted(IMAGES))
-def test_grpcio_tools_pinned_to_grpcio(image: str) -> None:
-    deps = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
-    grpcio = next(d for d in deps if Requirement(d).name == "grpcio")
-    version = grpcio.split("==")[1]
-    reqs = [r for i in pip_installs(parse_dockerfile(_text(image))) for r in i.requirements]
-    assert f"grpcio-tools=={version}" in reqs
+def _wheel_stage(image: str) -> Stage:
+    stages = parse_dockerfile(_text(image))
+    return next(
+        s
+        for s in stages
+        if any(_builds_the_wheel(c) for r in s.all("RUN") for c in _commands(r.args))
+    )
 
 
 @pytest.mark.parametrize("image", sorted(IMAGES))
 def test_context_has_what_copy_needs(image: str) -> None:
     patterns = read_dockerignore((ROOT / ".dockerignore").read_text())
-    stages = parse_dockerfile(_text(image))
-    sources = _copy_sources(stages)
+    sources = _copy_sources(parse_dockerfile(_text(image)))
     for source in sources:
         assert (ROOT / source).exists(), source
         assert not dockerignore_excludes(patterns, source), f"{source} is in .dockerignore"
-    # every first-party package the editable install expects is copied
-    find = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
-    packages = {p.rstrip("*") for p in find["packages"]["find"]["include"]}
-    assert packages | {"pipelines", "protos"} <= set(sources)
+    # The wheel stage copies the package, what pyproject.toml names (its readme),
+    # and the folders that the package's links point to (the build follows them).
+    wheel_sources = set(_copy_sources([_wheel_stage(image)]))
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    packages = {p.rstrip("*") for p in project["tool"]["setuptools"]["packages"]["find"]["include"]}
+    assert packages | {"pyproject.toml", project["project"]["readme"]} <= wheel_sources
+    links = [p for p in (ROOT / "stageflow").iterdir() if p.is_symlink()]
+    assert {p.name for p in links} == {"orchestrator", "services", "pipelines"}
+    for link in links:
+        target = Path(os.path.normpath(link.parent / os.readlink(link))).relative_to(ROOT)
+        assert target.as_posix() in wheel_sources, f"{link.name} -> {target} is not copied"
 
 
 @pytest.mark.parametrize(
@@ -588,58 +820,138 @@ def test_dockerignore_keeps_local_state_out(path: str) -> None:
     assert dockerignore_excludes(patterns, f"{path}/anything")
 
 
+@pytest.fixture(scope="module")
+def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The wheel, built from exactly what the stage image's wheel stage copies
+    from the build context (less what .dockerignore drops), as `pip wheel` there."""
+    patterns = read_dockerignore((ROOT / ".dockerignore").read_text())
+    context = tmp_path_factory.mktemp("context")
+    for ins in _wheel_stage("stage").all("COPY"):
+        *sources, destination = [w for w in shlex.split(ins.args) if not w.startswith("--")]
+        for source in sources:
+            target = context / destination if destination.endswith("/") else context
+            src = ROOT / source
+            dst = (target / src.name) if destination.endswith("/") else context / destination
+            if src.is_dir():
+                shutil.copytree(
+                    src,
+                    dst,
+                    symlinks=True,  # as COPY does: links inside a folder stay links
+                    ignore=lambda folder, names: [
+                        n
+                        for n in names
+                        if dockerignore_excludes(
+                            patterns, (Path(folder) / n).relative_to(ROOT).as_posix()
+                        )
+                    ],
+                )
+            else:
+                dst.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(src, dst)
+    out = tmp_path_factory.mktemp("wheels")
+    # --no-build-isolation: the dev venv's setuptools, offline; the image's build
+    # gets setuptools from [build-system] in an isolated environment instead.
+    pip_wheel = [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation"]
+    subprocess.run(
+        [*pip_wheel, "-q", "-w", str(out), str(context)],
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
+    (built,) = out.glob("stageflow-*.whl")
+    return built
+
+
+def test_the_wheel_holds_all_of_stageflow_and_nothing_else(wheel: Path) -> None:
+    names = ZipFile(wheel).namelist()
+    top = {n.split("/")[0] for n in names if not n.split("/")[0].endswith(".dist-info")}
+    assert top == {"stageflow"}  # nothing with a generic name at the top of site-packages
+    assert not [n for n in names if n.endswith(".pth")]
+    files = set(names)
+    for proto in sorted((ROOT / "protos" / "stageflow" / "v1").glob("*.proto")):
+        for suffix in ("_pb2.py", "_pb2.pyi", "_pb2_grpc.py"):
+            assert f"stageflow/v1/{proto.stem}{suffix}" in files  # the committed generated code
+    # the linked folders, followed: their files are in the wheel, not links
+    for module in K8S_MODULES:
+        assert f"{module.replace('.', '/')}/__main__.py" in files, module
+    for spec in sorted((ROOT / "pipelines").glob("*.yaml")):
+        assert f"stageflow/pipelines/{spec.name}" in files
+    entry_points = ZipFile(wheel).read(
+        next(n for n in names if n.endswith(".dist-info/entry_points.txt"))
+    )
+    assert b"stageflow = stageflow.cli.main:app" in entry_points
+
+
 def test_cpu_torch_comes_first_from_the_cpu_index() -> None:
     installs = pip_installs(parse_dockerfile(_text("stage")))
     torch_at = next(i for i, inst in enumerate(installs) if TORCH_PIN in inst.requirements)
     assert installs[torch_at].options.get("--index-url") == "https://download.pytorch.org/whl/cpu"
-    # before the project's requirements, whose torch==2.13.0 would pull PyPI's CUDA build
+    # before the stage extra's requirements, whose torch==2.13.0 would pull PyPI's CUDA build
     project_at = next(i for i, inst in enumerate(installs) if "-r" in inst.options)
     assert torch_at < project_at
-    deps = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
-    assert TORCH_PIN in deps
+    extras, _, requirements = image_requirements("stage")
+    assert extras == ["stage"] and TORCH_PIN in requirements
 
 
 def test_cuda_image_uses_onnxruntime_gpu_and_optional_tensorrt() -> None:
     stages = parse_dockerfile(_text("stage-cuda"))
-    assert stages[0].base.startswith("${CUDA_IMAGE}")
+    builder = _stage_named(stages, "builder")
+    assert builder is not None and builder.base.startswith("${CUDA_IMAGE}")
+    assert stages[-1].base.startswith("${CUDA_IMAGE}")
     text = _text("stage-cuda")
     default_base = re.search(r"^ARG CUDA_IMAGE=(\S+)$", text, re.MULTILINE)
     assert default_base and default_base.group(1).startswith("nvidia/cuda:")
     assert "runtime" in default_base.group(1)
     reqs = [r for i in pip_installs(stages) for r in i.requirements]
     assert "onnxruntime-gpu==${ONNXRUNTIME_GPU_VERSION}" in reqs
-    assert re.fullmatch(r"\d+\.\d+\.\d+", _args(stages[0])["ONNXRUNTIME_GPU_VERSION"])
+    assert re.fullmatch(r"\d+\.\d+\.\d+", _args(builder)["ONNXRUNTIME_GPU_VERSION"])
     # the CPU onnxruntime is left out: both wheels install the same `onnxruntime` module
-    assert "onnxruntime" in project_deps_excludes(stages)
-    assert _args(stages[0])["TENSORRT_VERSION"] == ""  # TensorRT only when asked for
+    extras, excluded, requirements = image_requirements("stage-cuda")
+    assert extras == ["stage"] and excluded == ["onnxruntime"]
+    assert TORCH_PIN in requirements
+    assert "onnxruntime" not in {project_deps().requirement_name(r) for r in requirements}
+    assert _args(builder)["TENSORRT_VERSION"] == ""  # TensorRT only when asked for
 
 
 def test_orchestrator_image_installs_what_the_orchestrator_imports() -> None:
     stages = parse_dockerfile(_text("orchestrator"))
-    excluded = project_deps_excludes(stages)
-    assert {"torch", "diffusers", "transformers", "onnxruntime"} <= set(excluded)
+    extras, excluded, kept = image_requirements("orchestrator")
+    assert extras == ["orchestrator"] and excluded == []
     assert not [i for i in pip_installs(stages) if TORCH_PIN in i.requirements]
-    kept = subprocess.run(
-        [sys.executable, str(DOCKER / "project_deps.py"), "--exclude", *excluded],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.split()
+    # nothing of the model stack, not even pulled in by another package
+    assert not requirement_closure(kept) & {_normalise(n) for n in MODEL_STACK}
     imported = imported_distributions(ORCHESTRATOR_GRAPH)
     assert "grpc" in imported  # the probe sees third-party imports at all
-    assert image_dependency_problems(imported, kept, excluded) == []
+    assert image_dependency_problems(imported, kept, MODEL_STACK) == []
 
 
-def test_project_deps_refuses_an_unknown_exclude() -> None:
-    result = subprocess.run(
-        [sys.executable, str(DOCKER / "project_deps.py"), "--exclude", "torchh"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-    )
-    assert result.returncode == 2
-    assert "torchh" in result.stderr
+def test_project_deps_follows_the_projects_own_extras() -> None:
+    deps = project_deps()
+    pyproject = ROOT / "pyproject.toml"
+    optional = tomllib.loads(pyproject.read_text())["project"]["optional-dependencies"]
+    base = deps.project_requirements(pyproject)
+    serving = deps.project_requirements(pyproject, ["serving"])
+    stage = deps.project_requirements(pyproject, ["stage"])
+    assert serving == base + optional["serving"]  # in order, the base first
+    assert "stageflow[serving]" in optional["stage"]
+    assert stage == serving + [r for r in optional["stage"] if not r.startswith("stageflow")]
+    assert deps.project_requirements(pyproject, ["all"]) == stage  # each requirement once
+    assert not any(deps.requirement_name(r) == "stageflow" for r in stage)
+
+
+def test_project_deps_refuses_an_unknown_exclude_or_extra() -> None:
+    for args, named in ((["--exclude", "torchh"], "torchh"), (["--extra", "stag"], "stag")):
+        result = subprocess.run(
+            [sys.executable, str(DOCKER / "project_deps.py"), *args],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+        )
+        assert result.returncode == 2
+        assert named in result.stderr
+    # torch is not a base dependency: excluding it without the stage extra is a typo
+    with pytest.raises(ValueError, match="torch"):
+        project_deps().project_requirements(ROOT / "pyproject.toml", [], ["torch"])
 
 
 # ---- make images ------------------------------------------------------------

@@ -7,7 +7,6 @@ TF32 on Ampere and newer GPUs, hence looser tolerances than onnxruntime's.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -23,7 +22,7 @@ from stageflow.inference.onnx.export import ExportReport, export_onnx  # noqa: E
 from stageflow.inference.onnx.layout import read_manifest  # noqa: E402
 from stageflow.inference.registry import create_model  # noqa: E402
 from stageflow.inference.rrdbnet import load_rrdbnet  # noqa: E402
-from stageflow.inference.tensorrt.engine import CACHE_ENV, Profile, load_engine  # noqa: E402
+from stageflow.inference.tensorrt.engine import Profile, load_engine  # noqa: E402
 from stageflow.inference.tensorrt.runtime import load_trt_upscaler  # noqa: E402
 
 
@@ -40,17 +39,16 @@ def exports(
     return {name: export_onnx(folders[name], out / name) for name in (SD_FOLDER, ESRGAN_FOLDER)}
 
 
-@pytest.fixture(autouse=True)
-def _engine_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv(CACHE_ENV, str(tmp_path_factory.getbasetemp() / "trt-cache"))
-        yield
+@pytest.fixture(scope="module")
+def engine_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One engine cache for the module: the stages' tests build each engine once."""
+    return tmp_path_factory.mktemp("trt-cache")
 
 
 def test_upscaler_engine_matches_torch_and_is_cached(
-    folders: dict[str, Path], exports: dict[str, ExportReport]
+    folders: dict[str, Path], exports: dict[str, ExportReport], engine_cache: Path
 ) -> None:
-    net, scale = load_trt_upscaler(exports[ESRGAN_FOLDER].folder)
+    net, scale = load_trt_upscaler(exports[ESRGAN_FOLDER].folder, cache_dir=engine_cache)
     reference, _ = load_rrdbnet(folders[ESRGAN_FOLDER])
     image = torch.rand((1, 3, 24, 40), generator=torch.Generator().manual_seed(0))
     with torch.inference_mode():
@@ -74,12 +72,14 @@ def test_engine_cache_builds_once_per_key(exports: dict[str, ExportReport], tmp_
 
 
 def test_txt2img_stage_close_to_torch(
-    folders: dict[str, Path], exports: dict[str, ExportReport]
+    folders: dict[str, Path], exports: dict[str, ExportReport], engine_cache: Path
 ) -> None:
     params = Txt2ImgParams(prompt="hero", steps=4, width=64, height=64, seed=1)
     images = []
     for backend, folder in (("torch", folders[SD_FOLDER]), ("tensorrt", exports[SD_FOLDER].folder)):
-        model = create_model("sd-txt2img", folder, backend=backend, device="cuda")
+        model = create_model(
+            "sd-txt2img", folder, backend=backend, device="cuda", engine_cache=engine_cache
+        )
         model.load()
         assert model.describe().identity.backend == backend
         out = model.run(params, StageInputs(), lambda i, n: None, lambda: False)
@@ -88,8 +88,14 @@ def test_txt2img_stage_close_to_torch(
     assert np.abs(images[0] - images[1]).max() <= 4
 
 
-def test_upscale_stage_runs_tiled(exports: dict[str, ExportReport]) -> None:
-    model = create_model("esrgan", exports[ESRGAN_FOLDER].folder, backend="tensorrt", device="cuda")
+def test_upscale_stage_runs_tiled(exports: dict[str, ExportReport], engine_cache: Path) -> None:
+    model = create_model(
+        "esrgan",
+        exports[ESRGAN_FOLDER].folder,
+        backend="tensorrt",
+        device="cuda",
+        engine_cache=engine_cache,
+    )
     model.load()
     image = Image.new("RGB", (48, 40), (120, 30, 200))
     out = model.run(

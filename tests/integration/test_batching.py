@@ -21,9 +21,9 @@ from stageflow.core.artifacts import get_artifact
 from stageflow.core.storage import open_store
 from stageflow.serving.channels import client_channel
 from stageflow.serving.metrics import metrics_port_file
+from stageflow.serving.processes import ServerProcess
 from stageflow.stage.images import decode_image
 from stageflow.v1 import common_pb2, stage_pb2, stage_pb2_grpc
-from tests.processes import running, wait_serving
 
 REPO = Path(__file__).resolve().parents[2]
 # A batched call may differ from its lone run only by float summation order.
@@ -40,9 +40,8 @@ def batching_stage(tmp_path: Path, service: str, model: Path) -> Iterator[tuple[
     # A generous delay: each concurrent call opens its own channel first.
     argv += ["--max-batch-size", "4", "--max-queue-delay-ms", "500"]
     env = {**os.environ, "PYTHONPATH": str(REPO), "PYTHONUNBUFFERED": "1"}
-    with running(argv, log_path, env=env) as proc:
-        address = wait_serving(proc, port_file, log_path)
-        yield address, port_file, store
+    with ServerProcess(service, argv, log=log_path, port_file=port_file, env=env) as stage:
+        yield stage.address, port_file, store
 
 
 @pytest.fixture

@@ -8,7 +8,6 @@ import asyncio
 import os
 import re
 import shutil
-import subprocess
 import sys
 import time
 from collections.abc import Iterator
@@ -20,11 +19,12 @@ import pytest
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from typer.testing import CliRunner
 
-from stageflow.cli.cluster import LocalCluster, _health_status, _read_port, log_tail
+from stageflow.cli.cluster import LocalCluster
 from stageflow.cli.main import app
 from stageflow.inference.fixtures import SD_FOLDER, build_fixtures
 from stageflow.inference.repository import ModelRepository
 from stageflow.serving.channels import client_channel
+from stageflow.serving.processes import ServerProcess
 from stageflow.v1 import stage_pb2, stage_pb2_grpc
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -69,30 +69,8 @@ def stage(repository: ModelRepository, tmp_path_factory: pytest.TempPathFactory)
         "--torch-threads", "1", "--max-queue", "64", "--log-json", "true",
     ]  # fmt: skip
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    with log.open("wb") as out:
-        proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env=env)
-    try:
-        address = _wait_serving(proc, port_file, log)
-        yield Stage(address, repository, log)
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-
-def _wait_serving(proc: subprocess.Popen[bytes], port_file: Path, log: Path) -> str:
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            pytest.fail(f"the stage exited with {proc.returncode}:\n{log_tail(log)}")
-        port = _read_port(port_file)
-        if port is not None and _health_status(f"127.0.0.1:{port}") == "SERVING":
-            return f"127.0.0.1:{port}"
-        time.sleep(0.1)
-    pytest.fail(f"the stage did not become ready:\n{log_tail(log)}")
+    with ServerProcess("base", argv, log=log, port_file=port_file, env=env) as base:
+        yield Stage(base.address, repository, log)
 
 
 def txt2img(seed: int = 0) -> stage_pb2.RunRequest:

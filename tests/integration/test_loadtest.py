@@ -23,8 +23,8 @@ import pytest
 from stageflow.cli.cluster import LocalCluster
 from stageflow.cli.loadgen import LoadConfig, run_load, seed_input
 from stageflow.core.storage import ObjectStore
+from stageflow.serving.processes import ServerProcess
 from tests.integration.conftest import Samples, log_events, sample, scrape_metrics
-from tests.processes import running, wait_serving
 
 SIZE = {"width": 64, "height": 64}
 RUN = "/stageflow.v1.StageService/Run"
@@ -125,9 +125,8 @@ def tight_base(tmp_path: Path, fixture_models: Path) -> Iterator[tuple[str, Path
     argv += ["--model-path", str(fixture_models / "tiny-sd"), "--torch-threads", "1"]
     argv += ["--max-concurrency", "1", "--max-queue", "0"]
     env = {**os.environ, "PYTHONPATH": str(REPO), "PYTHONUNBUFFERED": "1"}
-    with running(argv, log_path, env=env) as proc:
-        address = wait_serving(proc, port_file, log_path)
-        yield address, log_path, port_file
+    with ServerProcess("base", argv, log=log_path, port_file=port_file, env=env) as base:
+        yield base.address, log_path, port_file
 
 
 def _log(path: Path) -> list[dict[str, object]]:

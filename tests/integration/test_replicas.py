@@ -2,7 +2,7 @@
 still completes, with the same bytes as an undisturbed run of the same batch.
 
 The test starts its own two base replicas and its own orchestrator (pointing at
-both, `--base-address a,b`, stage cache off so every job really calls the
+both, `--stages base=a,b;...`, stage cache off so every job really calls the
 stages); refine and upscale are the session cluster's.
 """
 
@@ -11,17 +11,15 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import subprocess
 import sys
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 
-import grpc
 import pytest
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from stageflow.cli.cluster import LocalCluster
 from stageflow.client import StageflowClient
+from stageflow.serving.processes import ServerProcess, wait_ready
 from stageflow.v1 import orchestrator_pb2 as pb
 
 JOBS = 8
@@ -30,54 +28,16 @@ JOB = {"base": "two replicas", "style": "failover test", "width": 32, "height": 
 OPTIONS = {"base_options": {"steps": 60}, "refine_options": {"steps": 4}}
 
 
-class Process:
+def start(name: str, argv: Sequence[str], folder: Path) -> ServerProcess:
     """A child process on port 0 that reports its port through a file."""
-
-    def __init__(self, name: str, argv: Sequence[str], folder: Path) -> None:
-        self.port_file = folder / f"{name}.port"
-        self.log = (folder / f"{name}.log").open("wb")
-        self.popen = subprocess.Popen(
-            [sys.executable, *argv, "--port", "0", "--port-file", str(self.port_file)],
-            stdout=self.log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-
-    @property
-    def address(self) -> str:
-        return f"127.0.0.1:{self.port_file.read_text().strip()}"
-
-    async def ready(self) -> None:
-        """Wait for the port file, then for health SERVING (never a bare sleep)."""
-        async with asyncio.timeout(120):
-            while True:
-                assert self.popen.poll() is None, f"{self.port_file.stem} exited"
-                if self.port_file.exists() and self.port_file.read_text().strip().isdigit():
-                    async with grpc.aio.insecure_channel(self.address) as channel:
-                        try:
-                            reply = await health_pb2_grpc.HealthStub(channel).Check(
-                                health_pb2.HealthCheckRequest(), timeout=1.0
-                            )
-                            if reply.status == health_pb2.HealthCheckResponse.SERVING:
-                                return
-                        except grpc.aio.AioRpcError:
-                            pass
-                await asyncio.sleep(0.1)
-
-    def stop(self) -> None:
-        if self.popen.poll() is None:
-            self.popen.send_signal(signal.SIGTERM)
-            try:
-                self.popen.wait(15)
-            except subprocess.TimeoutExpired:
-                self.popen.kill()
-                self.popen.wait()
-        self.log.close()
+    port_file = folder / f"{name}.port"
+    argv = [sys.executable, *argv, "--port", "0", "--port-file", str(port_file)]
+    return ServerProcess(name, argv, log=folder / f"{name}.log", port_file=port_file).start()
 
 
 @pytest.fixture
-async def processes() -> AsyncIterator[list[Process]]:
-    started: list[Process] = []
+async def processes() -> AsyncIterator[list[ServerProcess]]:
+    started: list[ServerProcess] = []
     yield started
     for process in reversed(started):
         await asyncio.to_thread(process.stop)
@@ -100,32 +60,35 @@ async def _finish(client: StageflowClient, job_ids: Sequence[str]) -> list[pb.Jo
 
 
 async def test_a_replica_killed_mid_batch_loses_no_job_and_changes_no_byte(
-    local_cluster: LocalCluster, fixture_models: Path, tmp_path: Path, processes: list[Process]
+    local_cluster: LocalCluster,
+    fixture_models: Path,
+    tmp_path: Path,
+    processes: list[ServerProcess],
 ) -> None:
     store = local_cluster.store_url
     for name in ("base-a", "base-b"):
         processes.append(
-            Process(
+            start(
                 name,
                 ["-m", "stageflow.services.base", "--model-path", str(fixture_models / "tiny-sd"),
                  "--torch-threads", "1", "--store-url", store, "--log-json", "true"],
                 tmp_path,
             )
         )  # fmt: skip
-    await asyncio.gather(*(p.ready() for p in processes))
+    await asyncio.to_thread(wait_ready, processes)
     replica_a, replica_b = processes
     addresses = local_cluster.addresses
-    orchestrator = Process(
+    orchestrator = start(
         "orchestrator",
         ["-m", "stageflow.orchestrator", "--store-url", store,
          "--db-path", str(tmp_path / "jobs.sqlite"),
-         "--base-address", f"{replica_a.address},{replica_b.address}",
-         "--refine-address", addresses["refine"], "--upscale-address", addresses["upscale"],
+         "--stages", f"base={replica_a.address},{replica_b.address};"
+                     f"refine={addresses['refine']};upscale={addresses['upscale']}",
          "--stage-cache", "false", "--retry-base-seconds", "0.05", "--log-json", "true"],
         tmp_path,
     )  # fmt: skip
     processes.append(orchestrator)
-    await orchestrator.ready()
+    await asyncio.to_thread(orchestrator.wait_ready)
 
     async with StageflowClient(orchestrator.address) as client:
         undisturbed = await _finish(client, await _run_batch(client, "calm"))

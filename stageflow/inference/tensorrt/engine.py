@@ -22,12 +22,13 @@ import torch
 # (min, opt, max) shapes of one input
 ShapeRange = tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]
 
-CACHE_ENV = "STAGEFLOW_TRT_CACHE"
 WORKSPACE_BYTES = 4 << 30
 
 
 def default_cache_dir() -> Path:
-    return Path(os.environ.get(CACHE_ENV, Path.home() / ".cache" / "stageflow" / "tensorrt"))
+    """Where engines are cached when the caller names no folder (a stage names
+    StageSettings.trt_cache, STAGEFLOW_TRT_CACHE)."""
+    return Path.home() / ".cache" / "stageflow" / "tensorrt"
 
 
 @dataclass(frozen=True)

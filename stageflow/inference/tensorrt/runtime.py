@@ -38,12 +38,17 @@ def _device(device: str) -> torch.device:
 
 
 def _runner(
-    folder: Path, manifest: layout.OnnxManifest, part: str, profile: Profile, dev: torch.device
+    folder: Path,
+    manifest: layout.OnnxManifest,
+    part: str,
+    profile: Profile,
+    dev: torch.device,
+    cache_dir: Path | None,
 ) -> EngineRunner:
     onnx_path = manifest.part(folder, part)
     digest = manifest.files[onnx_path.name]
     fp16 = bool(manifest.settings.get("fp16"))
-    engine, _ = load_engine(onnx_path, digest, profile, fp16=fp16)
+    engine, _ = load_engine(onnx_path, digest, profile, fp16=fp16, cache_dir=cache_dir)
     return EngineRunner(engine, dev)
 
 
@@ -80,15 +85,21 @@ def sd_profiles(config: dict[str, int], spec: ProfileSpec) -> dict[str, Profile]
 
 
 def load_trt_parts(
-    folder: Path, device: str = "cuda", spec: ProfileSpec | None = None
+    folder: Path,
+    device: str = "cuda",
+    spec: ProfileSpec | None = None,
+    cache_dir: Path | None = None,
 ) -> DiffusionParts:
+    """`cache_dir`: the engine cache (None: `engine.default_cache_dir()`)."""
     folder = Path(folder)
     dev = _device(device)
     manifest = layout.read_manifest(folder, verify=False)
     if manifest.kind != layout.KIND_SD:
         raise FailedPrecondition(f"{folder} holds a {manifest.kind} export, not Stable Diffusion")
     profiles = sd_profiles(manifest.config, spec or ProfileSpec())
-    runners = {p: _runner(folder, manifest, p, profiles[p], dev) for p in layout.SD_PARTS}
+    runners = {
+        p: _runner(folder, manifest, p, profiles[p], dev, cache_dir) for p in layout.SD_PARTS
+    }
     unet = runners[layout.UNET]
     cfg = manifest.config
     return DiffusionParts(
@@ -107,9 +118,13 @@ def load_trt_parts(
 
 
 def load_trt_upscaler(
-    folder: Path, device: str = "cuda", spec: ProfileSpec | None = None
+    folder: Path,
+    device: str = "cuda",
+    spec: ProfileSpec | None = None,
+    cache_dir: Path | None = None,
 ) -> tuple[Callable[[torch.Tensor], torch.Tensor], int]:
-    """Tiles are at most `max_side` (the tile size plus twice the overlap)."""
+    """Tiles are at most `max_side` (the tile size plus twice the overlap);
+    `cache_dir`: the engine cache (None: `engine.default_cache_dir()`)."""
     folder = Path(folder)
     dev = _device(device)
     manifest = layout.read_manifest(folder, verify=False)
@@ -126,5 +141,5 @@ def load_trt_upscaler(
             )
         }
     )
-    net = _runner(folder, manifest, layout.UPSCALER, profile, dev)
+    net = _runner(folder, manifest, layout.UPSCALER, profile, dev, cache_dir)
     return net, int(manifest.config["scale"])

@@ -12,7 +12,6 @@ import os
 import signal
 import threading
 from collections.abc import AsyncIterator
-from pathlib import Path
 from types import TracebackType
 from typing import Self
 
@@ -29,14 +28,18 @@ FINAL_BYTES = b"\x89PNG\r\n\x1a\nnot really a png, the client only checks the di
 class FakeOrchestrator(pb_grpc.OrchestratorServiceServicer):
     """Records requests; `outcome` picks how jobs end.
 
-    outcome: "succeed", "fail" (job FAILED), "bad_digest" (final bytes do not
-    match the recorded sha256) or "interrupt" (sends this process SIGINT after
-    the snapshot, as Ctrl-C would, then waits to be cancelled).
+    outcome: "succeed", "fail" (job FAILED), "bad_digest" (GetArtifact sends
+    bytes that do not match the artifact's sha256, as a corrupting link would)
+    or "interrupt" (sends this process SIGINT after the snapshot, as Ctrl-C
+    would, then waits to be cancelled). GetArtifact sends `chunk_bytes` per
+    message, so a small artifact still takes several.
     """
 
-    def __init__(self, store_dir: Path, outcome: str = "succeed") -> None:
-        self.store_dir = store_dir
+    def __init__(self, outcome: str = "succeed", chunk_bytes: int = 16) -> None:
         self.outcome = outcome
+        self.chunk_bytes = chunk_bytes
+        self.artifacts: dict[str, bytes] = {}  # key -> bytes, what GetArtifact serves
+        self.artifact_requests: list[pb.GetArtifactRequest] = []
         self.submits: list[pb.SubmitJobRequest] = []
         self.list_requests: list[pb.ListJobsRequest] = []
         self.cancels: list[str] = []
@@ -117,16 +120,19 @@ class FakeOrchestrator(pb_grpc.OrchestratorServiceServicer):
                 job.error = "refine: RESOURCE_EXHAUSTED: refine queue is full"
                 yield pb.WatchJobResponse(job_id=job.job_id, finished=job)
                 return
-        path = self.store_dir / f"{job.job_id}.png"
-        path.write_bytes(FINAL_BYTES)
-        digest = hashlib.sha256(FINAL_BYTES).hexdigest()
-        if self.outcome == "bad_digest":
-            digest = "0" * 64
+        key = f"{job.job_id}.png"
+        self.artifacts[key] = FINAL_BYTES
         job.state = pb.JOB_STATE_SUCCEEDED
+        job.version = 1
         job.final.CopyFrom(
-            common_pb2.ArtifactRef(key=path.name, sha256=digest, size_bytes=len(FINAL_BYTES))
+            common_pb2.ArtifactRef(
+                key=key,
+                sha256=hashlib.sha256(FINAL_BYTES).hexdigest(),
+                size_bytes=len(FINAL_BYTES),
+                media_type="image/png",
+            )
         )
-        job.final_url = path.as_uri()
+        job.stages[-1].output.CopyFrom(job.final)
         yield pb.WatchJobResponse(job_id=job.job_id, finished=job)
 
     async def GetJob(
@@ -141,6 +147,30 @@ class FakeOrchestrator(pb_grpc.OrchestratorServiceServicer):
         if request.page_size > 500:
             await context.abort(grpc.StatusCode.INTERNAL, "database is locked")
         return pb.ListJobsResponse(jobs=list(self.jobs.values())[: request.page_size])
+
+    async def GetArtifact(
+        self, request: pb.GetArtifactRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.GetArtifactResponse]:
+        """The real one's contract, for versions 0 and 1: the final or a stage's output."""
+        self.artifact_requests.append(request)
+        job = await self._job(request.job_id, context)
+        if request.version not in (0, 1):
+            await context.abort(grpc.StatusCode.NOT_FOUND, f"no version {request.version}")
+        refs = {run.stage: run.output for run in job.stages if run.output.key}
+        ref = refs.get(request.stage) if request.stage else job.final
+        if request.key:
+            ref = next((r for r in (job.final, *refs.values()) if r.key == request.key), None)
+        if ref is None or not ref.key:
+            await context.abort(grpc.StatusCode.NOT_FOUND, "no such artifact")
+        assert ref is not None
+        data = self.artifacts[ref.key]
+        if self.outcome == "bad_digest":
+            data = data[:-1] + bytes([data[-1] ^ 1])  # one bit flipped on the way
+        for start in range(0, len(data), self.chunk_bytes):
+            first = start == 0
+            yield pb.GetArtifactResponse(
+                artifact=ref if first else None, data=data[start : start + self.chunk_bytes]
+            )
 
     async def CancelJob(
         self, request: pb.CancelJobRequest, context: grpc.aio.ServicerContext

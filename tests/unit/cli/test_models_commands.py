@@ -9,11 +9,12 @@ import pytest
 from typer.testing import CliRunner, Result
 
 from stageflow.cli.main import app
-from stageflow.inference.fixtures import ESRGAN_FOLDER, build_fixtures
 
 
 @pytest.fixture(scope="module")
 def esrgan_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from stageflow.inference.fixtures import ESRGAN_FOLDER, build_fixtures
+
     return build_fixtures(tmp_path_factory.mktemp("models"), seed=0)[ESRGAN_FOLDER]
 
 

@@ -6,8 +6,6 @@ import hashlib
 import json
 from pathlib import Path
 
-from stageflow.inference.fixtures import build_fixtures
-
 
 def file_digests(root: Path) -> dict[str, str]:
     return {
@@ -18,6 +16,8 @@ def file_digests(root: Path) -> dict[str, str]:
 
 
 def test_same_seed_gives_identical_files(tmp_path: Path, fixture_models: dict[str, Path]) -> None:
+    from stageflow.inference.fixtures import build_fixtures
+
     again = build_fixtures(tmp_path / "again", seed=0)
     first = file_digests(fixture_models["manifest"].parent)
     assert first == file_digests(again["manifest"].parent)
@@ -25,6 +25,8 @@ def test_same_seed_gives_identical_files(tmp_path: Path, fixture_models: dict[st
 
 
 def test_other_seed_gives_other_weights(tmp_path: Path, fixture_models: dict[str, Path]) -> None:
+    from stageflow.inference.fixtures import build_fixtures
+
     other = file_digests(build_fixtures(tmp_path, seed=1)["manifest"].parent)
     first = file_digests(fixture_models["manifest"].parent)
     assert set(other) == set(first)
@@ -42,6 +44,8 @@ def test_manifest_lists_every_file_with_its_digest(fixture_models: dict[str, Pat
 
 
 def test_rebuild_in_place_replaces_the_folders(tmp_path: Path) -> None:
+    from stageflow.inference.fixtures import build_fixtures
+
     build_fixtures(tmp_path, seed=0)
     (tmp_path / "tiny-sd" / "stale.bin").write_bytes(b"x")
     build_fixtures(tmp_path, seed=0)

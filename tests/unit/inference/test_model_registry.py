@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from stageflow.inference import registry
+from stageflow.inference.base import LocalModel
 from stageflow.inference.interface import StageKind
 
 
@@ -33,6 +32,13 @@ def test_create_model_constructs_without_loading(tmp_path: Path) -> None:
         model.load()
 
 
-def test_import_does_not_pull_torch() -> None:
-    code = "import sys, stageflow.inference.registry; assert 'torch' not in sys.modules, 'torch'"
-    subprocess.run([sys.executable, "-c", code], check=True)
+def test_the_engine_cache_reaches_the_backend_options(tmp_path: Path) -> None:
+    """The stage's STAGEFLOW_TRT_CACHE (StageSettings.trt_cache) arrives as an argument:
+    the model layer reads no environment."""
+    model = registry.create_model(
+        "esrgan", tmp_path, backend="tensorrt", engine_cache=tmp_path / "engines"
+    )
+    assert isinstance(model, LocalModel)
+    assert model.backend_options.engine_cache == tmp_path / "engines"
+    default = registry.create_model("esrgan", tmp_path, backend="tensorrt")
+    assert isinstance(default, LocalModel) and default.backend_options.engine_cache is None

@@ -3,16 +3,25 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 from stageflow.core.errors import InvalidArgument
-from stageflow.inference.diffusion import RefineModel
-from stageflow.inference.interface import Box, RefineMode, RefineParams, StageInputs
-from stageflow.inference.masks import blur_mask, mask_from_box
+from stageflow.inference.interface import (
+    STRENGTH_IMG2IMG,
+    STRENGTH_INPAINT,
+    STRENGTH_TEXT,
+    Box,
+    RefineMode,
+    RefineParams,
+    StageInputs,
+)
+
+if TYPE_CHECKING:
+    from stageflow.inference.diffusion import RefineModel
 
 
 def noise_image(width: int = 64, height: int = 64, seed: int = 0) -> Image.Image:
@@ -25,6 +34,7 @@ def refine_run(model: RefineModel, params: RefineParams, inputs: StageInputs) ->
 
 
 def test_img2img_matches_diffusers_pipeline(refine: RefineModel, sd_folder: Path) -> None:
+    import torch
     from diffusers import StableDiffusionImg2ImgPipeline
 
     pipe = StableDiffusionImg2ImgPipeline.from_pretrained(sd_folder)
@@ -64,6 +74,8 @@ def test_strength_sets_how_far_the_image_moves(refine: RefineModel) -> None:
 
 
 def test_inpaint_box_keeps_unmasked_pixels_exactly(refine: RefineModel) -> None:
+    from stageflow.inference.masks import blur_mask, mask_from_box
+
     image = noise_image(seed=3)
     box = Box(0.25, 0.25, 0.75, 0.5)
     params = RefineParams(prompt="chapter one", mode=RefineMode.INPAINT, mask_box=box, steps=8)
@@ -103,7 +115,16 @@ def test_reference_workflow_config_is_accepted(refine: RefineModel) -> None:
     out = refine.run(
         params, StageInputs(image=noise_image()), lambda i, n: calls.append(i), lambda: False
     )
-    assert out.size == (64, 64) and len(calls) == 20  # 40 steps x strength 0.5
+    # Unset strength is the inpaint default: 40 steps x 0.75.
+    assert params.strength == STRENGTH_INPAINT == 0.75
+    assert out.size == (64, 64) and len(calls) == 30
+
+
+def test_an_unset_strength_follows_the_pass() -> None:
+    assert RefineParams(prompt="p").strength == STRENGTH_IMG2IMG
+    assert RefineParams(prompt="p", mode=RefineMode.INPAINT).strength == STRENGTH_INPAINT
+    assert RefineParams(prompt="p", text="Hi", mode=RefineMode.INPAINT).strength == STRENGTH_TEXT
+    assert RefineParams(prompt="p", text="Hi", strength=0.9).strength == 0.9
 
 
 @pytest.mark.parametrize(
@@ -165,6 +186,8 @@ def run_batch(
 
 
 def test_img2img_batch_of_two_sizes_equals_each_lone_run(refine: RefineModel) -> None:
+    import torch
+
     torch.set_num_threads(1)
     params = [
         RefineParams(prompt="hero", seed=1, steps=4, strength=0.5),
@@ -187,6 +210,8 @@ def test_img2img_batch_of_two_sizes_equals_each_lone_run(refine: RefineModel) ->
 
 
 def test_inpaint_batch_keeps_each_requests_own_mask(refine: RefineModel) -> None:
+    import torch
+
     torch.set_num_threads(1)
     boxes = [Box(0.0, 0.0, 0.5, 0.5), Box(0.5, 0.5, 1.0, 1.0)]
     params = [

@@ -1,11 +1,11 @@
-"""The model repository over a local folder and over a real S3 server:
-import, list, get, materialize (cache + digest checks), compile, bad manifests."""
+"""The model repository: import, list, get, materialize (cache + digest checks),
+compile, bad manifests. RepositoryContract runs over a local folder here and
+over a real S3 server in tests/integration/test_s3_stores.py."""
 
 from __future__ import annotations
 
 import json
 import shutil
-import uuid
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -24,127 +24,13 @@ from stageflow.inference.repository import (
     parse_ref,
     version_order,
 )
-from tests.s3server import S3ServerInfo
+from stageflow.kinds.builtin import BASE, UPSCALE
 
 UNET_WEIGHTS = "unet/diffusion_pytorch_model.safetensors"
 
 
-@pytest.fixture(params=["local", "s3"])
-def repo(request: pytest.FixtureRequest, tmp_path: Path) -> ModelRepository:
-    if request.param == "local":
-        return ModelRepository(tmp_path / "repo", cache_dir=tmp_path / "cache")
-    server: S3ServerInfo = request.getfixturevalue("s3_server")
-    # A fresh prefix per test: the bucket is shared by the session.
-    return ModelRepository(
-        f"s3://models-unit/r-{uuid.uuid4().hex[:8]}?endpoint={server.endpoint}",
-        access_key=server.access_key,
-        secret_key=server.secret_key,
-        cache_dir=tmp_path / "cache",
-    )
-
-
-@pytest.fixture
-def s3_repo(s3_server: S3ServerInfo, tmp_path: Path) -> ModelRepository:
-    return ModelRepository(
-        f"s3://models-unit/r-{uuid.uuid4().hex[:8]}?endpoint={s3_server.endpoint}",
-        access_key=s3_server.access_key,
-        secret_key=s3_server.secret_key,
-        cache_dir=tmp_path / "cache",
-    )
-
-
 def remote_key(repo: ModelRepository, name: str, version: str, rel: str) -> str:
     return repo._key(name, version, rel)
-
-
-def test_import_detects_kinds_and_fingerprints_like_a_path_loaded_model(
-    repo: ModelRepository, sd_folder: Path, esrgan_folder: Path
-) -> None:
-    sd = repo.import_folder(sd_folder, "tiny-sd", "1")
-    assert sd.kinds == [StageKind.TXT2IMG, StageKind.REFINE]
-    assert (sd.format, sd.backend, sd.architecture) == (ModelFormat.DIFFUSERS, Backend.TORCH, "sd")
-    assert (sd.sizes.min_side, sd.sizes.size_multiple) == (16, 16)
-    assert sd.defaults[StageKind.TXT2IMG]["width"] == 128  # the UNet's native side
-    # Same identity as the folder served by path: the stage cache keys agree.
-    assert sd.fingerprint == folder_fingerprint(sd_folder)
-    up = repo.import_folder(esrgan_folder, "tiny-esrgan", "1")
-    assert (up.kinds, up.format) == ([StageKind.UPSCALE], ModelFormat.ESRGAN)
-    assert [v.ref for v in repo.list()] == ["tiny-esrgan@1", "tiny-sd@1"]
-    assert repo.get("tiny-sd", "1") == sd
-
-
-def test_latest_is_the_greatest_version_in_natural_order(
-    repo: ModelRepository, esrgan_folder: Path
-) -> None:
-    for version in ("2", "10", "9"):
-        repo.import_folder(esrgan_folder, "up", version)
-    assert repo.versions("up") == ["2", "9", "10"]
-    assert repo.get("up").version == "10"
-    assert sorted(["1-onnx", "2", "1"], key=version_order) == ["1", "1-onnx", "2"]
-
-
-def test_unknown_model_or_version_is_not_found_listing_what_exists(
-    repo: ModelRepository, esrgan_folder: Path
-) -> None:
-    repo.import_folder(esrgan_folder, "up", "1")
-    with pytest.raises(NotFound, match=r"up@7 not found .*versions: 1"):
-        repo.get("up", "7")
-    with pytest.raises(NotFound, match=r"model nope not found .*models: up"):
-        repo.get("nope")
-
-
-def test_import_refuses_duplicates_bad_names_and_unknown_folders(
-    repo: ModelRepository, esrgan_folder: Path, tmp_path: Path
-) -> None:
-    repo.import_folder(esrgan_folder, "up", "1")
-    with pytest.raises(FailedPrecondition, match="up@1 already exists"):
-        repo.import_folder(esrgan_folder, "up", "1")
-    with pytest.raises(InvalidArgument) as bad:
-        repo.import_folder(esrgan_folder, "../up", "1")
-    assert bad.value.field == "name"
-    (tmp_path / "junk").mkdir()
-    (tmp_path / "junk" / "weights.bin").write_bytes(b"x")
-    with pytest.raises(InvalidArgument, match="neither a diffusers"):
-        repo.import_folder(tmp_path / "junk", "junk", "1")
-
-
-def test_materialize_returns_the_verified_files(repo: ModelRepository, sd_folder: Path) -> None:
-    repo.import_folder(sd_folder, "tiny-sd", "1")
-    folder = repo.materialize("tiny-sd", "1")
-    assert (folder / UNET_WEIGHTS).read_bytes() == (sd_folder / UNET_WEIGHTS).read_bytes()
-    assert folder_fingerprint(sd_folder) == repo.get("tiny-sd").fingerprint
-
-
-def test_s3_materialize_caches_by_fingerprint(s3_repo: ModelRepository, sd_folder: Path) -> None:
-    created = s3_repo.import_folder(sd_folder, "tiny-sd", "1")
-    first = s3_repo.materialize("tiny-sd", "1")
-    assert first == s3_repo.cache_dir / "tiny-sd" / "1" / created.fingerprint
-    # A second call reads nothing remote: it works with the remote file gone.
-    s3_repo._store.delete(remote_key(s3_repo, "tiny-sd", "1", UNET_WEIGHTS))
-    assert s3_repo.materialize("tiny-sd", "1") == first
-
-
-def test_corrupted_cache_is_detected_and_downloaded_again(
-    s3_repo: ModelRepository, sd_folder: Path
-) -> None:
-    s3_repo.import_folder(sd_folder, "tiny-sd", "1")
-    folder = s3_repo.materialize("tiny-sd", "1")
-    (folder / UNET_WEIGHTS).write_bytes(b"flipped bits")
-    again = s3_repo.materialize("tiny-sd", "1")
-    assert (again / UNET_WEIGHTS).read_bytes() == (sd_folder / UNET_WEIGHTS).read_bytes()
-
-
-def test_corrupted_remote_file_is_data_loss_naming_the_file(
-    repo: ModelRepository, sd_folder: Path
-) -> None:
-    repo.import_folder(sd_folder, "tiny-sd", "1")
-    key = remote_key(repo, "tiny-sd", "1", UNET_WEIGHTS)
-    data = bytearray(repo._store.get(key))
-    data[-1] ^= 0xFF  # same size, other bytes
-    repo._store.put(key, bytes(data))
-    with pytest.raises(DataLoss, match=f"tiny-sd@1 .*{UNET_WEIGHTS}: sha256"):
-        repo.materialize("tiny-sd", "1")
-    assert not any(p.name.startswith(".download") for p in repo.cache_dir.rglob("*"))
 
 
 BAD_MANIFESTS = [
@@ -152,80 +38,11 @@ BAD_MANIFESTS = [
     ("kinds.0", lambda m: m.update(kinds=["painting"])),
     ("backend", lambda m: m.update(backend="cuda-magic")),
     ("fingerprint", lambda m: m.update(fingerprint="abc")),
-    ("defaults.upscale.tile_sise", lambda m: m["defaults"]["upscale"].update(tile_sise=3)),
-    ("defaults.upscale.tile_size", lambda m: m["defaults"]["upscale"].update(tile_size=99999)),
+    ("defaults.upscale.tile_sise", lambda m: m["defaults"].update(upscale={"tile_sise": 3})),
+    ("defaults.upscale.tile_size", lambda m: m["defaults"].update(upscale={"tile_size": 99999})),
     ("files", lambda m: m.update(files={"../escape": m["files"]["config.json"]})),
     ("colour", lambda m: m.update(colour="blue")),
 ]
-
-
-@pytest.mark.parametrize(("field", "change"), BAD_MANIFESTS, ids=[f for f, _ in BAD_MANIFESTS])
-def test_invalid_model_yaml_is_a_clear_error_naming_the_field(
-    repo: ModelRepository, esrgan_folder: Path, field: str, change: Any
-) -> None:
-    import yaml
-
-    repo.import_folder(esrgan_folder, "up", "1")
-    key = remote_key(repo, "up", "1", "model.yaml")
-    manifest = yaml.safe_load(repo._store.get(key))
-    change(manifest)
-    repo._store.put(key, yaml.safe_dump(manifest).encode())
-    with pytest.raises(InvalidManifest) as err:
-        repo.get("up", "1")
-    assert "up/1/model.yaml" in err.value.message
-    assert field in err.value.message, err.value.message
-    versions, problems = repo.scan()  # listing skips it and says why
-    assert versions == [] and field in problems[0]
-
-
-def test_sdxl_imports_but_the_loader_refuses_it_clearly(
-    repo: ModelRepository, sd_folder: Path, tmp_path: Path
-) -> None:
-    xl = tmp_path / "xl"
-    shutil.copytree(sd_folder, xl)
-    shutil.copytree(xl / "text_encoder", xl / "text_encoder_2")
-    index = json.loads((xl / "model_index.json").read_text())
-    index.update(_class_name="StableDiffusionXLPipeline", text_encoder_2=index["text_encoder"])
-    (xl / "model_index.json").write_text(json.dumps(index))
-    created = repo.import_folder(xl, "xl", "1")
-    assert created.architecture == "sdxl"
-    loader = RepositoryLoader(repo, StageKind.TXT2IMG, create_model)
-    with pytest.raises(FailedPrecondition, match="xl@1: SDXL pipelines"):
-        loader.load("xl@1")
-
-
-def test_loader_refuses_a_model_of_another_kind(repo: ModelRepository, esrgan_folder: Path) -> None:
-    repo.import_folder(esrgan_folder, "up", "1")
-    loader = RepositoryLoader(repo, StageKind.TXT2IMG, create_model)
-    with pytest.raises(FailedPrecondition, match="up@1 serves upscale; this stage runs txt2img"):
-        loader.load("up@1")
-
-
-def test_loaded_model_reports_the_versions_identity(
-    repo: ModelRepository, esrgan_folder: Path
-) -> None:
-    created = repo.import_folder(esrgan_folder, "up", "3")
-    model = RepositoryLoader(repo, StageKind.UPSCALE, create_model, torch_threads=1).load("up")
-    try:
-        identity = model.describe().identity
-        assert (identity.name, identity.version, identity.backend) == ("up", "3", "torch")
-        assert identity.fingerprint == created.fingerprint
-        assert model.kind == StageKind.UPSCALE
-    finally:
-        model.unload()
-
-
-def test_corrupt_weights_with_a_consistent_manifest_fail_to_load_clearly(
-    tmp_path: Path, esrgan_folder: Path
-) -> None:
-    broken = tmp_path / "broken"
-    shutil.copytree(esrgan_folder, broken)
-    (broken / "model.safetensors").write_bytes(b"\x00" * 64)
-    repo = ModelRepository(tmp_path / "repo")
-    repo.import_folder(broken, "up", "1")
-    loader = RepositoryLoader(repo, StageKind.UPSCALE, create_model)
-    with pytest.raises(FailedPrecondition, match=r"cannot load model up@1 from .*Error"):
-        loader.load("up@1")
 
 
 class FakeExport:
@@ -239,26 +56,181 @@ def fake_exporter(src: Path, dst: Path, *, fp16: bool = False, opset: int = 17) 
     return FakeExport()
 
 
-def test_compile_records_a_new_version_from_the_exporter(
-    repo: ModelRepository, esrgan_folder: Path
+class RepositoryContract:
+    """What every model repository does. A subclass provides the `repo` fixture
+    (a fresh, empty repository)."""
+
+    def test_import_detects_kinds_and_fingerprints_like_a_path_loaded_model(
+        self, repo: ModelRepository, sd_folder: Path, esrgan_folder: Path
+    ) -> None:
+        sd = repo.import_folder(sd_folder, "tiny-sd", "1")
+        assert sd.kinds == [StageKind.TXT2IMG, StageKind.REFINE]
+        assert (sd.format, sd.backend, sd.architecture) == (
+            ModelFormat.DIFFUSERS,
+            Backend.TORCH,
+            "sd",
+        )
+        assert (sd.sizes.min_side, sd.sizes.size_multiple) == (16, 16)
+        # What the folder says about itself, its native side; steps, guidance and
+        # strength are left to the model class (one owner per default).
+        assert sd.defaults == {StageKind.TXT2IMG: {"width": 128, "height": 128}}
+        # Same identity as the folder served by path: the stage cache keys agree.
+        assert sd.fingerprint == folder_fingerprint(sd_folder)
+        up = repo.import_folder(esrgan_folder, "tiny-esrgan", "1")
+        assert (up.kinds, up.format) == ([StageKind.UPSCALE], ModelFormat.ESRGAN)
+        assert up.defaults == {}
+        assert [v.ref for v in repo.list()] == ["tiny-esrgan@1", "tiny-sd@1"]
+        assert repo.get("tiny-sd", "1") == sd
+
+    def test_latest_is_the_greatest_version_in_natural_order(
+        self, repo: ModelRepository, esrgan_folder: Path
+    ) -> None:
+        for version in ("2", "10", "9"):
+            repo.import_folder(esrgan_folder, "up", version)
+        assert repo.versions("up") == ["2", "9", "10"]
+        assert repo.get("up").version == "10"
+        assert sorted(["1-onnx", "2", "1"], key=version_order) == ["1", "1-onnx", "2"]
+
+    def test_unknown_model_or_version_is_not_found_listing_what_exists(
+        self, repo: ModelRepository, esrgan_folder: Path
+    ) -> None:
+        repo.import_folder(esrgan_folder, "up", "1")
+        with pytest.raises(NotFound, match=r"up@7 not found .*versions: 1"):
+            repo.get("up", "7")
+        with pytest.raises(NotFound, match=r"model nope not found .*models: up"):
+            repo.get("nope")
+
+    def test_import_refuses_duplicates_bad_names_and_unknown_folders(
+        self, repo: ModelRepository, esrgan_folder: Path, tmp_path: Path
+    ) -> None:
+        repo.import_folder(esrgan_folder, "up", "1")
+        with pytest.raises(FailedPrecondition, match="up@1 already exists"):
+            repo.import_folder(esrgan_folder, "up", "1")
+        with pytest.raises(InvalidArgument) as bad:
+            repo.import_folder(esrgan_folder, "../up", "1")
+        assert bad.value.field == "name"
+        (tmp_path / "junk").mkdir()
+        (tmp_path / "junk" / "weights.bin").write_bytes(b"x")
+        with pytest.raises(InvalidArgument, match="neither a diffusers"):
+            repo.import_folder(tmp_path / "junk", "junk", "1")
+
+    def test_materialize_returns_the_verified_files(
+        self, repo: ModelRepository, sd_folder: Path
+    ) -> None:
+        repo.import_folder(sd_folder, "tiny-sd", "1")
+        folder = repo.materialize("tiny-sd", "1")
+        assert (folder / UNET_WEIGHTS).read_bytes() == (sd_folder / UNET_WEIGHTS).read_bytes()
+        assert folder_fingerprint(sd_folder) == repo.get("tiny-sd").fingerprint
+
+    def test_corrupted_remote_file_is_data_loss_naming_the_file(
+        self, repo: ModelRepository, sd_folder: Path
+    ) -> None:
+        repo.import_folder(sd_folder, "tiny-sd", "1")
+        key = remote_key(repo, "tiny-sd", "1", UNET_WEIGHTS)
+        data = bytearray(repo._store.get(key))
+        data[-1] ^= 0xFF  # same size, other bytes
+        repo._store.put(key, bytes(data))
+        with pytest.raises(DataLoss, match=f"tiny-sd@1 .*{UNET_WEIGHTS}: sha256"):
+            repo.materialize("tiny-sd", "1")
+        assert not any(p.name.startswith(".download") for p in repo.cache_dir.rglob("*"))
+
+    @pytest.mark.parametrize(("field", "change"), BAD_MANIFESTS, ids=[f for f, _ in BAD_MANIFESTS])
+    def test_invalid_model_yaml_is_a_clear_error_naming_the_field(
+        self, repo: ModelRepository, esrgan_folder: Path, field: str, change: Any
+    ) -> None:
+        import yaml
+
+        repo.import_folder(esrgan_folder, "up", "1")
+        key = remote_key(repo, "up", "1", "model.yaml")
+        manifest = yaml.safe_load(repo._store.get(key))
+        change(manifest)
+        repo._store.put(key, yaml.safe_dump(manifest).encode())
+        with pytest.raises(InvalidManifest) as err:
+            repo.get("up", "1")
+        assert "up/1/model.yaml" in err.value.message
+        assert field in err.value.message, err.value.message
+        versions, problems = repo.scan()  # listing skips it and says why
+        assert versions == [] and field in problems[0]
+
+    def test_sdxl_imports_but_the_loader_refuses_it_clearly(
+        self, repo: ModelRepository, sd_folder: Path, tmp_path: Path
+    ) -> None:
+        xl = tmp_path / "xl"
+        shutil.copytree(sd_folder, xl)
+        shutil.copytree(xl / "text_encoder", xl / "text_encoder_2")
+        index = json.loads((xl / "model_index.json").read_text())
+        index.update(_class_name="StableDiffusionXLPipeline", text_encoder_2=index["text_encoder"])
+        (xl / "model_index.json").write_text(json.dumps(index))
+        created = repo.import_folder(xl, "xl", "1")
+        assert created.architecture == "sdxl"
+        loader = RepositoryLoader(repo, StageKind.TXT2IMG, create_model, families=BASE.families)
+        with pytest.raises(FailedPrecondition, match="xl@1: SDXL pipelines"):
+            loader.load("xl@1")
+
+    def test_loader_refuses_a_model_of_another_kind(
+        self, repo: ModelRepository, esrgan_folder: Path
+    ) -> None:
+        repo.import_folder(esrgan_folder, "up", "1")
+        loader = RepositoryLoader(repo, StageKind.TXT2IMG, create_model, families=BASE.families)
+        with pytest.raises(
+            FailedPrecondition, match="up@1 serves upscale; this stage runs txt2img"
+        ):
+            loader.load("up@1")
+
+    def test_loaded_model_reports_the_versions_identity(
+        self, repo: ModelRepository, esrgan_folder: Path
+    ) -> None:
+        created = repo.import_folder(esrgan_folder, "up", "3")
+        model = RepositoryLoader(
+            repo, StageKind.UPSCALE, create_model, families=UPSCALE.families, torch_threads=1
+        ).load("up")
+        try:
+            identity = model.describe().identity
+            assert (identity.name, identity.version, identity.backend) == ("up", "3", "torch")
+            assert identity.fingerprint == created.fingerprint
+            assert model.kind == StageKind.UPSCALE
+        finally:
+            model.unload()
+
+    def test_compile_records_a_new_version_from_the_exporter(
+        self, repo: ModelRepository, esrgan_folder: Path
+    ) -> None:
+        repo.import_folder(esrgan_folder, "up", "1")
+        compiled = repo.compile("up", exporter=fake_exporter)
+        assert compiled.ref == "up@1-onnx"
+        assert (compiled.format, compiled.backend) == (ModelFormat.ONNX, Backend.ONNXRUNTIME)
+        assert compiled.source == "up@1" and compiled.fingerprint == "f" * 64
+        assert compiled.export["exporter"] == "fake" and compiled.export["fp16"] is False
+        assert list(compiled.files) == ["upscaler.onnx"]
+        assert repo.get("up", "1-onnx") == compiled
+        half = repo.compile("up", "1", fp16=True, exporter=fake_exporter)
+        assert half.version == "1-onnx-fp16"
+        with pytest.raises(FailedPrecondition, match="up@1-onnx already exists"):
+            repo.compile("up", "1", exporter=fake_exporter)
+        with pytest.raises(FailedPrecondition, match="already compiled"):
+            repo.compile("up", "1-onnx", exporter=fake_exporter)
+        with pytest.raises(InvalidArgument) as bad:
+            repo.compile("up", "1", backend="coreml", exporter=fake_exporter)
+        assert bad.value.field == "backend"
+
+
+class TestLocalRepository(RepositoryContract):
+    @pytest.fixture
+    def repo(self, tmp_path: Path) -> ModelRepository:
+        return ModelRepository(tmp_path / "repo", cache_dir=tmp_path / "cache")
+
+
+def test_corrupt_weights_with_a_consistent_manifest_fail_to_load_clearly(
+    tmp_path: Path, esrgan_folder: Path
 ) -> None:
-    repo.import_folder(esrgan_folder, "up", "1")
-    compiled = repo.compile("up", exporter=fake_exporter)
-    assert compiled.ref == "up@1-onnx"
-    assert (compiled.format, compiled.backend) == (ModelFormat.ONNX, Backend.ONNXRUNTIME)
-    assert compiled.source == "up@1" and compiled.fingerprint == "f" * 64
-    assert compiled.export["exporter"] == "fake" and compiled.export["fp16"] is False
-    assert list(compiled.files) == ["upscaler.onnx"]
-    assert repo.get("up", "1-onnx") == compiled
-    half = repo.compile("up", "1", fp16=True, exporter=fake_exporter)
-    assert half.version == "1-onnx-fp16"
-    with pytest.raises(FailedPrecondition, match="up@1-onnx already exists"):
-        repo.compile("up", "1", exporter=fake_exporter)
-    with pytest.raises(FailedPrecondition, match="already compiled"):
-        repo.compile("up", "1-onnx", exporter=fake_exporter)
-    with pytest.raises(InvalidArgument) as bad:
-        repo.compile("up", "1", backend="coreml", exporter=fake_exporter)
-    assert bad.value.field == "backend"
+    broken = tmp_path / "broken"
+    shutil.copytree(esrgan_folder, broken)
+    (broken / "model.safetensors").write_bytes(b"\x00" * 64)
+    repo = ModelRepository(tmp_path / "repo")
+    repo.import_folder(broken, "up", "1")
+    loader = RepositoryLoader(repo, StageKind.UPSCALE, create_model, families=UPSCALE.families)
+    with pytest.raises(FailedPrecondition, match=r"cannot load model up@1 from .*Error"):
+        loader.load("up@1")
 
 
 @pytest.mark.parametrize(

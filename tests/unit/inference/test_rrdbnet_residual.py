@@ -6,15 +6,14 @@ import json
 from pathlib import Path
 
 import pytest
-import torch
-import torch.nn.functional as F
-
-from stageflow.inference.rrdbnet import RRDBNet, RRDBNetConfig, load_rrdbnet, save_rrdbnet
-
-SMALL = RRDBNetConfig(num_feat=8, num_block=1, num_grow_ch=4)
 
 
 def test_bicubic_residual_with_a_zero_last_conv_is_bicubic() -> None:
+    import torch
+    import torch.nn.functional as F
+
+    from stageflow.inference.rrdbnet import RRDBNet, RRDBNetConfig
+
     torch.manual_seed(0)
     net = RRDBNet(RRDBNetConfig(num_feat=8, num_block=1, num_grow_ch=4, residual="bicubic"))
     torch.nn.init.zeros_(net.conv_last.weight)
@@ -26,18 +25,26 @@ def test_bicubic_residual_with_a_zero_last_conv_is_bicubic() -> None:
 
 
 def test_default_has_no_residual_and_writes_no_residual_key(tmp_path: Path) -> None:
+    import torch
+
+    from stageflow.inference.rrdbnet import RRDBNet, RRDBNetConfig, save_rrdbnet
+
     torch.manual_seed(0)
-    net = RRDBNet(SMALL)
+    small = RRDBNetConfig(num_feat=8, num_block=1, num_grow_ch=4)
+    net = RRDBNet(small)
     torch.nn.init.zeros_(net.conv_last.weight)
     assert net.conv_last.bias is not None
     torch.nn.init.zeros_(net.conv_last.bias)
     assert net(torch.rand(1, 3, 8, 8)).abs().max() == 0  # Real-ESRGAN's forward
-    save_rrdbnet(net, SMALL, tmp_path)
+    save_rrdbnet(net, small, tmp_path)
     assert "residual" not in json.loads((tmp_path / "config.json").read_text())
 
 
 def test_fp16_weights_load_into_float32(tmp_path: Path) -> None:
+    import torch
     from safetensors.torch import load_file
+
+    from stageflow.inference.rrdbnet import RRDBNet, RRDBNetConfig, load_rrdbnet, save_rrdbnet
 
     config = RRDBNetConfig(num_feat=8, num_block=1, num_grow_ch=4, residual="bicubic")
     torch.manual_seed(0)
@@ -54,5 +61,7 @@ def test_fp16_weights_load_into_float32(tmp_path: Path) -> None:
 
 
 def test_unknown_residual_is_refused() -> None:
+    from stageflow.inference.rrdbnet import RRDBNet, RRDBNetConfig
+
     with pytest.raises(ValueError, match="residual"):
         RRDBNet(RRDBNetConfig(num_feat=8, num_block=1, num_grow_ch=4, residual="lanczos"))

@@ -3,17 +3,19 @@
 from __future__ import annotations
 
 import dataclasses
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pytest
 from PIL import Image
 
 from stageflow.core.errors import InvalidArgument
-from stageflow.inference.diffusion import RefineModel
 from stageflow.inference.interface import Box, RefineMode, RefineParams, StageInputs
 from stageflow.inference.ocr import TextReader
-from stageflow.inference.text_pass import aligned_box, run_text_pass
 from stageflow.inference.typography import TextStyle, render_text
+
+if TYPE_CHECKING:
+    from stageflow.inference.diffusion import RefineModel
 
 
 def background(size: int = 128, seed: int = 0) -> Image.Image:
@@ -50,6 +52,8 @@ PARAMS = RefineParams(prompt="hero", text="Chapter One", seed=41, max_attempts=3
 
 
 def test_first_good_read_is_accepted() -> None:
+    from stageflow.inference.text_pass import run_text_pass
+
     smudge, steps = Smudge(), []
     out = run_text_pass(
         background(),
@@ -72,6 +76,8 @@ def test_first_good_read_is_accepted() -> None:
 
 
 def test_failing_reads_retry_then_fall_back_to_the_exact_render() -> None:
+    from stageflow.inference.text_pass import run_text_pass
+
     smudge = Smudge()
     reader = ScriptedReader("Chaptr", "Cha", "", "Chapter One")
     out = run_text_pass(background(), PARAMS, smudge, reader, lambda i, n: None)
@@ -88,6 +94,8 @@ def test_failing_reads_retry_then_fall_back_to_the_exact_render() -> None:
 
 
 def test_a_threshold_of_one_accepts_any_read() -> None:
+    from stageflow.inference.text_pass import run_text_pass
+
     params = dataclasses.replace(PARAMS, max_cer=1.0)
     out = run_text_pass(background(), params, Smudge(), ScriptedReader("xx"), lambda i, n: None)
     assert out.text_check is not None and not out.text_check.fell_back
@@ -95,6 +103,8 @@ def test_a_threshold_of_one_accepts_any_read() -> None:
 
 
 def test_aligned_box_grows_to_the_size_multiple_inside_the_image() -> None:
+    from stageflow.inference.text_pass import aligned_box
+
     assert aligned_box((10, 100, 50, 120), (128, 128), 64) == (0, 64, 64, 128)
     assert aligned_box((0, 0, 300, 10), (256, 256), 64) == (0, 0, 256, 64)
     left, top, right, bottom = aligned_box((200, 300, 330, 370), (512, 512), 64)

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
-from transformers import CLIPTokenizer
 
 from stageflow.inference.tokenizer import (
     BOS,
@@ -16,6 +16,9 @@ from stageflow.inference.tokenizer import (
     bytes_to_unicode,
     write_tokenizer,
 )
+
+if TYPE_CHECKING:
+    from transformers import CLIPTokenizer
 
 
 @pytest.fixture(scope="module")
@@ -27,6 +30,8 @@ def folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def tok(folder: Path) -> CLIPTokenizer:
+    from transformers import CLIPTokenizer
+
     return CLIPTokenizer.from_pretrained(folder)
 
 
@@ -64,6 +69,8 @@ def test_any_text_falls_back_to_bytes(tok: CLIPTokenizer) -> None:
 
 
 def test_paths_constructor_and_padding(folder: Path, tok: CLIPTokenizer) -> None:
+    from transformers import CLIPTokenizer
+
     direct = CLIPTokenizer(str(folder / "vocab.json"), str(folder / "merges.txt"))
     assert direct("red circle").input_ids == tok("red circle").input_ids
     padded = tok("red circle", padding="max_length", max_length=tok.model_max_length).input_ids

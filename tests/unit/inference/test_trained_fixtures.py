@@ -6,7 +6,6 @@ import hashlib
 import json
 
 import pytest
-import torch
 
 from stageflow.cli.cluster import TRAINED_MODELS_DIR
 
@@ -47,6 +46,7 @@ def test_manifest_records_the_training_settings_and_held_out_set() -> None:
     ],
 )
 def test_weights_are_stored_in_fp16(weights: str) -> None:
+    import torch
     from safetensors.torch import load_file
 
     tensors = load_file(str(TRAINED_MODELS_DIR / weights))
@@ -54,6 +54,8 @@ def test_weights_are_stored_in_fp16(weights: str) -> None:
 
 
 def test_loaders_give_float32_parts() -> None:
+    import torch
+
     from stageflow.inference.rrdbnet import load_rrdbnet
     from stageflow.inference.sd_parts import load_torch_parts
 

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pytest
-import torch
 
 from stageflow.core.errors import InvalidArgument
-from stageflow.inference.diffusion import Txt2ImgModel
 from stageflow.inference.interface import StageInputs, Txt2ImgParams
+
+if TYPE_CHECKING:
+    from stageflow.inference.diffusion import Txt2ImgModel
 
 
 def run(model: Txt2ImgModel, **kwargs: object) -> np.ndarray:
@@ -23,6 +25,7 @@ def run(model: Txt2ImgModel, **kwargs: object) -> np.ndarray:
 def test_matches_diffusers_pipeline(
     txt2img: Txt2ImgModel, sd_folder: Path, guidance_scale: float
 ) -> None:
+    import torch
     from diffusers import StableDiffusionPipeline
 
     pipe = StableDiffusionPipeline.from_pretrained(sd_folder)

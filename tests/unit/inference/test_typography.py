@@ -8,7 +8,6 @@ from PIL import Image
 
 from stageflow.inference.interface import Box, TextPlacement
 from stageflow.inference.ocr import TextReader, cer, levenshtein, normalize
-from stageflow.inference.text_pass import line_box
 from stageflow.inference.typography import (
     BLACK,
     FONT_PATH,
@@ -137,6 +136,8 @@ def test_latin_greek_and_cyrillic_are_drawable() -> None:
     ],
 )
 def test_ocr_reads_a_rendered_line_back_exactly(reader: TextReader, text: str) -> None:
+    from stageflow.inference.text_pass import line_box
+
     rendered = render_text(noisy(3), text)
     read = reader.read(rendered.image.crop(line_box(rendered, rendered.image.size)))
     assert normalize(read) == normalize(text)
@@ -144,6 +145,8 @@ def test_ocr_reads_a_rendered_line_back_exactly(reader: TextReader, text: str) -
 
 
 def test_ocr_does_not_read_text_that_is_not_there(reader: TextReader) -> None:
+    from stageflow.inference.text_pass import line_box
+
     rendered = render_text(noisy(3), "Chapter One")
     blank = flat((128, 128, 128)).crop(line_box(rendered, (512, 512)))
     assert cer("Chapter One", reader.read(blank)) > 0.5

@@ -3,22 +3,17 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 from stageflow.core.errors import InvalidArgument
 from stageflow.inference.interface import StageInputs, UpscaleMode, UpscaleParams
-from stageflow.inference.rrdbnet import (
-    RRDBNet,
-    RRDBNetConfig,
-    load_rrdbnet,
-    read_config,
-    receptive_radius,
-)
-from stageflow.inference.upscaler import EsrganUpscaler, tile_grid
+
+if TYPE_CHECKING:
+    from stageflow.inference.upscaler import EsrganUpscaler
 
 
 def noise_image(width: int, height: int, seed: int = 0) -> Image.Image:
@@ -35,6 +30,8 @@ def upscale(model: EsrganUpscaler, image: Image.Image, **kwargs: object) -> np.n
 def test_tiled_equals_untiled_when_overlap_covers_receptive_field(
     upscaler: EsrganUpscaler, esrgan_folder: Path
 ) -> None:
+    from stageflow.inference.rrdbnet import read_config, receptive_radius
+
     image = noise_image(70, 52)
     whole = upscale(upscaler, image, tile_size=0)
     overlap = receptive_radius(read_config(esrgan_folder))
@@ -67,6 +64,8 @@ def test_lanczos_mode_is_pillows_lanczos(upscaler: EsrganUpscaler) -> None:
 
 
 def test_tile_grid_covers_every_pixel_once() -> None:
+    from stageflow.inference.upscaler import tile_grid
+
     coverage = np.zeros((50, 70), dtype=int)
     for tile in tile_grid(70, 50, 32, 8):
         left, top, right, bottom = tile.core
@@ -78,6 +77,8 @@ def test_tile_grid_covers_every_pixel_once() -> None:
 
 
 def test_state_dict_uses_real_esrgan_names() -> None:
+    from stageflow.inference.rrdbnet import RRDBNet, RRDBNetConfig
+
     keys = set(RRDBNet(RRDBNetConfig(num_feat=4, num_block=2, num_grow_ch=2)).state_dict())
     expected = {"conv_first", "conv_body", "conv_up1", "conv_up2", "conv_hr", "conv_last"}
     for n in range(2):
@@ -87,6 +88,10 @@ def test_state_dict_uses_real_esrgan_names() -> None:
 
 
 def test_loads_a_real_esrgan_release_pth(tmp_path: Path, esrgan_folder: Path) -> None:
+    import torch
+
+    from stageflow.inference.rrdbnet import load_rrdbnet
+
     # Real-ESRGAN ships `{"params_ema": state_dict}` in a .pth beside no safetensors.
     net, _ = load_rrdbnet(esrgan_folder)
     (tmp_path / "config.json").write_bytes((esrgan_folder / "config.json").read_bytes())
@@ -104,6 +109,8 @@ def test_missing_image_is_an_invalid_argument(upscaler: EsrganUpscaler) -> None:
 
 
 def test_rejects_input_larger_than_max_side(esrgan_folder: Path) -> None:
+    from stageflow.inference.upscaler import EsrganUpscaler
+
     model = EsrganUpscaler(esrgan_folder, max_side=64)
     model.load()
     model.validate_inputs(UpscaleParams(), StageInputs(image=Image.new("RGB", (64, 10))))
@@ -126,6 +133,10 @@ def test_demo_size_upscales_to_512(upscaler: EsrganUpscaler) -> None:
 
 
 def test_a_batch_of_different_sizes_equals_each_single_run(upscaler: EsrganUpscaler) -> None:
+    import torch
+
+    from stageflow.inference.upscaler import tile_grid
+
     torch.set_num_threads(1)
     images = [noise_image(40, 40, seed=3), noise_image(70, 52, seed=4), noise_image(40, 40, seed=5)]
     params = UpscaleParams(tile_size=32, tile_overlap=8)

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
 from stageflow.inference.base import LocalModel
-from stageflow.inference.onnx.export import ExportReport, export_onnx
 from stageflow.inference.registry import create_model
+
+if TYPE_CHECKING:
+    from stageflow.inference.onnx.export import ExportReport
 
 # Part-level tolerance: ORT and torch order float sums differently (~1e-6 seen).
 PART_ATOL = 1e-4
@@ -17,13 +20,22 @@ PART_ATOL = 1e-4
 STAGE_MAX_LEVELS = 2
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _one_torch_thread(one_torch_thread: None) -> None:
+    """These tests run torch: one thread each, for bit-identical results."""
+
+
 @pytest.fixture(scope="session")
 def sd_export(sd_folder: Path, tmp_path_factory: pytest.TempPathFactory) -> ExportReport:
+    from stageflow.inference.onnx.export import export_onnx
+
     return export_onnx(sd_folder, tmp_path_factory.mktemp("onnx") / "tiny-sd")
 
 
 @pytest.fixture(scope="session")
 def esrgan_export(esrgan_folder: Path, tmp_path_factory: pytest.TempPathFactory) -> ExportReport:
+    from stageflow.inference.onnx.export import export_onnx
+
     return export_onnx(esrgan_folder, tmp_path_factory.mktemp("onnx") / "tiny-esrgan")
 
 

@@ -5,21 +5,22 @@ from __future__ import annotations
 import importlib.util
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import onnxruntime as ort
 import pytest
 
 from stageflow.core.errors import FailedPrecondition
 from stageflow.inference.backends import BackendUnavailable
 from stageflow.inference.base import LocalModel
-from stageflow.inference.onnx import runtime
-from stageflow.inference.onnx.export import ExportReport
-from stageflow.inference.onnx.runtime import ProviderUnavailable, create_session, resolve_providers
 from stageflow.inference.registry import create_model
+
+if TYPE_CHECKING:
+    from stageflow.inference.onnx.export import ExportReport
 
 
 def test_default_and_aliases_resolve_to_cpu() -> None:
+    from stageflow.inference.onnx.runtime import resolve_providers
+
     assert resolve_providers([]) == ["CPUExecutionProvider"]
     assert resolve_providers(["cpu", "CPUExecutionProvider"]) == ["CPUExecutionProvider"]
 
@@ -31,6 +32,10 @@ def test_default_and_aliases_resolve_to_cpu() -> None:
 def test_missing_provider_is_a_clear_error(
     esrgan_export: ExportReport, asked: str, full: str
 ) -> None:
+    import onnxruntime as ort
+
+    from stageflow.inference.onnx.runtime import ProviderUnavailable
+
     if full in ort.get_available_providers():
         pytest.skip(f"{full} is installed here")
     model = create_model("esrgan", esrgan_export.folder, backend="onnxruntime", providers=[asked])
@@ -46,6 +51,9 @@ def test_session_that_drops_a_provider_is_refused(
     esrgan_export: ExportReport, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """onnxruntime keeps going on CPU when, say, CUDA libraries fail to load."""
+    import onnxruntime as ort
+
+    from stageflow.inference.onnx.runtime import ProviderUnavailable, create_session
 
     class CpuOnlySession:
         def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -102,6 +110,9 @@ def test_corrupt_export_fails_to_load_naming_the_file(
 
 
 def test_threads_are_pinned_in_the_session(esrgan_export: ExportReport) -> None:
+    from stageflow.inference.onnx import runtime
+    from stageflow.inference.onnx.runtime import create_session
+
     session = create_session(esrgan_export.folder / "upscaler.onnx", ["CPUExecutionProvider"], 1)
     assert session.get_session_options().intra_op_num_threads == 1
     assert runtime.PROVIDER_ALIASES["cuda"] == "CUDAExecutionProvider"

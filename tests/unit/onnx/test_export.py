@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
-import torch
 
-from stageflow.inference.onnx import export, layout
-from stageflow.inference.onnx.export import ExportReport, export_onnx
-from stageflow.inference.onnx.runtime import load_onnx_upscaler
-from stageflow.inference.rrdbnet import load_rrdbnet
+from stageflow.inference.onnx import layout
+
+if TYPE_CHECKING:
+    from stageflow.inference.onnx.export import ExportReport
 
 
 def test_manifest_records_settings_digests_and_fingerprint(sd_export: ExportReport) -> None:
@@ -36,6 +36,8 @@ def test_manifest_records_settings_digests_and_fingerprint(sd_export: ExportRepo
 def test_same_export_same_fingerprint_other_settings_another(
     esrgan_folder: Path, esrgan_export: ExportReport, tmp_path: Path
 ) -> None:
+    from stageflow.inference.onnx.export import export_onnx
+
     again = export_onnx(esrgan_folder, tmp_path / "again")
     assert again.fingerprint == esrgan_export.fingerprint
     other = export_onnx(esrgan_folder, tmp_path / "opset18", opset=18)
@@ -43,6 +45,12 @@ def test_same_export_same_fingerprint_other_settings_another(
 
 
 def test_fp16_upscaler_exports_and_runs(esrgan_folder: Path, tmp_path: Path) -> None:
+    import torch
+
+    from stageflow.inference.onnx.export import export_onnx
+    from stageflow.inference.onnx.runtime import load_onnx_upscaler
+    from stageflow.inference.rrdbnet import load_rrdbnet
+
     report = export_onnx(esrgan_folder, tmp_path / "fp16", fp16=True)
     assert report.fp16_parts == ("upscaler",) and report.settings["fp16"] is True
     net, _ = load_onnx_upscaler(report.folder, threads=1)
@@ -58,6 +66,8 @@ def test_fp16_upscaler_exports_and_runs(esrgan_folder: Path, tmp_path: Path) -> 
 def test_refuses_unknown_folders_non_empty_targets_and_exports(
     sd_export: ExportReport, esrgan_folder: Path, tmp_path: Path
 ) -> None:
+    from stageflow.inference.onnx.export import export_onnx
+
     with pytest.raises(ValueError, match=r"model_index\.json"):
         export_onnx(tmp_path, tmp_path / "out")
     (tmp_path / "full").mkdir()
@@ -74,6 +84,13 @@ def test_large_weights_go_to_one_external_data_file(
     esrgan_folder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """An SD 1.5 UNet (3.4 GB) is past protobuf's 2 GiB: weights must live beside it."""
+    import torch
+
+    from stageflow.inference.onnx import export
+    from stageflow.inference.onnx.export import export_onnx
+    from stageflow.inference.onnx.runtime import load_onnx_upscaler
+    from stageflow.inference.rrdbnet import load_rrdbnet
+
     monkeypatch.setattr(export, "EXTERNAL_DATA_BYTES", 0)
     report = export_onnx(esrgan_folder, tmp_path / "external")
     names = sorted(p.name for p in report.folder.iterdir())

@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
-import torch
 
-from stageflow.inference.onnx.export import ExportReport
-from stageflow.inference.onnx.runtime import load_onnx_parts, load_onnx_upscaler
-from stageflow.inference.rrdbnet import load_rrdbnet
-from stageflow.inference.sd_parts import DiffusionParts, load_torch_parts
 from tests.unit.onnx.conftest import PART_ATOL
+
+if TYPE_CHECKING:
+    import torch
+
+    from stageflow.inference.onnx.export import ExportReport
+    from stageflow.inference.sd_parts import DiffusionParts
 
 # Pixel sides: 32/64/96 px are latents of 4/8/12, each a multiple of the
 # 2^(levels - 1) = 2 the tiny UNet needs.
@@ -21,15 +23,21 @@ BATCHES = [1, 2, 4]
 
 @pytest.fixture(scope="module")
 def torch_parts(sd_folder: Path) -> DiffusionParts:
+    from stageflow.inference.sd_parts import load_torch_parts
+
     return load_torch_parts(sd_folder)
 
 
 @pytest.fixture(scope="module")
 def ort_parts(sd_export: ExportReport) -> DiffusionParts:
+    from stageflow.inference.onnx.runtime import load_onnx_parts
+
     return load_onnx_parts(sd_export.folder, threads=1)
 
 
 def close(ours: torch.Tensor, reference: torch.Tensor) -> None:
+    import torch
+
     assert ours.shape == reference.shape
     assert ours.dtype == torch.float32
     assert (ours - reference).abs().max().item() <= PART_ATOL
@@ -53,6 +61,8 @@ def test_config_matches_the_torch_parts(
 def test_tokenize_and_text_encoder(
     torch_parts: DiffusionParts, ort_parts: DiffusionParts, prompt: str
 ) -> None:
+    import torch
+
     ids = torch_parts.tokenize(prompt)
     assert torch.equal(ort_parts.tokenize(prompt), ids)
     batch = torch.cat([ids, torch_parts.tokenize("blurry")])
@@ -65,6 +75,8 @@ def test_tokenize_and_text_encoder(
 def test_unet(
     torch_parts: DiffusionParts, ort_parts: DiffusionParts, batch: int, height: int, width: int
 ) -> None:
+    import torch
+
     gen = torch.Generator().manual_seed(batch * height + width)
     f = torch_parts.vae_scale_factor
     sample = torch.randn((batch, 4, height // f, width // f), generator=gen)
@@ -81,6 +93,8 @@ def test_unet(
 def test_vae_encoder_and_decoder(
     torch_parts: DiffusionParts, ort_parts: DiffusionParts, batch: int, height: int, width: int
 ) -> None:
+    import torch
+
     gen = torch.Generator().manual_seed(height + width)
     image = torch.rand((batch, 3, height, width), generator=gen) * 2 - 1
     with torch.inference_mode():
@@ -95,6 +109,11 @@ def test_vae_encoder_and_decoder(
 def test_upscaler(
     esrgan_folder: Path, esrgan_export: ExportReport, batch: int, height: int, width: int
 ) -> None:
+    import torch
+
+    from stageflow.inference.onnx.runtime import load_onnx_upscaler
+    from stageflow.inference.rrdbnet import load_rrdbnet
+
     net, config = load_rrdbnet(esrgan_folder)
     ort_net, scale = load_onnx_upscaler(esrgan_export.folder, threads=1)
     assert scale == config.scale == 4

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 
 from stageflow.core.errors import NotFound
 from stageflow.core.storage import ObjectStore
+from stageflow.orchestrator.auth import ApiKey
 from stageflow.orchestrator.stage_client import StageCallError
 from stageflow.orchestrator.store import UNFINISHED
 from stageflow.v1 import common_pb2, orchestrator_pb2, stage_pb2
@@ -140,7 +142,8 @@ class MemoryJobStore:
 
     def __init__(self) -> None:
         self.jobs: dict[str, orchestrator_pb2.Job] = {}  # insertion order = rowid order
-        self.by_request: dict[str, str] = {}
+        self.by_request: dict[tuple[str, str], str] = {}  # (tenant, request_id) -> job id
+        self.keys: dict[str, ApiKey] = {}
         self.old: dict[tuple[str, int], orchestrator_pb2.Job] = {}
         self.cache: dict[str, stage_pb2.StageResult] = {}
 
@@ -158,13 +161,13 @@ class MemoryJobStore:
     async def create(
         self, job: orchestrator_pb2.Job, request_id: str = ""
     ) -> tuple[orchestrator_pb2.Job, bool]:
-        if request_id and request_id in self.by_request:
-            return self._copy(self.jobs[self.by_request[request_id]]), False
+        if request_id and (job.tenant, request_id) in self.by_request:
+            return self._copy(self.jobs[self.by_request[job.tenant, request_id]]), False
         if job.job_id in self.jobs:
             raise KeyError(f"job {job.job_id!r} exists")
         self.jobs[job.job_id] = self._copy(job)
         if request_id:
-            self.by_request[request_id] = job.job_id
+            self.by_request[job.tenant, request_id] = job.job_id
         return job, True
 
     async def get(self, job_id: str) -> orchestrator_pb2.Job | None:
@@ -177,9 +180,16 @@ class MemoryJobStore:
         self.jobs[job.job_id] = self._copy(job)
 
     async def list_jobs(
-        self, page_size: int = 50, state: orchestrator_pb2.JobState | None = None
+        self,
+        page_size: int = 50,
+        state: orchestrator_pb2.JobState | None = None,
+        tenant: str | None = None,
     ) -> list[orchestrator_pb2.Job]:
-        jobs = [j for j in self._newest_first() if state is None or j.state == state]
+        jobs = [
+            j
+            for j in self._newest_first()
+            if (state is None or j.state == state) and (tenant is None or j.tenant == tenant)
+        ]
         return [self._copy(j) for j in jobs[:page_size]]
 
     async def unfinished(self) -> list[orchestrator_pb2.Job]:
@@ -208,6 +218,24 @@ class MemoryJobStore:
 
     async def cache_delete(self, key: str) -> None:
         self.cache.pop(key, None)
+
+    async def create_key(self, key: ApiKey) -> None:
+        if key.key_id in self.keys:
+            raise KeyError(f"key id {key.key_id!r} exists")
+        self.keys[key.key_id] = key
+
+    async def get_key(self, key_id: str) -> ApiKey | None:
+        return self.keys.get(key_id)
+
+    async def list_keys(self, tenant: str | None = None) -> list[ApiKey]:
+        keys = sorted(self.keys.values(), key=lambda k: k.created_at)
+        return [k for k in keys if tenant is None or k.tenant == tenant]
+
+    async def revoke_key(self, key_id: str, revoked_at: int) -> ApiKey | None:
+        key = self.keys.get(key_id)
+        if key is not None and not key.revoked:
+            key = self.keys[key_id] = dataclasses.replace(key, revoked_at=revoked_at)
+        return key
 
     async def close(self) -> None:
         pass

@@ -6,18 +6,21 @@ the in-memory fake the runner tests also use is held to the same contract.
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import pytest
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from stageflow.orchestrator.auth import DISPLAY_CHARS, new_key
 from stageflow.orchestrator.sqlite_store import SqliteJobStore
 from stageflow.orchestrator.store import JobStore, new_job_id
 from stageflow.v1 import common_pb2, orchestrator_pb2, stage_pb2
 from tests.unit.orchestrator.fakes import MemoryJobStore
 
 S = orchestrator_pb2
+SECRET = "s" * 32
 
 IMPLEMENTATIONS: dict[str, Callable[[Path], JobStore]] = {
     "sqlite": lambda tmp: SqliteJobStore(tmp / "db" / "jobs.sqlite"),
@@ -25,7 +28,7 @@ IMPLEMENTATIONS: dict[str, Callable[[Path], JobStore]] = {
 }
 
 
-def _job(created_us: int, state: S.JobState = S.JOB_STATE_QUEUED) -> S.Job:
+def _job(created_us: int, state: S.JobState = S.JOB_STATE_QUEUED, tenant: str = "") -> S.Job:
     ts = Timestamp()
     ts.FromMicroseconds(created_us)
     return S.Job(
@@ -35,6 +38,7 @@ def _job(created_us: int, state: S.JobState = S.JOB_STATE_QUEUED) -> S.Job:
         stages=[S.StageRun(stage="base", state=S.STAGE_STATE_PENDING)],
         created_at=ts,
         updated_at=ts,
+        tenant=tenant,
     )
 
 
@@ -75,6 +79,65 @@ async def test_same_request_id_returns_the_first_job(store: JobStore) -> None:
     _, b = await store.create(_job(4), "")
     assert a and b
     assert len(await store.list_jobs(10)) == 3
+
+
+async def test_request_ids_and_lists_are_per_tenant(store: JobStore) -> None:
+    a, _ = await store.create(_job(1, tenant="acme"), "req-1")
+    b, created = await store.create(_job(2, tenant="globex"), "req-1")
+    assert created and b.job_id != a.job_id  # one tenant's key never returns another's job
+    again, created = await store.create(_job(3, tenant="acme"), "req-1")
+    assert not created and again.job_id == a.job_id
+    assert [j.job_id for j in await store.list_jobs(10, tenant="acme")] == [a.job_id]
+    assert [j.job_id for j in await store.list_jobs(10, tenant="globex")] == [b.job_id]
+    assert await store.list_jobs(10, S.JOB_STATE_SUCCEEDED, tenant="acme") == []
+    assert len(await store.list_jobs(10)) == 2
+
+
+async def test_keys_are_created_listed_and_revoked(store: JobStore) -> None:
+    key, record = new_key("acme", SECRET)
+    _, other = new_key("globex", SECRET)
+    await store.create_key(record)
+    await store.create_key(other)
+    with pytest.raises(KeyError):
+        await store.create_key(record)
+    assert await store.get_key(record.key_id) == record
+    assert await store.get_key("000000000000") is None
+    assert [k.key_id for k in await store.list_keys("acme")] == [record.key_id]
+    assert len(await store.list_keys()) == 2
+    revoked = await store.revoke_key(record.key_id, 5)
+    assert revoked is not None and revoked.revoked_at == 5
+    again = await store.revoke_key(record.key_id, 9)
+    assert again is not None and again.revoked_at == 5  # the first revocation stands
+    stored = await store.get_key(record.key_id)
+    assert stored is not None and stored.revoked
+    assert await store.revoke_key("000000000000", 5) is None
+    # Only the hash is stored: the key appears nowhere in the record.
+    assert key not in repr(stored) and stored.prefix == key[:DISPLAY_CHARS]
+
+
+async def test_a_database_from_before_tenants_is_migrated(tmp_path: Path) -> None:
+    path = tmp_path / "old.sqlite"
+    conn = sqlite3.connect(path)
+    conn.executescript(
+        "CREATE TABLE jobs (job_id TEXT PRIMARY KEY, request_id TEXT NOT NULL DEFAULT '',"
+        " state TEXT NOT NULL, created_at INTEGER NOT NULL, updated_at INTEGER NOT NULL,"
+        " job BLOB NOT NULL);"
+        "CREATE UNIQUE INDEX jobs_request_id ON jobs (request_id) WHERE request_id != '';"
+    )
+    old = _job(1)
+    conn.execute(
+        "INSERT INTO jobs VALUES (?, 'req-1', 'JOB_STATE_QUEUED', 1, 1, ?)",
+        (old.job_id, old.SerializeToString()),
+    )
+    conn.commit()
+    conn.close()
+    jobs = SqliteJobStore(path)
+    try:
+        assert [j.job_id for j in await jobs.list_jobs(10, tenant="")] == [old.job_id]
+        _, created = await jobs.create(_job(2, tenant="acme"), "req-1")
+        assert created
+    finally:
+        await jobs.close()
 
 
 async def test_list_is_newest_first_with_a_state_filter_and_a_limit(store: JobStore) -> None:

@@ -1,6 +1,12 @@
+"""Artifacts: content-addressed keys, stored once, verified on read.
+
+ArtifactStoreContract runs over LocalStore here and over a real S3 server in
+tests/integration/test_s3_stores.py."""
+
 from __future__ import annotations
 
 import hashlib
+import uuid
 from pathlib import Path
 
 import pytest
@@ -25,17 +31,27 @@ def test_key_layout() -> None:
     assert artifact_key("/jobs/j1/", digest, "png") == f"jobs/j1/sha256/ab/{digest}.png"
 
 
-def test_put_then_get_roundtrip(store: ObjectStore, prefix: str) -> None:
-    data = b"png bytes"
-    artifact = put_artifact(store, data, prefix=prefix)
-    digest = hashlib.sha256(data).hexdigest()
-    assert artifact == Artifact(
-        key=f"{prefix}/sha256/{digest[:2]}/{digest}.png",
-        sha256=digest,
-        size_bytes=len(data),
-        media_type="image/png",
-    )
-    assert get_artifact(store, artifact.key, artifact.sha256) == data
+class ArtifactStoreContract:
+    """Artifacts over any ObjectStore. A subclass provides the `store` fixture."""
+
+    def test_put_then_get_roundtrip(self, store: ObjectStore) -> None:
+        prefix = f"t-{uuid.uuid4().hex[:12]}"  # a server's bucket is shared
+        data = b"png bytes"
+        artifact = put_artifact(store, data, prefix=prefix)
+        digest = hashlib.sha256(data).hexdigest()
+        assert artifact == Artifact(
+            key=f"{prefix}/sha256/{digest[:2]}/{digest}.png",
+            sha256=digest,
+            size_bytes=len(data),
+            media_type="image/png",
+        )
+        assert get_artifact(store, artifact.key, artifact.sha256) == data
+
+
+class TestArtifactsOnLocalStore(ArtifactStoreContract):
+    @pytest.fixture
+    def store(self, tmp_path: Path) -> ObjectStore:
+        return LocalStore(tmp_path / "store")
 
 
 def test_same_bytes_are_stored_once(tmp_path: Path) -> None:

@@ -33,6 +33,15 @@ def sample(name: str, **labels: str) -> float:
     return REGISTRY.get_sample_value(name, labels) or 0.0
 
 
+async def counted(name: str, expected: float, **labels: str) -> None:
+    """Wait up to 5 s for a metric to reach `expected`; fail with what it is."""
+    for _ in range(500):
+        if sample(name, **labels) == expected:
+            return
+        await asyncio.sleep(0.01)
+    assert sample(name, **labels) == expected
+
+
 async def unary(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
     if request == b"missing":
         raise NotFound("no such thing")
@@ -76,9 +85,11 @@ async def test_calls_are_counted_by_status_code(channel: grpc.aio.Channel) -> No
         await channel.unary_unary(method)(b"missing")
     assert err.value.code() == grpc.StatusCode.NOT_FOUND
 
-    assert sample("stageflow_rpc_requests_total", code="OK", **labels) == ok_before + 2
-    assert sample("stageflow_rpc_requests_total", code="NOT_FOUND", **labels) == missing_before + 1
-    assert sample("stageflow_rpc_duration_seconds_count", code="OK", **labels) == hist_before + 2
+    # The server records a call after its status is on the wire, so the client
+    # can see the status first: wait (bounded) for the count, never sleep blindly.
+    await counted("stageflow_rpc_requests_total", ok_before + 2, code="OK", **labels)
+    await counted("stageflow_rpc_requests_total", missing_before + 1, code="NOT_FOUND", **labels)
+    await counted("stageflow_rpc_duration_seconds_count", hist_before + 2, code="OK", **labels)
     assert sample("stageflow_rpc_in_flight", **labels) == 0
 
 
@@ -87,7 +98,7 @@ async def test_streams_are_measured_to_their_end(channel: grpc.aio.Channel) -> N
     labels = {"service": SERVICE, "method": method, "code": "OK"}
     before = sample("stageflow_rpc_requests_total", **labels)
     assert [r async for r in channel.unary_stream(method)(b"x")] == [b"a", b"b"]
-    assert sample("stageflow_rpc_requests_total", **labels) == before + 1
+    await counted("stageflow_rpc_requests_total", before + 1, **labels)
 
 
 def test_store_operations_record_bytes_and_latency(tmp_path: Path) -> None:

@@ -1,4 +1,4 @@
-"""A tiny real server process for the signal tests (run by test_server.py).
+"""A tiny real server process for the signal tests (run by test_server_signals.py).
 
 `/stageflow.test.Slow/Count` takes b"N,DELAY" and streams N messages, one
 every DELAY seconds: an in-flight call that a SIGTERM must let finish.

@@ -1,0 +1,64 @@
+"""The ASGI app: routers, the one error mapping, health and readiness."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import grpc
+from fastapi import FastAPI
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from stageflow.client import ClientSettings, StageflowClient, StageflowClientError
+from stageflow.gateway import images, jobs
+from stageflow.gateway.errors import GatewayError, error_body, json_error
+
+
+async def orchestrator_serving(address: str, deadline_s: float = 2.0) -> bool:
+    """True when the orchestrator's grpc.health.v1 answers SERVING."""
+    async with grpc.aio.insecure_channel(address) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        try:
+            reply = await stub.Check(health_pb2.HealthCheckRequest(), timeout=deadline_s)
+        except grpc.aio.AioRpcError:
+            return False
+        return bool(reply.status == health_pb2.HealthCheckResponse.SERVING)
+
+
+def create_app(client_settings: ClientSettings) -> FastAPI:
+    """The gateway for the orchestrator `client_settings` names (no key of its own:
+    each request's Bearer key is passed through)."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        app.state.client = StageflowClient(settings=client_settings)
+        try:
+            yield
+        finally:
+            await app.state.client.close()
+
+    app = FastAPI(
+        title="stageflow gateway",
+        version="1",
+        summary="Staged image generation over HTTP/JSON and an OpenAI-compatible Images API.",
+        lifespan=lifespan,
+    )
+    for exc in (StageflowClientError, GatewayError, RequestValidationError):
+        app.add_exception_handler(exc, json_error)
+    app.include_router(jobs.router)
+    app.include_router(images.router)
+
+    @app.get("/healthz", tags=["probes"], summary="The process is up")
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/readyz", tags=["probes"], summary="Ready: the orchestrator answers SERVING")
+    async def readyz() -> JSONResponse:
+        if await orchestrator_serving(client_settings.address):
+            return JSONResponse({"status": "ready"})
+        body = error_body("UNAVAILABLE", "the orchestrator does not answer SERVING", None)
+        return JSONResponse(body, status_code=503)
+
+    return app

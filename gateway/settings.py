@@ -1,0 +1,29 @@
+"""Settings of the gateway process: built once at start-up from env and flags."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+
+from stageflow.core.settings import StageflowSettings
+
+
+class GatewaySettings(StageflowSettings):
+    """Where to listen and where the orchestrator is."""
+
+    host: str = Field("127.0.0.1", description="Address to listen on; 0.0.0.0 for all.")
+    port: int = Field(8080, ge=0, le=65535, description="HTTP port; 0 picks a free one.")
+    port_file: Path | None = Field(
+        None,
+        description="Write the bound port here (atomically) once listening, so a "
+        "launcher can find a port-0 gateway; removed on exit.",
+    )
+    orchestrator_address: str = Field(
+        "127.0.0.1:50051", description="The orchestrator's gRPC target (host:port or dns:///)."
+    )
+    request_timeout_seconds: float = Field(
+        30.0, gt=0, description="Deadline of each orchestrator call a request makes."
+    )
+    log_level: str = Field("INFO", description="DEBUG, INFO, WARNING, ERROR or CRITICAL.")
+    log_json: bool = Field(False, description="JSON lines on stderr instead of console text.")
