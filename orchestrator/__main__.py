@@ -28,14 +28,18 @@ async def _serve(settings: OrchestratorSettings) -> None:
     store = settings.open_store()
     jobs = SqliteJobStore(settings.db_path)
     stages: dict[str, StageClient] = {
-        name: stage_client_for(",".join(addresses), settings.max_message_bytes)
+        name: stage_client_for(
+            ",".join(addresses),
+            settings.max_message_bytes,
+            wait_ready_seconds=settings.retry_budget_seconds,
+        )
         for name, addresses in settings.stages.items()
     }
     caller = StageCaller(
         RetryPolicy(
             base_seconds=settings.retry_base_seconds,
             cap_seconds=settings.retry_cap_seconds,
-            max_attempts=settings.retry_max_attempts,
+            budget_seconds=settings.retry_budget_seconds,
             exhausted_max_attempts=settings.exhausted_max_attempts,
         )
     )
@@ -53,11 +57,14 @@ async def _serve(settings: OrchestratorSettings) -> None:
         orchestrator_pb2_grpc.add_OrchestratorServiceServicer_to_server(servicer, server)
 
     try:
-        # runner.close leaves running jobs RUNNING in the DB: the next start resumes them.
+        # On SIGTERM runner.drain stops admitting and lets the stage calls in
+        # flight finish within the grace; runner.close then leaves every job
+        # QUEUED or RUNNING in the DB: the next start resumes them.
         await serve(
             [Service(SERVICE_NAME, register)],
             settings,
             startup=runner.start,
+            drain=runner.drain,
             shutdown=runner.close,
             name="orchestrator",
         )

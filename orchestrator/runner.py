@@ -122,6 +122,7 @@ class JobRunner:
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._live: dict[str, Job] = {}  # jobs with a task; fresher than the DB (step counts)
         self._cancelling: set[str] = set()
+        self._closing = False
 
     # --- process lifecycle ------------------------------------------------------
 
@@ -140,8 +141,26 @@ class JobRunner:
             log.info("job.resume", job_id=job.job_id)
             self._start_task(job)
 
+    async def drain(self, seconds: float) -> None:
+        """The first step of a shutdown: start no job and no stage call from now
+        on (a job submitted meanwhile is stored QUEUED), give the stage calls in
+        flight up to `seconds` to finish (their outputs are kept), then end every
+        WatchJob stream so that its client moves to the next process."""
+        self._closing = True
+        self._slots.close()
+        log.info("runner.draining", running_jobs=len(self._tasks), grace_seconds=seconds)
+        try:
+            async with asyncio.timeout(seconds):
+                await self._directory.close()
+        except TimeoutError:
+            log.warning("runner.drain_timeout", grace_seconds=seconds)
+        self._hub.close()
+
     async def close(self) -> None:
-        """Stop running jobs without marking them: the next start() resumes them."""
+        """Stop running jobs without marking them: the next start() resumes them
+        (QUEUED and RUNNING jobs stay so in the store)."""
+        self._closing = True
+        self._slots.close()
         tasks = list(self._tasks.values())
         for task in tasks:
             task.cancel()
@@ -370,7 +389,12 @@ class JobRunner:
             await self._executor.mark_cancelled(job)
         except Exception as err:  # a bug or a broken store: fail the job, keep serving
             log.exception("job.internal_error", job_id=job_id)
-            await self._executor.finish_failed(job, None, f"internal error: {err}")
+            if self._closing:
+                return  # left unfinished in the store: the next start retries it
+            # Not str(err): it may hold reprs, paths or data; the log has the traceback.
+            await self._executor.finish_failed(
+                job, None, f"internal error ({type(err).__name__}; see the orchestrator's log)"
+            )
         finally:
             self._live.pop(job_id, None)
             self._cancelling.discard(job_id)

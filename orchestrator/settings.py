@@ -80,10 +80,14 @@ class OrchestratorSettings(CommonSettings):
         "UNAVAILABLE or RESOURCE_EXHAUSTED; doubles each retry, the delay drawn in [0, bound).",
     )
     retry_cap_seconds: float = Field(
-        5.0, gt=0, description="Largest backoff bound between stage call retries."
+        2.0, gt=0, description="Largest backoff bound between stage call retries."
     )
-    retry_max_attempts: int = Field(
-        5, ge=1, description="Stage calls in all (first included) while replicas are UNAVAILABLE."
+    retry_budget_seconds: float = Field(
+        120.0,
+        gt=0,
+        description="How long a stage call is retried (and a call to a stage's only replica "
+        "waits for it to connect) while the stage is UNAVAILABLE, e.g. restarting or its "
+        "object store down; never past the job's deadline.",
     )
     exhausted_max_attempts: int = Field(
         3,

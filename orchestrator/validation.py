@@ -139,10 +139,24 @@ def check_against_stage(
         if isinstance(number, bool) or not isinstance(number, int | float):
             continue  # unset (the stage takes its default), or not a number
         if not limit.min <= number <= limit.max:
+            lo, hi = (limit.min, limit.max) if isinstance(number, float) else _int_range(limit)
             raise InvalidArgument(
                 submit_field(stage, limit.name, request),
-                f"must be in [{limit.min:g}, {limit.max:g}] for the {stage} stage, got {number:g}",
+                f"must be in [{lo:g}, {hi:g}] for the {stage} stage, got {number:g}"
+                if isinstance(number, float)
+                else f"must be in [{lo}, {hi}] for the {stage} stage, got {number}",
             )
+
+
+def _int_range(limit: stage_pb2.ParamRange) -> tuple[int, int]:
+    """An integer field's range in full (a seed's, not 9.22337e+18); a double
+    cannot hold int64's largest value, so it is clamped to it."""
+    top = 2**63 - 1
+
+    def clamp(bound: float) -> int:
+        return top if bound >= top else -top - 1 if bound <= -top - 1 else int(bound)
+
+    return clamp(limit.min), clamp(limit.max)
 
 
 def check_model(stage: str, wanted: str, desc: stage_pb2.DescribeResponse, spec: str) -> None:
