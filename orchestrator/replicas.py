@@ -33,6 +33,8 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
+import grpc
+
 from stageflow.core.logging import get_logger
 from stageflow.orchestrator.stage_client import (
     DEFAULT_MAX_MESSAGE_BYTES,
@@ -66,10 +68,12 @@ def parse_addresses(value: str) -> list[str]:
 def stage_client_for(
     value: str,
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+    credentials: grpc.ChannelCredentials | None = None,
     *,
     wait_ready_seconds: float = 0.0,
 ) -> StageClient:
-    """A client for one address setting: one channel per entry, balanced.
+    """A client for one address setting: one channel per entry, balanced (TLS
+    with `credentials`).
 
     A single entry (one address, or one dns:/// name whose channel balances
     itself) waits up to `wait_ready_seconds` for its channel to connect before
@@ -85,6 +89,7 @@ def stage_client_for(
             if address.startswith("dns:")
             else (),
             wait_ready_seconds=wait,
+            credentials=credentials,
         )
         for address in addresses
     ]

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import grpc
 
+from stageflow.core.errors import InvalidArgument
 from stageflow.core.logging import get_logger
 from stageflow.orchestrator.artifacts import chunks
 from stageflow.orchestrator.auth import Authenticator, Principal, bearer
@@ -76,6 +77,12 @@ class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServiceServicer):
         self, request: orchestrator_pb2.SubmitJobRequest, context: grpc.aio.ServicerContext
     ) -> orchestrator_pb2.SubmitJobResponse:
         async with self._call(context, "SubmitJob") as call:
+            if call.principal is not None and call.principal.priority == "bulk":
+                # A bulk key's jobs all take the bulk lane, whatever they ask for.
+                bulk = orchestrator_pb2.SubmitJobRequest()
+                bulk.CopyFrom(request)
+                bulk.priority = orchestrator_pb2.PRIORITY_BULK
+                request = bulk
             job = await self._runner.submit(request, call.tenant)
             call.job_id = job.job_id
             return orchestrator_pb2.SubmitJobResponse(job=job)
@@ -127,6 +134,52 @@ class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServiceServicer):
                 yield orchestrator_pb2.GetArtifactResponse(
                     artifact=ref if i == 0 else None, data=chunk
                 )
+
+    async def UploadImage(
+        self,
+        request_iterator: AsyncIterator[orchestrator_pb2.UploadImageRequest],
+        context: grpc.aio.ServicerContext,
+    ) -> orchestrator_pb2.UploadImageResponse:
+        async with self._call(context, "UploadImage") as call:
+            limit = self._runner.upload_max_bytes
+            data = bytearray()
+            async for message in request_iterator:
+                data += message.data
+                if len(data) > limit:  # stop reading: it is refused whatever follows
+                    raise InvalidArgument("data", f"must be at most {limit} bytes")
+            return await self._runner.upload(bytes(data), call.tenant)
+
+    async def ShareArtifact(
+        self, request: orchestrator_pb2.ShareArtifactRequest, context: grpc.aio.ServicerContext
+    ) -> orchestrator_pb2.ShareArtifactResponse:
+        async with self._call(context, "ShareArtifact", request.job_id) as call:
+            return await self._runner.share(request, call.tenant)
+
+    async def GetSharedArtifact(
+        self, request: orchestrator_pb2.GetSharedArtifactRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[orchestrator_pb2.GetSharedArtifactResponse]:
+        # No API key: the signed token is the credential (checked by the runner).
+        outcome = "OK"
+        try:
+            ref, data = await self._runner.shared_artifact(request.token)
+        except Exception as err:
+            outcome = str(getattr(err, "code", "INTERNAL"))
+            raise
+        finally:
+            if self._auth is not None and self._auth.enabled:
+                job_id = request.token.split("/", 1)[0][:40]
+                audit.info(
+                    "audit",
+                    tenant="",
+                    key_id="share-link",
+                    action="GetSharedArtifact",
+                    job_id=job_id,
+                    outcome=outcome,
+                )
+        for i, chunk in enumerate(chunks(data)):
+            yield orchestrator_pb2.GetSharedArtifactResponse(
+                artifact=ref if i == 0 else None, data=chunk
+            )
 
     async def ListPipelines(
         self, request: orchestrator_pb2.ListPipelinesRequest, context: grpc.aio.ServicerContext

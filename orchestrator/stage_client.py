@@ -73,11 +73,14 @@ class GrpcStageClient:
         describe_timeout: float = 5.0,
         options: Sequence[tuple[str, Any]] = (),
         wait_ready_seconds: float = 0.0,
+        credentials: grpc.ChannelCredentials | None = None,
     ) -> None:
         """`address` is any grpc target (`host:port`, `dns:///name:port`);
-        `options` are extra channel arguments (e.g. a service config)."""
+        `options` are extra channel arguments (e.g. a service config);
+        `credentials` make the channel TLS (stageflow.serving.tls)."""
         self.address = address
         self._options = tuple(options)
+        self._credentials = credentials
         self._max_message_bytes = max_message_bytes
         self._describe_timeout = describe_timeout
         self._wait_ready_seconds = wait_ready_seconds
@@ -87,7 +90,10 @@ class GrpcStageClient:
     def _get_stub(self) -> stage_pb2_grpc.StageServiceStub:
         if self._stub is None:
             self._channel = client_channel(
-                self.address, max_message_bytes=self._max_message_bytes, options=self._options
+                self.address,
+                max_message_bytes=self._max_message_bytes,
+                options=self._options,
+                credentials=self._credentials,
             )
             self._stub = stage_pb2_grpc.StageServiceStub(self._channel)
         return self._stub

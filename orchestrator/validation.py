@@ -32,6 +32,15 @@ def check_stages(request: orchestrator_pb2.SubmitJobRequest) -> None:
     repeated = sorted({name for name in stages if stages.count(name) > 1})
     if repeated:
         raise InvalidArgument("stages", f"each stage at most once, got {', '.join(repeated)} twice")
+    if request.input_image:
+        # The image is the input: the job starts at a stage that reads one.
+        first = [name for name in stages if kinds.get(name).first]
+        if first:
+            raise InvalidArgument(
+                "stages",
+                f"must not include {first[0]} with an input_image: the image is the input",
+            )
+        return
     problem = kinds.order_problem(stages)
     if problem:
         raise InvalidArgument("stages", problem)
@@ -39,7 +48,7 @@ def check_stages(request: orchestrator_pb2.SubmitJobRequest) -> None:
 
 def check_request(request: orchestrator_pb2.SubmitJobRequest) -> None:
     check_stages(request)
-    if not request.bundle.base.strip():
+    if not request.bundle.base.strip() and not request.input_image:
         raise InvalidArgument("bundle.base", "must not be empty")
     for name in ("width", "height"):
         value = getattr(request, name)

@@ -27,6 +27,7 @@ def client_channel(
     max_message_bytes: int = 16 * MiB,
     interceptors: Sequence[grpc.aio.ClientInterceptor] = (),
     options: Sequence[tuple[str, Any]] = (),
+    credentials: grpc.ChannelCredentials | None = None,
 ) -> grpc.aio.Channel:
     """An insecure grpc.aio channel to ``host:port``.
 
@@ -35,14 +36,17 @@ def client_channel(
     bounded (RECONNECT_OPTIONS). `options` adds channel
     arguments, e.g. a service config choosing the load-balancing policy.
     Calls carry the current trace context (W3C traceparent) after `interceptors`.
+    With `credentials` (stageflow.serving.tls) the channel is TLS.
     """
-    return grpc.aio.insecure_channel(
-        address,
-        options=[
-            ("grpc.max_send_message_length", max_message_bytes),
-            ("grpc.max_receive_message_length", max_message_bytes),
-            *RECONNECT_OPTIONS,
-            *options,
-        ],
-        interceptors=[*interceptors, *client_interceptors()],
-    )
+    channel_options = [
+        ("grpc.max_send_message_length", max_message_bytes),
+        ("grpc.max_receive_message_length", max_message_bytes),
+        *RECONNECT_OPTIONS,
+        *options,
+    ]
+    chain = [*interceptors, *client_interceptors()]
+    if credentials is not None:
+        return grpc.aio.secure_channel(
+            address, credentials, options=channel_options, interceptors=chain
+        )
+    return grpc.aio.insecure_channel(address, options=channel_options, interceptors=chain)

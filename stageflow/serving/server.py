@@ -34,6 +34,7 @@ from stageflow.core.logging import get_logger
 from stageflow.serving.interceptors import ErrorInterceptor, TelemetryInterceptor
 from stageflow.serving.metrics import MetricsServer, metrics_port_file, start_metrics_server
 from stageflow.serving.settings import CommonSettings
+from stageflow.serving.tls import server_credentials
 from stageflow.serving.tracing import configure_tracing
 
 log = get_logger(__name__)
@@ -111,8 +112,12 @@ async def serve(
     if ":" in host and not host.startswith("["):
         host = f"[{host}]"  # an IPv6 literal
     address = f"{host}:{settings.port}"
+    credentials = server_credentials(settings.tls_cert, settings.tls_key, settings.tls_ca)
     try:
-        port = server.add_insecure_port(address)
+        if credentials is None:
+            port = server.add_insecure_port(address)
+        else:
+            port = server.add_secure_port(address, credentials)
     except RuntimeError as e:  # grpc raises on a port in use
         raise OSError(f"cannot listen on {address}: {e}") from e
     if port == 0:

@@ -48,6 +48,17 @@ class CommonSettings(StageflowSettings):
         description="Object store: a folder path (relative to the working directory), "
         "file:///abs/path, or s3://bucket?endpoint=http://host:port.",
     )
+    tls_cert: Path | None = Field(
+        default=None,
+        description="PEM certificate: serve gRPC over TLS with it (and present it as the "
+        "client certificate on this process's own gRPC calls). Needs tls_key.",
+    )
+    tls_key: Path | None = Field(default=None, description="PEM private key of tls_cert.")
+    tls_ca: Path | None = Field(
+        default=None,
+        description="PEM CA bundle: with tls_cert, require client certificates it signed "
+        "(mutual TLS); also verifies the servers this process calls.",
+    )
     s3_access_key: str = Field(default="", description="S3 access key (s3:// stores).")
     s3_secret_key: SecretStr = Field(
         default=SecretStr(""), description="S3 secret key (s3:// stores)."
@@ -113,6 +124,14 @@ class CommonSettings(StageflowSettings):
             region=self.s3_region,
             retry_seconds=self.s3_retry_seconds,
         )
+
+    @model_validator(mode="after")
+    def _tls_pairs(self) -> CommonSettings:
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("tls_cert and tls_key come together (--tls-cert, --tls-key)")
+        if self.tls_ca is not None and self.tls_cert is None:
+            raise ValueError("tls_ca needs tls_cert and tls_key (mutual TLS)")
+        return self
 
 
 class StageSettings(CommonSettings):
