@@ -52,7 +52,8 @@ def check_request(request: orchestrator_pb2.SubmitJobRequest) -> None:
         raise InvalidArgument("bundle.base", "must not be empty")
     for name in ("width", "height"):
         value = getattr(request, name)
-        if request.HasField(name) and value <= 0:
+        # With an input_image, 0 (or unset) means the image's own size.
+        if request.HasField(name) and value <= 0 and not (request.input_image and value == 0):
             raise InvalidArgument(name, f"must be > 0 when set, got {value}")
     if request.HasField("deadline_seconds") and not request.deadline_seconds > 0:
         raise InvalidArgument(
