@@ -179,6 +179,18 @@ class JobRunner:
         }
         size = await self._directory.check(effective, spec, pipeline, runs)
         width, height = size or (request.width, request.height)
+        if request.validate_only:
+            # Checked as a real submit is; nothing is stored, nothing runs.
+            return Job(
+                bundle=request.bundle,
+                prompt=compose_prompt(request.bundle),
+                seed=request.seed,
+                width=width,
+                height=height,
+                stages=[StageRun(stage=name, service=services[name]) for name in pipeline],
+                pipeline=spec.name,
+                pipeline_sha256=spec.sha256,
+            )
         created_at = now()
         job = Job(
             job_id=job_id,

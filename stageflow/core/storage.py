@@ -11,6 +11,7 @@ from __future__ import annotations
 import abc
 import io
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -372,6 +373,10 @@ class StoreLocation:
         return self.folder is None
 
 
+# S3's bucket naming rules (the AWS and MinIO ones; SeaweedFS enforces them too).
+_BUCKET = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
+
+
 def parse_store_url(url: str, *, what: str = "store") -> StoreLocation:
     """Parse a store URL (see `StoreLocation`); ValueError names what is wrong."""
     if not url:
@@ -383,6 +388,11 @@ def parse_store_url(url: str, *, what: str = "store") -> StoreLocation:
         if not parts.netloc or not endpoint:
             raise ValueError(
                 f"an S3 {what} URL is s3://bucket[/prefix]?endpoint=http://host:port, got {url!r}"
+            )
+        if not _BUCKET.fullmatch(parts.netloc) or ".." in parts.netloc:
+            raise ValueError(
+                f"S3 bucket name {quote(parts.netloc)}: 3 to 63 lowercase letters, digits, "
+                "'.' and '-', starting and ending with a letter or digit"
             )
         prefix = parts.path.strip("/")
         if prefix:

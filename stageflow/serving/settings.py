@@ -12,6 +12,7 @@ from typing import Any, Literal
 from pydantic import Field, SecretStr, field_validator, model_validator
 
 from stageflow.core.settings import StageflowSettings, load_settings
+from stageflow.core.storage import parse_store_url
 from stageflow.serving.stores import InstrumentedStore, open_store
 
 MiB = 1024 * 1024
@@ -83,6 +84,12 @@ class CommonSettings(StageflowSettings):
     @classmethod
     def _empty_disables(cls, value: Any) -> Any:
         return None if value == "" else value
+
+    @field_validator("store_url")
+    @classmethod
+    def _parsable_store(cls, value: str) -> str:
+        parse_store_url(value)  # ValueError: a settings error, named and one line
+        return value
 
     @field_validator("log_level")
     @classmethod

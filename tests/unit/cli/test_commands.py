@@ -98,6 +98,19 @@ def test_ctrl_c_while_watching_cancels_the_job(fake: Fake, tmp_path: Path) -> No
     assert "cancelled job job-1" in result.stderr
 
 
+def test_ctrl_c_in_watch_detaches_unless_told_to_cancel(fake: Fake) -> None:
+    servicer, address = fake
+    assert invoke("submit", *BUNDLE, "--no-wait", "--address", address).exit_code == 0
+    servicer.outcome = "interrupt"
+    result = invoke("watch", "job-1", "--address", address)
+    assert result.exit_code == 130
+    assert servicer.cancels == []
+    assert "stopped watching job job-1; it keeps running" in result.stderr
+    result = invoke("watch", "job-1", "--cancel", "--address", address)
+    assert result.exit_code == 130
+    assert servicer.cancels == ["job-1"]
+
+
 def test_no_wait_json_and_address_from_env(fake: Fake) -> None:
     servicer, address = fake
     result = invoke("submit", *BUNDLE, "--no-wait", "--json", env={"STAGEFLOW_ADDRESS": address})
