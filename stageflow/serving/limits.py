@@ -142,7 +142,15 @@ def _check(msg: Message, prefix: str) -> None:
             for item in value:
                 _check_value(descriptor, fd, item, path)
             continue
+        if fd.name in _BARE.get(descriptor.full_name, ()):
+            _check(value, prefix)  # errors name the params field as the stage does: "steps"
+            continue
         _check_value(descriptor, fd, value, path)
+
+
+# Members whose fields errors name without the member ("steps", not
+# "txt2img.steps"), as the stage's own checks name them.
+_BARE = {"stageflow.v1.RunRequest": {"txt2img", "refine", "upscale", "generic"}}
 
 
 def _check_value(descriptor: Any, fd: FieldDescriptor, value: object, path: str) -> None:

@@ -210,3 +210,18 @@ async def test_rerun_applies_the_stage_rules_before_storing_a_version(
         assert err.value.field == field
     assert len(await runner.versions(job.job_id)) == 1
     assert len(fakes["refine"].calls) == calls
+
+
+async def test_versions_are_bounded_so_getjob_fits_in_one_message(
+    jobs: SqliteJobStore, runner: JobRunner, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from stageflow.core import limits
+
+    monkeypatch.setattr(limits, "MAX_VERSIONS", 2)
+    job = await runner.submit(_request())
+    await _finish(runner, job.job_id)
+    await runner.rerun(S.RerunJobRequest(job_id=job.job_id, from_stage="upscale"))
+    await _finish(runner, job.job_id)
+    with pytest.raises(FailedPrecondition, match="2 versions"):
+        await runner.rerun(S.RerunJobRequest(job_id=job.job_id, from_stage="upscale"))
+    assert len(await runner.versions(job.job_id)) == 2
