@@ -124,6 +124,15 @@ def _set_params(run: stage_pb2.RunRequest) -> dict[str, Any]:
     return out
 
 
+def _num(value: float) -> str:
+    """A range end or value as people write it: 9223372036854775807, not 9.22337e+18."""
+    if value == 2.0**63:  # the int64 maximum, rounded up on its way through a double
+        return str(2**63 - 1)
+    if float(value).is_integer() and abs(value) < 2**64:
+        return str(int(value))
+    return f"{value:g}"
+
+
 def check_against_stage(
     stage: str,
     run: stage_pb2.RunRequest,
@@ -163,7 +172,8 @@ def check_against_stage(
         if not limit.min <= number <= limit.max:
             raise InvalidArgument(
                 submit_field(stage, limit.name, request),
-                f"must be in [{limit.min:g}, {limit.max:g}] for the {stage} stage, got {number:g}",
+                f"must be in [{_num(limit.min)}, {_num(limit.max)}] for the {stage} stage, "
+                f"got {_num(number)}",
             )
 
 

@@ -334,7 +334,7 @@ def _stage_limits(*ranges: tuple[str, float, float]) -> stage_pb2.DescribeRespon
         ({"width": 100}, "width", "multiple of 8"),
         ({"height": 1024}, "height", "[32, 512]"),
         ({"base": S.BaseOptions(steps=500)}, "base.steps", "[1, 100]"),
-        ({"seed": -1}, "seed", "base stage"),
+        ({"seed": -1}, "seed", "[0, 9223372036854775807] for the base stage, got -1"),
         ({"refine": S.RefineOptions(strength=1.5)}, "refine.strength", "[0.01, 1]"),
     ],
 )
