@@ -204,6 +204,13 @@ def up(
     from stageflow.cli.cluster import LocalCluster
     from stageflow.serving.processes import signals_interrupt
 
+    if store_url:
+        from stageflow.core.storage import parse_store_url
+
+        try:
+            parse_store_url(store_url)  # a bad URL is a usage error here, not in every child
+        except ValueError as err:
+            _fail(f"error: --store-url: {err}", EXIT_USAGE)
     ui = _ui()
     cluster = LocalCluster(
         state_dir=state_dir,

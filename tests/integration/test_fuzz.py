@@ -404,7 +404,8 @@ def _aimed(descriptor: Any, finished: S.Job) -> Callable[[Message], Message]:
     return aim
 
 
-def _ids(channel: grpc.Channel) -> tuple[set[str], int]:
+def _ids(channel: grpc.Channel) -> tuple[set[str], bool]:
+    """The ids of every job, and whether any is still queued or running."""
     reply = S.ListJobsResponse.FromString(
         channel.unary_unary(
             _method(ORCHESTRATOR_SERVICE, "ListJobs"),
@@ -412,7 +413,8 @@ def _ids(channel: grpc.Channel) -> tuple[set[str], int]:
             response_deserializer=_identity,
         )(S.ListJobsRequest(page_size=1000).SerializeToString(), timeout=ANSWER_SECONDS)
     )
-    return {job.job_id for job in reply.jobs}, len(reply.jobs)
+    busy = any(job.state in (S.JOB_STATE_QUEUED, S.JOB_STATE_RUNNING) for job in reply.jobs)
+    return {job.job_id for job in reply.jobs}, busy
 
 
 def _versions(channel: grpc.Channel, job_id: str) -> int:
@@ -434,6 +436,7 @@ def test_every_orchestrator_rpc_answers_deliberately(
     finished_job: S.Job,
 ) -> None:
     channel = channels["orchestrator"]
+    store = LocalStore(cluster.state_dir / "store")
     rpc = ORCHESTRATOR_SERVICE.methods_by_name[method]
     path = _method(ORCHESTRATOR_SERVICE, method)
     aim = _aimed(rpc.input_type, finished_job)
@@ -451,14 +454,19 @@ def test_every_orchestrator_rpc_answers_deliberately(
             if msg.priority == S.PRIORITY_INTERACTIVE:
                 msg.priority = S.PRIORITY_BULK
         payload = msg.SerializeToString() + extra
-        jobs_before = _ids(channel)[0] if method in ("SubmitJob", "RerunJob") else set()
+        writes = method in ("SubmitJob", "RerunJob")
+        jobs_before, busy = _ids(channel) if writes else (set(), True)
+        keys_before = set(store.list_keys()) if writes and not busy else set()
         versions_before = _versions(channel, finished_job.job_id) if method == "RerunJob" else 0
         code, message, took, answer = call(
             channel, path, payload, stream=method in STREAMING, timeout=ANSWER_SECONDS
         )
         check_answer(method, code, message, took, bound=ANSWER_SECONDS)
         if code in REJECTED and method in ("SubmitJob", "RerunJob"):
-            assert _ids(channel)[0] == jobs_before, f"a rejected {method} stored a job"
+            jobs_after, busy_after = _ids(channel)
+            assert jobs_after == jobs_before, f"a rejected {method} stored a job"
+            if not busy and not busy_after:  # no job of an earlier example is writing
+                assert set(store.list_keys()) == keys_before, f"a rejected {method} wrote"
         if code in REJECTED and method == "RerunJob":
             assert _versions(channel, finished_job.job_id) == versions_before
         if code == grpc.StatusCode.OK and method in ("SubmitJob", "RerunJob"):

@@ -158,3 +158,9 @@ def test_bad_choice_is_a_usage_error() -> None:
     result = invoke("submit", *BUNDLE, "--upscale-mode", "bicubic")
     assert result.exit_code == 2
     assert "bicubic" in result.output
+
+
+def test_up_refuses_a_malformed_store_url_before_starting_anything() -> None:
+    result = invoke("up", "--store-url", "s3://Bad_Bucket?endpoint=http://127.0.0.1:1")
+    assert result.exit_code == 2
+    assert "--store-url: S3 bucket name 'Bad_Bucket'" in result.stderr
