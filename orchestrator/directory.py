@@ -107,11 +107,11 @@ class StageDirectory:
             size = base_size(request, await self.describe(services[pipeline[0]]))
         scales = input_scales(pipeline)
         for name, desc in zip(checked, descs, strict=True):
+            if desc is not None:
+                stage_spec = spec.stage(name)
+                if stage_spec is not None and stage_spec.model:
+                    check_model(name, stage_spec.model, desc, spec.name)
+                check_against_stage(name, runs[name], desc, request, scales[name], size)
+            # The kind's own rules, checked whether or not the stage answered.
             check_built(name, runs[name], request, desc.defaults if desc is not None else {})
-            if desc is None:
-                continue
-            stage_spec = spec.stage(name)
-            if stage_spec is not None and stage_spec.model:
-                check_model(name, stage_spec.model, desc, spec.name)
-            check_against_stage(name, runs[name], desc, request, scales[name], size)
         return size

@@ -188,10 +188,19 @@ def check_built(
     it cannot be asked). Errors name the SubmitJobRequest field."""
     kind = kinds.find(stage)
     which = run.WhichOneof("params")
-    if kind is None or kind.check is None or which is None:
+    if kind is None or which is None:
         return
+    params = getattr(run, which)
     try:
-        kind.check(getattr(run, which), defaults)
+        values = _set_params(run)
+        for name, limit in kind.limits.items():  # the bounds specs' defaults obey too
+            value = values.get(name)
+            if isinstance(value, int | float) and not isinstance(value, bool):
+                problem = limit.problem(value)
+                if problem:
+                    raise InvalidArgument(name, problem)
+        if kind.check is not None:
+            kind.check(params, defaults)
     except InvalidArgument as err:
         field = submit_field(stage, err.field, request)
         raise InvalidArgument(field, err.message.removeprefix(f"{err.field}: ")) from None

@@ -56,6 +56,17 @@ class Limit:
     gt: float | None = None
     le: float | None = None
 
+    def problem(self, value: float) -> str | None:
+        """Why `value` breaks these bounds, or None (the orchestrator checks a
+        job's options against them at submit, the stage reachable or not)."""
+        if self.ge is not None and not value >= self.ge:
+            return f"must be >= {self.ge:g}, got {value:g}"
+        if self.gt is not None and not value > self.gt:
+            return f"must be > {self.gt:g}, got {value:g}"
+        if self.le is not None and not value <= self.le:
+            return f"must be <= {self.le:g}, got {value:g}"
+        return None
+
 
 @dataclass(frozen=True)
 class Kind:

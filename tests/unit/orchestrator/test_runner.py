@@ -438,6 +438,21 @@ async def test_stage_rules_apply_at_submit_before_anything_is_stored_or_run(
     assert fakes["base"].calls == []
 
 
+async def test_the_kinds_limits_apply_even_when_the_stage_cannot_be_asked(
+    jobs: JobStore, runners: list[JobRunner]
+) -> None:
+    runner = _runner(runners, _fakes(), jobs)  # no stage answers Describe
+    for change, field in (
+        ({"refine": S.RefineOptions(strength=0)}, "refine.strength"),
+        ({"base": S.BaseOptions(steps=0)}, "base.steps"),
+        ({"upscale": S.UpscaleOptions(tile_size=-4)}, "upscale.tile_size"),
+    ):
+        with pytest.raises(InvalidArgument) as err:
+            await runner.submit(_request(**change))
+        assert err.value.field == field
+    assert await runner.list_jobs() == []
+
+
 async def test_validation_is_linear_in_the_stage_list(
     jobs: JobStore, runners: list[JobRunner]
 ) -> None:
