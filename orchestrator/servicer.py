@@ -13,14 +13,19 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
 import grpc
+from google.protobuf.message import Message
 
+from stageflow.core import limits
 from stageflow.core.logging import get_logger
 from stageflow.orchestrator.artifacts import chunks
 from stageflow.orchestrator.auth import Authenticator, Principal, bearer
 from stageflow.orchestrator.runner import DEFAULT_PAGE_SIZE, JobRunner
+from stageflow.serving.limits import check_request, checks_itself
 from stageflow.v1 import orchestrator_pb2, orchestrator_pb2_grpc
 
 SERVICE_NAME = orchestrator_pb2.DESCRIPTOR.services_by_name["OrchestratorService"].full_name
+# Requests are checked against their limits after authentication (in `_call`).
+checks_itself(SERVICE_NAME)
 
 audit = get_logger("stageflow.audit")
 
@@ -42,11 +47,15 @@ class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServiceServicer):
 
     @asynccontextmanager
     async def _call(
-        self, context: grpc.aio.ServicerContext, action: str, job_id: str = ""
+        self, context: grpc.aio.ServicerContext, action: str, request: Message
     ) -> AsyncIterator[_Call]:
-        """The call's principal (None with authentication off); with it on,
-        one audit line on the way out: tenant, key id, action, job id, outcome."""
+        """The call's principal (None with authentication off), once `request`
+        is within its limits; with authentication on, the caller is
+        authenticated first, and one audit line is written on the way out:
+        tenant, key id, action, job id (its first characters), outcome."""
+        job_id = str(getattr(request, "job_id", ""))[: limits.MAX_ID_CHARS]
         if self._auth is None or not self._auth.enabled:
+            check_request(request)
             yield _Call(None, job_id)
             return
         call = _Call(None, job_id)
@@ -54,6 +63,7 @@ class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServiceServicer):
         try:
             key = bearer(context.invocation_metadata() or ())
             call.principal = await self._auth.authenticate(key)
+            check_request(request)
             yield call
         except asyncio.CancelledError:
             outcome = "CANCELLED"
@@ -75,7 +85,7 @@ class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServiceServicer):
     async def SubmitJob(
         self, request: orchestrator_pb2.SubmitJobRequest, context: grpc.aio.ServicerContext
     ) -> orchestrator_pb2.SubmitJobResponse:
-        async with self._call(context, "SubmitJob") as call:
+        async with self._call(context, "SubmitJob", request) as call:
             job = await self._runner.submit(request, call.tenant)
             call.job_id = job.job_id
             return orchestrator_pb2.SubmitJobResponse(job=job)
@@ -83,21 +93,21 @@ class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServiceServicer):
     async def WatchJob(
         self, request: orchestrator_pb2.WatchJobRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[orchestrator_pb2.WatchJobResponse]:
-        async with self._call(context, "WatchJob", request.job_id) as call:
+        async with self._call(context, "WatchJob", request) as call:
             async for event in self._runner.watch(request.job_id, call.tenant):
                 yield event
 
     async def GetJob(
         self, request: orchestrator_pb2.GetJobRequest, context: grpc.aio.ServicerContext
     ) -> orchestrator_pb2.GetJobResponse:
-        async with self._call(context, "GetJob", request.job_id) as call:
+        async with self._call(context, "GetJob", request) as call:
             versions = await self._runner.versions(request.job_id, call.tenant)
             return orchestrator_pb2.GetJobResponse(job=versions[-1], versions=versions)
 
     async def ListJobs(
         self, request: orchestrator_pb2.ListJobsRequest, context: grpc.aio.ServicerContext
     ) -> orchestrator_pb2.ListJobsResponse:
-        async with self._call(context, "ListJobs") as call:
+        async with self._call(context, "ListJobs", request) as call:
             # 0 is proto3's "not set": the default page.
             page_size = request.page_size or DEFAULT_PAGE_SIZE
             jobs = await self._runner.list_jobs(page_size, request.state, call.tenant)
@@ -106,21 +116,21 @@ class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServiceServicer):
     async def CancelJob(
         self, request: orchestrator_pb2.CancelJobRequest, context: grpc.aio.ServicerContext
     ) -> orchestrator_pb2.CancelJobResponse:
-        async with self._call(context, "CancelJob", request.job_id) as call:
+        async with self._call(context, "CancelJob", request) as call:
             job = await self._runner.cancel(request.job_id, call.tenant)
             return orchestrator_pb2.CancelJobResponse(job=job)
 
     async def RerunJob(
         self, request: orchestrator_pb2.RerunJobRequest, context: grpc.aio.ServicerContext
     ) -> orchestrator_pb2.RerunJobResponse:
-        async with self._call(context, "RerunJob", request.job_id) as call:
+        async with self._call(context, "RerunJob", request) as call:
             job = await self._runner.rerun(request, call.tenant)
             return orchestrator_pb2.RerunJobResponse(job=job)
 
     async def GetArtifact(
         self, request: orchestrator_pb2.GetArtifactRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[orchestrator_pb2.GetArtifactResponse]:
-        async with self._call(context, "GetArtifact", request.job_id) as call:
+        async with self._call(context, "GetArtifact", request) as call:
             ref, data = await self._runner.artifact(request, call.tenant)
             for i, chunk in enumerate(chunks(data)):
                 # The artifact's identity rides on the first message only.
@@ -131,5 +141,5 @@ class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServiceServicer):
     async def ListPipelines(
         self, request: orchestrator_pb2.ListPipelinesRequest, context: grpc.aio.ServicerContext
     ) -> orchestrator_pb2.ListPipelinesResponse:
-        async with self._call(context, "ListPipelines"):
+        async with self._call(context, "ListPipelines", request):
             return orchestrator_pb2.ListPipelinesResponse(pipelines=self._runner.pipelines())

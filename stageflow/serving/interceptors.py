@@ -24,7 +24,7 @@ from opentelemetry import trace
 from stageflow.core.errors import InvalidArgument, StageflowError
 from stageflow.core.logging import get_logger
 from stageflow.serving import metrics, tracing
-from stageflow.serving.limits import check_request
+from stageflow.serving.limits import SELF_CHECKED, check_request
 
 log = get_logger(__name__)
 
@@ -126,7 +126,7 @@ class ErrorInterceptor(_WrappingInterceptor):
             async def stream(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
                 async with _call_scope(method, context) as request_id:
                     try:
-                        _check_limits(request)
+                        _check_limits(method, request)
                         async for response in behavior(request, context):
                             yield response
                     except (grpc.aio.AbortError, asyncio.CancelledError):
@@ -139,7 +139,7 @@ class ErrorInterceptor(_WrappingInterceptor):
         async def unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
             async with _call_scope(method, context) as request_id:
                 try:
-                    _check_limits(request)
+                    _check_limits(method, request)
                     result = behavior(request, context)
                     # A plain function (e.g. a sync handler) returns its answer.
                     return await result if inspect.isawaitable(result) else result
@@ -151,10 +151,12 @@ class ErrorInterceptor(_WrappingInterceptor):
         return unary
 
 
-def _check_limits(request: Any) -> None:
+def _check_limits(method: str, request: Any) -> None:
     """Every field of a stageflow request within its maximum (serving.limits),
-    before the handler does any work."""
-    if isinstance(request, Message):
+    before the handler does any work; a service that authenticates its callers
+    checks them itself, after authentication (`limits.checks_itself`)."""
+    service = method.split("/")[1] if method.count("/") >= 2 else ""
+    if isinstance(request, Message) and service not in SELF_CHECKED:
         check_request(request)
 
 

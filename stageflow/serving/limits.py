@@ -10,7 +10,9 @@ fields are discarded first, so they are never stored or echoed. Errors name
 the field path and quote none of the value.
 
 The ErrorInterceptor calls it for every stageflow.v1 request of every service
-(stages, orchestrator), so no RPC does any work on a request it would reject.
+(the stages), so no RPC does any work on a request it would reject; a service
+that authenticates its callers (the orchestrator) calls it right after
+authentication instead (`checks_itself`).
 """
 
 from __future__ import annotations
@@ -27,6 +29,17 @@ from stageflow.core import limits as L
 from stageflow.core.errors import InvalidArgument
 
 PACKAGE = "stageflow.v1."
+
+# Services whose servicers call `check_request` themselves, once the caller is
+# authenticated (so an anonymous caller gets UNAUTHENTICATED and every call is
+# audited); the ErrorInterceptor checks every other service's requests.
+SELF_CHECKED: set[str] = set()
+
+
+def checks_itself(service: str) -> None:
+    """Declare that `service` (its full name) checks its requests itself."""
+    SELF_CHECKED.add(service)
+
 
 _BUNDLE = {
     "base": L.MAX_PROMPT_CHARS,
@@ -203,4 +216,4 @@ def _check_struct(struct: struct_pb2.Struct, path: str) -> None:
             raise InvalidArgument(where, "must be a number, a string or a boolean")
 
 
-__all__ = ["MAXIMA", "PACKAGE", "check_request"]
+__all__ = ["MAXIMA", "PACKAGE", "SELF_CHECKED", "check_request", "checks_itself"]
