@@ -24,7 +24,9 @@ from stageflow.cli.render import job_state_name
 from stageflow.client import (
     DataLoss,
     DeadlineExceeded,
+    FailedPrecondition,
     InvalidArgument,
+    NotFound,
     StageflowClient,
     StageflowClientError,
     Unavailable,
@@ -230,7 +232,8 @@ async def check_lines(
                         timeout=max(0.1, give_up - loop.time()),
                     )
                     return None
-                except InvalidArgument as err:
+                except (InvalidArgument, FailedPrecondition, NotFound) as err:
+                    # The line itself is wrong (a field, its spec's model, its pipeline).
                     return f"line {item.line}: {err}"
                 except (*_RETRYABLE, TimeoutError) as err:
                     if loop.time() + delay > give_up:
