@@ -120,7 +120,7 @@ DOCKER ?= docker
 # empty: no TensorRT in stage-cuda; e.g. 10.16.1.11 adds pip's tensorrt wheel (untested)
 TENSORRT_VERSION ?=
 
-images: ## build stageflow/stage, stageflow/stage-cuda and stageflow/orchestrator (needs a Docker engine)
+images: ## build stageflow/stage, stageflow/stage-cuda, stageflow/orchestrator and stageflow/gateway (needs a Docker engine)
 	@$(DOCKER) info >/dev/null 2>&1 || { \
 		echo "make images needs a Docker engine: '$(DOCKER) info' failed (no daemon running, or no access to it)." >&2; \
 		exit 1; }
@@ -128,6 +128,7 @@ images: ## build stageflow/stage, stageflow/stage-cuda and stageflow/orchestrato
 	$(DOCKER) build -f docker/stage-cuda.Dockerfile --build-arg TENSORRT_VERSION=$(TENSORRT_VERSION) \
 		-t $(IMAGE_PREFIX)/stage-cuda:$(IMAGE_TAG) .
 	$(DOCKER) build -f docker/orchestrator.Dockerfile -t $(IMAGE_PREFIX)/orchestrator:$(IMAGE_TAG) .
+	$(DOCKER) build -f docker/gateway.Dockerfile -t $(IMAGE_PREFIX)/gateway:$(IMAGE_TAG) .
 
 clean:
 	rm -rf out var .mypy_cache .ruff_cache .pytest_cache

@@ -25,6 +25,7 @@ COPY pyproject.toml README.md ./
 COPY stageflow ./stageflow
 COPY orchestrator ./orchestrator
 COPY services ./services
+COPY gateway ./gateway
 COPY pipelines ./pipelines
 RUN pip wheel --no-deps . -w /wheels
 

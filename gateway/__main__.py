@@ -34,20 +34,28 @@ async def _serve(settings: GatewaySettings) -> None:
     from stageflow.serving.server import write_port_file
 
     client = ClientSettings(
-        address=settings.orchestrator_address, timeout_seconds=settings.request_timeout_seconds
+        address=settings.orchestrator_address,
+        timeout_seconds=settings.request_timeout_seconds,
+        tls_ca=str(settings.tls_ca or ""),
+        tls_cert=str(settings.tls_cert or "") if settings.tls_ca else "",
+        tls_key=str(settings.tls_key or "") if settings.tls_ca else "",
     )
     sock = _bind(settings.host, settings.port)
     port = sock.getsockname()[1]
     config = uvicorn.Config(
-        create_app(client),
+        create_app(client, settings),
         log_config=None,
         access_log=False,
         lifespan="on",
         timeout_graceful_shutdown=10,
+        ssl_certfile=settings.tls_cert,
+        ssl_keyfile=settings.tls_key,
     )
     server = uvicorn.Server(config)
     get_logger(__name__).info(
-        "gateway.listening", url=f"http://{settings.host}:{port}", orchestrator=client.address
+        "gateway.listening",
+        url=f"{'https' if settings.tls_cert else 'http'}://{settings.host}:{port}",
+        orchestrator=client.address,
     )
     if settings.port_file is not None:
         write_port_file(settings.port_file, port)

@@ -11,6 +11,7 @@ state rather than a malformed request.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from fastapi import Request
@@ -84,13 +85,18 @@ def from_exception(err: Exception) -> tuple[int, str, str, str | None]:
     return HTTP_STATUS.get(code, 500), code, message, field
 
 
-def _headers(status: int) -> dict[str, str]:
-    return {"WWW-Authenticate": "Bearer"} if status == 401 else {}
+def _headers(status: int, err: Exception | None = None) -> dict[str, str]:
+    if status == 401:
+        return {"WWW-Authenticate": "Bearer"}
+    retry_after = getattr(err, "retry_after", None)
+    if status == 429 and retry_after is not None:
+        return {"Retry-After": str(max(1, math.ceil(retry_after)))}
+    return {}
 
 
 async def json_error(request: Request, err: Exception) -> JSONResponse:
     status, code, message, field = from_exception(err)
     if request.url.path.startswith(OPENAI_PATHS):
         body = openai_error(status, code, message, field)
-        return JSONResponse(body, status, _headers(status))
-    return JSONResponse(error_body(code, message, field), status, _headers(status))
+        return JSONResponse(body, status, _headers(status, err))
+    return JSONResponse(error_body(code, message, field), status, _headers(status, err))

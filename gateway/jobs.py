@@ -23,6 +23,8 @@ from stageflow.v1 import orchestrator_pb2 as pb
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 
+# Protobuf int32 fields (a job version): larger values cannot be sent.
+INT32_MAX = 2**31 - 1
 STATES = {name.removeprefix("JOB_STATE_").lower(): value for name, value in pb.JobState.items()}
 
 
@@ -130,7 +132,9 @@ async def final_image(
     client: Client,
     request: Request,
     job_id: str,
-    version: Annotated[int, Path(ge=1, description="1 for the submitted job, N+1 per rerun")],
+    version: Annotated[
+        int, Path(ge=1, le=INT32_MAX, description="1 for the submitted job, N+1 per rerun")
+    ],
     format: Annotated[str | None, Query(description="png (default), webp or jpeg")] = None,
 ) -> Response:
     return await _image(client, request, job_id, version, "", format)
@@ -146,7 +150,9 @@ async def stage_image(
     request: Request,
     job_id: str,
     stage: str,
-    version: Annotated[int, Path(ge=1, description="1 for the submitted job, N+1 per rerun")],
+    version: Annotated[
+        int, Path(ge=1, le=INT32_MAX, description="1 for the submitted job, N+1 per rerun")
+    ],
     format: Annotated[str | None, Query(description="png (default), webp or jpeg")] = None,
 ) -> Response:
     return await _image(client, request, job_id, version, stage, format)

@@ -25,5 +25,31 @@ class GatewaySettings(StageflowSettings):
     request_timeout_seconds: float = Field(
         30.0, gt=0, description="Deadline of each orchestrator call a request makes."
     )
+    upload_max_bytes: int = Field(
+        20 * 1024 * 1024, ge=1, description="Largest uploaded image, in bytes (read no further)."
+    )
+    upload_max_pixels: int = Field(
+        4096 * 4096,
+        ge=1,
+        description="Most pixels (width x height, from the header) an upload may declare; "
+        "more is refused before decoding (decompression bombs).",
+    )
+    upload_max_side: int = Field(
+        8192, ge=1, description="Longest side of an uploaded image, in pixels."
+    )
+    public_url: str = Field(
+        "",
+        description="Base URL share links are made with (e.g. https://images.example.com); "
+        "empty: the URL the request came in on.",
+    )
+    tls_cert: Path | None = Field(
+        None,
+        description="PEM certificate: serve HTTPS with it, and present it to the "
+        "orchestrator (mutual TLS). Needs tls_key.",
+    )
+    tls_key: Path | None = Field(None, description="PEM private key of tls_cert.")
+    tls_ca: Path | None = Field(
+        None, description="PEM CA bundle verifying the orchestrator: gRPC over TLS."
+    )
     log_level: str = Field("INFO", description="DEBUG, INFO, WARNING, ERROR or CRITICAL.")
     log_json: bool = Field(False, description="JSON lines on stderr instead of console text.")

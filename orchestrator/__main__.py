@@ -10,16 +10,20 @@ import grpc
 from stageflow.core.errors import StageflowError
 from stageflow.core.logging import configure_logging, get_logger
 from stageflow.orchestrator.auth import Authenticator
+from stageflow.orchestrator.quotas import parse_quota
 from stageflow.orchestrator.replicas import RetryPolicy, StageCaller, stage_client_for
 from stageflow.orchestrator.runner import JobRunner
 from stageflow.orchestrator.scheduler import parse_limits
 from stageflow.orchestrator.servicer import SERVICE_NAME, OrchestratorServicer
 from stageflow.orchestrator.settings import OrchestratorSettings
+from stageflow.orchestrator.sharing import ShareSigner
 from stageflow.orchestrator.spec import SpecError, load_specs
 from stageflow.orchestrator.sqlite_store import SqliteJobStore
 from stageflow.orchestrator.stage_client import StageClient
+from stageflow.orchestrator.uploads import UploadLimits
 from stageflow.serving.server import Service, serve
 from stageflow.serving.settings import load_settings
+from stageflow.serving.tls import channel_credentials
 from stageflow.v1 import orchestrator_pb2_grpc
 
 
@@ -28,20 +32,40 @@ async def _serve(settings: OrchestratorSettings) -> None:
     stage_limits = parse_limits(settings.stage_limits)
     store = settings.open_store()
     jobs = SqliteJobStore(settings.db_path)
+    # mTLS to the stages with this process's own certificate, when it has one.
+    credentials = channel_credentials(settings.tls_cert, settings.tls_key, settings.tls_ca)
     stages: dict[str, StageClient] = {
-        name: stage_client_for(",".join(addresses), settings.max_message_bytes)
+        name: stage_client_for(
+            ",".join(addresses),
+            settings.max_message_bytes,
+            credentials,
+            wait_ready_seconds=settings.retry_budget_seconds,
+        )
         for name, addresses in settings.stages.items()
     }
     caller = StageCaller(
         RetryPolicy(
             base_seconds=settings.retry_base_seconds,
             cap_seconds=settings.retry_cap_seconds,
-            max_attempts=settings.retry_max_attempts,
+            budget_seconds=settings.retry_budget_seconds,
             exhausted_max_attempts=settings.exhausted_max_attempts,
         )
     )
     runner = JobRunner(
-        stages, jobs, settings, store, specs=specs, stage_limits=stage_limits, caller=caller
+        stages,
+        jobs,
+        settings,
+        store,
+        specs=specs,
+        stage_limits=stage_limits,
+        caller=caller,
+        default_quota=parse_quota(settings.default_quota, "default_quota"),
+        sharing=ShareSigner(
+            settings.share_secret_key.get_secret_value(), settings.share_max_seconds
+        ),
+        upload_limits=UploadLimits(
+            max_bytes=settings.upload_max_bytes, max_pixels=settings.upload_max_pixels
+        ),
     )
     auth = Authenticator(jobs, settings.auth_secret_key.get_secret_value(), enabled=settings.auth)
     if not auth.enabled:
@@ -54,11 +78,14 @@ async def _serve(settings: OrchestratorSettings) -> None:
         orchestrator_pb2_grpc.add_OrchestratorServiceServicer_to_server(servicer, server)
 
     try:
-        # runner.close leaves running jobs RUNNING in the DB: the next start resumes them.
+        # On SIGTERM runner.drain stops admitting and lets the stage calls in
+        # flight finish within the grace; runner.close then leaves every job
+        # QUEUED or RUNNING in the DB: the next start resumes them.
         await serve(
             [Service(SERVICE_NAME, register)],
             settings,
             startup=runner.start,
+            drain=runner.drain,
             shutdown=runner.close,
             name="orchestrator",
         )

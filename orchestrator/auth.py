@@ -45,6 +45,9 @@ class ApiKey:
     key_hash: str  # hex HMAC-SHA256(server secret, key)
     created_at: int  # unix microseconds
     revoked_at: int = 0  # unix microseconds; 0 while the key is valid
+    # The scheduling lane of the key's jobs: "bulk" makes them all bulk;
+    # "" or "interactive" leaves the request's own choice.
+    priority: str = ""
 
     @property
     def revoked(self) -> bool:
@@ -57,6 +60,7 @@ class Principal:
 
     tenant: str
     key_id: str
+    priority: str = ""
 
 
 def check_tenant(tenant: str) -> str:
@@ -83,9 +87,14 @@ def check_secret(secret: str) -> str:
     return secret
 
 
-def new_key(tenant: str, secret: str) -> tuple[str, ApiKey]:
+PRIORITIES = ("", "interactive", "bulk")
+
+
+def new_key(tenant: str, secret: str, priority: str = "") -> tuple[str, ApiKey]:
     """A fresh key for `tenant` and the record to store; the key is shown once."""
     check_tenant(tenant)
+    if priority not in PRIORITIES:
+        raise InvalidArgument("priority", f"must be interactive or bulk, got {priority!r}")
     key_id = secrets.token_hex(6)
     key = f"{KEY_PREFIX}{key_id}_{secrets.token_urlsafe(32)}"
     record = ApiKey(
@@ -94,6 +103,7 @@ def new_key(tenant: str, secret: str) -> tuple[str, ApiKey]:
         prefix=key[:DISPLAY_CHARS],
         key_hash=hash_key(secret, key),
         created_at=time.time_ns() // 1000,
+        priority=priority,
     )
     return key, record
 
@@ -140,4 +150,4 @@ class Authenticator:
             or not hmac.compare_digest(record.key_hash, hash_key(self._secret, key))
         ):
             raise Unauthenticated("invalid or revoked API key")
-        return Principal(tenant=record.tenant, key_id=record.key_id)
+        return Principal(tenant=record.tenant, key_id=record.key_id, priority=record.priority)

@@ -58,6 +58,10 @@ class StageDirectory:
         """Hold one of the service's call slots (interactive before bulk) for a call."""
         return self._scheduler.slot(service, priority)
 
+    async def close(self) -> None:
+        """Start no more stage calls; return once those in flight have ended."""
+        await self._scheduler.close()
+
     async def describe(
         self, service: str, *, fresh: bool = False
     ) -> stage_pb2.DescribeResponse | None:

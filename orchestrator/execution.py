@@ -135,6 +135,8 @@ class JobExecutor:
             )
 
         # Wait here for a slot rather than pile RESOURCE_EXHAUSTED on the stage.
+        # The slot is held until the outcome is stored: a draining orchestrator
+        # waits for the slots, so no finished call's output is lost.
         async with self._directory.slot(service, job.request.priority):
             try:
                 outcome = await self._caller.call(
@@ -148,19 +150,19 @@ class JobExecutor:
             except StageCallError as err:
                 run.attempts = err.attempts
                 raise
-        result = outcome.result
-        run.route, run.attempts = outcome.route.name, outcome.attempts
-        if outcome.route.name == FALLBACK:
-            # The output answers the fallback's parameters, not the key's.
-            run.request.CopyFrom(outcome.route.request)
-            run.cache_key = ""
-        if self._cache is not None and run.cache_key:
-            if result.model.fingerprint in ("", fingerprint):
-                await self._cache.put(run.cache_key, run.stage, result)
-            else:  # the stage swapped models since the Describe the key came from
-                self._directory.forget(service)
+            result = outcome.result
+            run.route, run.attempts = outcome.route.name, outcome.attempts
+            if outcome.route.name == FALLBACK:
+                # The output answers the fallback's parameters, not the key's.
+                run.request.CopyFrom(outcome.route.request)
                 run.cache_key = ""
-        await self._stage_succeeded(job, run, result)
+            if self._cache is not None and run.cache_key:
+                if result.model.fingerprint in ("", fingerprint):
+                    await self._cache.put(run.cache_key, run.stage, result)
+                else:  # the stage swapped models since the Describe the key came from
+                    self._directory.forget(service)
+                    run.cache_key = ""
+            await self._stage_succeeded(job, run, result)
 
     def _fallback_route(
         self, job: Job, run: StageRun, request: stage_pb2.RunRequest

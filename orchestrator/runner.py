@@ -17,8 +17,10 @@ message an unknown id gets, so its existence is not revealed.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import functools
+import time
 from collections.abc import AsyncIterator, Mapping, Sequence
 
 from opentelemetry import context as otel_context
@@ -38,9 +40,11 @@ from stageflow.orchestrator.bundle import (
 from stageflow.orchestrator.directory import StageDirectory
 from stageflow.orchestrator.events import EventHub
 from stageflow.orchestrator.execution import JobExecutor, RunnerSettings, now
+from stageflow.orchestrator.quotas import WINDOW_SECONDS, Quota, check_submit
 from stageflow.orchestrator.replicas import StageCaller
 from stageflow.orchestrator.rerun import apply_overrides
 from stageflow.orchestrator.scheduler import PriorityGate
+from stageflow.orchestrator.sharing import ShareSigner
 from stageflow.orchestrator.spec import (
     DEFAULT_SPEC,
     PipelineSpec,
@@ -51,6 +55,7 @@ from stageflow.orchestrator.spec import (
 )
 from stageflow.orchestrator.stage_client import StageClient
 from stageflow.orchestrator.store import TERMINAL, UNFINISHED, JobStore, new_job_id
+from stageflow.orchestrator.uploads import UploadLimits, resolve_upload, store_upload
 from stageflow.orchestrator.validation import check_request
 from stageflow.serving import tracing
 from stageflow.v1 import common_pb2, orchestrator_pb2
@@ -88,6 +93,9 @@ class JobRunner:
         specs: Mapping[str, PipelineSpec] | None = None,
         stage_limits: Mapping[str, int] | None = None,
         caller: StageCaller | None = None,
+        upload_limits: UploadLimits | None = None,
+        sharing: ShareSigner | None = None,
+        default_quota: Quota | None = None,
     ) -> None:
         """`specs` by name (pipelines/*.yaml); without them a built-in "default"
         spec runs `pipeline` with the built-in defaults. `stage_limits` caps the
@@ -108,7 +116,14 @@ class JobRunner:
         self._specs = dict(specs)
         self._jobs = jobs
         self._settings = settings
-        self._store = store  # read by GetArtifact
+        self._store = store  # read by GetArtifact, written by UploadImage
+        self._upload_limits = upload_limits or UploadLimits()
+        self._sharing = sharing or ShareSigner("", 0)
+        self._default_quota = default_quota or Quota()
+        # Per tenant: submits are checked against the quota one at a time, and
+        # its jobs past its running limit wait QUEUED for one of its slots.
+        self._tenant_locks: dict[str, asyncio.Lock] = {}
+        self._tenant_slots: dict[str, tuple[int, asyncio.Semaphore]] = {}
         self._directory = StageDirectory(stages, stage_limits)
         self._hub = EventHub()
         self._executor = JobExecutor(
@@ -126,6 +141,7 @@ class JobRunner:
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._live: dict[str, Job] = {}  # jobs with a task; fresher than the DB (step counts)
         self._cancelling: set[str] = set()
+        self._closing = False
 
     # --- process lifecycle ------------------------------------------------------
 
@@ -144,8 +160,26 @@ class JobRunner:
             log.info("job.resume", job_id=job.job_id)
             self._start_task(job)
 
+    async def drain(self, seconds: float) -> None:
+        """The first step of a shutdown: start no job and no stage call from now
+        on (a job submitted meanwhile is stored QUEUED), give the stage calls in
+        flight up to `seconds` to finish (their outputs are kept), then end every
+        WatchJob stream so that its client moves to the next process."""
+        self._closing = True
+        self._slots.close()
+        log.info("runner.draining", running_jobs=len(self._tasks), grace_seconds=seconds)
+        try:
+            async with asyncio.timeout(seconds):
+                await self._directory.close()
+        except TimeoutError:
+            log.warning("runner.drain_timeout", grace_seconds=seconds)
+        self._hub.close()
+
     async def close(self) -> None:
-        """Stop running jobs without marking them: the next start() resumes them."""
+        """Stop running jobs without marking them: the next start() resumes them
+        (QUEUED and RUNNING jobs stay so in the store)."""
+        self._closing = True
+        self._slots.close()
         tasks = list(self._tasks.values())
         for task in tasks:
             task.cancel()
@@ -161,6 +195,9 @@ class JobRunner:
         InvalidArgument naming the offending field."""
         check_request(request)
         spec = self._spec(request.pipeline)
+        input_ref = None
+        if request.input_image:
+            input_ref, request = await self._with_input(request, spec, tenant)
         pipeline = pipeline_of(request, spec.order)
         services = services_of(spec, pipeline)
         missing = [name for name in pipeline if services[name] not in self._directory]
@@ -177,8 +214,15 @@ class JobRunner:
             )
             for name in pipeline
         }
+        if input_ref is not None:  # the first stage reads the uploaded image
+            runs[pipeline[0]].image.CopyFrom(input_ref)
         size = await self._directory.check(effective, spec, pipeline, runs)
-        width, height = size or (request.width, request.height)
+        # An uploaded input's size is the image's (set by _with_input).
+        width, height = (
+            (request.width, request.height)
+            if input_ref is not None
+            else size or (request.width, request.height)
+        )
         if request.validate_only:
             # Checked as a real submit is; nothing is stored, nothing runs.
             return Job(
@@ -217,7 +261,8 @@ class JobRunner:
             version=1,
             tenant=tenant or "",
         )
-        stored, created = await self._jobs.create(job, request.request_id)
+        async with self._admission(tenant):
+            stored, created = await self._jobs.create(job, request.request_id)
         if not created:
             tracing.tag_job(stored.job_id)
             live = self._live.get(stored.job_id)
@@ -254,6 +299,9 @@ class JobRunner:
             effective = with_defaults(job.request, spec)
             names = [run.stage for run in job.stages]
             first = names.index(request.from_stage)
+            uploaded = common_pb2.ArtifactRef()
+            if job.request.input_image:  # rerun from the first stage: it reads the upload
+                uploaded.CopyFrom(previous.stages[0].request.image)
             for run in job.stages[first:]:
                 version_id = f"{job.job_id}.v{job.version}"
                 run.request.CopyFrom(
@@ -265,6 +313,8 @@ class JobRunner:
                     )
                 )
                 run.request.request_id = f"{version_id}.{run.stage}"
+            if first == 0 and uploaded.key:
+                job.stages[0].request.image.CopyFrom(uploaded)
             runs = {run.stage: run.request for run in job.stages[first:]}
             # Stages before `from_stage` keep their outputs: the base size is theirs.
             kept = (job.width, job.height) if first > 0 and job.width and job.height else None
@@ -297,6 +347,109 @@ class JobRunner:
             raise FailedPrecondition("this orchestrator has no object store to read from")
         data = await asyncio.to_thread(get_artifact, self._store, ref.key, ref.sha256)
         return ref, data
+
+    async def share(
+        self, request: orchestrator_pb2.ShareArtifactRequest, tenant: str | None = None
+    ) -> orchestrator_pb2.ShareArtifactResponse:
+        """A signed token for the final image of a version of `tenant`'s job."""
+        check_artifact_request(
+            orchestrator_pb2.GetArtifactRequest(job_id=request.job_id, version=request.version)
+        )
+        versions = await self.versions(request.job_id, tenant)
+        select = orchestrator_pb2.GetArtifactRequest(job_id=request.job_id, version=request.version)
+        select_artifact(select, versions)  # NOT_FOUND / FAILED_PRECONDITION: nothing to share
+        version = request.version or versions[-1].version or 1
+        shared = self._sharing.sign(request.job_id, version, int(request.expires_in_seconds))
+        reply = orchestrator_pb2.ShareArtifactResponse(
+            token=self._sharing.token(shared), version=version
+        )
+        reply.expires_at.FromSeconds(shared.expires)
+        return reply
+
+    async def shared_artifact(self, token: str) -> tuple[common_pb2.ArtifactRef, bytes]:
+        """The final image a valid, unexpired share token names (of any tenant:
+        the token is the authority)."""
+        shared = self._sharing.verify(token)
+        request = orchestrator_pb2.GetArtifactRequest(job_id=shared.job_id, version=shared.version)
+        return await self.artifact(request, None)
+
+    async def quota(self, tenant: str) -> Quota:
+        """`tenant`'s quota: its own row, else the default."""
+        return await self._jobs.get_quota(tenant) or self._default_quota
+
+    @contextlib.asynccontextmanager
+    async def _admission(self, tenant: str | None) -> AsyncIterator[None]:
+        """Held around a submit's insert: the tenant's queued and per-minute
+        limits are checked against the database with no other submit of that
+        tenant in between. No tenant (auth off): no limits."""
+        if tenant is None:
+            yield
+            return
+        lock = self._tenant_locks.setdefault(tenant, asyncio.Lock())
+        async with lock:
+            quota = await self.quota(tenant)
+            if quota.max_queued is not None or quota.per_minute is not None:
+                now_s = time.time()
+                usage = await self._jobs.usage(tenant, now_s - WINDOW_SECONDS)
+                check_submit(quota, usage, now_s)
+            yield
+
+    @contextlib.asynccontextmanager
+    async def _tenant_slot(self, tenant: str) -> AsyncIterator[None]:
+        """One of the tenant's running slots (its quota's max_running)."""
+        if not tenant:
+            yield
+            return
+        limit = (await self.quota(tenant)).max_running
+        if limit is None:
+            yield
+            return
+        entry = self._tenant_slots.get(tenant)
+        if entry is None or entry[0] != limit:  # its first job, or its quota changed
+            entry = (limit, asyncio.Semaphore(limit))
+            self._tenant_slots[tenant] = entry
+        async with entry[1]:
+            yield
+
+    @property
+    def upload_max_bytes(self) -> int:
+        return self._upload_limits.max_bytes
+
+    async def upload(
+        self, data: bytes, tenant: str | None = None
+    ) -> orchestrator_pb2.UploadImageResponse:
+        """Check an uploaded image from its header, then store it under `tenant`."""
+        if self._store is None:
+            raise FailedPrecondition("this orchestrator has no object store to write to")
+        return await store_upload(self._store, data, tenant, self._upload_limits)
+
+    async def _with_input(
+        self,
+        request: orchestrator_pb2.SubmitJobRequest,
+        spec: PipelineSpec,
+        tenant: str | None,
+    ) -> tuple[common_pb2.ArtifactRef, orchestrator_pb2.SubmitJobRequest]:
+        """The upload `request.input_image` names (of `tenant`) and the request
+        with its size and a stage order that starts after base."""
+        if self._store is None:
+            raise FailedPrecondition("this orchestrator has no object store to read from")
+        ref, width, height = await resolve_upload(self._store, request.input_image, tenant)
+        out = orchestrator_pb2.SubmitJobRequest()
+        out.CopyFrom(request)
+        for name, actual in (("width", width), ("height", height)):
+            given = getattr(out, name)
+            if given and given != actual:
+                raise InvalidArgument(name, f"must be 0 or the input image's {actual}, got {given}")
+            setattr(out, name, actual)
+        if not out.stages:
+            out.stages.extend(name for name in spec.order if name != "base")
+            if not out.stages:
+                raise InvalidArgument(
+                    "input_image", f"pipeline {spec.name!r} has no stage after base to read it"
+                )
+        if "refine" in out.stages and not out.bundle.base.strip():
+            raise InvalidArgument("bundle.base", "must not be empty: the refine stage needs it")
+        return ref, out
 
     def pipelines(self) -> list[orchestrator_pb2.PipelineInfo]:
         """The pipeline specs this runner runs, by name."""
@@ -395,7 +548,7 @@ class JobRunner:
             "job.run", context=parent, attributes={tracing.JOB_ID: job_id}
         )
         try:
-            async with self._slots.hold(job.request.priority):
+            async with self._tenant_slot(job.tenant), self._slots.hold(job.request.priority):
                 with span:
                     await self._executor.execute(job)
         except asyncio.CancelledError:
@@ -407,7 +560,12 @@ class JobRunner:
             await self._executor.mark_cancelled(job)
         except Exception as err:  # a bug or a broken store: fail the job, keep serving
             log.exception("job.internal_error", job_id=job_id)
-            await self._executor.finish_failed(job, None, f"internal error: {err}")
+            if self._closing:
+                return  # left unfinished in the store: the next start retries it
+            # Not str(err): it may hold reprs, paths or data; the log has the traceback.
+            await self._executor.finish_failed(
+                job, None, f"internal error ({type(err).__name__}; see the orchestrator's log)"
+            )
         finally:
             self._live.pop(job_id, None)
             self._cancelling.discard(job_id)

@@ -16,6 +16,7 @@ import grpc
 from google.protobuf.message import Message
 
 from stageflow.core import limits
+from stageflow.core.errors import InvalidArgument
 from stageflow.core.logging import get_logger
 from stageflow.orchestrator.artifacts import chunks
 from stageflow.orchestrator.auth import Authenticator, Principal, bearer
@@ -47,15 +48,17 @@ class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServiceServicer):
 
     @asynccontextmanager
     async def _call(
-        self, context: grpc.aio.ServicerContext, action: str, request: Message
+        self, context: grpc.aio.ServicerContext, action: str, request: Message | None
     ) -> AsyncIterator[_Call]:
         """The call's principal (None with authentication off), once `request`
-        is within its limits; with authentication on, the caller is
+        is within its limits (a streamed request's messages are the handler's
+        to bound); with authentication on, the caller is
         authenticated first, and one audit line is written on the way out:
         tenant, key id, action, job id (its first characters), outcome."""
         job_id = str(getattr(request, "job_id", ""))[: limits.MAX_ID_CHARS]
         if self._auth is None or not self._auth.enabled:
-            check_request(request)
+            if request is not None:
+                check_request(request)
             yield _Call(None, job_id)
             return
         call = _Call(None, job_id)
@@ -63,7 +66,8 @@ class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServiceServicer):
         try:
             key = bearer(context.invocation_metadata() or ())
             call.principal = await self._auth.authenticate(key)
-            check_request(request)
+            if request is not None:
+                check_request(request)
             yield call
         except asyncio.CancelledError:
             outcome = "CANCELLED"
@@ -86,6 +90,12 @@ class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServiceServicer):
         self, request: orchestrator_pb2.SubmitJobRequest, context: grpc.aio.ServicerContext
     ) -> orchestrator_pb2.SubmitJobResponse:
         async with self._call(context, "SubmitJob", request) as call:
+            if call.principal is not None and call.principal.priority == "bulk":
+                # A bulk key's jobs all take the bulk lane, whatever they ask for.
+                bulk = orchestrator_pb2.SubmitJobRequest()
+                bulk.CopyFrom(request)
+                bulk.priority = orchestrator_pb2.PRIORITY_BULK
+                request = bulk
             job = await self._runner.submit(request, call.tenant)
             call.job_id = job.job_id
             return orchestrator_pb2.SubmitJobResponse(job=job)
@@ -137,6 +147,54 @@ class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServiceServicer):
                 yield orchestrator_pb2.GetArtifactResponse(
                     artifact=ref if i == 0 else None, data=chunk
                 )
+
+    async def UploadImage(
+        self,
+        request_iterator: AsyncIterator[orchestrator_pb2.UploadImageRequest],
+        context: grpc.aio.ServicerContext,
+    ) -> orchestrator_pb2.UploadImageResponse:
+        async with self._call(context, "UploadImage", None) as call:
+            limit = self._runner.upload_max_bytes
+            data = bytearray()
+            async for message in request_iterator:
+                check_request(message)  # each message within its limits
+                data += message.data
+                if len(data) > limit:  # stop reading: it is refused whatever follows
+                    raise InvalidArgument("data", f"must be at most {limit} bytes")
+            return await self._runner.upload(bytes(data), call.tenant)
+
+    async def ShareArtifact(
+        self, request: orchestrator_pb2.ShareArtifactRequest, context: grpc.aio.ServicerContext
+    ) -> orchestrator_pb2.ShareArtifactResponse:
+        async with self._call(context, "ShareArtifact", request) as call:
+            return await self._runner.share(request, call.tenant)
+
+    async def GetSharedArtifact(
+        self, request: orchestrator_pb2.GetSharedArtifactRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[orchestrator_pb2.GetSharedArtifactResponse]:
+        # No API key: the signed token is the credential (checked by the runner).
+        outcome = "OK"
+        try:
+            check_request(request)  # no key to authenticate first: the limits at once
+            ref, data = await self._runner.shared_artifact(request.token)
+        except Exception as err:
+            outcome = str(getattr(err, "code", "INTERNAL"))
+            raise
+        finally:
+            if self._auth is not None and self._auth.enabled:
+                job_id = request.token.split("/", 1)[0][:40]
+                audit.info(
+                    "audit",
+                    tenant="",
+                    key_id="share-link",
+                    action="GetSharedArtifact",
+                    job_id=job_id,
+                    outcome=outcome,
+                )
+        for i, chunk in enumerate(chunks(data)):
+            yield orchestrator_pb2.GetSharedArtifactResponse(
+                artifact=ref if i == 0 else None, data=chunk
+            )
 
     async def ListPipelines(
         self, request: orchestrator_pb2.ListPipelinesRequest, context: grpc.aio.ServicerContext

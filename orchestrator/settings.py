@@ -10,8 +10,10 @@ from typing import Annotated, Any
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import NoDecode
 
+from stageflow.core.errors import InvalidArgument
 from stageflow.kinds.builtin import DEFAULT_PIPELINE
 from stageflow.orchestrator.auth import MIN_SECRET_CHARS
+from stageflow.orchestrator.quotas import parse_quota
 from stageflow.serving.settings import CommonSettings
 
 # The specs shipped with stageflow, found wherever the process is started from.
@@ -80,10 +82,14 @@ class OrchestratorSettings(CommonSettings):
         "UNAVAILABLE or RESOURCE_EXHAUSTED; doubles each retry, the delay drawn in [0, bound).",
     )
     retry_cap_seconds: float = Field(
-        5.0, gt=0, description="Largest backoff bound between stage call retries."
+        2.0, gt=0, description="Largest backoff bound between stage call retries."
     )
-    retry_max_attempts: int = Field(
-        5, ge=1, description="Stage calls in all (first included) while replicas are UNAVAILABLE."
+    retry_budget_seconds: float = Field(
+        120.0,
+        gt=0,
+        description="How long a stage call is retried (and a call to a stage's only replica "
+        "waits for it to connect) while the stage is UNAVAILABLE, e.g. restarting or its "
+        "object store down; never past the job's deadline.",
     )
     exhausted_max_attempts: int = Field(
         3,
@@ -125,6 +131,42 @@ class OrchestratorSettings(CommonSettings):
         f"under, at least {MIN_SECRET_CHARS} characters; needed with auth on. Rotating it "
         "invalidates every key.",
     )
+
+    upload_max_bytes: int = Field(
+        20 * 1024 * 1024, ge=1, description="Largest uploaded image (UploadImage), in bytes."
+    )
+    upload_max_pixels: int = Field(
+        4096 * 4096,
+        ge=1,
+        description="Most pixels (width x height, from the header) an uploaded image may "
+        "declare; more is refused before it is stored (decompression bombs).",
+    )
+
+    share_secret_key: SecretStr = Field(
+        SecretStr(""),
+        description="Secret the share links (ShareArtifact) are signed with (HMAC-SHA256), "
+        "at least 32 characters; empty turns sharing off. Rotating it revokes every link.",
+    )
+    share_max_seconds: int = Field(
+        7 * 24 * 3600, ge=1, description="Longest lifetime a share link may be given."
+    )
+
+    default_quota: str = Field(
+        "",
+        description="Each tenant's limits unless `stageflow keys create --quota` set its own: "
+        "'running=N,queued=N,per_minute=N' (any of them; empty: none). Over them a submit "
+        "is RESOURCE_EXHAUSTED with a retry delay (HTTP 429 + Retry-After); jobs past "
+        "`running` wait QUEUED. Only with auth on (tenants).",
+    )
+
+    @field_validator("default_quota")
+    @classmethod
+    def _quota_parses(cls, value: str) -> str:
+        try:
+            parse_quota(value, "default_quota")
+        except InvalidArgument as err:
+            raise ValueError(str(err)) from None
+        return value
 
     @model_validator(mode="after")
     def _auth_needs_secret(self) -> OrchestratorSettings:

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from stageflow.orchestrator.auth import ApiKey
+from stageflow.orchestrator.quotas import Quota, TenantUsage
 from stageflow.orchestrator.store import UNFINISHED
 from stageflow.v1 import orchestrator_pb2, stage_pb2
 
@@ -54,7 +55,15 @@ CREATE TABLE IF NOT EXISTS api_keys (
     prefix     TEXT NOT NULL,
     key_hash   TEXT NOT NULL,     -- hex HMAC-SHA256(server secret, key)
     created_at INTEGER NOT NULL,  -- unix microseconds
-    revoked_at INTEGER NOT NULL DEFAULT 0
+    revoked_at INTEGER NOT NULL DEFAULT 0,
+    priority   TEXT NOT NULL DEFAULT ''  -- '', 'interactive' or 'bulk'
+);
+-- Per-tenant limits (stageflow.orchestrator.quotas); NULL: no limit.
+CREATE TABLE IF NOT EXISTS tenant_quotas (
+    tenant      TEXT PRIMARY KEY,
+    max_running INTEGER,
+    max_queued  INTEGER,
+    per_minute  INTEGER
 );
 """
 
@@ -69,7 +78,7 @@ CREATE INDEX IF NOT EXISTS jobs_state_created ON jobs (state, created_at);
 CREATE INDEX IF NOT EXISTS jobs_tenant_created ON jobs (tenant, created_at);
 """
 
-_KEY_COLUMNS = "key_id, tenant, prefix, key_hash, created_at, revoked_at"
+_KEY_COLUMNS = "key_id, tenant, prefix, key_hash, created_at, revoked_at, priority"
 
 
 def _state_name(state: orchestrator_pb2.JobState) -> str:
@@ -101,6 +110,9 @@ class SqliteJobStore:
         columns = {row[1] for row in conn.execute("PRAGMA table_info(jobs)")}
         if "tenant" not in columns:  # a file from before tenants: its jobs are tenant ''
             conn.execute("ALTER TABLE jobs ADD COLUMN tenant TEXT NOT NULL DEFAULT ''")
+        key_columns = {row[1] for row in conn.execute("PRAGMA table_info(api_keys)")}
+        if "priority" not in key_columns:  # a file from before key priorities
+            conn.execute("ALTER TABLE api_keys ADD COLUMN priority TEXT NOT NULL DEFAULT ''")
         conn.executescript(_INDEXES)
         return conn
 
@@ -166,6 +178,15 @@ class SqliteJobStore:
 
     async def revoke_key(self, key_id: str, revoked_at: int) -> ApiKey | None:
         return await self._call(self._revoke_key, key_id, revoked_at)
+
+    async def set_quota(self, tenant: str, quota: Quota) -> None:
+        await self._call(self._set_quota, tenant, quota)
+
+    async def get_quota(self, tenant: str) -> Quota | None:
+        return await self._call(self._get_quota, tenant)
+
+    async def usage(self, tenant: str, since: float) -> TenantUsage:
+        return await self._call(self._usage, tenant, int(since * 1e6))
 
     async def close(self) -> None:
         await self._call(self._conn.close)
@@ -274,8 +295,16 @@ class SqliteJobStore:
     def _create_key(self, key: ApiKey) -> None:
         try:
             self._conn.execute(
-                f"INSERT INTO api_keys ({_KEY_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?)",
-                (key.key_id, key.tenant, key.prefix, key.key_hash, key.created_at, key.revoked_at),
+                f"INSERT INTO api_keys ({_KEY_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (
+                    key.key_id,
+                    key.tenant,
+                    key.prefix,
+                    key.key_hash,
+                    key.created_at,
+                    key.revoked_at,
+                    key.priority,
+                ),
             )
         except sqlite3.IntegrityError:
             raise KeyError(f"key id {key.key_id!r} exists") from None
@@ -295,6 +324,40 @@ class SqliteJobStore:
                 (tenant,),
             )
         return [ApiKey(*row) for row in rows]
+
+    def _set_quota(self, tenant: str, quota: Quota) -> None:
+        self._conn.execute(
+            "INSERT INTO tenant_quotas (tenant, max_running, max_queued, per_minute) "
+            "VALUES (?, ?, ?, ?) ON CONFLICT (tenant) DO UPDATE SET "
+            "max_running = excluded.max_running, max_queued = excluded.max_queued, "
+            "per_minute = excluded.per_minute",
+            (tenant, quota.max_running, quota.max_queued, quota.per_minute),
+        )
+
+    def _get_quota(self, tenant: str) -> Quota | None:
+        row = self._conn.execute(
+            "SELECT max_running, max_queued, per_minute FROM tenant_quotas WHERE tenant = ?",
+            (tenant,),
+        ).fetchone()
+        return None if row is None else Quota(*row)
+
+    def _usage(self, tenant: str, since: int) -> TenantUsage:
+        counts = dict(
+            self._conn.execute(
+                "SELECT state, count(*) FROM jobs WHERE tenant = ? AND state IN (?, ?) "
+                "GROUP BY state",
+                (tenant, *(_state_name(s) for s in UNFINISHED)),
+            ).fetchall()
+        )
+        recent = self._conn.execute(
+            "SELECT created_at FROM jobs WHERE tenant = ? AND created_at > ? ORDER BY created_at",
+            (tenant, since),
+        ).fetchall()
+        return TenantUsage(
+            queued=counts.get(_state_name(orchestrator_pb2.JOB_STATE_QUEUED), 0),
+            running=counts.get(_state_name(orchestrator_pb2.JOB_STATE_RUNNING), 0),
+            recent=tuple(row[0] / 1e6 for row in recent),
+        )
 
     def _revoke_key(self, key_id: str, revoked_at: int) -> ApiKey | None:
         self._conn.execute(

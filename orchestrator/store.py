@@ -18,6 +18,7 @@ import uuid
 from typing import Protocol
 
 from stageflow.orchestrator.auth import ApiKey
+from stageflow.orchestrator.quotas import Quota, TenantUsage
 from stageflow.v1 import orchestrator_pb2, stage_pb2
 
 Job = orchestrator_pb2.Job
@@ -126,6 +127,19 @@ class JobStore(Protocol):
         """Mark the key revoked at `revoked_at` (unix microseconds; a key
         already revoked keeps its first time) and return it; None for an
         unknown id. Every `get_key` after it returns sees it revoked."""
+        ...
+
+    async def set_quota(self, tenant: str, quota: Quota) -> None:
+        """Set (replace) `tenant`'s quota."""
+        ...
+
+    async def get_quota(self, tenant: str) -> Quota | None:
+        """`tenant`'s quota, or None when none was set (the default applies)."""
+        ...
+
+    async def usage(self, tenant: str, since: float) -> TenantUsage:
+        """`tenant`'s QUEUED and RUNNING job counts and the created_at times
+        (unix seconds) of its jobs created after `since`, oldest first."""
         ...
 
     async def close(self) -> None:

@@ -41,6 +41,15 @@ def check_stages(request: orchestrator_pb2.SubmitJobRequest) -> None:
     repeated = sorted(name for name, n in counts.items() if n > 1)
     if repeated:
         raise InvalidArgument("stages", f"each stage at most once, got {', '.join(repeated)} twice")
+    if request.input_image:
+        # The image is the input: the job starts at a stage that reads one.
+        first = [name for name in stages if kinds.get(name).first]
+        if first:
+            raise InvalidArgument(
+                "stages",
+                f"must not include {first[0]} with an input_image: the image is the input",
+            )
+        return
     problem = kinds.order_problem(stages)
     if problem:
         raise InvalidArgument("stages", problem)
@@ -53,7 +62,7 @@ def check_request(request: orchestrator_pb2.SubmitJobRequest) -> None:
     `check_built`'s."""
     check_limits(request)
     check_stages(request)
-    if not request.bundle.base.strip():
+    if not request.bundle.base.strip() and not request.input_image:
         raise InvalidArgument("bundle.base", "must not be empty")
     if request.bundle.overlay_text:
         problem = limits.text_chars_problem(request.bundle.overlay_text)
@@ -124,15 +133,6 @@ def _set_params(run: stage_pb2.RunRequest) -> dict[str, Any]:
     return out
 
 
-def _num(value: float) -> str:
-    """A range end or value as people write it: 9223372036854775807, not 9.22337e+18."""
-    if value == 2.0**63:  # the int64 maximum, rounded up on its way through a double
-        return str(2**63 - 1)
-    if float(value).is_integer() and abs(value) < 2**64:
-        return str(int(value))
-    return f"{value:g}"
-
-
 def check_against_stage(
     stage: str,
     run: stage_pb2.RunRequest,
@@ -170,10 +170,12 @@ def check_against_stage(
         if isinstance(number, bool) or not isinstance(number, int | float):
             continue  # unset (the stage takes its default), or not a number
         if not limit.min <= number <= limit.max:
+            lo, hi = (limit.min, limit.max) if isinstance(number, float) else _int_range(limit)
             raise InvalidArgument(
                 submit_field(stage, limit.name, request),
-                f"must be in [{_num(limit.min)}, {_num(limit.max)}] for the {stage} stage, "
-                f"got {_num(number)}",
+                f"must be in [{lo:g}, {hi:g}] for the {stage} stage, got {number:g}"
+                if isinstance(number, float)
+                else f"must be in [{lo}, {hi}] for the {stage} stage, got {number}",
             )
 
 
@@ -204,6 +206,17 @@ def check_built(
     except InvalidArgument as err:
         field = submit_field(stage, err.field, request)
         raise InvalidArgument(field, err.message.removeprefix(f"{err.field}: ")) from None
+
+
+def _int_range(limit: stage_pb2.ParamRange) -> tuple[int, int]:
+    """An integer field's range in full (a seed's, not 9.22337e+18); a double
+    cannot hold int64's largest value, so it is clamped to it."""
+    top = 2**63 - 1
+
+    def clamp(bound: float) -> int:
+        return top if bound >= top else -top - 1 if bound <= -top - 1 else int(bound)
+
+    return clamp(limit.min), clamp(limit.max)
 
 
 def check_model(stage: str, wanted: str, desc: stage_pb2.DescribeResponse, spec: str) -> None:

@@ -23,7 +23,7 @@ import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import Self
+from typing import Any, Self
 
 from stageflow import kinds
 from stageflow.serving import processes
@@ -91,6 +91,7 @@ class LocalCluster:
         gateway_port: int | None = None,
         gateway_args: Sequence[str] = (),
         stages: Sequence[str] = STAGES,
+        tls: tuple[Path, Path, Path] | None = None,
     ) -> None:
         self.state_dir = Path(state_dir).resolve()
         self.stages = tuple(stages)
@@ -114,6 +115,8 @@ class LocalCluster:
         self.gateway_port = gateway_port
         self._gateway_args = list(gateway_args)
         self._procs: dict[str, ServerProcess] = {}
+        # (certificate, key, CA) every process serves and calls with: mutual TLS on every hop.
+        self.tls = tuple(Path(p).resolve() for p in tls) if tls else None
 
     # -- what callers read ---------------------------------------------------
 
@@ -131,9 +134,10 @@ class LocalCluster:
 
     @property
     def gateway_url(self) -> str:
-        """http://127.0.0.1:port of the gateway (started with gateway_port set)."""
+        """http(s)://127.0.0.1:port of the gateway (started with gateway_port set)."""
         try:
-            return f"http://{self.addresses[GATEWAY]}"
+            scheme = "https" if self.tls else "http"
+            return f"{scheme}://{self.addresses[GATEWAY]}"
         except KeyError:
             raise ClusterError("no gateway is running (start with gateway_port set)") from None
 
@@ -248,7 +252,14 @@ class LocalCluster:
             "--port-file", str(self.port_file(name)),
             "--store-url", self.store_url,
             "--log-json", "true",
+            *self._tls_argv(),
         ]  # fmt: skip
+
+    def _tls_argv(self) -> list[str]:
+        if self.tls is None:
+            return []
+        cert, key, ca = self.tls
+        return ["--tls-cert", str(cert), "--tls-key", str(key), "--tls-ca", str(ca)]
 
     def _stage_argv(self, stage: str, port: int) -> list[str]:
         argv = [*self._launcher("stageflow.stage", stage), *self._common_argv(stage, port)]
@@ -272,6 +283,7 @@ class LocalCluster:
             "--port-file", str(self.port_file(GATEWAY)),
             "--orchestrator-address", self.orchestrator_address,
             "--log-json", "true",
+            *self._tls_argv(),
             *self._gateway_args,
         ]  # fmt: skip
 
@@ -302,11 +314,20 @@ class LocalCluster:
             argv,
             log=self.log_path(name),
             port_file=self.port_file(name),
-            ready=(lambda: _http_ready(proc)) if name == GATEWAY else None,
+            ready=(lambda: _http_ready(proc, self.tls)) if name == GATEWAY else None,
+            credentials=self._credentials(),
             env=self._env(),
             append_log=append_log,
         )
         self._procs[name] = proc.start()
+
+    def _credentials(self) -> Any:
+        if self.tls is None:
+            return None
+        import grpc
+
+        cert, key, ca = self.tls
+        return grpc.ssl_channel_credentials(ca.read_bytes(), key.read_bytes(), cert.read_bytes())
 
     def _wait_ready(self, names: Sequence[str], deadline: float, timeout: float) -> None:
         try:
@@ -317,13 +338,19 @@ class LocalCluster:
             raise ClusterError(str(e)) from e
 
 
-def _http_ready(proc: ServerProcess) -> bool:
-    """The gateway's /readyz answers 200 (it is HTTP: no grpc.health)."""
+def _http_ready(proc: ServerProcess, tls: tuple[Path, ...] | None = None) -> bool:
+    """The gateway's /readyz answers 200 (it is HTTP: no grpc.health); HTTPS
+    verified against the CA with `tls`."""
+    import ssl
     import urllib.error
     import urllib.request
 
+    context = ssl.create_default_context(cafile=str(tls[2])) if tls else None
+    scheme = "https" if tls else "http"
     try:
-        with urllib.request.urlopen(f"http://{proc.address}/readyz", timeout=1) as reply:
+        with urllib.request.urlopen(
+            f"{scheme}://{proc.address}/readyz", timeout=1, context=context
+        ) as reply:
             return bool(reply.status == 200)
     except urllib.error.URLError:
         return False

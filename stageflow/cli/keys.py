@@ -77,12 +77,24 @@ def _row(key: ApiKey) -> dict[str, object]:
         "prefix": key.prefix,
         "created_at": _time(key.created_at),
         "revoked_at": _time(key.revoked_at),
+        "priority": key.priority or "interactive",
     }
 
 
 @keys_app.command()
 def create(
     tenant: Annotated[str, typer.Option(help="The tenant the key acts for, e.g. acme.")],
+    quota: Annotated[
+        str | None,
+        typer.Option(
+            help="Set the TENANT's limits (all its keys): 'running=N,queued=N,per_minute=N', "
+            "any of them; the others then have none. Unset: keep its quota (or the default)."
+        ),
+    ] = None,
+    priority: Annotated[
+        str,
+        typer.Option(help="interactive (the request's own lane) or bulk (all its jobs bulk)."),
+    ] = "interactive",
     db_path: DbPath = Path("var/orchestrator.sqlite"),
     as_json: JsonFlag = False,
 ) -> None:
@@ -90,15 +102,23 @@ def create(
     from stageflow.cli.settings import KeyCommandSettings, from_environment
     from stageflow.core.errors import InvalidArgument
     from stageflow.orchestrator.auth import check_secret, new_key
+    from stageflow.orchestrator.quotas import parse_quota
 
     secret = from_environment(KeyCommandSettings).auth_secret_key.get_secret_value()
     try:
         check_secret(secret)
-        key, record = new_key(tenant, secret)
+        key, record = new_key(tenant, secret, "" if priority == "interactive" else priority)
+        limits = parse_quota(quota) if quota is not None else None
     except InvalidArgument as err:
         field = SECRET_ENV if err.field == "auth_secret_key" else f"--{err.field}"
         _fail(f"{field}: {err.message.removeprefix(err.field + ': ')}")
-    _with_store(db_path, lambda store: store.create_key(record))
+
+    async def store_key(store: JobStore) -> None:
+        await store.create_key(record)
+        if limits is not None:
+            await store.set_quota(record.tenant, limits)
+
+    _with_store(db_path, store_key)
     if as_json:
         print(json.dumps({"key": key, **_row(record)}))
         return

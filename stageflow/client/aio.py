@@ -18,10 +18,13 @@ from stageflow.client.download import receive_artifact, write_atomically
 from stageflow.client.errors import FailedPrecondition, from_rpc_error
 from stageflow.client.options import job_state, options
 from stageflow.client.settings import ClientSettings
+from stageflow.v1 import common_pb2
 from stageflow.v1 import orchestrator_pb2 as pb
 from stageflow.v1 import orchestrator_pb2_grpc as pb_grpc
 
 R = TypeVar("R")
+# Bytes per UploadImageRequest (the server's message limit is far above).
+UPLOAD_CHUNK_BYTES = 1024 * 1024
 
 
 def open_channel(
@@ -29,15 +32,28 @@ def open_channel(
 ) -> grpc.aio.Channel:
     """An insecure grpc.aio channel to `settings.address` with the servers'
     explicit message limits in both directions (gRPC's default receive limit
-    is 4 MiB), so a large message fails the same way on either side."""
-    return grpc.aio.insecure_channel(
-        settings.address,
-        options=[
-            ("grpc.max_send_message_length", settings.max_message_bytes),
-            ("grpc.max_receive_message_length", settings.max_message_bytes),
-        ],
-        interceptors=list(interceptors) or None,
-    )
+    is 4 MiB), so a large message fails the same way on either side. TLS
+    (mutual with a client certificate) when the settings name a CA or a
+    certificate."""
+    options = [
+        ("grpc.max_send_message_length", settings.max_message_bytes),
+        ("grpc.max_receive_message_length", settings.max_message_bytes),
+    ]
+    chain = list(interceptors) or None
+    if settings.tls_ca or settings.tls_cert:
+
+        def read(path: str) -> bytes | None:
+            return Path(path).read_bytes() if path else None
+
+        credentials = grpc.ssl_channel_credentials(
+            root_certificates=read(settings.tls_ca),
+            private_key=read(settings.tls_key),
+            certificate_chain=read(settings.tls_cert),
+        )
+        return grpc.aio.secure_channel(
+            settings.address, credentials, options=options, interceptors=chain
+        )
+    return grpc.aio.insecure_channel(settings.address, options=options, interceptors=chain)
 
 
 def _structs(values: Mapping[str, Mapping[str, Any]] | None) -> dict[str, struct_pb2.Struct]:
@@ -200,6 +216,42 @@ class StageflowClient:
         request = pb.ListJobsRequest(page_size=page_size, state=job_state(state))  # type: ignore[arg-type]
         reply = await self._unary(self._stub.ListJobs, request)
         return builtins.list(reply.jobs)
+
+    async def upload(self, data: bytes) -> pb.UploadImageResponse:
+        """Store an image (PNG, JPEG or WebP bytes) of the caller's tenant as a
+        job input; the answer's `upload_id` goes in SubmitJobRequest.input_image.
+        InvalidArgument naming `data` for a bad format, size or header."""
+        pieces = [data[i : i + UPLOAD_CHUNK_BYTES] for i in range(0, len(data), UPLOAD_CHUNK_BYTES)]
+        requests = [pb.UploadImageRequest(data=piece) for piece in pieces or [b""]]
+        try:
+            return await self._stub.UploadImage(
+                iter(requests), timeout=self.settings.timeout_seconds, metadata=self._metadata
+            )
+        except grpc.RpcError as err:
+            raise from_rpc_error(err) from None
+
+    async def share(
+        self, job_id: str, version: int = 0, expires_in_seconds: int = 0
+    ) -> pb.ShareArtifactResponse:
+        """A signed share token of a job version's final image (version 0: the
+        latest; expiry 0: the orchestrator's maximum)."""
+        request = pb.ShareArtifactRequest(
+            job_id=job_id, version=version, expires_in_seconds=expires_in_seconds
+        )
+        return await self._unary(self._stub.ShareArtifact, request)
+
+    async def shared(self, token: str) -> tuple[common_pb2.ArtifactRef, bytes]:
+        """The image a share token names (no API key needed), verified against
+        its sha256. PermissionDenied for a bad token, OutOfRange once expired."""
+        call = self._stub.GetSharedArtifact(
+            pb.GetSharedArtifactRequest(token=token), timeout=self.settings.timeout_seconds
+        )
+        try:
+            return await receive_artifact(call, "shared image")
+        except grpc.RpcError as err:
+            raise from_rpc_error(err) from None
+        finally:
+            call.cancel()
 
     async def pipelines(self) -> builtins.list[pb.PipelineInfo]:
         """The orchestrator's pipeline specs (names for `submit(pipeline=...)`), by name."""

@@ -39,10 +39,18 @@ class StageflowClientError(Exception):
 
     code: ClassVar[grpc.StatusCode] = grpc.StatusCode.UNKNOWN
 
-    def __init__(self, message: str, *, field_violations: Sequence[FieldViolation] = ()) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        field_violations: Sequence[FieldViolation] = (),
+        retry_after: float | None = None,
+    ) -> None:
         super().__init__(message)
         self.message = message
         self.field_violations: tuple[FieldViolation, ...] = tuple(field_violations)
+        # Seconds the server asks to wait before retrying (google.rpc.RetryInfo).
+        self.retry_after = retry_after
 
     @property
     def status(self) -> str:
@@ -198,6 +206,15 @@ def _field_violations(status: status_pb2.Status | None) -> list[FieldViolation]:
     return violations
 
 
+def _retry_after(status: status_pb2.Status | None) -> float | None:
+    for detail in status.details if status is not None else ():
+        if detail.Is(error_details_pb2.RetryInfo.DESCRIPTOR):
+            info = error_details_pb2.RetryInfo()
+            detail.Unpack(info)
+            return float(info.retry_delay.ToMilliseconds()) / 1000
+    return None
+
+
 def _code(err: Any) -> grpc.StatusCode:
     code = err.code() if callable(getattr(err, "code", None)) else None
     return code if isinstance(code, grpc.StatusCode) else grpc.StatusCode.UNKNOWN
@@ -209,4 +226,5 @@ def from_rpc_error(err: grpc.RpcError) -> StageflowClientError:
     details = err.details() if callable(getattr(err, "details", None)) else None
     message = str(details) if details else code.name.lower().replace("_", " ")
     cls = ERRORS.get(code, Unknown)
-    return cls(message, field_violations=_field_violations(_rich_status(err)))
+    rich = _rich_status(err)
+    return cls(message, field_violations=_field_violations(rich), retry_after=_retry_after(rich))

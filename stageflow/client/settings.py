@@ -19,6 +19,11 @@ MiB = 1024 * 1024
 ADDRESS_ENV = "STAGEFLOW_ADDRESS"
 TIMEOUT_ENV = "STAGEFLOW_CLIENT_TIMEOUT_SECONDS"
 API_KEY_ENV = "STAGEFLOW_API_KEY"
+TLS_ENV = {
+    "tls_ca": "STAGEFLOW_TLS_CA",
+    "tls_cert": "STAGEFLOW_TLS_CERT",
+    "tls_key": "STAGEFLOW_TLS_KEY",
+}
 
 
 @dataclass(frozen=True)
@@ -35,6 +40,12 @@ class ClientSettings:
     # Sent as `authorization: Bearer <key>` on every call when set (an
     # orchestrator with auth on needs it); never shown in repr.
     api_key: str = field(default="", repr=False)
+    # TLS to the orchestrator: PEM files. `tls_ca` verifies the server (empty:
+    # plaintext unless a certificate is given); `tls_cert`/`tls_key` are the
+    # client certificate an orchestrator with mutual TLS requires.
+    tls_ca: str = ""
+    tls_cert: str = ""
+    tls_key: str = ""
 
     def __post_init__(self) -> None:
         if not self.address.strip():
@@ -43,6 +54,8 @@ class ClientSettings:
             raise InvalidArgument.of_field(
                 "timeout_seconds", f"must be a positive number, got {self.timeout_seconds}"
             )
+        if bool(self.tls_cert) != bool(self.tls_key):
+            raise InvalidArgument.of_field("tls_cert", "tls_cert and tls_key come together")
         if self.max_message_bytes < MiB + 64 * 1024:  # an artifact chunk must fit
             raise InvalidArgument.of_field(
                 "max_message_bytes", f"must be at least 1.0625 MiB, got {self.max_message_bytes}"
@@ -51,14 +64,18 @@ class ClientSettings:
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> ClientSettings:
         """Settings from STAGEFLOW_ADDRESS (default 127.0.0.1:50051),
-        STAGEFLOW_CLIENT_TIMEOUT_SECONDS (default 30) and STAGEFLOW_API_KEY
-        (default none); unset or empty means the default."""
+        STAGEFLOW_CLIENT_TIMEOUT_SECONDS (default 30), STAGEFLOW_API_KEY
+        (default none) and STAGEFLOW_TLS_CA / _CERT / _KEY (default
+        plaintext); unset or empty means the default."""
         env = os.environ if environ is None else environ
         kwargs: dict[str, object] = {}
         if address := env.get(ADDRESS_ENV, "").strip():
             kwargs["address"] = address
         if api_key := env.get(API_KEY_ENV, "").strip():
             kwargs["api_key"] = api_key
+        for name, variable in TLS_ENV.items():
+            if value := env.get(variable, "").strip():
+                kwargs[name] = value
         if timeout := env.get(TIMEOUT_ENV, "").strip():
             try:
                 kwargs["timeout_seconds"] = float(timeout)

@@ -76,6 +76,10 @@ class SyncStageflowClient:
     def cancel(self, job_id: str) -> pb.Job:
         return self._run(self._client.cancel(job_id))
 
+    def upload(self, data: bytes) -> pb.UploadImageResponse:
+        """As StageflowClient.upload."""
+        return self._run(self._client.upload(data))
+
     def pipelines(self) -> builtins.list[pb.PipelineInfo]:
         return self._run(self._client.pipelines())
 

@@ -42,7 +42,14 @@ class DataLoss(StageflowError):
 
 
 class ResourceExhausted(StageflowError):
+    """Out of a resource or over a limit; `retry_after_seconds`, when set, is
+    when trying again may succeed (sent as google.rpc.RetryInfo)."""
+
     code = "RESOURCE_EXHAUSTED"
+
+    def __init__(self, message: str, retry_after_seconds: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after_seconds = retry_after_seconds
 
 
 class Unavailable(StageflowError):
@@ -57,6 +64,18 @@ class Cancelled(StageflowError):
 
 class DeadlineExceeded(StageflowError):
     code = "DEADLINE_EXCEEDED"
+
+
+class PermissionDenied(StageflowError):
+    """The caller's credential (e.g. a share link's signature) does not allow it."""
+
+    code = "PERMISSION_DENIED"
+
+
+class OutOfRange(StageflowError):
+    """A value past its valid range, e.g. a share link past its expiry."""
+
+    code = "OUT_OF_RANGE"
 
 
 class Unauthenticated(StageflowError):

@@ -26,8 +26,14 @@ MAX_TEXT_CHARS = 200
 MAX_ID_CHARS = 128
 # Names: pipeline specs, stages, kinds, models ("name@version"), option keys.
 MAX_NAME_CHARS = 64
-# Object keys and key prefixes.
+# Object keys, and the output prefix a stage request may name (an artifact
+# key is the prefix plus ~80 characters; S3 allows 1024 bytes).
 MAX_KEY_CHARS = 1024
+MAX_OUTPUT_PREFIX_CHARS = 256
+# A share link's token ("<job_id>/<version>/<expiry>/<signature>").
+MAX_TOKEN_CHARS = 512
+# One UploadImageRequest message's bytes (the image's total is a setting).
+MAX_UPLOAD_CHUNK_BYTES = 1024 * 1024
 # Short strings: a colour ("#rrggbb" or a CSS name).
 MAX_SHORT_CHARS = 64
 # Entries of a job's `stages` list.
@@ -127,10 +133,13 @@ __all__ = [
     "MAX_OPTION_ENTRIES",
     "MAX_OPTION_KEYS",
     "MAX_OPTION_VALUE_CHARS",
+    "MAX_OUTPUT_PREFIX_CHARS",
     "MAX_PROMPT_CHARS",
     "MAX_SHORT_CHARS",
     "MAX_STAGES",
     "MAX_TEXT_CHARS",
+    "MAX_TOKEN_CHARS",
+    "MAX_UPLOAD_CHUNK_BYTES",
     "MAX_VERSIONS",
     "QUOTE_CHARS",
     "STRENGTH_IMG2IMG",

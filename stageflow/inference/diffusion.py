@@ -197,7 +197,7 @@ class RefineModel(_DiffusionModel):
         assert isinstance(params, RefineParams)
         image = inputs.image
         if image is None:
-            raise FailedPrecondition("image: the refine stage needs an input image")
+            raise InvalidArgument("image", "is required: the refine stage reads an input image")
         desc = self.describe()
         check_side("image", image.width, desc)
         check_side("image", image.height, desc)

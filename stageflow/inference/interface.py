@@ -245,7 +245,14 @@ def check_ranges(params: StageParams) -> None:
         lo, hi = f.metadata["range"]
         value = getattr(params, f.name)
         if not lo <= value <= hi:
-            raise InvalidArgument(f.name, f"must be in [{lo:g}, {hi:g}], got {value:g}")
+            raise InvalidArgument(
+                f.name, f"must be in [{_number(lo)}, {_number(hi)}], got {_number(value)}"
+            )
+
+
+def _number(value: float) -> str:
+    """An integer in full (a seed's 9223372036854775807, never 9.22337e+18)."""
+    return str(value) if isinstance(value, int) else f"{value:g}"
 
 
 MAX_PROMPT_CHARS = limits.MAX_PROMPT_CHARS
@@ -305,8 +312,10 @@ class StageModel(abc.ABC):
         check_prompts(params)
 
     def validate_inputs(self, params: StageParams, inputs: StageInputs) -> None:
-        """Raise InvalidArgument (or FailedPrecondition for a missing input) once
-        the inputs are decoded, before running: input sizes, mask presence."""
+        """Raise InvalidArgument for a missing input or a bad size, before
+        running: input sizes, mask presence. Called on the inputs' headers
+        (sizes and modes known, no pixel decoded yet) and may be called again
+        on the decoded images."""
         return None
 
     @abc.abstractmethod

@@ -21,7 +21,7 @@ from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 from opentelemetry import trace
 
-from stageflow.core.errors import InvalidArgument, StageflowError
+from stageflow.core.errors import InvalidArgument, ResourceExhausted, StageflowError
 from stageflow.core.logging import get_logger
 from stageflow.serving import metrics, tracing
 from stageflow.serving.limits import SELF_CHECKED, check_request
@@ -80,6 +80,16 @@ async def _abort(context: grpc.aio.ServicerContext, err: Exception, request_id: 
         detail.Pack(error_details_pb2.BadRequest(field_violations=[violation]))
         status = status_pb2.Status(
             code=code_pb2.INVALID_ARGUMENT, message=_short(err.message), details=[detail]
+        )
+        await context.abort_with_status(rpc_status.to_status(status))
+    elif isinstance(err, ResourceExhausted) and err.retry_after_seconds is not None:
+        # google.rpc.RetryInfo: when to try again, for clients and the gateway's Retry-After.
+        retry = error_details_pb2.RetryInfo()
+        retry.retry_delay.FromMilliseconds(int(err.retry_after_seconds * 1000))
+        detail = any_pb2.Any()
+        detail.Pack(retry)
+        status = status_pb2.Status(
+            code=code_pb2.RESOURCE_EXHAUSTED, message=err.message, details=[detail]
         )
         await context.abort_with_status(rpc_status.to_status(status))
     elif isinstance(err, StageflowError):

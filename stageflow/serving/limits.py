@@ -62,6 +62,7 @@ MAXIMA: Mapping[str, Mapping[str, int]] = {
         "stages": L.MAX_STAGES,
         "pipeline": L.MAX_NAME_CHARS,
         "options": L.MAX_OPTION_ENTRIES,
+        "input_image": L.MAX_ID_CHARS,
     },
     "stageflow.v1.WatchJobRequest": {"job_id": L.MAX_ID_CHARS},
     "stageflow.v1.GetJobRequest": {"job_id": L.MAX_ID_CHARS},
@@ -76,6 +77,9 @@ MAXIMA: Mapping[str, Mapping[str, int]] = {
         "stage": L.MAX_NAME_CHARS,
         "key": L.MAX_KEY_CHARS,
     },
+    "stageflow.v1.UploadImageRequest": {"data": L.MAX_UPLOAD_CHUNK_BYTES},
+    "stageflow.v1.ShareArtifactRequest": {"job_id": L.MAX_ID_CHARS},
+    "stageflow.v1.GetSharedArtifactRequest": {"token": L.MAX_TOKEN_CHARS},
     # stage.proto
     "stageflow.v1.Txt2ImgParams": {
         "prompt": L.MAX_PROMPT_CHARS,
@@ -91,7 +95,7 @@ MAXIMA: Mapping[str, Mapping[str, int]] = {
     "stageflow.v1.RunRequest": {
         "request_id": L.MAX_ID_CHARS,
         "job_id": L.MAX_ID_CHARS,
-        "output_prefix": L.MAX_KEY_CHARS,
+        "output_prefix": L.MAX_OUTPUT_PREFIX_CHARS,
     },
     "stageflow.v1.LoadModelRequest": {"model": L.MAX_ID_CHARS},
     # common.proto

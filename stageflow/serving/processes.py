@@ -186,7 +186,9 @@ class ServerProcess:
         cwd: Path | None = None,
         append_log: bool = False,
         start_timeout: float = DEFAULT_START_TIMEOUT_S,
+        credentials: Any = None,
     ) -> None:
+        """`credentials` (grpc.ChannelCredentials) make the readiness checks TLS."""
         if not argv:
             raise ValueError(f"{name}: argv is empty")
         if port_file is None and ready is None:
@@ -199,6 +201,7 @@ class ServerProcess:
         self.env = dict(env) if env is not None else None
         self.cwd = cwd
         self._ready_check = ready
+        self._credentials = credentials
         self.start_timeout = start_timeout
         self._append_log = append_log
         self._popen: subprocess.Popen[bytes] | None = None
@@ -349,7 +352,10 @@ class ServerProcess:
         if self._channel is None:
             import grpc
 
-            self._channel = grpc.insecure_channel(self.address)
+            if self._credentials is not None:
+                self._channel = grpc.secure_channel(self.address, self._credentials)
+            else:
+                self._channel = grpc.insecure_channel(self.address)
         return self._channel
 
     def _close_channel(self) -> None:

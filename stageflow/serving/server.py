@@ -34,6 +34,7 @@ from stageflow.core.logging import get_logger
 from stageflow.serving.interceptors import ErrorInterceptor, TelemetryInterceptor
 from stageflow.serving.metrics import MetricsServer, metrics_port_file, start_metrics_server
 from stageflow.serving.settings import CommonSettings
+from stageflow.serving.tls import server_credentials
 from stageflow.serving.tracing import configure_tracing
 
 log = get_logger(__name__)
@@ -67,6 +68,7 @@ async def serve(
     *,
     startup: Callable[[], Awaitable[None]] | None = None,
     shutdown: Callable[[], Awaitable[None]] | None = None,
+    drain: Callable[[float], Awaitable[None]] | None = None,
     interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
     name: str = "",
 ) -> None:
@@ -79,6 +81,10 @@ async def serve(
     Raises when the address cannot be bound or `startup` fails. Once the
     server has started, `shutdown` always runs on the way out, after in-flight
     calls drained (so it must cope with a `startup` that did not finish).
+    `drain(seconds)`, when given, runs first, health already NOT_SERVING and
+    calls still served: the process stops taking on work and lets what runs
+    end within `seconds` (the grace period); the server then stops with what
+    is left of the grace.
     """
     process = name  # `name` is reused below for the services' names
     limit = settings.max_message_bytes
@@ -106,8 +112,12 @@ async def serve(
     if ":" in host and not host.startswith("["):
         host = f"[{host}]"  # an IPv6 literal
     address = f"{host}:{settings.port}"
+    credentials = server_credentials(settings.tls_cert, settings.tls_key, settings.tls_ca)
     try:
-        port = server.add_insecure_port(address)
+        if credentials is None:
+            port = server.add_insecure_port(address)
+        else:
+            port = server.add_secure_port(address, credentials)
     except RuntimeError as e:  # grpc raises on a port in use
         raise OSError(f"cannot listen on {address}: {e}") from e
     if port == 0:
@@ -155,7 +165,13 @@ async def serve(
         # Order matters: stop advertising first, so balancers move new calls
         # elsewhere, then let in-flight calls finish, then release the model.
         await health.enter_graceful_shutdown()
-        await server.stop(settings.grace_seconds)
+        grace_ends = loop.time() + settings.grace_seconds
+        if drain is not None:
+            try:
+                await drain(settings.grace_seconds)
+            except Exception:
+                log.exception("drain failed")
+        await server.stop(max(0.0, grace_ends - loop.time()))
         if shutdown is not None:
             try:
                 await shutdown()

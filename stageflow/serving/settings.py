@@ -12,7 +12,7 @@ from typing import Any, Literal
 from pydantic import Field, SecretStr, field_validator, model_validator
 
 from stageflow.core.settings import StageflowSettings, load_settings
-from stageflow.core.storage import parse_store_url
+from stageflow.core.storage import DEFAULT_S3_RETRY_SECONDS, parse_store_url
 from stageflow.serving.stores import InstrumentedStore, open_store
 
 MiB = 1024 * 1024
@@ -48,11 +48,28 @@ class CommonSettings(StageflowSettings):
         description="Object store: a folder path (relative to the working directory), "
         "file:///abs/path, or s3://bucket?endpoint=http://host:port.",
     )
+    tls_cert: Path | None = Field(
+        default=None,
+        description="PEM certificate: serve gRPC over TLS with it (and present it as the "
+        "client certificate on this process's own gRPC calls). Needs tls_key.",
+    )
+    tls_key: Path | None = Field(default=None, description="PEM private key of tls_cert.")
+    tls_ca: Path | None = Field(
+        default=None,
+        description="PEM CA bundle: with tls_cert, require client certificates it signed "
+        "(mutual TLS); also verifies the servers this process calls.",
+    )
     s3_access_key: str = Field(default="", description="S3 access key (s3:// stores).")
     s3_secret_key: SecretStr = Field(
         default=SecretStr(""), description="S3 secret key (s3:// stores)."
     )
     s3_region: str = Field(default="", description="S3 region; empty asks the server.")
+    s3_retry_seconds: float = Field(
+        default=DEFAULT_S3_RETRY_SECONDS,
+        gt=0,
+        description="How long an S3 request is retried while the server is unreachable or "
+        "answers 5xx (a restart); then the call fails UNAVAILABLE, which callers retry.",
+    )
     metrics_port: int | None = Field(
         default=0,
         le=65535,
@@ -87,8 +104,8 @@ class CommonSettings(StageflowSettings):
 
     @field_validator("store_url")
     @classmethod
-    def _parsable_store(cls, value: str) -> str:
-        parse_store_url(value)  # ValueError: a settings error, named and one line
+    def _parsable_store_url(cls, value: str) -> str:
+        parse_store_url(value)  # its ValueError names what is wrong, e.g. the bucket
         return value
 
     @field_validator("log_level")
@@ -105,7 +122,16 @@ class CommonSettings(StageflowSettings):
             access_key=self.s3_access_key,
             secret_key=self.s3_secret_key.get_secret_value(),
             region=self.s3_region,
+            retry_seconds=self.s3_retry_seconds,
         )
+
+    @model_validator(mode="after")
+    def _tls_pairs(self) -> CommonSettings:
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("tls_cert and tls_key come together (--tls-cert, --tls-key)")
+        if self.tls_ca is not None and self.tls_cert is None:
+            raise ValueError("tls_ca needs tls_cert and tls_key (mutual TLS)")
+        return self
 
 
 class StageSettings(CommonSettings):

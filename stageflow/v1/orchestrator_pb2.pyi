@@ -113,7 +113,7 @@ class UpscaleOptions(_message.Message):
     def __init__(self, mode: _Optional[_Union[_stage_pb2.UpscaleMode, str]] = ..., tile_size: _Optional[int] = ..., tile_overlap: _Optional[int] = ...) -> None: ...
 
 class SubmitJobRequest(_message.Message):
-    __slots__ = ("bundle", "seed", "width", "height", "base", "refine", "upscale", "request_id", "stages", "pipeline", "priority", "deadline_seconds", "options", "validate_only")
+    __slots__ = ("bundle", "seed", "width", "height", "base", "refine", "upscale", "request_id", "stages", "pipeline", "priority", "deadline_seconds", "options", "validate_only", "input_image")
     class OptionsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -135,6 +135,7 @@ class SubmitJobRequest(_message.Message):
     DEADLINE_SECONDS_FIELD_NUMBER: _ClassVar[int]
     OPTIONS_FIELD_NUMBER: _ClassVar[int]
     VALIDATE_ONLY_FIELD_NUMBER: _ClassVar[int]
+    INPUT_IMAGE_FIELD_NUMBER: _ClassVar[int]
     bundle: PromptBundle
     seed: int
     width: int
@@ -149,7 +150,8 @@ class SubmitJobRequest(_message.Message):
     deadline_seconds: float
     options: _containers.MessageMap[str, _struct_pb2.Struct]
     validate_only: bool
-    def __init__(self, bundle: _Optional[_Union[PromptBundle, _Mapping]] = ..., seed: _Optional[int] = ..., width: _Optional[int] = ..., height: _Optional[int] = ..., base: _Optional[_Union[BaseOptions, _Mapping]] = ..., refine: _Optional[_Union[RefineOptions, _Mapping]] = ..., upscale: _Optional[_Union[UpscaleOptions, _Mapping]] = ..., request_id: _Optional[str] = ..., stages: _Optional[_Iterable[str]] = ..., pipeline: _Optional[str] = ..., priority: _Optional[_Union[Priority, str]] = ..., deadline_seconds: _Optional[float] = ..., options: _Optional[_Mapping[str, _struct_pb2.Struct]] = ..., validate_only: _Optional[bool] = ...) -> None: ...
+    input_image: str
+    def __init__(self, bundle: _Optional[_Union[PromptBundle, _Mapping]] = ..., seed: _Optional[int] = ..., width: _Optional[int] = ..., height: _Optional[int] = ..., base: _Optional[_Union[BaseOptions, _Mapping]] = ..., refine: _Optional[_Union[RefineOptions, _Mapping]] = ..., upscale: _Optional[_Union[UpscaleOptions, _Mapping]] = ..., request_id: _Optional[str] = ..., stages: _Optional[_Iterable[str]] = ..., pipeline: _Optional[str] = ..., priority: _Optional[_Union[Priority, str]] = ..., deadline_seconds: _Optional[float] = ..., options: _Optional[_Mapping[str, _struct_pb2.Struct]] = ..., validate_only: _Optional[bool] = ..., input_image: _Optional[str] = ...) -> None: ...
 
 class SubmitJobResponse(_message.Message):
     __slots__ = ("job",)
@@ -399,3 +401,57 @@ class ListPipelinesResponse(_message.Message):
     PIPELINES_FIELD_NUMBER: _ClassVar[int]
     pipelines: _containers.RepeatedCompositeFieldContainer[PipelineInfo]
     def __init__(self, pipelines: _Optional[_Iterable[_Union[PipelineInfo, _Mapping]]] = ...) -> None: ...
+
+class UploadImageRequest(_message.Message):
+    __slots__ = ("data",)
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    data: bytes
+    def __init__(self, data: _Optional[bytes] = ...) -> None: ...
+
+class UploadImageResponse(_message.Message):
+    __slots__ = ("upload_id", "image", "width", "height", "format")
+    UPLOAD_ID_FIELD_NUMBER: _ClassVar[int]
+    IMAGE_FIELD_NUMBER: _ClassVar[int]
+    WIDTH_FIELD_NUMBER: _ClassVar[int]
+    HEIGHT_FIELD_NUMBER: _ClassVar[int]
+    FORMAT_FIELD_NUMBER: _ClassVar[int]
+    upload_id: str
+    image: _common_pb2.ArtifactRef
+    width: int
+    height: int
+    format: str
+    def __init__(self, upload_id: _Optional[str] = ..., image: _Optional[_Union[_common_pb2.ArtifactRef, _Mapping]] = ..., width: _Optional[int] = ..., height: _Optional[int] = ..., format: _Optional[str] = ...) -> None: ...
+
+class ShareArtifactRequest(_message.Message):
+    __slots__ = ("job_id", "version", "expires_in_seconds")
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    EXPIRES_IN_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    version: int
+    expires_in_seconds: int
+    def __init__(self, job_id: _Optional[str] = ..., version: _Optional[int] = ..., expires_in_seconds: _Optional[int] = ...) -> None: ...
+
+class ShareArtifactResponse(_message.Message):
+    __slots__ = ("token", "expires_at", "version")
+    TOKEN_FIELD_NUMBER: _ClassVar[int]
+    EXPIRES_AT_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    token: str
+    expires_at: _timestamp_pb2.Timestamp
+    version: int
+    def __init__(self, token: _Optional[str] = ..., expires_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., version: _Optional[int] = ...) -> None: ...
+
+class GetSharedArtifactRequest(_message.Message):
+    __slots__ = ("token",)
+    TOKEN_FIELD_NUMBER: _ClassVar[int]
+    token: str
+    def __init__(self, token: _Optional[str] = ...) -> None: ...
+
+class GetSharedArtifactResponse(_message.Message):
+    __slots__ = ("artifact", "data")
+    ARTIFACT_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    artifact: _common_pb2.ArtifactRef
+    data: bytes
+    def __init__(self, artifact: _Optional[_Union[_common_pb2.ArtifactRef, _Mapping]] = ..., data: _Optional[bytes] = ...) -> None: ...

@@ -85,6 +85,21 @@ class OrchestratorServiceStub:
                 request_serializer=stageflow_dot_v1_dot_orchestrator__pb2.ListPipelinesRequest.SerializeToString,
                 response_deserializer=stageflow_dot_v1_dot_orchestrator__pb2.ListPipelinesResponse.FromString,
                 _registered_method=True)
+        self.UploadImage = channel.stream_unary(
+                '/stageflow.v1.OrchestratorService/UploadImage',
+                request_serializer=stageflow_dot_v1_dot_orchestrator__pb2.UploadImageRequest.SerializeToString,
+                response_deserializer=stageflow_dot_v1_dot_orchestrator__pb2.UploadImageResponse.FromString,
+                _registered_method=True)
+        self.ShareArtifact = channel.unary_unary(
+                '/stageflow.v1.OrchestratorService/ShareArtifact',
+                request_serializer=stageflow_dot_v1_dot_orchestrator__pb2.ShareArtifactRequest.SerializeToString,
+                response_deserializer=stageflow_dot_v1_dot_orchestrator__pb2.ShareArtifactResponse.FromString,
+                _registered_method=True)
+        self.GetSharedArtifact = channel.unary_stream(
+                '/stageflow.v1.OrchestratorService/GetSharedArtifact',
+                request_serializer=stageflow_dot_v1_dot_orchestrator__pb2.GetSharedArtifactRequest.SerializeToString,
+                response_deserializer=stageflow_dot_v1_dot_orchestrator__pb2.GetSharedArtifactResponse.FromString,
+                _registered_method=True)
 
 
 class OrchestratorServiceServicer:
@@ -172,6 +187,41 @@ class OrchestratorServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def UploadImage(self, request_iterator, context):
+        """Stores the caller's own image (PNG, JPEG or WebP) as a job input: the
+        chunks' concatenation is the file. Its format and size are read from its
+        header and checked (at most the orchestrator's upload_max_bytes and
+        upload_max_pixels, so no decompression bomb is ever stored) before it is
+        stored, content-addressed, under the caller's tenant. INVALID_ARGUMENT
+        naming `data` otherwise. SubmitJobRequest.input_image takes the id.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ShareArtifact(self, request, context):
+        """Signs a share link of a job version's final image: a token that
+        GetSharedArtifact accepts without an API key until it expires. The
+        signature is an HMAC-SHA256 under the orchestrator's share secret over
+        the job id, version and expiry, so rotating the secret revokes every
+        link. FAILED_PRECONDITION while the version has no final image or with
+        no share secret configured; INVALID_ARGUMENT naming
+        `expires_in_seconds` past the configured maximum.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetSharedArtifact(self, request, context):
+        """The final image a share token names, as GetArtifact streams it; needs
+        no API key (the token is the authority). PERMISSION_DENIED for a token
+        whose signature does not match (any changed byte), OUT_OF_RANGE for one
+        past its expiry.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_OrchestratorServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -214,6 +264,21 @@ def add_OrchestratorServiceServicer_to_server(servicer, server):
                     servicer.ListPipelines,
                     request_deserializer=stageflow_dot_v1_dot_orchestrator__pb2.ListPipelinesRequest.FromString,
                     response_serializer=stageflow_dot_v1_dot_orchestrator__pb2.ListPipelinesResponse.SerializeToString,
+            ),
+            'UploadImage': grpc.stream_unary_rpc_method_handler(
+                    servicer.UploadImage,
+                    request_deserializer=stageflow_dot_v1_dot_orchestrator__pb2.UploadImageRequest.FromString,
+                    response_serializer=stageflow_dot_v1_dot_orchestrator__pb2.UploadImageResponse.SerializeToString,
+            ),
+            'ShareArtifact': grpc.unary_unary_rpc_method_handler(
+                    servicer.ShareArtifact,
+                    request_deserializer=stageflow_dot_v1_dot_orchestrator__pb2.ShareArtifactRequest.FromString,
+                    response_serializer=stageflow_dot_v1_dot_orchestrator__pb2.ShareArtifactResponse.SerializeToString,
+            ),
+            'GetSharedArtifact': grpc.unary_stream_rpc_method_handler(
+                    servicer.GetSharedArtifact,
+                    request_deserializer=stageflow_dot_v1_dot_orchestrator__pb2.GetSharedArtifactRequest.FromString,
+                    response_serializer=stageflow_dot_v1_dot_orchestrator__pb2.GetSharedArtifactResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -443,6 +508,87 @@ class OrchestratorService:
             '/stageflow.v1.OrchestratorService/ListPipelines',
             stageflow_dot_v1_dot_orchestrator__pb2.ListPipelinesRequest.SerializeToString,
             stageflow_dot_v1_dot_orchestrator__pb2.ListPipelinesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UploadImage(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_unary(
+            request_iterator,
+            target,
+            '/stageflow.v1.OrchestratorService/UploadImage',
+            stageflow_dot_v1_dot_orchestrator__pb2.UploadImageRequest.SerializeToString,
+            stageflow_dot_v1_dot_orchestrator__pb2.UploadImageResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ShareArtifact(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/stageflow.v1.OrchestratorService/ShareArtifact',
+            stageflow_dot_v1_dot_orchestrator__pb2.ShareArtifactRequest.SerializeToString,
+            stageflow_dot_v1_dot_orchestrator__pb2.ShareArtifactResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetSharedArtifact(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/stageflow.v1.OrchestratorService/GetSharedArtifact',
+            stageflow_dot_v1_dot_orchestrator__pb2.GetSharedArtifactRequest.SerializeToString,
+            stageflow_dot_v1_dot_orchestrator__pb2.GetSharedArtifactResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -17,6 +17,7 @@ from pydantic import BaseModel, ValidationError
 
 from stageflow import kinds
 from stageflow.cli.settings import CLI_SETTINGS
+from stageflow.gateway.settings import GatewaySettings
 from stageflow.orchestrator.settings import OrchestratorSettings
 from stageflow.serving.settings import StageSettings
 
@@ -31,6 +32,8 @@ COMPONENT = "app.kubernetes.io/component"
 GRPC_PORT = 50051
 GPU = "nvidia.com/gpu"
 GPU_POOL = "stageflow.io/gpu-pool"
+# The pod label of the orchestrator's internal clients (besides the gateway).
+ORCHESTRATOR_CLIENT = "stageflow.io/orchestrator-client"
 # Where the `stageflow` CLI names env vars it reads other than through
 # stageflow.cli.settings (typer's envvar=, stageflow.cli.telemetry).
 CLI_SOURCES = (REPO / "stageflow" / "cli",)
@@ -119,6 +122,11 @@ def check_probes(docs: list[Manifest]) -> list[str]:
                     (probe.get("grpc") or {}).get("port") != GRPC_PORT
                 ):
                     problems.append(f"{where}: {kind} is not a gRPC probe on {GRPC_PORT}")
+                elif _process(container)[0] == "gateway":
+                    path = (probe.get("httpGet") or {}).get("path")
+                    wanted = "/readyz" if kind == "readinessProbe" else "/healthz"
+                    if path != wanted:
+                        problems.append(f"{where}: {kind} is not an HTTP probe of {wanted}")
     return problems
 
 
@@ -267,6 +275,8 @@ def _process(container: Manifest) -> tuple[str, str]:
             return "stage", command[3]
         if module == "stageflow.orchestrator":
             return "orchestrator", ""
+        if module == "stageflow.gateway":
+            return "gateway", ""
     if command and command[0] == "stageflow":
         return "cli", ""
     # A shell script with a line starting `stageflow ...` (a Job's steps).
@@ -313,7 +323,8 @@ def check_settings(
         if name.startswith(prefix) and name not in fields
     ]
     values = {
-        fields[name]: "from-secret" if value is None else value
+        # long enough for a secret's minimum length (auth_secret_key: 32)
+        fields[name]: "value-from-a-kubernetes-secret-0123456789" if value is None else value
         for name, value in env.items()
         if name in fields
     }
@@ -345,6 +356,8 @@ def check_env(docs: list[Manifest]) -> list[str]:
             problems += check_settings(where, env, StageSettings, service_defaults(module))
         elif kind == "orchestrator":
             problems += check_settings(where, env, OrchestratorSettings, {})
+        elif kind == "gateway":
+            problems += check_settings(where, env, GatewaySettings, {})
         else:
             known = cli_env_names() if kind == "cli" else frozenset()
             problems += [
@@ -504,4 +517,23 @@ def check_network(docs: list[Manifest]) -> list[str]:
                 ports = {p.get("port") for p in rule.get("ports") or []}
                 if source not in allowed and ports != {9090}:
                     problems.append(f"{_name(policy)}: stages admit {peer or 'everyone'}")
+    # Only the gateway is reachable from outside the namespace (metrics
+    # scraping from monitoring aside), and the orchestrator only from the
+    # gateway and from pods labelled as its internal clients.
+    for policy in policies:
+        selector = policy["spec"].get("podSelector") or {}
+        component = selector.get("matchLabels", {}).get(COMPONENT)
+        for rule in policy["spec"].get("ingress") or []:
+            ports = {p.get("port") for p in rule.get("ports") or []}
+            peers = rule.get("from") or [{}]
+            for peer in peers:
+                outside = "namespaceSelector" in peer or not peer
+                if outside and component != "gateway" and ports != {9090}:
+                    problems.append(f"{_name(policy)}: admits {peer or 'everyone'} from outside")
+                if component == "orchestrator" and ports != {9090}:
+                    labels = (peer.get("podSelector") or {}).get("matchLabels", {})
+                    if labels.get(COMPONENT) != "gateway" and labels != {
+                        ORCHESTRATOR_CLIENT: "true"
+                    }:
+                        problems.append(f"{_name(policy)}: the orchestrator admits {peer}")
     return problems

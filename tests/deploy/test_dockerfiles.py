@@ -44,10 +44,12 @@ IMAGES = {
     "stage": DOCKER / "stage.Dockerfile",
     "stage-cuda": DOCKER / "stage-cuda.Dockerfile",
     "orchestrator": DOCKER / "orchestrator.Dockerfile",
+    "gateway": DOCKER / "gateway.Dockerfile",
 }
 TORCH_PIN = "torch==2.13.0"
 UID_GID = "10001:10001"
 PORTS = {"50051", "9090"}
+IMAGE_PORTS = {"gateway": {"8080"}}  # the others: PORTS
 # What the Kubernetes manifests run (notes: issue-6 contract): a stage per
 # kind of the default pipeline (stageflow.kinds), the generic stage entry,
 # and the orchestrator.
@@ -55,6 +57,7 @@ K8S_MODULES = (
     *(f"stageflow.services.{name}" for name in kinds.default_pipeline()),
     "stageflow.stage",
     "stageflow.orchestrator",
+    "stageflow.gateway",
 )
 # The orchestrator image's `stageflow` must submit/watch jobs and drive txt2img or
 # orchestrator load tests; these modules are what that needs.
@@ -84,8 +87,9 @@ MODEL_STACK = (
 VENV = "/opt/venv"
 WHEELS = "/wheels"
 # Imported when present, skipped when not (try/except ImportError): rich.pretty
-# tries attrs, grpc tries grpc_tools for runtime protos. The dev venv has both.
-OPTIONAL_IMPORTS = {"attr", "grpc_tools"}
+# tries attrs, grpc tries grpc_tools for runtime protos, anyio (the gateway's
+# starlette) tries sniffio. The dev venv has them all.
+OPTIONAL_IMPORTS = {"attr", "grpc_tools", "sniffio"}
 
 
 # ---- a small Dockerfile reader ------------------------------------------------
@@ -761,7 +765,7 @@ def test_runtime_stage_follows_the_contract(image: str) -> None:
     assert env.get("PYTHONUNBUFFERED") == "1"
     assert env.get("PATH", "").startswith(f"{VENV}/bin:")  # `python`, `stageflow`
     exposed = {p for ins in final.all("EXPOSE") for p in ins.args.split()}
-    assert exposed >= PORTS
+    assert exposed >= IMAGE_PORTS.get(image, PORTS)
 
 
 @pytest.mark.parametrize("image", sorted(IMAGES))
@@ -806,7 +810,7 @@ def test_context_has_what_copy_needs(image: str) -> None:
     packages = {p.rstrip("*") for p in project["tool"]["setuptools"]["packages"]["find"]["include"]}
     assert packages | {"pyproject.toml", project["project"]["readme"]} <= wheel_sources
     links = [p for p in (ROOT / "stageflow").iterdir() if p.is_symlink()]
-    assert {p.name for p in links} == {"orchestrator", "services", "pipelines"}
+    assert {p.name for p in links} == {"orchestrator", "services", "pipelines", "gateway"}
     for link in links:
         target = Path(os.path.normpath(link.parent / os.readlink(link))).relative_to(ROOT)
         assert target.as_posix() in wheel_sources, f"{link.name} -> {target} is not copied"
@@ -925,6 +929,19 @@ def test_orchestrator_image_installs_what_the_orchestrator_imports() -> None:
     assert image_dependency_problems(imported, kept, MODEL_STACK) == []
 
 
+def test_gateway_image_installs_what_the_gateway_imports() -> None:
+    stages = parse_dockerfile(_text("gateway"))
+    extras, excluded, kept = image_requirements("gateway")
+    assert extras == ["gateway"] and excluded == []
+    assert not [i for i in pip_installs(stages) if TORCH_PIN in i.requirements]
+    # Pillow yes (uploads, WebP/JPEG), nothing else of the model stack
+    no_models = {_normalise(n) for n in MODEL_STACK} - {"pillow"}
+    assert not requirement_closure(kept) & no_models
+    imported = imported_distributions(("stageflow.gateway.__main__",))
+    assert {"fastapi", "uvicorn", "pillow"} <= {d for ds in imported.values() for d in ds}
+    assert image_dependency_problems(imported, kept, tuple(no_models)) == []
+
+
 def test_project_deps_follows_the_projects_own_extras() -> None:
     deps = project_deps()
     pyproject = ROOT / "pyproject.toml"
@@ -935,7 +952,9 @@ def test_project_deps_follows_the_projects_own_extras() -> None:
     assert serving == base + optional["serving"]  # in order, the base first
     assert "stageflow[serving]" in optional["stage"]
     assert stage == serving + [r for r in optional["stage"] if not r.startswith("stageflow")]
-    assert deps.project_requirements(pyproject, ["all"]) == stage  # each requirement once
+    gateway = [r for r in optional["gateway"] if not r.startswith("stageflow") and r not in stage]
+    # each requirement once (Pillow is the stage's and the gateway's)
+    assert deps.project_requirements(pyproject, ["all"]) == stage + gateway
     assert not any(deps.requirement_name(r) == "stageflow" for r in stage)
 
 
@@ -970,7 +989,7 @@ def test_make_images_says_it_needs_a_docker_engine() -> None:
 
 
 @needs_make
-def test_make_images_builds_the_three_contract_images() -> None:
+def test_make_images_builds_the_four_contract_images() -> None:
     result = subprocess.run(
         ["make", "-n", "images", "REGISTRY=registry.example.com", "IMAGE_TAG=v9"],
         cwd=ROOT,
@@ -988,4 +1007,5 @@ def test_make_images_builds_the_three_contract_images() -> None:
         f"{prefix}/stage:v9": "stage.Dockerfile",
         f"{prefix}/stage-cuda:v9": "stage-cuda.Dockerfile",
         f"{prefix}/orchestrator:v9": "orchestrator.Dockerfile",
+        f"{prefix}/gateway:v9": "gateway.Dockerfile",
     }

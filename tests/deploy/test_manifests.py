@@ -92,3 +92,22 @@ def test_loadtest_jobs_use_the_overlays_image(rendered: dict[str, list[Manifest]
         jobs = [d for d in rendered[variant] if d["metadata"]["name"].startswith("loadtest-")]
         for doc in jobs:
             assert image in doc["spec"]["template"]["spec"]["containers"][0]["image"]
+
+
+def test_the_gateway_is_deployed_and_prod_turns_auth_on(
+    rendered: dict[str, list[Manifest]],
+) -> None:
+    door = {"Deployment/gateway", "Service/gateway", "Ingress/gateway"}
+    door |= {"NetworkPolicy/gateway-from-anywhere"}
+    for variant in VARIANTS:
+        assert door <= _objects(rendered[variant]), variant
+    assert "HorizontalPodAutoscaler/gateway" in _objects(rendered["prod"])
+    (orchestrator,) = [
+        c for _, c, _ in policies.all_containers(rendered["prod"]) if c["name"] == "orchestrator"
+    ]
+    env = {e["name"]: e for e in orchestrator["env"]}
+    assert env["STAGEFLOW_AUTH"]["value"] == "true"
+    for name in ("STAGEFLOW_AUTH_SECRET_KEY", "STAGEFLOW_SHARE_SECRET_KEY"):
+        assert env[name]["valueFrom"]["secretKeyRef"]["name"] == "stageflow-auth"
+    dev = {c["name"]: c for _, c, _ in policies.all_containers(rendered["dev"])}
+    assert "STAGEFLOW_AUTH" not in {e["name"] for e in dev["orchestrator"]["env"]}

@@ -381,7 +381,41 @@ def test_network_flags_open_stages_and_a_missing_default_deny() -> None:
     assert policies.check_network([deny, good]) == []
     assert policies.check_network([good]) == ["no default-deny ingress NetworkPolicy"]
     wide = _policy("wide", stages, [{"ports": [{"port": 50051}]}])
-    assert policies.check_network([deny, wide]) == ["NetworkPolicy/wide: stages admit everyone"]
+    assert policies.check_network([deny, wide]) == [
+        "NetworkPolicy/wide: stages admit everyone",
+        "NetworkPolicy/wide: admits everyone from outside",
+    ]
+
+
+def test_network_lets_only_the_gateway_in_from_outside() -> None:
+    deny = _policy("deny", {}, None)
+    orchestrator = {"matchLabels": {"app.kubernetes.io/component": "orchestrator"}}
+    gateway = {"matchLabels": {"app.kubernetes.io/component": "gateway"}}
+    door = _policy("door", gateway, [{"ports": [{"port": 8080}]}])
+    clients = _policy(
+        "clients",
+        orchestrator,
+        [
+            {
+                "from": [
+                    {"podSelector": gateway},
+                    {"podSelector": {"matchLabels": {"stageflow.io/orchestrator-client": "true"}}},
+                ]
+            }
+        ],
+    )
+    assert policies.check_network([deny, door, clients]) == []
+    other_ns = {"namespaceSelector": {"matchLabels": {"stageflow.io/client": "true"}}}
+    leaky = _policy("leaky", orchestrator, [{"from": [other_ns]}])
+    assert policies.check_network([deny, leaky]) == [
+        f"NetworkPolicy/leaky: admits {other_ns} from outside",
+        f"NetworkPolicy/leaky: the orchestrator admits {other_ns}",
+    ]
+    any_pod = {"podSelector": {"matchLabels": {"app.kubernetes.io/part-of": "stageflow"}}}
+    broad = _policy("broad", orchestrator, [{"from": [any_pod]}])
+    assert policies.check_network([deny, broad]) == [
+        f"NetworkPolicy/broad: the orchestrator admits {any_pod}"
+    ]
 
 
 def test_namespace_flags_an_object_outside_stageflow() -> None:

@@ -13,7 +13,7 @@ from typing import Any, ClassVar
 
 from PIL import Image, ImageFilter
 
-from stageflow.core.errors import FailedPrecondition
+from stageflow.core.errors import FailedPrecondition, InvalidArgument
 from stageflow.inference.base import folder_fingerprint
 from stageflow.inference.interface import (
     CancelledFn,
@@ -88,7 +88,7 @@ class SharpenModel(StageModel):
 
     def validate_inputs(self, params: StageParams, inputs: StageInputs) -> None:
         if inputs.image is None:
-            raise FailedPrecondition("image: the sharpen stage needs an input image")
+            raise InvalidArgument("image", "is required: the sharpen stage reads an input image")
 
     def run(
         self, params: StageParams, inputs: StageInputs, progress: ProgressFn, cancelled: CancelledFn

@@ -225,5 +225,5 @@ def test_a_malformed_store_url_is_a_usage_error() -> None:
         ],
     )  # fmt: skip
     assert result.exit_code == 2
-    assert "--store-url: S3 bucket name 'Bad_Bucket'" in result.output
+    assert "--store-url: the bucket of store URL" in result.output
     assert "Traceback" not in result.output

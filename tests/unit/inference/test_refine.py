@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from stageflow.core.errors import FailedPrecondition, InvalidArgument
+from stageflow.core.errors import InvalidArgument
 from stageflow.inference.interface import (
     STRENGTH_IMG2IMG,
     STRENGTH_INPAINT,
@@ -158,9 +158,10 @@ def test_rejects_mask_of_another_size(refine: RefineModel) -> None:
     assert err.value.field == "mask"
 
 
-def test_missing_image_is_a_failed_precondition(refine: RefineModel) -> None:
-    with pytest.raises(FailedPrecondition, match="image"):
+def test_missing_image_is_an_invalid_argument(refine: RefineModel) -> None:
+    with pytest.raises(InvalidArgument) as err:
         refine.validate_inputs(RefineParams(prompt="x"), StageInputs())
+    assert err.value.field == "image"
 
 
 @pytest.mark.parametrize("size", [(72, 64), (64, 2048)])

@@ -11,6 +11,7 @@ from datetime import timedelta
 from stageflow.core.errors import NotFound
 from stageflow.core.storage import ObjectStore
 from stageflow.orchestrator.auth import ApiKey
+from stageflow.orchestrator.quotas import Quota, TenantUsage
 from stageflow.orchestrator.stage_client import StageCallError
 from stageflow.orchestrator.store import UNFINISHED
 from stageflow.v1 import common_pb2, orchestrator_pb2, stage_pb2
@@ -144,6 +145,7 @@ class MemoryJobStore:
         self.jobs: dict[str, orchestrator_pb2.Job] = {}  # insertion order = rowid order
         self.by_request: dict[tuple[str, str], str] = {}  # (tenant, request_id) -> job id
         self.keys: dict[str, ApiKey] = {}
+        self.quotas: dict[str, Quota] = {}
         self.old: dict[tuple[str, int], orchestrator_pb2.Job] = {}
         self.cache: dict[str, stage_pb2.StageResult] = {}
 
@@ -230,6 +232,21 @@ class MemoryJobStore:
     async def list_keys(self, tenant: str | None = None) -> list[ApiKey]:
         keys = sorted(self.keys.values(), key=lambda k: k.created_at)
         return [k for k in keys if tenant is None or k.tenant == tenant]
+
+    async def set_quota(self, tenant: str, quota: Quota) -> None:
+        self.quotas[tenant] = quota
+
+    async def get_quota(self, tenant: str) -> Quota | None:
+        return self.quotas.get(tenant)
+
+    async def usage(self, tenant: str, since: float) -> TenantUsage:
+        mine = [j for j in self.jobs.values() if j.tenant == tenant]
+        created = sorted(j.created_at.ToMicroseconds() / 1e6 for j in mine)
+        return TenantUsage(
+            queued=sum(j.state == orchestrator_pb2.JOB_STATE_QUEUED for j in mine),
+            running=sum(j.state == orchestrator_pb2.JOB_STATE_RUNNING for j in mine),
+            recent=tuple(t for t in created if t > since),
+        )
 
     async def revoke_key(self, key_id: str, revoked_at: int) -> ApiKey | None:
         key = self.keys.get(key_id)

@@ -240,6 +240,78 @@ async def test_restart_resumes_from_the_first_unfinished_stage(
     assert final.final.key == second_fakes["upscale"].output_key(1)
 
 
+async def test_shutdown_with_queued_jobs_fails_none_and_the_next_start_runs_them(
+    jobs: JobStore, runners: list[JobRunner]
+) -> None:
+    """SIGTERM with jobs waiting for a slot: every one stays QUEUED (or
+    RUNNING) in the store, none FAILED, and the next process finishes all."""
+    first_fakes = _fakes(base=FakeStage("base", block_at=1))
+    first = _runner(runners, first_fakes, jobs, max_running_jobs=2)
+    submitted = [await first.submit(_request(seed=n)) for n in range(6)]
+    await asyncio.wait_for(first_fakes["base"].entered.wait(), WAIT)
+
+    await first.drain(0.05)  # the blocked base calls outlive the grace
+    await first.close()
+
+    stored = [await jobs.get(job.job_id) for job in submitted]
+    states = [job.state for job in stored if job is not None]
+    assert states.count(S.JOB_STATE_RUNNING) == 2
+    assert states.count(S.JOB_STATE_QUEUED) == 4
+    second_fakes = _fakes()
+    second = _runner(runners, second_fakes, jobs, max_running_jobs=2)
+    await second.start()
+    for job in submitted:
+        events = await _collect(second.watch(job.job_id))
+        assert events[-1].finished.state == S.JOB_STATE_SUCCEEDED, events[-1].finished.error
+    assert len(second_fakes["base"].calls) == 6
+
+
+async def test_drain_lets_the_call_in_flight_finish_and_starts_no_other(
+    jobs: JobStore, runners: list[JobRunner]
+) -> None:
+    fakes = _fakes(base=FakeStage("base", block_at=1))
+    runner = _runner(runners, fakes, jobs, max_running_jobs=1)
+    job = await runner.submit(_request())
+    queued = await runner.submit(_request(seed=7))
+    await asyncio.wait_for(fakes["base"].entered.wait(), WAIT)
+    watching = asyncio.create_task(_collect(runner.watch(job.job_id)))
+    await asyncio.sleep(0.01)
+
+    draining = asyncio.create_task(runner.drain(WAIT))
+    await asyncio.sleep(0.01)
+    assert not draining.done()
+    fakes["base"].release.set()
+    await asyncio.wait_for(draining, WAIT)
+
+    events = await watching  # ended by the drain, without `finished`
+    assert all(event.WhichOneof("event") != "finished" for event in events)
+    stored = await jobs.get(job.job_id)
+    assert stored is not None and stored.state == S.JOB_STATE_RUNNING
+    assert stored.stages[0].state == S.STAGE_STATE_SUCCEEDED  # its output is kept
+    assert fakes["refine"].calls == []  # no stage call started while draining
+    assert len(fakes["base"].calls) == 1
+    await runner.close()
+    later = await jobs.get(queued.job_id)
+    assert later is not None and later.state == S.JOB_STATE_QUEUED
+
+
+async def test_a_bug_fails_the_job_with_a_message_that_holds_no_repr(
+    jobs: JobStore, runners: list[JobRunner]
+) -> None:
+    class Broken(FakeStage):
+        async def run(self, *args: object, **kwargs: object):  # type: ignore[no-untyped-def]
+            raise RuntimeError("<_io.BytesIO object at 0x7f00deadbeef> is not in deque")
+            yield  # an async generator, as StageClient.run is
+
+    runner = _runner(runners, _fakes(base=Broken("base")), jobs)
+    job = await runner.submit(_request())
+    events = await _collect(runner.watch(job.job_id))
+    final = events[-1].finished
+    assert final.state == S.JOB_STATE_FAILED
+    assert "internal error (RuntimeError" in final.error
+    assert "0x" not in final.error and "deque" not in final.error
+
+
 async def test_submit_with_a_used_request_id_returns_the_first_job(
     jobs: JobStore, runners: list[JobRunner]
 ) -> None:
