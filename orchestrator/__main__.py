@@ -7,6 +7,7 @@ from collections.abc import Sequence
 
 import grpc
 
+from stageflow.core.errors import StageflowError
 from stageflow.core.logging import configure_logging, get_logger
 from stageflow.orchestrator.auth import Authenticator
 from stageflow.orchestrator.quotas import parse_quota
@@ -102,6 +103,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     except SpecError as err:
         raise SystemExit(f"orchestrator: invalid pipeline spec: {err}") from None
     except ValueError as err:  # --stage-limits
+        raise SystemExit(f"orchestrator: {err}") from None
+    except StageflowError as err:  # the object store cannot be reached
+        raise SystemExit(f"orchestrator: {err.message}") from None
+    except OSError as err:  # the address cannot be bound, the job database cannot be opened
         raise SystemExit(f"orchestrator: {err}") from None
 
 

@@ -21,7 +21,12 @@ from stageflow.orchestrator.bundle import input_scales
 from stageflow.orchestrator.scheduler import StageScheduler
 from stageflow.orchestrator.spec import PipelineSpec, services_of
 from stageflow.orchestrator.stage_client import StageCallError, StageClient
-from stageflow.orchestrator.validation import base_size, check_against_stage, check_model
+from stageflow.orchestrator.validation import (
+    base_size,
+    check_against_stage,
+    check_built,
+    check_model,
+)
 from stageflow.v1 import orchestrator_pb2, stage_pb2
 
 # A stage may be redeployed with another model; re-ask for its limits now and then.
@@ -106,10 +111,11 @@ class StageDirectory:
             size = base_size(request, await self.describe(services[pipeline[0]]))
         scales = input_scales(pipeline)
         for name, desc in zip(checked, descs, strict=True):
-            if desc is None:
-                continue
-            stage_spec = spec.stage(name)
-            if stage_spec is not None and stage_spec.model:
-                check_model(name, stage_spec.model, desc, spec.name)
-            check_against_stage(name, runs[name], desc, request, scales[name], size)
+            if desc is not None:
+                stage_spec = spec.stage(name)
+                if stage_spec is not None and stage_spec.model:
+                    check_model(name, stage_spec.model, desc, spec.name)
+                check_against_stage(name, runs[name], desc, request, scales[name], size)
+            # The kind's own rules, checked whether or not the stage answered.
+            check_built(name, runs[name], request, desc.defaults if desc is not None else {})
         return size

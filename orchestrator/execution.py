@@ -17,6 +17,7 @@ from typing import Protocol
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from stageflow.core import limits
 from stageflow.core.logging import get_logger
 from stageflow.core.storage import ObjectStore
 from stageflow.orchestrator.bundle import build_run_request, with_input
@@ -240,6 +241,8 @@ class JobExecutor:
     async def finish_failed(self, job: Job, run: StageRun | None, error: str) -> None:
         """FAILED, with `run` (or, without one, every RUNNING stage) failed with `error`."""
         failed = [run] if run is not None else _running_stages(job)
+        if len(error) > limits.MAX_ERROR_CHARS:  # the job must fit in one message
+            error = error[: limits.MAX_ERROR_CHARS] + "... (truncated)"
         for stage_run in failed:
             stage_run.state = orchestrator_pb2.STAGE_STATE_FAILED
             stage_run.error = error

@@ -25,6 +25,7 @@ from collections.abc import AsyncIterator, Mapping, Sequence
 
 from opentelemetry import context as otel_context
 
+from stageflow.core import limits
 from stageflow.core.artifacts import get_artifact
 from stageflow.core.errors import FailedPrecondition, InvalidArgument, NotFound
 from stageflow.core.logging import get_logger
@@ -65,6 +66,9 @@ WatchJobResponse = orchestrator_pb2.WatchJobResponse
 
 DEFAULT_PAGE_SIZE = 50
 MAX_PAGE_SIZE = 1000
+# A ListJobs page stops before its jobs pass this many bytes, so the answer
+# fits in one message under any client's default 4 MiB receive limit.
+MAX_PAGE_BYTES = 3 * 1024 * 1024
 
 log = get_logger(__name__)
 
@@ -219,6 +223,18 @@ class JobRunner:
             if input_ref is not None
             else size or (request.width, request.height)
         )
+        if request.validate_only:
+            # Checked as a real submit is; nothing is stored, nothing runs.
+            return Job(
+                bundle=request.bundle,
+                prompt=compose_prompt(request.bundle),
+                seed=request.seed,
+                width=width,
+                height=height,
+                stages=[StageRun(stage=name, service=services[name]) for name in pipeline],
+                pipeline=spec.name,
+                pipeline_sha256=spec.sha256,
+            )
         created_at = now()
         job = Job(
             job_id=job_id,
@@ -272,6 +288,12 @@ class JobRunner:
                 # Finished (watchers may have seen it) but its task is still closing.
                 await asyncio.wait({task})
             previous = await self.get(request.job_id, tenant)
+            if (previous.version or 1) >= limits.MAX_VERSIONS:
+                # GetJob answers every version in one message: they are bounded.
+                raise FailedPrecondition(
+                    f"job {previous.job_id} has {limits.MAX_VERSIONS} versions, the most a "
+                    "job keeps; submit a new job instead"
+                )
             spec = self._spec(previous.pipeline)
             job = apply_overrides(previous, request)
             effective = with_defaults(job.request, spec)
@@ -440,17 +462,22 @@ class JobRunner:
         spec = self._specs.get(name or DEFAULT_SPEC)
         if spec is None:
             known = ", ".join(sorted(self._specs))
-            raise InvalidArgument("pipeline", f"unknown pipeline spec {name!r}; known: {known}")
+            raise InvalidArgument(
+                "pipeline", f"unknown pipeline spec {limits.quote(name)}; known: {known}"
+            )
         return spec
 
     async def get(self, job_id: str, tenant: str | None = None) -> Job:
         """The job's latest version; NotFound when it is unknown or not `tenant`'s."""
         if not job_id:
             raise InvalidArgument("job_id", "must not be empty")
+        problem = limits.length_problem(job_id, limits.MAX_ID_CHARS)
+        if problem:
+            raise InvalidArgument("job_id", problem)
         live = self._live.get(job_id)
         job = _copy(live) if live is not None else await self._jobs.get(job_id)
         if job is None or (tenant is not None and job.tenant != tenant):
-            raise NotFound(f"job {job_id!r} not found")
+            raise NotFound(f"job {limits.quote(job_id)} not found")
         if live is not None:
             return job
         if job.state == orchestrator_pb2.JOB_STATE_SUCCEEDED:
@@ -467,9 +494,19 @@ class JobRunner:
         """Newest first; only jobs in `state` unless it is UNSPECIFIED, only `tenant`'s."""
         if not 1 <= page_size <= MAX_PAGE_SIZE:
             raise InvalidArgument("page_size", f"must be in [1, {MAX_PAGE_SIZE}], got {page_size}")
+        if state not in orchestrator_pb2.JobState.values():
+            raise InvalidArgument("state", f"unknown JobState value {state}")
         wanted = None if state == orchestrator_pb2.JOB_STATE_UNSPECIFIED else state
         jobs = await self._jobs.list_jobs(page_size, wanted, tenant)
-        return [_copy(self._live[j.job_id]) if j.job_id in self._live else j for j in jobs]
+        page: list[Job] = []
+        size = 0
+        for stored in jobs:
+            job = _copy(self._live[stored.job_id]) if stored.job_id in self._live else stored
+            size += job.ByteSize()
+            if page and size > MAX_PAGE_BYTES:
+                break  # the rest on a smaller page
+            page.append(job)
+        return page
 
     async def cancel(self, job_id: str, tenant: str | None = None) -> Job:
         """Cancel the job and its running stage call; a finished job is returned unchanged."""

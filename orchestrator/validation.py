@@ -7,29 +7,38 @@ Describe; errors name the SubmitJobRequest field the caller wrote.
 
 from __future__ import annotations
 
+from collections import Counter
+from collections.abc import Mapping
 from typing import Any
 
 from google.protobuf import json_format
 
 from stageflow import kinds
+from stageflow.core import limits
 from stageflow.core.errors import FailedPrecondition, InvalidArgument
 from stageflow.orchestrator.bundle import submit_field
+from stageflow.serving.limits import check_request as check_limits
 from stageflow.v1 import orchestrator_pb2, stage_pb2
 
 
 def check_stages(request: orchestrator_pb2.SubmitJobRequest) -> None:
     """`stages`, when given: known names, each at most once, in an order the
-    kinds' inputs allow (the first reads no input)."""
+    kinds' inputs allow (the first reads no input). Linear in the list, whose
+    length is checked first."""
     stages = list(request.stages)
     if not stages:
         return
+    problem = limits.count_problem(len(stages), limits.MAX_STAGES)
+    if problem:
+        raise InvalidArgument("stages", problem)
     known = kinds.names()
     for name in stages:
         if name not in known:
             raise InvalidArgument(
-                "stages", f"unknown stage {name!r}; known stages: {', '.join(known)}"
+                "stages", f"unknown stage {limits.quote(name)}; known stages: {', '.join(known)}"
             )
-    repeated = sorted({name for name in stages if stages.count(name) > 1})
+    counts = Counter(stages)
+    repeated = sorted(name for name, n in counts.items() if n > 1)
     if repeated:
         raise InvalidArgument("stages", f"each stage at most once, got {', '.join(repeated)} twice")
     if request.input_image:
@@ -47,9 +56,18 @@ def check_stages(request: orchestrator_pb2.SubmitJobRequest) -> None:
 
 
 def check_request(request: orchestrator_pb2.SubmitJobRequest) -> None:
+    """Everything that needs only the request: every field's maximum, enum
+    values and finite numbers (serving.limits, as at the gRPC boundary), then
+    the job's own rules. The stage rules on the requests built from it are
+    `check_built`'s."""
+    check_limits(request)
     check_stages(request)
     if not request.bundle.base.strip() and not request.input_image:
         raise InvalidArgument("bundle.base", "must not be empty")
+    if request.bundle.overlay_text:
+        problem = limits.text_chars_problem(request.bundle.overlay_text)
+        if problem:
+            raise InvalidArgument("bundle.overlay_text", problem)
     for name in ("width", "height"):
         value = getattr(request, name)
         # With an input_image, 0 (or unset) means the image's own size.
@@ -67,7 +85,11 @@ def check_request(request: orchestrator_pb2.SubmitJobRequest) -> None:
             raise InvalidArgument(
                 f"options.{stage}",
                 f"options by stage name are for kinds without an options field ({hint}); "
-                + (f"set `{stage}` instead" if kind is not None else f"unknown stage {stage!r}"),
+                + (
+                    f"set `{stage}` instead"
+                    if kind is not None
+                    else f"unknown stage {limits.quote(stage)}"
+                ),
             )
     if request.refine.HasField("mask_box"):
         box = request.refine.mask_box
@@ -156,6 +178,35 @@ def check_against_stage(
                 if isinstance(number, float)
                 else f"must be in [{lo}, {hi}] for the {stage} stage, got {number}",
             )
+
+
+def check_built(
+    stage: str,
+    run: stage_pb2.RunRequest,
+    request: orchestrator_pb2.SubmitJobRequest,
+    defaults: Mapping[str, float],
+) -> None:
+    """The stage kind's own rules (its `check`: the ones its stage applies)
+    on the request built for `stage`; `defaults` from its Describe ({} when
+    it cannot be asked). Errors name the SubmitJobRequest field."""
+    kind = kinds.find(stage)
+    which = run.WhichOneof("params")
+    if kind is None or which is None:
+        return
+    params = getattr(run, which)
+    try:
+        values = _set_params(run)
+        for name, limit in kind.limits.items():  # the bounds specs' defaults obey too
+            value = values.get(name)
+            if isinstance(value, int | float) and not isinstance(value, bool):
+                problem = limit.problem(value)
+                if problem:
+                    raise InvalidArgument(name, problem)
+        if kind.check is not None:
+            kind.check(params, defaults)
+    except InvalidArgument as err:
+        field = submit_field(stage, err.field, request)
+        raise InvalidArgument(field, err.message.removeprefix(f"{err.field}: ")) from None
 
 
 def _int_range(limit: stage_pb2.ParamRange) -> tuple[int, int]:

@@ -256,6 +256,7 @@ async def _caller(config: LoadConfig) -> Any:
 
         async with StageflowClient(config.address) as client:
             submit_kwargs = _orchestrator_kwargs(config)
+            await _reachable(config.address, client.pipelines())
 
             async def job(seed: int, request_id: str, job_id: str) -> tuple[str, Any, str]:
                 try:
@@ -295,8 +296,26 @@ async def _caller(config: LoadConfig) -> Any:
                 return err.code().name, None, err.details() or ""
             return "NO_RESULT", None, "the stream ended without a result"
 
-        await asyncio.wait_for(channel.channel_ready(), timeout=30)
+        await _reachable(config.address, channel.channel_ready())
         yield run
+
+
+# How long the target may take to answer at all before the load test gives up.
+CONNECT_SECONDS = 10.0
+
+
+async def _reachable(address: str, probe: Awaitable[Any]) -> None:
+    """Await `probe` (a first call, or the channel getting ready); a clear
+    LoadTestError when the target cannot be reached."""
+    from stageflow.client import DeadlineExceeded, StageflowClientError, Unavailable
+
+    try:
+        await asyncio.wait_for(probe, timeout=CONNECT_SECONDS)
+    except (TimeoutError, Unavailable, DeadlineExceeded) as err:
+        why = str(err) or f"no answer within {CONNECT_SECONDS:g} s"
+        raise LoadTestError(f"cannot connect to {address}: {why}") from None
+    except StageflowClientError:
+        pass  # it answered (UNIMPLEMENTED, UNAUTHENTICATED, ...): it is there
 
 
 def _orchestrator_kwargs(config: LoadConfig) -> dict[str, Any]:

@@ -159,12 +159,15 @@ def loadtest(
             from stageflow.core.storage import open_store
 
             keys = from_environment(S3Keys)
-            store = open_store(
-                store_url,
-                access_key=keys.s3_access_key,
-                secret_key=keys.s3_secret_key.get_secret_value(),
-                region=keys.s3_region,
-            )
+            try:
+                store = open_store(
+                    store_url,
+                    access_key=keys.s3_access_key,
+                    secret_key=keys.s3_secret_key.get_secret_value(),
+                    region=keys.s3_region,
+                )
+            except ValueError as exc:  # a malformed URL or bucket name
+                _fail(f"error: --store-url: {exc}", EXIT_USAGE)
             image = seed_input(store, *_size(input_size))
         config = LoadConfig(
             address=address,
@@ -201,3 +204,10 @@ def loadtest(
         console = Console()
         for table in report_tables(report):
             console.print(table)
+    if not report["ok"]:
+        # A run where nothing succeeded measured nothing: say so, and fail.
+        codes = ", ".join(f"{code} {n}" for code, n in report["errors"].items()) or "none"
+        _fail(
+            f"error: none of {report['requests']} requests succeeded (errors: {codes})",
+            EXIT_FAILURE,
+        )

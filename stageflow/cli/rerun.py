@@ -57,7 +57,12 @@ def allowed_keys(from_stage: str) -> list[str]:
 
 
 def parse_sets(from_stage: str, sets: Sequence[str]) -> Overrides:
-    """Map each "key=value" onto the from-stage's options or the bundle."""
+    """Map each "key=value" onto the from-stage's options or the bundle; an
+    unknown --from stage is reported first, before any key."""
+    if from_stage not in kinds.names():
+        raise InvalidArgument(
+            "--from", f"unknown stage {from_stage!r}; known stages: {', '.join(kinds.names())}"
+        )
     out = Overrides()
     allowed = allowed_keys(from_stage)
     # cast: the stubs type descriptors as the python or the upb implementation.

@@ -143,6 +143,7 @@ class StageflowClient:
         pipeline: str = "",
         priority: int = pb.PRIORITY_UNSPECIFIED,
         deadline_seconds: float | None = None,
+        validate_only: bool = False,
     ) -> pb.Job:
         """Submit a job; returns at once with the job, QUEUED.
 
@@ -157,6 +158,8 @@ class StageflowClient:
         first job); `pipeline` names the orchestrator's spec (empty: "default");
         `stages` overrides its order; `priority` picks the scheduling lane
         (unspecified: interactive); `deadline_seconds` bounds the whole job.
+        With `validate_only` the orchestrator checks the request as a submit
+        would and stores nothing (the job it returns has no id).
         """
         request = pb.SubmitJobRequest(
             bundle=pb.PromptBundle(
@@ -174,6 +177,7 @@ class StageflowClient:
             pipeline=pipeline,
             priority=priority,  # type: ignore[arg-type]
             deadline_seconds=deadline_seconds,
+            validate_only=validate_only,
         )
         return await self.submit_request(request)
 

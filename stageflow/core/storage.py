@@ -29,6 +29,7 @@ from minio import Minio
 from minio.error import S3Error
 
 from stageflow.core.errors import InvalidArgument, NotFound, StageflowError, Unavailable
+from stageflow.core.limits import quote
 
 
 class ObjectStore(abc.ABC):
@@ -100,9 +101,11 @@ def check_key(key: str, *, field: str = "key") -> str:
     if not key:
         raise InvalidArgument(field, "must not be empty")
     if key.startswith("/") or "\\" in key or "\x00" in key:
-        raise InvalidArgument(field, f"must be a relative '/'-separated path, got {key!r}")
+        raise InvalidArgument(field, f"must be a relative '/'-separated path, got {quote(key)}")
     if any(part in ("", ".", "..") for part in key.split("/")):
-        raise InvalidArgument(field, f"must not contain empty, '.' or '..' segments, got {key!r}")
+        raise InvalidArgument(
+            field, f"must not contain empty, '.' or '..' segments, got {quote(key)}"
+        )
     return key
 
 

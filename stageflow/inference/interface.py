@@ -17,6 +17,7 @@ from typing import Any, ClassVar, TypeVar
 
 from PIL import Image
 
+from stageflow.core import limits
 from stageflow.core.errors import InvalidArgument
 
 
@@ -109,12 +110,11 @@ class TextPlacement(enum.StrEnum):
     CENTER = "center"
 
 
-# The strength an unset `strength` takes by what the pass does: img2img
-# re-noises a third, inpainting repaints most of its region, and the
-# typography pass only harmonises text drawn exactly (a light inpaint).
-STRENGTH_IMG2IMG = 0.35
-STRENGTH_INPAINT = 0.75
-STRENGTH_TEXT = 0.3
+# The strength an unset `strength` takes by what the pass does (one source
+# with the orchestrator's submit-time checks: stageflow.core.limits).
+STRENGTH_IMG2IMG = limits.STRENGTH_IMG2IMG
+STRENGTH_INPAINT = limits.STRENGTH_INPAINT
+STRENGTH_TEXT = limits.STRENGTH_TEXT
 
 
 @stage_params(StageKind.REFINE)
@@ -151,12 +151,9 @@ class RefineParams:
 
     def __post_init__(self) -> None:
         if self.strength is None:
-            if self.text:
-                strength = STRENGTH_TEXT
-            elif self.mode == RefineMode.INPAINT:
-                strength = STRENGTH_INPAINT
-            else:
-                strength = STRENGTH_IMG2IMG
+            strength = limits.default_strength(
+                text=bool(self.text), inpaint=self.mode == RefineMode.INPAINT
+            )
             object.__setattr__(self, "strength", strength)
 
 
@@ -258,21 +255,19 @@ def _number(value: float) -> str:
     return str(value) if isinstance(value, int) else f"{value:g}"
 
 
-MAX_PROMPT_CHARS = 2000
+MAX_PROMPT_CHARS = limits.MAX_PROMPT_CHARS
 
 
 def check_prompts(params: StageParams) -> None:
-    """Prompts must be non-empty (negative prompts may be empty) and bounded."""
+    """Prompts must be non-empty (negative prompts may be empty) and bounded
+    (stageflow.core.limits; the orchestrator applies the same rule)."""
     for name in ("prompt", "negative_prompt"):
         text = getattr(params, name, None)
         if text is None:
             continue
-        if name == "prompt" and not text.strip():
-            raise InvalidArgument(name, "must not be empty")
-        if len(text) > MAX_PROMPT_CHARS:
-            raise InvalidArgument(
-                name, f"must be at most {MAX_PROMPT_CHARS} characters, got {len(text)}"
-            )
+        problem = limits.prompt_problem(text, required=name == "prompt")
+        if problem:
+            raise InvalidArgument(name, problem)
 
 
 def check_side(name: str, value: int, desc: ModelDescription) -> None:

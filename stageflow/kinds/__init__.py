@@ -40,6 +40,11 @@ _NAME = re.compile(r"^[a-z][a-z0-9-]{0,39}$")
 # (the job's effective request, this kind's effective options) -> the stage's
 # params: an instance of `params_message`, or a Struct for a generic kind.
 Builder = Callable[[orchestrator_pb2.SubmitJobRequest, Any], Message]
+# (the params a builder made, the stage's defaults from its Describe, empty
+# when it cannot be asked) -> raise stageflow.core.errors.InvalidArgument
+# naming the params field: the rules the kind's stage applies to the same
+# params (stageflow.core.limits), run by the orchestrator at submit.
+Checker = Callable[[Message, Mapping[str, float]], None]
 
 
 @dataclass(frozen=True)
@@ -50,6 +55,17 @@ class Limit:
     ge: float | None = None
     gt: float | None = None
     le: float | None = None
+
+    def problem(self, value: float) -> str | None:
+        """Why `value` breaks these bounds, or None (the orchestrator checks a
+        job's options against them at submit, the stage reachable or not)."""
+        if self.ge is not None and not value >= self.ge:
+            return f"must be >= {self.ge:g}, got {value:g}"
+        if self.gt is not None and not value > self.gt:
+            return f"must be > {self.gt:g}, got {value:g}"
+        if self.le is not None and not value <= self.le:
+            return f"must be <= {self.le:g}, got {value:g}"
+        return None
 
 
 @dataclass(frozen=True)
@@ -96,6 +112,9 @@ class Kind:
     top_level: Mapping[str, str] = field(default_factory=dict)
     # One line for --help texts and the docs.
     summary: str = ""
+    # The submit-time check of the params `build` makes; None: only the
+    # numeric ranges of the stage's Describe are checked.
+    check: Checker | None = None
 
     def __post_init__(self) -> None:
         if not _NAME.fullmatch(self.name):
@@ -372,6 +391,7 @@ __all__ = [
     "ENTRY_POINT_GROUP",
     "GENERIC_FIELD",
     "Builder",
+    "Checker",
     "Kind",
     "Limit",
     "Option",

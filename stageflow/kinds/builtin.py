@@ -9,6 +9,12 @@ stage's model defaults apply (model.yaml's, else the model class's).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
+from google.protobuf.message import Message
+
+from stageflow.core import limits
+from stageflow.core.errors import InvalidArgument
 from stageflow.kinds import Kind, Limit, copy_set_fields
 from stageflow.v1 import orchestrator_pb2, stage_pb2
 
@@ -93,6 +99,41 @@ def _refine(
     return params
 
 
+def _check_prompts(params: Message) -> None:
+    """The diffusion stages' prompt rules (the stage applies the same ones)."""
+    for name in ("prompt", "negative_prompt"):
+        problem = limits.prompt_problem(getattr(params, name), required=name == "prompt")
+        if problem:
+            what = "the composed prompt (base, style, overlay text)" if name == "prompt" else ""
+            raise InvalidArgument(name, f"{what} {problem}".strip())
+
+
+def _check_base(params: Message, defaults: Mapping[str, float]) -> None:
+    _check_prompts(params)
+
+
+def _check_refine(params: Message, defaults: Mapping[str, float]) -> None:
+    """The refine stage's rules on what the orchestrator built: prompts, the
+    overlay text, and at least one denoising step (steps × strength)."""
+    assert isinstance(params, stage_pb2.RefineParams)
+    _check_prompts(params)
+    if params.text:
+        problem = limits.text_chars_problem(params.text)
+        if problem:
+            raise InvalidArgument("text", problem)
+    steps = params.steps if params.HasField("steps") else defaults.get("steps")
+    if params.HasField("strength"):
+        strength = params.strength
+    else:
+        strength = defaults.get("strength") or limits.default_strength(
+            text=bool(params.text), inpaint=params.mode == stage_pb2.REFINE_MODE_INPAINT
+        )
+    if steps is not None:  # unknown while the stage cannot be asked
+        problem = limits.refine_steps_problem(steps, strength)
+        if problem:
+            raise InvalidArgument("strength", problem)
+
+
 BASE = Kind(
     name="base",
     model_kind="txt2img",
@@ -107,7 +148,14 @@ BASE = Kind(
     model_folder="tiny-sd",
     trained_folder="shapes-sd",
     families={"diffusers": "sd-txt2img", "onnx": "sd-txt2img"},
-    top_level={"width": "width", "height": "height", "seed": "seed"},
+    top_level={
+        "width": "width",
+        "height": "height",
+        "seed": "seed",
+        "prompt": "bundle",
+        "negative_prompt": "bundle.negative_prompt",
+    },
+    check=_check_base,
 )
 
 REFINE = Kind(
@@ -130,7 +178,13 @@ REFINE = Kind(
     model_folder="tiny-sd",
     trained_folder="shapes-sd",
     families={"diffusers": "sd-refine", "onnx": "sd-refine"},
-    top_level={"seed": "seed"},
+    top_level={
+        "seed": "seed",
+        "prompt": "bundle",
+        "negative_prompt": "bundle.negative_prompt",
+        "text": "bundle.overlay_text",
+    },
+    check=_check_refine,
 )
 
 UPSCALE = Kind(

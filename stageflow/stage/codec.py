@@ -27,6 +27,7 @@ from google.protobuf.message import Message
 from stageflow import kinds
 from stageflow.core.artifacts import Artifact
 from stageflow.core.errors import InvalidArgument
+from stageflow.core.limits import quote
 from stageflow.inference import interface, registry
 from stageflow.inference.interface import (
     ModelDescription,
@@ -147,19 +148,19 @@ def _typed(hint: Any, value: Any, field: str) -> Any:
             return target(value)
         except ValueError:
             allowed = ", ".join(str(m.value) for m in target)
-            raise InvalidArgument(field, f"must be one of {allowed}, got {value!r}") from None
+            raise InvalidArgument(field, f"must be one of {allowed}, got {quote(value)}") from None
     if target is bool:
         if not isinstance(value, bool):
-            raise InvalidArgument(field, f"must be true or false, got {value!r}")
+            raise InvalidArgument(field, f"must be true or false, got {quote(value)}")
         return value
     if target in (int, float):
         if isinstance(value, bool) or not isinstance(value, int | float):
-            raise InvalidArgument(field, f"must be a number, got {value!r}")
+            raise InvalidArgument(field, f"must be a number, got {quote(value)}")
         if target is int and value != int(value):
             raise InvalidArgument(field, f"must be a whole number, got {value:g}")
         return target(value)
     if target is str and not isinstance(value, str):
-        raise InvalidArgument(field, f"must be a string, got {value!r}")
+        raise InvalidArgument(field, f"must be a string, got {quote(value)}")
     return value
 
 

@@ -25,6 +25,7 @@ from typing import Any, NoReturn
 
 from PIL import Image
 
+from stageflow.core import limits
 from stageflow.core.artifacts import Artifact, get_artifact, put_artifact
 from stageflow.core.errors import Cancelled, DeadlineExceeded, InvalidArgument
 from stageflow.core.logging import get_logger
@@ -269,7 +270,7 @@ class StageDataPlane:
 
 
 # An artifact key is the prefix plus ~80 characters; S3 allows 1024 bytes.
-MAX_OUTPUT_PREFIX_CHARS = 256
+MAX_OUTPUT_PREFIX_CHARS = limits.MAX_OUTPUT_PREFIX_CHARS
 
 
 def check_output_prefix(prefix: str) -> str:

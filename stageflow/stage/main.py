@@ -17,6 +17,7 @@ from typing import Any
 import grpc
 
 from stageflow import kinds
+from stageflow.core.errors import StageflowError
 from stageflow.core.logging import configure_logging, get_logger
 from stageflow.inference.interface import StageModel
 from stageflow.inference.model_loader import RepositoryLoader
@@ -56,7 +57,10 @@ def run_stage(
     )
     configure_logging(level=settings.log_level, json=settings.log_json, service=stage)
     log = get_logger(__name__)
-    store = settings.open_store()
+    try:
+        store = settings.open_store()
+    except StageflowError as err:  # the store cannot be reached: one line, not a traceback
+        raise SystemExit(f"{stage}: {err.message}") from None
     loader = _repository_loader(kind, settings, create_model)
 
     def initial_model() -> StageModel:
@@ -116,15 +120,23 @@ def run_stage(
         plane.close()
         await holder.aclose()
 
-    asyncio.run(
-        serve(
-            [Service(STAGE_SERVICE_NAME, register), Service(ADMIN_SERVICE_NAME, register_admin)],
-            settings,
-            startup=startup,
-            shutdown=shutdown,
-            name=stage,
+    try:
+        asyncio.run(
+            serve(
+                [
+                    Service(STAGE_SERVICE_NAME, register),
+                    Service(ADMIN_SERVICE_NAME, register_admin),
+                ],
+                settings,
+                startup=startup,
+                shutdown=shutdown,
+                name=stage,
+            )
         )
-    )
+    except OSError as err:  # the address cannot be bound
+        raise SystemExit(
+            f"{stage}: cannot serve on {settings.host}:{settings.port}: {err}"
+        ) from None
 
 
 def _repository_loader(

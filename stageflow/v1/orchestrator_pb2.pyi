@@ -113,7 +113,7 @@ class UpscaleOptions(_message.Message):
     def __init__(self, mode: _Optional[_Union[_stage_pb2.UpscaleMode, str]] = ..., tile_size: _Optional[int] = ..., tile_overlap: _Optional[int] = ...) -> None: ...
 
 class SubmitJobRequest(_message.Message):
-    __slots__ = ("bundle", "seed", "width", "height", "base", "refine", "upscale", "request_id", "stages", "pipeline", "priority", "deadline_seconds", "options", "input_image")
+    __slots__ = ("bundle", "seed", "width", "height", "base", "refine", "upscale", "request_id", "stages", "pipeline", "priority", "deadline_seconds", "options", "validate_only", "input_image")
     class OptionsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -134,6 +134,7 @@ class SubmitJobRequest(_message.Message):
     PRIORITY_FIELD_NUMBER: _ClassVar[int]
     DEADLINE_SECONDS_FIELD_NUMBER: _ClassVar[int]
     OPTIONS_FIELD_NUMBER: _ClassVar[int]
+    VALIDATE_ONLY_FIELD_NUMBER: _ClassVar[int]
     INPUT_IMAGE_FIELD_NUMBER: _ClassVar[int]
     bundle: PromptBundle
     seed: int
@@ -148,8 +149,9 @@ class SubmitJobRequest(_message.Message):
     priority: Priority
     deadline_seconds: float
     options: _containers.MessageMap[str, _struct_pb2.Struct]
+    validate_only: bool
     input_image: str
-    def __init__(self, bundle: _Optional[_Union[PromptBundle, _Mapping]] = ..., seed: _Optional[int] = ..., width: _Optional[int] = ..., height: _Optional[int] = ..., base: _Optional[_Union[BaseOptions, _Mapping]] = ..., refine: _Optional[_Union[RefineOptions, _Mapping]] = ..., upscale: _Optional[_Union[UpscaleOptions, _Mapping]] = ..., request_id: _Optional[str] = ..., stages: _Optional[_Iterable[str]] = ..., pipeline: _Optional[str] = ..., priority: _Optional[_Union[Priority, str]] = ..., deadline_seconds: _Optional[float] = ..., options: _Optional[_Mapping[str, _struct_pb2.Struct]] = ..., input_image: _Optional[str] = ...) -> None: ...
+    def __init__(self, bundle: _Optional[_Union[PromptBundle, _Mapping]] = ..., seed: _Optional[int] = ..., width: _Optional[int] = ..., height: _Optional[int] = ..., base: _Optional[_Union[BaseOptions, _Mapping]] = ..., refine: _Optional[_Union[RefineOptions, _Mapping]] = ..., upscale: _Optional[_Union[UpscaleOptions, _Mapping]] = ..., request_id: _Optional[str] = ..., stages: _Optional[_Iterable[str]] = ..., pipeline: _Optional[str] = ..., priority: _Optional[_Union[Priority, str]] = ..., deadline_seconds: _Optional[float] = ..., options: _Optional[_Mapping[str, _struct_pb2.Struct]] = ..., validate_only: _Optional[bool] = ..., input_image: _Optional[str] = ...) -> None: ...
 
 class SubmitJobResponse(_message.Message):
     __slots__ = ("job",)

@@ -442,3 +442,126 @@ async def test_describe_is_cached_and_an_unreachable_stage_does_not_block_submit
     assert fakes["base"].describe_calls == 1
     assert fakes["upscale"].describe_calls == 3  # failures are not cached
     assert len(fakes["upscale"].calls) == 3
+
+
+def _refine_limits() -> stage_pb2.DescribeResponse:
+    """A refine stage as the real one describes itself: ranges and defaults."""
+    desc = _stage_limits(("strength", 0.01, 1.0), ("steps", 1, 200))
+    desc.defaults["steps"] = 40
+    return desc
+
+
+@pytest.mark.parametrize(
+    ("change", "field", "message"),
+    [
+        (
+            {"bundle": S.PromptBundle(base="hero", overlay_text="two\nlines")},
+            "bundle.overlay_text",
+            "one line",
+        ),
+        (
+            {"bundle": S.PromptBundle(base="hero", overlay_text="   ")},
+            "bundle.overlay_text",
+            "blank",
+        ),
+        (
+            {"bundle": S.PromptBundle(base="hero", overlay_text="x" * 201)},
+            "bundle.overlay_text",
+            "200",
+        ),
+        ({"bundle": S.PromptBundle(base="b" * 1500, style="s" * 600)}, "bundle", "composed prompt"),
+        (
+            {"bundle": S.PromptBundle(base="b", negative_prompt="n" * 2001)},
+            "bundle.negative_prompt",
+            "2000",
+        ),
+        ({"refine": S.RefineOptions(strength=0.02)}, "refine.strength", "steps × strength"),
+        ({"refine": S.RefineOptions(steps=2, strength=0.3)}, "refine.strength", "2 × 0.3"),
+        ({"refine": S.RefineOptions(mode=42)}, "refine.mode", "unknown RefineMode value 42"),  # type: ignore[arg-type]
+        (
+            {"refine": S.RefineOptions(guidance_scale=float("nan"))},
+            "refine.guidance_scale",
+            "finite",
+        ),
+        ({"priority": -1}, "priority", "unknown Priority value -1"),
+        ({"priority": 99}, "priority", "unknown Priority value 99"),
+        ({"upscale": S.UpscaleOptions(mode=7)}, "upscale.mode", "UpscaleMode"),  # type: ignore[arg-type]
+        ({"request_id": "r" * 5_000_000}, "request_id", "at most 128 characters"),
+        ({"pipeline": "p" * 65}, "pipeline", "at most 64"),
+        ({"stages": ["base"] * 25_000}, "stages", "at most 16 entries"),
+        ({"deadline_seconds": float("inf")}, "deadline_seconds", "finite"),
+    ],
+)
+async def test_stage_rules_apply_at_submit_before_anything_is_stored_or_run(
+    jobs: JobStore,
+    runners: list[JobRunner],
+    change: dict[str, object],
+    field: str,
+    message: str,
+) -> None:
+    fakes = _fakes(refine=FakeStage("refine", describe=_refine_limits()))
+    runner = _runner(runners, fakes, jobs)
+    with pytest.raises(InvalidArgument) as err:
+        await runner.submit(_request(**change))
+    assert err.value.field == field
+    assert message in err.value.message
+    assert len(err.value.message) < 300  # never the caller's value itself
+    assert await runner.list_jobs() == []
+    assert fakes["base"].calls == []
+
+
+async def test_the_kinds_limits_apply_even_when_the_stage_cannot_be_asked(
+    jobs: JobStore, runners: list[JobRunner]
+) -> None:
+    runner = _runner(runners, _fakes(), jobs)  # no stage answers Describe
+    for change, field in (
+        ({"refine": S.RefineOptions(strength=0)}, "refine.strength"),
+        ({"base": S.BaseOptions(steps=0)}, "base.steps"),
+        ({"upscale": S.UpscaleOptions(tile_size=-4)}, "upscale.tile_size"),
+    ):
+        with pytest.raises(InvalidArgument) as err:
+            await runner.submit(_request(**change))
+        assert err.value.field == field
+    assert await runner.list_jobs() == []
+
+
+async def test_validation_is_linear_in_the_stage_list(
+    jobs: JobStore, runners: list[JobRunner]
+) -> None:
+    import time
+
+    runner = _runner(runners, _fakes(), jobs)
+    # Within the maximum, every entry distinct is the old quadratic count's worst case.
+    for stages in (["base"] * 16, ["base", "refine", "upscale"] * 5, ["blur"] * 50_000):
+        started = time.perf_counter()
+        with pytest.raises(InvalidArgument, match="stages"):
+            await runner.submit(_request(stages=stages))
+        assert time.perf_counter() - started < 0.1
+
+
+async def test_long_ids_and_unknown_states_are_invalid_with_short_messages(
+    jobs: JobStore, runners: list[JobRunner]
+) -> None:
+    runner = _runner(runners, _fakes(), jobs)
+    with pytest.raises(InvalidArgument) as err:
+        await runner.get("j" * 10_000)
+    assert err.value.field == "job_id" and len(err.value.message) < 100
+    with pytest.raises(NotFound) as missing:
+        await runner.get("j" * 128)
+    assert len(missing.value.message) < 100
+    with pytest.raises(InvalidArgument, match="state"):
+        await runner.list_jobs(state=77)  # type: ignore[arg-type]
+
+
+async def test_a_page_of_jobs_fits_in_one_message(
+    jobs: JobStore, runners: list[JobRunner], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from stageflow.orchestrator import runner as runner_module
+
+    runner = _runner(runners, _fakes(), jobs)
+    for _ in range(3):
+        job = await runner.submit(_request(bundle=S.PromptBundle(base="b" * 1500)))
+        await _collect(runner.watch(job.job_id))
+    one = (await runner.list_jobs(1))[0].ByteSize()
+    monkeypatch.setattr(runner_module, "MAX_PAGE_BYTES", one * 2 + 1)
+    assert len(await runner.list_jobs()) == 2  # the third would pass the budget
