@@ -60,12 +60,15 @@ from bench.report import (  # noqa: E402
     verdict,
     write_section,
 )
+from stageflow import kinds  # noqa: E402
 
 SECTION = "bench/serving.py"
-STAGES = ("base", "refine", "upscale")
-FAMILIES = {"base": "sd-txt2img", "refine": "sd-refine", "upscale": "esrgan"}
-FOLDERS = {"base": "tiny-sd", "refine": "tiny-sd", "upscale": "tiny-esrgan-x4"}
-LOAD_KINDS = {"base": "txt2img", "refine": "refine", "upscale": "upscale"}
+STAGES = kinds.default_pipeline()
+# From each kind's declaration (stageflow.kinds): its family, fixture folder and
+# the RunRequest field of its params.
+FAMILIES = {s: kinds.get(s).model_family for s in STAGES}
+FOLDERS = {s: kinds.get(s).model_folder for s in STAGES}
+LOAD_KINDS = {s: kinds.params_field(kinds.get(s)) for s in STAGES}
 PHASES = ("queue_ms", "load_inputs_ms", "compute_ms", "store_output_ms", "total_ms")
 JOB = {"base": "a lighthouse on a cliff at dusk", "style": "oil painting"}
 OVERHEAD_GOAL = 1.10

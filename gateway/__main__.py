@@ -72,7 +72,12 @@ async def _serve(settings: GatewaySettings) -> None:
 def main(argv: Sequence[str] | None = None) -> None:
     settings = load_settings(GatewaySettings, list(argv) if argv is not None else None)
     configure_logging(level=settings.log_level, json=settings.log_json, service="gateway")
-    asyncio.run(_serve(settings))
+    try:
+        asyncio.run(_serve(settings))
+    except OSError as err:  # the address cannot be bound: one line, not a traceback
+        raise SystemExit(
+            f"gateway: cannot serve on {settings.host}:{settings.port}: {err}"
+        ) from None
 
 
 if __name__ == "__main__":

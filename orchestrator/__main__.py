@@ -7,6 +7,7 @@ from collections.abc import Sequence
 
 import grpc
 
+from stageflow.core.errors import StageflowError
 from stageflow.core.logging import configure_logging, get_logger
 from stageflow.orchestrator.auth import Authenticator
 from stageflow.orchestrator.quotas import parse_quota
@@ -31,22 +32,22 @@ async def _serve(settings: OrchestratorSettings) -> None:
     stage_limits = parse_limits(settings.stage_limits)
     store = settings.open_store()
     jobs = SqliteJobStore(settings.db_path)
-    addresses = {
-        "base": settings.base_address,
-        "refine": settings.refine_address,
-        "upscale": settings.upscale_address,
-    }
     # mTLS to the stages with this process's own certificate, when it has one.
     credentials = channel_credentials(settings.tls_cert, settings.tls_key, settings.tls_ca)
     stages: dict[str, StageClient] = {
-        name: stage_client_for(address, settings.max_message_bytes, credentials)
-        for name, address in addresses.items()
+        name: stage_client_for(
+            ",".join(addresses),
+            settings.max_message_bytes,
+            credentials,
+            wait_ready_seconds=settings.retry_budget_seconds,
+        )
+        for name, addresses in settings.stages.items()
     }
     caller = StageCaller(
         RetryPolicy(
             base_seconds=settings.retry_base_seconds,
             cap_seconds=settings.retry_cap_seconds,
-            max_attempts=settings.retry_max_attempts,
+            budget_seconds=settings.retry_budget_seconds,
             exhausted_max_attempts=settings.exhausted_max_attempts,
         )
     )
@@ -77,11 +78,14 @@ async def _serve(settings: OrchestratorSettings) -> None:
         orchestrator_pb2_grpc.add_OrchestratorServiceServicer_to_server(servicer, server)
 
     try:
-        # runner.close leaves running jobs RUNNING in the DB: the next start resumes them.
+        # On SIGTERM runner.drain stops admitting and lets the stage calls in
+        # flight finish within the grace; runner.close then leaves every job
+        # QUEUED or RUNNING in the DB: the next start resumes them.
         await serve(
             [Service(SERVICE_NAME, register)],
             settings,
             startup=runner.start,
+            drain=runner.drain,
             shutdown=runner.close,
             name="orchestrator",
         )
@@ -99,6 +103,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     except SpecError as err:
         raise SystemExit(f"orchestrator: invalid pipeline spec: {err}") from None
     except ValueError as err:  # --stage-limits
+        raise SystemExit(f"orchestrator: {err}") from None
+    except StageflowError as err:  # the object store cannot be reached
+        raise SystemExit(f"orchestrator: {err.message}") from None
+    except OSError as err:  # the address cannot be bound, the job database cannot be opened
         raise SystemExit(f"orchestrator: {err}") from None
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 
 from stageflow.core.errors import FailedPrecondition, InvalidArgument, NotFound
+from stageflow.core.limits import quote
 from stageflow.core.storage import check_key
 from stageflow.v1 import common_pb2, orchestrator_pb2
 
@@ -39,7 +40,7 @@ def _version(
         if (job.version or 1) == wanted:  # rows written before reruns existed hold 0
             return job
     latest = versions[-1].version or 1
-    raise NotFound(f"job {job_id!r} has no version {wanted} (versions 1 to {latest})")
+    raise NotFound(f"job {quote(job_id)} has no version {wanted} (versions 1 to {latest})")
 
 
 def select_artifact(
@@ -65,7 +66,7 @@ def select_artifact(
                     )
                 return run.output
         names = ", ".join(run.stage for run in job.stages)
-        raise NotFound(f"{what} has no stage {request.stage!r}; its stages: {names}")
+        raise NotFound(f"{what} has no stage {quote(request.stage)}; its stages: {names}")
     if not job.HasField("final") or not job.final.key:
         raise FailedPrecondition(f"{what} has no final image ({state})")
     return job.final

@@ -15,6 +15,7 @@ import asyncio
 import hashlib
 import json
 
+from stageflow.core.artifacts import artifact_intact
 from stageflow.core.logging import get_logger
 from stageflow.core.storage import ObjectStore
 from stageflow.orchestrator.store import JobStore
@@ -45,8 +46,10 @@ def cache_key(stage: str, model: common_pb2.ModelInfo, run: stage_pb2.RunRequest
 
 
 class StageCache:
-    """Lookups verify the artifact is still in the store with its digest
-    (when the orchestrator has a store; without one the entry is trusted)."""
+    """Lookups verify the artifact is still in the store with its size and
+    digest, and drop an entry whose artifact does not verify: the stage then
+    runs again and its write replaces the bad object (when the orchestrator
+    has a store; without one the entry is trusted)."""
 
     def __init__(self, jobs: JobStore, store: ObjectStore | None) -> None:
         self._jobs = jobs
@@ -67,8 +70,4 @@ class StageCache:
 
     def _intact(self, ref: common_pb2.ArtifactRef) -> bool:
         assert self._store is not None
-        try:
-            data = self._store.get(ref.key)
-        except Exception:  # missing or unreadable: recompute rather than fail the job
-            return False
-        return hashlib.sha256(data).hexdigest() == ref.sha256
+        return artifact_intact(self._store, ref.key, ref.sha256, ref.size_bytes)

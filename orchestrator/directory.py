@@ -21,7 +21,12 @@ from stageflow.orchestrator.bundle import input_scales
 from stageflow.orchestrator.scheduler import StageScheduler
 from stageflow.orchestrator.spec import PipelineSpec, services_of
 from stageflow.orchestrator.stage_client import StageCallError, StageClient
-from stageflow.orchestrator.validation import check_against_stage, check_model
+from stageflow.orchestrator.validation import (
+    base_size,
+    check_against_stage,
+    check_built,
+    check_model,
+)
 from stageflow.v1 import orchestrator_pb2, stage_pb2
 
 # A stage may be redeployed with another model; re-ask for its limits now and then.
@@ -52,6 +57,10 @@ class StageDirectory:
     def slot(self, service: str, priority: int) -> AbstractAsyncContextManager[None]:
         """Hold one of the service's call slots (interactive before bulk) for a call."""
         return self._scheduler.slot(service, priority)
+
+    async def close(self) -> None:
+        """Start no more stage calls; return once those in flight have ended."""
+        await self._scheduler.close()
 
     async def describe(
         self, service: str, *, fresh: bool = False
@@ -86,18 +95,27 @@ class StageDirectory:
         spec: PipelineSpec,
         pipeline: tuple[str, ...],
         runs: Mapping[str, stage_pb2.RunRequest],
-    ) -> None:
+        *,
+        size: tuple[int, int] | None = None,
+    ) -> tuple[int, int] | None:
         """Check the stages in `runs` (those about to run) against their
         services' Describe; raises InvalidArgument naming the field. A service
-        that cannot be reached is not checked here."""
+        that cannot be reached is not checked here. Returns the job's base
+        size: the one it asked for, else its first stage's model default
+        (None while that stage cannot be asked); `size` when given (a rerun
+        that keeps its first stage's output)."""
         services = services_of(spec, pipeline)
         checked = [name for name in pipeline if name in runs]
         descs = await asyncio.gather(*(self.describe(services[name]) for name in checked))
+        if size is None:
+            size = base_size(request, await self.describe(services[pipeline[0]]))
         scales = input_scales(pipeline)
         for name, desc in zip(checked, descs, strict=True):
-            if desc is None:
-                continue
-            stage_spec = spec.stage(name)
-            if stage_spec is not None and stage_spec.model:
-                check_model(name, stage_spec.model, desc, spec.name)
-            check_against_stage(name, runs[name], desc, request, scales[name])
+            if desc is not None:
+                stage_spec = spec.stage(name)
+                if stage_spec is not None and stage_spec.model:
+                    check_model(name, stage_spec.model, desc, spec.name)
+                check_against_stage(name, runs[name], desc, request, scales[name], size)
+            # The kind's own rules, checked whether or not the stage answered.
+            check_built(name, runs[name], request, desc.defaults if desc is not None else {})
+        return size

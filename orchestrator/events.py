@@ -3,7 +3,9 @@
 The runner publishes as a job moves (stage started, progress, stage finished,
 finished); a watcher gets the job's snapshot first and then every event after
 it, ending with `finished`. Publishing never blocks: each watcher has its own
-unbounded queue, and a job with no watchers costs nothing.
+unbounded queue, and a job with no watchers costs nothing. A closed hub (the
+orchestrator is shutting down) ends every stream without `finished`: the
+watcher reconnects to the next process, which resumes the job.
 """
 
 from __future__ import annotations
@@ -19,9 +21,22 @@ Job = orchestrator_pb2.Job
 WatchJobResponse = orchestrator_pb2.WatchJobResponse
 
 
+# Put in a watcher's queue to end its stream early.
+_CLOSED = WatchJobResponse()
+
+
 class EventHub:
     def __init__(self) -> None:
         self._subscribers: dict[str, set[asyncio.Queue[WatchJobResponse]]] = {}
+        self._closed = False
+
+    def close(self) -> None:
+        """End every stream now (after its pending events) and every later one
+        right after its snapshot."""
+        self._closed = True
+        for subscribers in self._subscribers.values():
+            for queue in subscribers:
+                queue.put_nowait(_CLOSED)
 
     def publish(self, job_id: str, **event: Any) -> None:
         """Send one `WatchJobResponse` event (a keyword of its `event` oneof:
@@ -51,8 +66,10 @@ class EventHub:
             if job.state in TERMINAL:
                 yield WatchJobResponse(job_id=job_id, finished=job)
                 return
-            while True:
+            while not self._closed or not queue.empty():
                 event = await queue.get()
+                if event is _CLOSED:
+                    return
                 yield event
                 if event.WhichOneof("event") == "finished":
                     return

@@ -17,6 +17,7 @@ from typing import Protocol
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from stageflow.core import limits
 from stageflow.core.logging import get_logger
 from stageflow.core.storage import ObjectStore
 from stageflow.orchestrator.bundle import build_run_request, with_input
@@ -134,6 +135,8 @@ class JobExecutor:
             )
 
         # Wait here for a slot rather than pile RESOURCE_EXHAUSTED on the stage.
+        # The slot is held until the outcome is stored: a draining orchestrator
+        # waits for the slots, so no finished call's output is lost.
         async with self._directory.slot(service, job.request.priority):
             try:
                 outcome = await self._caller.call(
@@ -147,19 +150,19 @@ class JobExecutor:
             except StageCallError as err:
                 run.attempts = err.attempts
                 raise
-        result = outcome.result
-        run.route, run.attempts = outcome.route.name, outcome.attempts
-        if outcome.route.name == FALLBACK:
-            # The output answers the fallback's parameters, not the key's.
-            run.request.CopyFrom(outcome.route.request)
-            run.cache_key = ""
-        if self._cache is not None and run.cache_key:
-            if result.model.fingerprint in ("", fingerprint):
-                await self._cache.put(run.cache_key, run.stage, result)
-            else:  # the stage swapped models since the Describe the key came from
-                self._directory.forget(service)
+            result = outcome.result
+            run.route, run.attempts = outcome.route.name, outcome.attempts
+            if outcome.route.name == FALLBACK:
+                # The output answers the fallback's parameters, not the key's.
+                run.request.CopyFrom(outcome.route.request)
                 run.cache_key = ""
-        await self._stage_succeeded(job, run, result)
+            if self._cache is not None and run.cache_key:
+                if result.model.fingerprint in ("", fingerprint):
+                    await self._cache.put(run.cache_key, run.stage, result)
+                else:  # the stage swapped models since the Describe the key came from
+                    self._directory.forget(service)
+                    run.cache_key = ""
+            await self._stage_succeeded(job, run, result)
 
     def _fallback_route(
         self, job: Job, run: StageRun, request: stage_pb2.RunRequest
@@ -198,6 +201,9 @@ class JobExecutor:
         run.timing.CopyFrom(result.timing)
         if result.HasField("text_check"):
             run.text_check.CopyFrom(result.text_check)
+        if run is job.stages[0] and result.width and result.height:
+            # The base size the first stage made (its model's default when unset).
+            job.width, job.height = result.width, result.height
         run.state = orchestrator_pb2.STAGE_STATE_SUCCEEDED
         await self._persist(job)
         self._hub.publish(job.job_id, stage_finished=orchestrator_pb2.StageFinished(run=run))
@@ -235,6 +241,8 @@ class JobExecutor:
     async def finish_failed(self, job: Job, run: StageRun | None, error: str) -> None:
         """FAILED, with `run` (or, without one, every RUNNING stage) failed with `error`."""
         failed = [run] if run is not None else _running_stages(job)
+        if len(error) > limits.MAX_ERROR_CHARS:  # the job must fit in one message
+            error = error[: limits.MAX_ERROR_CHARS] + "... (truncated)"
         for stage_run in failed:
             stage_run.state = orchestrator_pb2.STAGE_STATE_FAILED
             stage_run.error = error

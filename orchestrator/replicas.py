@@ -12,9 +12,13 @@ round_robin leaves out of its picks subchannels in TRANSIENT_FAILURE and, with
 client-side health checking on, replicas that report NOT_SERVING.
 
 `StageCaller` runs one stage call to its end: UNAVAILABLE (a replica down or
-dying mid-stream) and RESOURCE_EXHAUSTED (a replica full) are retried after an
-exponential backoff with full jitter, within the job's remaining deadline;
-every other code fails at once. Stages are deterministic (same request, same
+dying mid-stream) is retried after an exponential backoff with full jitter for
+as long as the retry budget (a duration: outages are ridden out by time, not
+by attempt count) and the job's remaining deadline allow; RESOURCE_EXHAUSTED (a
+replica full) is retried the same way a few times before the fallback; every
+other code fails at once. The only replica of a stage is called through a
+client that waits for its channel to connect, so a call to a stage that is
+restarting starts the moment the stage is back. Stages are deterministic (same request, same
 bytes), so a call restarted elsewhere yields the output the first would have.
 When the primary route stays RESOURCE_EXHAUSTED, the spec's fallback route
 (another service or lighter parameters) is tried the same way.
@@ -65,9 +69,18 @@ def stage_client_for(
     value: str,
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
     credentials: grpc.ChannelCredentials | None = None,
+    *,
+    wait_ready_seconds: float = 0.0,
 ) -> StageClient:
-    """A client for one address setting: one channel per entry, balanced
-    (TLS with `credentials`)."""
+    """A client for one address setting: one channel per entry, balanced (TLS
+    with `credentials`).
+
+    A single entry (one address, or one dns:/// name whose channel balances
+    itself) waits up to `wait_ready_seconds` for its channel to connect before
+    a call; entries among several fail fast, so that a call moves on to
+    another replica."""
+    addresses = parse_addresses(value)
+    wait = wait_ready_seconds if len(addresses) == 1 else 0.0
     clients: list[StageClient] = [
         GrpcStageClient(
             address,
@@ -75,9 +88,10 @@ def stage_client_for(
             options=[("grpc.service_config", ROUND_ROBIN_CONFIG)]
             if address.startswith("dns:")
             else (),
+            wait_ready_seconds=wait,
             credentials=credentials,
         )
-        for address in parse_addresses(value)
+        for address in addresses
     ]
     if len(clients) == 1:
         return clients[0]
@@ -160,9 +174,11 @@ class RetryPolicy:
     """Exponential backoff with full jitter (AWS architecture blog's "Full Jitter")."""
 
     base_seconds: float = 0.2
-    cap_seconds: float = 5.0
-    # Attempts in all on UNAVAILABLE, the first call included.
-    max_attempts: int = 5
+    cap_seconds: float = 2.0
+    # How long UNAVAILABLE is retried, from the start of the first failed
+    # attempt (a stage restart, an object store outage): a duration, never
+    # past the job's deadline.
+    budget_seconds: float = 120.0
     # Attempts in all on RESOURCE_EXHAUSTED before the fallback route (or failing).
     exhausted_max_attempts: int = 3
 
@@ -263,11 +279,8 @@ class StageCaller:
         metadata: Sequence[tuple[str, str]],
         on_progress: ProgressSink,
     ) -> tuple[stage_pb2.StageResult, int]:
-        failures = {"UNAVAILABLE": 0, "RESOURCE_EXHAUSTED": 0}
-        limits = {
-            "UNAVAILABLE": self.policy.max_attempts,
-            "RESOURCE_EXHAUSTED": self.policy.exhausted_max_attempts,
-        }
+        exhausted = 0
+        failing_since: float | None = None  # the start of the first UNAVAILABLE attempt
         attempts = 0
         while True:
             try:
@@ -276,14 +289,27 @@ class StageCaller:
                 err.attempts = attempts
                 raise
             attempts += 1
+            started = self._clock()
             try:
                 return await self._once(route, timeout, metadata, on_progress), attempts
             except StageCallError as err:
                 err.attempts = attempts
-                if err.code not in failures:
-                    raise
-                failures[err.code] += 1
-                if failures[err.code] >= limits[err.code]:
+                if err.code == "RESOURCE_EXHAUSTED":
+                    exhausted += 1
+                    if exhausted >= self.policy.exhausted_max_attempts:
+                        raise
+                elif err.code == "UNAVAILABLE":
+                    failing_since = started if failing_since is None else failing_since
+                    failing = self._clock() - failing_since
+                    if failing >= self.policy.budget_seconds:
+                        spent = StageCallError(
+                            "UNAVAILABLE",
+                            f"{err.message} (still failing after {failing:.0f} s of retries, "
+                            f"the retry budget is {self.policy.budget_seconds:g} s)",
+                        )
+                        spent.attempts = attempts
+                        raise spent from err
+                else:
                     raise
                 delay = self.policy.delay(attempts - 1, self._uniform)
                 if deadline is not None and self._clock() + delay >= deadline:

@@ -7,6 +7,9 @@ on; the runner then builds their requests from the merged options.
 
 from __future__ import annotations
 
+from google.protobuf import json_format
+
+from stageflow import kinds
 from stageflow.core.errors import FailedPrecondition, InvalidArgument
 from stageflow.orchestrator.bundle import compose_prompt
 from stageflow.orchestrator.validation import check_request
@@ -17,7 +20,19 @@ _TERMINAL = (
     orchestrator_pb2.JOB_STATE_FAILED,
     orchestrator_pb2.JOB_STATE_CANCELLED,
 )
-_OPTION_FIELDS = ("base", "refine", "upscale")
+
+
+def _option_fields() -> tuple[str, ...]:
+    """The RerunJobRequest fields named after a stage: kinds with an options message."""
+    fields = orchestrator_pb2.RerunJobRequest.DESCRIPTOR.fields_by_name
+    return tuple(k.name for k in kinds.all_kinds() if k.has_options_message and k.name in fields)
+
+
+def _overrides(rerun: orchestrator_pb2.RerunJobRequest, stage: str) -> bool:
+    """Whether the rerun changes `stage`'s options."""
+    if stage in _option_fields():
+        return rerun.HasField(stage)
+    return stage in rerun.options
 
 
 def apply_overrides(
@@ -38,18 +53,21 @@ def apply_overrides(
                 f"stage {upstream.stage} of job {previous.job_id} has no output to reuse; "
                 f"rerun from {upstream.stage}"
             )
-        if rerun.HasField(upstream.stage) and upstream.stage in _OPTION_FIELDS:
+        if _overrides(rerun, upstream.stage):
+            named = upstream.stage in _option_fields()
             raise InvalidArgument(
-                upstream.stage,
+                upstream.stage if named else f"options.{upstream.stage}",
                 f"the {upstream.stage} stage comes before {rerun.from_stage} and is reused "
                 f"unchanged; rerun from {upstream.stage} to change it",
             )
 
     request = orchestrator_pb2.SubmitJobRequest()
     request.CopyFrom(previous.request)
-    for name in _OPTION_FIELDS:
+    for name in _option_fields():
         if rerun.HasField(name):
             getattr(request, name).MergeFrom(getattr(rerun, name))
+    for name, values in rerun.options.items():
+        request.options[name].update(json_format.MessageToDict(values))  # key by key
     for name in ("base", "style", "overlay_text", "negative_prompt"):
         if rerun.bundle.HasField(name):
             setattr(request.bundle, name, getattr(rerun.bundle, name))

@@ -25,6 +25,7 @@ from collections.abc import AsyncIterator, Mapping, Sequence
 
 from opentelemetry import context as otel_context
 
+from stageflow.core import limits
 from stageflow.core.artifacts import get_artifact
 from stageflow.core.errors import FailedPrecondition, InvalidArgument, NotFound
 from stageflow.core.logging import get_logger
@@ -65,6 +66,9 @@ WatchJobResponse = orchestrator_pb2.WatchJobResponse
 
 DEFAULT_PAGE_SIZE = 50
 MAX_PAGE_SIZE = 1000
+# A ListJobs page stops before its jobs pass this many bytes, so the answer
+# fits in one message under any client's default 4 MiB receive limit.
+MAX_PAGE_BYTES = 3 * 1024 * 1024
 
 log = get_logger(__name__)
 
@@ -137,6 +141,7 @@ class JobRunner:
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._live: dict[str, Job] = {}  # jobs with a task; fresher than the DB (step counts)
         self._cancelling: set[str] = set()
+        self._closing = False
 
     # --- process lifecycle ------------------------------------------------------
 
@@ -155,8 +160,26 @@ class JobRunner:
             log.info("job.resume", job_id=job.job_id)
             self._start_task(job)
 
+    async def drain(self, seconds: float) -> None:
+        """The first step of a shutdown: start no job and no stage call from now
+        on (a job submitted meanwhile is stored QUEUED), give the stage calls in
+        flight up to `seconds` to finish (their outputs are kept), then end every
+        WatchJob stream so that its client moves to the next process."""
+        self._closing = True
+        self._slots.close()
+        log.info("runner.draining", running_jobs=len(self._tasks), grace_seconds=seconds)
+        try:
+            async with asyncio.timeout(seconds):
+                await self._directory.close()
+        except TimeoutError:
+            log.warning("runner.drain_timeout", grace_seconds=seconds)
+        self._hub.close()
+
     async def close(self) -> None:
-        """Stop running jobs without marking them: the next start() resumes them."""
+        """Stop running jobs without marking them: the next start() resumes them
+        (QUEUED and RUNNING jobs stay so in the store)."""
+        self._closing = True
+        self._slots.close()
         tasks = list(self._tasks.values())
         for task in tasks:
             task.cancel()
@@ -193,7 +216,25 @@ class JobRunner:
         }
         if input_ref is not None:  # the first stage reads the uploaded image
             runs[pipeline[0]].image.CopyFrom(input_ref)
-        await self._directory.check(effective, spec, pipeline, runs)
+        size = await self._directory.check(effective, spec, pipeline, runs)
+        # An uploaded input's size is the image's (set by _with_input).
+        width, height = (
+            (request.width, request.height)
+            if input_ref is not None
+            else size or (request.width, request.height)
+        )
+        if request.validate_only:
+            # Checked as a real submit is; nothing is stored, nothing runs.
+            return Job(
+                bundle=request.bundle,
+                prompt=compose_prompt(request.bundle),
+                seed=request.seed,
+                width=width,
+                height=height,
+                stages=[StageRun(stage=name, service=services[name]) for name in pipeline],
+                pipeline=spec.name,
+                pipeline_sha256=spec.sha256,
+            )
         created_at = now()
         job = Job(
             job_id=job_id,
@@ -201,8 +242,8 @@ class JobRunner:
             bundle=request.bundle,
             prompt=compose_prompt(request.bundle),
             seed=request.seed,
-            width=request.width,
-            height=request.height,
+            width=width,
+            height=height,
             stages=[
                 StageRun(
                     stage=name,
@@ -247,6 +288,12 @@ class JobRunner:
                 # Finished (watchers may have seen it) but its task is still closing.
                 await asyncio.wait({task})
             previous = await self.get(request.job_id, tenant)
+            if (previous.version or 1) >= limits.MAX_VERSIONS:
+                # GetJob answers every version in one message: they are bounded.
+                raise FailedPrecondition(
+                    f"job {previous.job_id} has {limits.MAX_VERSIONS} versions, the most a "
+                    "job keeps; submit a new job instead"
+                )
             spec = self._spec(previous.pipeline)
             job = apply_overrides(previous, request)
             effective = with_defaults(job.request, spec)
@@ -269,7 +316,9 @@ class JobRunner:
             if first == 0 and uploaded.key:
                 job.stages[0].request.image.CopyFrom(uploaded)
             runs = {run.stage: run.request for run in job.stages[first:]}
-            await self._directory.check(effective, spec, tuple(names), runs)
+            # Stages before `from_stage` keep their outputs: the base size is theirs.
+            kept = (job.width, job.height) if first > 0 and job.width and job.height else None
+            await self._directory.check(effective, spec, tuple(names), runs, size=kept)
             created_at = now()
             job.created_at.CopyFrom(created_at)
             job.updated_at.CopyFrom(created_at)
@@ -413,17 +462,22 @@ class JobRunner:
         spec = self._specs.get(name or DEFAULT_SPEC)
         if spec is None:
             known = ", ".join(sorted(self._specs))
-            raise InvalidArgument("pipeline", f"unknown pipeline spec {name!r}; known: {known}")
+            raise InvalidArgument(
+                "pipeline", f"unknown pipeline spec {limits.quote(name)}; known: {known}"
+            )
         return spec
 
     async def get(self, job_id: str, tenant: str | None = None) -> Job:
         """The job's latest version; NotFound when it is unknown or not `tenant`'s."""
         if not job_id:
             raise InvalidArgument("job_id", "must not be empty")
+        problem = limits.length_problem(job_id, limits.MAX_ID_CHARS)
+        if problem:
+            raise InvalidArgument("job_id", problem)
         live = self._live.get(job_id)
         job = _copy(live) if live is not None else await self._jobs.get(job_id)
         if job is None or (tenant is not None and job.tenant != tenant):
-            raise NotFound(f"job {job_id!r} not found")
+            raise NotFound(f"job {limits.quote(job_id)} not found")
         if live is not None:
             return job
         if job.state == orchestrator_pb2.JOB_STATE_SUCCEEDED:
@@ -440,9 +494,19 @@ class JobRunner:
         """Newest first; only jobs in `state` unless it is UNSPECIFIED, only `tenant`'s."""
         if not 1 <= page_size <= MAX_PAGE_SIZE:
             raise InvalidArgument("page_size", f"must be in [1, {MAX_PAGE_SIZE}], got {page_size}")
+        if state not in orchestrator_pb2.JobState.values():
+            raise InvalidArgument("state", f"unknown JobState value {state}")
         wanted = None if state == orchestrator_pb2.JOB_STATE_UNSPECIFIED else state
         jobs = await self._jobs.list_jobs(page_size, wanted, tenant)
-        return [_copy(self._live[j.job_id]) if j.job_id in self._live else j for j in jobs]
+        page: list[Job] = []
+        size = 0
+        for stored in jobs:
+            job = _copy(self._live[stored.job_id]) if stored.job_id in self._live else stored
+            size += job.ByteSize()
+            if page and size > MAX_PAGE_BYTES:
+                break  # the rest on a smaller page
+            page.append(job)
+        return page
 
     async def cancel(self, job_id: str, tenant: str | None = None) -> Job:
         """Cancel the job and its running stage call; a finished job is returned unchanged."""
@@ -496,7 +560,12 @@ class JobRunner:
             await self._executor.mark_cancelled(job)
         except Exception as err:  # a bug or a broken store: fail the job, keep serving
             log.exception("job.internal_error", job_id=job_id)
-            await self._executor.finish_failed(job, None, f"internal error: {err}")
+            if self._closing:
+                return  # left unfinished in the store: the next start retries it
+            # Not str(err): it may hold reprs, paths or data; the log has the traceback.
+            await self._executor.finish_failed(
+                job, None, f"internal error ({type(err).__name__}; see the orchestrator's log)"
+            )
         finally:
             self._live.pop(job_id, None)
             self._cancelling.discard(job_id)

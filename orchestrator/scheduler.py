@@ -47,9 +47,11 @@ class PriorityGate:
         self.limit = limit
         self.running = 0
         self.lanes: dict[int, deque[asyncio.Future[None]]] = {INTERACTIVE: deque(), BULK: deque()}
+        self.closed = False
+        self._idle: asyncio.Event | None = None
 
     def _free(self) -> bool:
-        return self.limit is None or self.running < self.limit
+        return not self.closed and (self.limit is None or self.running < self.limit)
 
     def _waiting(self) -> bool:
         return any(f for lane in self.lanes.values() for f in lane if not f.done())
@@ -65,13 +67,28 @@ class PriorityGate:
         except asyncio.CancelledError:
             if future.done() and not future.cancelled():
                 self.release()  # granted just as we were cancelled: pass it on
-            else:
+            elif future in self.lanes[lane]:
+                # Not there when admit() already dropped it as done: a task
+                # cancelled while another released (shutdown cancels them all).
                 self.lanes[lane].remove(future)
             raise
 
     def release(self) -> None:
         self.running -= 1
         self.admit()
+        if self.running == 0 and self._idle is not None:
+            self._idle.set()
+
+    def close(self) -> None:
+        """Grant nothing from now on: waiters wait until they are cancelled."""
+        self.closed = True
+
+    async def drained(self) -> None:
+        """Return once no slot is held."""
+        if self.running > 0:
+            self._idle = self._idle or asyncio.Event()
+            self._idle.clear()
+            await self._idle.wait()
 
     @contextlib.asynccontextmanager
     async def hold(self, priority: int) -> AsyncIterator[None]:
@@ -102,6 +119,7 @@ class StageScheduler:
         self._describe = describe
         self._overrides = dict(overrides or {})
         self._gates: dict[str, PriorityGate] = {}
+        self._closed = False
 
     def running(self, stage: str) -> int:
         gate = self._gates.get(stage)
@@ -119,9 +137,21 @@ class StageScheduler:
     async def slot(self, stage: str, priority: int) -> AsyncIterator[None]:
         """Hold one of `stage`'s slots for the duration of a call."""
         limit = self._limit(stage)
-        gate = self._gates.setdefault(stage, PriorityGate(limit))
-        if gate.limit != limit:  # the stage was redeployed with another size
+        gate = self._gates.get(stage)
+        if gate is None:
+            gate = self._gates[stage] = PriorityGate(limit)
+            gate.closed = self._closed
+        elif gate.limit != limit:  # the stage was redeployed with another size
             gate.limit = limit
             gate.admit()
         async with gate.hold(priority):
             yield
+
+    async def close(self) -> None:
+        """Admit no more calls (to any stage) and return once the calls in
+        flight have ended: a draining orchestrator starts no stage call."""
+        self._closed = True
+        gates = list(self._gates.values())
+        for gate in gates:
+            gate.close()
+        await asyncio.gather(*(gate.drained() for gate in gates))

@@ -13,15 +13,20 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
 import grpc
+from google.protobuf.message import Message
 
+from stageflow.core import limits
 from stageflow.core.errors import InvalidArgument
 from stageflow.core.logging import get_logger
 from stageflow.orchestrator.artifacts import chunks
 from stageflow.orchestrator.auth import Authenticator, Principal, bearer
 from stageflow.orchestrator.runner import DEFAULT_PAGE_SIZE, JobRunner
+from stageflow.serving.limits import check_request, checks_itself
 from stageflow.v1 import orchestrator_pb2, orchestrator_pb2_grpc
 
 SERVICE_NAME = orchestrator_pb2.DESCRIPTOR.services_by_name["OrchestratorService"].full_name
+# Requests are checked against their limits after authentication (in `_call`).
+checks_itself(SERVICE_NAME)
 
 audit = get_logger("stageflow.audit")
 
@@ -43,11 +48,17 @@ class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServiceServicer):
 
     @asynccontextmanager
     async def _call(
-        self, context: grpc.aio.ServicerContext, action: str, job_id: str = ""
+        self, context: grpc.aio.ServicerContext, action: str, request: Message | None
     ) -> AsyncIterator[_Call]:
-        """The call's principal (None with authentication off); with it on,
-        one audit line on the way out: tenant, key id, action, job id, outcome."""
+        """The call's principal (None with authentication off), once `request`
+        is within its limits (a streamed request's messages are the handler's
+        to bound); with authentication on, the caller is
+        authenticated first, and one audit line is written on the way out:
+        tenant, key id, action, job id (its first characters), outcome."""
+        job_id = str(getattr(request, "job_id", ""))[: limits.MAX_ID_CHARS]
         if self._auth is None or not self._auth.enabled:
+            if request is not None:
+                check_request(request)
             yield _Call(None, job_id)
             return
         call = _Call(None, job_id)
@@ -55,6 +66,8 @@ class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServiceServicer):
         try:
             key = bearer(context.invocation_metadata() or ())
             call.principal = await self._auth.authenticate(key)
+            if request is not None:
+                check_request(request)
             yield call
         except asyncio.CancelledError:
             outcome = "CANCELLED"
@@ -76,7 +89,7 @@ class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServiceServicer):
     async def SubmitJob(
         self, request: orchestrator_pb2.SubmitJobRequest, context: grpc.aio.ServicerContext
     ) -> orchestrator_pb2.SubmitJobResponse:
-        async with self._call(context, "SubmitJob") as call:
+        async with self._call(context, "SubmitJob", request) as call:
             if call.principal is not None and call.principal.priority == "bulk":
                 # A bulk key's jobs all take the bulk lane, whatever they ask for.
                 bulk = orchestrator_pb2.SubmitJobRequest()
@@ -90,21 +103,21 @@ class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServiceServicer):
     async def WatchJob(
         self, request: orchestrator_pb2.WatchJobRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[orchestrator_pb2.WatchJobResponse]:
-        async with self._call(context, "WatchJob", request.job_id) as call:
+        async with self._call(context, "WatchJob", request) as call:
             async for event in self._runner.watch(request.job_id, call.tenant):
                 yield event
 
     async def GetJob(
         self, request: orchestrator_pb2.GetJobRequest, context: grpc.aio.ServicerContext
     ) -> orchestrator_pb2.GetJobResponse:
-        async with self._call(context, "GetJob", request.job_id) as call:
+        async with self._call(context, "GetJob", request) as call:
             versions = await self._runner.versions(request.job_id, call.tenant)
             return orchestrator_pb2.GetJobResponse(job=versions[-1], versions=versions)
 
     async def ListJobs(
         self, request: orchestrator_pb2.ListJobsRequest, context: grpc.aio.ServicerContext
     ) -> orchestrator_pb2.ListJobsResponse:
-        async with self._call(context, "ListJobs") as call:
+        async with self._call(context, "ListJobs", request) as call:
             # 0 is proto3's "not set": the default page.
             page_size = request.page_size or DEFAULT_PAGE_SIZE
             jobs = await self._runner.list_jobs(page_size, request.state, call.tenant)
@@ -113,21 +126,21 @@ class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServiceServicer):
     async def CancelJob(
         self, request: orchestrator_pb2.CancelJobRequest, context: grpc.aio.ServicerContext
     ) -> orchestrator_pb2.CancelJobResponse:
-        async with self._call(context, "CancelJob", request.job_id) as call:
+        async with self._call(context, "CancelJob", request) as call:
             job = await self._runner.cancel(request.job_id, call.tenant)
             return orchestrator_pb2.CancelJobResponse(job=job)
 
     async def RerunJob(
         self, request: orchestrator_pb2.RerunJobRequest, context: grpc.aio.ServicerContext
     ) -> orchestrator_pb2.RerunJobResponse:
-        async with self._call(context, "RerunJob", request.job_id) as call:
+        async with self._call(context, "RerunJob", request) as call:
             job = await self._runner.rerun(request, call.tenant)
             return orchestrator_pb2.RerunJobResponse(job=job)
 
     async def GetArtifact(
         self, request: orchestrator_pb2.GetArtifactRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[orchestrator_pb2.GetArtifactResponse]:
-        async with self._call(context, "GetArtifact", request.job_id) as call:
+        async with self._call(context, "GetArtifact", request) as call:
             ref, data = await self._runner.artifact(request, call.tenant)
             for i, chunk in enumerate(chunks(data)):
                 # The artifact's identity rides on the first message only.
@@ -140,10 +153,11 @@ class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServiceServicer):
         request_iterator: AsyncIterator[orchestrator_pb2.UploadImageRequest],
         context: grpc.aio.ServicerContext,
     ) -> orchestrator_pb2.UploadImageResponse:
-        async with self._call(context, "UploadImage") as call:
+        async with self._call(context, "UploadImage", None) as call:
             limit = self._runner.upload_max_bytes
             data = bytearray()
             async for message in request_iterator:
+                check_request(message)  # each message within its limits
                 data += message.data
                 if len(data) > limit:  # stop reading: it is refused whatever follows
                     raise InvalidArgument("data", f"must be at most {limit} bytes")
@@ -152,7 +166,7 @@ class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServiceServicer):
     async def ShareArtifact(
         self, request: orchestrator_pb2.ShareArtifactRequest, context: grpc.aio.ServicerContext
     ) -> orchestrator_pb2.ShareArtifactResponse:
-        async with self._call(context, "ShareArtifact", request.job_id) as call:
+        async with self._call(context, "ShareArtifact", request) as call:
             return await self._runner.share(request, call.tenant)
 
     async def GetSharedArtifact(
@@ -161,6 +175,7 @@ class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServiceServicer):
         # No API key: the signed token is the credential (checked by the runner).
         outcome = "OK"
         try:
+            check_request(request)  # no key to authenticate first: the limits at once
             ref, data = await self._runner.shared_artifact(request.token)
         except Exception as err:
             outcome = str(getattr(err, "code", "INTERNAL"))
@@ -184,5 +199,5 @@ class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServiceServicer):
     async def ListPipelines(
         self, request: orchestrator_pb2.ListPipelinesRequest, context: grpc.aio.ServicerContext
     ) -> orchestrator_pb2.ListPipelinesResponse:
-        async with self._call(context, "ListPipelines"):
+        async with self._call(context, "ListPipelines", request):
             return orchestrator_pb2.ListPipelinesResponse(pipelines=self._runner.pipelines())

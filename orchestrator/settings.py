@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import json
+import re
 from pathlib import Path
+from typing import Annotated, Any
 
 from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import NoDecode
 
 from stageflow.core.errors import InvalidArgument
+from stageflow.kinds.builtin import DEFAULT_PIPELINE
 from stageflow.orchestrator.auth import MIN_SECRET_CHARS
 from stageflow.orchestrator.quotas import parse_quota
 from stageflow.serving.settings import CommonSettings
@@ -15,22 +20,50 @@ from stageflow.serving.settings import CommonSettings
 PIPELINES_DIR = Path(__file__).resolve().parent.parent / "pipelines"
 
 
+# Loopback ports of the built-in stages when nothing else is configured.
+DEFAULT_STAGES = {name: [f"127.0.0.1:{50061 + i}"] for i, name in enumerate(DEFAULT_PIPELINE)}
+_SERVICE = re.compile(r"[a-z0-9][a-z0-9._-]*")
+
+
+def parse_stages(value: Any) -> dict[str, list[str]]:
+    """`stages` from its text form ('base=a:1,b:2;refine=c:3' or JSON) or a mapping."""
+    if isinstance(value, str):
+        text = value.strip()
+        if text.startswith("{"):
+            value = json.loads(text)
+        else:
+            value = {}
+            for part in filter(None, (p.strip() for p in text.split(";"))):
+                name, eq, addresses = part.partition("=")
+                if not eq:
+                    raise ValueError(f"expected NAME=HOST:PORT[,HOST:PORT...], got {part!r}")
+                value[name.strip()] = addresses
+    if not isinstance(value, dict):
+        raise ValueError(f"expected a mapping of stage name to addresses, got {value!r}")
+    out: dict[str, list[str]] = {}
+    for name, addresses in value.items():
+        if not isinstance(name, str) or not _SERVICE.fullmatch(name):
+            raise ValueError(f"stage name {name!r}: lowercase letters, digits, '.', '_', '-'")
+        entries = addresses.split(",") if isinstance(addresses, str) else addresses
+        if not isinstance(entries, list) or not all(isinstance(e, str) for e in entries):
+            raise ValueError(f"{name}: expected addresses, got {addresses!r}")
+        cleaned = [e.strip() for e in entries if e.strip()]
+        if not cleaned:
+            raise ValueError(f"{name}: no address")
+        out[name] = cleaned
+    return out
+
+
 class OrchestratorSettings(CommonSettings):
     """Where the stages are, where job state lives, and the limits on running jobs."""
 
     port: int = Field(50051, ge=0, le=65535, description="Port to listen on; 0 picks a free one.")
-    base_address: str = Field(
-        "127.0.0.1:50061",
-        description="host:port of the base (txt2img) stage; a comma-separated list of "
-        "host:port and/or dns:///name:port targets balances calls over replicas.",
-    )
-    refine_address: str = Field(
-        "127.0.0.1:50062",
-        description="host:port(s) of the refine (img2img/inpaint) stage, as base_address.",
-    )
-    upscale_address: str = Field(
-        "127.0.0.1:50063",
-        description="host:port(s) of the upscale (super-resolution) stage, as base_address.",
+    stages: Annotated[dict[str, list[str]], NoDecode] = Field(
+        default_factory=lambda: dict(DEFAULT_STAGES),
+        description="Stage service name -> its replicas: 'base=h:p;refine=h:p,h2:p;...' "
+        "(';' between services, ',' between replicas; host:port or dns:///name:port, "
+        "which balances over what the name resolves to) or a JSON object of lists. A "
+        "pipeline stage runs on the service named like it, or on its spec's `service`.",
     )
     db_path: Path = Field(
         Path("var/orchestrator.sqlite"),
@@ -49,10 +82,14 @@ class OrchestratorSettings(CommonSettings):
         "UNAVAILABLE or RESOURCE_EXHAUSTED; doubles each retry, the delay drawn in [0, bound).",
     )
     retry_cap_seconds: float = Field(
-        5.0, gt=0, description="Largest backoff bound between stage call retries."
+        2.0, gt=0, description="Largest backoff bound between stage call retries."
     )
-    retry_max_attempts: int = Field(
-        5, ge=1, description="Stage calls in all (first included) while replicas are UNAVAILABLE."
+    retry_budget_seconds: float = Field(
+        120.0,
+        gt=0,
+        description="How long a stage call is retried (and a call to a stage's only replica "
+        "waits for it to connect) while the stage is UNAVAILABLE, e.g. restarting or its "
+        "object store down; never past the job's deadline.",
     )
     exhausted_max_attempts: int = Field(
         3,
@@ -139,3 +176,8 @@ class OrchestratorSettings(CommonSettings):
                 f"{MIN_SECRET_CHARS} characters, e.g. `openssl rand -hex 32`"
             )
         return self
+
+    @field_validator("stages", mode="before")
+    @classmethod
+    def _parse_stages(cls, value: Any) -> dict[str, list[str]]:
+        return parse_stages(value)

@@ -2,9 +2,10 @@
 
 A spec fixes the stage order, which configured stage service runs each stage,
 the model it must serve (checked against Describe at submit), and default
-parameters that replace the built-in defaults of orchestrator/bundle.py (the
-job's own options still win). Specs are loaded and validated once at start-up:
-a bad file stops the orchestrator with its path and the offending field.
+options: under the job's own, over the model's (model.yaml's, then the model
+class's). Each stage's entry model is derived from its kind's declaration
+(stageflow.kinds). Specs are loaded and validated once at start-up: a bad file
+stops the orchestrator with its path and the offending field.
 """
 
 from __future__ import annotations
@@ -12,61 +13,49 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, Union
 
 import yaml
-from google.protobuf import json_format
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from google.protobuf import json_format, struct_pb2
+from google.protobuf.message import Message
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, model_validator
 
+from stageflow import kinds
 from stageflow.v1 import orchestrator_pb2
 
 DEFAULT_SPEC = "default"
-SERVICES = ("base", "refine", "upscale")
+_SERVICE = r"^[a-z0-9][a-z0-9._-]*$"
 
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-class BaseDefaults(_Strict):
-    steps: int | None = Field(None, ge=1)
-    guidance_scale: float | None = Field(None, ge=0)
+class _Defaults(_Strict):
+    """A stage's default options; one subclass per kind, derived from its
+    declaration (stageflow.kinds): every scalar option, optional, bounded by
+    the kind's limits, enums by their short name ("inpaint")."""
 
 
-class RefineDefaults(_Strict):
-    mode: Literal["img2img", "inpaint"] | None = None
-    strength: float | None = Field(None, gt=0, le=1)
-    steps: int | None = Field(None, ge=1)
-    guidance_scale: float | None = Field(None, ge=0)
-    seed: int | None = None
-    inpaint_mask_blur: int | None = Field(None, ge=0)
-    text_placement: Literal["bottom", "top", "center"] | None = None
-    text_color: str | None = None
-    text_stroke: float | None = Field(None, ge=0, le=0.2)
-    text_shadow: bool | None = None
-    max_cer: float | None = Field(None, ge=0, le=1)
-    max_attempts: int | None = Field(None, ge=1)
-
-
-class UpscaleDefaults(_Strict):
-    mode: Literal["learned", "lanczos"] | None = None
-    tile_size: int | None = Field(None, ge=0)
-    tile_overlap: int | None = Field(None, ge=0)
-
-
-# Enum fields written in YAML by their short name ("inpaint"), as on the CLI.
-_ENUM_PREFIX = {
-    "mode": {"refine": "REFINE_MODE_", "upscale": "UPSCALE_MODE_"},
-    "text_placement": {"refine": "TEXT_PLACEMENT_"},
-}
+def _option_type(option: kinds.Option) -> Any:
+    if option.choices:
+        return Literal[option.choices]
+    bounds = {k: v for k, v in vars(option.limit).items() if v is not None}
+    return Annotated[option.type, Field(**bounds)] if bounds else option.type
 
 
 def _proto_dict(stage: str, defaults: _Strict) -> dict[str, Any]:
-    """`defaults` as a proto-JSON dict of the stage's options message."""
+    """`defaults` as a proto-JSON dict of the stage's options (message or Struct)."""
     values = defaults.model_dump(exclude_none=True)
-    for name, prefixes in _ENUM_PREFIX.items():
-        if name in values and stage in prefixes:
-            values[name] = prefixes[stage] + values[name].upper()
+    kind = kinds.find(stage)
+    if kind is None or not kind.has_options_message:
+        return values
+    assert isinstance(kind.options, type)
+    fields = kind.options.DESCRIPTOR.fields_by_name
+    for name, value in list(values.items()):
+        enum_type = fields[name].enum_type
+        if enum_type is not None:
+            values[name] = kinds.enum_prefix(enum_type.name) + str(value).upper()
     return values
 
 
@@ -75,25 +64,15 @@ class _FallbackBase(_Strict):
     (e.g. out of GPU memory): another service and/or parameters that win over
     the job's own (a smaller tile_size, lanczos instead of the learned model)."""
 
-    service: Literal["base", "refine", "upscale"] | None = None
+    service: str | None = Field(None, pattern=_SERVICE)
     defaults: _Strict
-
-
-class BaseFallback(_FallbackBase):
-    defaults: BaseDefaults = BaseDefaults()
-
-
-class RefineFallback(_FallbackBase):
-    defaults: RefineDefaults = RefineDefaults()
-
-
-class UpscaleFallback(_FallbackBase):
-    defaults: UpscaleDefaults = UpscaleDefaults()
 
 
 class _StageSpecBase(_Strict):
     stage: str
-    service: Literal["base", "refine", "upscale"] | None = None
+    # The configured stage service (a key of the orchestrator's `stages`) that
+    # runs it; default: the one named like the stage.
+    service: str | None = Field(None, pattern=_SERVICE)
     # "name@version" (or "name"), compared with the stage's Describe at submit.
     model: str | None = Field(None, pattern=r"^[^@\s]+(@[^@\s]+)?$")
     defaults: _Strict
@@ -111,31 +90,46 @@ class _StageSpecBase(_Strict):
         return self.fallback.service or self.service_name
 
     def defaults_dict(self) -> dict[str, Any]:
-        """The defaults as a proto-JSON dict of the stage's options message."""
+        """The defaults as a proto-JSON dict of the stage's options."""
         return _proto_dict(self.stage, self.defaults)
 
 
-class BaseStageSpec(_StageSpecBase):
-    stage: Literal["base"]
-    defaults: BaseDefaults = BaseDefaults()
-    fallback: BaseFallback | None = None
+def _stage_spec_model(kind: kinds.Kind) -> type[_StageSpecBase]:
+    title = "".join(part.title() for part in kind.name.split("-"))
+    fields: dict[str, Any] = {
+        name: (_option_type(option) | None, None) for name, option in kinds.options(kind).items()
+    }
+    defaults = create_model(f"{title}Defaults", __base__=_Defaults, **fields)
+    fallback = create_model(
+        f"{title}Fallback", __base__=_FallbackBase, defaults=(defaults, defaults())
+    )
+    model: type[_StageSpecBase] = create_model(
+        f"{title}StageSpec",
+        __base__=_StageSpecBase,
+        stage=(Literal[kind.name], ...),  # type: ignore[arg-type]
+        defaults=(defaults, defaults()),
+        fallback=(fallback | None, None),
+    )
+    return model
 
 
-class RefineStageSpec(_StageSpecBase):
-    stage: Literal["refine"]
-    defaults: RefineDefaults = RefineDefaults()
-    fallback: RefineFallback | None = None
+def stage_spec_models() -> dict[str, type[_StageSpecBase]]:
+    """Kind name -> the pydantic model of a spec's entry for that stage."""
+    return {kind.name: _cached_model(kind) for kind in kinds.all_kinds()}
 
 
-class UpscaleStageSpec(_StageSpecBase):
-    stage: Literal["upscale"]
-    defaults: UpscaleDefaults = UpscaleDefaults()
-    fallback: UpscaleFallback | None = None
+_BY_KIND: dict[str, tuple[kinds.Kind, type[_StageSpecBase]]] = {}
 
 
-StageSpec = Annotated[
-    BaseStageSpec | RefineStageSpec | UpscaleStageSpec, Field(discriminator="stage")
-]
+def _cached_model(kind: kinds.Kind) -> type[_StageSpecBase]:
+    cached = _BY_KIND.get(kind.name)
+    if cached is None or cached[0] is not kind:
+        cached = (kind, _stage_spec_model(kind))
+        _BY_KIND[kind.name] = cached
+    return cached[1]
+
+
+StageSpec = _StageSpecBase
 
 
 class PipelineSpec(_Strict):
@@ -143,9 +137,19 @@ class PipelineSpec(_Strict):
 
     name: str = Field(pattern=r"^[a-z0-9][a-z0-9._-]*$")
     description: str = ""
-    stages: list[StageSpec] = Field(min_length=1)
+    stages: list[_StageSpecBase] = Field(min_length=1)
     # Filled by the loader: the sha256 of the file's bytes, recorded on each job.
     sha256: str = ""
+
+    @classmethod
+    def parse(cls, data: Any) -> PipelineSpec:
+        """Validate `data` against the kinds registered now (the entry models
+        are derived from the registry, so the union is built per call)."""
+        models = tuple(stage_spec_models().values())
+        entry: Any = Annotated[Union[models], Field(discriminator="stage")]  # noqa: UP007
+        spec_model = create_model("PipelineSpec", __base__=cls, stages=(list[entry], ...))
+        spec: PipelineSpec = spec_model.model_validate(data)
+        return spec
 
     @model_validator(mode="after")
     def _order(self) -> PipelineSpec:
@@ -153,15 +157,16 @@ class PipelineSpec(_Strict):
         repeated = sorted({n for n in names if names.count(n) > 1})
         if repeated:
             raise ValueError(f"each stage at most once, got {', '.join(repeated)} twice")
-        if names[0] != "base":
-            raise ValueError(f"must start with base (the only stage without an input): {names}")
+        problem = kinds.order_problem(names)
+        if problem:
+            raise ValueError(problem)
         return self
 
     @property
     def order(self) -> tuple[str, ...]:
         return tuple(s.stage for s in self.stages)
 
-    def stage(self, name: str) -> BaseStageSpec | RefineStageSpec | UpscaleStageSpec | None:
+    def stage(self, name: str) -> _StageSpecBase | None:
         return next((s for s in self.stages if s.stage == name), None)
 
 
@@ -171,9 +176,7 @@ class SpecError(ValueError):
 
 def builtin_spec(order: Sequence[str]) -> PipelineSpec:
     """The spec used when no pipelines folder is configured: `order`, no defaults."""
-    return PipelineSpec.model_validate(
-        {"name": DEFAULT_SPEC, "stages": [{"stage": name} for name in order]}
-    )
+    return PipelineSpec.parse({"name": DEFAULT_SPEC, "stages": [{"stage": name} for name in order]})
 
 
 def parse_spec(path: Path) -> PipelineSpec:
@@ -187,7 +190,7 @@ def parse_spec(path: Path) -> PipelineSpec:
         raise SpecError(f"{path}: must be a mapping with `name` and `stages`")
     raw.setdefault("name", path.stem)
     try:
-        spec = PipelineSpec.model_validate(raw)
+        spec = PipelineSpec.parse(raw)
     except ValidationError as err:
         problems = "; ".join(
             f"{'.'.join(str(p) for p in e['loc']) or '(top level)'}: {e['msg']}"
@@ -209,6 +212,16 @@ def load_specs(folder: Path) -> dict[str, PipelineSpec]:
     return specs
 
 
+def _options(request: orchestrator_pb2.SubmitJobRequest, stage: str) -> Message:
+    """The options `request` carries for `stage`, to write into: its options
+    message, or its entry of `options` (kinds without a message)."""
+    kind = kinds.find(stage)
+    if kind is not None and kind.has_options_message:
+        opts: Message = getattr(request, stage)
+        return opts
+    return request.options[stage]
+
+
 def with_defaults(
     request: orchestrator_pb2.SubmitJobRequest, spec: PipelineSpec
 ) -> orchestrator_pb2.SubmitJobRequest:
@@ -219,10 +232,13 @@ def with_defaults(
         defaults = stage_spec.defaults_dict()
         if not defaults:
             continue
-        options = getattr(out, stage_spec.stage)
+        options = _options(out, stage_spec.stage)
         merged = type(options)()
         json_format.ParseDict(defaults, merged)
-        merged.MergeFrom(options)  # the job's own options win
+        if isinstance(merged, struct_pb2.Struct):
+            merged.update(json_format.MessageToDict(options))  # key by key, the job's win
+        else:
+            merged.MergeFrom(options)  # the job's own options win
         options.CopyFrom(merged)
     return out
 
@@ -246,11 +262,12 @@ def with_fallback(
     if stage_spec is None or stage_spec.fallback is None:
         return None
     out = with_defaults(request, spec)
-    json_format.ParseDict(
-        _proto_dict(stage, stage_spec.fallback.defaults),
-        getattr(out, stage),
-        ignore_unknown_fields=False,
-    )
+    options = _options(out, stage)
+    overrides = _proto_dict(stage, stage_spec.fallback.defaults)
+    if isinstance(options, struct_pb2.Struct):
+        options.update(overrides)
+    else:
+        json_format.ParseDict(overrides, options, ignore_unknown_fields=False)
     return out
 
 

@@ -6,6 +6,8 @@ The runner depends only on `StageClient`, so it is tested against fakes
 
 from __future__ import annotations
 
+import asyncio
+import time
 from collections.abc import AsyncIterator, Sequence
 from typing import Any, Protocol
 
@@ -55,6 +57,12 @@ class GrpcStageClient:
 
     The channel is opened on first use, so the client can be built outside the
     event loop that will use it.
+
+    With `wait_ready_seconds` > 0 a Run call first waits (within its own
+    timeout) for the channel to connect: a stage that is down or restarting is
+    waited for, and the call starts the moment it is back, instead of failing
+    UNAVAILABLE at once. 0 fails fast: what a replica among others wants, so
+    that the call moves to another replica.
     """
 
     def __init__(
@@ -64,6 +72,7 @@ class GrpcStageClient:
         *,
         describe_timeout: float = 5.0,
         options: Sequence[tuple[str, Any]] = (),
+        wait_ready_seconds: float = 0.0,
         credentials: grpc.ChannelCredentials | None = None,
     ) -> None:
         """`address` is any grpc target (`host:port`, `dns:///name:port`);
@@ -74,6 +83,7 @@ class GrpcStageClient:
         self._credentials = credentials
         self._max_message_bytes = max_message_bytes
         self._describe_timeout = describe_timeout
+        self._wait_ready_seconds = wait_ready_seconds
         self._channel: grpc.aio.Channel | None = None
         self._stub: stage_pb2_grpc.StageServiceStub | None = None
 
@@ -95,7 +105,18 @@ class GrpcStageClient:
         timeout: float | None,  # noqa: ASYNC109 -- a gRPC deadline the stage itself honours
         metadata: Sequence[tuple[str, str]],
     ) -> AsyncIterator[stage_pb2.RunResponse]:
-        call = self._get_stub().Run(request, timeout=timeout, metadata=tuple(metadata))
+        stub = self._get_stub()
+        wait = self._wait_ready_seconds > 0
+        if wait:
+            started = time.monotonic()
+            await self._wait_ready(
+                self._wait_ready_seconds
+                if timeout is None
+                else min(self._wait_ready_seconds, timeout)
+            )
+            if timeout is not None:  # the wait came out of the call's own deadline
+                timeout = max(timeout - (time.monotonic() - started), 0.001)
+        call = stub.Run(request, timeout=timeout, metadata=tuple(metadata), wait_for_ready=wait)
         try:
             async for response in call:
                 yield response
@@ -105,6 +126,17 @@ class GrpcStageClient:
             # Reached on task cancellation and on early close by the consumer:
             # the stage must stop its denoising loop, not run on for nobody.
             call.cancel()
+
+    async def _wait_ready(self, seconds: float) -> None:
+        """Return once the channel is READY; UNAVAILABLE after `seconds`."""
+        assert self._channel is not None
+        try:
+            async with asyncio.timeout(seconds):
+                await self._channel.channel_ready()
+        except TimeoutError:
+            raise StageCallError(
+                "UNAVAILABLE", f"the stage at {self.address} was not reachable for {seconds:.0f} s"
+            ) from None
 
     async def describe(self) -> stage_pb2.DescribeResponse:
         try:

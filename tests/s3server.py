@@ -82,53 +82,82 @@ def free_port_pairs(count: int) -> list[int]:
     raise RuntimeError("no free port pairs on 127.0.0.1")
 
 
+class SeaweedFS:
+    """`weed mini` with its data under `tmp_dir`, on ports chosen once: it can
+    be stopped and started again at the same address with the same objects."""
+
+    def __init__(self, tmp_dir: Path) -> None:
+        self.tmp_dir = tmp_dir
+        data = tmp_dir / "data"
+        data.mkdir(parents=True, exist_ok=True)
+        access_key, secret_key = "stageflow-test", secrets.token_hex(16)
+        config = tmp_dir / "s3.json"
+        identity = {
+            "name": "admin",
+            "credentials": [{"accessKey": access_key, "secretKey": secret_key}],
+            "actions": ["Admin", "Read", "List", "Tagging", "Write"],
+        }
+        config.write_text(json.dumps({"identities": [identity]}))
+        self.ports = free_port_pairs(5)
+        s3, master, volume, filer, admin = self.ports
+        # As DESIGN.md shows, plus: the admin server (on even with -admin.ui=false)
+        # needs its own port, telemetry is off (no network here), and the unix
+        # sockets go under tmp_dir instead of /tmp/seaweedfs-*.sock.
+        self.cmd = [
+            weed_binary(),
+            "mini",
+            f"-dir={data}",
+            "-ip=127.0.0.1",
+            "-ip.bind=127.0.0.1",
+            f"-s3.port={s3}",
+            f"-s3.config={config}",
+            f"-master.port={master}",
+            f"-volume.port={volume}",
+            f"-filer.port={filer}",
+            f"-admin.port={admin}",
+            "-webdav=false",
+            "-admin.ui=false",
+            "-s3.port.iceberg=0",
+            "-s3.port.lance=0",
+            "-metricsPort=0",
+            "-master.telemetry=false",
+            f"-s3.localSocket={tmp_dir / 's3.sock'}",
+            f"-filer.localSocket={tmp_dir / 'filer.sock'}",
+        ]
+        log_path = tmp_dir / "weed.log"
+        self.info = S3ServerInfo(f"http://127.0.0.1:{s3}", access_key, secret_key, log_path)
+        self._weed: ServerProcess | None = None
+        self._starts = 0
+
+    def start(self) -> None:
+        """Start it and return once S3 answers (a restart appends to the log)."""
+        self._weed = ServerProcess(
+            "weed mini",
+            self.cmd,
+            log=self.info.log_path,
+            cwd=self.tmp_dir,
+            ready=_s3_answers(self.info),
+            append_log=self._starts > 0,
+        )
+        self._starts += 1
+        self._weed.start().wait_ready(STARTUP_TIMEOUT_S)
+
+    def stop(self) -> None:
+        if self._weed is not None:
+            self._weed.stop(STOP_TIMEOUT_S)
+            self._weed = None
+        _remove_stray_sockets(self.ports)
+
+
 @contextlib.contextmanager
 def seaweedfs_server(tmp_dir: Path) -> Iterator[S3ServerInfo]:
     """Run `weed mini` with its data under `tmp_dir` until the block exits."""
-    data = tmp_dir / "data"
-    data.mkdir(parents=True, exist_ok=True)
-    access_key, secret_key = "stageflow-test", secrets.token_hex(16)
-    config = tmp_dir / "s3.json"
-    identity = {
-        "name": "admin",
-        "credentials": [{"accessKey": access_key, "secretKey": secret_key}],
-        "actions": ["Admin", "Read", "List", "Tagging", "Write"],
-    }
-    config.write_text(json.dumps({"identities": [identity]}))
-    s3, master, volume, filer, admin = free_port_pairs(5)
-    # As DESIGN.md shows, plus: the admin server (on even with -admin.ui=false)
-    # needs its own port, telemetry is off (no network here), and the unix
-    # sockets go under tmp_dir instead of /tmp/seaweedfs-*.sock.
-    cmd = [
-        weed_binary(),
-        "mini",
-        f"-dir={data}",
-        "-ip=127.0.0.1",
-        "-ip.bind=127.0.0.1",
-        f"-s3.port={s3}",
-        f"-s3.config={config}",
-        f"-master.port={master}",
-        f"-volume.port={volume}",
-        f"-filer.port={filer}",
-        f"-admin.port={admin}",
-        "-webdav=false",
-        "-admin.ui=false",
-        "-s3.port.iceberg=0",
-        "-s3.port.lance=0",
-        "-metricsPort=0",
-        "-master.telemetry=false",
-        f"-s3.localSocket={tmp_dir / 's3.sock'}",
-        f"-filer.localSocket={tmp_dir / 'filer.sock'}",
-    ]
-    log_path = tmp_dir / "weed.log"
-    info = S3ServerInfo(f"http://127.0.0.1:{s3}", access_key, secret_key, log_path)
-    weed = ServerProcess("weed mini", cmd, log=log_path, cwd=tmp_dir, ready=_s3_answers(info))
+    server = SeaweedFS(tmp_dir)
     try:
-        weed.start().wait_ready(STARTUP_TIMEOUT_S)
-        yield info
+        server.start()
+        yield server.info
     finally:
-        weed.stop(STOP_TIMEOUT_S)
-        _remove_stray_sockets([s3, master, volume, filer, admin])
+        server.stop()
 
 
 def _s3_answers(info: S3ServerInfo) -> Callable[[], bool]:

@@ -7,7 +7,8 @@ from stageflow.stage.main import run_stage
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    run_stage("refine", create_model, argv, model_family="sd-refine", model_path="models/tiny-sd")
+    # The model it serves by default is in its declaration (stageflow.kinds.builtin).
+    run_stage("refine", create_model, argv)
 
 
 if __name__ == "__main__":

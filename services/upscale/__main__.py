@@ -7,9 +7,8 @@ from stageflow.stage.main import run_stage
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    run_stage(
-        "upscale", create_model, argv, model_family="esrgan", model_path="models/tiny-esrgan-x4"
-    )
+    # The model it serves by default is in its declaration (stageflow.kinds.builtin).
+    run_stage("upscale", create_model, argv)
 
 
 if __name__ == "__main__":

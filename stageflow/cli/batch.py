@@ -21,7 +21,16 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from stageflow.cli.jobs import JobSpec, Ui
 from stageflow.cli.render import job_state_name
-from stageflow.client import DeadlineExceeded, StageflowClient, StageflowClientError, Unavailable
+from stageflow.client import (
+    DataLoss,
+    DeadlineExceeded,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    StageflowClient,
+    StageflowClientError,
+    Unavailable,
+)
 from stageflow.v1 import orchestrator_pb2 as pb
 
 # Keys of a bundle line -> JobSpec field (None: the same name).
@@ -35,11 +44,22 @@ _OPTION_KEYS = {
 KNOWN_KEYS = sorted({*_TEXT_KEYS, *_INT_KEYS, *_OPTION_KEYS, "stages", "options"})
 # The orchestrator being restarted is a pause, not a failure: keep retrying this long.
 RECONNECT_SECONDS = 120.0
+# An orchestrator never reached at all is a mistyped address: give up this soon.
+CONNECT_SECONDS = 8.0
+# Attempts at downloading one final image (a dropped stream, a corrupted chunk).
+DOWNLOAD_ATTEMPTS = 5
+# A line the orchestrator rejects: the file is wrong, nothing was submitted.
+EXIT_REJECTED = 2
 _RETRYABLE = (Unavailable, DeadlineExceeded)
+_DOWNLOAD_RETRYABLE = (Unavailable, DeadlineExceeded, DataLoss, OSError)
 
 
 class BatchFileError(ValueError):
     """A line of the bundle file is not a valid bundle; the message names the line."""
+
+
+class OrchestratorUnreachable(ConnectionError):
+    """The orchestrator did not answer at all before the batch started."""
 
 
 @dataclass(frozen=True)
@@ -135,9 +155,28 @@ async def _finished(client: StageflowClient, job_id: str) -> pb.Job:
     raise Unavailable(f"watch of job {job_id} ended while it was {state}")
 
 
+async def _download(client: StageflowClient, job: pb.Job, path: Path, ui: Ui, what: str) -> None:
+    """The final image into `path`, verified; retried, since a batch that
+    cannot deliver its images has not succeeded."""
+    delay = 0.2
+    for attempt in range(1, DOWNLOAD_ATTEMPTS + 1):
+        try:
+            await client.fetch_final(job, path=path)
+            return
+        except _DOWNLOAD_RETRYABLE as err:
+            if attempt == DOWNLOAD_ATTEMPTS:
+                raise
+            ui.say(f"{what}: download failed ({err}), retrying in {delay:.1f}s")
+        await asyncio.sleep(delay * random.uniform(0.5, 1.0))
+        delay = min(delay * 2, 5.0)
+
+
 async def _run_line(
     client: StageflowClient, item: BatchLine, priority: int, out_dir: Path | None, ui: Ui
 ) -> dict[str, Any]:
+    """One line to its end. `status` is the line's outcome: the job's final
+    state, "download_failed" when it succeeded but its final image was not
+    written, or "error" when it could not be submitted or followed."""
     summary: dict[str, Any] = {"line": item.line, "job_id": "", "final_key": "", "status": ""}
     summary.update(final_path=None, error="")
     what = f"line {item.line}"
@@ -154,8 +193,13 @@ async def _run_line(
             summary["final_key"] = job.final.key
             if out_dir is not None:
                 path = out_dir / f"line{item.line:05d}-{job.job_id}.png"
-                await client.fetch_final(job, path=path)
-                summary["final_path"] = str(path)
+                try:
+                    await _download(client, job, path, ui, what)
+                except (StageflowClientError, OSError) as err:
+                    summary["status"] = "download_failed"
+                    summary["error"] = f"the final image was not written: {err}"
+                else:
+                    summary["final_path"] = str(path)
     except StageflowClientError as err:
         summary["status"] = summary["status"] or "error"
         summary["error"] = str(err)
@@ -163,6 +207,45 @@ async def _run_line(
         summary["status"] = summary["status"] or "error"
         summary["error"] = str(err)
     return summary
+
+
+async def check_lines(
+    client: StageflowClient, lines: list[BatchLine], *, priority: int, concurrency: int
+) -> list[str]:
+    """Every line checked by the orchestrator as its submit would be (ranges
+    against the stages' limits included), storing nothing: one message per
+    rejected line, in file order. Raises OrchestratorUnreachable when the
+    orchestrator does not answer within CONNECT_SECONDS."""
+    loop = asyncio.get_running_loop()
+    give_up = loop.time() + CONNECT_SECONDS
+    gate = asyncio.Semaphore(concurrency)
+
+    async def check(item: BatchLine) -> str | None:
+        async with gate:
+            delay = 0.2
+            while True:
+                try:
+                    await asyncio.wait_for(
+                        client.submit(
+                            **dataclasses.asdict(item.spec), priority=priority, validate_only=True
+                        ),
+                        timeout=max(0.1, give_up - loop.time()),
+                    )
+                    return None
+                except (InvalidArgument, FailedPrecondition, NotFound) as err:
+                    # The line itself is wrong (a field, its spec's model, its pipeline).
+                    return f"line {item.line}: {err}"
+                except (*_RETRYABLE, TimeoutError) as err:
+                    if loop.time() + delay > give_up:
+                        raise OrchestratorUnreachable(
+                            f"cannot reach the orchestrator at {client.address} "
+                            f"({type(err).__name__}: {err}); nothing was submitted"
+                        ) from None
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 2.0)
+
+    found = await asyncio.gather(*(check(item) for item in lines))
+    return [problem for problem in found if problem is not None]
 
 
 def _write_summary(path: Path, summaries: list[dict[str, Any]]) -> None:
@@ -180,8 +263,10 @@ async def run_batch(
     summary_path: Path,
     ui: Ui,
 ) -> int:
-    """Submit and follow every line, at most `concurrency` at once; write one
-    summary line per input line (in file order). 0 when every job succeeded."""
+    """Check every line first (EXIT_REJECTED, nothing submitted, when any is
+    rejected), then submit and follow them, at most `concurrency` at once;
+    write one summary line per input line (in file order). 0 when every job
+    succeeded and, with `out_dir`, every final image was written."""
     if out_dir is not None:
         await asyncio.to_thread(out_dir.mkdir, parents=True, exist_ok=True)
     gate = asyncio.Semaphore(concurrency)
@@ -195,6 +280,13 @@ async def run_batch(
         transient=ui.as_json,
     )
 
+    problems = await check_lines(client, lines, priority=priority, concurrency=concurrency)
+    if problems:
+        for problem in problems:
+            ui.say(problem)
+        ui.say(f"{len(problems)} of {len(lines)} lines rejected; nothing was submitted")
+        return EXIT_REJECTED
+
     async def one(item: BatchLine) -> dict[str, Any]:
         async with gate:
             summary = await _run_line(client, item, priority, out_dir, ui)
@@ -207,5 +299,7 @@ async def run_batch(
         summaries = await asyncio.gather(*(one(item) for item in lines))
     await asyncio.to_thread(_write_summary, summary_path, summaries)
     succeeded = sum(s["status"] == "succeeded" for s in summaries)
-    ui.say(f"{succeeded} of {len(summaries)} jobs succeeded; summary: {summary_path}")
+    undelivered = sum(s["status"] == "download_failed" for s in summaries)
+    note = f" ({undelivered} final images not written)" if undelivered else ""
+    ui.say(f"{succeeded} of {len(summaries)} jobs succeeded{note}; summary: {summary_path}")
     return 0 if succeeded == len(summaries) else 1

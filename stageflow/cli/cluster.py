@@ -25,28 +25,31 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
 
+from stageflow import kinds
 from stageflow.serving import processes
 from stageflow.serving.processes import ProcessError, ServerProcess
 
-STAGES: tuple[str, ...] = ("base", "refine", "upscale")
+# The stages a cluster runs unless told otherwise: the default pipeline's kinds.
+STAGES: tuple[str, ...] = kinds.default_pipeline()
 ORCHESTRATOR = "orchestrator"
 GATEWAY = "gateway"
-# Which fixture model folder each stage serves, relative to a models_dir laid
-# out like `stageflow models build-fixtures` output (random weights).
-STAGE_MODELS: Mapping[str, str] = {
-    "base": "tiny-sd",
-    "refine": "tiny-sd",
-    "upscale": "tiny-esrgan-x4",
-}
-# The default: the committed trained fixtures (`make fixtures-train`), which
-# draw what the prompt says ("a red circle on a blue background", 32 px).
-# The committed trained fixtures of a checkout (not shipped in the wheel).
+# The committed trained fixtures of a checkout (not shipped in the wheel): the
+# default, which draw what the prompt says ("a red circle on a blue
+# background", 32 px); a models_dir is laid out like `stageflow models
+# build-fixtures` output (random weights). Each kind declares its folder in both.
 TRAINED_MODELS_DIR = Path(__file__).resolve().parents[2] / "fixtures" / "trained"
-TRAINED_STAGE_MODELS: Mapping[str, str] = {
-    "base": "shapes-sd",
-    "refine": "shapes-sd",
-    "upscale": "shapes-esrgan-x4",
-}
+
+
+def stage_models(trained: bool, names: Sequence[str] | None = None) -> dict[str, str]:
+    """Stage -> the fixture folder it serves (trained fixtures or build-fixtures')."""
+    found = [kinds.get(n) for n in names] if names is not None else kinds.all_kinds()
+    return {
+        k.name: (k.trained_folder or k.model_folder) if trained else k.model_folder for k in found
+    }
+
+
+STAGE_MODELS: Mapping[str, str] = stage_models(trained=False, names=STAGES)
+TRAINED_STAGE_MODELS: Mapping[str, str] = stage_models(trained=True, names=STAGES)
 
 
 class ClusterError(RuntimeError):
@@ -65,7 +68,8 @@ def _flag_value(args: Sequence[str], flag: str) -> str | None:
 
 
 class LocalCluster:
-    """Starts base, refine, upscale and the orchestrator as child processes.
+    """Starts the stages (base, refine, upscale unless `stages` names other
+    registered kinds) and the orchestrator as child processes.
 
     Use as a context manager (starts on enter, stops on exit) or call
     `start()` / `stop()`. Logs go to `<state_dir>/logs/<name>.log`.
@@ -86,21 +90,26 @@ class LocalCluster:
         orchestrator_args: Sequence[str] = (),
         gateway_port: int | None = None,
         gateway_args: Sequence[str] = (),
+        stages: Sequence[str] = STAGES,
         tls: tuple[Path, Path, Path] | None = None,
     ) -> None:
         self.state_dir = Path(state_dir).resolve()
+        self.stages = tuple(stages)
         # No models_dir: the trained fixtures; a models_dir: build-fixtures' layout.
         self.models_dir = Path(models_dir).resolve() if models_dir else TRAINED_MODELS_DIR
-        self.stage_models = STAGE_MODELS if models_dir else TRAINED_STAGE_MODELS
+        self.trained = not models_dir
+        self.stage_models = stage_models(self.trained, self.stages)
         self.store_url = store_url or (self.state_dir / "store").as_uri()
         self.orchestrator_port = orchestrator_port
         self.torch_threads = torch_threads
         self._s3_keys = (s3_access_key, s3_secret_key)
         self._extra_env = dict(extra_env or {})
         self._stage_args = {name: list(args) for name, args in (stage_args or {}).items()}
-        unknown = set(self._stage_args) - set(STAGES)
+        unknown = set(self._stage_args) - set(self.stages)
         if unknown:
-            raise ValueError(f"stage_args names unknown stages {sorted(unknown)}; known: {STAGES}")
+            raise ValueError(
+                f"stage_args names unknown stages {sorted(unknown)}; known: {self.stages}"
+            )
         self._orchestrator_args = list(orchestrator_args)  # extra flags, e.g. --stage-cache false
         # The HTTP gateway in front of the orchestrator: None runs none, 0 any free port.
         self.gateway_port = gateway_port
@@ -161,9 +170,9 @@ class LocalCluster:
             (self.state_dir / sub).mkdir(parents=True, exist_ok=True)
         deadline = time.monotonic() + timeout
         try:
-            for stage in STAGES:
+            for stage in self.stages:
                 self._spawn(stage, self._stage_argv(stage, port=0))
-            self._wait_ready(STAGES, deadline, timeout)
+            self._wait_ready(self.stages, deadline, timeout)
             self._spawn(ORCHESTRATOR, self._orchestrator_argv(self.orchestrator_port))
             self._wait_ready((ORCHESTRATOR,), deadline, timeout)
             if self.gateway_port is not None:
@@ -184,7 +193,7 @@ class LocalCluster:
                 processes.stop_all([self._procs[GATEWAY]], grace)
             if ORCHESTRATOR in self._procs:
                 processes.stop_all([self._procs[ORCHESTRATOR]], grace)
-            processes.stop_all([self._procs[n] for n in STAGES if n in self._procs], grace)
+            processes.stop_all([self._procs[n] for n in self.stages if n in self._procs], grace)
             self._procs.clear()
 
     def restart(self, name: str, timeout: float = 120, grace: float = 15) -> None:
@@ -224,12 +233,12 @@ class LocalCluster:
     def _check_models(self) -> None:
         missing = [
             f"{stage}: {path}"
-            for stage in STAGES
+            for stage in self.stages
             if not (path := self.model_path(stage)).is_dir() or not any(path.iterdir())
         ]
         if not missing:
             return
-        if self.stage_models is TRAINED_STAGE_MODELS:
+        if self.trained:
             hint = "Restore the committed trained fixtures or retrain them: `make fixtures-train`."
         else:
             build = f"stageflow models build-fixtures --out {self.models_dir}"
@@ -253,7 +262,7 @@ class LocalCluster:
         return ["--tls-cert", str(cert), "--tls-key", str(key), "--tls-ca", str(ca)]
 
     def _stage_argv(self, stage: str, port: int) -> list[str]:
-        argv = [*self._launcher(f"stageflow.services.{stage}"), *self._common_argv(stage, port)]
+        argv = [*self._launcher("stageflow.stage", stage), *self._common_argv(stage, port)]
         argv += ["--torch-threads", str(self.torch_threads)]
         extra = self._stage_args.get(stage, [])
         if _flag_value(extra, "--model-path") is None:
@@ -263,8 +272,7 @@ class LocalCluster:
     def _orchestrator_argv(self, port: int) -> list[str]:
         argv = [*self._launcher("stageflow.orchestrator"), *self._common_argv(ORCHESTRATOR, port)]
         argv += ["--db-path", str(self.state_dir / "orchestrator.sqlite")]
-        for stage in STAGES:
-            argv += [f"--{stage}-address", self.addresses[stage]]
+        argv += ["--stages", ";".join(f"{s}={self.addresses[s]}" for s in self.stages)]
         return argv + self._orchestrator_args
 
     def _gateway_argv(self, port: int) -> list[str]:
@@ -280,9 +288,9 @@ class LocalCluster:
         ]  # fmt: skip
 
     @staticmethod
-    def _launcher(module: str) -> list[str]:
+    def _launcher(module: str, *args: str) -> list[str]:
         """The command that runs a module (tests swap in a fake service here)."""
-        return [sys.executable, "-m", module]
+        return [sys.executable, "-m", module, *args]
 
     @staticmethod
     def _with_port(argv: list[str], port: int) -> list[str]:

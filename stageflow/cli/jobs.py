@@ -130,11 +130,27 @@ async def watch_until_done(client: StageflowClient, job_id: str, ui: Ui) -> pb.J
     return finished if finished is not None else await client.get(job_id)
 
 
-async def follow(client: StageflowClient, job_id: str, *, out_dir: Path | None, ui: Ui) -> int:
-    """Watch a job to its end, download its final image into out_dir, report; the exit code."""
+async def follow(
+    client: StageflowClient,
+    job_id: str,
+    *,
+    out_dir: Path | None,
+    ui: Ui,
+    cancel_on_interrupt: bool = True,
+) -> int:
+    """Watch a job to its end, download its final image into out_dir, report; the exit code.
+
+    Ctrl-C cancels the job when `cancel_on_interrupt` (the job this command
+    started), else only stops watching it (`stageflow watch` of any job)."""
     try:
         job = await watch_until_done(client, job_id, ui)
     except Interrupted:
+        if not cancel_on_interrupt:
+            ui.say(
+                f"interrupted: stopped watching job {job_id}; it keeps running "
+                f"(`stageflow watch {job_id} --cancel` cancels it on Ctrl-C)"
+            )
+            return EXIT_INTERRUPTED
         cancelled = await client.cancel(job_id)
         ui.say(f"interrupted: cancelled job {job_id} ({job_state_name(cancelled.state)})")
         return EXIT_INTERRUPTED

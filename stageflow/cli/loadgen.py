@@ -26,13 +26,26 @@ from typing import Any, cast
 from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import Message
 
+from stageflow import kinds
 from stageflow.cli.loadstats import OK, PHASES, Sample, WorkerResult, build_report, merge
 from stageflow.cli.sets import typed_value
 from stageflow.core.errors import InvalidArgument
 
-STAGE_KINDS = ("txt2img", "refine", "upscale")
-KINDS = (*STAGE_KINDS, "orchestrator")
-ORCHESTRATOR_STAGES = ("base", "refine", "upscale")
+ORCHESTRATOR = "orchestrator"
+
+
+def stage_kinds() -> tuple[str, ...]:
+    """What `--kind` takes for one stage: each registered kind's model kind."""
+    return tuple(k.model_kind for k in kinds.all_kinds())
+
+
+def load_kinds() -> tuple[str, ...]:
+    return (*stage_kinds(), ORCHESTRATOR)
+
+
+def needs_input(kind: str) -> bool:
+    """Whether a load test of `kind` needs an input image seeded into the store."""
+    return kind != ORCHESTRATOR and not kinds.by_model_kind(kind).first
 
 
 @dataclass(frozen=True)
@@ -68,8 +81,10 @@ class LoadConfig:
     timeout_s: float = 120.0  # per-request deadline
 
     def __post_init__(self) -> None:
-        if self.kind not in KINDS:
-            raise InvalidArgument("kind", f"must be one of {', '.join(KINDS)}, got {self.kind!r}")
+        if self.kind not in load_kinds():
+            raise InvalidArgument(
+                "kind", f"must be one of {', '.join(load_kinds())}, got {self.kind!r}"
+            )
         if self.rate is None and not (self.concurrency and self.concurrency >= 1):
             raise InvalidArgument("concurrency", "must be >= 1 (or give a rate)")
         if self.rate is not None and self.rate <= 0:
@@ -80,7 +95,7 @@ class LoadConfig:
             raise InvalidArgument("duration", "give exactly one of a duration or a request count")
         if self.processes < 1:
             raise InvalidArgument("processes", f"must be >= 1, got {self.processes}")
-        if self.kind in ("refine", "upscale") and self.image is None:
+        if needs_input(self.kind) and self.image is None:
             raise InvalidArgument("image", f"a {self.kind} load test needs a seeded input image")
 
     def public(self) -> dict[str, Any]:
@@ -94,34 +109,37 @@ class LoadConfig:
 # -- parameters ----------------------------------------------------------------
 
 
-def _params_class(kind: str) -> type[Message]:
-    from stageflow.v1 import stage_pb2
-
-    classes: dict[str, type[Message]] = {
-        "txt2img": stage_pb2.Txt2ImgParams,
-        "refine": stage_pb2.RefineParams,
-        "upscale": stage_pb2.UpscaleParams,
-    }
-    return classes[kind]
+def _option_stages() -> dict[str, type[Message]]:
+    """Stage -> its options message, for the kinds that have one (the client
+    submits those)."""
+    return {k.name: k.options for k in kinds.all_kinds() if isinstance(k.options, type)}
 
 
-def _options_class(stage: str) -> type[Message]:
-    from stageflow.v1 import orchestrator_pb2 as pb
-
-    classes: dict[str, type[Message]] = {
-        "base": pb.BaseOptions,
-        "refine": pb.RefineOptions,
-        "upscale": pb.UpscaleOptions,
-    }
-    return classes[stage]
+def _generic_value(kind: kinds.Kind, key: str, raw: str) -> Any:
+    """A `--set` value of a kind without a params message, typed by its options."""
+    option = kinds.options(kind).get(key)
+    if option is None:
+        allowed = ", ".join(sorted(kinds.options(kind)))
+        raise InvalidArgument(f"--set {key}", f"unknown key; allowed: {allowed}")
+    if option.type is bool:
+        if raw.lower() not in ("true", "false", "1", "0", "yes", "no"):
+            raise InvalidArgument(f"--set {key}", f"expected true or false, got {raw!r}")
+        return raw.lower() in ("true", "1", "yes")
+    if option.type in (int, float):
+        try:
+            return option.type(raw)
+        except ValueError:
+            raise InvalidArgument(f"--set {key}", f"expected a number, got {raw!r}") from None
+    return raw
 
 
 def parse_sets(kind: str, sets: Sequence[str]) -> dict[str, Any]:
     """KEY=VALUE pairs onto the kind's params, typed by the proto field.
 
-    Stage kinds take fields of Txt2ImgParams / RefineParams / UpscaleParams
-    (steps=10, width=64, mode=lanczos); `orchestrator` takes width, height and
-    STAGE.FIELD keys of the job's stage options (base.steps=10)."""
+    Stage kinds take fields of their params message (Txt2ImgParams ...:
+    steps=10, width=64, mode=lanczos; a kind without one, its declared
+    options); `orchestrator` takes width, height and STAGE.FIELD keys of the
+    job's stage options (base.steps=10)."""
     out: dict[str, Any] = {}
     for item in sets:
         key, sep, raw = item.partition("=")
@@ -138,15 +156,21 @@ def parse_sets(kind: str, sets: Sequence[str]) -> dict[str, Any]:
                     ) from None
                 continue
             stage, _, name = key.partition(".")
-            if stage not in ORCHESTRATOR_STAGES or not name:
+            if stage not in _option_stages() or not name:
                 raise InvalidArgument(
-                    f"--set {key}", "expected width, height or STAGE.FIELD (base.steps=10)"
+                    f"--set {key}",
+                    "expected width, height or STAGE.FIELD (base.steps=10), STAGE one of "
+                    + ", ".join(_option_stages()),
                 )
-            fields = _options_class(stage).DESCRIPTOR.fields_by_name
+            fields = _option_stages()[stage].DESCRIPTOR.fields_by_name
             enum_numbers = False  # the orchestrator client expands enum names itself
         else:
             name = key
-            fields = _params_class(kind).DESCRIPTOR.fields_by_name
+            stage_kind = kinds.by_model_kind(kind)
+            if stage_kind.params_message is None:
+                out[key] = _generic_value(stage_kind, key, raw)
+                continue
+            fields = stage_kind.params_message.DESCRIPTOR.fields_by_name
             enum_numbers = True
         fd = cast(Mapping[str, FieldDescriptor], fields).get(name)
         if fd is None or fd.type == FieldDescriptor.TYPE_MESSAGE:
@@ -180,8 +204,9 @@ def stage_request(config: LoadConfig, *, seed: int, request_id: str, job_id: str
     """The RunRequest for one call of a stage kind."""
     from stageflow.v1 import common_pb2, stage_pb2
 
-    cls = _params_class(config.kind)
-    names = cls.DESCRIPTOR.fields_by_name
+    kind = kinds.by_model_kind(config.kind)
+    cls = kind.params_message
+    names = cls.DESCRIPTOR.fields_by_name if cls is not None else kinds.options(kind)
     values = dict(config.params)
     if "prompt" in names:
         values.setdefault("prompt", config.prompt)
@@ -192,7 +217,11 @@ def stage_request(config: LoadConfig, *, seed: int, request_id: str, job_id: str
         job_id=job_id,
         output_prefix="loadtest/outputs",
     )
-    getattr(request, config.kind).CopyFrom(cls(**values))
+    if cls is None:
+        request.generic.kind = kind.model_kind
+        request.generic.values.update(values)
+    else:
+        getattr(request, kinds.params_field(kind)).CopyFrom(cls(**values))
     if config.image is not None:
         request.image.CopyFrom(
             common_pb2.ArtifactRef(
@@ -221,12 +250,13 @@ async def _caller(config: LoadConfig) -> Any:
     from stageflow.serving.channels import client_channel
     from stageflow.v1 import stage_pb2_grpc
 
-    if config.kind == "orchestrator":
+    if config.kind == ORCHESTRATOR:
         from stageflow.cli.render import job_state_name
         from stageflow.client import StageflowClient, StageflowClientError
 
         async with StageflowClient(config.address) as client:
             submit_kwargs = _orchestrator_kwargs(config)
+            await _reachable(config.address, client.pipelines())
 
             async def job(seed: int, request_id: str, job_id: str) -> tuple[str, Any, str]:
                 try:
@@ -266,8 +296,26 @@ async def _caller(config: LoadConfig) -> Any:
                 return err.code().name, None, err.details() or ""
             return "NO_RESULT", None, "the stream ended without a result"
 
-        await asyncio.wait_for(channel.channel_ready(), timeout=30)
+        await _reachable(config.address, channel.channel_ready())
         yield run
+
+
+# How long the target may take to answer at all before the load test gives up.
+CONNECT_SECONDS = 10.0
+
+
+async def _reachable(address: str, probe: Awaitable[Any]) -> None:
+    """Await `probe` (a first call, or the channel getting ready); a clear
+    LoadTestError when the target cannot be reached."""
+    from stageflow.client import DeadlineExceeded, StageflowClientError, Unavailable
+
+    try:
+        await asyncio.wait_for(probe, timeout=CONNECT_SECONDS)
+    except (TimeoutError, Unavailable, DeadlineExceeded) as err:
+        why = str(err) or f"no answer within {CONNECT_SECONDS:g} s"
+        raise LoadTestError(f"cannot connect to {address}: {why}") from None
+    except StageflowClientError:
+        pass  # it answered (UNIMPLEMENTED, UNAUTHENTICATED, ...): it is there
 
 
 def _orchestrator_kwargs(config: LoadConfig) -> dict[str, Any]:

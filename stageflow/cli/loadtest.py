@@ -14,13 +14,6 @@ from rich.table import Table
 from rich.text import Text
 
 
-class KindChoice(enum.StrEnum):
-    txt2img = "txt2img"
-    refine = "refine"
-    upscale = "upscale"
-    orchestrator = "orchestrator"
-
-
 class ArrivalChoice(enum.StrEnum):
     poisson = "poisson"
     fixed = "fixed"
@@ -82,7 +75,13 @@ def loadtest(
     address: Annotated[
         str, typer.Option("--address", help="The stage's (or orchestrator's) host:port.")
     ],
-    kind: Annotated[KindChoice, typer.Option(help="Stage kind, or orchestrator for whole jobs.")],
+    kind: Annotated[
+        str,
+        typer.Option(
+            help="Stage kind (txt2img, refine, upscale, or another registered kind), or "
+            "orchestrator for whole jobs."
+        ),
+    ],
     sets: Annotated[
         list[str] | None,
         typer.Option(
@@ -130,35 +129,49 @@ def loadtest(
 ) -> None:
     """Load-test one stage (or the orchestrator): throughput, latency percentiles,
     errors by status code and the server's own time split."""
-    from stageflow.cli.loadgen import LoadConfig, LoadTestError, parse_sets, run_load, seed_input
+    from stageflow.cli.loadgen import (
+        ORCHESTRATOR,
+        LoadConfig,
+        LoadTestError,
+        load_kinds,
+        needs_input,
+        parse_sets,
+        run_load,
+        seed_input,
+    )
     from stageflow.cli.main import EXIT_FAILURE, EXIT_USAGE, _expected_errors, _fail
 
     err = Console(stderr=True)
     if duration is not None and requests is not None:
         _fail("error: give --duration or --requests, not both", EXIT_USAGE)
+    if kind not in load_kinds():
+        _fail(f"error: --kind must be one of {', '.join(load_kinds())}, got {kind!r}", EXIT_USAGE)
     with _expected_errors():
-        params = parse_sets(kind.value, sets or [])
+        params = parse_sets(kind, sets or [])
         explicit = {"width": width, "height": height}
-        explicit["base.steps" if kind is KindChoice.orchestrator else "steps"] = steps
+        explicit["base.steps" if kind == ORCHESTRATOR else "steps"] = steps
         params.update({k: v for k, v in explicit.items() if v is not None})
         image = None
-        if kind in (KindChoice.refine, KindChoice.upscale):
+        if needs_input(kind):
             if not store_url:
-                _fail("error: --store-url is needed to seed refine/upscale inputs", EXIT_USAGE)
+                _fail(f"error: --store-url is needed to seed {kind} inputs", EXIT_USAGE)
             from stageflow.cli.settings import S3Keys, from_environment
             from stageflow.core.storage import open_store
 
             keys = from_environment(S3Keys)
-            store = open_store(
-                store_url,
-                access_key=keys.s3_access_key,
-                secret_key=keys.s3_secret_key.get_secret_value(),
-                region=keys.s3_region,
-            )
+            try:
+                store = open_store(
+                    store_url,
+                    access_key=keys.s3_access_key,
+                    secret_key=keys.s3_secret_key.get_secret_value(),
+                    region=keys.s3_region,
+                )
+            except ValueError as exc:  # a malformed URL or bucket name
+                _fail(f"error: --store-url: {exc}", EXIT_USAGE)
             image = seed_input(store, *_size(input_size))
         config = LoadConfig(
             address=address,
-            kind=kind.value,
+            kind=kind,
             params=params,
             prompt=prompt,
             image=image,
@@ -173,7 +186,7 @@ def loadtest(
             job_id=job_id,
             timeout_s=timeout,
         )
-        err.print(Text(f"load-testing {kind.value} at {address} ..."))
+        err.print(Text(f"load-testing {kind} at {address} ..."))
         try:
             report = run_load(config)
         except LoadTestError as exc:
@@ -191,3 +204,10 @@ def loadtest(
         console = Console()
         for table in report_tables(report):
             console.print(table)
+    if not report["ok"]:
+        # A run where nothing succeeded measured nothing: say so, and fail.
+        codes = ", ".join(f"{code} {n}" for code, n in report["errors"].items()) or "none"
+        _fail(
+            f"error: none of {report['requests']} requests succeeded (errors: {codes})",
+            EXIT_FAILURE,
+        )

@@ -204,6 +204,13 @@ def up(
     from stageflow.cli.cluster import LocalCluster
     from stageflow.serving.processes import signals_interrupt
 
+    if store_url:
+        from stageflow.core.storage import parse_store_url
+
+        try:
+            parse_store_url(store_url)  # a bad URL is a usage error here, not in every child
+        except ValueError as err:
+            _fail(f"error: --store-url: {err}", EXIT_USAGE)
     ui = _ui()
     cluster = LocalCluster(
         state_dir=state_dir,
@@ -360,14 +367,20 @@ def watch(
     job_id: Annotated[str, typer.Argument(help="The job to follow.")],
     address: Address = DEFAULT_ADDRESS,
     out: Annotated[Path | None, typer.Option(help="Also download the final PNG here.")] = None,
+    cancel: Annotated[
+        bool, typer.Option("--cancel", help="Cancel the job on Ctrl-C (default: detach).")
+    ] = False,
     as_json: JsonFlag = False,
 ) -> None:
-    """Follow a job's stages to the end (Ctrl-C cancels it)."""
+    """Follow a job's stages to the end (Ctrl-C stops watching; the job keeps running)."""
     from stageflow.cli.jobs import follow
 
     ui = _ui(as_json)
     _with_client(
-        address, lambda c: follow(c, job_id, out_dir=out, ui=ui), job_id=job_id, command="watch"
+        address,
+        lambda c: follow(c, job_id, out_dir=out, ui=ui, cancel_on_interrupt=cancel),
+        job_id=job_id,
+        command="watch",
     )
 
 

@@ -62,7 +62,9 @@ def _errors() -> Iterator[None]:
 def _open(root: str | None) -> ModelRepository:
     from stageflow.cli.settings import ModelCommandSettings, from_environment
     from stageflow.inference.repository import ModelRepository
+    from stageflow.stage import codec
 
+    codec.install()  # model.yaml may name a kind a plugin declares
     settings = from_environment(ModelCommandSettings)
     return ModelRepository(
         root or settings.model_repository,

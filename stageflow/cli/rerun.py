@@ -14,15 +14,16 @@ from typing import Any, cast
 from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import Message
 
+from stageflow import kinds
 from stageflow.cli.sets import FLOATS, INTS, typed_value
 from stageflow.core.errors import InvalidArgument
-from stageflow.v1 import orchestrator_pb2 as pb
 
-OPTIONS: dict[str, type[Message]] = {
-    "base": pb.BaseOptions,
-    "refine": pb.RefineOptions,
-    "upscale": pb.UpscaleOptions,
-}
+
+def option_messages() -> dict[str, type[Message]]:
+    """Stage -> its options message (the kinds that have one), from the registry."""
+    return {k.name: k.options for k in kinds.all_kinds() if isinstance(k.options, type)}
+
+
 # CLI key -> PromptBundle field.
 BUNDLE_KEYS = {"text": "overlay_text", "style": "style", "negative": "negative_prompt"}
 
@@ -50,18 +51,25 @@ class Overrides:
 
 
 def allowed_keys(from_stage: str) -> list[str]:
-    fields = OPTIONS[from_stage].DESCRIPTOR.fields if from_stage in OPTIONS else []
+    options = option_messages()
+    fields = options[from_stage].DESCRIPTOR.fields if from_stage in options else []
     return sorted(f.name for f in fields if f.type in _SCALARS) + sorted(BUNDLE_KEYS)
 
 
 def parse_sets(from_stage: str, sets: Sequence[str]) -> Overrides:
-    """Map each "key=value" onto the from-stage's options or the bundle."""
+    """Map each "key=value" onto the from-stage's options or the bundle; an
+    unknown --from stage is reported first, before any key."""
+    if from_stage not in kinds.names():
+        raise InvalidArgument(
+            "--from", f"unknown stage {from_stage!r}; known stages: {', '.join(kinds.names())}"
+        )
     out = Overrides()
     allowed = allowed_keys(from_stage)
     # cast: the stubs type descriptors as the python or the upb implementation.
+    options = option_messages()
     fields = cast(
         Mapping[str, FieldDescriptor],
-        OPTIONS[from_stage].DESCRIPTOR.fields_by_name if from_stage in OPTIONS else {},
+        options[from_stage].DESCRIPTOR.fields_by_name if from_stage in options else {},
     )
     for item in sets:
         key, sep, raw = item.partition("=")

@@ -12,6 +12,7 @@ from types import TracebackType
 from typing import Any, Self, TypeVar
 
 import grpc
+from google.protobuf import struct_pb2
 
 from stageflow.client.download import receive_artifact, write_atomically
 from stageflow.client.errors import FailedPrecondition, from_rpc_error
@@ -53,6 +54,15 @@ def open_channel(
             settings.address, credentials, options=options, interceptors=chain
         )
     return grpc.aio.insecure_channel(settings.address, options=options, interceptors=chain)
+
+
+def _structs(values: Mapping[str, Mapping[str, Any]] | None) -> dict[str, struct_pb2.Struct]:
+    """Options by stage name as the Structs SubmitJobRequest.options carries."""
+    out = {}
+    for stage, fields in (values or {}).items():
+        out[stage] = struct_pb2.Struct()
+        out[stage].update(dict(fields))
+    return out
 
 
 class StageflowClient:
@@ -122,27 +132,34 @@ class StageflowClient:
         text: str = "",
         negative: str = "",
         seed: int = 42,
-        width: int = 128,
-        height: int = 128,
+        width: int | None = None,
+        height: int | None = None,
         base_options: Mapping[str, Any] | None = None,
         refine_options: Mapping[str, Any] | None = None,
         upscale_options: Mapping[str, Any] | None = None,
+        stage_options: Mapping[str, Mapping[str, Any]] | None = None,
         request_id: str = "",
         stages: Sequence[str] = (),
         pipeline: str = "",
         priority: int = pb.PRIORITY_UNSPECIFIED,
         deadline_seconds: float | None = None,
+        validate_only: bool = False,
     ) -> pb.Job:
         """Submit a job; returns at once with the job, QUEUED.
 
         `base`, `style`, `text`, `negative` make the prompt bundle; `width` and
-        `height` are the base image's size. Option dicts take the proto field
+        `height` are the base image's size (unset: the base model's default,
+        e.g. its model.yaml's native size). `stage_options` holds the options
+        of stage kinds without an options message (SubmitJobRequest.options),
+        by stage name, e.g. {"sharpen": {"amount": 2}}. Option dicts take the proto field
         names of BaseOptions / RefineOptions / UpscaleOptions, and enum values
         as short names ("lanczos") or full ones ("UPSCALE_MODE_LANCZOS").
         `request_id` is an idempotency key (a second submit with it returns the
         first job); `pipeline` names the orchestrator's spec (empty: "default");
         `stages` overrides its order; `priority` picks the scheduling lane
         (unspecified: interactive); `deadline_seconds` bounds the whole job.
+        With `validate_only` the orchestrator checks the request as a submit
+        would and stores nothing (the job it returns has no id).
         """
         request = pb.SubmitJobRequest(
             bundle=pb.PromptBundle(
@@ -151,6 +168,7 @@ class StageflowClient:
             seed=seed,
             width=width,
             height=height,
+            options=_structs(stage_options),
             base=options(pb.BaseOptions, base_options),
             refine=options(pb.RefineOptions, refine_options),
             upscale=options(pb.UpscaleOptions, upscale_options),
@@ -159,6 +177,7 @@ class StageflowClient:
             pipeline=pipeline,
             priority=priority,  # type: ignore[arg-type]
             deadline_seconds=deadline_seconds,
+            validate_only=validate_only,
         )
         return await self.submit_request(request)
 
@@ -253,11 +272,15 @@ class StageflowClient:
         refine_options: Mapping[str, Any] | None = None,
         upscale_options: Mapping[str, Any] | None = None,
         bundle: Mapping[str, str] | None = None,
+        stage_options: Mapping[str, Mapping[str, Any]] | None = None,
     ) -> pb.Job:
         """Version N+1 of a finished job, recomputed from `from_stage` with these
         overrides (only the option sets given are sent; `bundle` takes base,
-        style, overlay_text, negative_prompt); returns it QUEUED."""
-        request = pb.RerunJobRequest(job_id=job_id, from_stage=from_stage)
+        style, overlay_text, negative_prompt; `stage_options` as in submit,
+        merged key by key); returns it QUEUED."""
+        request = pb.RerunJobRequest(
+            job_id=job_id, from_stage=from_stage, options=_structs(stage_options)
+        )
         for name, values in (
             ("base", base_options),
             ("refine", refine_options),

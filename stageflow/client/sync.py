@@ -92,6 +92,7 @@ class SyncStageflowClient:
         refine_options: Mapping[str, Any] | None = None,
         upscale_options: Mapping[str, Any] | None = None,
         bundle: Mapping[str, str] | None = None,
+        stage_options: Mapping[str, Mapping[str, Any]] | None = None,
     ) -> pb.Job:
         return self._run(
             self._client.rerun(
@@ -101,6 +102,7 @@ class SyncStageflowClient:
                 refine_options=refine_options,
                 upscale_options=upscale_options,
                 bundle=bundle,
+                stage_options=stage_options,
             )
         )
 

@@ -1,8 +1,11 @@
 """Content-addressed artifacts: the key of an object is its sha256.
 
 A writer names its output by digest, so the same bytes always land on the same
-key and a second write is skipped; a reader checks the digest it was given, so
-a truncated or swapped object is caught where it is read, not downstream.
+key; a second write is skipped only when the object already there has the
+right size and digest (a truncated or overwritten one is replaced, so the
+store repairs itself rather than trusting a key's existence). A reader checks
+the digest it was given, so a bad object is caught where it is read, not
+downstream.
 """
 
 from __future__ import annotations
@@ -12,7 +15,10 @@ import re
 from dataclasses import dataclass
 
 from stageflow.core.errors import DataLoss, InvalidArgument, NotFound
+from stageflow.core.logging import get_logger
 from stageflow.core.storage import ObjectStore, check_key
+
+log = get_logger(__name__)
 
 _SHA256_HEX = re.compile(r"[0-9a-f]{64}")
 
@@ -48,13 +54,40 @@ def put_artifact(
     prefix: str = "artifacts",
     media_type: str = "image/png",
 ) -> Artifact:
-    """Store `data` under its digest; an object already there is not rewritten."""
+    """Store `data` under its digest. An object already there is kept when it
+    verifies (size and digest) and replaced when it does not."""
     digest = hashlib.sha256(data).hexdigest()
     key = artifact_key(prefix, digest, _EXTENSIONS.get(media_type, "bin"))
     # Two writers racing here both write the same bytes: harmless.
-    if not store.exists(key):
+    found = stored_digest(store, key)
+    if found != (len(data), digest):
+        if found is not None:
+            log.warning("artifact.repaired", key=key, found_size=found[0], found_sha256=found[1])
         store.put(key, data, content_type=media_type)
     return Artifact(key=key, sha256=digest, size_bytes=len(data), media_type=media_type)
+
+
+def stored_digest(store: ObjectStore, key: str) -> tuple[int, str] | None:
+    """(size, sha256) of the object stored at `key`, None when there is none."""
+    try:
+        data = store.get(key)
+    except NotFound:
+        return None
+    return len(data), hashlib.sha256(data).hexdigest()
+
+
+def artifact_intact(store: ObjectStore, key: str, sha256: str, size_bytes: int = 0) -> bool:
+    """Whether `key` holds an object with this digest (and size, when given, > 0).
+    Missing or unreadable is not intact: whoever asks recomputes it."""
+    try:
+        found = stored_digest(store, key)
+    except Exception:
+        log.warning("artifact.unreadable", key=key, exc_info=True)
+        return False
+    if found is None:
+        return False
+    size, digest = found
+    return digest == sha256 and (size_bytes <= 0 or size == size_bytes)
 
 
 def get_artifact(store: ObjectStore, key: str, sha256: str, *, field: str = "artifact") -> bytes:
@@ -68,7 +101,8 @@ def get_artifact(store: ObjectStore, key: str, sha256: str, *, field: str = "art
     try:
         data = store.get(key)
     except NotFound:
-        raise NotFound(f"{field} {key}: not found in {store.describe()}") from None
+        # Not the store's own message: it names the server's folder or bucket.
+        raise NotFound(f"{field} {key}: not found in the object store") from None
     actual = hashlib.sha256(data).hexdigest()
     if actual != sha256:
         raise DataLoss(f"{field} {key}: sha256 mismatch, expected {sha256} got {actual}")

@@ -11,13 +11,16 @@ from __future__ import annotations
 import abc
 import io
 import os
+import re
 import shutil
 import tempfile
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 from urllib.parse import parse_qs, urlsplit
 from urllib.request import url2pathname
 
@@ -26,6 +29,7 @@ from minio import Minio
 from minio.error import S3Error
 
 from stageflow.core.errors import InvalidArgument, NotFound, StageflowError, Unavailable
+from stageflow.core.limits import quote
 
 
 class ObjectStore(abc.ABC):
@@ -97,9 +101,11 @@ def check_key(key: str, *, field: str = "key") -> str:
     if not key:
         raise InvalidArgument(field, "must not be empty")
     if key.startswith("/") or "\\" in key or "\x00" in key:
-        raise InvalidArgument(field, f"must be a relative '/'-separated path, got {key!r}")
+        raise InvalidArgument(field, f"must be a relative '/'-separated path, got {quote(key)}")
     if any(part in ("", ".", "..") for part in key.split("/")):
-        raise InvalidArgument(field, f"must not contain empty, '.' or '..' segments, got {key!r}")
+        raise InvalidArgument(
+            field, f"must not contain empty, '.' or '..' segments, got {quote(key)}"
+        )
     return key
 
 
@@ -191,6 +197,63 @@ _MISSING = {"NoSuchKey", "NoSuchObject", "ResourceNotFound", "NotFound"}
 # What MinIO (and SeaweedFS) answer when no region is configured.
 DEFAULT_S3_REGION = "us-east-1"
 
+# How long an S3 request is retried while the server is unreachable or
+# answers 5xx (a restart, a failover): a duration, not a number of attempts.
+DEFAULT_S3_RETRY_SECONDS = 30.0
+
+
+class _RetryFor(urllib3.Retry):
+    """urllib3's Retry, limited by time instead of by count: a request is
+    retried (backoff doubling up to 2 s) until `seconds` have passed since its
+    first failure."""
+
+    def __init__(
+        self,
+        *args: Any,
+        seconds: float = DEFAULT_S3_RETRY_SECONDS,
+        since: float | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(*args, **kwargs)
+        self.seconds = seconds
+        self.since = since
+
+    def new(self, **kwargs: Any) -> _RetryFor:
+        # Called by increment() on each failure: the first one starts the clock.
+        kwargs.setdefault("seconds", self.seconds)
+        kwargs.setdefault("since", time.monotonic() if self.since is None else self.since)
+        return super().new(**kwargs)
+
+    def is_exhausted(self) -> bool:
+        spent = self.since is not None and time.monotonic() - self.since >= self.seconds
+        return spent or super().is_exhausted()
+
+
+def s3_retry(seconds: float) -> urllib3.Retry:
+    """The retry of every S3 request: refused connections, timeouts and 5xx
+    answers, for `seconds` from the first failure."""
+    return _RetryFor(
+        total=None,
+        connect=None,
+        read=None,
+        status=None,
+        other=0,
+        backoff_factor=0.1,
+        backoff_max=2.0,
+        status_forcelist=[500, 502, 503, 504],
+        seconds=seconds,
+    )
+
+
+_REPR = re.compile(r"<[^<>]* (object )?at 0x[0-9a-fA-F]+>(: )?")
+
+
+def _unreachable_reason(err: BaseException) -> str:
+    """Why a request failed, without the reprs urllib3 puts in its messages
+    (`<urllib3.connection.HTTPConnection object at 0x7f...>`)."""
+    reason = getattr(err, "reason", None) or err
+    return _REPR.sub("", str(reason)).strip(" ()'\"") or type(err).__name__
+
 
 def _endpoint(endpoint: str, secure: bool) -> tuple[str, bool]:
     """(host:port, secure) of ``host:port`` or ``http(s)://host:port``."""
@@ -227,18 +290,18 @@ class S3Store(ObjectStore):
         secure: bool = False,
         region: str | None = None,
         public_endpoint: str = "",
+        retry_seconds: float = DEFAULT_S3_RETRY_SECONDS,
     ) -> None:
         netloc, secure = _endpoint(endpoint, secure)
         self.endpoint = f"{'https' if secure else 'http'}://{netloc}"
         self.bucket = bucket
-        # minio's default client retries a refused connection for seconds and
-        # waits minutes on a dead peer; a stage should fail fast and say so.
+        # A server restart is ridden out for `retry_seconds` (then UNAVAILABLE,
+        # which the stage's callers retry in turn); a dead peer is not waited
+        # on for minutes.
         http = urllib3.PoolManager(
             timeout=urllib3.Timeout(connect=5.0, read=60.0),
             maxsize=10,
-            retries=urllib3.Retry(
-                total=2, backoff_factor=0.1, status_forcelist=[500, 502, 503, 504]
-            ),
+            retries=s3_retry(retry_seconds),
         )
         self._client = Minio(
             netloc,
@@ -283,7 +346,9 @@ class S3Store(ObjectStore):
                 f"object store {self.describe()} refused {what} {key}: {e.code}: {e.message}"
             ) from e
         except (urllib3.exceptions.HTTPError, OSError) as e:
-            raise Unavailable(f"object store {self.endpoint} unreachable: {e}") from e
+            raise Unavailable(
+                f"object store {self.endpoint} unreachable: {_unreachable_reason(e)}"
+            ) from e
 
     def put(self, key: str, data: bytes, content_type: str = "application/octet-stream") -> None:
         check_key(key)
@@ -369,6 +434,26 @@ class StoreLocation:
         return self.folder is None
 
 
+# S3's bucket naming rules (3-63 characters: lowercase letters, digits, dots
+# and hyphens, a letter or digit at each end), checked before any client is made.
+_BUCKET = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
+_IPV4 = re.compile(r"\d+\.\d+\.\d+\.\d+")
+
+
+def check_bucket(bucket: str) -> str | None:
+    """What is wrong with an S3 bucket name, or None when it is valid."""
+    if not _BUCKET.fullmatch(bucket):
+        return (
+            "must be 3-63 characters of lowercase letters, digits, '.' and '-', "
+            "starting and ending with a letter or digit"
+        )
+    if any(pair in bucket for pair in ("..", ".-", "-.")):
+        return "must not hold '..', '.-' or '-.'"
+    if _IPV4.fullmatch(bucket):
+        return "must not be an IP address"
+    return None
+
+
 def parse_store_url(url: str, *, what: str = "store") -> StoreLocation:
     """Parse a store URL (see `StoreLocation`); ValueError names what is wrong."""
     if not url:
@@ -381,6 +466,9 @@ def parse_store_url(url: str, *, what: str = "store") -> StoreLocation:
             raise ValueError(
                 f"an S3 {what} URL is s3://bucket[/prefix]?endpoint=http://host:port, got {url!r}"
             )
+        problem = check_bucket(parts.netloc)
+        if problem is not None:
+            raise ValueError(f"the bucket of {what} URL {url!r} {problem}, got {parts.netloc!r}")
         prefix = parts.path.strip("/")
         if prefix:
             try:
@@ -406,7 +494,12 @@ def parse_store_url(url: str, *, what: str = "store") -> StoreLocation:
 
 
 def open_location(
-    location: StoreLocation, *, access_key: str = "", secret_key: str = "", region: str = ""
+    location: StoreLocation,
+    *,
+    access_key: str = "",
+    secret_key: str = "",
+    region: str = "",
+    retry_seconds: float = DEFAULT_S3_RETRY_SECONDS,
 ) -> ObjectStore:
     """The store at `location`, its prefix not applied (see `open_store`)."""
     if location.folder is not None:
@@ -418,21 +511,34 @@ def open_location(
         secret_key=secret_key,
         region=region or location.region or None,
         public_endpoint=location.public_endpoint,
+        retry_seconds=retry_seconds,
     )
 
 
 def open_store(
-    url: str, *, access_key: str = "", secret_key: str = "", region: str = ""
+    url: str,
+    *,
+    access_key: str = "",
+    secret_key: str = "",
+    region: str = "",
+    retry_seconds: float = DEFAULT_S3_RETRY_SECONDS,
 ) -> ObjectStore:
     """Open the store a URL names (`parse_store_url`); an S3 prefix scopes every key.
 
     Local folders are created on first write; an S3 bucket is created when
     missing. Credentials come from the arguments, never from the URL.
     ``&public_endpoint=https://host`` makes presigned URLs point there (the
-    address clients outside the cluster use).
+    address clients outside the cluster use). An S3 request is retried for
+    `retry_seconds` while the server is unreachable or answers 5xx.
     """
     location = parse_store_url(url)
-    store = open_location(location, access_key=access_key, secret_key=secret_key, region=region)
+    store = open_location(
+        location,
+        access_key=access_key,
+        secret_key=secret_key,
+        region=region,
+        retry_seconds=retry_seconds,
+    )
     return PrefixedStore(store, location.prefix) if location.prefix else store
 
 

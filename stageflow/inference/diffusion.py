@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import torch
 from PIL import Image
 
+from stageflow.core import limits
 from stageflow.core.errors import FailedPrecondition, InvalidArgument
 from stageflow.inference import denoise as loop
 from stageflow.inference import masks
@@ -178,12 +179,9 @@ class RefineModel(_DiffusionModel):
     def validate(self, params: StageParams) -> None:
         super().validate(params)
         assert isinstance(params, RefineParams)
-        if int(params.steps * params.strength) < 1:
-            raise InvalidArgument(
-                "strength",
-                f"steps × strength must be at least 1 step, got {params.steps} × "
-                f"{params.strength:g}",
-            )
+        problem = limits.refine_steps_problem(params.steps, params.strength)
+        if problem:
+            raise InvalidArgument("strength", problem)
         for name in ("mask_box", "text_box"):
             box = getattr(params, name)
             if box is not None and not (
@@ -199,7 +197,7 @@ class RefineModel(_DiffusionModel):
         assert isinstance(params, RefineParams)
         image = inputs.image
         if image is None:
-            raise FailedPrecondition("image: the refine stage needs an input image")
+            raise InvalidArgument("image", "is required: the refine stage reads an input image")
         desc = self.describe()
         check_side("image", image.width, desc)
         check_side("image", image.height, desc)

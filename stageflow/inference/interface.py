@@ -13,17 +13,61 @@ import dataclasses
 import enum
 from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
 
 from PIL import Image
 
+from stageflow.core import limits
 from stageflow.core.errors import InvalidArgument
 
 
 class StageKind(enum.StrEnum):
+    """The model layer's own kinds. A kind is a plain string: a kind declared
+    elsewhere (stageflow.kinds) names its params type with `stage_params`."""
+
     TXT2IMG = "txt2img"
     REFINE = "refine"
     UPSCALE = "upscale"
+
+
+# Model kind -> the dataclass of its parameters, filled by `stage_params`.
+_PARAMS_TYPES: dict[str, type] = {}
+
+
+_T = TypeVar("_T", bound=type)
+
+
+def stage_params(kind: str) -> Callable[[_T], _T]:
+    """Class decorator: `cls` is the parameter type of models of `kind`.
+
+    The model repository validates model.yaml defaults against it, and the
+    stage codec decodes requests into it.
+    """
+
+    def register(cls: _T) -> _T:
+        if not dataclasses.is_dataclass(cls):
+            raise TypeError(f"{cls.__name__}: stage params must be a dataclass")
+        known = _PARAMS_TYPES.get(kind)
+        if known is not None and known.__qualname__ != cls.__qualname__:
+            raise ValueError(f"kind {kind!r} already has params type {known.__name__}")
+        _PARAMS_TYPES[kind] = cls
+        return cls
+
+    return register
+
+
+def params_type_of(kind: str) -> type:
+    """The params dataclass of `kind`; ValueError naming the known kinds."""
+    try:
+        return _PARAMS_TYPES[kind]
+    except KeyError:
+        raise ValueError(
+            f"unknown stage kind {kind!r}; known: {', '.join(known_kinds())}"
+        ) from None
+
+
+def known_kinds() -> tuple[str, ...]:
+    return tuple(_PARAMS_TYPES)
 
 
 def bounded(lo: float, hi: float) -> dict[str, Any]:
@@ -31,6 +75,7 @@ def bounded(lo: float, hi: float) -> dict[str, Any]:
     return {"range": (lo, hi)}
 
 
+@stage_params(StageKind.TXT2IMG)
 @dataclass(frozen=True)
 class Txt2ImgParams:
     prompt: str
@@ -65,12 +110,21 @@ class TextPlacement(enum.StrEnum):
     CENTER = "center"
 
 
+# The strength an unset `strength` takes by what the pass does (one source
+# with the orchestrator's submit-time checks: stageflow.core.limits).
+STRENGTH_IMG2IMG = limits.STRENGTH_IMG2IMG
+STRENGTH_INPAINT = limits.STRENGTH_INPAINT
+STRENGTH_TEXT = limits.STRENGTH_TEXT
+
+
+@stage_params(StageKind.REFINE)
 @dataclass(frozen=True)
 class RefineParams:
     prompt: str
     negative_prompt: str = ""
     mode: RefineMode = RefineMode.IMG2IMG
-    strength: float = field(default=0.5, metadata=bounded(0.01, 1.0))
+    # None: by mode (STRENGTH_IMG2IMG, STRENGTH_INPAINT, STRENGTH_TEXT with text).
+    strength: float = field(default=None, metadata=bounded(0.01, 1.0))  # type: ignore[assignment]
     steps: int = field(default=40, metadata=bounded(1, 200))
     guidance_scale: float = field(default=7.5, metadata=bounded(1.0, 30.0))
     seed: int = field(default=42, metadata=bounded(0, 2**63 - 1))
@@ -95,12 +149,20 @@ class RefineParams:
     # Harmonising passes (seed, seed + 1, ...) before falling back to the exact render.
     max_attempts: int = field(default=3, metadata=bounded(1, 10))
 
+    def __post_init__(self) -> None:
+        if self.strength is None:
+            strength = limits.default_strength(
+                text=bool(self.text), inpaint=self.mode == RefineMode.INPAINT
+            )
+            object.__setattr__(self, "strength", strength)
+
 
 class UpscaleMode(enum.StrEnum):
     LEARNED = "learned"
     LANCZOS = "lanczos"
 
 
+@stage_params(StageKind.UPSCALE)
 @dataclass(frozen=True)
 class UpscaleParams:
     mode: UpscaleMode = UpscaleMode.LEARNED
@@ -152,7 +214,7 @@ class ModelIdentity:
 class ModelDescription:
     """What a loaded model accepts; served by Describe and used to validate."""
 
-    kind: StageKind
+    kind: str
     identity: ModelIdentity
     min_side: int
     max_side: int
@@ -183,24 +245,29 @@ def check_ranges(params: StageParams) -> None:
         lo, hi = f.metadata["range"]
         value = getattr(params, f.name)
         if not lo <= value <= hi:
-            raise InvalidArgument(f.name, f"must be in [{lo:g}, {hi:g}], got {value:g}")
+            raise InvalidArgument(
+                f.name, f"must be in [{_number(lo)}, {_number(hi)}], got {_number(value)}"
+            )
 
 
-MAX_PROMPT_CHARS = 2000
+def _number(value: float) -> str:
+    """An integer in full (a seed's 9223372036854775807, never 9.22337e+18)."""
+    return str(value) if isinstance(value, int) else f"{value:g}"
+
+
+MAX_PROMPT_CHARS = limits.MAX_PROMPT_CHARS
 
 
 def check_prompts(params: StageParams) -> None:
-    """Prompts must be non-empty (negative prompts may be empty) and bounded."""
+    """Prompts must be non-empty (negative prompts may be empty) and bounded
+    (stageflow.core.limits; the orchestrator applies the same rule)."""
     for name in ("prompt", "negative_prompt"):
         text = getattr(params, name, None)
         if text is None:
             continue
-        if name == "prompt" and not text.strip():
-            raise InvalidArgument(name, "must not be empty")
-        if len(text) > MAX_PROMPT_CHARS:
-            raise InvalidArgument(
-                name, f"must be at most {MAX_PROMPT_CHARS} characters, got {len(text)}"
-            )
+        problem = limits.prompt_problem(text, required=name == "prompt")
+        if problem:
+            raise InvalidArgument(name, problem)
 
 
 def check_side(name: str, value: int, desc: ModelDescription) -> None:
@@ -221,7 +288,7 @@ class StageModel(abc.ABC):
     called from a worker thread, at most `max_concurrency` at a time.
     """
 
-    kind: ClassVar[StageKind]
+    kind: ClassVar[str]
     params_type: ClassVar[type]
 
     @abc.abstractmethod
@@ -245,8 +312,10 @@ class StageModel(abc.ABC):
         check_prompts(params)
 
     def validate_inputs(self, params: StageParams, inputs: StageInputs) -> None:
-        """Raise InvalidArgument (or FailedPrecondition for a missing input) once
-        the inputs are decoded, before running: input sizes, mask presence."""
+        """Raise InvalidArgument for a missing input or a bad size, before
+        running: input sizes, mask presence. Called on the inputs' headers
+        (sizes and modes known, no pixel decoded yet) and may be called again
+        on the decoded images."""
         return None
 
     @abc.abstractmethod

@@ -1,7 +1,9 @@
 """Stage models from the model repository: resolve, check, materialize, load.
 
-A stage knows its kind (base -> txt2img, ...); the version's model.yaml gives
-its format and backend; together they pick the registry family. What the
+A stage knows its kind (txt2img, ...) and which family serves it from each
+model.yaml format (both from the kind's declaration in stageflow.kinds, handed
+in by the stage process); the version's model.yaml gives its format and
+backend; together they pick the registry family. What the
 stage then reports (Describe, every result) is the version's identity from
 model.yaml: name, version, backend and fingerprint.
 
@@ -24,7 +26,6 @@ from stageflow.inference.interface import (
     ModelIdentity,
     ProgressFn,
     StageInputs,
-    StageKind,
     StageModel,
     StageOutput,
     StageParams,
@@ -33,7 +34,6 @@ from stageflow.inference.interface import (
 )
 from stageflow.inference.repository import (
     Backend,
-    ModelFormat,
     ModelRepository,
     ModelVersion,
     parse_ref,
@@ -42,23 +42,6 @@ from stageflow.inference.repository import (
 log = get_logger(__name__)
 
 ModelFactory = Callable[..., StageModel]
-
-# Which kind of model each stage process serves.
-STAGE_KINDS: Mapping[str, StageKind] = {
-    "base": StageKind.TXT2IMG,
-    "refine": StageKind.REFINE,
-    "upscale": StageKind.UPSCALE,
-}
-
-# (stage kind, model.yaml format) -> registry family; the backend is passed apart.
-FAMILIES: Mapping[tuple[StageKind, ModelFormat], str] = {
-    (StageKind.TXT2IMG, ModelFormat.DIFFUSERS): "sd-txt2img",
-    (StageKind.REFINE, ModelFormat.DIFFUSERS): "sd-refine",
-    (StageKind.UPSCALE, ModelFormat.ESRGAN): "esrgan",
-    (StageKind.TXT2IMG, ModelFormat.ONNX): "sd-txt2img",
-    (StageKind.REFINE, ModelFormat.ONNX): "sd-refine",
-    (StageKind.UPSCALE, ModelFormat.ONNX): "esrgan",
-}
 
 # Architectures that import (so they can be listed and compiled later) but that
 # our denoise loop does not drive yet: refused at load with the reason.
@@ -105,7 +88,8 @@ class RepositoryModel(StageModel):
             min_side=max(own.min_side, sizes.min_side),
             max_side=min(own.max_side, sizes.max_side),
             size_multiple=multiple,
-            param_defaults=self.version.defaults.get(own.kind, {}),
+            # model.yaml's over the model's own.
+            param_defaults={**own.param_defaults, **self.version.defaults.get(own.kind, {})},
         )
 
     def validate(self, params: StageParams) -> None:
@@ -133,14 +117,18 @@ class RepositoryModel(StageModel):
 
 
 class RepositoryLoader:
-    """Loads `name@version` for one stage kind; `load` blocks (run it in a thread)."""
+    """Loads `name@version` for one stage kind; `load` blocks (run it in a thread).
+
+    `families` maps a model.yaml format to the registry family that serves this
+    kind from it (the backend is passed apart)."""
 
     def __init__(
         self,
         repository: ModelRepository,
-        kind: StageKind,
+        kind: str,
         create_model: ModelFactory,
         *,
+        families: Mapping[str, str],
         device: str = "cpu",
         torch_threads: int = 0,
         max_side: int = 1024,
@@ -149,6 +137,7 @@ class RepositoryLoader:
     ) -> None:
         self.repository = repository
         self.kind = kind
+        self._families = dict(families)
         self._create = create_model
         self._device = device
         self._torch_threads = torch_threads
@@ -168,7 +157,7 @@ class RepositoryLoader:
             )
         if found.architecture in UNSUPPORTED:
             raise FailedPrecondition(f"model {found.ref}: {UNSUPPORTED[found.architecture]}")
-        family = FAMILIES.get((self.kind, found.format))
+        family = self._families.get(str(found.format))
         if family is None:
             raise FailedPrecondition(
                 f"model {found.ref}: no {self.kind} model family for format {found.format}"

@@ -21,6 +21,18 @@ FAMILY_PATHS: dict[str, str] = {
 }
 
 
+def register_family(family: str, target: str) -> None:
+    """Add a family ("module:Class"), e.g. one a stage kind declared outside
+    stageflow brings (stageflow.kinds `family_classes`); the same name twice
+    must name the same class."""
+    known = FAMILY_PATHS.get(family)
+    if known is not None and known != target:
+        raise ValueError(f"model family {family!r} is already {known}, not {target}")
+    if ":" not in target:
+        raise ValueError(f"model family {family!r}: expected module:Class, got {target!r}")
+    FAMILY_PATHS[family] = target
+
+
 def families() -> list[str]:
     return sorted(FAMILY_PATHS)
 

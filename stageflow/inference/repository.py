@@ -38,15 +38,23 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Annotated, Any, Protocol
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from stageflow.core.errors import DataLoss, FailedPrecondition, InvalidArgument, NotFound
 from stageflow.core.logging import get_logger
 from stageflow.core.storage import ObjectStore, check_key, open_location, parse_store_url
-from stageflow.inference.interface import RefineParams, StageKind, Txt2ImgParams, UpscaleParams
+from stageflow.inference.interface import StageKind, params_type_of
 
 log = get_logger(__name__)
 
@@ -75,12 +83,6 @@ class Backend(enum.StrEnum):
 COMPILE_BACKENDS: Mapping[str, Backend] = {
     "onnx": Backend.ONNXRUNTIME,
     "tensorrt": Backend.TENSORRT,
-}
-
-_PARAMS_TYPES: Mapping[StageKind, type] = {
-    StageKind.TXT2IMG: Txt2ImgParams,
-    StageKind.REFINE: RefineParams,
-    StageKind.UPSCALE: UpscaleParams,
 }
 
 
@@ -120,12 +122,12 @@ def version_order(version: str) -> tuple[tuple[int, int, str], ...]:
     )
 
 
-def defaultable_params(kind: StageKind) -> dict[str, dataclasses.Field[Any]]:
+def defaultable_params(kind: str) -> dict[str, dataclasses.Field[Any]]:
     """Parameters a model.yaml may give defaults for: the numeric ones."""
     return {
         f.name: f
-        for f in dataclasses.fields(_PARAMS_TYPES[kind])
-        if f.type in ("int", "float") or "range" in f.metadata
+        for f in dataclasses.fields(params_type_of(kind))
+        if f.type in ("int", "float", int, float) or "range" in f.metadata
     }
 
 
@@ -155,6 +157,11 @@ class FileEntry(BaseModel):
     size: int = Field(ge=0)
 
 
+def _known_kind(kind: str) -> str:
+    params_type_of(kind)  # ValueError naming the known kinds
+    return str(kind)
+
+
 class ModelVersion(BaseModel):
     """One version of a model: the contents of its model.yaml."""
 
@@ -163,13 +170,16 @@ class ModelVersion(BaseModel):
     manifest_version: int = Field(default=1, ge=1, le=1, description="model.yaml schema version.")
     name: str = Field(pattern=_NAME.pattern)
     version: str = Field(pattern=_NAME.pattern)
-    kinds: list[StageKind] = Field(min_length=1, description="Stage kinds it serves.")
+    kinds: list[Annotated[str, AfterValidator(_known_kind)]] = Field(
+        min_length=1, description="Stage kinds it serves."
+    )
     format: ModelFormat
     architecture: str = Field(default="", description="e.g. sd, sdxl, rrdbnet-x4.")
     backend: Backend
     sizes: Sizes
-    defaults: dict[StageKind, dict[str, int | float]] = Field(
-        default_factory=dict, description="Parameter defaults per stage kind."
+    defaults: dict[str, dict[str, int | float]] = Field(
+        default_factory=dict,
+        description="Parameter defaults per stage kind, over the model class's own.",
     )
     fingerprint: str = Field(pattern=_SHA256)
     files: dict[str, FileEntry] = Field(min_length=1)
@@ -185,10 +195,10 @@ class ModelVersion(BaseModel):
 
     @field_validator("kinds")
     @classmethod
-    def _unique_kinds(cls, kinds: list[StageKind]) -> list[StageKind]:
+    def _unique_kinds(cls, kinds: list[str]) -> list[str]:
         if len(set(kinds)) != len(kinds):
             raise ValueError(f"lists a kind twice: {[str(k) for k in kinds]}")
-        return kinds
+        return [str(k) for k in kinds]
 
     @field_validator("files")
     @classmethod
@@ -211,6 +221,13 @@ class ModelVersion(BaseModel):
                 raise ValueError(f"must be name@version, got {source!r}")
         return source
 
+    @field_validator("defaults")
+    @classmethod
+    def _plain_kinds(
+        cls, defaults: dict[str, dict[str, int | float]]
+    ) -> dict[str, dict[str, int | float]]:
+        return {str(kind): values for kind, values in defaults.items()}
+
     @model_validator(mode="after")
     def _defaults_fit(self) -> ModelVersion:
         for kind, values in self.defaults.items():
@@ -222,7 +239,7 @@ class ModelVersion(BaseModel):
                 if key not in known:
                     raise ValueError(f"{where}: unknown parameter; known: {', '.join(known)}")
                 f = known[key]
-                if f.type == "int" and value != int(value):
+                if f.type in ("int", int) and value != int(value):
                     raise ValueError(f"{where}: must be a whole number, got {value:g}")
                 lo, hi = f.metadata.get("range", (self.sizes.min_side, self.sizes.max_side))
                 if not lo <= value <= hi:
@@ -305,9 +322,9 @@ def check_files(version: ModelVersion, folder: Path) -> list[str]:
 class Detected:
     format: ModelFormat
     architecture: str
-    kinds: list[StageKind]
+    kinds: list[str]
     sizes: Sizes
-    defaults: dict[StageKind, dict[str, int | float]]
+    defaults: dict[str, dict[str, int | float]]
 
 
 def _read_json(path: Path) -> dict[str, Any]:
@@ -328,7 +345,7 @@ def _detect_diffusers(src: Path) -> Detected | None:
     unet = _read_json(src / "unet" / "config.json")
     vae = _read_json(src / "vae" / "config.json")
     xl = "text_encoder_2" in index or "XL" in pipeline
-    kinds = [StageKind.TXT2IMG, StageKind.REFINE]
+    kinds: list[str] = [StageKind.TXT2IMG, StageKind.REFINE]
     if "Inpaint" in pipeline or ("Img2Img" in pipeline and "text_encoder" not in index):
         kinds = [StageKind.REFINE]  # inpainting UNets and the SDXL refiner start from an image
     architecture = "sdxl" if xl else "sd"
@@ -340,9 +357,10 @@ def _detect_diffusers(src: Path) -> Detected | None:
     native = int(max(sample) if isinstance(sample, list) else sample) * vae_scale
     native = max(multiple, native // multiple * multiple)
     max_side = max(1024, 2 * native) // multiple * multiple
-    defaults: dict[StageKind, dict[str, int | float]] = {
-        StageKind.TXT2IMG: {"width": native, "height": native, "steps": 20, "guidance_scale": 7.5},
-        StageKind.REFINE: {"steps": 40, "strength": 0.5, "guidance_scale": 7.5},
+    # What this folder says about itself: its native size. Steps, guidance and
+    # strength stay the model class's defaults (one owner each).
+    defaults: dict[str, dict[str, int | float]] = {
+        StageKind.TXT2IMG: {"width": native, "height": native},
     }
     return Detected(
         format=ModelFormat.DIFFUSERS,
@@ -368,7 +386,7 @@ def _detect_esrgan(src: Path) -> Detected | None:
         architecture=f"rrdbnet-x{raw.get('scale', 4)}",
         kinds=[StageKind.UPSCALE],
         sizes=Sizes(min_side=1, max_side=1024, size_multiple=1),
-        defaults={StageKind.UPSCALE: {"tile_size": 128, "tile_overlap": 24}},
+        defaults={},
     )
 
 

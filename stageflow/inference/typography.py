@@ -13,13 +13,13 @@ from __future__ import annotations
 
 import functools
 import math
-import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageColor, ImageDraw, ImageFilter, ImageFont
 
+from stageflow.core import limits
 from stageflow.inference.interface import Box, TextPlacement
 
 FONT_PATH = Path(__file__).resolve().parent / "fonts" / "DejaVuSans.ttf"
@@ -34,7 +34,7 @@ WHITE: RGB = (255, 255, 255)
 PALETTE: tuple[RGB, ...] = (BLACK, WHITE)
 
 MIN_FONT_SIZE = 4
-MAX_TEXT_CHARS = 200
+MAX_TEXT_CHARS = limits.MAX_TEXT_CHARS
 
 
 # Each placement is a full-width band; BOTTOM is the orchestrator's text band.
@@ -141,13 +141,10 @@ def has_glyph(char: str) -> bool:
 
 def text_problem(text: str) -> str | None:
     """Why `text` cannot be rendered on one line with this font, or None."""
-    if not text.strip():
-        return "must not be blank"
-    if len(text) > MAX_TEXT_CHARS:
-        return f"must be at most {MAX_TEXT_CHARS} characters, got {len(text)}"
-    for char in text:
-        if unicodedata.category(char).startswith("C"):
-            return f"must be one line of printable characters, got {char!r}"
+    # The rules the orchestrator checks at submit too (stageflow.core.limits).
+    problem = limits.text_chars_problem(text)
+    if problem:
+        return problem
     missing = sorted({c for c in text if not has_glyph(c)})
     if missing:
         shown = ", ".join(f"{c!r} (U+{ord(c):04X})" for c in missing[:5])

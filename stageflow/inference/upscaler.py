@@ -116,7 +116,7 @@ class EsrganUpscaler(LocalModel):
 
     def validate_inputs(self, params: StageParams, inputs: StageInputs) -> None:
         if inputs.image is None:
-            raise FailedPrecondition("image: the upscale stage needs an input image")
+            raise InvalidArgument("image", "is required: the upscale stage reads an input image")
         desc = self.describe()
         check_side("image", inputs.image.width, desc)
         check_side("image", inputs.image.height, desc)

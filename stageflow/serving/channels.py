@@ -11,6 +11,16 @@ from stageflow.serving.tracing import client_interceptors
 
 MiB = 1024 * 1024
 
+# Reconnect backoff of every channel, bounded: gRPC's default grows to 120 s,
+# so a channel to a server that was down a minute stayed failed for 20 s and
+# more after the server was back. Here a lost connection is retried at least
+# every second (each attempt given at least a second to connect).
+RECONNECT_OPTIONS: tuple[tuple[str, int], ...] = (
+    ("grpc.initial_reconnect_backoff_ms", 250),
+    ("grpc.min_reconnect_backoff_ms", 1000),
+    ("grpc.max_reconnect_backoff_ms", 1000),
+)
+
 
 def client_channel(
     address: str,
@@ -22,7 +32,8 @@ def client_channel(
     """An insecure grpc.aio channel to ``host:port``.
 
     gRPC's default receive limit is 4 MiB; both directions are set here so a
-    large message fails the same way on either side. `options` adds channel
+    large message fails the same way on either side. The reconnect backoff is
+    bounded (RECONNECT_OPTIONS). `options` adds channel
     arguments, e.g. a service config choosing the load-balancing policy.
     Calls carry the current trace context (W3C traceparent) after `interceptors`.
     With `credentials` (stageflow.serving.tls) the channel is TLS.
@@ -30,6 +41,7 @@ def client_channel(
     channel_options = [
         ("grpc.max_send_message_length", max_message_bytes),
         ("grpc.max_receive_message_length", max_message_bytes),
+        *RECONNECT_OPTIONS,
         *options,
     ]
     chain = [*interceptors, *client_interceptors()]

@@ -16,6 +16,7 @@ from typing import Any
 import grpc
 import structlog
 from google.protobuf import any_pb2
+from google.protobuf.message import Message
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 from opentelemetry import trace
@@ -23,6 +24,7 @@ from opentelemetry import trace
 from stageflow.core.errors import InvalidArgument, ResourceExhausted, StageflowError
 from stageflow.core.logging import get_logger
 from stageflow.serving import metrics, tracing
+from stageflow.serving.limits import SELF_CHECKED, check_request
 
 log = get_logger(__name__)
 
@@ -55,18 +57,29 @@ def _status_code(context: grpc.aio.ServicerContext) -> grpc.StatusCode:
     return grpc.StatusCode.OK
 
 
+# Longest status message sent: a message is metadata, which grpc caps at 8 KiB
+# in all (a longer one would turn the answer into RESOURCE_EXHAUSTED).
+MAX_STATUS_MESSAGE_CHARS = 1000
+
+
+def _short(message: str) -> str:
+    if len(message) <= MAX_STATUS_MESSAGE_CHARS:
+        return message
+    return message[: MAX_STATUS_MESSAGE_CHARS - 15] + "... (truncated)"
+
+
 async def _abort(context: grpc.aio.ServicerContext, err: Exception, request_id: str) -> None:
     """Abort the call with the status `err` stands for (abort always raises)."""
     if isinstance(err, InvalidArgument):
         # Rich details let a client show which field was wrong without
         # parsing the message (google.rpc.BadRequest, as the grpc examples do).
         violation = error_details_pb2.BadRequest.FieldViolation(
-            field=err.field, description=err.message.removeprefix(f"{err.field}: ")
+            field=_short(err.field), description=_short(err.message.removeprefix(f"{err.field}: "))
         )
         detail = any_pb2.Any()
         detail.Pack(error_details_pb2.BadRequest(field_violations=[violation]))
         status = status_pb2.Status(
-            code=code_pb2.INVALID_ARGUMENT, message=err.message, details=[detail]
+            code=code_pb2.INVALID_ARGUMENT, message=_short(err.message), details=[detail]
         )
         await context.abort_with_status(rpc_status.to_status(status))
     elif isinstance(err, ResourceExhausted) and err.retry_after_seconds is not None:
@@ -81,7 +94,7 @@ async def _abort(context: grpc.aio.ServicerContext, err: Exception, request_id: 
         await context.abort_with_status(rpc_status.to_status(status))
     elif isinstance(err, StageflowError):
         code = grpc.StatusCode.__members__.get(err.code, grpc.StatusCode.INTERNAL)
-        await context.abort(code, err.message)
+        await context.abort(code, _short(err.message))
     else:
         # The message stays generic (it may hold paths or data); the request
         # id ties the caller's report to the logged traceback.
@@ -123,6 +136,7 @@ class ErrorInterceptor(_WrappingInterceptor):
             async def stream(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
                 async with _call_scope(method, context) as request_id:
                     try:
+                        _check_limits(method, request)
                         async for response in behavior(request, context):
                             yield response
                     except (grpc.aio.AbortError, asyncio.CancelledError):
@@ -135,6 +149,7 @@ class ErrorInterceptor(_WrappingInterceptor):
         async def unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
             async with _call_scope(method, context) as request_id:
                 try:
+                    _check_limits(method, request)
                     result = behavior(request, context)
                     # A plain function (e.g. a sync handler) returns its answer.
                     return await result if inspect.isawaitable(result) else result
@@ -144,6 +159,15 @@ class ErrorInterceptor(_WrappingInterceptor):
                     await _abort(context, err, request_id)
 
         return unary
+
+
+def _check_limits(method: str, request: Any) -> None:
+    """Every field of a stageflow request within its maximum (serving.limits),
+    before the handler does any work; a service that authenticates its callers
+    checks them itself, after authentication (`limits.checks_itself`)."""
+    service = method.split("/")[1] if method.count("/") >= 2 else ""
+    if isinstance(request, Message) and service not in SELF_CHECKED:
+        check_request(request)
 
 
 def _rewrap(

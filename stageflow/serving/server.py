@@ -68,6 +68,7 @@ async def serve(
     *,
     startup: Callable[[], Awaitable[None]] | None = None,
     shutdown: Callable[[], Awaitable[None]] | None = None,
+    drain: Callable[[float], Awaitable[None]] | None = None,
     interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
     name: str = "",
 ) -> None:
@@ -80,6 +81,10 @@ async def serve(
     Raises when the address cannot be bound or `startup` fails. Once the
     server has started, `shutdown` always runs on the way out, after in-flight
     calls drained (so it must cope with a `startup` that did not finish).
+    `drain(seconds)`, when given, runs first, health already NOT_SERVING and
+    calls still served: the process stops taking on work and lets what runs
+    end within `seconds` (the grace period); the server then stops with what
+    is left of the grace.
     """
     process = name  # `name` is reused below for the services' names
     limit = settings.max_message_bytes
@@ -160,7 +165,13 @@ async def serve(
         # Order matters: stop advertising first, so balancers move new calls
         # elsewhere, then let in-flight calls finish, then release the model.
         await health.enter_graceful_shutdown()
-        await server.stop(settings.grace_seconds)
+        grace_ends = loop.time() + settings.grace_seconds
+        if drain is not None:
+            try:
+                await drain(settings.grace_seconds)
+            except Exception:
+                log.exception("drain failed")
+        await server.stop(max(0.0, grace_ends - loop.time()))
         if shutdown is not None:
             try:
                 await shutdown()

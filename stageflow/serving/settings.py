@@ -12,6 +12,7 @@ from typing import Any, Literal
 from pydantic import Field, SecretStr, field_validator, model_validator
 
 from stageflow.core.settings import StageflowSettings, load_settings
+from stageflow.core.storage import DEFAULT_S3_RETRY_SECONDS, parse_store_url
 from stageflow.serving.stores import InstrumentedStore, open_store
 
 MiB = 1024 * 1024
@@ -63,6 +64,12 @@ class CommonSettings(StageflowSettings):
         default=SecretStr(""), description="S3 secret key (s3:// stores)."
     )
     s3_region: str = Field(default="", description="S3 region; empty asks the server.")
+    s3_retry_seconds: float = Field(
+        default=DEFAULT_S3_RETRY_SECONDS,
+        gt=0,
+        description="How long an S3 request is retried while the server is unreachable or "
+        "answers 5xx (a restart); then the call fails UNAVAILABLE, which callers retry.",
+    )
     metrics_port: int | None = Field(
         default=0,
         le=65535,
@@ -95,6 +102,12 @@ class CommonSettings(StageflowSettings):
     def _empty_disables(cls, value: Any) -> Any:
         return None if value == "" else value
 
+    @field_validator("store_url")
+    @classmethod
+    def _parsable_store_url(cls, value: str) -> str:
+        parse_store_url(value)  # its ValueError names what is wrong, e.g. the bucket
+        return value
+
     @field_validator("log_level")
     @classmethod
     def _known_level(cls, value: str) -> str:
@@ -109,6 +122,7 @@ class CommonSettings(StageflowSettings):
             access_key=self.s3_access_key,
             secret_key=self.s3_secret_key.get_secret_value(),
             region=self.s3_region,
+            retry_seconds=self.s3_retry_seconds,
         )
 
     @model_validator(mode="after")

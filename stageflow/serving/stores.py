@@ -12,17 +12,28 @@ from contextlib import contextmanager, nullcontext
 from datetime import timedelta
 from pathlib import Path
 
-from stageflow.core.storage import ObjectStore
+from stageflow.core.storage import DEFAULT_S3_RETRY_SECONDS, ObjectStore
 from stageflow.core.storage import open_store as open_plain_store
 from stageflow.serving import metrics, tracing
 
 
 def open_store(
-    url: str, *, access_key: str = "", secret_key: str = "", region: str = ""
+    url: str,
+    *,
+    access_key: str = "",
+    secret_key: str = "",
+    region: str = "",
+    retry_seconds: float = DEFAULT_S3_RETRY_SECONDS,
 ) -> InstrumentedStore:
     """`stageflow.core.storage.open_store`, instrumented (see `InstrumentedStore`)."""
     return InstrumentedStore(
-        open_plain_store(url, access_key=access_key, secret_key=secret_key, region=region)
+        open_plain_store(
+            url,
+            access_key=access_key,
+            secret_key=secret_key,
+            region=region,
+            retry_seconds=retry_seconds,
+        )
     )
 
 

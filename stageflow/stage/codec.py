@@ -1,120 +1,183 @@
 """Translation between the stage protos and the transport-neutral model types.
 
-Unset `optional` proto fields take the params dataclass defaults; a set value
-is passed through as is and validated by the model (never silently corrected).
+Derived from the stage-kind registry (stageflow.kinds): each kind names its
+params message (or none: GenericParams) and the model layer's params
+dataclass, and the two are mapped field by field, by name. Unset `optional`
+fields take the loaded model's defaults (its model.yaml) where it has them,
+else the dataclass defaults; a set value is passed through as is and
+validated by the model (never silently corrected). Enum values map by their
+short name (REFINE_MODE_INPAINT -> RefineMode("inpaint")); UNSPECIFIED is the
+dataclass default; message fields (boxes) map onto dataclasses by field name.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Mapping
+import enum
+import importlib
+import types
+import typing
+from collections.abc import Mapping
 from typing import Any
 
+from google.protobuf import json_format, struct_pb2
+from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import Message
 
+from stageflow import kinds
 from stageflow.core.artifacts import Artifact
 from stageflow.core.errors import InvalidArgument
+from stageflow.core.limits import quote
+from stageflow.inference import interface, registry
 from stageflow.inference.interface import (
-    Box,
     ModelDescription,
     ModelIdentity,
-    RefineMode,
-    RefineParams,
     StageParams,
     TextCheck,
-    TextPlacement,
-    Txt2ImgParams,
-    UpscaleMode,
-    UpscaleParams,
 )
 from stageflow.v1 import common_pb2, stage_pb2
 
-_REFINE_MODES = {
-    stage_pb2.REFINE_MODE_UNSPECIFIED: RefineMode.IMG2IMG,
-    stage_pb2.REFINE_MODE_IMG2IMG: RefineMode.IMG2IMG,
-    stage_pb2.REFINE_MODE_INPAINT: RefineMode.INPAINT,
-}
-_TEXT_PLACEMENTS = {
-    stage_pb2.TEXT_PLACEMENT_UNSPECIFIED: TextPlacement.BOTTOM,
-    stage_pb2.TEXT_PLACEMENT_BOTTOM: TextPlacement.BOTTOM,
-    stage_pb2.TEXT_PLACEMENT_TOP: TextPlacement.TOP,
-    stage_pb2.TEXT_PLACEMENT_CENTER: TextPlacement.CENTER,
-}
-_UPSCALE_MODES = {
-    stage_pb2.UPSCALE_MODE_UNSPECIFIED: UpscaleMode.LEARNED,
-    stage_pb2.UPSCALE_MODE_LEARNED: UpscaleMode.LEARNED,
-    stage_pb2.UPSCALE_MODE_LANCZOS: UpscaleMode.LANCZOS,
-}
+# -- the kinds, resolved --------------------------------------------------------
 
 
-def _present_fields(
-    msg: Message,
-    params_type: type,
-    defaults: Mapping[str, Any],
-    *,
-    skip: tuple[str, ...] = (),
-) -> dict[str, Any]:
-    """The dataclass fields the message sets (explicit presence) or always
-    carries; an unset field takes the model's default when it has one, else
-    the dataclass default (by being left out)."""
-    values: dict[str, Any] = {}
-    for f in dataclasses.fields(params_type):
-        if f.name in skip:
-            continue
-        descriptor = msg.DESCRIPTOR.fields_by_name[f.name]
-        if descriptor.has_presence and not msg.HasField(f.name):
-            if f.name in defaults:
-                values[f.name] = _as_type_of(f.default, defaults[f.name])
-            continue
-        values[f.name] = getattr(msg, f.name)
-    return values
+_RESOLVED: dict[str, tuple[kinds.Kind, type]] = {}
 
 
-def _as_type_of(example: Any, value: Any) -> Any:
+def _resolved(kind: kinds.Kind) -> type:
+    """The kind's params dataclass, imported from its path and known to the
+    model layer under the kind's model kind (so model.yaml defaults validate)."""
+    cached = _RESOLVED.get(kind.name)
+    if cached is not None and cached[0] is kind:
+        return cached[1]
+    module_name, _, class_name = kind.params_type.partition(":")
+    cls = getattr(importlib.import_module(module_name), class_name, None)
+    if not isinstance(cls, type) or not dataclasses.is_dataclass(cls):
+        raise TypeError(f"kind {kind.name}: params_type {kind.params_type} is not a dataclass")
+    if kind.model_kind not in interface.known_kinds():
+        interface.stage_params(kind.model_kind)(cls)
+    elif interface.params_type_of(kind.model_kind) is not cls:
+        raise TypeError(
+            f"kind {kind.name}: model kind {kind.model_kind!r} has params type "
+            f"{interface.params_type_of(kind.model_kind).__name__}, not {class_name}"
+        )
+    for family, target in kind.family_classes.items():
+        registry.register_family(family, target)
+    _RESOLVED[kind.name] = (kind, cls)
+    return cls
+
+
+def params_type(kind: kinds.Kind) -> type:
+    return _resolved(kind)
+
+
+def install() -> None:
+    """Resolve every registered kind: the model layer then knows each kind's
+    params type and families (call before reading a model repository)."""
+    for kind in kinds.all_kinds():
+        _resolved(kind)
+
+
+def _field_kinds() -> dict[str, kinds.Kind]:
+    """RunRequest `params` member -> the kind it carries (message kinds only)."""
+    return {kinds.params_field(k): k for k in kinds.all_kinds() if not k.generic}
+
+
+# -- values -------------------------------------------------------------------
+
+
+def _plain(hint: Any) -> Any:
+    """`X | None` -> X."""
+    if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
+        members = [a for a in typing.get_args(hint) if a is not type(None)]
+        if len(members) == 1:
+            return members[0]
+    return hint
+
+
+def _coerce(hint: Any, value: Any) -> Any:
     """YAML may give 30.0 for an int field: keep the field's own type."""
-    return type(example)(value)
+    target = _plain(hint)
+    return target(value) if target in (int, float) else value
 
 
-def _enum(table: Mapping[Any, Any], value: int, field: str) -> Any:
-    if value not in table:
-        raise InvalidArgument(field, f"unknown value {value}")
-    return table[value]
+def _enum(hint: Any, fd: Any, number: int, field: str) -> Any:
+    enum_type = fd.enum_type
+    assert enum_type is not None
+    value = enum_type.values_by_number.get(number)
+    if value is None:
+        raise InvalidArgument(field, f"unknown value {number}")
+    short = value.name.removeprefix(kinds.enum_prefix(enum_type.name)).lower()
+    try:
+        return _plain(hint)(short)
+    except ValueError:
+        raise InvalidArgument(field, f"{value.name} is not supported by this stage") from None
 
 
-def _txt2img(msg: stage_pb2.Txt2ImgParams, defaults: Mapping[str, Any]) -> Txt2ImgParams:
-    return Txt2ImgParams(**_present_fields(msg, Txt2ImgParams, defaults))
+def _nested(hint: Any, msg: Message) -> Any:
+    """A message field onto the dataclass its params field names (a Box)."""
+    target = _plain(hint)
+    return target(**{f.name: getattr(msg, f.name) for f in dataclasses.fields(target)})
 
 
-def _box(msg: Message, field: str) -> Box | None:
-    if not msg.HasField(field):
-        return None
-    b = getattr(msg, field)
-    return Box(left=b.left, top=b.top, right=b.right, bottom=b.bottom)
+def _from_message(msg: Message, cls: type, defaults: Mapping[str, Any]) -> Any:
+    hints = typing.get_type_hints(cls)
+    wire = msg.DESCRIPTOR.fields_by_name
+    values: dict[str, Any] = {}
+    for f in dataclasses.fields(cls):
+        fd = wire.get(f.name)
+        if fd is None or (fd.has_presence and not msg.HasField(f.name)):
+            if f.name in defaults:
+                values[f.name] = _coerce(hints[f.name], defaults[f.name])
+            continue
+        if fd.type == FieldDescriptor.TYPE_MESSAGE:
+            values[f.name] = _nested(hints[f.name], getattr(msg, f.name))
+        elif fd.type == FieldDescriptor.TYPE_ENUM:
+            number = getattr(msg, f.name)
+            if number != 0:  # UNSPECIFIED: the dataclass default
+                values[f.name] = _enum(hints[f.name], fd, number, f.name)
+        else:
+            values[f.name] = getattr(msg, f.name)
+    return cls(**values)
 
 
-def _refine(msg: stage_pb2.RefineParams, defaults: Mapping[str, Any]) -> RefineParams:
-    values = _present_fields(
-        msg, RefineParams, defaults, skip=("mode", "mask_box", "text_placement", "text_box")
-    )
-    return RefineParams(
-        mode=_enum(_REFINE_MODES, msg.mode, "mode"),
-        mask_box=_box(msg, "mask_box"),
-        text_placement=_enum(_TEXT_PLACEMENTS, msg.text_placement, "text_placement"),
-        text_box=_box(msg, "text_box"),
-        **values,
-    )
+def _typed(hint: Any, value: Any, field: str) -> Any:
+    """A Struct value (JSON: numbers are floats) as the params field's type."""
+    target = _plain(hint)
+    if isinstance(target, type) and issubclass(target, enum.Enum):
+        try:
+            return target(value)
+        except ValueError:
+            allowed = ", ".join(str(m.value) for m in target)
+            raise InvalidArgument(field, f"must be one of {allowed}, got {quote(value)}") from None
+    if target is bool:
+        if not isinstance(value, bool):
+            raise InvalidArgument(field, f"must be true or false, got {quote(value)}")
+        return value
+    if target in (int, float):
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise InvalidArgument(field, f"must be a number, got {quote(value)}")
+        if target is int and value != int(value):
+            raise InvalidArgument(field, f"must be a whole number, got {value:g}")
+        return target(value)
+    if target is str and not isinstance(value, str):
+        raise InvalidArgument(field, f"must be a string, got {quote(value)}")
+    return value
 
 
-def _upscale(msg: stage_pb2.UpscaleParams, defaults: Mapping[str, Any]) -> UpscaleParams:
-    values = _present_fields(msg, UpscaleParams, defaults, skip=("mode",))
-    return UpscaleParams(mode=_enum(_UPSCALE_MODES, msg.mode, "mode"), **values)
-
-
-_DECODERS: dict[str, Callable[[Any, Mapping[str, Any]], StageParams]] = {
-    "txt2img": _txt2img,
-    "refine": _refine,
-    "upscale": _upscale,
-}
+def _from_struct(values: struct_pb2.Struct, cls: type, defaults: Mapping[str, Any]) -> Any:
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    given = json_format.MessageToDict(values)
+    for key in given:
+        if key not in fields:
+            raise InvalidArgument(key, f"unknown parameter; known: {', '.join(fields)}")
+    out: dict[str, Any] = {}
+    for name in fields:
+        if name in given:
+            out[name] = _typed(hints[name], given[name], name)
+        elif name in defaults:
+            out[name] = _coerce(hints[name], defaults[name])
+    return cls(**out)
 
 
 def params_from_request(
@@ -123,9 +186,35 @@ def params_from_request(
     """The request's params; unset optional fields take `defaults` (the loaded
     model's, from its model.yaml) where given, else the dataclass defaults."""
     which = request.WhichOneof("params")
+    by_field = _field_kinds()
     if which is None:
-        raise InvalidArgument("params", f"one of {', '.join(_DECODERS)} is required")
-    return _DECODERS[which](getattr(request, which), defaults or {})
+        members = ", ".join([*by_field, kinds.GENERIC_FIELD])
+        raise InvalidArgument("params", f"one of {members} is required")
+    if which == kinds.GENERIC_FIELD:
+        generic = request.generic
+        try:
+            kind = kinds.by_model_kind(generic.kind)
+        except KeyError as err:
+            raise InvalidArgument("generic.kind", str(err.args[0])) from None
+        result: StageParams = _from_struct(generic.values, _resolved(kind), defaults or {})
+        return result
+    kind = by_field[which]
+    decoded: StageParams = _from_message(getattr(request, which), _resolved(kind), defaults or {})
+    return decoded
+
+
+def param_defaults(desc: ModelDescription) -> dict[str, float]:
+    """What each numeric parameter takes when unset on this model: model.yaml's
+    default, else the params dataclass's (None defaults, decided per call, are
+    left out)."""
+    out: dict[str, float] = {}
+    for f in dataclasses.fields(interface.params_type_of(desc.kind)):
+        default = f.default
+        if isinstance(default, bool) or not isinstance(default, int | float):
+            continue
+        out[f.name] = float(default)
+    out.update({k: float(v) for k, v in desc.param_defaults.items()})
+    return out
 
 
 def model_info(identity: ModelIdentity) -> common_pb2.ModelInfo:
@@ -174,4 +263,5 @@ def describe_response(
         ready=ready,
         max_concurrency=max_concurrency,
         max_queue=max_queue,
+        defaults=param_defaults(desc),
     )

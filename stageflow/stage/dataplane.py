@@ -25,10 +25,11 @@ from typing import Any, NoReturn
 
 from PIL import Image
 
+from stageflow.core import limits
 from stageflow.core.artifacts import Artifact, get_artifact, put_artifact
 from stageflow.core.errors import Cancelled, DeadlineExceeded, InvalidArgument
 from stageflow.core.logging import get_logger
-from stageflow.core.storage import ObjectStore
+from stageflow.core.storage import ObjectStore, check_key
 from stageflow.inference.interface import (
     ModelDescription,
     ModelIdentity,
@@ -39,7 +40,7 @@ from stageflow.inference.interface import (
 )
 from stageflow.serving import metrics
 from stageflow.stage.batcher import DynamicBatcher
-from stageflow.stage.images import decode_image, encode_png
+from stageflow.stage.images import decode_image, encode_png, open_image
 from stageflow.stage.model_holder import Lease, ModelHolder
 from stageflow.stage.slots import ExecutionSlots
 
@@ -67,6 +68,8 @@ class StageCall:
     # Seconds left before the caller's deadline (None: no deadline).
     time_remaining: float | None = None
     job_id: str = ""
+    # Where in the store the output goes ("": the stage's default prefix).
+    output_prefix: str = ""
 
 
 @dataclass(frozen=True)
@@ -188,6 +191,7 @@ class StageDataPlane:
         model = lease.model
         clock = _Clock()
         model.validate(call.params)
+        prefix = check_output_prefix(call.output_prefix) or self._output_prefix
         ticket = self._slots.admit()
         cancellation = CallCancellation(call.time_remaining)
         loop = asyncio.get_running_loop()
@@ -201,8 +205,7 @@ class StageDataPlane:
             clock.computing = started
 
         try:
-            inputs = await asyncio.to_thread(self._load_inputs, call)
-            model.validate_inputs(call.params, inputs)
+            inputs = await asyncio.to_thread(self._load_inputs, model, call)
             clock.loaded = time.perf_counter()
             work = asyncio.ensure_future(
                 self._batcher.submit(
@@ -222,7 +225,7 @@ class StageDataPlane:
             finally:
                 work.cancel()  # the caller went away: leave the batch
             clock.computed = time.perf_counter()
-            artifact = await asyncio.to_thread(self._store_output, output.image)
+            artifact = await asyncio.to_thread(self._store_output, output.image, prefix)
             clock.stored = time.perf_counter()
         except Cancelled as err:
             cancellation.reraise(err)
@@ -238,23 +241,58 @@ class StageDataPlane:
         )
         yield Finished(output, artifact, model.describe().identity, timing)
 
-    def _load_inputs(self, call: StageCall) -> StageInputs:
+    def _load_inputs(self, model: StageModel, call: StageCall) -> StageInputs:
+        """Read the inputs, check them from their headers (sizes, presence:
+        the model's validate_inputs) and only then decode them."""
+        desc = model.describe()
+        sides = (desc.min_side, desc.max_side)
+        headers = StageInputs(
+            image=self._open_image(call.image, sides) if call.image is not None else None,
+            mask=self._open_image(call.mask, sides) if call.mask is not None else None,
+        )
+        model.validate_inputs(call.params, headers)
         return StageInputs(
-            image=self._read_image(call.image) if call.image is not None else None,
-            mask=self._read_image(call.mask) if call.mask is not None else None,
+            image=None if headers.image is None else decode_image(headers.image, field="image"),
+            mask=None if headers.mask is None else decode_image(headers.mask, field="mask"),
         )
 
-    def _read_image(self, ref: InputRef) -> Image.Image:
+    def _open_image(self, ref: InputRef, sides: tuple[int, int]) -> Image.Image:
         if not ref.key:
             raise InvalidArgument(f"{ref.field}.key", "must not be empty")
         data = get_artifact(self._store, ref.key, ref.sha256, field=ref.field)
-        return decode_image(data, field=ref.field)
+        return open_image(data, field=ref.field, sides=sides)
 
-    def _store_output(self, image: Image.Image) -> Artifact:
-        return put_artifact(self._store, encode_png(image), prefix=self._output_prefix)
+    def _store_output(self, image: Image.Image, prefix: str) -> Artifact:
+        return put_artifact(self._store, encode_png(image), prefix=prefix)
 
     def close(self) -> None:
         self._executor.shutdown(wait=True, cancel_futures=True)
+
+
+# An artifact key is the prefix plus ~80 characters; S3 allows 1024 bytes.
+MAX_OUTPUT_PREFIX_CHARS = limits.MAX_OUTPUT_PREFIX_CHARS
+
+
+def check_output_prefix(prefix: str) -> str:
+    """A request's output prefix: a relative key path inside the store (and
+    below the store URL's own prefix), or "" for the stage's default."""
+    if not prefix:
+        return ""
+    if len(prefix) > MAX_OUTPUT_PREFIX_CHARS:
+        raise InvalidArgument(
+            "output_prefix",
+            f"must be at most {MAX_OUTPUT_PREFIX_CHARS} characters, got {len(prefix)}",
+        )
+    bare = prefix.strip("/")
+    try:
+        check_key(bare, field="output_prefix")
+    except InvalidArgument:
+        raise InvalidArgument(
+            "output_prefix",
+            "must be a relative '/'-separated path without empty, '.' or '..' segments, "
+            f"got {prefix[:40]!r}",
+        ) from None
+    return bare
 
 
 def _ms(start: float, end: float) -> float:

@@ -1,7 +1,10 @@
 """Process entry shared by every stage: settings → store → model → serve.
 
-`services/<stage>/__main__.py` only names its defaults and its model factory,
-so serving/ never imports the model registry (or torch) itself.
+`python -m stageflow.stage NAME` (and `services/<name>/__main__.py`) serve the
+stage kind NAME of the registry (stageflow.kinds): its declaration gives the
+default model family and folder, and which family serves it from each
+model.yaml format. The model factory is passed in, so serving/ never imports
+the model registry (or torch) itself.
 """
 
 from __future__ import annotations
@@ -13,12 +16,15 @@ from typing import Any
 
 import grpc
 
+from stageflow import kinds
+from stageflow.core.errors import StageflowError
 from stageflow.core.logging import configure_logging, get_logger
 from stageflow.inference.interface import StageModel
-from stageflow.inference.model_loader import STAGE_KINDS, RepositoryLoader
+from stageflow.inference.model_loader import RepositoryLoader
 from stageflow.inference.repository import ModelRepository
 from stageflow.serving.server import Service, serve
 from stageflow.serving.settings import StageSettings, load_settings
+from stageflow.stage import codec
 from stageflow.stage.admin import ADMIN_SERVICE_NAME, StageAdminServicer
 from stageflow.stage.dataplane import StageDataPlane
 from stageflow.stage.model_holder import ModelHolder
@@ -30,14 +36,32 @@ ModelFactory = Callable[..., StageModel]
 STAGE_SERVICE_NAME = stage_pb2.DESCRIPTOR.services_by_name["StageService"].full_name
 
 
+def kind_defaults(kind: kinds.Kind) -> dict[str, Any]:
+    """The settings defaults a stage of `kind` starts with: its declared model."""
+    return {
+        "model_family": kind.model_family,
+        "model_path": str(Path("models") / (kind.model_folder or kind.name)),
+    }
+
+
 def run_stage(
     stage: str, create_model: ModelFactory, argv: Sequence[str] | None = None, **defaults: Any
 ) -> None:
-    settings = load_settings(StageSettings, list(argv) if argv is not None else None, **defaults)
+    """Serve the stage kind `stage`; `defaults` replace its declared ones."""
+    kind = kinds.get(stage)
+    codec.install()  # the model layer learns each kind's params type and families
+    settings = load_settings(
+        StageSettings,
+        list(argv) if argv is not None else None,
+        **{**kind_defaults(kind), **defaults},
+    )
     configure_logging(level=settings.log_level, json=settings.log_json, service=stage)
     log = get_logger(__name__)
-    store = settings.open_store()
-    loader = _repository_loader(stage, settings, create_model)
+    try:
+        store = settings.open_store()
+    except StageflowError as err:  # the store cannot be reached: one line, not a traceback
+        raise SystemExit(f"{stage}: {err.message}") from None
+    loader = _repository_loader(kind, settings, create_model)
 
     def initial_model() -> StageModel:
         # The repository's model takes precedence over model_family/model_path.
@@ -96,19 +120,27 @@ def run_stage(
         plane.close()
         await holder.aclose()
 
-    asyncio.run(
-        serve(
-            [Service(STAGE_SERVICE_NAME, register), Service(ADMIN_SERVICE_NAME, register_admin)],
-            settings,
-            startup=startup,
-            shutdown=shutdown,
-            name=stage,
+    try:
+        asyncio.run(
+            serve(
+                [
+                    Service(STAGE_SERVICE_NAME, register),
+                    Service(ADMIN_SERVICE_NAME, register_admin),
+                ],
+                settings,
+                startup=startup,
+                shutdown=shutdown,
+                name=stage,
+            )
         )
-    )
+    except OSError as err:  # the address cannot be bound
+        raise SystemExit(
+            f"{stage}: cannot serve on {settings.host}:{settings.port}: {err}"
+        ) from None
 
 
 def _repository_loader(
-    stage: str, settings: StageSettings, create_model: ModelFactory
+    kind: kinds.Kind, settings: StageSettings, create_model: ModelFactory
 ) -> RepositoryLoader | None:
     if not settings.model_repository:
         return None
@@ -121,8 +153,9 @@ def _repository_loader(
     )
     return RepositoryLoader(
         repository,
-        STAGE_KINDS[stage],
+        kind.model_kind,
         create_model,
+        families=kind.families,
         device=settings.device,
         torch_threads=settings.torch_threads,
         max_side=settings.max_side,

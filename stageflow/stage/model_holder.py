@@ -17,7 +17,7 @@ from collections.abc import Callable
 from types import TracebackType
 from typing import Any
 
-from stageflow.core.errors import FailedPrecondition
+from stageflow.core.errors import Unavailable
 from stageflow.core.logging import get_logger
 from stageflow.inference.interface import StageModel
 
@@ -77,12 +77,12 @@ class ModelHolder:
     @property
     def current(self) -> StageModel:
         if self._current is None:
-            raise FailedPrecondition("the stage has no model loaded yet")
+            raise Unavailable("the stage is loading its model; retry shortly")
         return self._current.model
 
     def lease(self) -> Lease:
         if self._current is None:
-            raise FailedPrecondition("the stage has no model loaded yet")
+            raise Unavailable("the stage is loading its model; retry shortly")
         return Lease(self, self._current)
 
     async def swap(self, load: Callable[[], StageModel]) -> StageModel:

@@ -43,6 +43,7 @@ class StageServicer(stage_pb2_grpc.StageServiceServicer):
                 mask=_input(request, "mask"),
                 time_remaining=context.time_remaining(),
                 job_id=request.job_id,
+                output_prefix=request.output_prefix,
             )
             async with contextlib.aclosing(self._plane.run(lease, call)) as events:
                 async for event in events:

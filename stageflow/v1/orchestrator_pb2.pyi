@@ -1,5 +1,6 @@
 import datetime
 
+from google.protobuf import struct_pb2 as _struct_pb2
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from stageflow.v1 import common_pb2 as _common_pb2
 from stageflow.v1 import stage_pb2 as _stage_pb2
@@ -112,7 +113,14 @@ class UpscaleOptions(_message.Message):
     def __init__(self, mode: _Optional[_Union[_stage_pb2.UpscaleMode, str]] = ..., tile_size: _Optional[int] = ..., tile_overlap: _Optional[int] = ...) -> None: ...
 
 class SubmitJobRequest(_message.Message):
-    __slots__ = ("bundle", "seed", "width", "height", "base", "refine", "upscale", "request_id", "stages", "pipeline", "priority", "deadline_seconds", "input_image")
+    __slots__ = ("bundle", "seed", "width", "height", "base", "refine", "upscale", "request_id", "stages", "pipeline", "priority", "deadline_seconds", "options", "validate_only", "input_image")
+    class OptionsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: _struct_pb2.Struct
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ...) -> None: ...
     BUNDLE_FIELD_NUMBER: _ClassVar[int]
     SEED_FIELD_NUMBER: _ClassVar[int]
     WIDTH_FIELD_NUMBER: _ClassVar[int]
@@ -125,6 +133,8 @@ class SubmitJobRequest(_message.Message):
     PIPELINE_FIELD_NUMBER: _ClassVar[int]
     PRIORITY_FIELD_NUMBER: _ClassVar[int]
     DEADLINE_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    OPTIONS_FIELD_NUMBER: _ClassVar[int]
+    VALIDATE_ONLY_FIELD_NUMBER: _ClassVar[int]
     INPUT_IMAGE_FIELD_NUMBER: _ClassVar[int]
     bundle: PromptBundle
     seed: int
@@ -138,8 +148,10 @@ class SubmitJobRequest(_message.Message):
     pipeline: str
     priority: Priority
     deadline_seconds: float
+    options: _containers.MessageMap[str, _struct_pb2.Struct]
+    validate_only: bool
     input_image: str
-    def __init__(self, bundle: _Optional[_Union[PromptBundle, _Mapping]] = ..., seed: _Optional[int] = ..., width: _Optional[int] = ..., height: _Optional[int] = ..., base: _Optional[_Union[BaseOptions, _Mapping]] = ..., refine: _Optional[_Union[RefineOptions, _Mapping]] = ..., upscale: _Optional[_Union[UpscaleOptions, _Mapping]] = ..., request_id: _Optional[str] = ..., stages: _Optional[_Iterable[str]] = ..., pipeline: _Optional[str] = ..., priority: _Optional[_Union[Priority, str]] = ..., deadline_seconds: _Optional[float] = ..., input_image: _Optional[str] = ...) -> None: ...
+    def __init__(self, bundle: _Optional[_Union[PromptBundle, _Mapping]] = ..., seed: _Optional[int] = ..., width: _Optional[int] = ..., height: _Optional[int] = ..., base: _Optional[_Union[BaseOptions, _Mapping]] = ..., refine: _Optional[_Union[RefineOptions, _Mapping]] = ..., upscale: _Optional[_Union[UpscaleOptions, _Mapping]] = ..., request_id: _Optional[str] = ..., stages: _Optional[_Iterable[str]] = ..., pipeline: _Optional[str] = ..., priority: _Optional[_Union[Priority, str]] = ..., deadline_seconds: _Optional[float] = ..., options: _Optional[_Mapping[str, _struct_pb2.Struct]] = ..., validate_only: _Optional[bool] = ..., input_image: _Optional[str] = ...) -> None: ...
 
 class SubmitJobResponse(_message.Message):
     __slots__ = ("job",)
@@ -320,20 +332,29 @@ class BundleOverrides(_message.Message):
     def __init__(self, base: _Optional[str] = ..., style: _Optional[str] = ..., overlay_text: _Optional[str] = ..., negative_prompt: _Optional[str] = ...) -> None: ...
 
 class RerunJobRequest(_message.Message):
-    __slots__ = ("job_id", "from_stage", "base", "refine", "upscale", "bundle")
+    __slots__ = ("job_id", "from_stage", "base", "refine", "upscale", "bundle", "options")
+    class OptionsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: _struct_pb2.Struct
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ...) -> None: ...
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     FROM_STAGE_FIELD_NUMBER: _ClassVar[int]
     BASE_FIELD_NUMBER: _ClassVar[int]
     REFINE_FIELD_NUMBER: _ClassVar[int]
     UPSCALE_FIELD_NUMBER: _ClassVar[int]
     BUNDLE_FIELD_NUMBER: _ClassVar[int]
+    OPTIONS_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     from_stage: str
     base: BaseOptions
     refine: RefineOptions
     upscale: UpscaleOptions
     bundle: BundleOverrides
-    def __init__(self, job_id: _Optional[str] = ..., from_stage: _Optional[str] = ..., base: _Optional[_Union[BaseOptions, _Mapping]] = ..., refine: _Optional[_Union[RefineOptions, _Mapping]] = ..., upscale: _Optional[_Union[UpscaleOptions, _Mapping]] = ..., bundle: _Optional[_Union[BundleOverrides, _Mapping]] = ...) -> None: ...
+    options: _containers.MessageMap[str, _struct_pb2.Struct]
+    def __init__(self, job_id: _Optional[str] = ..., from_stage: _Optional[str] = ..., base: _Optional[_Union[BaseOptions, _Mapping]] = ..., refine: _Optional[_Union[RefineOptions, _Mapping]] = ..., upscale: _Optional[_Union[UpscaleOptions, _Mapping]] = ..., bundle: _Optional[_Union[BundleOverrides, _Mapping]] = ..., options: _Optional[_Mapping[str, _struct_pb2.Struct]] = ...) -> None: ...
 
 class RerunJobResponse(_message.Message):
     __slots__ = ("job",)

@@ -31,6 +31,12 @@ class OrchestratorServiceStub:
     on, every call carries the metadata `authorization: Bearer <API key>`
     (UNAUTHENTICATED otherwise) and sees only its tenant's jobs: another
     tenant's job id answers NOT_FOUND, as an unknown one does.
+
+    Every string and repeated field of every request has a maximum, written on
+    the field ("At most N"); a request over one, with an enum value its enum
+    does not declare, or with a NaN or infinite number is INVALID_ARGUMENT
+    naming the field before any work. Unknown fields are dropped. Error
+    messages quote at most a short prefix of what the caller sent.
     """
 
     def __init__(self, channel):
@@ -102,6 +108,12 @@ class OrchestratorServiceServicer:
     on, every call carries the metadata `authorization: Bearer <API key>`
     (UNAUTHENTICATED otherwise) and sees only its tenant's jobs: another
     tenant's job id answers NOT_FOUND, as an unknown one does.
+
+    Every string and repeated field of every request has a maximum, written on
+    the field ("At most N"); a request over one, with an enum value its enum
+    does not declare, or with a NaN or infinite number is INVALID_ARGUMENT
+    naming the field before any work. Unknown fields are dropped. Error
+    messages quote at most a short prefix of what the caller sent.
     """
 
     def SubmitJob(self, request, context):
@@ -127,7 +139,8 @@ class OrchestratorServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ListJobs(self, request, context):
-        """Lists jobs, newest first.
+        """Lists jobs, newest first; a page stops short of 3 MiB of jobs, so it
+        always fits in one message.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -145,7 +158,8 @@ class OrchestratorServiceServicer:
         """Creates version N+1 of a finished job: the stages before `from_stage`
         keep their outputs unchanged, `from_stage` and every later stage run again
         with the overrides applied. Earlier versions stay readable (GetJob).
-        FAILED_PRECONDITION while the job is still running.
+        FAILED_PRECONDITION while the job is still running, and once the job has
+        50 versions (GetJob returns them all in one message).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -280,6 +294,12 @@ class OrchestratorService:
     on, every call carries the metadata `authorization: Bearer <API key>`
     (UNAUTHENTICATED otherwise) and sees only its tenant's jobs: another
     tenant's job id answers NOT_FOUND, as an unknown one does.
+
+    Every string and repeated field of every request has a maximum, written on
+    the field ("At most N"); a request over one, with an enum value its enum
+    does not declare, or with a NaN or infinite number is INVALID_ARGUMENT
+    naming the field before any work. Unknown fields are dropped. Error
+    messages quote at most a short prefix of what the caller sent.
     """
 
     @staticmethod

@@ -22,52 +22,59 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 from stageflow.v1 import common_pb2 as stageflow_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18stageflow/v1/stage.proto\x12\x0cstageflow.v1\x1a\x19stageflow/v1/common.proto\"\xe0\x01\n\rTxt2ImgParams\x12\x0e\n\x06prompt\x18\x01 \x01(\t\x12\x17\n\x0fnegative_prompt\x18\x02 \x01(\t\x12\x12\n\x05width\x18\x03 \x01(\x05H\x00\x88\x01\x01\x12\x13\n\x06height\x18\x04 \x01(\x05H\x01\x88\x01\x01\x12\x12\n\x05steps\x18\x05 \x01(\x05H\x02\x88\x01\x01\x12\x1b\n\x0eguidance_scale\x18\x06 \x01(\x02H\x03\x88\x01\x01\x12\x11\n\x04seed\x18\x07 \x01(\x03H\x04\x88\x01\x01\x42\x08\n\x06_widthB\t\n\x07_heightB\x08\n\x06_stepsB\x11\n\x0f_guidance_scaleB\x07\n\x05_seed\"?\n\x03\x42ox\x12\x0c\n\x04left\x18\x01 \x01(\x02\x12\x0b\n\x03top\x18\x02 \x01(\x02\x12\r\n\x05right\x18\x03 \x01(\x02\x12\x0e\n\x06\x62ottom\x18\x04 \x01(\x02\"\xd1\x04\n\x0cRefineParams\x12\x0e\n\x06prompt\x18\x01 \x01(\t\x12\x17\n\x0fnegative_prompt\x18\x02 \x01(\t\x12&\n\x04mode\x18\x03 \x01(\x0e\x32\x18.stageflow.v1.RefineMode\x12\x15\n\x08strength\x18\x04 \x01(\x02H\x00\x88\x01\x01\x12\x12\n\x05steps\x18\x05 \x01(\x05H\x01\x88\x01\x01\x12\x1b\n\x0eguidance_scale\x18\x06 \x01(\x02H\x02\x88\x01\x01\x12\x11\n\x04seed\x18\x07 \x01(\x03H\x03\x88\x01\x01\x12\x1e\n\x11inpaint_mask_blur\x18\x08 \x01(\x05H\x04\x88\x01\x01\x12#\n\x08mask_box\x18\t \x01(\x0b\x32\x11.stageflow.v1.Box\x12\x0c\n\x04text\x18\n \x01(\t\x12\x33\n\x0etext_placement\x18\x0b \x01(\x0e\x32\x1b.stageflow.v1.TextPlacement\x12#\n\x08text_box\x18\x0c \x01(\x0b\x32\x11.stageflow.v1.Box\x12\x12\n\ntext_color\x18\r \x01(\t\x12\x18\n\x0btext_stroke\x18\x0e \x01(\x02H\x05\x88\x01\x01\x12\x13\n\x0btext_shadow\x18\x0f \x01(\x08\x12\x14\n\x07max_cer\x18\x10 \x01(\x02H\x06\x88\x01\x01\x12\x19\n\x0cmax_attempts\x18\x11 \x01(\x05H\x07\x88\x01\x01\x42\x0b\n\t_strengthB\x08\n\x06_stepsB\x11\n\x0f_guidance_scaleB\x07\n\x05_seedB\x14\n\x12_inpaint_mask_blurB\x0e\n\x0c_text_strokeB\n\n\x08_max_cerB\x0f\n\r_max_attempts\"\x8a\x01\n\rUpscaleParams\x12\'\n\x04mode\x18\x01 \x01(\x0e\x32\x19.stageflow.v1.UpscaleMode\x12\x16\n\ttile_size\x18\x02 \x01(\x05H\x00\x88\x01\x01\x12\x19\n\x0ctile_overlap\x18\x03 \x01(\x05H\x01\x88\x01\x01\x42\x0c\n\n_tile_sizeB\x0f\n\r_tile_overlap\"\xb2\x02\n\nRunRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0e\n\x06job_id\x18\x02 \x01(\t\x12(\n\x05image\x18\x03 \x01(\x0b\x32\x19.stageflow.v1.ArtifactRef\x12\'\n\x04mask\x18\x04 \x01(\x0b\x32\x19.stageflow.v1.ArtifactRef\x12\x15\n\routput_prefix\x18\x05 \x01(\t\x12.\n\x07txt2img\x18\n \x01(\x0b\x32\x1b.stageflow.v1.Txt2ImgParamsH\x00\x12,\n\x06refine\x18\x0b \x01(\x0b\x32\x1a.stageflow.v1.RefineParamsH\x00\x12.\n\x07upscale\x18\x0c \x01(\x0b\x32\x1b.stageflow.v1.UpscaleParamsH\x00\x42\x08\n\x06params\"A\n\x08Progress\x12\x0c\n\x04step\x18\x01 \x01(\x05\x12\x13\n\x0btotal_steps\x18\x02 \x01(\x05\x12\x12\n\nelapsed_ms\x18\x03 \x01(\x01\"\x82\x01\n\tTextCheck\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\x10\n\x08ocr_text\x18\x02 \x01(\t\x12\x0b\n\x03\x63\x65r\x18\x03 \x01(\x01\x12\r\n\x05\x65xact\x18\x04 \x01(\x08\x12\x10\n\x08\x61ttempts\x18\x05 \x01(\x05\x12\x11\n\tfell_back\x18\x06 \x01(\x08\x12\x14\n\x0c\x61ttempt_cers\x18\x07 \x03(\x01\"\xd2\x01\n\x0bStageResult\x12)\n\x06output\x18\x01 \x01(\x0b\x32\x19.stageflow.v1.ArtifactRef\x12&\n\x05model\x18\x02 \x01(\x0b\x32\x17.stageflow.v1.ModelInfo\x12$\n\x06timing\x18\x03 \x01(\x0b\x32\x14.stageflow.v1.Timing\x12\r\n\x05width\x18\x04 \x01(\x05\x12\x0e\n\x06height\x18\x05 \x01(\x05\x12+\n\ntext_check\x18\x06 \x01(\x0b\x32\x17.stageflow.v1.TextCheck\"o\n\x0bRunResponse\x12*\n\x08progress\x18\x01 \x01(\x0b\x32\x16.stageflow.v1.ProgressH\x00\x12+\n\x06result\x18\x02 \x01(\x0b\x32\x19.stageflow.v1.StageResultH\x00\x42\x07\n\x05\x65vent\"\x11\n\x0f\x44\x65scribeRequest\"4\n\nParamRange\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0b\n\x03min\x18\x02 \x01(\x01\x12\x0b\n\x03max\x18\x03 \x01(\x01\"\xe8\x01\n\x10\x44\x65scribeResponse\x12\x0c\n\x04kind\x18\x01 \x01(\t\x12&\n\x05model\x18\x02 \x01(\x0b\x32\x17.stageflow.v1.ModelInfo\x12\x10\n\x08min_side\x18\x03 \x01(\x05\x12\x10\n\x08max_side\x18\x04 \x01(\x05\x12\x15\n\rsize_multiple\x18\x05 \x01(\x05\x12(\n\x06params\x18\x06 \x03(\x0b\x32\x18.stageflow.v1.ParamRange\x12\r\n\x05ready\x18\x07 \x01(\x08\x12\x17\n\x0fmax_concurrency\x18\x08 \x01(\x05\x12\x11\n\tmax_queue\x18\t \x01(\x05\"!\n\x10LoadModelRequest\x12\r\n\x05model\x18\x01 \x01(\t\";\n\x11LoadModelResponse\x12&\n\x05model\x18\x01 \x01(\x0b\x32\x17.stageflow.v1.ModelInfo*[\n\nRefineMode\x12\x1b\n\x17REFINE_MODE_UNSPECIFIED\x10\x00\x12\x17\n\x13REFINE_MODE_IMG2IMG\x10\x01\x12\x17\n\x13REFINE_MODE_INPAINT\x10\x02*}\n\rTextPlacement\x12\x1e\n\x1aTEXT_PLACEMENT_UNSPECIFIED\x10\x00\x12\x19\n\x15TEXT_PLACEMENT_BOTTOM\x10\x01\x12\x16\n\x12TEXT_PLACEMENT_TOP\x10\x02\x12\x19\n\x15TEXT_PLACEMENT_CENTER\x10\x03*_\n\x0bUpscaleMode\x12\x1c\n\x18UPSCALE_MODE_UNSPECIFIED\x10\x00\x12\x18\n\x14UPSCALE_MODE_LEARNED\x10\x01\x12\x18\n\x14UPSCALE_MODE_LANCZOS\x10\x02\x32\x97\x01\n\x0cStageService\x12<\n\x03Run\x12\x18.stageflow.v1.RunRequest\x1a\x19.stageflow.v1.RunResponse0\x01\x12I\n\x08\x44\x65scribe\x12\x1d.stageflow.v1.DescribeRequest\x1a\x1e.stageflow.v1.DescribeResponse2a\n\x11StageAdminService\x12L\n\tLoadModel\x12\x1e.stageflow.v1.LoadModelRequest\x1a\x1f.stageflow.v1.LoadModelResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18stageflow/v1/stage.proto\x12\x0cstageflow.v1\x1a\x1cgoogle/protobuf/struct.proto\x1a\x19stageflow/v1/common.proto\"\xe0\x01\n\rTxt2ImgParams\x12\x0e\n\x06prompt\x18\x01 \x01(\t\x12\x17\n\x0fnegative_prompt\x18\x02 \x01(\t\x12\x12\n\x05width\x18\x03 \x01(\x05H\x00\x88\x01\x01\x12\x13\n\x06height\x18\x04 \x01(\x05H\x01\x88\x01\x01\x12\x12\n\x05steps\x18\x05 \x01(\x05H\x02\x88\x01\x01\x12\x1b\n\x0eguidance_scale\x18\x06 \x01(\x02H\x03\x88\x01\x01\x12\x11\n\x04seed\x18\x07 \x01(\x03H\x04\x88\x01\x01\x42\x08\n\x06_widthB\t\n\x07_heightB\x08\n\x06_stepsB\x11\n\x0f_guidance_scaleB\x07\n\x05_seed\"?\n\x03\x42ox\x12\x0c\n\x04left\x18\x01 \x01(\x02\x12\x0b\n\x03top\x18\x02 \x01(\x02\x12\r\n\x05right\x18\x03 \x01(\x02\x12\x0e\n\x06\x62ottom\x18\x04 \x01(\x02\"\xd1\x04\n\x0cRefineParams\x12\x0e\n\x06prompt\x18\x01 \x01(\t\x12\x17\n\x0fnegative_prompt\x18\x02 \x01(\t\x12&\n\x04mode\x18\x03 \x01(\x0e\x32\x18.stageflow.v1.RefineMode\x12\x15\n\x08strength\x18\x04 \x01(\x02H\x00\x88\x01\x01\x12\x12\n\x05steps\x18\x05 \x01(\x05H\x01\x88\x01\x01\x12\x1b\n\x0eguidance_scale\x18\x06 \x01(\x02H\x02\x88\x01\x01\x12\x11\n\x04seed\x18\x07 \x01(\x03H\x03\x88\x01\x01\x12\x1e\n\x11inpaint_mask_blur\x18\x08 \x01(\x05H\x04\x88\x01\x01\x12#\n\x08mask_box\x18\t \x01(\x0b\x32\x11.stageflow.v1.Box\x12\x0c\n\x04text\x18\n \x01(\t\x12\x33\n\x0etext_placement\x18\x0b \x01(\x0e\x32\x1b.stageflow.v1.TextPlacement\x12#\n\x08text_box\x18\x0c \x01(\x0b\x32\x11.stageflow.v1.Box\x12\x12\n\ntext_color\x18\r \x01(\t\x12\x18\n\x0btext_stroke\x18\x0e \x01(\x02H\x05\x88\x01\x01\x12\x13\n\x0btext_shadow\x18\x0f \x01(\x08\x12\x14\n\x07max_cer\x18\x10 \x01(\x02H\x06\x88\x01\x01\x12\x19\n\x0cmax_attempts\x18\x11 \x01(\x05H\x07\x88\x01\x01\x42\x0b\n\t_strengthB\x08\n\x06_stepsB\x11\n\x0f_guidance_scaleB\x07\n\x05_seedB\x14\n\x12_inpaint_mask_blurB\x0e\n\x0c_text_strokeB\n\n\x08_max_cerB\x0f\n\r_max_attempts\"\x8a\x01\n\rUpscaleParams\x12\'\n\x04mode\x18\x01 \x01(\x0e\x32\x19.stageflow.v1.UpscaleMode\x12\x16\n\ttile_size\x18\x02 \x01(\x05H\x00\x88\x01\x01\x12\x19\n\x0ctile_overlap\x18\x03 \x01(\x05H\x01\x88\x01\x01\x42\x0c\n\n_tile_sizeB\x0f\n\r_tile_overlap\"F\n\rGenericParams\x12\x0c\n\x04kind\x18\x01 \x01(\t\x12\'\n\x06values\x18\x02 \x01(\x0b\x32\x17.google.protobuf.Struct\"\xe2\x02\n\nRunRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0e\n\x06job_id\x18\x02 \x01(\t\x12(\n\x05image\x18\x03 \x01(\x0b\x32\x19.stageflow.v1.ArtifactRef\x12\'\n\x04mask\x18\x04 \x01(\x0b\x32\x19.stageflow.v1.ArtifactRef\x12\x15\n\routput_prefix\x18\x05 \x01(\t\x12.\n\x07txt2img\x18\n \x01(\x0b\x32\x1b.stageflow.v1.Txt2ImgParamsH\x00\x12,\n\x06refine\x18\x0b \x01(\x0b\x32\x1a.stageflow.v1.RefineParamsH\x00\x12.\n\x07upscale\x18\x0c \x01(\x0b\x32\x1b.stageflow.v1.UpscaleParamsH\x00\x12.\n\x07generic\x18\r \x01(\x0b\x32\x1b.stageflow.v1.GenericParamsH\x00\x42\x08\n\x06params\"A\n\x08Progress\x12\x0c\n\x04step\x18\x01 \x01(\x05\x12\x13\n\x0btotal_steps\x18\x02 \x01(\x05\x12\x12\n\nelapsed_ms\x18\x03 \x01(\x01\"\x82\x01\n\tTextCheck\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\x10\n\x08ocr_text\x18\x02 \x01(\t\x12\x0b\n\x03\x63\x65r\x18\x03 \x01(\x01\x12\r\n\x05\x65xact\x18\x04 \x01(\x08\x12\x10\n\x08\x61ttempts\x18\x05 \x01(\x05\x12\x11\n\tfell_back\x18\x06 \x01(\x08\x12\x14\n\x0c\x61ttempt_cers\x18\x07 \x03(\x01\"\xd2\x01\n\x0bStageResult\x12)\n\x06output\x18\x01 \x01(\x0b\x32\x19.stageflow.v1.ArtifactRef\x12&\n\x05model\x18\x02 \x01(\x0b\x32\x17.stageflow.v1.ModelInfo\x12$\n\x06timing\x18\x03 \x01(\x0b\x32\x14.stageflow.v1.Timing\x12\r\n\x05width\x18\x04 \x01(\x05\x12\x0e\n\x06height\x18\x05 \x01(\x05\x12+\n\ntext_check\x18\x06 \x01(\x0b\x32\x17.stageflow.v1.TextCheck\"o\n\x0bRunResponse\x12*\n\x08progress\x18\x01 \x01(\x0b\x32\x16.stageflow.v1.ProgressH\x00\x12+\n\x06result\x18\x02 \x01(\x0b\x32\x19.stageflow.v1.StageResultH\x00\x42\x07\n\x05\x65vent\"\x11\n\x0f\x44\x65scribeRequest\"4\n\nParamRange\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0b\n\x03min\x18\x02 \x01(\x01\x12\x0b\n\x03max\x18\x03 \x01(\x01\"\xd9\x02\n\x10\x44\x65scribeResponse\x12\x0c\n\x04kind\x18\x01 \x01(\t\x12&\n\x05model\x18\x02 \x01(\x0b\x32\x17.stageflow.v1.ModelInfo\x12\x10\n\x08min_side\x18\x03 \x01(\x05\x12\x10\n\x08max_side\x18\x04 \x01(\x05\x12\x15\n\rsize_multiple\x18\x05 \x01(\x05\x12(\n\x06params\x18\x06 \x03(\x0b\x32\x18.stageflow.v1.ParamRange\x12\r\n\x05ready\x18\x07 \x01(\x08\x12\x17\n\x0fmax_concurrency\x18\x08 \x01(\x05\x12\x11\n\tmax_queue\x18\t \x01(\x05\x12>\n\x08\x64\x65\x66\x61ults\x18\n \x03(\x0b\x32,.stageflow.v1.DescribeResponse.DefaultsEntry\x1a/\n\rDefaultsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"!\n\x10LoadModelRequest\x12\r\n\x05model\x18\x01 \x01(\t\";\n\x11LoadModelResponse\x12&\n\x05model\x18\x01 \x01(\x0b\x32\x17.stageflow.v1.ModelInfo*[\n\nRefineMode\x12\x1b\n\x17REFINE_MODE_UNSPECIFIED\x10\x00\x12\x17\n\x13REFINE_MODE_IMG2IMG\x10\x01\x12\x17\n\x13REFINE_MODE_INPAINT\x10\x02*}\n\rTextPlacement\x12\x1e\n\x1aTEXT_PLACEMENT_UNSPECIFIED\x10\x00\x12\x19\n\x15TEXT_PLACEMENT_BOTTOM\x10\x01\x12\x16\n\x12TEXT_PLACEMENT_TOP\x10\x02\x12\x19\n\x15TEXT_PLACEMENT_CENTER\x10\x03*_\n\x0bUpscaleMode\x12\x1c\n\x18UPSCALE_MODE_UNSPECIFIED\x10\x00\x12\x18\n\x14UPSCALE_MODE_LEARNED\x10\x01\x12\x18\n\x14UPSCALE_MODE_LANCZOS\x10\x02\x32\x97\x01\n\x0cStageService\x12<\n\x03Run\x12\x18.stageflow.v1.RunRequest\x1a\x19.stageflow.v1.RunResponse0\x01\x12I\n\x08\x44\x65scribe\x12\x1d.stageflow.v1.DescribeRequest\x1a\x1e.stageflow.v1.DescribeResponse2a\n\x11StageAdminService\x12L\n\tLoadModel\x12\x1e.stageflow.v1.LoadModelRequest\x1a\x1f.stageflow.v1.LoadModelResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'stageflow.v1.stage_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_REFINEMODE']._serialized_start=2337
-  _globals['_REFINEMODE']._serialized_end=2428
-  _globals['_TEXTPLACEMENT']._serialized_start=2430
-  _globals['_TEXTPLACEMENT']._serialized_end=2555
-  _globals['_UPSCALEMODE']._serialized_start=2557
-  _globals['_UPSCALEMODE']._serialized_end=2652
-  _globals['_TXT2IMGPARAMS']._serialized_start=70
-  _globals['_TXT2IMGPARAMS']._serialized_end=294
-  _globals['_BOX']._serialized_start=296
-  _globals['_BOX']._serialized_end=359
-  _globals['_REFINEPARAMS']._serialized_start=362
-  _globals['_REFINEPARAMS']._serialized_end=955
-  _globals['_UPSCALEPARAMS']._serialized_start=958
-  _globals['_UPSCALEPARAMS']._serialized_end=1096
-  _globals['_RUNREQUEST']._serialized_start=1099
-  _globals['_RUNREQUEST']._serialized_end=1405
-  _globals['_PROGRESS']._serialized_start=1407
-  _globals['_PROGRESS']._serialized_end=1472
-  _globals['_TEXTCHECK']._serialized_start=1475
-  _globals['_TEXTCHECK']._serialized_end=1605
-  _globals['_STAGERESULT']._serialized_start=1608
-  _globals['_STAGERESULT']._serialized_end=1818
-  _globals['_RUNRESPONSE']._serialized_start=1820
-  _globals['_RUNRESPONSE']._serialized_end=1931
-  _globals['_DESCRIBEREQUEST']._serialized_start=1933
-  _globals['_DESCRIBEREQUEST']._serialized_end=1950
-  _globals['_PARAMRANGE']._serialized_start=1952
-  _globals['_PARAMRANGE']._serialized_end=2004
-  _globals['_DESCRIBERESPONSE']._serialized_start=2007
-  _globals['_DESCRIBERESPONSE']._serialized_end=2239
-  _globals['_LOADMODELREQUEST']._serialized_start=2241
-  _globals['_LOADMODELREQUEST']._serialized_end=2274
-  _globals['_LOADMODELRESPONSE']._serialized_start=2276
-  _globals['_LOADMODELRESPONSE']._serialized_end=2335
-  _globals['_STAGESERVICE']._serialized_start=2655
-  _globals['_STAGESERVICE']._serialized_end=2806
-  _globals['_STAGEADMINSERVICE']._serialized_start=2808
-  _globals['_STAGEADMINSERVICE']._serialized_end=2905
+  _globals['_DESCRIBERESPONSE_DEFAULTSENTRY']._loaded_options = None
+  _globals['_DESCRIBERESPONSE_DEFAULTSENTRY']._serialized_options = b'8\001'
+  _globals['_REFINEMODE']._serialized_start=2600
+  _globals['_REFINEMODE']._serialized_end=2691
+  _globals['_TEXTPLACEMENT']._serialized_start=2693
+  _globals['_TEXTPLACEMENT']._serialized_end=2818
+  _globals['_UPSCALEMODE']._serialized_start=2820
+  _globals['_UPSCALEMODE']._serialized_end=2915
+  _globals['_TXT2IMGPARAMS']._serialized_start=100
+  _globals['_TXT2IMGPARAMS']._serialized_end=324
+  _globals['_BOX']._serialized_start=326
+  _globals['_BOX']._serialized_end=389
+  _globals['_REFINEPARAMS']._serialized_start=392
+  _globals['_REFINEPARAMS']._serialized_end=985
+  _globals['_UPSCALEPARAMS']._serialized_start=988
+  _globals['_UPSCALEPARAMS']._serialized_end=1126
+  _globals['_GENERICPARAMS']._serialized_start=1128
+  _globals['_GENERICPARAMS']._serialized_end=1198
+  _globals['_RUNREQUEST']._serialized_start=1201
+  _globals['_RUNREQUEST']._serialized_end=1555
+  _globals['_PROGRESS']._serialized_start=1557
+  _globals['_PROGRESS']._serialized_end=1622
+  _globals['_TEXTCHECK']._serialized_start=1625
+  _globals['_TEXTCHECK']._serialized_end=1755
+  _globals['_STAGERESULT']._serialized_start=1758
+  _globals['_STAGERESULT']._serialized_end=1968
+  _globals['_RUNRESPONSE']._serialized_start=1970
+  _globals['_RUNRESPONSE']._serialized_end=2081
+  _globals['_DESCRIBEREQUEST']._serialized_start=2083
+  _globals['_DESCRIBEREQUEST']._serialized_end=2100
+  _globals['_PARAMRANGE']._serialized_start=2102
+  _globals['_PARAMRANGE']._serialized_end=2154
+  _globals['_DESCRIBERESPONSE']._serialized_start=2157
+  _globals['_DESCRIBERESPONSE']._serialized_end=2502
+  _globals['_DESCRIBERESPONSE_DEFAULTSENTRY']._serialized_start=2455
+  _globals['_DESCRIBERESPONSE_DEFAULTSENTRY']._serialized_end=2502
+  _globals['_LOADMODELREQUEST']._serialized_start=2504
+  _globals['_LOADMODELREQUEST']._serialized_end=2537
+  _globals['_LOADMODELRESPONSE']._serialized_start=2539
+  _globals['_LOADMODELRESPONSE']._serialized_end=2598
+  _globals['_STAGESERVICE']._serialized_start=2918
+  _globals['_STAGESERVICE']._serialized_end=3069
+  _globals['_STAGEADMINSERVICE']._serialized_start=3071
+  _globals['_STAGEADMINSERVICE']._serialized_end=3168
 # @@protoc_insertion_point(module_scope)

@@ -1,3 +1,4 @@
+from google.protobuf import struct_pb2 as _struct_pb2
 from stageflow.v1 import common_pb2 as _common_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
@@ -115,8 +116,16 @@ class UpscaleParams(_message.Message):
     tile_overlap: int
     def __init__(self, mode: _Optional[_Union[UpscaleMode, str]] = ..., tile_size: _Optional[int] = ..., tile_overlap: _Optional[int] = ...) -> None: ...
 
+class GenericParams(_message.Message):
+    __slots__ = ("kind", "values")
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    VALUES_FIELD_NUMBER: _ClassVar[int]
+    kind: str
+    values: _struct_pb2.Struct
+    def __init__(self, kind: _Optional[str] = ..., values: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ...) -> None: ...
+
 class RunRequest(_message.Message):
-    __slots__ = ("request_id", "job_id", "image", "mask", "output_prefix", "txt2img", "refine", "upscale")
+    __slots__ = ("request_id", "job_id", "image", "mask", "output_prefix", "txt2img", "refine", "upscale", "generic")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     IMAGE_FIELD_NUMBER: _ClassVar[int]
@@ -125,6 +134,7 @@ class RunRequest(_message.Message):
     TXT2IMG_FIELD_NUMBER: _ClassVar[int]
     REFINE_FIELD_NUMBER: _ClassVar[int]
     UPSCALE_FIELD_NUMBER: _ClassVar[int]
+    GENERIC_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     job_id: str
     image: _common_pb2.ArtifactRef
@@ -133,7 +143,8 @@ class RunRequest(_message.Message):
     txt2img: Txt2ImgParams
     refine: RefineParams
     upscale: UpscaleParams
-    def __init__(self, request_id: _Optional[str] = ..., job_id: _Optional[str] = ..., image: _Optional[_Union[_common_pb2.ArtifactRef, _Mapping]] = ..., mask: _Optional[_Union[_common_pb2.ArtifactRef, _Mapping]] = ..., output_prefix: _Optional[str] = ..., txt2img: _Optional[_Union[Txt2ImgParams, _Mapping]] = ..., refine: _Optional[_Union[RefineParams, _Mapping]] = ..., upscale: _Optional[_Union[UpscaleParams, _Mapping]] = ...) -> None: ...
+    generic: GenericParams
+    def __init__(self, request_id: _Optional[str] = ..., job_id: _Optional[str] = ..., image: _Optional[_Union[_common_pb2.ArtifactRef, _Mapping]] = ..., mask: _Optional[_Union[_common_pb2.ArtifactRef, _Mapping]] = ..., output_prefix: _Optional[str] = ..., txt2img: _Optional[_Union[Txt2ImgParams, _Mapping]] = ..., refine: _Optional[_Union[RefineParams, _Mapping]] = ..., upscale: _Optional[_Union[UpscaleParams, _Mapping]] = ..., generic: _Optional[_Union[GenericParams, _Mapping]] = ...) -> None: ...
 
 class Progress(_message.Message):
     __slots__ = ("step", "total_steps", "elapsed_ms")
@@ -202,7 +213,14 @@ class ParamRange(_message.Message):
     def __init__(self, name: _Optional[str] = ..., min: _Optional[float] = ..., max: _Optional[float] = ...) -> None: ...
 
 class DescribeResponse(_message.Message):
-    __slots__ = ("kind", "model", "min_side", "max_side", "size_multiple", "params", "ready", "max_concurrency", "max_queue")
+    __slots__ = ("kind", "model", "min_side", "max_side", "size_multiple", "params", "ready", "max_concurrency", "max_queue", "defaults")
+    class DefaultsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: float
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
     KIND_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     MIN_SIDE_FIELD_NUMBER: _ClassVar[int]
@@ -212,6 +230,7 @@ class DescribeResponse(_message.Message):
     READY_FIELD_NUMBER: _ClassVar[int]
     MAX_CONCURRENCY_FIELD_NUMBER: _ClassVar[int]
     MAX_QUEUE_FIELD_NUMBER: _ClassVar[int]
+    DEFAULTS_FIELD_NUMBER: _ClassVar[int]
     kind: str
     model: _common_pb2.ModelInfo
     min_side: int
@@ -221,7 +240,8 @@ class DescribeResponse(_message.Message):
     ready: bool
     max_concurrency: int
     max_queue: int
-    def __init__(self, kind: _Optional[str] = ..., model: _Optional[_Union[_common_pb2.ModelInfo, _Mapping]] = ..., min_side: _Optional[int] = ..., max_side: _Optional[int] = ..., size_multiple: _Optional[int] = ..., params: _Optional[_Iterable[_Union[ParamRange, _Mapping]]] = ..., ready: _Optional[bool] = ..., max_concurrency: _Optional[int] = ..., max_queue: _Optional[int] = ...) -> None: ...
+    defaults: _containers.ScalarMap[str, float]
+    def __init__(self, kind: _Optional[str] = ..., model: _Optional[_Union[_common_pb2.ModelInfo, _Mapping]] = ..., min_side: _Optional[int] = ..., max_side: _Optional[int] = ..., size_multiple: _Optional[int] = ..., params: _Optional[_Iterable[_Union[ParamRange, _Mapping]]] = ..., ready: _Optional[bool] = ..., max_concurrency: _Optional[int] = ..., max_queue: _Optional[int] = ..., defaults: _Optional[_Mapping[str, float]] = ...) -> None: ...
 
 class LoadModelRequest(_message.Message):
     __slots__ = ("model",)

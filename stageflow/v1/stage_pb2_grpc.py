@@ -28,6 +28,11 @@ if _version_not_supported:
 class StageServiceStub:
     """The one service every stage (base, refine, upscale) speaks, so the
     orchestrator, the load tester and the gateway treat all stages alike.
+
+    Every string and repeated field of every request has a maximum, written on
+    the field ("At most N"); a request over one, with an enum value its enum
+    does not declare, or with a NaN or infinite number is INVALID_ARGUMENT
+    naming the field before any work. Unknown fields are dropped.
     """
 
     def __init__(self, channel):
@@ -51,6 +56,11 @@ class StageServiceStub:
 class StageServiceServicer:
     """The one service every stage (base, refine, upscale) speaks, so the
     orchestrator, the load tester and the gateway treat all stages alike.
+
+    Every string and repeated field of every request has a maximum, written on
+    the field ("At most N"); a request over one, with an enum value its enum
+    does not declare, or with a NaN or infinite number is INVALID_ARGUMENT
+    naming the field before any work. Unknown fields are dropped.
     """
 
     def Run(self, request, context):
@@ -95,6 +105,11 @@ def add_StageServiceServicer_to_server(servicer, server):
 class StageService:
     """The one service every stage (base, refine, upscale) speaks, so the
     orchestrator, the load tester and the gateway treat all stages alike.
+
+    Every string and repeated field of every request has a maximum, written on
+    the field ("At most N"); a request over one, with an enum value its enum
+    does not declare, or with a NaN or infinite number is INVALID_ARGUMENT
+    naming the field before any work. Unknown fields are dropped.
     """
 
     @staticmethod

@@ -7,7 +7,6 @@ show every problem at once, and a unit test can feed it a broken object.
 
 from __future__ import annotations
 
-import ast
 import re
 from collections.abc import Iterator, Mapping
 from functools import cache
@@ -16,6 +15,7 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
+from stageflow import kinds
 from stageflow.cli.settings import CLI_SETTINGS
 from stageflow.gateway.settings import GatewaySettings
 from stageflow.orchestrator.settings import OrchestratorSettings
@@ -26,7 +26,8 @@ Manifest = dict[str, Any]
 REPO = Path(__file__).resolve().parents[2]
 WORKLOAD_KINDS = ("Deployment", "StatefulSet", "DaemonSet", "Job")
 LONG_RUNNING_KINDS = ("Deployment", "StatefulSet", "DaemonSet")
-STAGE_COMPONENTS = ("stage-base", "stage-refine", "stage-upscale")
+# Each registered stage kind runs as its own Deployment, `stage-<kind>`.
+STAGE_COMPONENTS = tuple(f"stage-{kind.name}" for kind in kinds.all_kinds())
 COMPONENT = "app.kubernetes.io/component"
 GRPC_PORT = 50051
 GPU = "nvidia.com/gpu"
@@ -261,14 +262,17 @@ def _command(container: Manifest) -> list[str]:
 
 
 def _process(container: Manifest) -> tuple[str, str]:
-    """What the container runs: ("stage", module), ("orchestrator", ""),
-    ("cli", "") for the `stageflow` command (directly or in a shell script),
-    else ("other", "")."""
+    """What the container runs: ("stage", kind) for `python -m
+    stageflow.services.KIND` or `python -m stageflow.stage KIND`,
+    ("orchestrator", ""), ("cli", "") for the `stageflow` command (directly or
+    in a shell script), else ("other", "")."""
     command = _command(container)
     if command[:2] == ["python", "-m"] and len(command) > 2:
         module = command[2]
         if module.startswith("stageflow.services."):
-            return "stage", module
+            return "stage", module.removeprefix("stageflow.services.")
+        if module == "stageflow.stage" and len(command) > 3:
+            return "stage", command[3]
         if module == "stageflow.orchestrator":
             return "orchestrator", ""
         if module == "stageflow.gateway":
@@ -283,19 +287,12 @@ def _process(container: Manifest) -> tuple[str, str]:
     return "other", ""
 
 
-@cache
-def service_defaults(module: str) -> dict[str, Any]:
-    """The keyword defaults `services/<x>/__main__.py` passes to run_stage
-    (model_family, model_path), read from its source so torch is not imported."""
-    path = REPO / Path(*module.split(".")) / "__main__.py"
-    for node in ast.walk(ast.parse(path.read_text())):
-        if (
-            isinstance(node, ast.Call)
-            and isinstance(node.func, ast.Name)
-            and node.func.id == "run_stage"
-        ):
-            return {k.arg: ast.literal_eval(k.value) for k in node.keywords if k.arg}
-    raise ValueError(f"{path}: no run_stage(...) call")
+def service_defaults(kind: str) -> dict[str, Any]:
+    """The settings defaults a stage of `kind` starts with (model_family,
+    model_path), from its declaration; `kind` may be its services module."""
+    from stageflow.stage.main import kind_defaults
+
+    return kind_defaults(kinds.get(kind.removeprefix("stageflow.services.")))
 
 
 @cache

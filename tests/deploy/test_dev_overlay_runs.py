@@ -23,14 +23,17 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from stageflow import kinds
 from stageflow.client import StageflowClient
+from stageflow.orchestrator.settings import parse_stages
 from stageflow.serving.processes import ServerProcess, wait_ready
 from stageflow.v1 import orchestrator_pb2 as pb
 from tests.deploy.render import Manifest
 from tests.s3server import S3ServerInfo
 
 MINIO = "http://minio:9000"
-STAGES = ("stage-base", "stage-refine", "stage-upscale")
+# The Deployment of each stage kind the manifests deploy (the default pipeline's).
+STAGES = tuple(f"stage-{name}" for name in kinds.default_pipeline())
 
 
 def workload(docs: list[Manifest], kind: str, name: str) -> Manifest:
@@ -139,13 +142,16 @@ def test_dev_overlay_runs_a_job(
         ports = {name: stage.port for name, stage in started.items()}
 
         orchestrator = Pod(docs, "Deployment", "orchestrator", s3_server, tmp_path)
-        addresses = {}
-        for var, value in orchestrator.env.items():
-            if var.endswith("_ADDRESS"):
-                stage = value.removeprefix("dns:///").split(".")[0]
-                addresses[var] = f"dns:///127.0.0.1:{ports[stage]}"
-        assert len(addresses) == 3, orchestrator.env
-        address = orchestrator.start(stack, **addresses).wait_ready(timeout=90).address
+        # STAGEFLOW_STAGES names each stage's Service; point each at its local port.
+        services = parse_stages(orchestrator.env["STAGEFLOW_STAGES"])
+        assert set(services) == set(kinds.default_pipeline()), orchestrator.env
+        local = {
+            name: f"dns:///127.0.0.1:{ports[addresses[0].removeprefix('dns:///').split('.')[0]]}"
+            for name, addresses in services.items()
+        }
+        stages = ";".join(f"{name}={address}" for name, address in local.items())
+        started_orchestrator = orchestrator.start(stack, STAGEFLOW_STAGES=stages)
+        address = started_orchestrator.wait_ready(timeout=90).address
 
         job_state = asyncio.run(submit_and_wait(address))
     assert job_state.state == pb.JOB_STATE_SUCCEEDED, job_state.error

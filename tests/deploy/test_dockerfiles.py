@@ -36,6 +36,8 @@ from zipfile import ZipFile
 import pytest
 from packaging.requirements import Requirement
 
+from stageflow import kinds
+
 ROOT = Path(__file__).resolve().parents[2]
 DOCKER = ROOT / "docker"
 IMAGES = {
@@ -48,11 +50,12 @@ TORCH_PIN = "torch==2.13.0"
 UID_GID = "10001:10001"
 PORTS = {"50051", "9090"}
 IMAGE_PORTS = {"gateway": {"8080"}}  # the others: PORTS
-# What the Kubernetes manifests run (notes: issue-6 contract).
+# What the Kubernetes manifests run (notes: issue-6 contract): a stage per
+# kind of the default pipeline (stageflow.kinds), the generic stage entry,
+# and the orchestrator.
 K8S_MODULES = (
-    "stageflow.services.base",
-    "stageflow.services.refine",
-    "stageflow.services.upscale",
+    *(f"stageflow.services.{name}" for name in kinds.default_pipeline()),
+    "stageflow.stage",
     "stageflow.orchestrator",
     "stageflow.gateway",
 )

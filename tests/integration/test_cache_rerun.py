@@ -79,3 +79,30 @@ async def test_resubmission_is_cached_and_rerun_recomputes_from_refine(
         assert list(versions[0].stages) == list(first.stages)
     # Version 1's final image is still there, intact.
     get_artifact(local_store, first.final.key, first.final.sha256, field="final")
+
+
+async def test_a_corrupt_artifact_is_repaired_by_the_identical_job(
+    local_cluster: LocalCluster, local_store: ObjectStore
+) -> None:
+    """Junk written over a stored stage output: the identical job does not trust
+    it (its cache entry fails to verify, the stage runs again and its write
+    replaces the junk), and a rerun that reads it then works."""
+    bundle = {**JOB, "style": "repair test", "seed": 4321}
+    async with StageflowClient(local_cluster.orchestrator_address) as client:
+        first = await finish(client, (await client.submit(**bundle, request_id="repair-1")).job_id)  # type: ignore[arg-type]
+        base_out = first.stages[0].output
+        local_store.put(base_out.key, b"junk, not the image")
+
+        second = await finish(client, (await client.submit(**bundle, request_id="repair-2")).job_id)  # type: ignore[arg-type]
+        assert [run.cache_hit for run in second.stages] == [False, True, True]
+        assert stage_calls(local_cluster, second.job_id) == {"base": 1, "refine": 0, "upscale": 0}
+        assert second.stages[0].output == base_out
+        assert second.final == first.final
+        # Repaired in place: the key holds its bytes again.
+        get_artifact(local_store, base_out.key, base_out.sha256, field="base output")
+
+        # Refine reads the repaired base output.
+        await client.rerun(second.job_id, "refine", refine_options={"guidance_scale": 9.0})
+        rerun = await finish(client, second.job_id)
+        assert rerun.version == 2 and rerun.stages[0].output == base_out
+        assert stage_calls(local_cluster, second.job_id) == {"base": 1, "refine": 1, "upscale": 1}

@@ -15,9 +15,9 @@ from stageflow.cli.cluster import ClusterError, LocalCluster
 
 FAKE_SERVICE = str(Path(__file__).with_name("fake_service.py"))
 ALL = (
-    "stageflow.services.base",
-    "stageflow.services.refine",
-    "stageflow.services.upscale",
+    "stageflow.stage.base",
+    "stageflow.stage.refine",
+    "stageflow.stage.upscale",
     "stageflow.orchestrator",
 )
 
@@ -35,7 +35,10 @@ def fake_launcher(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(
         LocalCluster,
         "_launcher",
-        staticmethod(lambda module: [sys.executable, FAKE_SERVICE, module]),
+        # `python -m stageflow.stage base` records as "stageflow.stage.base".
+        staticmethod(
+            lambda module, *args: [sys.executable, FAKE_SERVICE, ".".join((module, *args))]
+        ),
     )
 
 
@@ -99,27 +102,28 @@ def test_start_wires_processes_and_stop_goes_orchestrator_first(
         assert cluster.log_path("base") == tmp_path / "state" / "logs" / "base.log"
 
     orch = recorded(record, "stageflow.orchestrator").flags
-    for stage in ("base", "refine", "upscale"):
-        assert orch[f"--{stage}-address"] == addresses[stage]
+    assert orch["--stages"] == ";".join(
+        f"{s}={addresses[s]}" for s in ("base", "refine", "upscale")
+    )
     assert orch["--db-path"] == str(tmp_path / "state" / "orchestrator.sqlite")
     assert orch["--store-url"] == (tmp_path / "state" / "store").as_uri()
     assert "--torch-threads" not in orch
 
-    base = recorded(record, "stageflow.services.base")
+    base = recorded(record, "stageflow.stage.base")
     assert base.flags["--model-path"] == str(models / "tiny-sd")
     assert base.flags["--torch-threads"] == "2"
     assert base.flags["--log-json"] == "true"
     # Secrets travel by environment, never on the command line.
     assert base.env == {"STAGEFLOW_S3_ACCESS_KEY": "AK", "STAGEFLOW_S3_SECRET_KEY": "SECRET"}
     assert "SECRET" not in " ".join(base.argv)
-    upscale = recorded(record, "stageflow.services.upscale").flags
+    upscale = recorded(record, "stageflow.stage.upscale").flags
     assert upscale["--model-path"] == str(models / "tiny-esrgan-x4")
     assert upscale["--max-side"] == "2048"
 
     assert all(p.returncode is not None for p in procs)
     orchestrator_stopped = int((record / "stageflow.orchestrator.stopped").read_text())
     for stage in ("base", "refine", "upscale"):
-        stopped = record / f"stageflow.services.{stage}.stopped"
+        stopped = record / f"stageflow.stage.{stage}.stopped"
         assert int(stopped.read_text()) > orchestrator_stopped
     cluster.stop()  # a second stop is harmless
 
@@ -128,7 +132,7 @@ def test_start_wires_processes_and_stop_goes_orchestrator_first(
 def test_a_process_that_exits_fails_start_with_its_log(
     tmp_path: Path, models: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    cluster = make(tmp_path, models, FAKE_MODE_stageflow_services_refine="exit")
+    cluster = make(tmp_path, models, FAKE_MODE_stageflow_stage_refine="exit")
     spawned: list[subprocess.Popen[bytes]] = []
     spawn = cluster._spawn
 
@@ -155,7 +159,7 @@ def test_stop_kills_what_ignores_sigterm(tmp_path: Path, models: Path) -> None:
     cluster.stop(grace=0.5)
     assert orchestrator.returncode == -9
     assert not alive(orchestrator.pid)
-    assert (tmp_path / "record" / "stageflow.services.base.stopped").exists()
+    assert (tmp_path / "record" / "stageflow.stage.base.stopped").exists()
 
 
 @pytest.mark.usefixtures("fake_launcher")

@@ -155,6 +155,10 @@ def test_children_of_a_parent_die_with_it(sig: signal.Signals, tmp_path: Path) -
 def test_stageflow_up_stops_its_children_with_it(sig: signal.Signals, tmp_path: Path) -> None:
     state = tmp_path / "state"
     argv = [sys.executable, "-m", "stageflow.cli", "up", "--port", "0", "--state-dir", str(state)]
+    # The gRPC processes only (their health and drain lines are what is checked); the
+    # gateway is started by the same ServerProcess, whose parent-death path the test
+    # above covers.
+    argv += ["--gateway-port", "-1"]
     log = tmp_path / "up.log"
     with parent_process(argv, log) as (parent, leftovers):
         up = lambda: "stop with Ctrl-C" in log_tail(log)  # noqa: E731

@@ -2,7 +2,7 @@
 still completes, with the same bytes as an undisturbed run of the same batch.
 
 The test starts its own two base replicas and its own orchestrator (pointing at
-both, `--base-address a,b`, stage cache off so every job really calls the
+both, `--stages base=a,b;...`, stage cache off so every job really calls the
 stages); refine and upscale are the session cluster's.
 """
 
@@ -82,8 +82,8 @@ async def test_a_replica_killed_mid_batch_loses_no_job_and_changes_no_byte(
         "orchestrator",
         ["-m", "stageflow.orchestrator", "--store-url", store,
          "--db-path", str(tmp_path / "jobs.sqlite"),
-         "--base-address", f"{replica_a.address},{replica_b.address}",
-         "--refine-address", addresses["refine"], "--upscale-address", addresses["upscale"],
+         "--stages", f"base={replica_a.address},{replica_b.address};"
+                     f"refine={addresses['refine']};upscale={addresses['upscale']}",
          "--stage-cache", "false", "--retry-base-seconds", "0.05", "--log-json", "true"],
         tmp_path,
     )  # fmt: skip

@@ -5,6 +5,8 @@ keeps serving."""
 from __future__ import annotations
 
 import io
+import subprocess
+import sys
 
 import grpc
 import pytest
@@ -169,13 +171,7 @@ async def test_input_image_checks(local_cluster: LocalCluster, local_store: Obje
         (refine_address, refine(None)),
         (local_cluster.addresses["upscale"], upscale(None)),
     ):
-        with pytest.raises(grpc.aio.AioRpcError) as info:
-            await call(address, request)
-        assert info.value.code() in (
-            grpc.StatusCode.INVALID_ARGUMENT,
-            grpc.StatusCode.FAILED_PRECONDITION,
-        )
-        assert "image" in (info.value.details() or "")
+        await assert_invalid(address, request, "image")  # a missing field, not a precondition
 
 
 async def test_missing_artifact_is_not_found(
@@ -221,3 +217,78 @@ async def test_corrupted_artifact_is_data_loss_and_the_stage_stays_healthy(
     assert (out.width, out.height) == (128, 128)
     decoded = Image.open(io.BytesIO(local_store.get(out.output.key)))
     assert decoded.size == (128, 128)
+
+
+async def test_an_oversize_input_or_a_bomb_is_refused_from_its_header(
+    local_cluster: LocalCluster, local_store: ObjectStore
+) -> None:
+    """Its sides are read from the header, never decoded: INVALID_ARGUMENT
+    naming the field and the range the stage's Describe publishes."""
+    from tests.unit.stage.test_image_headers import png_bomb, png_header
+
+    address = local_cluster.addresses["upscale"]
+    async with client_channel(address) as channel:
+        desc = await stage_pb2_grpc.StageServiceStub(channel).Describe(stage_pb2.DescribeRequest())
+    allowed = f"[{desc.min_side}, {desc.max_side}] pixels"
+    for data in (png_header(9000, 9000), png_bomb(20000, 20000)):
+        bad = ref(put_artifact(local_store, data))
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await call(address, upscale(bad))
+        assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert field_violations(info.value) == ["image"]
+        assert allowed in (info.value.details() or ""), info.value.details()
+    events = await call(address, upscale(image_ref(local_store, (16, 16))))
+    assert events[-1].result.width == 64  # and it keeps serving
+
+
+async def test_error_messages_carry_no_python_repr_and_no_server_path(
+    local_cluster: LocalCluster, local_store: ObjectStore
+) -> None:
+    missing = common_pb2.ArtifactRef(
+        key=artifact_key("artifacts", "cd" * 32, "png"), sha256="cd" * 32
+    )
+    junk = ref(put_artifact(local_store, b"\x89PNG but not really"))
+    seed = refine(image_ref(local_store), seed=-1)
+    for stage, request in (
+        ("upscale", upscale(missing)),
+        ("upscale", upscale(junk)),
+        ("refine", seed),
+    ):
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await call(local_cluster.addresses[stage], request)
+        details = info.value.details() or ""
+        assert "0x" not in details and " object at " not in details, details
+        assert str(local_cluster.state_dir) not in details, details
+    assert "[0, 9223372036854775807]" in details  # the seed range, in full
+
+
+async def test_the_requests_output_prefix_is_honoured_inside_the_store(
+    local_cluster: LocalCluster, local_store: ObjectStore
+) -> None:
+    request = upscale(image_ref(local_store, (16, 16)))
+    request.output_prefix = "team-a/outputs"
+    events = await call(local_cluster.addresses["upscale"], request)
+    key = events[-1].result.output.key
+    assert key.startswith("team-a/outputs/sha256/")
+    assert local_store.exists(key)
+    request.output_prefix = "../outside"
+    await assert_invalid(local_cluster.addresses["upscale"], request, "output_prefix")
+
+
+def test_an_invalid_bucket_name_stops_a_stage_with_one_line_and_status_2(
+    local_cluster: LocalCluster,
+) -> None:
+    stage = subprocess.run(
+        [
+            sys.executable, "-m", "stageflow.services.upscale",
+            "--store-url", "s3://Not_A_Bucket?endpoint=http://127.0.0.1:9",
+            "--model-path", str(local_cluster.model_path("upscale")),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )  # fmt: skip
+    assert stage.returncode == 2, stage.stderr
+    assert "Traceback" not in stage.stderr
+    errors = [line for line in stage.stderr.splitlines() if "error" in line]
+    assert len(errors) == 1 and "Not_A_Bucket" in errors[0], stage.stderr

@@ -41,6 +41,7 @@ class FakeOrchestrator(pb_grpc.OrchestratorServiceServicer):
         self.artifacts: dict[str, bytes] = {}  # key -> bytes, what GetArtifact serves
         self.artifact_requests: list[pb.GetArtifactRequest] = []
         self.submits: list[pb.SubmitJobRequest] = []
+        self.validations: list[pb.SubmitJobRequest] = []  # validate_only submits
         self.list_requests: list[pb.ListJobsRequest] = []
         self.cancels: list[str] = []
         self.jobs: dict[str, pb.Job] = {}
@@ -52,6 +53,14 @@ class FakeOrchestrator(pb_grpc.OrchestratorServiceServicer):
     async def SubmitJob(
         self, request: pb.SubmitJobRequest, context: grpc.aio.ServicerContext
     ) -> pb.SubmitJobResponse:
+        if request.validate_only:  # the real one's contract: checked, nothing stored
+            self.validations.append(request)
+            if request.width % 8:
+                await context.abort(
+                    grpc.StatusCode.INVALID_ARGUMENT,
+                    f"width: must be a multiple of 8 in [64, 1024], got {request.width}",
+                )
+            return pb.SubmitJobResponse(job=pb.Job(bundle=request.bundle))
         self.submits.append(request)
         if request.request_id in self.by_request_id:
             return pb.SubmitJobResponse(job=self.jobs[self.by_request_id[request.request_id]])

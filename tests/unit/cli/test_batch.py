@@ -77,19 +77,51 @@ def test_rerunning_the_same_file_starts_no_new_jobs(fake: Fake, tmp_path: Path) 
     assert sorted(ids[:2]) == sorted(ids[2:]) and len(set(ids)) == 2
 
 
-def test_a_rejected_line_is_reported_and_the_rest_still_run(fake: Fake, tmp_path: Path) -> None:
-    _, address = fake
-    bundles = _write(tmp_path / "b.jsonl", _bundle(1), _bundle(2, width=30))
+def test_an_out_of_range_line_stops_the_batch_before_any_submit(fake: Fake, tmp_path: Path) -> None:
+    servicer, address = fake
+    bundles = _write(tmp_path / "b.jsonl", _bundle(1), _bundle(2, width=30), _bundle(3, width=31))
+    result = invoke(
+        "batch", str(bundles), "--address", address, "--out", str(tmp_path / "out"),
+        "--summary", str(tmp_path / "summary.jsonl"),
+    )  # fmt: skip
+    assert result.exit_code == 2
+    assert "line 2: " in result.stderr and "line 3: " in result.stderr
+    assert "width" in result.stderr and "nothing was submitted" in result.stderr
+    assert len(servicer.validations) == 3
+    assert servicer.submits == []
+
+
+def test_a_final_that_cannot_be_downloaded_fails_the_line(fake: Fake, tmp_path: Path) -> None:
+    servicer, address = fake
+    servicer.outcome = "bad_digest"  # every download arrives corrupted
+    bundles = _write(tmp_path / "b.jsonl", _bundle(1), _bundle(2))
     summary = tmp_path / "summary.jsonl"
     result = invoke(
         "batch", str(bundles), "--address", address, "--out", str(tmp_path / "out"),
         "--summary", str(summary),
     )  # fmt: skip
     assert result.exit_code == 1
-    ok, bad = _summary(summary)
-    assert ok["status"] == "succeeded"
-    assert bad["line"] == 2 and bad["status"] == "error" and bad["job_id"] == ""
-    assert "INVALID_ARGUMENT" in str(bad["error"]) and "width" in str(bad["error"])
+    assert "0 of 2 jobs succeeded (2 final images not written)" in result.stderr
+    rows = _summary(summary)
+    assert [r["status"] for r in rows] == ["download_failed", "download_failed"]
+    assert all(r["final_path"] is None for r in rows)
+    # Each download was retried before the line was given up.
+    assert len(servicer.artifact_requests) == 2 * 5
+
+
+def test_an_orchestrator_never_reached_fails_fast(tmp_path: Path) -> None:
+    import socket
+    import time
+
+    with socket.socket() as sock:  # a port nobody listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    bundles = _write(tmp_path / "b.jsonl", _bundle(1))
+    started = time.monotonic()
+    result = invoke("batch", str(bundles), "--address", f"127.0.0.1:{port}")
+    assert time.monotonic() - started < 10
+    assert result.exit_code == 1
+    assert "cannot reach the orchestrator" in result.stderr
 
 
 def test_a_bad_line_stops_the_batch_before_any_submit(fake: Fake, tmp_path: Path) -> None:

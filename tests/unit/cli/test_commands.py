@@ -98,6 +98,19 @@ def test_ctrl_c_while_watching_cancels_the_job(fake: Fake, tmp_path: Path) -> No
     assert "cancelled job job-1" in result.stderr
 
 
+def test_ctrl_c_in_watch_detaches_unless_told_to_cancel(fake: Fake) -> None:
+    servicer, address = fake
+    assert invoke("submit", *BUNDLE, "--no-wait", "--address", address).exit_code == 0
+    servicer.outcome = "interrupt"
+    result = invoke("watch", "job-1", "--address", address)
+    assert result.exit_code == 130
+    assert servicer.cancels == []
+    assert "stopped watching job job-1; it keeps running" in result.stderr
+    result = invoke("watch", "job-1", "--cancel", "--address", address)
+    assert result.exit_code == 130
+    assert servicer.cancels == ["job-1"]
+
+
 def test_no_wait_json_and_address_from_env(fake: Fake) -> None:
     servicer, address = fake
     result = invoke("submit", *BUNDLE, "--no-wait", "--json", env={"STAGEFLOW_ADDRESS": address})
@@ -145,3 +158,10 @@ def test_bad_choice_is_a_usage_error() -> None:
     result = invoke("submit", *BUNDLE, "--upscale-mode", "bicubic")
     assert result.exit_code == 2
     assert "bicubic" in result.output
+
+
+def test_up_refuses_a_malformed_store_url_before_starting_anything() -> None:
+    result = invoke("up", "--store-url", "s3://Bad_Bucket?endpoint=http://127.0.0.1:1")
+    assert result.exit_code == 2
+    assert "--store-url: the bucket of store URL" in result.stderr
+    assert "'Bad_Bucket'" in result.stderr

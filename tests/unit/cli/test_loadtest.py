@@ -174,3 +174,56 @@ def test_cli_refuses_refine_without_a_store() -> None:
     result = CliRunner().invoke(app, ["loadtest", "--address", "x:1", "--kind", "refine"])
     assert result.exit_code == 2
     assert "--store-url" in result.output
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:  # bound, then closed: nobody listens on it
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.mark.parametrize("kind", ["orchestrator", "txt2img"])
+def test_an_unreachable_target_is_a_clear_failure(
+    kind: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import time
+
+    from stageflow.cli import loadgen
+
+    monkeypatch.setattr(loadgen, "CONNECT_SECONDS", 1.0)
+    started = time.monotonic()
+    address = f"127.0.0.1:{_free_port()}"
+    result = CliRunner().invoke(
+        app, ["loadtest", "--address", address, "--kind", kind, "--requests", "2"]
+    )
+    assert result.exit_code == 1, result.output
+    assert f"cannot connect to {address}" in result.output
+    assert time.monotonic() - started < 8
+
+
+def test_a_run_where_every_request_failed_exits_non_zero(
+    fake: tuple[object, str],
+) -> None:
+    servicer, address = fake
+    servicer.outcome = "fail"  # type: ignore[attr-defined]
+    result = CliRunner().invoke(
+        app,
+        ["loadtest", "--address", address, "--kind", "orchestrator", "--requests", "3"],
+    )
+    assert result.exit_code == 1, result.output
+    assert "none of 3 requests succeeded" in result.output
+
+
+def test_a_malformed_store_url_is_a_usage_error() -> None:
+    result = CliRunner().invoke(
+        app,
+        [
+            "loadtest", "--address", "x:1", "--kind", "refine",
+            "--store-url", "s3://Bad_Bucket?endpoint=http://127.0.0.1:1",
+        ],
+    )  # fmt: skip
+    assert result.exit_code == 2
+    assert "--store-url: the bucket of store URL" in result.output
+    assert "Traceback" not in result.output

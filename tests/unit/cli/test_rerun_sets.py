@@ -34,3 +34,10 @@ def test_an_unknown_key_lists_the_allowed_ones() -> None:
 def test_malformed_values_are_refused(item: str) -> None:
     with pytest.raises(InvalidArgument):
         parse_sets("refine", [item])
+
+
+def test_an_unknown_from_stage_is_reported_before_the_keys() -> None:
+    with pytest.raises(InvalidArgument) as err:
+        parse_sets("blur", ["steps=3", "nonsense=1"])
+    assert err.value.field == "--from"
+    assert "unknown stage 'blur'" in err.value.message and "refine" in err.value.message

@@ -9,8 +9,16 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from stageflow.core.errors import FailedPrecondition, InvalidArgument
-from stageflow.inference.interface import Box, RefineMode, RefineParams, StageInputs
+from stageflow.core.errors import InvalidArgument
+from stageflow.inference.interface import (
+    STRENGTH_IMG2IMG,
+    STRENGTH_INPAINT,
+    STRENGTH_TEXT,
+    Box,
+    RefineMode,
+    RefineParams,
+    StageInputs,
+)
 
 if TYPE_CHECKING:
     from stageflow.inference.diffusion import RefineModel
@@ -107,7 +115,16 @@ def test_reference_workflow_config_is_accepted(refine: RefineModel) -> None:
     out = refine.run(
         params, StageInputs(image=noise_image()), lambda i, n: calls.append(i), lambda: False
     )
-    assert out.size == (64, 64) and len(calls) == 20  # 40 steps x strength 0.5
+    # Unset strength is the inpaint default: 40 steps x 0.75.
+    assert params.strength == STRENGTH_INPAINT == 0.75
+    assert out.size == (64, 64) and len(calls) == 30
+
+
+def test_an_unset_strength_follows_the_pass() -> None:
+    assert RefineParams(prompt="p").strength == STRENGTH_IMG2IMG
+    assert RefineParams(prompt="p", mode=RefineMode.INPAINT).strength == STRENGTH_INPAINT
+    assert RefineParams(prompt="p", text="Hi", mode=RefineMode.INPAINT).strength == STRENGTH_TEXT
+    assert RefineParams(prompt="p", text="Hi", strength=0.9).strength == 0.9
 
 
 @pytest.mark.parametrize(
@@ -141,9 +158,10 @@ def test_rejects_mask_of_another_size(refine: RefineModel) -> None:
     assert err.value.field == "mask"
 
 
-def test_missing_image_is_a_failed_precondition(refine: RefineModel) -> None:
-    with pytest.raises(FailedPrecondition, match="image"):
+def test_missing_image_is_an_invalid_argument(refine: RefineModel) -> None:
+    with pytest.raises(InvalidArgument) as err:
         refine.validate_inputs(RefineParams(prompt="x"), StageInputs())
+    assert err.value.field == "image"
 
 
 @pytest.mark.parametrize("size", [(72, 64), (64, 2048)])

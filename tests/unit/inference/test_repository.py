@@ -24,6 +24,7 @@ from stageflow.inference.repository import (
     parse_ref,
     version_order,
 )
+from stageflow.kinds.builtin import BASE, UPSCALE
 
 UNET_WEIGHTS = "unet/diffusion_pytorch_model.safetensors"
 
@@ -37,8 +38,8 @@ BAD_MANIFESTS = [
     ("kinds.0", lambda m: m.update(kinds=["painting"])),
     ("backend", lambda m: m.update(backend="cuda-magic")),
     ("fingerprint", lambda m: m.update(fingerprint="abc")),
-    ("defaults.upscale.tile_sise", lambda m: m["defaults"]["upscale"].update(tile_sise=3)),
-    ("defaults.upscale.tile_size", lambda m: m["defaults"]["upscale"].update(tile_size=99999)),
+    ("defaults.upscale.tile_sise", lambda m: m["defaults"].update(upscale={"tile_sise": 3})),
+    ("defaults.upscale.tile_size", lambda m: m["defaults"].update(upscale={"tile_size": 99999})),
     ("files", lambda m: m.update(files={"../escape": m["files"]["config.json"]})),
     ("colour", lambda m: m.update(colour="blue")),
 ]
@@ -70,11 +71,14 @@ class RepositoryContract:
             "sd",
         )
         assert (sd.sizes.min_side, sd.sizes.size_multiple) == (16, 16)
-        assert sd.defaults[StageKind.TXT2IMG]["width"] == 128  # the UNet's native side
+        # What the folder says about itself, its native side; steps, guidance and
+        # strength are left to the model class (one owner per default).
+        assert sd.defaults == {StageKind.TXT2IMG: {"width": 128, "height": 128}}
         # Same identity as the folder served by path: the stage cache keys agree.
         assert sd.fingerprint == folder_fingerprint(sd_folder)
         up = repo.import_folder(esrgan_folder, "tiny-esrgan", "1")
         assert (up.kinds, up.format) == ([StageKind.UPSCALE], ModelFormat.ESRGAN)
+        assert up.defaults == {}
         assert [v.ref for v in repo.list()] == ["tiny-esrgan@1", "tiny-sd@1"]
         assert repo.get("tiny-sd", "1") == sd
 
@@ -159,7 +163,7 @@ class RepositoryContract:
         (xl / "model_index.json").write_text(json.dumps(index))
         created = repo.import_folder(xl, "xl", "1")
         assert created.architecture == "sdxl"
-        loader = RepositoryLoader(repo, StageKind.TXT2IMG, create_model)
+        loader = RepositoryLoader(repo, StageKind.TXT2IMG, create_model, families=BASE.families)
         with pytest.raises(FailedPrecondition, match="xl@1: SDXL pipelines"):
             loader.load("xl@1")
 
@@ -167,7 +171,7 @@ class RepositoryContract:
         self, repo: ModelRepository, esrgan_folder: Path
     ) -> None:
         repo.import_folder(esrgan_folder, "up", "1")
-        loader = RepositoryLoader(repo, StageKind.TXT2IMG, create_model)
+        loader = RepositoryLoader(repo, StageKind.TXT2IMG, create_model, families=BASE.families)
         with pytest.raises(
             FailedPrecondition, match="up@1 serves upscale; this stage runs txt2img"
         ):
@@ -177,7 +181,9 @@ class RepositoryContract:
         self, repo: ModelRepository, esrgan_folder: Path
     ) -> None:
         created = repo.import_folder(esrgan_folder, "up", "3")
-        model = RepositoryLoader(repo, StageKind.UPSCALE, create_model, torch_threads=1).load("up")
+        model = RepositoryLoader(
+            repo, StageKind.UPSCALE, create_model, families=UPSCALE.families, torch_threads=1
+        ).load("up")
         try:
             identity = model.describe().identity
             assert (identity.name, identity.version, identity.backend) == ("up", "3", "torch")
@@ -222,7 +228,7 @@ def test_corrupt_weights_with_a_consistent_manifest_fail_to_load_clearly(
     (broken / "model.safetensors").write_bytes(b"\x00" * 64)
     repo = ModelRepository(tmp_path / "repo")
     repo.import_folder(broken, "up", "1")
-    loader = RepositoryLoader(repo, StageKind.UPSCALE, create_model)
+    loader = RepositoryLoader(repo, StageKind.UPSCALE, create_model, families=UPSCALE.families)
     with pytest.raises(FailedPrecondition, match=r"cannot load model up@1 from .*Error"):
         loader.load("up@1")
 

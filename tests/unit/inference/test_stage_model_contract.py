@@ -114,7 +114,9 @@ def test_validate_rejects_each_numeric_field_out_of_range(loaded: Any) -> None:
             with pytest.raises(InvalidArgument) as err:
                 model.validate(params)
             assert err.value.field == name
-            assert f"{lo:g}" in err.value.message and f"{hi:g}" in err.value.message
+            # Integers in full (a seed's bound is no 9.22337e+18), others as %g.
+            shown = [str(v) if isinstance(v, int) else f"{v:g}" for v in (lo, hi)]
+            assert f"[{shown[0]}, {shown[1]}]" in err.value.message
 
 
 def test_validate_rejects_another_stages_params(loaded: Any) -> None:

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from stageflow.core.errors import FailedPrecondition, InvalidArgument
+from stageflow.core.errors import InvalidArgument
 from stageflow.inference.interface import StageInputs, UpscaleMode, UpscaleParams
 
 if TYPE_CHECKING:
@@ -102,9 +102,10 @@ def test_loads_a_real_esrgan_release_pth(tmp_path: Path, esrgan_folder: Path) ->
         assert torch.equal(loaded(x), net(x))
 
 
-def test_missing_image_is_a_failed_precondition(upscaler: EsrganUpscaler) -> None:
-    with pytest.raises(FailedPrecondition, match="image"):
+def test_missing_image_is_an_invalid_argument(upscaler: EsrganUpscaler) -> None:
+    with pytest.raises(InvalidArgument) as err:
         upscaler.validate_inputs(UpscaleParams(), StageInputs())
+    assert err.value.field == "image"
 
 
 def test_rejects_input_larger_than_max_side(esrgan_folder: Path) -> None:

@@ -188,3 +188,17 @@ def test_keys_are_parsed_and_hashed_with_the_secret() -> None:
         new_key("Bad Tenant", SECRET)
     with pytest.raises(InvalidArgument, match="auth_secret_key"):
         Authenticator(None, "short", enabled=True)  # type: ignore[arg-type]
+
+
+async def test_an_oversized_request_is_authenticated_first_then_rejected_and_audited(
+    orch: Orchestrator,
+) -> None:
+    huge = pb.GetJobRequest(job_id="j" * 10_000)
+    with capture_logs() as logs:
+        code, _ = await _code(orch.stub.GetJob(huge))
+        assert code == grpc.StatusCode.UNAUTHENTICATED
+        code, message = await _code(orch.stub.GetJob(huge, metadata=_auth(orch.acme)))
+        assert code == grpc.StatusCode.INVALID_ARGUMENT
+        assert message.startswith("job_id: must be at most 128 characters")
+    lines = [(e["action"], len(e["job_id"]), e["outcome"]) for e in logs if e["event"] == "audit"]
+    assert lines == [("GetJob", 128, "UNAUTHENTICATED"), ("GetJob", 128, "INVALID_ARGUMENT")]

@@ -43,15 +43,24 @@ def test_compose_prompt_drops_an_empty_style_clause(style: str) -> None:
     assert compose_prompt(bundle) == "a castle. Overlay text: 'Hi' with clear, legible typography."
 
 
-def test_base_request_defaults() -> None:
+def test_base_request_carries_the_job_and_leaves_unset_options_unset() -> None:
     req = build_run_request("base", _request(), job_id="job-1", output_prefix="out")
     assert req.WhichOneof("params") == "txt2img"
     p = req.txt2img
     assert p.prompt == compose_prompt(REFERENCE)
-    assert (p.width, p.height, p.steps, p.seed) == (128, 96, 20, 7)
-    assert p.guidance_scale == pytest.approx(7.5)
+    assert (p.width, p.height, p.seed) == (128, 96, 7)
+    # No default of the orchestrator's own: the stage's model decides.
+    assert not p.HasField("steps") and not p.HasField("guidance_scale")
     assert (req.job_id, req.request_id, req.output_prefix) == ("job-1", "job-1.base", "out")
     assert not req.HasField("image")
+
+
+def test_a_job_without_a_size_leaves_it_to_the_model() -> None:
+    request = _request()
+    request.ClearField("width")
+    request.ClearField("height")
+    p = build_run_request("base", request).txt2img
+    assert not p.HasField("width") and not p.HasField("height")
 
 
 def test_base_request_takes_set_options_even_zero() -> None:
@@ -68,9 +77,11 @@ def test_refine_runs_the_typography_pass_when_there_is_overlay_text() -> None:
     p = build_run_request("refine", _request()).refine
     assert p.text == "Chapter One"
     assert p.mode == stage_pb2.REFINE_MODE_INPAINT
-    assert p.strength == pytest.approx(0.3)  # a light harmonising inpaint
-    assert (p.steps, p.seed, p.inpaint_mask_blur) == (40, 7, 4)
-    assert p.guidance_scale == pytest.approx(7.5)
+    assert p.seed == 7  # the job's
+    # Strength, steps, guidance and blur are the model's defaults (the text
+    # pass's light strength included): unset here.
+    for name in ("strength", "steps", "guidance_scale", "inpaint_mask_blur"):
+        assert not p.HasField(name), name
     # The stage inpaints the text's own mask: no box, and the bottom band by default.
     assert not p.HasField("mask_box") and not p.HasField("text_box")
     assert p.text_placement == stage_pb2.TEXT_PLACEMENT_UNSPECIFIED
@@ -101,7 +112,7 @@ def test_refine_is_img2img_without_overlay_text() -> None:
     bundle = orchestrator_pb2.PromptBundle(base="a castle", style="ink", negative_prompt="blur")
     p = build_run_request("refine", _request(bundle=bundle)).refine
     assert p.mode == stage_pb2.REFINE_MODE_IMG2IMG
-    assert p.strength == pytest.approx(0.35)
+    assert not p.HasField("strength")
     assert not p.HasField("mask_box")
     assert p.negative_prompt == "blur"
 
@@ -125,18 +136,19 @@ def test_refine_options_override_defaults() -> None:
     assert p.mask_box == box
 
 
-def test_explicit_inpaint_mode_without_text_defaults_to_band_and_inpaint_strength() -> None:
+def test_explicit_inpaint_mode_without_text_repaints_the_text_band() -> None:
     bundle = orchestrator_pb2.PromptBundle(base="a castle")
     opts = orchestrator_pb2.RefineOptions(mode=stage_pb2.REFINE_MODE_INPAINT)
     p = build_run_request("refine", _request(bundle=bundle, refine=opts)).refine
     assert p.mode == stage_pb2.REFINE_MODE_INPAINT
-    assert p.strength == pytest.approx(0.75)
+    assert not p.HasField("strength")  # the model's inpaint strength
     assert p.mask_box == TEXT_BAND
 
 
 def test_upscale_defaults_and_overrides() -> None:
     p = build_run_request("upscale", _request()).upscale
-    assert (p.mode, p.tile_size, p.tile_overlap) == (stage_pb2.UPSCALE_MODE_LEARNED, 128, 24)
+    assert p.mode == stage_pb2.UPSCALE_MODE_UNSPECIFIED  # the stage's learned model
+    assert not p.HasField("tile_size") and not p.HasField("tile_overlap")
     opts = orchestrator_pb2.UpscaleOptions(
         mode=stage_pb2.UPSCALE_MODE_LANCZOS, tile_size=0, tile_overlap=2
     )

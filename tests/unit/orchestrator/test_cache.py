@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from stageflow.core.errors import Unavailable
 from stageflow.orchestrator.cache import StageCache, cache_key
 from stageflow.orchestrator.sqlite_store import SqliteJobStore
 from stageflow.v1 import common_pb2, stage_pb2
@@ -123,3 +124,24 @@ async def test_a_hit_is_verified_against_the_store(jobs: SqliteJobStore) -> None
     # Without a store the entry is trusted.
     await cache.put("k3", "base", result)
     assert await StageCache(jobs, None).get("k3") == result
+
+
+async def test_an_unreadable_or_truncated_artifact_is_a_miss(jobs: SqliteJobStore) -> None:
+    """The stage runs again rather than the job failing or trusting the entry."""
+    data = b"png bytes"
+    ref = common_pb2.ArtifactRef(
+        key="artifacts/x.png", sha256=hashlib.sha256(data).hexdigest(), size_bytes=len(data)
+    )
+    result = stage_pb2.StageResult(output=ref, model=MODEL)
+
+    class Down(FakeStore):
+        def get(self, key: str) -> bytes:
+            raise Unavailable("object store unreachable")
+
+    await StageCache(jobs, Down()).put("k1", "base", result)
+    assert await StageCache(jobs, Down()).get("k1") is None
+    store = FakeStore()
+    store.objects[ref.key] = data[:4]
+    cache = StageCache(jobs, store)
+    await cache.put("k2", "base", result)
+    assert await cache.get("k2") is None

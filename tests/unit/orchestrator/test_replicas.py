@@ -133,7 +133,7 @@ async def test_a_replica_dying_mid_stream_is_retried_on_another_after_a_backoff(
 
 
 async def test_backoff_delays_grow_up_to_the_cap_and_are_jittered() -> None:
-    policy = {"base_seconds": 0.1, "cap_seconds": 1.0, "max_attempts": 7}
+    policy = {"base_seconds": 0.1, "cap_seconds": 1.0, "budget_seconds": 3.0}
     bounds = [0.1, 0.2, 0.4, 0.8, 1.0, 1.0]
     # The largest draw shows the bounds themselves: doubling, then capped.
     clock = Clock()
@@ -144,10 +144,33 @@ async def test_backoff_delays_grow_up_to_the_cap_and_are_jittered() -> None:
     # Random draws: each delay within [0, its bound), and not all equal to it.
     clock = Clock()
     with pytest.raises(StageCallError):
-        await _call(_caller(clock, **policy), Script("a", ["UNAVAILABLE"] * 9))
-    assert len(clock.sleeps) == len(bounds)
-    assert all(0 <= d < b for d, b in zip(clock.sleeps, bounds, strict=True))
-    assert len({round(d / b, 6) for d, b in zip(clock.sleeps, bounds, strict=True)}) > 1
+        await _call(_caller(clock, **policy), Script("a", ["UNAVAILABLE"] * 99))
+    drawn = [min(1.0, 0.1 * 2.0**retry) for retry in range(len(clock.sleeps))]
+    assert len(clock.sleeps) >= len(bounds)
+    assert all(0 <= d < b for d, b in zip(clock.sleeps, drawn, strict=True))
+    assert len({round(d / b, 6) for d, b in zip(clock.sleeps, drawn, strict=True)}) > 1
+
+
+async def test_an_outage_is_ridden_out_by_time_not_by_attempt_count() -> None:
+    """A stage down for 30 s (a restart, its store down): the old budget of
+    five attempts was spent in about 3 s; the default budget is a duration."""
+    clock = Clock()
+    stage = Script("a", ["UNAVAILABLE"] * 40)
+    key, route, attempts = await _call(_caller(clock, uniform=0.5), stage)
+    assert (key, route, attempts) == (stage.output_key(41), PRIMARY, 41)
+    assert 30.0 < clock.now - NOW < RetryPolicy().budget_seconds
+    assert max(clock.sleeps) <= RetryPolicy().cap_seconds
+
+
+async def test_retries_end_once_the_budget_is_spent_and_say_so() -> None:
+    clock = Clock()
+    with pytest.raises(StageCallError) as err:
+        await _call(
+            _caller(clock, uniform=0.999, budget_seconds=10.0), Script("a", ["UNAVAILABLE"] * 99)
+        )
+    assert err.value.code == "UNAVAILABLE"
+    assert "retry budget is 10 s" in err.value.message
+    assert 10.0 <= clock.now - NOW < 10.0 + RetryPolicy().cap_seconds
 
 
 async def test_resource_exhausted_is_backed_off_and_given_up_after_its_limit() -> None:

@@ -188,3 +188,40 @@ async def test_rerun_refusals_name_the_problem(
         await runner.rerun(S.RerunJobRequest(job_id=running.job_id, from_stage="upscale"))
     fakes["refine"].release.set()
     await _finish(runner, running.job_id)
+
+
+async def test_rerun_applies_the_stage_rules_before_storing_a_version(
+    jobs: SqliteJobStore, runner: JobRunner, fakes: dict[str, FakeStage]
+) -> None:
+    fakes["refine"].describe_response.defaults["steps"] = 40  # type: ignore[union-attr]
+    job = await runner.submit(_request())
+    await _finish(runner, job.job_id)
+    calls = len(fakes["refine"].calls)
+    for overrides, field in (
+        ({"bundle": S.BundleOverrides(overlay_text="a\nb")}, "bundle.overlay_text"),
+        ({"bundle": S.BundleOverrides(style="s" * 2000)}, "bundle"),
+        ({"refine": S.RefineOptions(strength=0.01)}, "refine.strength"),
+        ({"refine": S.RefineOptions(mode=42)}, "refine.mode"),  # type: ignore[arg-type]
+    ):
+        with pytest.raises(InvalidArgument) as err:
+            await runner.rerun(
+                S.RerunJobRequest(job_id=job.job_id, from_stage="refine", **overrides)
+            )
+        assert err.value.field == field
+    assert len(await runner.versions(job.job_id)) == 1
+    assert len(fakes["refine"].calls) == calls
+
+
+async def test_versions_are_bounded_so_getjob_fits_in_one_message(
+    jobs: SqliteJobStore, runner: JobRunner, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from stageflow.core import limits
+
+    monkeypatch.setattr(limits, "MAX_VERSIONS", 2)
+    job = await runner.submit(_request())
+    await _finish(runner, job.job_id)
+    await runner.rerun(S.RerunJobRequest(job_id=job.job_id, from_stage="upscale"))
+    await _finish(runner, job.job_id)
+    with pytest.raises(FailedPrecondition, match="2 versions"):
+        await runner.rerun(S.RerunJobRequest(job_id=job.job_id, from_stage="upscale"))
+    assert len(await runner.versions(job.job_id)) == 2

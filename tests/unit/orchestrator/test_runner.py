@@ -240,6 +240,78 @@ async def test_restart_resumes_from_the_first_unfinished_stage(
     assert final.final.key == second_fakes["upscale"].output_key(1)
 
 
+async def test_shutdown_with_queued_jobs_fails_none_and_the_next_start_runs_them(
+    jobs: JobStore, runners: list[JobRunner]
+) -> None:
+    """SIGTERM with jobs waiting for a slot: every one stays QUEUED (or
+    RUNNING) in the store, none FAILED, and the next process finishes all."""
+    first_fakes = _fakes(base=FakeStage("base", block_at=1))
+    first = _runner(runners, first_fakes, jobs, max_running_jobs=2)
+    submitted = [await first.submit(_request(seed=n)) for n in range(6)]
+    await asyncio.wait_for(first_fakes["base"].entered.wait(), WAIT)
+
+    await first.drain(0.05)  # the blocked base calls outlive the grace
+    await first.close()
+
+    stored = [await jobs.get(job.job_id) for job in submitted]
+    states = [job.state for job in stored if job is not None]
+    assert states.count(S.JOB_STATE_RUNNING) == 2
+    assert states.count(S.JOB_STATE_QUEUED) == 4
+    second_fakes = _fakes()
+    second = _runner(runners, second_fakes, jobs, max_running_jobs=2)
+    await second.start()
+    for job in submitted:
+        events = await _collect(second.watch(job.job_id))
+        assert events[-1].finished.state == S.JOB_STATE_SUCCEEDED, events[-1].finished.error
+    assert len(second_fakes["base"].calls) == 6
+
+
+async def test_drain_lets_the_call_in_flight_finish_and_starts_no_other(
+    jobs: JobStore, runners: list[JobRunner]
+) -> None:
+    fakes = _fakes(base=FakeStage("base", block_at=1))
+    runner = _runner(runners, fakes, jobs, max_running_jobs=1)
+    job = await runner.submit(_request())
+    queued = await runner.submit(_request(seed=7))
+    await asyncio.wait_for(fakes["base"].entered.wait(), WAIT)
+    watching = asyncio.create_task(_collect(runner.watch(job.job_id)))
+    await asyncio.sleep(0.01)
+
+    draining = asyncio.create_task(runner.drain(WAIT))
+    await asyncio.sleep(0.01)
+    assert not draining.done()
+    fakes["base"].release.set()
+    await asyncio.wait_for(draining, WAIT)
+
+    events = await watching  # ended by the drain, without `finished`
+    assert all(event.WhichOneof("event") != "finished" for event in events)
+    stored = await jobs.get(job.job_id)
+    assert stored is not None and stored.state == S.JOB_STATE_RUNNING
+    assert stored.stages[0].state == S.STAGE_STATE_SUCCEEDED  # its output is kept
+    assert fakes["refine"].calls == []  # no stage call started while draining
+    assert len(fakes["base"].calls) == 1
+    await runner.close()
+    later = await jobs.get(queued.job_id)
+    assert later is not None and later.state == S.JOB_STATE_QUEUED
+
+
+async def test_a_bug_fails_the_job_with_a_message_that_holds_no_repr(
+    jobs: JobStore, runners: list[JobRunner]
+) -> None:
+    class Broken(FakeStage):
+        async def run(self, *args: object, **kwargs: object):  # type: ignore[no-untyped-def]
+            raise RuntimeError("<_io.BytesIO object at 0x7f00deadbeef> is not in deque")
+            yield  # an async generator, as StageClient.run is
+
+    runner = _runner(runners, _fakes(base=Broken("base")), jobs)
+    job = await runner.submit(_request())
+    events = await _collect(runner.watch(job.job_id))
+    final = events[-1].finished
+    assert final.state == S.JOB_STATE_FAILED
+    assert "internal error (RuntimeError" in final.error
+    assert "0x" not in final.error and "deque" not in final.error
+
+
 async def test_submit_with_a_used_request_id_returns_the_first_job(
     jobs: JobStore, runners: list[JobRunner]
 ) -> None:
@@ -334,7 +406,7 @@ def _stage_limits(*ranges: tuple[str, float, float]) -> stage_pb2.DescribeRespon
         ({"width": 100}, "width", "multiple of 8"),
         ({"height": 1024}, "height", "[32, 512]"),
         ({"base": S.BaseOptions(steps=500)}, "base.steps", "[1, 100]"),
-        ({"seed": -1}, "seed", "base stage"),
+        ({"seed": -1}, "seed", "[0, 9223372036854775807] for the base stage, got -1"),
         ({"refine": S.RefineOptions(strength=1.5)}, "refine.strength", "[0.01, 1]"),
     ],
 )
@@ -370,3 +442,126 @@ async def test_describe_is_cached_and_an_unreachable_stage_does_not_block_submit
     assert fakes["base"].describe_calls == 1
     assert fakes["upscale"].describe_calls == 3  # failures are not cached
     assert len(fakes["upscale"].calls) == 3
+
+
+def _refine_limits() -> stage_pb2.DescribeResponse:
+    """A refine stage as the real one describes itself: ranges and defaults."""
+    desc = _stage_limits(("strength", 0.01, 1.0), ("steps", 1, 200))
+    desc.defaults["steps"] = 40
+    return desc
+
+
+@pytest.mark.parametrize(
+    ("change", "field", "message"),
+    [
+        (
+            {"bundle": S.PromptBundle(base="hero", overlay_text="two\nlines")},
+            "bundle.overlay_text",
+            "one line",
+        ),
+        (
+            {"bundle": S.PromptBundle(base="hero", overlay_text="   ")},
+            "bundle.overlay_text",
+            "blank",
+        ),
+        (
+            {"bundle": S.PromptBundle(base="hero", overlay_text="x" * 201)},
+            "bundle.overlay_text",
+            "200",
+        ),
+        ({"bundle": S.PromptBundle(base="b" * 1500, style="s" * 600)}, "bundle", "composed prompt"),
+        (
+            {"bundle": S.PromptBundle(base="b", negative_prompt="n" * 2001)},
+            "bundle.negative_prompt",
+            "2000",
+        ),
+        ({"refine": S.RefineOptions(strength=0.02)}, "refine.strength", "steps × strength"),
+        ({"refine": S.RefineOptions(steps=2, strength=0.3)}, "refine.strength", "2 × 0.3"),
+        ({"refine": S.RefineOptions(mode=42)}, "refine.mode", "unknown RefineMode value 42"),  # type: ignore[arg-type]
+        (
+            {"refine": S.RefineOptions(guidance_scale=float("nan"))},
+            "refine.guidance_scale",
+            "finite",
+        ),
+        ({"priority": -1}, "priority", "unknown Priority value -1"),
+        ({"priority": 99}, "priority", "unknown Priority value 99"),
+        ({"upscale": S.UpscaleOptions(mode=7)}, "upscale.mode", "UpscaleMode"),  # type: ignore[arg-type]
+        ({"request_id": "r" * 5_000_000}, "request_id", "at most 128 characters"),
+        ({"pipeline": "p" * 65}, "pipeline", "at most 64"),
+        ({"stages": ["base"] * 25_000}, "stages", "at most 16 entries"),
+        ({"deadline_seconds": float("inf")}, "deadline_seconds", "finite"),
+    ],
+)
+async def test_stage_rules_apply_at_submit_before_anything_is_stored_or_run(
+    jobs: JobStore,
+    runners: list[JobRunner],
+    change: dict[str, object],
+    field: str,
+    message: str,
+) -> None:
+    fakes = _fakes(refine=FakeStage("refine", describe=_refine_limits()))
+    runner = _runner(runners, fakes, jobs)
+    with pytest.raises(InvalidArgument) as err:
+        await runner.submit(_request(**change))
+    assert err.value.field == field
+    assert message in err.value.message
+    assert len(err.value.message) < 300  # never the caller's value itself
+    assert await runner.list_jobs() == []
+    assert fakes["base"].calls == []
+
+
+async def test_the_kinds_limits_apply_even_when_the_stage_cannot_be_asked(
+    jobs: JobStore, runners: list[JobRunner]
+) -> None:
+    runner = _runner(runners, _fakes(), jobs)  # no stage answers Describe
+    for change, field in (
+        ({"refine": S.RefineOptions(strength=0)}, "refine.strength"),
+        ({"base": S.BaseOptions(steps=0)}, "base.steps"),
+        ({"upscale": S.UpscaleOptions(tile_size=-4)}, "upscale.tile_size"),
+    ):
+        with pytest.raises(InvalidArgument) as err:
+            await runner.submit(_request(**change))
+        assert err.value.field == field
+    assert await runner.list_jobs() == []
+
+
+async def test_validation_is_linear_in_the_stage_list(
+    jobs: JobStore, runners: list[JobRunner]
+) -> None:
+    import time
+
+    runner = _runner(runners, _fakes(), jobs)
+    # Within the maximum, every entry distinct is the old quadratic count's worst case.
+    for stages in (["base"] * 16, ["base", "refine", "upscale"] * 5, ["blur"] * 50_000):
+        started = time.perf_counter()
+        with pytest.raises(InvalidArgument, match="stages"):
+            await runner.submit(_request(stages=stages))
+        assert time.perf_counter() - started < 0.1
+
+
+async def test_long_ids_and_unknown_states_are_invalid_with_short_messages(
+    jobs: JobStore, runners: list[JobRunner]
+) -> None:
+    runner = _runner(runners, _fakes(), jobs)
+    with pytest.raises(InvalidArgument) as err:
+        await runner.get("j" * 10_000)
+    assert err.value.field == "job_id" and len(err.value.message) < 100
+    with pytest.raises(NotFound) as missing:
+        await runner.get("j" * 128)
+    assert len(missing.value.message) < 100
+    with pytest.raises(InvalidArgument, match="state"):
+        await runner.list_jobs(state=77)  # type: ignore[arg-type]
+
+
+async def test_a_page_of_jobs_fits_in_one_message(
+    jobs: JobStore, runners: list[JobRunner], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from stageflow.orchestrator import runner as runner_module
+
+    runner = _runner(runners, _fakes(), jobs)
+    for _ in range(3):
+        job = await runner.submit(_request(bundle=S.PromptBundle(base="b" * 1500)))
+        await _collect(runner.watch(job.job_id))
+    one = (await runner.list_jobs(1))[0].ByteSize()
+    monkeypatch.setattr(runner_module, "MAX_PAGE_BYTES", one * 2 + 1)
+    assert len(await runner.list_jobs()) == 2  # the third would pass the budget

@@ -161,6 +161,56 @@ async def test_cancelled_waiter_gives_its_turn_away() -> None:
     assert gate.running == 0
 
 
+async def test_waiters_cancelled_all_at_once_leave_the_gate_clean() -> None:
+    """A shutdown cancels every job task at once: the holder's release drops
+    the waiters' cancelled futures before their own handlers run, which must
+    not turn their cancellation into an error (`... is not in deque`)."""
+    gate = PriorityGate(1)
+
+    async def hold(priority: int) -> None:
+        async with gate.hold(priority):
+            await asyncio.Event().wait()
+
+    tasks = [asyncio.create_task(hold(p)) for p in (INTERACTIVE, INTERACTIVE, BULK, BULK)]
+    await asyncio.sleep(0)
+    assert gate.running == 1
+    for task in tasks:
+        task.cancel()
+    results = await asyncio.gather(*tasks, return_exceptions=True)
+    assert all(isinstance(r, asyncio.CancelledError) for r in results), results
+    assert gate.running == 0
+    assert not any(gate.lanes.values())
+
+
+async def test_closed_scheduler_admits_nothing_and_waits_for_calls_in_flight() -> None:
+    scheduler = StageScheduler(lambda _: None, {"base": 2})
+    release = asyncio.Event()
+    admitted: list[int] = []
+
+    async def call(n: int, stage: str = "base") -> None:
+        async with scheduler.slot(stage, INTERACTIVE):
+            admitted.append(n)
+            await release.wait()
+
+    first = asyncio.create_task(call(1))
+    await asyncio.sleep(0)
+    closing = asyncio.create_task(scheduler.close())
+    late = [asyncio.create_task(call(n)) for n in (2, 3)]
+    other = asyncio.create_task(call(4, "refine"))  # a gate made after close is closed
+    await asyncio.sleep(0.01)
+    assert not closing.done()  # the call in flight still runs
+    release.set()
+    async with asyncio.timeout(WAIT):
+        await closing
+        await first
+    await asyncio.sleep(0.01)
+    assert admitted == [1]  # a free slot was not granted after close
+    for task in [*late, other]:
+        task.cancel()
+    await asyncio.gather(*late, other, return_exceptions=True)
+    assert scheduler.running("base") == 0
+
+
 def test_parse_limits() -> None:
     assert parse_limits("base=2, upscale=1") == {"base": 2, "upscale": 1}
     assert parse_limits("") == {}

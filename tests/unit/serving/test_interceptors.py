@@ -104,9 +104,13 @@ HANDLERS = {
 def log_lines(capsys: pytest.CaptureFixture[str]) -> Iterator[Callable[[], list[dict[str, Any]]]]:
     configure_logging(level="DEBUG", json=True, service="test")
 
+    seen: list[dict[str, Any]] = []
+
     def read() -> list[dict[str, Any]]:
+        """Every line logged so far (readouterr consumes, so keep what it gave)."""
         raw = capsys.readouterr().err
-        return [json.loads(line) for line in raw.splitlines() if line]
+        seen.extend(json.loads(line) for line in raw.splitlines() if line)
+        return list(seen)
 
     yield read
     configure_logging()  # back to a handler on the real stderr
@@ -207,6 +211,10 @@ async def test_unknown_error_logs_traceback_and_hides_message(
     with pytest.raises(grpc.aio.AioRpcError) as err:
         await channel.unary_unary("/t.Svc/Unary")(b"bug", metadata=META)
     assert "secret path" not in (err.value.details() or "")
+    # As above: the server's lines of a failed call land after its status.
+    async with asyncio.timeout(5):
+        while not [line for line in log_lines() if line["event"] == "rpc"]:  # noqa: ASYNC110 (log lines from the server)
+            await asyncio.sleep(0.01)
     lines = log_lines()
     (error,) = [line for line in lines if line["event"] == "unhandled error"]
     assert error["request_id"] == "rid-1"

@@ -118,6 +118,15 @@ def test_open_store_uses_store_url(tmp_path: Path) -> None:
     assert isinstance(store.inner, LocalStore) and store.inner.root == tmp_path / "s"
 
 
+def test_a_bad_store_url_is_a_settings_error(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exited:
+        load_settings(CommonSettings, ["--store-url", "s3://Bad_Bucket?endpoint=http://h:1"])
+    assert exited.value.code == 2
+    err = capsys.readouterr().err
+    assert "--store-url / STAGEFLOW_STORE_URL" in err and "Bad_Bucket" in err
+    assert "Traceback" not in err
+
+
 def test_log_level_is_checked(capsys: pytest.CaptureFixture[str]) -> None:
     assert load_settings(CommonSettings, ["--log-level", "debug"]).log_level == "DEBUG"
     with pytest.raises(SystemExit):

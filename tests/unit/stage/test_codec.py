@@ -1,9 +1,19 @@
 """Proto ↔ params translation: presence decides defaults, values pass through."""
 
+import dataclasses
+
 import pytest
 
 from stageflow.core.errors import InvalidArgument
-from stageflow.inference.interface import Box, RefineMode, RefineParams, Txt2ImgParams, UpscaleMode
+from stageflow.inference.interface import (
+    Box,
+    ModelDescription,
+    ModelIdentity,
+    RefineMode,
+    RefineParams,
+    Txt2ImgParams,
+    UpscaleMode,
+)
 from stageflow.stage import codec as stage_codec
 from stageflow.v1 import stage_pb2
 
@@ -80,3 +90,26 @@ def test_the_models_defaults_fill_unset_fields_but_never_override_set_ones() -> 
     assert (unset.steps, unset.guidance_scale, unset.width) == (30, 5.0, 128)
     assert isinstance(unset.steps, int)
     assert (explicit.steps, explicit.guidance_scale) == (4, 5.0)
+
+
+def test_describe_lists_what_an_unset_field_takes_model_yaml_first() -> None:
+    identity = ModelIdentity("m", "1", "torch", "f" * 64)
+    desc = ModelDescription(
+        kind="txt2img",
+        identity=identity,
+        min_side=16,
+        max_side=256,
+        size_multiple=16,
+        param_ranges={},
+        param_defaults={"width": 64, "height": 64},
+    )
+    reply = stage_codec.describe_response(desc, ready=True, max_concurrency=1, max_queue=1)
+    assert (reply.defaults["width"], reply.defaults["steps"]) == (64, 20)  # model.yaml, class
+    refine = stage_codec.describe_response(
+        dataclasses.replace(desc, kind="refine", param_defaults={}),
+        ready=True,
+        max_concurrency=1,
+        max_queue=1,
+    )
+    assert refine.defaults["steps"] == 40
+    assert "strength" not in refine.defaults  # by mode, decided per call

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import ClassVar
 
 import pytest
-from PIL import Image
+from PIL import Image, ImageFile
 
 from stageflow.core.artifacts import put_artifact
 from stageflow.core.errors import (
@@ -227,4 +227,40 @@ async def test_a_caller_that_leaves_stops_the_model_and_frees_the_slot(
             except ResourceExhausted:
                 await asyncio.sleep(0.01)
     assert isinstance(events[-1], Finished)
+    plane.close()
+
+
+async def test_an_oversize_input_is_refused_from_its_header_before_any_decode(
+    store: LocalStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tests.unit.stage.test_image_headers import png_bomb, png_header
+
+    decoded: list[object] = []
+    monkeypatch.setattr(ImageFile.ImageFile, "load", lambda self: decoded.append(self))
+    plane = plane_for(FakeModel(), store)
+    for data in (png_header(9000, 9000), png_bomb(20000, 20000)):
+        artifact = put_artifact(store, data)
+        ref = InputRef("image", artifact.key, artifact.sha256)
+        with pytest.raises(InvalidArgument) as caught:
+            await run(plane, StageCall(txt2img(), image=ref))
+        assert caught.value.field == "image"
+        assert "[1, 64] pixels" in caught.value.message  # the model's Describe sides
+    assert decoded == []
+    plane.close()
+
+
+async def test_the_requests_output_prefix_is_honoured_inside_the_store(
+    store: LocalStore,
+) -> None:
+    plane = plane_for(FakeModel(), store, output_prefix="default")
+    *_, named = await run(plane, StageCall(txt2img(seed=1), output_prefix="team/a/"))
+    *_, unnamed = await run(plane, StageCall(txt2img(seed=2)))
+    assert isinstance(named, Finished) and isinstance(unnamed, Finished)
+    assert named.artifact.key.startswith("team/a/sha256/")
+    assert unnamed.artifact.key.startswith("default/sha256/")
+    assert (store.root / named.artifact.key).is_file()
+    for bad in ("../escape", "a//b", "a/./b", "a\\b", "x" * 300):
+        with pytest.raises(InvalidArgument, match=r"^output_prefix: must"):
+            await run(plane, StageCall(txt2img(), output_prefix=bad))
+    assert not (store.root.parent / "escape").exists()
     plane.close()

@@ -8,7 +8,7 @@ import asyncio
 import pytest
 from PIL import Image
 
-from stageflow.core.errors import FailedPrecondition
+from stageflow.core.errors import FailedPrecondition, Unavailable
 from stageflow.inference.interface import (
     ModelDescription,
     ModelIdentity,
@@ -107,10 +107,13 @@ async def test_a_failed_load_keeps_the_old_model() -> None:
     assert not old.unloaded.is_set()
 
 
-async def test_no_model_yet_is_failed_precondition() -> None:
+async def test_no_model_yet_is_unavailable() -> None:
+    """A stage still loading its model: UNAVAILABLE, which callers retry."""
     holder = ModelHolder()
-    with pytest.raises(FailedPrecondition):
+    with pytest.raises(Unavailable):
         holder.lease()
+    with pytest.raises(Unavailable):
+        holder.current  # noqa: B018
     model = Fake("1")
     await holder.swap(lambda: model)
     await holder.aclose()
