@@ -91,7 +91,7 @@ test: test-unit test-integration test-deploy ## every tier
 k8s-validate: deps ## render every deploy/k8s overlay (kubectl kustomize) and validate it offline, strict
 	$(PY) -m tests.deploy.render
 
-demo: setup ## a prompt through base -> refine -> upscale to a PNG under out/
+demo: setup ## the reference prompt through base -> upscale -> refine to a PNG under out/
 	$(BIN)/stageflow demo --out out
 
 .PHONY: bench bench-backends bench-serving bench-gateway

@@ -9,10 +9,12 @@ The packages, lowest floor first (DESIGN.md; `make lint` checks the imports):
 - `stageflow.serving`: the gRPC runtime every server process shares;
 - `stageflow.stage`, `stageflow.services`: the stage data plane and its processes;
 - `stageflow.orchestrator`: jobs through the stages;
-- `stageflow.client`, `stageflow.cli`: the slim client and the `stageflow` command.
+- `stageflow.client`, `stageflow.cli`: the slim client and the `stageflow` command;
+- `stageflow.gateway`: the HTTP/JSON gateway over the client.
 
 A plain ``pip install stageflow`` gives the client and the CLI's client commands;
-the serving parts come as extras (``stageflow[stage]``, ``stageflow[orchestrator]``).
+the serving parts come as extras (``stageflow[stage]``, ``stageflow[orchestrator]``,
+``stageflow[gateway]``, ``stageflow[all]``).
 """
 
 from importlib.metadata import PackageNotFoundError, version
