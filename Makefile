@@ -66,7 +66,7 @@ fmt: deps
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
-lint: deps proto-check ## ruff, buf, generated code up to date, import contracts (.importlinter)
+lint: deps proto-check ## ruff, buf, generated code up to date, import contracts (pyproject.toml [tool.importlinter])
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	cd protos && ../$(BIN)/buf lint
