@@ -1,4 +1,4 @@
-"""The whole system as real processes on loopback: three stages and the orchestrator.
+"""The whole system as real processes on loopback: the stages, the orchestrator, the gateway.
 
 `LocalCluster` is what `stageflow up`, `stageflow demo` and the integration tests
 run. Every process is started with `--port 0` and reports the port it bound
@@ -69,7 +69,8 @@ def _flag_value(args: Sequence[str], flag: str) -> str | None:
 
 class LocalCluster:
     """Starts the stages (base, refine, upscale unless `stages` names other
-    registered kinds) and the orchestrator as child processes.
+    registered kinds), the orchestrator and, given a `gateway_port`, the HTTP
+    gateway as child processes.
 
     Use as a context manager (starts on enter, stops on exit) or call
     `start()` / `stop()`. Logs go to `<state_dir>/logs/<name>.log`.
