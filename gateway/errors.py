@@ -65,6 +65,14 @@ class GatewayError(Exception):
         self.code, self.message, self.field = code, message, field
 
 
+FIELD_CHARS = 64
+
+
+def quote_field(name: str) -> str:
+    """A field path for an error, cut to FIELD_CHARS so no answer grows with the input."""
+    return name if len(name) <= FIELD_CHARS else name[: FIELD_CHARS - 1] + "…"
+
+
 def error_body(code: str, message: str, field: str | None) -> dict[str, Any]:
     return {"error": {"code": code, "message": message, "field": field}}
 
@@ -78,7 +86,8 @@ def from_exception(err: Exception) -> tuple[int, str, str, str | None]:
     elif isinstance(err, RequestValidationError):
         first = err.errors()[0]
         loc = [str(part) for part in first.get("loc", ()) if part not in ("body", "query", "path")]
-        field = ".".join(loc) or None
+        # A path may hold a caller's own key (an unknown body field): bound it.
+        field = quote_field(".".join(loc)) or None
         code, message = "INVALID_ARGUMENT", f"{field or 'request'}: {first.get('msg', 'invalid')}"
     else:
         raise TypeError(f"not an API error: {type(err).__name__}")
