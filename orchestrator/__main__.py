@@ -1,4 +1,4 @@
-"""`python -m orchestrator`: settings → store → job DB → stage clients → serve."""
+"""`python -m orchestrator`: settings → store → job DB (migrated) → stage clients → serve."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import grpc
 from stageflow.core.errors import StageflowError
 from stageflow.core.logging import configure_logging, get_logger
 from stageflow.orchestrator.auth import Authenticator
+from stageflow.orchestrator.migrations import SchemaTooNew
 from stageflow.orchestrator.quotas import parse_quota
 from stageflow.orchestrator.replicas import RetryPolicy, StageCaller, stage_client_for
 from stageflow.orchestrator.runner import JobRunner
@@ -18,8 +19,8 @@ from stageflow.orchestrator.servicer import SERVICE_NAME, OrchestratorServicer
 from stageflow.orchestrator.settings import OrchestratorSettings
 from stageflow.orchestrator.sharing import ShareSigner
 from stageflow.orchestrator.spec import SpecError, load_specs
-from stageflow.orchestrator.sqlite_store import SqliteJobStore
 from stageflow.orchestrator.stage_client import StageClient
+from stageflow.orchestrator.store import open_job_store
 from stageflow.orchestrator.uploads import UploadLimits
 from stageflow.serving.server import Service, serve
 from stageflow.serving.settings import load_settings
@@ -31,7 +32,12 @@ async def _serve(settings: OrchestratorSettings) -> None:
     specs = load_specs(settings.pipelines_dir)  # fail fast: before anything is started
     stage_limits = parse_limits(settings.stage_limits)
     store = settings.open_store()
-    jobs = SqliteJobStore(settings.db_path)
+    jobs = await open_job_store(
+        settings.job_store,
+        password=settings.job_store_password(),
+        pool_size=settings.job_store_pool_size,
+        timeout_seconds=settings.job_store_timeout_seconds,
+    )
     # mTLS to the stages with this process's own certificate, when it has one.
     credentials = channel_credentials(settings.tls_cert, settings.tls_key, settings.tls_ca)
     stages: dict[str, StageClient] = {
@@ -87,6 +93,9 @@ async def _serve(settings: OrchestratorSettings) -> None:
             startup=runner.start,
             drain=runner.drain,
             shutdown=runner.close,
+            # NOT_SERVING while the job database cannot be reached (calls then
+            # fail UNAVAILABLE), SERVING again once it answers.
+            health_check=jobs.healthy,
             name="orchestrator",
         )
     finally:
@@ -104,7 +113,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         raise SystemExit(f"orchestrator: invalid pipeline spec: {err}") from None
     except ValueError as err:  # --stage-limits
         raise SystemExit(f"orchestrator: {err}") from None
-    except StageflowError as err:  # the object store cannot be reached
+    except SchemaTooNew as err:
+        raise SystemExit(f"orchestrator: {err}") from None
+    except StageflowError as err:  # the object store or the job database cannot be reached
         raise SystemExit(f"orchestrator: {err.message}") from None
     except OSError as err:  # the address cannot be bound, the job database cannot be opened
         raise SystemExit(f"orchestrator: {err}") from None

@@ -20,7 +20,6 @@ import asyncio
 import contextlib
 import contextvars
 import functools
-import time
 from collections.abc import AsyncIterator, Mapping, Sequence
 
 from opentelemetry import context as otel_context
@@ -40,7 +39,7 @@ from stageflow.orchestrator.bundle import (
 from stageflow.orchestrator.directory import StageDirectory
 from stageflow.orchestrator.events import EventHub
 from stageflow.orchestrator.execution import JobExecutor, RunnerSettings, now
-from stageflow.orchestrator.quotas import WINDOW_SECONDS, Quota, check_submit
+from stageflow.orchestrator.quotas import Quota
 from stageflow.orchestrator.replicas import StageCaller
 from stageflow.orchestrator.rerun import apply_overrides
 from stageflow.orchestrator.scheduler import PriorityGate
@@ -122,7 +121,6 @@ class JobRunner:
         self._default_quota = default_quota or Quota()
         # Per tenant: submits are checked against the quota one at a time, and
         # its jobs past its running limit wait QUEUED for one of its slots.
-        self._tenant_locks: dict[str, asyncio.Lock] = {}
         self._tenant_slots: dict[str, tuple[int, asyncio.Semaphore]] = {}
         self._directory = StageDirectory(stages, stage_limits)
         self._hub = EventHub()
@@ -261,8 +259,10 @@ class JobRunner:
             version=1,
             tenant=tenant or "",
         )
-        async with self._admission(tenant):
-            stored, created = await self._jobs.create(job, request.request_id)
+        # The tenant's queued and per-minute limits are checked by the store,
+        # in the insert's transaction: they hold across orchestrator replicas.
+        quota = None if tenant is None else await self.quota(tenant)
+        stored, created = await self._jobs.create(job, request.request_id, quota)
         if not created:
             tracing.tag_job(stored.job_id)
             live = self._live.get(stored.job_id)
@@ -376,23 +376,6 @@ class JobRunner:
     async def quota(self, tenant: str) -> Quota:
         """`tenant`'s quota: its own row, else the default."""
         return await self._jobs.get_quota(tenant) or self._default_quota
-
-    @contextlib.asynccontextmanager
-    async def _admission(self, tenant: str | None) -> AsyncIterator[None]:
-        """Held around a submit's insert: the tenant's queued and per-minute
-        limits are checked against the database with no other submit of that
-        tenant in between. No tenant (auth off): no limits."""
-        if tenant is None:
-            yield
-            return
-        lock = self._tenant_locks.setdefault(tenant, asyncio.Lock())
-        async with lock:
-            quota = await self.quota(tenant)
-            if quota.max_queued is not None or quota.per_minute is not None:
-                now_s = time.time()
-                usage = await self._jobs.usage(tenant, now_s - WINDOW_SECONDS)
-                check_submit(quota, usage, now_s)
-            yield
 
     @contextlib.asynccontextmanager
     async def _tenant_slot(self, tenant: str) -> AsyncIterator[None]:

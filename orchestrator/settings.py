@@ -14,6 +14,7 @@ from stageflow.core.errors import InvalidArgument
 from stageflow.kinds.builtin import DEFAULT_PIPELINE
 from stageflow.orchestrator.auth import MIN_SECRET_CHARS
 from stageflow.orchestrator.quotas import parse_quota
+from stageflow.orchestrator.store import sqlite_path
 from stageflow.serving.settings import CommonSettings
 
 # The specs shipped with stageflow, found wherever the process is started from.
@@ -67,7 +68,30 @@ class OrchestratorSettings(CommonSettings):
     )
     db_path: Path = Field(
         Path("var/orchestrator.sqlite"),
-        description="SQLite file holding job state; its folder is created when missing.",
+        description="SQLite file holding job state when `job_store_url` is empty; its "
+        "folder is created when missing.",
+    )
+    job_store_url: str = Field(
+        "",
+        description="Where job state lives: sqlite:///PATH (relative; sqlite:////abs/path) "
+        "or postgresql://USER@HOST:PORT/DB (several orchestrator replicas share one "
+        "PostgreSQL). Empty: the SQLite file `db_path`. A PostgreSQL password comes from "
+        "the URL, `job_store_password_file`, or libpq's PGPASSWORD / PGPASSFILE.",
+    )
+    job_store_password_file: Path | None = Field(
+        None,
+        description="File holding the PostgreSQL password (e.g. a mounted Secret); "
+        "one line, its trailing newline ignored.",
+    )
+    job_store_pool_size: int = Field(
+        10, ge=1, le=1000, description="Most PostgreSQL connections this process holds."
+    )
+    job_store_timeout_seconds: float = Field(
+        5.0,
+        gt=0,
+        le=300,
+        description="How long a call waits for the job database before failing "
+        "UNAVAILABLE (and the longest connect at start-up).",
     )
     output_prefix: str = Field(
         "artifacts", description="Object-store key prefix under which stages write outputs."
@@ -158,6 +182,32 @@ class OrchestratorSettings(CommonSettings):
         "is RESOURCE_EXHAUSTED with a retry delay (HTTP 429 + Retry-After); jobs past "
         "`running` wait QUEUED. Only with auth on (tenants).",
     )
+
+    @field_validator("job_store_url")
+    @classmethod
+    def _store_url_parses(cls, value: str) -> str:
+        value = value.strip()
+        if not value:
+            return value
+        scheme, sep, _ = value.partition("://")
+        if not sep or scheme not in ("sqlite", "postgresql", "postgres"):
+            raise ValueError(
+                "expected sqlite:///PATH or postgresql://USER@HOST:PORT/DB, "
+                f"got scheme {scheme + '://' if sep else value[:20]!r}"
+            )
+        if scheme == "sqlite":
+            sqlite_path(value)  # raises ValueError naming the field
+        return value
+
+    @property
+    def job_store(self) -> str:
+        """The resolved `job_store_url` (the one place the SQLite default is made)."""
+        return self.job_store_url or f"sqlite:///{self.db_path}"
+
+    def job_store_password(self) -> str | None:
+        if self.job_store_password_file is None:
+            return None
+        return self.job_store_password_file.read_text().rstrip("\r\n")
 
     @field_validator("default_quota")
     @classmethod

@@ -16,77 +16,50 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TypeVar
 
+from stageflow.orchestrator import migrations, store_sql
 from stageflow.orchestrator.auth import ApiKey
 from stageflow.orchestrator.quotas import Quota, TenantUsage
-from stageflow.orchestrator.store import UNFINISHED
 from stageflow.v1 import orchestrator_pb2, stage_pb2
 
 T = TypeVar("T")
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS jobs (
-    job_id     TEXT PRIMARY KEY,
-    request_id TEXT NOT NULL DEFAULT '',
-    tenant     TEXT NOT NULL DEFAULT '',  -- Job.tenant; '' with authentication off
-    state      TEXT NOT NULL,     -- JobState name, readable from the sqlite3 shell
-    created_at INTEGER NOT NULL,  -- unix microseconds
-    updated_at INTEGER NOT NULL,
-    job        BLOB NOT NULL      -- serialized stageflow.v1.Job
-);
--- Earlier versions of rerun jobs; the jobs row always holds the latest one.
-CREATE TABLE IF NOT EXISTS job_versions (
-    job_id  TEXT NOT NULL,
-    version INTEGER NOT NULL,
-    job     BLOB NOT NULL,        -- serialized stageflow.v1.Job, as it finished
-    PRIMARY KEY (job_id, version)
-);
--- The stage cache: content address of a stage run -> what it produced.
-CREATE TABLE IF NOT EXISTS stage_cache (
-    key        TEXT PRIMARY KEY,  -- stageflow.orchestrator.cache.cache_key
-    stage      TEXT NOT NULL,
-    output_key TEXT NOT NULL,     -- readable from the sqlite3 shell
-    created_at INTEGER NOT NULL,  -- unix microseconds
-    result     BLOB NOT NULL      -- serialized stageflow.v1.StageResult (output, model, timing)
-);
--- API keys (stageflow.orchestrator.auth): the keyed hash, never the key.
-CREATE TABLE IF NOT EXISTS api_keys (
-    key_id     TEXT PRIMARY KEY,
-    tenant     TEXT NOT NULL,
-    prefix     TEXT NOT NULL,
-    key_hash   TEXT NOT NULL,     -- hex HMAC-SHA256(server secret, key)
-    created_at INTEGER NOT NULL,  -- unix microseconds
-    revoked_at INTEGER NOT NULL DEFAULT 0,
-    priority   TEXT NOT NULL DEFAULT ''  -- '', 'interactive' or 'bulk'
-);
--- Per-tenant limits (stageflow.orchestrator.quotas); NULL: no limit.
-CREATE TABLE IF NOT EXISTS tenant_quotas (
-    tenant      TEXT PRIMARY KEY,
-    max_running INTEGER,
-    max_queued  INTEGER,
-    per_minute  INTEGER
-);
-"""
-
-# After the tables (and the migration of a file written before tenants).
-_INDEXES = """
-DROP INDEX IF EXISTS jobs_request_id;
--- Idempotent submit: one job per non-empty caller key, per tenant.
-CREATE UNIQUE INDEX IF NOT EXISTS jobs_tenant_request_id
-    ON jobs (tenant, request_id) WHERE request_id != '';
-CREATE INDEX IF NOT EXISTS jobs_created ON jobs (created_at);
-CREATE INDEX IF NOT EXISTS jobs_state_created ON jobs (state, created_at);
-CREATE INDEX IF NOT EXISTS jobs_tenant_created ON jobs (tenant, created_at);
-"""
-
-_KEY_COLUMNS = "key_id, tenant, prefix, key_hash, created_at, revoked_at, priority"
+SQL = store_sql.SQLITE
 
 
-def _state_name(state: orchestrator_pb2.JobState) -> str:
-    return orchestrator_pb2.JobState.Name(state)
+def _add_missing_columns(conn: sqlite3.Connection) -> None:
+    """A file of the releases before versioned migrations may lack columns
+    that came later; version 1 expects them (its CREATEs are IF NOT EXISTS)."""
+    tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    if "jobs" in tables:
+        columns = {row[1] for row in conn.execute("PRAGMA table_info(jobs)")}
+        if "tenant" not in columns:  # from before tenants: its jobs are tenant ''
+            conn.execute("ALTER TABLE jobs ADD COLUMN tenant TEXT NOT NULL DEFAULT ''")
+    if "api_keys" in tables:
+        columns = {row[1] for row in conn.execute("PRAGMA table_info(api_keys)")}
+        if "priority" not in columns:  # from before key priorities
+            conn.execute("ALTER TABLE api_keys ADD COLUMN priority TEXT NOT NULL DEFAULT ''")
 
 
-def _decode(blob: bytes) -> orchestrator_pb2.Job:
-    return orchestrator_pb2.Job.FromString(blob)
+def migrate(conn: sqlite3.Connection) -> int:
+    """Bring the file to the latest schema in one transaction; its version after.
+    Raises SchemaTooNew (and changes nothing) for a file of a newer release."""
+    conn.execute("BEGIN IMMEDIATE")  # a second process on the file waits here
+    try:
+        conn.execute(migrations.VERSION_TABLE)
+        current = conn.execute(SQL.schema_version).fetchone()[0]
+        todo = migrations.pending("sqlite", current)
+        if current == 0:
+            _add_missing_columns(conn)
+        for migration in todo:
+            for statement in migrations.sqlite_statements(migration.sql):
+                conn.execute(statement)
+            conn.execute(
+                SQL.record_version, (migration.version, migration.name, time.time_ns() // 1000)
+            )
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")
+    return migrations.latest("sqlite")
 
 
 class SqliteJobStore:
@@ -106,14 +79,11 @@ class SqliteJobStore:
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute("PRAGMA synchronous=NORMAL")
         conn.execute("PRAGMA busy_timeout=5000")
-        conn.executescript(_SCHEMA)
-        columns = {row[1] for row in conn.execute("PRAGMA table_info(jobs)")}
-        if "tenant" not in columns:  # a file from before tenants: its jobs are tenant ''
-            conn.execute("ALTER TABLE jobs ADD COLUMN tenant TEXT NOT NULL DEFAULT ''")
-        key_columns = {row[1] for row in conn.execute("PRAGMA table_info(api_keys)")}
-        if "priority" not in key_columns:  # a file from before key priorities
-            conn.execute("ALTER TABLE api_keys ADD COLUMN priority TEXT NOT NULL DEFAULT ''")
-        conn.executescript(_INDEXES)
+        try:
+            migrate(conn)
+        except BaseException:
+            conn.close()
+            raise
         return conn
 
     async def _call(self, fn: Callable[..., T], *args: object) -> T:
@@ -123,10 +93,10 @@ class SqliteJobStore:
     # --- JobStore ---------------------------------------------------------
 
     async def create(
-        self, job: orchestrator_pb2.Job, request_id: str = ""
+        self, job: orchestrator_pb2.Job, request_id: str = "", quota: Quota | None = None
     ) -> tuple[orchestrator_pb2.Job, bool]:
         """Insert `job`; with a `request_id` already used, return that job and False."""
-        return await self._call(self._create, job, request_id)
+        return await self._call(self._create, job, request_id, quota)
 
     async def get(self, job_id: str) -> orchestrator_pb2.Job | None:
         return await self._call(self._get, job_id)
@@ -188,6 +158,9 @@ class SqliteJobStore:
     async def usage(self, tenant: str, since: float) -> TenantUsage:
         return await self._call(self._usage, tenant, int(since * 1e6))
 
+    async def healthy(self) -> bool:
+        return True  # a local file: it is there as long as this process is
+
     async def close(self) -> None:
         await self._call(self._conn.close)
         self._executor.shutdown(wait=True)
@@ -195,173 +168,103 @@ class SqliteJobStore:
     # --- worker-thread side -----------------------------------------------
 
     def _create(
-        self, job: orchestrator_pb2.Job, request_id: str
+        self, job: orchestrator_pb2.Job, request_id: str, quota: Quota | None
     ) -> tuple[orchestrator_pb2.Job, bool]:
-        try:
-            self._conn.execute(
-                "INSERT INTO jobs (job_id, request_id, tenant, state, created_at, updated_at, job)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (
-                    job.job_id,
-                    request_id,
-                    job.tenant,
-                    _state_name(job.state),
-                    job.created_at.ToMicroseconds(),
-                    job.updated_at.ToMicroseconds(),
-                    job.SerializeToString(),
-                ),
-            )
-        except sqlite3.IntegrityError:
-            if not request_id:
-                raise
-            row = self._conn.execute(
-                "SELECT job FROM jobs WHERE tenant = ? AND request_id = ?", (job.tenant, request_id)
-            ).fetchone()
-            if row is None:  # the conflict was on job_id, not on the caller's key
-                raise
-            return _decode(row[0]), False
+        # One write transaction: the key lookup, the quota's counts and the
+        # insert see no other writer in between (another process on the file
+        # waits at BEGIN IMMEDIATE).
+        with self._conn:
+            self._conn.execute("BEGIN IMMEDIATE")
+            if request_id:
+                row = self._conn.execute(SQL.job_by_request, (job.tenant, request_id)).fetchone()
+                if row is not None:
+                    return store_sql.decode_job(row[0]), False
+            if quota is not None and store_sql.needs_usage(quota):
+                usage = self._usage(job.tenant, store_sql.window_start_us(job))
+                store_sql.check_quota(quota, job, usage)
+            self._conn.execute(SQL.insert_job, store_sql.job_row(job, request_id))
         return job, True
 
     def _get(self, job_id: str) -> orchestrator_pb2.Job | None:
-        row = self._conn.execute("SELECT job FROM jobs WHERE job_id = ?", (job_id,)).fetchone()
-        return None if row is None else _decode(row[0])
+        row = self._conn.execute(SQL.get_job, (job_id,)).fetchone()
+        return None if row is None else store_sql.decode_job(row[0])
 
     def _update(self, job: orchestrator_pb2.Job) -> None:
-        cur = self._conn.execute(
-            "UPDATE jobs SET state = ?, updated_at = ?, job = ? WHERE job_id = ?",
-            (
-                _state_name(job.state),
-                job.updated_at.ToMicroseconds(),
-                job.SerializeToString(),
-                job.job_id,
-            ),
-        )
+        cur = self._conn.execute(SQL.update_job, store_sql.update_row(job))
         if cur.rowcount == 0:
             raise KeyError(f"no job {job.job_id!r} to update")
 
     def _list_jobs(
         self, page_size: int, state: orchestrator_pb2.JobState | None, tenant: str | None
     ) -> list[orchestrator_pb2.Job]:
-        where, args = [], []
+        args: list[object] = []
         if state is not None:
-            where.append("state = ?")
-            args.append(_state_name(state))
+            args.append(store_sql.state_name(state))
         if tenant is not None:
-            where.append("tenant = ?")
             args.append(tenant)
-        clause = f"WHERE {' AND '.join(where)} " if where else ""
-        rows = self._conn.execute(
-            f"SELECT job FROM jobs {clause}ORDER BY created_at DESC, rowid DESC LIMIT ?",
-            (*args, page_size),
-        )
-        return [_decode(row[0]) for row in rows]
+        sql = SQL.list_jobs(state is not None, tenant is not None)
+        rows = self._conn.execute(sql, (*args, page_size))
+        return [store_sql.decode_job(row[0]) for row in rows]
 
     def _unfinished(self) -> list[orchestrator_pb2.Job]:
-        names = [_state_name(s) for s in UNFINISHED]
-        rows = self._conn.execute(
-            "SELECT job FROM jobs WHERE state IN (?, ?) ORDER BY created_at, rowid", names
-        )
-        return [_decode(row[0]) for row in rows]
+        rows = self._conn.execute(SQL.unfinished, store_sql.UNFINISHED_NAMES)
+        return [store_sql.decode_job(row[0]) for row in rows]
 
     def _add_version(self, previous: orchestrator_pb2.Job, latest: orchestrator_pb2.Job) -> None:
         with self._conn:  # one transaction: no version is lost or doubled
             self._conn.execute("BEGIN")
             self._conn.execute(
-                "INSERT INTO job_versions (job_id, version, job) VALUES (?, ?, ?)",
+                SQL.insert_version,
                 (previous.job_id, previous.version, previous.SerializeToString()),
             )
             self._update(latest)
 
     def _versions(self, job_id: str) -> list[orchestrator_pb2.Job]:
-        rows = self._conn.execute(
-            "SELECT job FROM job_versions WHERE job_id = ? ORDER BY version", (job_id,)
-        )
-        return [_decode(row[0]) for row in rows]
+        rows = self._conn.execute(SQL.versions, (job_id,))
+        return [store_sql.decode_job(row[0]) for row in rows]
 
     def _cache_get(self, key: str) -> stage_pb2.StageResult | None:
-        row = self._conn.execute("SELECT result FROM stage_cache WHERE key = ?", (key,)).fetchone()
-        return None if row is None else stage_pb2.StageResult.FromString(row[0])
+        row = self._conn.execute(SQL.cache_get, (key,)).fetchone()
+        return None if row is None else store_sql.decode_result(row[0])
 
     def _cache_put(self, key: str, stage: str, result: stage_pb2.StageResult) -> None:
         self._conn.execute(
-            "INSERT OR REPLACE INTO stage_cache (key, stage, output_key, created_at, result)"
-            " VALUES (?, ?, ?, ?, ?)",
+            SQL.cache_put,
             (key, stage, result.output.key, time.time_ns() // 1000, result.SerializeToString()),
         )
 
     def _cache_delete(self, key: str) -> None:
-        self._conn.execute("DELETE FROM stage_cache WHERE key = ?", (key,))
+        self._conn.execute(SQL.cache_delete, (key,))
 
     def _create_key(self, key: ApiKey) -> None:
         try:
-            self._conn.execute(
-                f"INSERT INTO api_keys ({_KEY_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (
-                    key.key_id,
-                    key.tenant,
-                    key.prefix,
-                    key.key_hash,
-                    key.created_at,
-                    key.revoked_at,
-                    key.priority,
-                ),
-            )
+            self._conn.execute(SQL.insert_key, store_sql.key_row(key))
         except sqlite3.IntegrityError:
             raise KeyError(f"key id {key.key_id!r} exists") from None
 
     def _get_key(self, key_id: str) -> ApiKey | None:
-        row = self._conn.execute(
-            f"SELECT {_KEY_COLUMNS} FROM api_keys WHERE key_id = ?", (key_id,)
-        ).fetchone()
-        return None if row is None else ApiKey(*row)
+        row = self._conn.execute(SQL.get_key, (key_id,)).fetchone()
+        return None if row is None else store_sql.decode_key(row)
 
     def _list_keys(self, tenant: str | None) -> list[ApiKey]:
-        if tenant is None:
-            rows = self._conn.execute(f"SELECT {_KEY_COLUMNS} FROM api_keys ORDER BY created_at")
-        else:
-            rows = self._conn.execute(
-                f"SELECT {_KEY_COLUMNS} FROM api_keys WHERE tenant = ? ORDER BY created_at",
-                (tenant,),
-            )
-        return [ApiKey(*row) for row in rows]
+        args = () if tenant is None else (tenant,)
+        rows = self._conn.execute(SQL.list_keys(tenant is not None), args)
+        return [store_sql.decode_key(row) for row in rows]
 
     def _set_quota(self, tenant: str, quota: Quota) -> None:
         self._conn.execute(
-            "INSERT INTO tenant_quotas (tenant, max_running, max_queued, per_minute) "
-            "VALUES (?, ?, ?, ?) ON CONFLICT (tenant) DO UPDATE SET "
-            "max_running = excluded.max_running, max_queued = excluded.max_queued, "
-            "per_minute = excluded.per_minute",
-            (tenant, quota.max_running, quota.max_queued, quota.per_minute),
+            SQL.set_quota, (tenant, quota.max_running, quota.max_queued, quota.per_minute)
         )
 
     def _get_quota(self, tenant: str) -> Quota | None:
-        row = self._conn.execute(
-            "SELECT max_running, max_queued, per_minute FROM tenant_quotas WHERE tenant = ?",
-            (tenant,),
-        ).fetchone()
-        return None if row is None else Quota(*row)
+        row = self._conn.execute(SQL.get_quota, (tenant,)).fetchone()
+        return None if row is None else store_sql.decode_quota(row)
 
     def _usage(self, tenant: str, since: int) -> TenantUsage:
-        counts = dict(
-            self._conn.execute(
-                "SELECT state, count(*) FROM jobs WHERE tenant = ? AND state IN (?, ?) "
-                "GROUP BY state",
-                (tenant, *(_state_name(s) for s in UNFINISHED)),
-            ).fetchall()
-        )
-        recent = self._conn.execute(
-            "SELECT created_at FROM jobs WHERE tenant = ? AND created_at > ? ORDER BY created_at",
-            (tenant, since),
-        ).fetchall()
-        return TenantUsage(
-            queued=counts.get(_state_name(orchestrator_pb2.JOB_STATE_QUEUED), 0),
-            running=counts.get(_state_name(orchestrator_pb2.JOB_STATE_RUNNING), 0),
-            recent=tuple(row[0] / 1e6 for row in recent),
-        )
+        counts = self._conn.execute(SQL.count_unfinished, (tenant, *store_sql.UNFINISHED_NAMES))
+        recent = self._conn.execute(SQL.recent_created, (tenant, since))
+        return store_sql.usage_of(counts.fetchall(), recent.fetchall())
 
     def _revoke_key(self, key_id: str, revoked_at: int) -> ApiKey | None:
-        self._conn.execute(
-            "UPDATE api_keys SET revoked_at = ? WHERE key_id = ? AND revoked_at = 0",
-            (revoked_at, key_id),
-        )
+        self._conn.execute(SQL.revoke_key, (revoked_at, key_id))
         return self._get_key(key_id)

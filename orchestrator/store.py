@@ -9,11 +9,17 @@ The store holds four things: the latest version of every job (a whole
 serialized `Job`, with its state, tenant and timestamps as query columns), the
 earlier versions of rerun jobs, the stage cache's entries, and the API keys
 (`auth.ApiKey`: hashes, never keys). Every method is a
-coroutine that must not block the event loop.
+coroutine that must not block the event loop. A store whose database cannot be
+reached raises `core.errors.Unavailable` (UNAVAILABLE to a caller), never
+hangs.
+
+`open_job_store(url)` opens the one a `job_store_url` names: `sqlite:///PATH`
+(relative PATH; `sqlite:////abs/path`) or `postgresql://...`.
 """
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from typing import Protocol
 
@@ -40,6 +46,37 @@ def new_job_id() -> str:
     return f"job-{uuid.uuid4().hex[:16]}"
 
 
+async def open_job_store(
+    url: str,
+    *,
+    password: str | None = None,
+    pool_size: int = 10,
+    timeout_seconds: float = 5.0,
+) -> JobStore:
+    """The store `url` names, its schema migrated to the latest version.
+    Raises ValueError for another scheme, `migrations.SchemaTooNew` for a
+    database of a newer release, Unavailable when it cannot be reached."""
+    scheme = url.partition("://")[0]
+    if scheme == "sqlite":
+        from stageflow.orchestrator.sqlite_store import SqliteJobStore
+
+        return await asyncio.to_thread(SqliteJobStore, sqlite_path(url))
+    if scheme in ("postgresql", "postgres"):
+        from stageflow.orchestrator.postgres_store import PostgresJobStore
+
+        return await PostgresJobStore.open(
+            url, password=password, pool_size=pool_size, timeout_seconds=timeout_seconds
+        )
+    raise ValueError(f"job_store_url: expected sqlite:///PATH or postgresql://..., got {scheme}://")
+
+
+def sqlite_path(url: str) -> str:
+    """The file of a sqlite:/// URL (sqlite:///rel/path, sqlite:////abs/path, sqlite:///:memory:)."""
+    if not url.startswith("sqlite:///") or url == "sqlite:///":
+        raise ValueError("job_store_url: a SQLite URL is sqlite:///PATH (three slashes)")
+    return url.removeprefix("sqlite:///")
+
+
 class JobStore(Protocol):
     """Durable job state. Contracts every implementation keeps:
 
@@ -52,13 +89,24 @@ class JobStore(Protocol):
     - Jobs come back equal (protobuf `==`) to what was written.
     """
 
-    async def create(self, job: Job, request_id: str = "") -> tuple[Job, bool]:
+    async def create(
+        self, job: Job, request_id: str = "", quota: Quota | None = None
+    ) -> tuple[Job, bool]:
         """Insert `job` and return it with True. With a non-empty `request_id`
         already used by a stored job of the same tenant (`job.tenant`), insert
         nothing and return that job with False (idempotent submit; the check
         and the insert are one atomic step, so two concurrent submits with one
         key create one job). An empty key is never a duplicate; another
-        tenant's use of the same key is not either."""
+        tenant's use of the same key is not either.
+
+        With a `quota`, a new job is first checked against its tenant's
+        queued and per-minute limits (`quotas.check_submit` at
+        `job.created_at`, over the stored jobs): over them, nothing is
+        inserted and ResourceExhausted is raised. The check and the insert
+        are one atomic step across every process on the store, so concurrent
+        submits, from any number of orchestrators, never overshoot. A
+        duplicate `request_id` returns its job before any quota check (a
+        retried submit that was accepted is not refused)."""
         ...
 
     async def get(self, job_id: str) -> Job | None:
@@ -140,6 +188,11 @@ class JobStore(Protocol):
     async def usage(self, tenant: str, since: float) -> TenantUsage:
         """`tenant`'s QUEUED and RUNNING job counts and the created_at times
         (unix seconds) of its jobs created after `since`, oldest first."""
+        ...
+
+    async def healthy(self) -> bool:
+        """Whether the store answers now (the orchestrator's health reports
+        NOT_SERVING while it does not); returns within about a second."""
         ...
 
     async def close(self) -> None:

@@ -7,11 +7,13 @@ tests/deploy → `deploy`.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from tests.pgserver import PostgresServer, postgres_bin_dir
 from tests.s3server import S3ServerInfo, seaweedfs_server
 
 TESTS = Path(__file__).parent
@@ -44,3 +46,28 @@ def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3ServerInfo
     """A SeaweedFS S3 server on loopback, shared by the whole session."""
     with seaweedfs_server(tmp_path_factory.mktemp("seaweedfs")) as server:
         yield server
+
+
+@pytest.fixture(scope="session")
+def pg_server() -> Iterator[PostgresServer]:
+    """A PostgreSQL server on loopback (tests/pgserver.py), shared by the whole
+    session; a test that restarts it must leave it running."""
+    if postgres_bin_dir() is None:
+        pytest.skip("PostgreSQL server binaries not installed (/usr/lib/postgresql/*/bin)")
+    with PostgresServer() as server:
+        yield server
+
+
+_databases = itertools.count(1)
+
+
+@pytest.fixture
+def pg_url(pg_server: PostgresServer) -> Iterator[str]:
+    """The URL of a new, empty database on the session's server (password in
+    it), dropped after the test."""
+    name = f"test_{next(_databases)}"
+    url = pg_server.create_database(name)
+    yield url
+    if not pg_server.running:  # a test stopped it and failed before starting it again
+        pg_server.start()
+    pg_server.drop_database(name)

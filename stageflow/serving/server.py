@@ -6,7 +6,9 @@ can list and call everything), a port file for port-0 launches, and a graceful
 drain on SIGTERM/SIGINT.
 
 Health is NOT_SERVING from bind until `startup()` (e.g. model load) returns,
-SERVING after, and NOT_SERVING again as soon as shutdown begins.
+SERVING after (while the process's `health_check`, when it has one, passes:
+the orchestrator's asks its job database), and NOT_SERVING again as soon as
+shutdown begins.
 
 SIGUSR1 flips health to NOT_SERVING for good while the process keeps serving
 every call, new ones included: a Kubernetes preStop hook sends it so that
@@ -41,6 +43,9 @@ log = get_logger(__name__)
 
 _SIGNALS = (signal.SIGTERM, signal.SIGINT)
 _UNADVERTISE = signal.SIGUSR1
+# How often a `health_check` is asked, once serving.
+HEALTH_INTERVAL_S = 1.0
+NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 
 
 @dataclass
@@ -70,6 +75,8 @@ async def serve(
     shutdown: Callable[[], Awaitable[None]] | None = None,
     drain: Callable[[float], Awaitable[None]] | None = None,
     interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
+    health_check: Callable[[], Awaitable[bool]] | None = None,
+    health_interval_s: float = HEALTH_INTERVAL_S,
     name: str = "",
 ) -> None:
     """Serve until SIGTERM/SIGINT (or until this task is cancelled), then drain.
@@ -85,6 +92,11 @@ async def serve(
     calls still served: the process stops taking on work and lets what runs
     end within `seconds` (the grace period); the server then stops with what
     is left of the grace.
+
+    `health_check`, when given, is awaited every `health_interval_s` once
+    startup is done: health is SERVING while it returns True and NOT_SERVING
+    while it returns False or raises (a database the process needs is away),
+    until shutdown begins.
     """
     process = name  # `name` is reused below for the services' names
     limit = settings.max_message_bytes
@@ -153,7 +165,10 @@ async def serve(
             await health.set(name, health_pb2.HealthCheckResponse.SERVING)
         log.info("serving", address=f"{host}:{port}")
         phase = "serve"
-        await stop.wait()
+        if health_check is None:
+            await stop.wait()
+        else:
+            await _watch_health(health, ["", *names], health_check, health_interval_s, stop)
         log.info("draining", grace_seconds=settings.grace_seconds)
     except asyncio.CancelledError:
         log.info("cancelled; draining", grace_seconds=settings.grace_seconds)
@@ -220,6 +235,31 @@ def _add_signal_handler(
         loop.add_signal_handler(sig, handler)
         return True
     return False
+
+
+async def _watch_health(
+    health: grpc_health.aio.HealthServicer,
+    names: list[str],
+    check: Callable[[], Awaitable[bool]],
+    interval_s: float,
+    stop: asyncio.Event,
+) -> None:
+    """Until `stop` is set: each `interval_s`, set every name's health from `check()`."""
+    serving = True
+    while not stop.is_set():
+        try:
+            ok = bool(await check())
+        except Exception:
+            log.exception("health check failed")
+            ok = False
+        if ok != serving:
+            serving = ok
+            status = health_pb2.HealthCheckResponse.SERVING if ok else NOT_SERVING
+            log.warning("health", status="SERVING" if ok else "NOT_SERVING")
+            for name in names:
+                await health.set(name, status)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), interval_s)
 
 
 async def _unadvertise(health: grpc_health.aio.HealthServicer) -> None:

@@ -11,7 +11,7 @@ from datetime import timedelta
 from stageflow.core.errors import NotFound
 from stageflow.core.storage import ObjectStore
 from stageflow.orchestrator.auth import ApiKey
-from stageflow.orchestrator.quotas import Quota, TenantUsage
+from stageflow.orchestrator.quotas import WINDOW_SECONDS, Quota, TenantUsage, check_submit
 from stageflow.orchestrator.stage_client import StageCallError
 from stageflow.orchestrator.store import UNFINISHED
 from stageflow.v1 import common_pb2, orchestrator_pb2, stage_pb2
@@ -161,10 +161,14 @@ class MemoryJobStore:
         return [job for _, job in rows]
 
     async def create(
-        self, job: orchestrator_pb2.Job, request_id: str = ""
+        self, job: orchestrator_pb2.Job, request_id: str = "", quota: Quota | None = None
     ) -> tuple[orchestrator_pb2.Job, bool]:
+        # No await below: atomic on the one event loop.
         if request_id and (job.tenant, request_id) in self.by_request:
             return self._copy(self.jobs[self.by_request[job.tenant, request_id]]), False
+        if quota is not None:
+            now = job.created_at.ToMicroseconds() / 1e6
+            check_submit(quota, self._usage(job.tenant, now - WINDOW_SECONDS), now)
         if job.job_id in self.jobs:
             raise KeyError(f"job {job.job_id!r} exists")
         self.jobs[job.job_id] = self._copy(job)
@@ -240,6 +244,9 @@ class MemoryJobStore:
         return self.quotas.get(tenant)
 
     async def usage(self, tenant: str, since: float) -> TenantUsage:
+        return self._usage(tenant, since)
+
+    def _usage(self, tenant: str, since: float) -> TenantUsage:
         mine = [j for j in self.jobs.values() if j.tenant == tenant]
         created = sorted(j.created_at.ToMicroseconds() / 1e6 for j in mine)
         return TenantUsage(
@@ -247,6 +254,9 @@ class MemoryJobStore:
             running=sum(j.state == orchestrator_pb2.JOB_STATE_RUNNING for j in mine),
             recent=tuple(t for t in created if t > since),
         )
+
+    async def healthy(self) -> bool:
+        return True
 
     async def revoke_key(self, key_id: str, revoked_at: int) -> ApiKey | None:
         key = self.keys.get(key_id)
