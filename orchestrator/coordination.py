@@ -1,0 +1,93 @@
+"""Where a running job's writes go and whose slots its stage calls take.
+
+The executor makes two kinds of request that depend on how many
+orchestrators share the job database: storing the job at a stage boundary,
+and holding one of a stage service's call slots. `Coordinator` is that seam,
+so the executor (and the runner above it) has one code path:
+
+- `LocalCoordinator`: one process owns every job (the SQLite store,
+  `stageflow up`): a write is `JobStore.update`, a slot is the directory's
+  in-process `PriorityGate` (interactive before bulk). Today's behaviour.
+- `LeasedCoordinator`: several replicas over one PostgreSQL (`leases`): a
+  write carries the job's fence and is refused once another replica claimed
+  the job (`LeaseLost`), a slot is the in-process gate (lanes within this
+  replica) and then one of the service's cluster-wide slots.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+from contextlib import AbstractAsyncContextManager
+from typing import TYPE_CHECKING, Protocol
+
+from stageflow.orchestrator.directory import StageDirectory
+from stageflow.orchestrator.store import TERMINAL, JobStore
+from stageflow.v1 import orchestrator_pb2
+
+if TYPE_CHECKING:  # psycopg is only needed with PostgreSQL
+    from stageflow.orchestrator.leases import JobLeases
+
+Job = orchestrator_pb2.Job
+
+
+class Coordinator(Protocol):
+    async def persist(self, job: Job) -> None:
+        """Store `job` as its latest version (a stage boundary or an end state)."""
+        ...
+
+    def slot(self, service: str, priority: int) -> AbstractAsyncContextManager[None]:
+        """Hold one of `service`'s call slots for the duration of a call."""
+        ...
+
+
+class LocalCoordinator:
+    """One orchestrator: the store as is, the directory's in-process slots."""
+
+    def __init__(self, jobs: JobStore, directory: StageDirectory) -> None:
+        self._jobs = jobs
+        self._directory = directory
+
+    async def persist(self, job: Job) -> None:
+        await self._jobs.update(job)
+
+    def slot(self, service: str, priority: int) -> AbstractAsyncContextManager[None]:
+        return self._directory.slot(service, priority)
+
+
+class LeasedCoordinator:
+    """Several orchestrators over PostgreSQL: fenced writes, global slots.
+
+    The runner records the fence of each job it claimed (`own`) and forgets
+    it when the job's task ends (`disown`); a write of a job this replica does
+    not own is a bug and raises KeyError."""
+
+    def __init__(self, leases: JobLeases, directory: StageDirectory) -> None:
+        self._leases = leases
+        self._directory = directory
+        self._fences: dict[str, int] = {}
+
+    def own(self, job_id: str, fence: int) -> None:
+        self._fences[job_id] = fence
+
+    def disown(self, job_id: str) -> None:
+        self._fences.pop(job_id, None)
+
+    def fence(self, job_id: str) -> int | None:
+        return self._fences.get(job_id)
+
+    async def persist(self, job: Job) -> None:
+        """Raises `leases.LeaseLost` when another replica holds the job now."""
+        fence = self._fences[job.job_id]
+        await self._leases.write(job, fence, final=job.state in TERMINAL)
+
+    @contextlib.asynccontextmanager
+    async def slot(self, service: str, priority: int) -> AsyncIterator[None]:
+        # Lanes hold within this replica; the cluster-wide count in the database.
+        async with self._directory.slot(service, priority):
+            limit = self._directory.limit(service)
+            if limit is None:
+                yield
+                return
+            async with self._leases.slot(service, limit):
+                yield

@@ -1,0 +1,340 @@
+"""Leases over PostgreSQL: which orchestrator replica runs which job, fenced.
+
+Every replica serves every job's reads; only the replica holding a job's
+lease runs it. A QUEUED job (and a RUNNING one whose lease ran out: its
+replica died or paused) is claimed with `SELECT ... FOR UPDATE SKIP LOCKED`,
+interactive lane before bulk, then oldest. A claim bumps the job's `fence`;
+every stage-boundary write of the job goes through `write`, which updates the
+`jobs` row only while the lease row still carries that fence, in the same
+statement, so a replica that lost its job (SIGSTOP past its lease, a network
+partition) has its writes refused by the database (`LeaseLost`) and stops the
+job instead of overwriting the new owner's progress.
+
+Claims are serialized by one transaction-scoped advisory lock: the count of
+live leases (cluster-wide `max_running_jobs`) and of a tenant's live leases
+(its `max_running`) is then exact, not a race between replicas. A claim is a
+few milliseconds, so serializing them costs nothing next to a stage call.
+
+Stage-call slots work the same way (`stage_slots`, one row per slot, claimed
+with SKIP LOCKED under a lease): the calls in flight to one service across
+all replicas never exceed its limit. Job updates and cancel requests are
+announced with NOTIFY carrying only the job id (payloads are capped at 8000
+bytes; a Job may be larger): listeners fetch the row.
+
+Lease times are the database's clock, so replicas' clocks need not agree.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+
+import psycopg
+from psycopg_pool import AsyncConnectionPool
+
+from stageflow.core.logging import get_logger
+from stageflow.orchestrator.scheduler import lane_of
+from stageflow.v1 import orchestrator_pb2
+
+Job = orchestrator_pb2.Job
+
+log = get_logger(__name__)
+
+# NOTIFY channels: a job's row changed (payload: job id); a cancel was asked.
+JOBS_CHANNEL = "stageflow_jobs"
+CANCEL_CHANNEL = "stageflow_cancel"
+SLOTS_CHANNEL = "stageflow_slots"
+# pg_advisory_xact_lock key of the claim step (any fixed bigint).
+_CLAIM_LOCK = 0x5747_464C_4F57_0001
+
+_LIVE = "owner IS NOT NULL AND lease_until > clock_timestamp() AND NOT done"
+
+_CLAIM_RUNNING = f"SELECT count(*) FROM job_leases WHERE {_LIVE}"
+# The first claimable job whose tenant has a running slot left.
+_CLAIM_PICK = """
+SELECT l.job_id FROM job_leases l
+WHERE NOT l.done
+  AND (l.owner IS NULL OR l.lease_until <= clock_timestamp())
+  AND (l.tenant_limit IS NULL OR l.tenant_limit > (
+        SELECT count(*) FROM job_leases r
+        WHERE r.tenant = l.tenant AND r.owner IS NOT NULL
+          AND r.lease_until > clock_timestamp() AND NOT r.done))
+ORDER BY l.lane, l.created_at, l.job_id
+LIMIT 1
+FOR UPDATE OF l SKIP LOCKED
+"""
+_CLAIM_TAKE = """
+UPDATE job_leases
+SET owner = %s, fence = fence + 1,
+    lease_until = clock_timestamp() + make_interval(secs => %s)
+WHERE job_id = %s
+RETURNING fence, cancel_requested
+"""
+# The jobs row changes only while the lease row still holds this fence; FOR
+# SHARE makes a concurrent claim wait for this write rather than slip past it.
+_FENCED_WRITE = """
+UPDATE jobs SET state = %s, updated_at = %s, job = %s
+WHERE job_id = %s
+  AND EXISTS (SELECT 1 FROM job_leases WHERE job_id = %s AND fence = %s FOR SHARE)
+"""
+
+
+class LeaseLost(RuntimeError):
+    """The job's lease passed to another replica: this one must stop the job."""
+
+    def __init__(self, job_id: str, fence: int) -> None:
+        super().__init__(f"job {job_id}: fence {fence} is stale, another replica owns the job")
+        self.job_id = job_id
+        self.fence = fence
+
+
+@dataclass(frozen=True)
+class Claim:
+    job_id: str
+    fence: int
+    cancel_requested: bool
+
+
+class JobLeases:
+    """The lease table over a psycopg pool (autocommit connections), as `owner`
+    (this replica's unique name)."""
+
+    def __init__(
+        self, pool: AsyncConnectionPool[psycopg.AsyncConnection], owner: str, lease_seconds: float
+    ) -> None:
+        if lease_seconds <= 0:
+            raise ValueError(f"lease_seconds must be > 0, got {lease_seconds}")
+        self._pool = pool
+        self.owner = owner
+        self.lease_seconds = lease_seconds
+        # Set when a slot was released anywhere (a SLOTS_CHANNEL notification
+        # passed to `notified`): waiters retry at once instead of at the next poll.
+        self._slot_freed = asyncio.Event()
+
+    def notified(self, channel: str, payload: str) -> None:
+        """Feed a `listen` notification in (slot waiters wake on a release)."""
+        if channel == SLOTS_CHANNEL:
+            self._slot_freed.set()
+
+    # --- jobs -------------------------------------------------------------
+
+    async def enqueue(self, job: Job, tenant_limit: int | None = None) -> None:
+        """Make the job claimable (a new job, or a rerun's new version)."""
+        async with self._pool.connection() as conn:
+            await conn.execute(
+                "INSERT INTO job_leases (job_id, lane, tenant, tenant_limit, created_at) "
+                "VALUES (%s, %s, %s, %s, %s) ON CONFLICT (job_id) DO UPDATE SET "
+                "done = FALSE, owner = NULL, lease_until = NULL, cancel_requested = FALSE, "
+                "lane = excluded.lane, tenant_limit = excluded.tenant_limit, "
+                "created_at = excluded.created_at",
+                (
+                    job.job_id,
+                    lane_of(job.request.priority),
+                    job.tenant,
+                    tenant_limit,
+                    job.created_at.ToMicroseconds(),
+                ),
+            )
+            await conn.execute("SELECT pg_notify(%s, %s)", (JOBS_CHANNEL, job.job_id))
+
+    async def claim(self, max_running: int) -> Claim | None:
+        """The next job to run (its fence bumped, leased to us), or None when
+        nothing is claimable or `max_running` leases are live cluster-wide."""
+        async with self._pool.connection() as conn, conn.transaction():
+            await conn.execute("SELECT pg_advisory_xact_lock(%s)", (_CLAIM_LOCK,))
+            running = await _scalar(conn, _CLAIM_RUNNING)
+            if running >= max_running:
+                return None
+            row = await (await conn.execute(_CLAIM_PICK)).fetchone()
+            if row is None:
+                return None
+            job_id = row[0]
+            taken = await (
+                await conn.execute(_CLAIM_TAKE, (self.owner, self.lease_seconds, job_id))
+            ).fetchone()
+            assert taken is not None  # locked above
+            log.info("job.claimed", job_id=job_id, fence=taken[0], owner=self.owner)
+            return Claim(job_id, int(taken[0]), bool(taken[1]))
+
+    async def renew(self, job_id: str, fence: int) -> bool:
+        """Extend our lease; False when the fence is stale (the job is lost)."""
+        async with self._pool.connection() as conn:
+            cur = await conn.execute(
+                "UPDATE job_leases SET lease_until = clock_timestamp() + make_interval(secs => %s)"
+                " WHERE job_id = %s AND fence = %s AND owner = %s AND NOT done",
+                (self.lease_seconds, job_id, fence, self.owner),
+            )
+            return cur.rowcount == 1
+
+    async def write(self, job: Job, fence: int, *, final: bool = False) -> None:
+        """Store `job` as its latest row if `fence` is still the job's; `final`
+        also ends the lease (one transaction). Raises LeaseLost otherwise."""
+        async with self._pool.connection() as conn, conn.transaction():
+            cur = await conn.execute(
+                _FENCED_WRITE,
+                (
+                    orchestrator_pb2.JobState.Name(job.state),
+                    job.updated_at.ToMicroseconds(),
+                    job.SerializeToString(),
+                    job.job_id,
+                    job.job_id,
+                    fence,
+                ),
+            )
+            if cur.rowcount != 1:
+                log.warning("job.fenced_out", job_id=job.job_id, fence=fence, owner=self.owner)
+                raise LeaseLost(job.job_id, fence)
+            if final:
+                await conn.execute(
+                    "UPDATE job_leases SET done = TRUE, owner = NULL, lease_until = NULL "
+                    "WHERE job_id = %s AND fence = %s",
+                    (job.job_id, fence),
+                )
+            await conn.execute("SELECT pg_notify(%s, %s)", (JOBS_CHANNEL, job.job_id))
+
+    async def release(self, job_id: str, fence: int) -> None:
+        """Give the job back unfinished (a graceful drain): claimable at once."""
+        async with self._pool.connection() as conn:
+            await conn.execute(
+                "UPDATE job_leases SET owner = NULL, lease_until = NULL "
+                "WHERE job_id = %s AND fence = %s AND owner = %s",
+                (job_id, fence, self.owner),
+            )
+            await conn.execute("SELECT pg_notify(%s, %s)", (JOBS_CHANNEL, job_id))
+
+    async def request_cancel(self, job_id: str) -> bool:
+        """Mark the job cancel-requested and tell its owner; False when it is
+        not waiting or running (finished, or never enqueued)."""
+        async with self._pool.connection() as conn:
+            cur = await conn.execute(
+                "UPDATE job_leases SET cancel_requested = TRUE WHERE job_id = %s AND NOT done",
+                (job_id,),
+            )
+            if cur.rowcount == 1:
+                await conn.execute("SELECT pg_notify(%s, %s)", (CANCEL_CHANNEL, job_id))
+            return cur.rowcount == 1
+
+    async def cancel_requested(self, job_id: str) -> bool:
+        async with self._pool.connection() as conn:
+            row = await (
+                await conn.execute(
+                    "SELECT cancel_requested FROM job_leases WHERE job_id = %s", (job_id,)
+                )
+            ).fetchone()
+            return bool(row and row[0])
+
+    async def running(self) -> int:
+        """Live leases cluster-wide."""
+        async with self._pool.connection() as conn:
+            return await _scalar(conn, _CLAIM_RUNNING)
+
+    # --- stage slots ------------------------------------------------------
+
+    async def try_slot(self, service: str, limit: int) -> int | None:
+        """One of `service`'s `limit` call slots, leased to us, or None when all
+        are held by live leases."""
+        async with self._pool.connection() as conn, conn.transaction():
+            await conn.execute(
+                "INSERT INTO stage_slots (service, slot) SELECT %s, g FROM generate_series(0, %s) g"
+                " ON CONFLICT DO NOTHING",
+                (service, limit - 1),
+            )
+            row = await (
+                await conn.execute(
+                    "SELECT slot FROM stage_slots WHERE service = %s AND slot < %s "
+                    "AND (owner IS NULL OR lease_until <= clock_timestamp()) "
+                    "ORDER BY slot LIMIT 1 FOR UPDATE SKIP LOCKED",
+                    (service, limit),
+                )
+            ).fetchone()
+            if row is None:
+                return None
+            await conn.execute(
+                "UPDATE stage_slots SET owner = %s, "
+                "lease_until = clock_timestamp() + make_interval(secs => %s) "
+                "WHERE service = %s AND slot = %s",
+                (self.owner, self.lease_seconds, service, row[0]),
+            )
+            return int(row[0])
+
+    async def renew_slot(self, service: str, slot: int) -> bool:
+        async with self._pool.connection() as conn:
+            cur = await conn.execute(
+                "UPDATE stage_slots SET lease_until = clock_timestamp() + make_interval(secs => %s)"
+                " WHERE service = %s AND slot = %s AND owner = %s",
+                (self.lease_seconds, service, slot, self.owner),
+            )
+            return cur.rowcount == 1
+
+    async def release_slot(self, service: str, slot: int) -> None:
+        async with self._pool.connection() as conn:
+            await conn.execute(
+                "UPDATE stage_slots SET owner = NULL, lease_until = NULL "
+                "WHERE service = %s AND slot = %s AND owner = %s",
+                (service, slot, self.owner),
+            )
+            await conn.execute("SELECT pg_notify(%s, %s)", (SLOTS_CHANNEL, service))
+
+    @contextlib.asynccontextmanager
+    async def slot(self, service: str, limit: int, poll_seconds: float = 0.2) -> AsyncIterator[int]:
+        """Hold one of `service`'s slots for a call, renewed every lease/3."""
+        while True:
+            self._slot_freed.clear()
+            slot = await self.try_slot(service, limit)
+            if slot is not None:
+                break
+            # Woken by a release's notification, else polled (a lease that expired).
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._slot_freed.wait(), poll_seconds)
+        renewer = asyncio.create_task(self._keep_slot(service, slot))
+        try:
+            yield slot
+        finally:
+            renewer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await renewer
+            await self.release_slot(service, slot)
+
+    async def _keep_slot(self, service: str, slot: int) -> None:
+        while True:
+            await asyncio.sleep(self.lease_seconds / 3)
+            if not await self.renew_slot(service, slot):
+                log.warning("stage.slot_lost", service=service, slot=slot, owner=self.owner)
+                return
+
+    # --- the lease of a running job ---------------------------------------
+
+    async def keep(self, job_id: str, fence: int, on_lost: Callable[[], None]) -> None:
+        """Renew the job's lease every lease/3 until cancelled; call `on_lost`
+        (and return) when a renewal finds the fence stale."""
+        while True:
+            await asyncio.sleep(self.lease_seconds / 3)
+            try:
+                ok = await self.renew(job_id, fence)
+            except psycopg.OperationalError:
+                log.warning("job.lease_renew_failed", job_id=job_id)
+                continue  # the lease may still hold; the next write's fence decides
+            if not ok:
+                log.warning("job.lease_lost", job_id=job_id, fence=fence, owner=self.owner)
+                on_lost()
+                return
+
+
+async def listen(
+    conninfo: str, channels: tuple[str, ...], on_notify: Callable[[str, str], None]
+) -> None:
+    """LISTEN on `channels` over a connection of its own and call
+    `on_notify(channel, payload)` for each notification, until cancelled."""
+    async with await psycopg.AsyncConnection.connect(conninfo, autocommit=True) as conn:
+        for channel in channels:
+            await conn.execute(f"LISTEN {channel}")
+        async for notify in conn.notifies():
+            on_notify(notify.channel, notify.payload)
+
+
+async def _scalar(conn: psycopg.AsyncConnection, sql: str) -> int:
+    row = await (await conn.execute(sql)).fetchone()
+    assert row is not None
+    return int(row[0])
