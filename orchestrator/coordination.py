@@ -31,6 +31,15 @@ if TYPE_CHECKING:  # psycopg is only needed with PostgreSQL
 Job = orchestrator_pb2.Job
 
 
+class LeaseLost(RuntimeError):
+    """The job's lease passed to another replica: this one must stop the job."""
+
+    def __init__(self, job_id: str, fence: int) -> None:
+        super().__init__(f"job {job_id}: fence {fence} is stale, another replica owns the job")
+        self.job_id = job_id
+        self.fence = fence
+
+
 class Coordinator(Protocol):
     async def persist(self, job: Job) -> None:
         """Store `job` as its latest version (a stage boundary or an end state)."""
@@ -59,8 +68,8 @@ class LeasedCoordinator:
     """Several orchestrators over PostgreSQL: fenced writes, global slots.
 
     The runner records the fence of each job it claimed (`own`) and forgets
-    it when the job's task ends (`disown`); a write of a job this replica does
-    not own is a bug and raises KeyError."""
+    it when the job's task ends (`disown`); a write of a job this replica
+    does not own raises LeaseLost."""
 
     def __init__(self, leases: JobLeases, directory: StageDirectory) -> None:
         self._leases = leases
@@ -77,8 +86,11 @@ class LeasedCoordinator:
         return self._fences.get(job_id)
 
     async def persist(self, job: Job) -> None:
-        """Raises `leases.LeaseLost` when another replica holds the job now."""
-        fence = self._fences[job.job_id]
+        """Raises `LeaseLost` when another replica holds the job now (or this
+        one already let it go)."""
+        fence = self._fences.get(job.job_id)
+        if fence is None:
+            raise LeaseLost(job.job_id, 0)
         await self._leases.write(job, fence, final=job.state in TERMINAL)
 
     @contextlib.asynccontextmanager

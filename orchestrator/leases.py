@@ -35,6 +35,7 @@ import psycopg
 from psycopg_pool import AsyncConnectionPool
 
 from stageflow.core.logging import get_logger
+from stageflow.orchestrator.coordination import LeaseLost
 from stageflow.orchestrator.scheduler import lane_of
 from stageflow.v1 import orchestrator_pb2
 
@@ -65,6 +66,16 @@ ORDER BY l.lane, l.created_at, l.job_id
 LIMIT 1
 FOR UPDATE OF l SKIP LOCKED
 """
+# A claimable job whose cancel was asked: taken past every limit, since all its
+# owner does is store it CANCELLED.
+_CLAIM_CANCELLED = """
+SELECT job_id FROM job_leases
+WHERE NOT done AND cancel_requested
+  AND (owner IS NULL OR lease_until <= clock_timestamp())
+ORDER BY created_at, job_id
+LIMIT 1
+FOR UPDATE SKIP LOCKED
+"""
 _CLAIM_TAKE = """
 UPDATE job_leases
 SET owner = %s, fence = fence + 1,
@@ -79,15 +90,6 @@ UPDATE jobs SET state = %s, updated_at = %s, job = %s
 WHERE job_id = %s
   AND EXISTS (SELECT 1 FROM job_leases WHERE job_id = %s AND fence = %s FOR SHARE)
 """
-
-
-class LeaseLost(RuntimeError):
-    """The job's lease passed to another replica: this one must stop the job."""
-
-    def __init__(self, job_id: str, fence: int) -> None:
-        super().__init__(f"job {job_id}: fence {fence} is stale, another replica owns the job")
-        self.job_id = job_id
-        self.fence = fence
 
 
 @dataclass(frozen=True)
@@ -141,15 +143,18 @@ class JobLeases:
 
     async def claim(self, max_running: int) -> Claim | None:
         """The next job to run (its fence bumped, leased to us), or None when
-        nothing is claimable or `max_running` leases are live cluster-wide."""
+        nothing is claimable or `max_running` leases are live cluster-wide
+        (a job whose cancel was asked is claimed regardless: it only ends)."""
         async with self._pool.connection() as conn, conn.transaction():
             await conn.execute("SELECT pg_advisory_xact_lock(%s)", (_CLAIM_LOCK,))
-            running = await _scalar(conn, _CLAIM_RUNNING)
-            if running >= max_running:
-                return None
-            row = await (await conn.execute(_CLAIM_PICK)).fetchone()
+            row = await (await conn.execute(_CLAIM_CANCELLED)).fetchone()
             if row is None:
-                return None
+                running = await _scalar(conn, _CLAIM_RUNNING)
+                if running >= max_running:
+                    return None
+                row = await (await conn.execute(_CLAIM_PICK)).fetchone()
+                if row is None:
+                    return None
             job_id = row[0]
             taken = await (
                 await conn.execute(_CLAIM_TAKE, (self.owner, self.lease_seconds, job_id))

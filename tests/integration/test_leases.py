@@ -1,21 +1,12 @@
-"""Leases, fencing, global limits and NOTIFY over a real PostgreSQL server.
-
-Each `JobLeases` here has its own connection pool and owner name: three of
-them are three orchestrator replicas as far as the database can tell. The
-`jobs` table is the columns of migration 0001 the fenced write touches; the
-lease tables come from the real migration file (0002_leases.sql).
-"""
+"""Leases, fencing, global limits and NOTIFY over a real PostgreSQL server
+(each `JobLeases` of the `replicas` fixture is one replica to the database)."""
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
-from pathlib import Path
 
-import psycopg
 import pytest
-from psycopg_pool import AsyncConnectionPool
 
 from stageflow.orchestrator.leases import (
     CANCEL_CHANNEL,
@@ -25,75 +16,9 @@ from stageflow.orchestrator.leases import (
     listen,
 )
 from stageflow.v1 import orchestrator_pb2 as pb
+from tests.integration.leasedb import LEASE_SECONDS, Replicas, insert, job, replicas, stored
 
-LEASES_SQL = (
-    Path(__file__).resolve().parents[2] / "orchestrator/migrations/postgres/0002_leases.sql"
-).read_text()
-JOBS_SQL = """
-CREATE TABLE jobs (
-    job_id TEXT PRIMARY KEY, state TEXT NOT NULL, updated_at BIGINT NOT NULL, job BYTEA NOT NULL
-)
-"""
-LEASE_SECONDS = 1.0
-
-Replicas = Callable[[int], Awaitable[list[JobLeases]]]
-
-
-@pytest.fixture
-async def replicas(pg_url: str) -> AsyncIterator[Replicas]:
-    async with await psycopg.AsyncConnection.connect(pg_url, autocommit=True) as conn:
-        await conn.execute(JOBS_SQL)
-        await conn.execute(LEASES_SQL)
-    pools: list[AsyncConnectionPool[psycopg.AsyncConnection]] = []
-
-    async def make(n: int) -> list[JobLeases]:
-        out = []
-        for i in range(n):
-            pool: AsyncConnectionPool[psycopg.AsyncConnection] = AsyncConnectionPool(
-                pg_url, kwargs={"autocommit": True}, min_size=1, max_size=4, open=False
-            )
-            await pool.open(wait=True)
-            pools.append(pool)
-            out.append(JobLeases(pool, f"replica-{len(pools)}-{i}", LEASE_SECONDS))
-        return out
-
-    yield make
-    for pool in pools:
-        await pool.close()
-
-
-def job(job_id: str, created_us: int, *, bulk: bool = False, tenant: str = "") -> pb.Job:
-    out = pb.Job(job_id=job_id, state=pb.JOB_STATE_QUEUED, tenant=tenant)
-    out.created_at.FromMicroseconds(created_us)
-    out.updated_at.FromMicroseconds(created_us)
-    if bulk:
-        out.request.priority = pb.PRIORITY_BULK
-    return out
-
-
-async def insert(leases: JobLeases, jobs: list[pb.Job], tenant_limit: int | None = None) -> None:
-    async with leases._pool.connection() as conn:
-        for j in jobs:
-            await conn.execute(
-                "INSERT INTO jobs (job_id, state, updated_at, job) VALUES (%s, %s, %s, %s)",
-                (
-                    j.job_id,
-                    "JOB_STATE_QUEUED",
-                    j.updated_at.ToMicroseconds(),
-                    j.SerializeToString(),
-                ),
-            )
-    for j in jobs:
-        await leases.enqueue(j, tenant_limit)
-
-
-async def stored(leases: JobLeases, job_id: str) -> pb.Job:
-    async with leases._pool.connection() as conn:
-        row = await (
-            await conn.execute("SELECT job FROM jobs WHERE job_id = %s", (job_id,))
-        ).fetchone()
-        assert row is not None
-        return pb.Job.FromString(row[0])
+__all__ = ["replicas"]  # the fixture, imported
 
 
 async def test_claims_take_interactive_before_bulk_then_oldest_and_never_twice(
