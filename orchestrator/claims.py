@@ -22,6 +22,7 @@ import psycopg
 from stageflow.core.logging import get_logger
 from stageflow.orchestrator.leases import (
     CANCEL_CHANNEL,
+    EVENTS_CHANNEL,
     JOBS_CHANNEL,
     SLOTS_CHANNEL,
     Claim,
@@ -43,10 +44,12 @@ class ClaimLoop:
         on_lost: Callable[[str], None],
         on_cancel: Callable[[str], None],
         on_update: Callable[[str], None] = lambda _: None,
+        on_event: Callable[[str], None] = lambda _: None,
     ) -> None:
         """`start(claim)` loads and starts the job; `on_lost(job_id)` stops a
         job whose lease passed on; `on_cancel(job_id)` is a cancel asked on
-        any replica; `on_update(job_id)` any job row written anywhere."""
+        any replica; `on_update(job_id)` any job row written anywhere;
+        `on_event(payload)` a watch event published on any replica."""
         self._leases = leases
         self._conninfo = conninfo
         self._max_running = max_running
@@ -54,6 +57,7 @@ class ClaimLoop:
         self._on_lost = on_lost
         self._on_cancel = on_cancel
         self._on_update = on_update
+        self._on_event = on_event
         self._wake = asyncio.Event()
         self._keepers: dict[str, tuple[int, asyncio.Task[None]]] = {}
         self._tasks: list[asyncio.Task[None]] = []
@@ -98,7 +102,16 @@ class ClaimLoop:
 
     # --- internals ----------------------------------------------------------
 
+    def stop_claiming(self) -> None:
+        """Claim nothing more (a drain's first step); leases are still renewed
+        and notifications still heard until `drain`."""
+        self._claiming = False
+        self._wake.set()
+
     def _notified(self, channel: str, payload: str) -> None:
+        if channel == EVENTS_CHANNEL:
+            self._on_event(payload)
+            return  # nothing to claim
         self._leases.notified(channel, payload)
         if channel == CANCEL_CHANNEL:
             self._on_cancel(payload)
@@ -110,7 +123,9 @@ class ClaimLoop:
         while True:  # through a database restart: listen again
             try:
                 await listen(
-                    self._conninfo, (JOBS_CHANNEL, CANCEL_CHANNEL, SLOTS_CHANNEL), self._notified
+                    self._conninfo,
+                    (JOBS_CHANNEL, CANCEL_CHANNEL, SLOTS_CHANNEL, EVENTS_CHANNEL),
+                    self._notified,
                 )
             except psycopg.OperationalError as err:
                 log.warning("claims.listen_lost", error=str(err))

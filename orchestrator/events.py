@@ -6,6 +6,11 @@ it, ending with `finished`. Publishing never blocks: each watcher has its own
 unbounded queue, and a job with no watchers costs nothing. A closed hub (the
 orchestrator is shutting down) ends every stream without `finished`: the
 watcher reconnects to the next process, which resumes the job.
+
+With several orchestrator replicas a job's events are made where the job
+runs and watched wherever a client asked: `relay` gets every published
+event (the replica sends it on, e.g. PostgreSQL NOTIFY) and `deliver` feeds
+one received from another replica to this hub's watchers.
 """
 
 from __future__ import annotations
@@ -26,9 +31,14 @@ _CLOSED = WatchJobResponse()
 
 
 class EventHub:
-    def __init__(self) -> None:
+    def __init__(self, relay: Callable[[WatchJobResponse], None] | None = None) -> None:
         self._subscribers: dict[str, set[asyncio.Queue[WatchJobResponse]]] = {}
         self._closed = False
+        self._relay = relay
+
+    def watched(self, job_id: str) -> bool:
+        """Whether some stream of this hub watches the job now."""
+        return bool(self._subscribers.get(job_id))
 
     def close(self) -> None:
         """End every stream now (after its pending events) and every later one
@@ -44,10 +54,16 @@ class EventHub:
         watchers. The message is built here: later changes to `event`'s values
         are not seen."""
         subscribers = self._subscribers.get(job_id)
-        if not subscribers:
+        if not subscribers and self._relay is None:
             return
         message = WatchJobResponse(job_id=job_id, **event)
-        for queue in subscribers:
+        if self._relay is not None:
+            self._relay(message)
+        self.deliver(message)
+
+    def deliver(self, message: WatchJobResponse) -> None:
+        """Hand an event (one another replica published) to this hub's watchers."""
+        for queue in self._subscribers.get(message.job_id, ()):
             queue.put_nowait(message)
 
     async def watch(

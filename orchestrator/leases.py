@@ -47,6 +47,10 @@ log = get_logger(__name__)
 JOBS_CHANNEL = "stageflow_jobs"
 CANCEL_CHANNEL = "stageflow_cancel"
 SLOTS_CHANNEL = "stageflow_slots"
+# A watch event of a running job, for the WatchJob streams other replicas serve.
+EVENTS_CHANNEL = "stageflow_events"
+# NOTIFY payloads must stay under 8000 bytes.
+MAX_PAYLOAD = 7900
 # pg_advisory_xact_lock key of the claim step (any fixed bigint).
 _CLAIM_LOCK = 0x5747_464C_4F57_0001
 
@@ -115,6 +119,17 @@ class JobLeases:
         # passed to `notified`): waiters retry at once instead of at the next poll.
         self._slot_freed = asyncio.Event()
 
+    def conninfo(self) -> str:
+        """How to open a connection of our own (LISTEN): the pool's, with its
+        connection arguments (a password given apart from the URL)."""
+        kwargs = self._pool.kwargs if isinstance(self._pool.kwargs, dict) else {}
+        extra = {
+            k: v for k, v in kwargs.items() if isinstance(v, str | int) and not isinstance(v, bool)
+        }
+        conninfo = self._pool.conninfo
+        assert isinstance(conninfo, str)
+        return psycopg.conninfo.make_conninfo(conninfo, **extra)
+
     def notified(self, channel: str, payload: str) -> None:
         """Feed a `listen` notification in (slot waiters wake on a release)."""
         if channel == SLOTS_CHANNEL:
@@ -140,6 +155,34 @@ class JobLeases:
                 ),
             )
             await conn.execute("SELECT pg_notify(%s, %s)", (JOBS_CHANNEL, job.job_id))
+
+    async def adopt(self, jobs: list[Job], tenant_limit: Callable[[Job], int | None]) -> int:
+        """Make claimable the unfinished `jobs` without a live lease row (the
+        replica that stored one died before `enqueue`); returns how many."""
+        added = 0
+        async with self._pool.connection() as conn:
+            for job in jobs:
+                cur = await conn.execute(
+                    "INSERT INTO job_leases (job_id, lane, tenant, tenant_limit, created_at) "
+                    "VALUES (%s, %s, %s, %s, %s) ON CONFLICT (job_id) DO UPDATE SET "
+                    "done = FALSE, owner = NULL, lease_until = NULL WHERE job_leases.done",
+                    (
+                        job.job_id,
+                        lane_of(job.request.priority),
+                        job.tenant,
+                        tenant_limit(job),
+                        job.created_at.ToMicroseconds(),
+                    ),
+                )
+                added += cur.rowcount
+            if added:
+                await conn.execute("SELECT pg_notify(%s, '')", (JOBS_CHANNEL,))
+        return added
+
+    async def announce(self, payload: str) -> None:
+        """NOTIFY a watch event (at most MAX_PAYLOAD characters)."""
+        async with self._pool.connection() as conn:
+            await conn.execute("SELECT pg_notify(%s, %s)", (EVENTS_CHANNEL, payload))
 
     async def claim(self, max_running: int) -> Claim | None:
         """The next job to run (its fence bumped, leased to us), or None when
