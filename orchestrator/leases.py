@@ -28,8 +28,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 import psycopg
 from psycopg_pool import AsyncConnectionPool
@@ -40,6 +41,7 @@ from stageflow.orchestrator.scheduler import lane_of
 from stageflow.v1 import orchestrator_pb2
 
 Job = orchestrator_pb2.Job
+T = TypeVar("T")
 
 log = get_logger(__name__)
 
@@ -108,13 +110,21 @@ class JobLeases:
     (this replica's unique name)."""
 
     def __init__(
-        self, pool: AsyncConnectionPool[psycopg.AsyncConnection], owner: str, lease_seconds: float
+        self,
+        pool: AsyncConnectionPool[psycopg.AsyncConnection],
+        owner: str,
+        lease_seconds: float,
+        *,
+        retry_seconds: float = 120.0,
     ) -> None:
+        """`retry_seconds`: how long a job's write and a slot's claim wait out a
+        database that cannot be reached (a restart) before failing."""
         if lease_seconds <= 0:
             raise ValueError(f"lease_seconds must be > 0, got {lease_seconds}")
         self._pool = pool
         self.owner = owner
         self.lease_seconds = lease_seconds
+        self.retry_seconds = retry_seconds
         # Set when a slot was released anywhere (a SLOTS_CHANNEL notification
         # passed to `notified`): waiters retry at once instead of at the next poll.
         self._slot_freed = asyncio.Event()
@@ -138,7 +148,11 @@ class JobLeases:
     # --- jobs -------------------------------------------------------------
 
     async def enqueue(self, job: Job, tenant_limit: int | None = None) -> None:
-        """Make the job claimable (a new job, or a rerun's new version)."""
+        """Make the job claimable (a new job, or a rerun's new version); an
+        upsert, retried while the database cannot be reached."""
+        await self._retrying(lambda: self._enqueue(job, tenant_limit))
+
+    async def _enqueue(self, job: Job, tenant_limit: int | None) -> None:
         async with self._pool.connection() as conn:
             await conn.execute(
                 "INSERT INTO job_leases (job_id, lane, tenant, tenant_limit, created_at) "
@@ -218,7 +232,27 @@ class JobLeases:
 
     async def write(self, job: Job, fence: int, *, final: bool = False) -> None:
         """Store `job` as its latest row if `fence` is still the job's; `final`
-        also ends the lease (one transaction). Raises LeaseLost otherwise."""
+        also ends the lease (one transaction). Raises LeaseLost otherwise.
+        While the database cannot be reached the write is retried (for
+        `retry_seconds`): it replaces the whole row, so one that did commit
+        before its connection broke is harmless to do again, and the fence
+        still decides."""
+        await self._retrying(lambda: self._write(job, fence, final))
+
+    async def _retrying(self, fn: Callable[[], Awaitable[T]]) -> T:
+        deadline = asyncio.get_running_loop().time() + self.retry_seconds
+        delay = 0.1
+        while True:
+            try:
+                return await fn()
+            except psycopg.OperationalError as err:
+                if asyncio.get_running_loop().time() + delay > deadline:
+                    raise
+                log.warning("leases.db_unreachable", error=str(err), retry_seconds=delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 1.0)
+
+    async def _write(self, job: Job, fence: int, final: bool) -> None:
         async with self._pool.connection() as conn, conn.transaction():
             cur = await conn.execute(
                 _FENCED_WRITE,
@@ -330,7 +364,7 @@ class JobLeases:
         """Hold one of `service`'s slots for a call, renewed every lease/3."""
         while True:
             self._slot_freed.clear()
-            slot = await self.try_slot(service, limit)
+            slot = await self._retrying(lambda: self.try_slot(service, limit))
             if slot is not None:
                 break
             # Woken by a release's notification, else polled (a lease that expired).
@@ -343,12 +377,19 @@ class JobLeases:
             renewer.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await renewer
-            await self.release_slot(service, slot)
+            try:
+                await self.release_slot(service, slot)
+            except psycopg.OperationalError:  # its lease runs out instead
+                log.warning("stage.slot_release_failed", service=service, slot=slot)
 
     async def _keep_slot(self, service: str, slot: int) -> None:
         while True:
             await asyncio.sleep(self.lease_seconds / 3)
-            if not await self.renew_slot(service, slot):
+            try:
+                ok = await self.renew_slot(service, slot)
+            except psycopg.OperationalError:
+                continue  # the database is away: try again at the next third
+            if not ok:
                 log.warning("stage.slot_lost", service=service, slot=slot, owner=self.owner)
                 return
 
