@@ -6,9 +6,9 @@ jobs) while the cluster has running slots, hands each to `start`, and keeps
 each claimed job's lease renewed every lease/3 until `finished`. A renewal
 that finds the fence stale calls `on_lost`: the job must stop without
 another write. It wakes on a notification (a job enqueued or released, a
-cancel asked) and otherwise every lease/3, so an expired lease is taken over
-within lease + lease/3. `drain` stops claiming and gives every lease back,
-so another replica takes those jobs at once.
+cancel asked) and otherwise every lease/3 (at most a second), so an expired
+lease is taken over within lease + 1 s. `drain` stops claiming and gives
+every lease back, so another replica takes those jobs at once.
 """
 
 from __future__ import annotations
@@ -133,7 +133,8 @@ class ClaimLoop:
             self._wake.set()  # notifications may have been missed meanwhile
 
     async def _loop(self) -> None:
-        poll = self._leases.lease_seconds / 3
+        # An expired lease is noticed by polling: at most a second late.
+        poll = min(self._leases.lease_seconds / 3, 1.0)
         while self._claiming:
             self._wake.clear()
             try:
