@@ -17,6 +17,9 @@ so the executor (and the runner above it) has one code path:
 from __future__ import annotations
 
 import contextlib
+import os
+import secrets
+import socket
 from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager
 from typing import TYPE_CHECKING, Protocol
@@ -29,6 +32,19 @@ if TYPE_CHECKING:  # psycopg is only needed with PostgreSQL
     from stageflow.orchestrator.leases import JobLeases
 
 Job = orchestrator_pb2.Job
+
+
+def replica_leases(jobs: JobStore, lease_seconds: float, name: str = "") -> JobLeases | None:
+    """The lease table of a job store several replicas can share (one with a
+    PostgreSQL connection `pool`), as replica `name` (default host-pid-random,
+    unique per process); None for a store only one process uses (SQLite)."""
+    pool = getattr(jobs, "pool", None)
+    if pool is None:
+        return None
+    from stageflow.orchestrator.leases import JobLeases
+
+    owner = name or f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
+    return JobLeases(pool, owner, lease_seconds)
 
 
 class LeaseLost(RuntimeError):
