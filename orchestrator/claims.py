@@ -161,6 +161,9 @@ class ClaimLoop:
             self._on_lost(claim.job_id)
 
         keeper = asyncio.create_task(
-            self._leases.keep(claim.job_id, claim.fence, lost), name=f"lease {claim.job_id}"
+            self._leases.keep(
+                claim.job_id, claim.fence, lost, lambda: self._on_cancel(claim.job_id)
+            ),
+            name=f"lease {claim.job_id}",
         )
         self._keepers[claim.job_id] = (claim.fence, keeper)

@@ -222,13 +222,20 @@ class JobLeases:
 
     async def renew(self, job_id: str, fence: int) -> bool:
         """Extend our lease; False when the fence is stale (the job is lost)."""
+        return await self._renew(job_id, fence) is not None
+
+    async def _renew(self, job_id: str, fence: int) -> bool | None:
+        """Extend our lease: whether a cancel was asked, None when it is lost."""
         async with self._pool.connection() as conn:
-            cur = await conn.execute(
-                "UPDATE job_leases SET lease_until = clock_timestamp() + make_interval(secs => %s)"
-                " WHERE job_id = %s AND fence = %s AND owner = %s AND NOT done",
-                (self.lease_seconds, job_id, fence, self.owner),
-            )
-            return cur.rowcount == 1
+            row = await (
+                await conn.execute(
+                    "UPDATE job_leases SET lease_until = clock_timestamp() + "
+                    "make_interval(secs => %s) WHERE job_id = %s AND fence = %s AND owner = %s "
+                    "AND NOT done RETURNING cancel_requested",
+                    (self.lease_seconds, job_id, fence, self.owner),
+                )
+            ).fetchone()
+            return None if row is None else bool(row[0])
 
     async def write(self, job: Job, fence: int, *, final: bool = False) -> None:
         """Store `job` as its latest row if `fence` is still the job's; `final`
@@ -395,17 +402,27 @@ class JobLeases:
 
     # --- the lease of a running job ---------------------------------------
 
-    async def keep(self, job_id: str, fence: int, on_lost: Callable[[], None]) -> None:
+    async def keep(
+        self,
+        job_id: str,
+        fence: int,
+        on_lost: Callable[[], None],
+        on_cancel: Callable[[], None] | None = None,
+    ) -> None:
         """Renew the job's lease every lease/3 until cancelled; call `on_lost`
-        (and return) when a renewal finds the fence stale."""
+        (and return) when a renewal finds the fence stale, and `on_cancel` at
+        each renewal that finds a cancel asked (a NOTIFY missed while the
+        LISTEN connection was down is caught up this way)."""
         while True:
             await asyncio.sleep(self.lease_seconds / 3)
             try:
-                ok = await self.renew(job_id, fence)
+                cancel = await self._renew(job_id, fence)
             except psycopg.OperationalError:
                 log.warning("job.lease_renew_failed", job_id=job_id)
                 continue  # the lease may still hold; the next write's fence decides
-            if not ok:
+            if cancel and on_cancel is not None:
+                on_cancel()
+            if cancel is None:
                 log.warning("job.lease_lost", job_id=job_id, fence=fence, owner=self.owner)
                 on_lost()
                 return
