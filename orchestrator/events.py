@@ -31,10 +31,18 @@ _CLOSED = WatchJobResponse()
 
 
 class EventHub:
-    def __init__(self, relay: Callable[[WatchJobResponse], None] | None = None) -> None:
+    def __init__(
+        self,
+        relay: Callable[[WatchJobResponse], None] | None = None,
+        recheck_seconds: float | None = None,
+    ) -> None:
+        """`recheck_seconds`: a stream that got no event for this long reads
+        the snapshot again and ends with it if the job has finished (a relayed
+        `finished` can be lost with a database connection); None: never."""
         self._subscribers: dict[str, set[asyncio.Queue[WatchJobResponse]]] = {}
         self._closed = False
         self._relay = relay
+        self._recheck = recheck_seconds
 
     def watched(self, job_id: str) -> bool:
         """Whether some stream of this hub watches the job now."""
@@ -83,7 +91,15 @@ class EventHub:
                 yield WatchJobResponse(job_id=job_id, finished=job)
                 return
             while not self._closed or not queue.empty():
-                event = await queue.get()
+                try:
+                    async with asyncio.timeout(self._recheck):
+                        event = await queue.get()
+                except TimeoutError:
+                    job = await snapshot(job_id)
+                    if job.state in TERMINAL:
+                        yield WatchJobResponse(job_id=job_id, finished=job)
+                        return
+                    continue
                 if event is _CLOSED:
                     return
                 yield event

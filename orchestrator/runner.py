@@ -156,7 +156,8 @@ class JobRunner:
             self._hub = EventHub()
         else:
             self._coordinator = LeasedCoordinator(leases, self._directory)
-            self._hub = EventHub(relay=self._relay)
+            # A watched job's end is also read from the store now and then.
+            self._hub = EventHub(relay=self._relay, recheck_seconds=leases.lease_seconds)
         # Replicas: the claim loop, events to NOTIFY, the jobs whose lease
         # another replica took, background tasks.
         self._claims: ClaimLoop | None = None
