@@ -25,6 +25,7 @@ from contextlib import AbstractAsyncContextManager
 from typing import TYPE_CHECKING, Protocol
 
 from stageflow.orchestrator.directory import StageDirectory
+from stageflow.orchestrator.scheduler import BULK, lane_of
 from stageflow.orchestrator.store import TERMINAL, JobStore
 from stageflow.v1 import orchestrator_pb2
 
@@ -117,5 +118,6 @@ class LeasedCoordinator:
             if limit is None:
                 yield
                 return
-            async with self._leases.slot(service, limit):
+            bulk = lane_of(priority) == BULK
+            async with self._leases.slot(service, limit, bulk=bulk):
                 yield

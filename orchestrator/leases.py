@@ -28,6 +28,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
+import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import TypeVar
@@ -321,9 +323,10 @@ class JobLeases:
 
     # --- stage slots ------------------------------------------------------
 
-    async def try_slot(self, service: str, limit: int) -> int | None:
+    async def try_slot(self, service: str, limit: int, *, bulk: bool = False) -> int | None:
         """One of `service`'s `limit` call slots, leased to us, or None when all
-        are held by live leases."""
+        are held by live leases (`bulk`: also while an interactive call waits
+        for one on any replica)."""
         async with self._pool.connection() as conn, conn.transaction():
             await conn.execute(
                 "INSERT INTO stage_slots (service, slot) SELECT %s, g FROM generate_series(0, %s) g"
@@ -334,8 +337,10 @@ class JobLeases:
                 await conn.execute(
                     "SELECT slot FROM stage_slots WHERE service = %s AND slot < %s "
                     "AND (owner IS NULL OR lease_until <= clock_timestamp()) "
+                    "AND NOT (%s AND EXISTS (SELECT 1 FROM stage_slot_waiters w "
+                    "  WHERE w.service = %s AND w.lease_until > clock_timestamp())) "
                     "ORDER BY slot LIMIT 1 FOR UPDATE SKIP LOCKED",
-                    (service, limit),
+                    (service, limit, bulk, service),
                 )
             ).fetchone()
             if row is None:
@@ -347,6 +352,19 @@ class JobLeases:
                 (self.owner, self.lease_seconds, service, row[0]),
             )
             return int(row[0])
+
+    async def _wait_for_slot(self, waiter: str, service: str) -> None:
+        async with self._pool.connection() as conn:
+            await conn.execute(
+                "INSERT INTO stage_slot_waiters (waiter, service, lease_until) "
+                "VALUES (%s, %s, clock_timestamp() + make_interval(secs => %s)) "
+                "ON CONFLICT (waiter) DO UPDATE SET lease_until = excluded.lease_until",
+                (waiter, service, self.lease_seconds),
+            )
+
+    async def _stop_waiting(self, waiter: str) -> None:
+        async with self._pool.connection() as conn:
+            await conn.execute("DELETE FROM stage_slot_waiters WHERE waiter = %s", (waiter,))
 
     async def renew_slot(self, service: str, slot: int) -> bool:
         async with self._pool.connection() as conn:
@@ -367,16 +385,29 @@ class JobLeases:
             await conn.execute("SELECT pg_notify(%s, %s)", (SLOTS_CHANNEL, service))
 
     @contextlib.asynccontextmanager
-    async def slot(self, service: str, limit: int, poll_seconds: float = 0.2) -> AsyncIterator[int]:
-        """Hold one of `service`'s slots for a call, renewed every lease/3."""
-        while True:
-            self._slot_freed.clear()
-            slot = await self._retrying(lambda: self.try_slot(service, limit))
-            if slot is not None:
-                break
-            # Woken by a release's notification, else polled (a lease that expired).
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._slot_freed.wait(), poll_seconds)
+    async def slot(
+        self, service: str, limit: int, *, bulk: bool = False, poll_seconds: float = 0.2
+    ) -> AsyncIterator[int]:
+        """Hold one of `service`'s slots for a call, renewed every lease/3. An
+        interactive call that has to wait says so in `stage_slot_waiters`, so
+        bulk calls on every replica leave the slots to it (lanes cluster-wide)."""
+        waiter = ""
+        try:
+            while True:
+                self._slot_freed.clear()
+                slot = await self._retrying(lambda: self.try_slot(service, limit, bulk=bulk))
+                if slot is not None:
+                    break
+                if not bulk:
+                    waiter = waiter or f"{self.owner}/{secrets.token_hex(6)}"
+                    await self._retrying(functools.partial(self._wait_for_slot, waiter, service))
+                # Woken by a release's notification, else polled (a lease that expired).
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._slot_freed.wait(), poll_seconds)
+        finally:
+            if waiter:
+                with contextlib.suppress(psycopg.OperationalError):  # else its lease runs out
+                    await self._stop_waiting(waiter)
         renewer = asyncio.create_task(self._keep_slot(service, slot))
         try:
             yield slot

@@ -170,3 +170,33 @@ async def test_notify_reaches_another_replica_with_the_job_id(
         assert (channel, payload) == (CANCEL_CHANNEL, "j")
     finally:
         listener.cancel()
+
+
+async def test_an_interactive_call_waiting_on_one_replica_goes_before_bulk_on_another(
+    replicas: Replicas,
+) -> None:
+    holder, bulk_side, interactive_side = await replicas(3)
+    order: list[str] = []
+    release = asyncio.Event()
+
+    async def hold() -> None:
+        async with holder.slot("base", 1, poll_seconds=0.02):
+            await release.wait()
+
+    async def call(leases: JobLeases, name: str, bulk: bool) -> None:
+        async with leases.slot("base", 1, bulk=bulk, poll_seconds=0.02):
+            order.append(name)
+            await asyncio.sleep(0.05)
+
+    holding = asyncio.create_task(hold())
+    await asyncio.sleep(0.1)
+    bulk = asyncio.create_task(call(bulk_side, "bulk", True))
+    await asyncio.sleep(0.1)  # the bulk call waits first
+    interactive = asyncio.create_task(call(interactive_side, "interactive", False))
+    await asyncio.sleep(0.1)
+    release.set()
+    await asyncio.gather(holding, bulk, interactive)
+    assert order == ["interactive", "bulk"]
+    async with holder._pool.connection() as conn:
+        row = await (await conn.execute("SELECT count(*) FROM stage_slot_waiters")).fetchone()
+    assert row == (0,)  # the waiter's row is gone once it holds the slot

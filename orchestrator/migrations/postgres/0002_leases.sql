@@ -29,3 +29,12 @@ CREATE TABLE stage_slots (
     lease_until TIMESTAMPTZ,
     PRIMARY KEY (service, slot)
 );
+
+-- Interactive stage calls waiting for a slot, on any replica (a row each,
+-- under a lease): while one waits for a service, no bulk call takes its slots.
+CREATE TABLE stage_slot_waiters (
+    waiter      TEXT PRIMARY KEY,
+    service     TEXT NOT NULL,
+    lease_until TIMESTAMPTZ NOT NULL
+);
+CREATE INDEX stage_slot_waiters_service ON stage_slot_waiters (service, lease_until);
