@@ -131,6 +131,15 @@ class JobLeases:
         # passed to `notified`): waiters retry at once instead of at the next poll.
         self._slot_freed = asyncio.Event()
 
+    async def _bounded(self, conn: psycopg.AsyncConnection) -> None:
+        """Bound this transaction's locks by half a lease: a replica paused
+        (SIGSTOP) inside one has its session ended by the server, so it cannot
+        hold the claim lock or a lease row from every other replica; one that
+        waits longer for a lock fails (OperationalError) and tries again."""
+        ms = max(int(self.lease_seconds * 500), 100)
+        await conn.execute(f"SET LOCAL idle_in_transaction_session_timeout = {ms}")
+        await conn.execute(f"SET LOCAL lock_timeout = {ms}")
+
     def conninfo(self) -> str:
         """How to open a connection of our own (LISTEN): the pool's, with its
         connection arguments (a password given apart from the URL)."""
@@ -205,6 +214,7 @@ class JobLeases:
         nothing is claimable or `max_running` leases are live cluster-wide
         (a job whose cancel was asked is claimed regardless: it only ends)."""
         async with self._pool.connection() as conn, conn.transaction():
+            await self._bounded(conn)
             await conn.execute("SELECT pg_advisory_xact_lock(%s)", (_CLAIM_LOCK,))
             row = await (await conn.execute(_CLAIM_CANCELLED)).fetchone()
             if row is None:
@@ -263,6 +273,7 @@ class JobLeases:
 
     async def _write(self, job: Job, fence: int, final: bool) -> None:
         async with self._pool.connection() as conn, conn.transaction():
+            await self._bounded(conn)
             cur = await conn.execute(
                 _FENCED_WRITE,
                 (
@@ -328,6 +339,7 @@ class JobLeases:
         are held by live leases (`bulk`: also while an interactive call waits
         for one on any replica)."""
         async with self._pool.connection() as conn, conn.transaction():
+            await self._bounded(conn)
             await conn.execute(
                 "INSERT INTO stage_slots (service, slot) SELECT %s, g FROM generate_series(0, %s) g"
                 " ON CONFLICT DO NOTHING",
