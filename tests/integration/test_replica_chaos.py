@@ -27,6 +27,7 @@ from stageflow.client import StageflowClient
 from stageflow.serving.processes import ServerProcess
 from stageflow.v1 import orchestrator_pb2 as pb
 from tests.integration.conftest import log_events
+from tests.pgserver import PostgresServer
 
 # The PostgreSQL job store (and its fixtures) come with the pgstore branch.
 pytest.importorskip("stageflow.orchestrator.postgres_store")
@@ -216,3 +217,20 @@ async def test_a_stage_limit_holds_across_replicas(
     finished = await finish(address(procs[0]), ids)
     assert [j.state for j in finished] == [pb.JOB_STATE_SUCCEEDED] * JOBS
     assert _peak_in_flight(local_cluster, "base", set(ids)) == 2  # reached, never passed
+
+
+async def test_postgresql_restarted_mid_batch_loses_no_job_and_runs_none_twice(
+    replicas: Replicas, pg_server: PostgresServer
+) -> None:
+    a, b, c = replicas.start(3)
+    expected = await undisturbed(replicas, a, steps=STOP_STEPS)
+
+    ids = await run_batch([address(p) for p in (a, b, c)], "restart", steps=STOP_STEPS)
+    await asyncio.sleep(1.0)
+    await asyncio.to_thread(pg_server.restart, 2.0)  # down two seconds
+    finished = await finish(address(a), ids)
+
+    assert [j.state for j in finished] == [pb.JOB_STATE_SUCCEEDED] * JOBS
+    assert [j.final.sha256 for j in finished] == expected
+    succeeded = replicas.count("job.succeeded")
+    assert all(len(succeeded[i]) == 1 for i in ids), succeeded
