@@ -24,6 +24,7 @@ from stageflow.orchestrator.runner import JobRunner
 from stageflow.orchestrator.stage_client import StageClient
 from stageflow.v1 import orchestrator_pb2 as pb
 from tests.integration.test_cancel import stopped_steps, wait_for
+from tests.unit.orchestrator.fakes import FakeSettings  # the runner's settings, plain
 
 # The PostgreSQL job store (and its fixtures) come with the pgstore branch.
 PostgresJobStore: Any = pytest.importorskip(
@@ -32,15 +33,6 @@ PostgresJobStore: Any = pytest.importorskip(
 
 LEASE_SECONDS = 1.5
 STEPS = 200  # a base run of seconds: long enough to watch, cancel and steal
-
-
-@dataclass
-class Settings:
-    output_prefix: str = "artifacts"
-    stage_timeout_seconds: float = 120.0
-    max_running_jobs: int = 4
-    final_url_expiry_seconds: int = 3600
-    stage_cache: bool = False
 
 
 @dataclass
@@ -64,7 +56,7 @@ async def replicas(
             for stage in ("base", "refine", "upscale")
         }
         clients.extend(stages.values())
-        runner = JobRunner(stages, jobs, Settings(), local_store, leases=leases)
+        runner = JobRunner(stages, jobs, FakeSettings(), local_store, leases=leases)
         await runner.start()
         started.append(Replica(runner, jobs, leases))
     yield started
