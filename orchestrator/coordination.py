@@ -41,6 +41,8 @@ def replica_leases(jobs: JobStore, lease_seconds: float, name: str = "") -> JobL
     unique per process); None for a store only one process uses (SQLite)."""
     pool = getattr(jobs, "pool", None)
     if pool is None:
+        if type(jobs).__name__ == "PostgresJobStore":  # never run one as if alone
+            raise RuntimeError("the PostgreSQL job store must expose its connection `pool`")
         return None
     from stageflow.orchestrator.leases import JobLeases
 
