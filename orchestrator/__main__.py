@@ -10,6 +10,7 @@ import grpc
 from stageflow.core.errors import StageflowError
 from stageflow.core.logging import configure_logging, get_logger
 from stageflow.orchestrator.auth import Authenticator
+from stageflow.orchestrator.coordination import replica_leases
 from stageflow.orchestrator.migrations import SchemaTooNew
 from stageflow.orchestrator.quotas import parse_quota
 from stageflow.orchestrator.replicas import RetryPolicy, StageCaller, stage_client_for
@@ -72,6 +73,8 @@ async def _serve(settings: OrchestratorSettings) -> None:
         upload_limits=UploadLimits(
             max_bytes=settings.upload_max_bytes, max_pixels=settings.upload_max_pixels
         ),
+        # PostgreSQL: one of any number of replicas (claims, leases, fencing).
+        leases=replica_leases(jobs, settings.lease_seconds, settings.replica_name),
     )
     auth = Authenticator(jobs, settings.auth_secret_key.get_secret_value(), enabled=settings.auth)
     if not auth.enabled:

@@ -58,6 +58,10 @@ class StageDirectory:
         """Hold one of the service's call slots (interactive before bulk) for a call."""
         return self._scheduler.slot(service, priority)
 
+    def limit(self, service: str) -> int | None:
+        """The calls in flight `service` may have (None: not limited yet)."""
+        return self._scheduler.limit(service)
+
     async def close(self) -> None:
         """Start no more stage calls; return once those in flight have ended."""
         await self._scheduler.close()

@@ -6,6 +6,11 @@ it, ending with `finished`. Publishing never blocks: each watcher has its own
 unbounded queue, and a job with no watchers costs nothing. A closed hub (the
 orchestrator is shutting down) ends every stream without `finished`: the
 watcher reconnects to the next process, which resumes the job.
+
+With several orchestrator replicas a job's events are made where the job
+runs and watched wherever a client asked: `relay` gets every published
+event (the replica sends it on, e.g. PostgreSQL NOTIFY) and `deliver` feeds
+one received from another replica to this hub's watchers.
 """
 
 from __future__ import annotations
@@ -26,9 +31,22 @@ _CLOSED = WatchJobResponse()
 
 
 class EventHub:
-    def __init__(self) -> None:
+    def __init__(
+        self,
+        relay: Callable[[WatchJobResponse], None] | None = None,
+        recheck_seconds: float | None = None,
+    ) -> None:
+        """`recheck_seconds`: a stream that got no event for this long reads
+        the snapshot again and ends with it if the job has finished (a relayed
+        `finished` can be lost with a database connection); None: never."""
         self._subscribers: dict[str, set[asyncio.Queue[WatchJobResponse]]] = {}
         self._closed = False
+        self._relay = relay
+        self._recheck = recheck_seconds
+
+    def watched(self, job_id: str) -> bool:
+        """Whether some stream of this hub watches the job now."""
+        return bool(self._subscribers.get(job_id))
 
     def close(self) -> None:
         """End every stream now (after its pending events) and every later one
@@ -44,10 +62,16 @@ class EventHub:
         watchers. The message is built here: later changes to `event`'s values
         are not seen."""
         subscribers = self._subscribers.get(job_id)
-        if not subscribers:
+        if not subscribers and self._relay is None:
             return
         message = WatchJobResponse(job_id=job_id, **event)
-        for queue in subscribers:
+        if self._relay is not None:
+            self._relay(message)
+        self.deliver(message)
+
+    def deliver(self, message: WatchJobResponse) -> None:
+        """Hand an event (one another replica published) to this hub's watchers."""
+        for queue in self._subscribers.get(message.job_id, ()):
             queue.put_nowait(message)
 
     async def watch(
@@ -67,7 +91,15 @@ class EventHub:
                 yield WatchJobResponse(job_id=job_id, finished=job)
                 return
             while not self._closed or not queue.empty():
-                event = await queue.get()
+                try:
+                    async with asyncio.timeout(self._recheck):
+                        event = await queue.get()
+                except TimeoutError:
+                    job = await snapshot(job_id)
+                    if job.state in TERMINAL:
+                        yield WatchJobResponse(job_id=job_id, finished=job)
+                        return
+                    continue
                 if event is _CLOSED:
                     return
                 yield event

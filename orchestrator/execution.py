@@ -22,6 +22,7 @@ from stageflow.core.logging import get_logger
 from stageflow.core.storage import ObjectStore
 from stageflow.orchestrator.bundle import build_run_request, with_input
 from stageflow.orchestrator.cache import StageCache, cache_key
+from stageflow.orchestrator.coordination import Coordinator, LocalCoordinator
 from stageflow.orchestrator.directory import StageDirectory
 from stageflow.orchestrator.events import EventHub
 from stageflow.orchestrator.replicas import FALLBACK, PRIMARY, Route, StageCaller
@@ -74,8 +75,12 @@ class JobExecutor:
         store: ObjectStore | None,
         specs: Mapping[str, PipelineSpec],
         caller: StageCaller,
+        coordinator: Coordinator | None = None,
     ) -> None:
+        """`coordinator` takes the job's writes and stage slots (default: one
+        process owns every job, `LocalCoordinator`)."""
         self._directory = directory
+        self._coordinator = coordinator or LocalCoordinator(jobs, directory)
         self._hub = hub
         self._jobs = jobs
         self._settings = settings
@@ -137,7 +142,7 @@ class JobExecutor:
         # Wait here for a slot rather than pile RESOURCE_EXHAUSTED on the stage.
         # The slot is held until the outcome is stored: a draining orchestrator
         # waits for the slots, so no finished call's output is lost.
-        async with self._directory.slot(service, job.request.priority):
+        async with self._coordinator.slot(service, job.request.priority):
             try:
                 outcome = await self._caller.call(
                     Route(PRIMARY, self._directory.client(service), request),
@@ -280,4 +285,4 @@ class JobExecutor:
 
     async def _persist(self, job: Job) -> None:
         job.updated_at.CopyFrom(now())
-        await self._jobs.update(job)
+        await self._coordinator.persist(job)

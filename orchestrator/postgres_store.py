@@ -88,6 +88,12 @@ class PostgresJobStore:
         self._url = url
         self._write_retry_seconds = write_retry_seconds
 
+    @property
+    def pool(self) -> AsyncConnectionPool[Connection]:
+        """The connection pool, shared with the replica's lease layer
+        (`coordination.replica_leases`): one set of connections per process."""
+        return self._pool
+
     @classmethod
     async def open(
         cls,

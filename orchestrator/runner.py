@@ -12,15 +12,26 @@ Tenants are enforced here, the one layer every path to a job goes through
 `tenant` (None: authentication is off, nothing is scoped). A job belongs to
 the tenant that submitted it; another tenant's job id is NOT_FOUND with the
 message an unknown id gets, so its existence is not revealed.
+
+Replicas: with `leases` (a PostgreSQL job store shared by several
+orchestrators) a job is run not by the replica that stored it but by the one
+whose claim loop (`claims.ClaimLoop`) takes it: QUEUED jobs, and RUNNING ones
+whose lease ran out, up to `max_running_jobs` across the cluster. The job's
+task is the same; its writes are fenced and its stage slots cluster-wide
+(`coordination.LeasedCoordinator`), its watch events and cancel requests
+travel by NOTIFY. Without `leases` (SQLite, `stageflow up`) this process owns
+every job it stores, as it always did.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import contextvars
 import functools
 from collections.abc import AsyncIterator, Mapping, Sequence
+from typing import TYPE_CHECKING
 
 from opentelemetry import context as otel_context
 
@@ -35,6 +46,12 @@ from stageflow.orchestrator.bundle import (
     build_run_request,
     compose_prompt,
     pipeline_of,
+)
+from stageflow.orchestrator.coordination import (
+    Coordinator,
+    LeasedCoordinator,
+    LeaseLost,
+    LocalCoordinator,
 )
 from stageflow.orchestrator.directory import StageDirectory
 from stageflow.orchestrator.events import EventHub
@@ -58,6 +75,10 @@ from stageflow.orchestrator.uploads import UploadLimits, resolve_upload, store_u
 from stageflow.orchestrator.validation import check_request
 from stageflow.serving import tracing
 from stageflow.v1 import common_pb2, orchestrator_pb2
+
+if TYPE_CHECKING:  # psycopg is only needed with PostgreSQL
+    from stageflow.orchestrator.claims import ClaimLoop
+    from stageflow.orchestrator.leases import Claim, JobLeases
 
 Job = orchestrator_pb2.Job
 StageRun = orchestrator_pb2.StageRun
@@ -95,11 +116,14 @@ class JobRunner:
         upload_limits: UploadLimits | None = None,
         sharing: ShareSigner | None = None,
         default_quota: Quota | None = None,
+        leases: JobLeases | None = None,
     ) -> None:
         """`specs` by name (pipelines/*.yaml); without them a built-in "default"
         spec runs `pipeline` with the built-in defaults. `stage_limits` caps the
         calls in flight per stage service (else its Describe's capacity).
-        `caller` retries, backs off and falls back (default: StageCaller())."""
+        `caller` retries, backs off and falls back (default: StageCaller()).
+        `leases`: one of several replicas over a shared PostgreSQL store (see
+        the module docstring); None: this process runs every job it stores."""
         if specs is None:
             missing = [name for name in pipeline if name not in stages]
             if not pipeline or missing:
@@ -123,7 +147,21 @@ class JobRunner:
         # its jobs past its running limit wait QUEUED for one of its slots.
         self._tenant_slots: dict[str, tuple[int, asyncio.Semaphore]] = {}
         self._directory = StageDirectory(stages, stage_limits)
-        self._hub = EventHub()
+        self._leases = leases
+        self._coordinator: Coordinator
+        if leases is None:
+            self._coordinator = LocalCoordinator(jobs, self._directory)
+            self._hub = EventHub()
+        else:
+            self._coordinator = LeasedCoordinator(leases, self._directory)
+            # A watched job's end is also read from the store now and then.
+            self._hub = EventHub(relay=self._relay, recheck_seconds=leases.lease_seconds)
+        # Replicas: the claim loop, events to NOTIFY, the jobs whose lease
+        # another replica took, background tasks.
+        self._claims: ClaimLoop | None = None
+        self._outbox: asyncio.Queue[WatchJobResponse] = asyncio.Queue()
+        self._lost: set[str] = set()
+        self._background: list[asyncio.Task[None]] = []
         self._executor = JobExecutor(
             self._directory,
             self._hub,
@@ -132,6 +170,7 @@ class JobRunner:
             store,
             self._specs,
             caller or StageCaller(),
+            self._coordinator,
         )
         self._rerun_lock = asyncio.Lock()
         # Jobs past this gate run; interactive ones are let in before bulk ones.
@@ -145,16 +184,16 @@ class JobRunner:
 
     async def start(self) -> None:
         """Resume jobs left QUEUED or RUNNING by a previous process, from their
-        first stage that has not succeeded (finished stages are not recomputed)."""
+        first stage that has not succeeded (finished stages are not recomputed).
+        A replica instead makes sure each unfinished job is claimable and
+        starts its claim loop: whichever replica claims a job resumes it."""
+        if self._leases is not None:
+            await self._start_replica(self._leases)
+            return
         for job in await self._jobs.unfinished():
             if job.job_id in self._tasks:
                 continue
-            for run in job.stages:
-                if run.state != orchestrator_pb2.STAGE_STATE_SUCCEEDED:
-                    run.state = orchestrator_pb2.STAGE_STATE_PENDING
-                    run.step = run.total_steps = 0
-                    run.error = ""
-            job.state = orchestrator_pb2.JOB_STATE_QUEUED
+            _resumable(job)
             log.info("job.resume", job_id=job.job_id)
             self._start_task(job)
 
@@ -165,6 +204,8 @@ class JobRunner:
         WatchJob stream so that its client moves to the next process."""
         self._closing = True
         self._slots.close()
+        if self._claims is not None:
+            self._claims.stop_claiming()
         log.info("runner.draining", running_jobs=len(self._tasks), grace_seconds=seconds)
         try:
             async with asyncio.timeout(seconds):
@@ -175,13 +216,21 @@ class JobRunner:
 
     async def close(self) -> None:
         """Stop running jobs without marking them: the next start() resumes them
-        (QUEUED and RUNNING jobs stay so in the store)."""
+        (QUEUED and RUNNING jobs stay so in the store). A replica gives their
+        leases back, so another replica takes them over at once."""
         self._closing = True
         self._slots.close()
+        if self._claims is not None:
+            self._claims.stop_claiming()
         tasks = list(self._tasks.values())
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        if self._claims is not None:
+            await self._claims.drain()
+        for task in self._background:
+            task.cancel()
+        await asyncio.gather(*self._background, return_exceptions=True)
 
     # --- API ------------------------------------------------------------------
 
@@ -268,7 +317,7 @@ class JobRunner:
             live = self._live.get(stored.job_id)
             return _copy(live) if live is not None else stored
         log.info("job.submitted", job_id=job_id, idempotency_key=request.request_id)
-        self._start_task(job)
+        await self._dispatch(job)
         return _copy(job)
 
     async def rerun(
@@ -279,6 +328,12 @@ class JobRunner:
         await self.get(request.job_id, tenant)  # before anything tells a running job apart
         async with self._rerun_lock:  # two reruns of one job must not both be N+1
             task = self._tasks.get(request.job_id)
+            if task is None and self._leases is not None:
+                stored = await self.get(request.job_id, tenant)
+                if stored.state not in TERMINAL:  # another replica runs it
+                    raise FailedPrecondition(
+                        f"job {request.job_id} is still running; wait for it or cancel it"
+                    )
             if task is not None:
                 live = self._live.get(request.job_id)
                 if live is not None and live.state not in TERMINAL:
@@ -328,7 +383,7 @@ class JobRunner:
             log.info(
                 "job.rerun", job_id=job.job_id, version=job.version, from_stage=request.from_stage
             )
-            self._start_task(job)
+            await self._dispatch(job)
             return _copy(job)
 
     async def versions(self, job_id: str, tenant: str | None = None) -> list[Job]:
@@ -495,6 +550,8 @@ class JobRunner:
         """Cancel the job and its running stage call; a finished job is returned unchanged."""
         job = await self.get(job_id, tenant)
         task = self._tasks.get(job_id)
+        if task is None and self._leases is not None:
+            return await self._cancel_elsewhere(job)
         if task is None:
             if job.state in UNFINISHED:  # stored unfinished but not resumed yet
                 await self._executor.mark_cancelled(job)
@@ -512,7 +569,14 @@ class JobRunner:
 
     # --- the job's task ---------------------------------------------------------
 
-    def _start_task(self, job: Job) -> None:
+    async def _dispatch(self, job: Job) -> None:
+        """Run a job just stored QUEUED: here, or (replicas) wherever it is claimed."""
+        if self._leases is None:
+            self._start_task(job)
+            return
+        await self._leases.enqueue(job, await self._tenant_limit(job))
+
+    def _start_task(self, job: Job, fence: int | None = None) -> None:
         job_id = job.job_id
         self._live[job_id] = job
         # The job's span continues the submitting call's trace (none on resume).
@@ -520,35 +584,200 @@ class JobRunner:
         # A fresh context: the task must not inherit the submitting call's log
         # context (its request id and method) for the rest of the job's life.
         task = asyncio.create_task(
-            self._run_job(job, parent), name=f"job {job_id}", context=contextvars.Context()
+            self._run_job(job, parent, fence), name=f"job {job_id}", context=contextvars.Context()
         )
         self._tasks[job_id] = task
         task.add_done_callback(lambda _: self._tasks.pop(job_id, None))
 
-    async def _run_job(self, job: Job, parent: otel_context.Context | None = None) -> None:
+    async def _run_job(
+        self, job: Job, parent: otel_context.Context | None = None, fence: int | None = None
+    ) -> None:
         job_id = job.job_id
         span = tracing.tracer.start_as_current_span(
             "job.run", context=parent, attributes={tracing.JOB_ID: job_id}
         )
         try:
-            async with self._tenant_slot(job.tenant), self._slots.hold(job.request.priority):
+            async with self._admitted(job, fence):
                 with span:
                     await self._executor.execute(job)
+        except LeaseLost:  # a write was refused: another replica owns the job now
+            log.warning("job.stopped_lease_lost", job_id=job_id, fence=fence)
         except asyncio.CancelledError:
+            if job_id in self._lost:  # the lease passed on: write nothing
+                log.warning("job.stopped_lease_lost", job_id=job_id, fence=fence)
+                _uncancel()
+                return
             if job_id not in self._cancelling:
                 raise  # shutdown: the stored state stays unfinished and is resumed
-            current = asyncio.current_task()
-            if current is not None:
-                current.uncancel()
-            await self._executor.mark_cancelled(job)
+            _uncancel()
+            with contextlib.suppress(LeaseLost):
+                await self._executor.mark_cancelled(job)
         except Exception as err:  # a bug or a broken store: fail the job, keep serving
             log.exception("job.internal_error", job_id=job_id)
             if self._closing:
                 return  # left unfinished in the store: the next start retries it
             # Not str(err): it may hold reprs, paths or data; the log has the traceback.
-            await self._executor.finish_failed(
-                job, None, f"internal error ({type(err).__name__}; see the orchestrator's log)"
-            )
+            with contextlib.suppress(LeaseLost):
+                await self._executor.finish_failed(
+                    job, None, f"internal error ({type(err).__name__}; see the orchestrator's log)"
+                )
         finally:
             self._live.pop(job_id, None)
             self._cancelling.discard(job_id)
+            self._lost.discard(job_id)
+            if isinstance(self._coordinator, LeasedCoordinator):
+                self._coordinator.disown(job_id)
+            # Closing: the lease stays held until close() gives it back.
+            if self._claims is not None and not self._closing:
+                self._claims.finished(job_id)
+
+    @contextlib.asynccontextmanager
+    async def _admitted(self, job: Job, fence: int | None) -> AsyncIterator[None]:
+        """Held while the job runs: its tenant's running slot and one of
+        `max_running_jobs` (interactive first). A replica's claim already
+        counted both, cluster-wide."""
+        if fence is not None:
+            yield
+            return
+        async with self._tenant_slot(job.tenant), self._slots.hold(job.request.priority):
+            yield
+
+    # --- replicas ---------------------------------------------------------------
+
+    async def _start_replica(self, leases: JobLeases) -> None:
+        from stageflow.orchestrator.claims import ClaimLoop
+
+        await self._adopt(leases)
+        self._claims = ClaimLoop(
+            leases,
+            leases.conninfo(),
+            max_running=self._settings.max_running_jobs,
+            start=self._take,
+            on_lost=self._lose,
+            on_cancel=self._cancel_here,
+            on_event=self._received,
+        )
+        self._claims.start()
+        self._background.append(asyncio.create_task(self._send_events(), name="replica events"))
+
+    async def _tenant_limit(self, job: Job) -> int | None:
+        return (await self.quota(job.tenant)).max_running if job.tenant else None
+
+    async def _adopt(self, leases: JobLeases) -> None:
+        """Unfinished jobs without a live lease row become claimable (their
+        replica stored them and died before enqueueing)."""
+        jobs = await self._jobs.unfinished()
+        limit_of = {job.job_id: await self._tenant_limit(job) for job in jobs}
+        added = await leases.adopt(jobs, lambda job: limit_of[job.job_id])
+        if added:
+            log.info("jobs.adopted", count=added)
+
+    async def _take(self, claim: Claim) -> None:
+        """Run the job just claimed, from its first stage not yet succeeded."""
+        assert isinstance(self._coordinator, LeasedCoordinator) and self._claims is not None
+        job = await self._jobs.get(claim.job_id)
+        if job is None:
+            self._claims.finished(claim.job_id)
+            return
+        self._coordinator.own(job.job_id, claim.fence)
+        if job.state in TERMINAL or claim.cancel_requested:
+            # Finished (its lease row outlived it) or cancelled while queued.
+            try:
+                if job.state in TERMINAL:
+                    await self._coordinator.persist(job)  # ends the lease
+                else:
+                    await self._executor.mark_cancelled(job)
+            except LeaseLost:
+                pass
+            finally:
+                self._coordinator.disown(job.job_id)
+                self._claims.finished(job.job_id)
+            return
+        _resumable(job)
+        log.info("job.resume", job_id=job.job_id, fence=claim.fence)
+        self._start_task(job, claim.fence)
+
+    def _lose(self, job_id: str) -> None:
+        """A renewal found the job's fence stale: stop it without a write."""
+        task = self._tasks.get(job_id)
+        if task is not None:
+            self._lost.add(job_id)
+            task.cancel()
+
+    def _cancel_here(self, job_id: str) -> None:
+        """A cancel asked on some replica: ours to do if the job runs here."""
+        task = self._tasks.get(job_id)
+        if task is not None and job_id not in self._cancelling:
+            self._cancelling.add(job_id)
+            task.cancel()
+
+    async def _cancel_elsewhere(self, job: Job) -> Job:
+        """Cancel a job another replica runs (or none yet): mark it in the
+        database, which tells its owner (or lets a claim end it), and wait for
+        its end state."""
+        assert self._leases is not None
+        if job.state in TERMINAL:
+            return job
+        await self._leases.request_cancel(job.job_id)
+        while True:
+            stored = await self._jobs.get(job.job_id)
+            if stored is None or stored.state in TERMINAL:
+                return stored or job
+            await asyncio.sleep(0.05)
+
+    def _relay(self, message: WatchJobResponse) -> None:
+        self._outbox.put_nowait(message)
+
+    async def _send_events(self) -> None:
+        """NOTIFY each event of this replica's jobs as "OWNER JOB_ID DATA",
+        DATA the event's bytes in base64; empty when that would pass the
+        payload limit (a watcher elsewhere then reads a `finished` job from
+        the store; a larger other event is left out, the job's end has it)."""
+        from stageflow.orchestrator.leases import MAX_PAYLOAD
+
+        assert self._leases is not None
+        while True:
+            message = await self._outbox.get()
+            data = base64.b64encode(message.SerializeToString()).decode()
+            head = f"{self._leases.owner} {message.job_id} "
+            if len(head) + len(data) > MAX_PAYLOAD:
+                if message.WhichOneof("event") != "finished":
+                    continue
+                data = ""
+            try:
+                await self._leases.announce(head + data)
+            except Exception:  # the database is away: watchers see the stored job
+                log.warning("job.event_notify_failed", job_id=message.job_id)
+
+    def _received(self, payload: str) -> None:
+        """An event another replica published, for this replica's watchers."""
+        assert self._leases is not None
+        owner, _, rest = payload.partition(" ")
+        job_id, _, data = rest.partition(" ")
+        if owner == self._leases.owner or not self._hub.watched(job_id):
+            return
+        if data:
+            self._hub.deliver(WatchJobResponse.FromString(base64.b64decode(data)))
+            return
+        self._background.append(asyncio.create_task(self._deliver_finished(job_id)))
+
+    async def _deliver_finished(self, job_id: str) -> None:
+        job = await self._jobs.get(job_id)
+        if job is not None:
+            self._hub.deliver(WatchJobResponse(job_id=job_id, finished=job))
+
+
+def _resumable(job: Job) -> None:
+    """QUEUED again, its stages that did not succeed back to PENDING."""
+    for run in job.stages:
+        if run.state != orchestrator_pb2.STAGE_STATE_SUCCEEDED:
+            run.state = orchestrator_pb2.STAGE_STATE_PENDING
+            run.step = run.total_steps = 0
+            run.error = ""
+    job.state = orchestrator_pb2.JOB_STATE_QUEUED
+
+
+def _uncancel() -> None:
+    current = asyncio.current_task()
+    if current is not None:
+        current.uncancel()

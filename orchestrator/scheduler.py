@@ -125,7 +125,8 @@ class StageScheduler:
         gate = self._gates.get(stage)
         return gate.running if gate is not None else 0
 
-    def _limit(self, stage: str) -> int | None:
+    def limit(self, stage: str) -> int | None:
+        """The calls `stage` may have in flight (None: not limited here)."""
         if stage in self._overrides:
             return self._overrides[stage]
         desc = self._describe(stage)
@@ -136,7 +137,7 @@ class StageScheduler:
     @contextlib.asynccontextmanager
     async def slot(self, stage: str, priority: int) -> AsyncIterator[None]:
         """Hold one of `stage`'s slots for the duration of a call."""
-        limit = self._limit(stage)
+        limit = self.limit(stage)
         gate = self._gates.get(stage)
         if gate is None:
             gate = self._gates[stage] = PriorityGate(limit)

@@ -124,6 +124,20 @@ class OrchestratorSettings(CommonSettings):
     max_running_jobs: int = Field(
         4, ge=1, description="Jobs running at once; later jobs wait QUEUED for a slot."
     )
+    lease_seconds: float = Field(
+        10.0,
+        ge=1.0,
+        le=600.0,
+        description="Replicas over PostgreSQL: how long a replica's claim on a job "
+        "(and on a stage-call slot) lasts unless renewed (every third of it). A dead or "
+        "paused replica's jobs are taken over this long after its last renewal.",
+    )
+    replica_name: str = Field(
+        "",
+        max_length=200,
+        description="Replicas: this orchestrator's name in the lease table (logs, "
+        "owner column); empty: host-pid-random, unique per process.",
+    )
     final_url_expiry_seconds: int = Field(
         3600, ge=1, description="Lifetime of the presigned URL of a job's final image."
     )

@@ -1,0 +1,236 @@
+"""Three orchestrator replicas over one real PostgreSQL, as processes, calling
+the session cluster's stage processes: one SIGKILLed or SIGSTOPped mid-batch,
+every job still ends SUCCEEDED exactly once with the bytes of an undisturbed
+run; a stage never has more calls in flight than its limit across replicas.
+
+Cheap jobs (the base stage only, 32x32, few steps): coordination is the
+point. Replicas run with `--stage-cache false`, so every job really calls the
+stage, and a short lease so take-over is quick.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import sys
+from collections.abc import AsyncIterator, Sequence
+from datetime import datetime
+from pathlib import Path
+
+import pytest
+
+from stageflow.cli.cluster import LocalCluster
+from stageflow.client import StageflowClient
+from stageflow.serving.processes import ServerProcess
+from stageflow.v1 import orchestrator_pb2 as pb
+from tests.integration.conftest import log_events
+from tests.pgserver import PostgresServer
+
+# The PostgreSQL job store (and its fixtures) come with the pgstore branch.
+pytest.importorskip("stageflow.orchestrator.postgres_store")
+
+LEASE_SECONDS = 2
+JOBS = 16
+WAIT = 300
+STOP_STEPS = 120  # long enough that the paused replica is mid-stage
+
+
+class Replicas:
+    def __init__(self, cluster: LocalCluster, url: str, folder: Path) -> None:
+        self.cluster = cluster
+        self.url = url
+        self.folder = folder
+        self.procs: list[ServerProcess] = []
+
+    def start(self, n: int, extra: Sequence[str] = ()) -> list[ServerProcess]:
+        stages = ";".join(f"{s}={self.cluster.addresses[s]}" for s in self.cluster.stages)
+        for _ in range(n):
+            name = f"orch{len(self.procs)}"
+            port_file = self.folder / f"{name}.port"
+            argv = [
+                sys.executable, "-m", "stageflow.orchestrator",
+                "--host", "127.0.0.1", "--port", "0", "--port-file", str(port_file),
+                "--store-url", self.cluster.store_url, "--log-json", "true",
+                "--stages", stages, "--job-store-url", self.url,
+                "--lease-seconds", str(LEASE_SECONDS), "--stage-cache", "false",
+                "--replica-name", name, *extra,
+            ]  # fmt: skip
+            proc = ServerProcess(name, argv, log=self.folder / f"{name}.log", port_file=port_file)
+            self.procs.append(proc.start())
+        for proc in self.procs[-n:]:
+            proc.wait_ready(60)
+        return self.procs[-n:]
+
+    def events(self, name: str) -> list[dict[str, object]]:
+        out = []
+        for line in (self.folder / f"{name}.log").read_text().splitlines():
+            try:
+                out.append(json.loads(line))
+            except ValueError:
+                continue
+        return out
+
+    def count(self, event: str) -> dict[str, list[str]]:
+        """job id -> the replicas that logged `event` for it."""
+        seen: dict[str, list[str]] = {}
+        for proc in self.procs:
+            for e in self.events(proc.name):
+                if e.get("event") == event:
+                    seen.setdefault(str(e["job_id"]), []).append(proc.name)
+        return seen
+
+
+@pytest.fixture
+async def replicas(
+    pg_url: str, local_cluster: LocalCluster, tmp_path: Path
+) -> AsyncIterator[Replicas]:
+    group = Replicas(local_cluster, pg_url, tmp_path)
+    yield group
+    for proc in group.procs:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(proc.pid, signal.SIGCONT)  # a test that paused one and failed
+        await asyncio.to_thread(proc.stop)
+
+
+def job(seed: int, steps: int = 12) -> dict[str, object]:
+    return {
+        "base": "replica chaos",
+        "style": "",
+        "seed": seed,
+        "width": 32,
+        "height": 32,
+        "stages": ["base"],
+        "base_options": {"steps": steps},
+    }
+
+
+async def run_batch(addresses: Sequence[str], tag: str, steps: int = 12) -> list[str]:
+    """Submit JOBS jobs round-robin over `addresses`; their ids, by seed."""
+    ids = []
+    for seed in range(JOBS):
+        async with StageflowClient(addresses[seed % len(addresses)]) as client:
+            submitted = await client.submit(**job(seed, steps), request_id=f"{tag}-{seed}")  # type: ignore[arg-type]
+            ids.append(submitted.job_id)
+    return ids
+
+
+async def finish(address: str, ids: Sequence[str]) -> list[pb.Job]:
+    async with StageflowClient(address) as client:
+
+        async def one(job_id: str) -> pb.Job:
+            events = [event async for event in client.watch(job_id)]
+            return events[-1].finished
+
+        async with asyncio.timeout(WAIT):
+            return list(await asyncio.gather(*map(one, ids)))
+
+
+def address(proc: ServerProcess) -> str:
+    return f"127.0.0.1:{proc.port}"
+
+
+async def undisturbed(replicas: Replicas, proc: ServerProcess, steps: int = 12) -> list[str]:
+    ids = await run_batch([address(proc)], "calm", steps)
+    return [j.final.sha256 for j in await finish(address(proc), ids)]
+
+
+async def test_a_replica_sigkilled_mid_batch_loses_no_job_and_runs_none_twice(
+    replicas: Replicas,
+) -> None:
+    a, b, c = replicas.start(3)
+    expected = await undisturbed(replicas, a)
+
+    ids = await run_batch([address(p) for p in (a, b, c)], "kill")
+    await asyncio.sleep(1.0)  # some jobs are mid-stage on every replica
+    os.kill(b.pid, signal.SIGKILL)
+    finished = await finish(address(a), ids)
+
+    assert [j.state for j in finished] == [pb.JOB_STATE_SUCCEEDED] * JOBS
+    assert [j.final.sha256 for j in finished] == expected  # the same bytes
+    succeeded = replicas.count("job.succeeded")
+    assert all(len(succeeded[i]) == 1 for i in ids), succeeded  # stored as done once each
+    claims = replicas.count("job.claimed")
+    taken_over = [i for i in ids if len(claims[i]) > 1]
+    # Only the dead replica's jobs were claimed again, each once more.
+    assert all(len(claims[i]) == 2 and "orch1" in claims[i] for i in taken_over)
+
+
+async def test_a_replica_paused_past_its_lease_writes_nothing_over_the_new_owner(
+    replicas: Replicas,
+) -> None:
+    a, b, c = replicas.start(3)
+    expected = await undisturbed(replicas, a, steps=STOP_STEPS)
+
+    ids = await run_batch([address(p) for p in (a, b, c)], "stop", steps=STOP_STEPS)
+    async with asyncio.timeout(60):  # pause it while it runs one of them
+        while True:
+            claimed, done = replicas.count("job.claimed"), replicas.count("job.succeeded")
+            if any(b.name in claimed.get(i, []) and i not in done for i in ids):
+                break
+            await asyncio.sleep(0.02)
+    os.kill(b.pid, signal.SIGSTOP)
+    await asyncio.sleep(LEASE_SECONDS + 2.5)  # past its lease: the others take over
+    os.kill(b.pid, signal.SIGCONT)
+    finished = await finish(address(c), ids)
+
+    assert [j.state for j in finished] == [pb.JOB_STATE_SUCCEEDED] * JOBS
+    assert [j.final.sha256 for j in finished] == expected
+    claims = replicas.count("job.claimed")
+    taken = [i for i in ids if len(claims[i]) > 1]
+    assert taken, "the pause outlived the lease: some of its jobs were taken over"
+    # The paused replica found out (a stale renewal or a refused write) and
+    # stopped each taken job; none of them it stored as done.
+    await asyncio.sleep(LEASE_SECONDS)
+    stopped = replicas.count("job.stopped_lease_lost")
+    assert sorted(stopped) == sorted(taken)
+    succeeded = replicas.count("job.succeeded")
+    assert all(succeeded[i] != ["orch1"] for i in taken)
+    assert all(len(succeeded[i]) == 1 for i in ids)
+    for stored in finished:  # the stored history is whole
+        assert [r.state for r in stored.stages] == [pb.STAGE_STATE_SUCCEEDED]
+
+
+def _peak_in_flight(cluster: LocalCluster, stage: str, ids: set[str]) -> int:
+    """The most calls of these jobs the stage held at once, from each call's
+    end time and its total time (admission to stored output)."""
+    edges = []
+    for event in log_events(cluster, stage):
+        if event.get("event") == "run.done" and event.get("job_id") in ids:
+            end = datetime.fromisoformat(str(event["timestamp"])).timestamp()
+            start = end - float(event["total_ms"]) / 1000  # type: ignore[arg-type]
+            edges += [(start, 1), (end, -1)]
+    peak = now = 0
+    for _, step in sorted(edges):
+        now += step
+        peak = max(peak, now)
+    return peak
+
+
+async def test_a_stage_limit_holds_across_replicas(
+    replicas: Replicas, local_cluster: LocalCluster
+) -> None:
+    procs = replicas.start(3, ["--stage-limits", "base=2"])
+    ids = await run_batch([address(p) for p in procs], "limit", steps=20)
+    finished = await finish(address(procs[0]), ids)
+    assert [j.state for j in finished] == [pb.JOB_STATE_SUCCEEDED] * JOBS
+    assert _peak_in_flight(local_cluster, "base", set(ids)) == 2  # reached, never passed
+
+
+async def test_postgresql_restarted_mid_batch_loses_no_job_and_runs_none_twice(
+    replicas: Replicas, pg_server: PostgresServer
+) -> None:
+    a, b, c = replicas.start(3)
+    expected = await undisturbed(replicas, a, steps=STOP_STEPS)
+
+    ids = await run_batch([address(p) for p in (a, b, c)], "restart", steps=STOP_STEPS)
+    await asyncio.sleep(1.0)
+    await asyncio.to_thread(pg_server.restart, 2.0)  # down two seconds
+    finished = await finish(address(a), ids)
+
+    assert [j.state for j in finished] == [pb.JOB_STATE_SUCCEEDED] * JOBS
+    assert [j.final.sha256 for j in finished] == expected
+    succeeded = replicas.count("job.succeeded")
+    assert all(len(succeeded[i]) == 1 for i in ids), succeeded
