@@ -537,3 +537,63 @@ def check_network(docs: list[Manifest]) -> list[str]:
                     }:
                         problems.append(f"{_name(policy)}: the orchestrator admits {peer}")
     return problems
+
+
+# -- the orchestrator's availability --------------------------------------------
+
+ORCHESTRATOR = "orchestrator"
+HOSTNAME = "kubernetes.io/hostname"
+
+
+def _selects(selector: Manifest, component: str) -> bool:
+    return (selector.get("matchLabels") or {}).get(COMPONENT) == component
+
+
+def check_orchestrator_replicated(docs: list[Manifest], min_replicas: int = 2) -> list[str]:
+    """No single point of failure: the orchestrator Deployment runs at least
+    `min_replicas` pods rolled one at a time (not Recreate), spread over nodes,
+    kept by a PodDisruptionBudget, with no volume of its own (no PVC: the job
+    store is PostgreSQL, its URL from a Secret, never a literal holding a
+    password, and no SQLite path)."""
+    problems = []
+    deployments = [
+        d for d in docs if d["kind"] == "Deployment" and d["metadata"]["name"] == ORCHESTRATOR
+    ]
+    if len(deployments) != 1:
+        return [f"expected one orchestrator Deployment, found {len(deployments)}"]
+    (doc,) = deployments
+    spec = doc["spec"]
+    pod = spec["template"]["spec"]
+    if spec.get("replicas", 1) < min_replicas:
+        problems.append(
+            f"{_name(doc)}: {spec.get('replicas', 1)} replicas, fewer than {min_replicas}"
+        )
+    if (spec.get("strategy") or {}).get("type") == "Recreate":
+        problems.append(f"{_name(doc)}: strategy Recreate stops every replica at once")
+    claims = [v["name"] for v in pod.get("volumes", []) if "persistentVolumeClaim" in v]
+    if claims:
+        problems.append(f"{_name(doc)}: mounts PersistentVolumeClaim volumes {claims}")
+    for pvc in docs:
+        labels = pvc.get("metadata", {}).get("labels") or {}
+        if pvc["kind"] == "PersistentVolumeClaim" and labels.get(COMPONENT) == ORCHESTRATOR:
+            problems.append(f"{_name(pvc)}: the orchestrator keeps no volume")
+    spread = pod.get("topologySpreadConstraints") or []
+    if not any(
+        c.get("topologyKey") == HOSTNAME and _selects(c.get("labelSelector") or {}, ORCHESTRATOR)
+        for c in spread
+    ):
+        problems.append(f"{_name(doc)}: no topology spread over {HOSTNAME}")
+    if not any(
+        d["kind"] == "PodDisruptionBudget"
+        and _selects(d["spec"].get("selector") or {}, ORCHESTRATOR)
+        for d in docs
+    ):
+        problems.append(f"{_name(doc)}: no PodDisruptionBudget selects the orchestrator")
+    for where, container, _ in containers(doc):
+        env = {e["name"]: e for e in container.get("env", [])}
+        url = env.get("STAGEFLOW_JOB_STORE_URL")
+        if url is None or "secretKeyRef" not in (url.get("valueFrom") or {}):
+            problems.append(f"{where}: STAGEFLOW_JOB_STORE_URL does not come from a Secret")
+        if "STAGEFLOW_DB_PATH" in env:
+            problems.append(f"{where}: STAGEFLOW_DB_PATH (SQLite) with several replicas")
+    return problems

@@ -74,6 +74,23 @@ def test_dev_runs_on_cpu_with_fixture_models(rendered: dict[str, list[Manifest]]
     assert not any("cuda" in image for image in images)
 
 
+@pytest.mark.parametrize("variant", PROD)
+def test_prod_orchestrators_are_replicated_over_postgresql(
+    rendered: dict[str, list[Manifest]], variant: str
+) -> None:
+    assert policies.check_orchestrator_replicated(rendered[variant]) == []
+
+
+def test_dev_runs_its_own_postgresql(rendered: dict[str, list[Manifest]]) -> None:
+    dev = rendered["dev"]
+    assert {"StatefulSet/postgres", "Service/postgres", "Secret/stageflow-db-app"} <= _objects(dev)
+    assert "NetworkPolicy/postgres-from-orchestrator" in _objects(dev)
+    # Several orchestrators in dev too; only the PDB is prod's.
+    problems = policies.check_orchestrator_replicated(dev)
+    assert problems == ["Deployment/orchestrator: no PodDisruptionBudget selects the orchestrator"]
+    assert "StatefulSet/postgres" not in _objects(rendered["prod"])
+
+
 def test_prod_generates_no_secret(rendered: dict[str, list[Manifest]]) -> None:
     # The S3 credentials are created out of band; the workloads reference them.
     assert not [d for d in rendered["prod"] if d["kind"] == "Secret"]

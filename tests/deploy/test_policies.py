@@ -424,3 +424,106 @@ def test_namespace_flags_an_object_outside_stageflow() -> None:
     assert policies.check_namespace([doc]) == [
         "Deployment/stage-base: namespace None, not 'stageflow'"
     ]
+
+
+def orchestrator_manifests() -> list[Manifest]:
+    """A prod-like replicated orchestrator that check_orchestrator_replicated accepts."""
+    labels = {"app.kubernetes.io/name": "stageflow", "app.kubernetes.io/component": "orchestrator"}
+    deployment = {
+        "kind": "Deployment",
+        "metadata": {"name": "orchestrator", "labels": labels},
+        "spec": {
+            "replicas": 2,
+            "strategy": {"type": "RollingUpdate"},
+            "selector": {"matchLabels": labels},
+            "template": {
+                "metadata": {"labels": labels},
+                "spec": {
+                    "topologySpreadConstraints": [
+                        {
+                            "maxSkew": 1,
+                            "topologyKey": "kubernetes.io/hostname",
+                            "whenUnsatisfiable": "ScheduleAnyway",
+                            "labelSelector": {"matchLabels": labels},
+                        }
+                    ],
+                    "containers": [
+                        {
+                            "name": "orchestrator",
+                            "env": [
+                                {
+                                    "name": "STAGEFLOW_JOB_STORE_URL",
+                                    "valueFrom": {
+                                        "secretKeyRef": {"name": "stageflow-db-app", "key": "uri"}
+                                    },
+                                }
+                            ],
+                        }
+                    ],
+                    "volumes": [{"name": "tmp", "emptyDir": {}}],
+                },
+            },
+        },
+    }
+    pdb = {
+        "kind": "PodDisruptionBudget",
+        "metadata": {"name": "orchestrator"},
+        "spec": {"minAvailable": 1, "selector": {"matchLabels": labels}},
+    }
+    return [deployment, pdb]
+
+
+def test_orchestrator_replicated_accepts_the_good_one() -> None:
+    assert policies.check_orchestrator_replicated(orchestrator_manifests()) == []
+
+
+def _break(path: str, value: Any) -> list[Manifest]:
+    docs = orchestrator_manifests()
+    *keys, last = path.split(".")
+    node: Any = docs[0]
+    for key in keys:
+        node = node[int(key)] if key.isdigit() else node[key]
+    if value is None:
+        del node[last]
+    else:
+        node[last] = value
+    return docs
+
+
+@pytest.mark.parametrize(
+    ("path", "value", "message"),
+    [
+        ("spec.replicas", 1, "1 replicas, fewer than 2"),
+        ("spec.strategy", {"type": "Recreate"}, "strategy Recreate"),
+        (
+            "spec.template.spec.volumes",
+            [{"name": "data", "persistentVolumeClaim": {"claimName": "orchestrator-data"}}],
+            "mounts PersistentVolumeClaim volumes ['data']",
+        ),
+        ("spec.template.spec.topologySpreadConstraints", None, "no topology spread"),
+        (
+            "spec.template.spec.containers.0.env",
+            [{"name": "STAGEFLOW_JOB_STORE_URL", "value": "postgresql://u:pw@db/stageflow"}],
+            "STAGEFLOW_JOB_STORE_URL does not come from a Secret",
+        ),
+    ],
+)
+def test_orchestrator_replicated_flags_each_single_point(
+    path: str, value: Any, message: str
+) -> None:
+    problems = policies.check_orchestrator_replicated(_break(path, value))
+    assert len(problems) == 1 and message in problems[0], problems
+
+
+def test_orchestrator_replicated_flags_a_missing_pdb_a_pvc_and_a_sqlite_path() -> None:
+    deployment, _ = orchestrator_manifests()
+    pvc = {
+        "kind": "PersistentVolumeClaim",
+        "metadata": {"name": "orchestrator-data", "labels": deployment["metadata"]["labels"]},
+    }
+    env = deployment["spec"]["template"]["spec"]["containers"][0]["env"]
+    env.append({"name": "STAGEFLOW_DB_PATH", "value": "/var/lib/stageflow/o.sqlite"})
+    problems = policies.check_orchestrator_replicated([deployment, pvc])
+    assert any("no PodDisruptionBudget" in p for p in problems), problems
+    assert any("PersistentVolumeClaim/orchestrator-data" in p for p in problems), problems
+    assert any("STAGEFLOW_DB_PATH" in p for p in problems), problems
