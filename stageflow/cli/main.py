@@ -311,9 +311,14 @@ def submit(
     text: Annotated[str, typer.Option(help="Overlay text (enables the inpaint pass).")] = "",
     negative: Annotated[str, typer.Option(help="Negative prompt.")] = "",
     seed: int = 42,
-    # 32: the default (trained fixture) base model's side; a real SD model wants 512.
-    width: Annotated[int, typer.Option(help="Base width; the final is 4x.")] = 32,
-    height: Annotated[int, typer.Option(help="Base height; the final is 4x.")] = 32,
+    # Unset: the base model's own default (its native side: 32 for the trained
+    # fixture, 512 for a real SD 1.5), the one every caller gets.
+    width: Annotated[
+        int | None, typer.Option(help="Base width; the final is 4x (default: the model's).")
+    ] = None,
+    height: Annotated[
+        int | None, typer.Option(help="Base height; the final is 4x (default: the model's).")
+    ] = None,
     steps: Annotated[int | None, typer.Option(help="Base denoising steps.")] = None,
     guidance: Annotated[float | None, typer.Option(help="Base guidance scale.")] = None,
     refine_strength: Annotated[float | None, typer.Option(help="Refine strength 0..1.")] = None,
@@ -323,8 +328,8 @@ def submit(
     stages: Annotated[
         str,
         typer.Option(
-            help="Stage order, comma-separated, base first (default base,refine,upscale); "
-            "base,upscale,refine puts the typography pass after the upscale."
+            help="Stage order, comma-separated, base first (default: the pipeline's, "
+            "base,refine,upscale, or base,upscale,refine with --text)."
         ),
     ] = "",
     pipeline: Annotated[

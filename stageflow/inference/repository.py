@@ -55,6 +55,7 @@ from stageflow.core.errors import DataLoss, FailedPrecondition, InvalidArgument,
 from stageflow.core.logging import get_logger
 from stageflow.core.storage import ObjectStore, check_key, open_location, parse_store_url
 from stageflow.inference.interface import StageKind, params_type_of
+from stageflow.inference.prompt_domain import PromptDomain, read_folder_domain
 
 log = get_logger(__name__)
 
@@ -188,6 +189,9 @@ class ModelVersion(BaseModel):
         default_factory=dict, description="Export settings of a compiled version."
     )
     created_at: datetime
+    prompt_domain: PromptDomain | None = Field(
+        default=None, description="What its prompts may say (a warning names other words)."
+    )
 
     @property
     def ref(self) -> str:
@@ -337,6 +341,26 @@ def _read_json(path: Path) -> dict[str, Any]:
     return data
 
 
+def _diffusers_sides(unet: Mapping[str, Any], vae: Mapping[str, Any]) -> tuple[int, int]:
+    """(size multiple, native side) of a diffusers folder from its UNet and VAE
+    configs: latents halve cleanly at every UNet level, and the UNet's
+    sample_size in pixels is the size it was trained at."""
+    vae_scale = 2 ** (len(vae.get("block_out_channels", [0])) - 1)
+    multiple = vae_scale * 2 ** (len(unet.get("block_out_channels", [0])) - 1)
+    sample = unet.get("sample_size", 64)
+    native = int(max(sample) if isinstance(sample, list) else sample) * vae_scale
+    return multiple, max(multiple, native // multiple * multiple)
+
+
+def native_side(folder: Path) -> int | None:
+    """The side a diffusers folder's UNet was trained at (its txt2img default
+    width and height); None for a folder without the two configs."""
+    unet, vae = folder / "unet" / "config.json", folder / "vae" / "config.json"
+    if not (unet.is_file() and vae.is_file()):
+        return None
+    return _diffusers_sides(_read_json(unet), _read_json(vae))[1]
+
+
 def _detect_diffusers(src: Path) -> Detected | None:
     if not (src / "model_index.json").is_file():
         return None
@@ -351,11 +375,7 @@ def _detect_diffusers(src: Path) -> Detected | None:
     architecture = "sdxl" if xl else "sd"
     if int(unet.get("in_channels", 4)) != int(vae.get("latent_channels", 4)):
         architecture += "-inpaint"
-    vae_scale = 2 ** (len(vae.get("block_out_channels", [0])) - 1)
-    multiple = vae_scale * 2 ** (len(unet.get("block_out_channels", [0])) - 1)
-    sample = unet.get("sample_size", 64)
-    native = int(max(sample) if isinstance(sample, list) else sample) * vae_scale
-    native = max(multiple, native // multiple * multiple)
+    multiple, native = _diffusers_sides(unet, vae)
     max_side = max(1024, 2 * native) // multiple * multiple
     # What this folder says about itself: its native size. Steps, guidance and
     # strength stay the model class's defaults (one owner each).
@@ -573,6 +593,7 @@ class ModelRepository:
             fingerprint=fingerprint_of({rel: e.sha256 for rel, e in files.items()}),
             files=files,
             created_at=datetime.now(UTC).replace(microsecond=0),
+            prompt_domain=read_folder_domain(src),
         )
         self._publish(created, src)
         return created
@@ -629,6 +650,7 @@ class ModelRepository:
                 fingerprint=report.fingerprint,
                 files=files,
                 source=source.ref,
+                prompt_domain=source.prompt_domain,
                 export={
                     **{
                         k: v
