@@ -36,6 +36,30 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_show_locals=False,
 )
+
+
+@app.callback()
+def _options(
+    log_level: Annotated[
+        str,
+        typer.Option(
+            envvar="STAGEFLOW_LOG_LEVEL",
+            help="Log lines at this level and above go to stderr (DEBUG, INFO, WARNING, "
+            "ERROR); results alone go to stdout.",
+        ),
+    ] = "WARNING",
+) -> None:
+    """Staged text-to-image generation (base -> refine -> upscale) over gRPC."""
+    try:
+        from stageflow.core.logging import configure_logging
+    except ImportError:  # the slim client install has no structlog: nothing logs
+        return
+    try:
+        configure_logging(level=log_level)
+    except ValueError as err:
+        _fail(f"error: --log-level: {err}", EXIT_USAGE)
+
+
 app.add_typer(models_app, name="models", no_args_is_help=True)
 app.add_typer(keys_app, name="keys", no_args_is_help=True)
 app.command()(loadtest)

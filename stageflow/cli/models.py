@@ -111,6 +111,15 @@ def list_models(
     with _errors():
         repo = _open(repository)
         versions, problems = repo.scan()
+    if not versions and not problems and not as_json:
+        Console().print(
+            Text(
+                f"no models in {repo.describe()}: import a model folder with "
+                "`stageflow models import DIR --name NAME --version 1`, or pass --repository"
+            ),
+            soft_wrap=True,
+        )
+        return
     for problem in problems:
         Console(stderr=True).print(Text(f"skipped: {problem}"), soft_wrap=True)
     if as_json:

@@ -614,6 +614,12 @@ class ModelRepository:
         """
         if backend not in COMPILE_BACKENDS:
             raise InvalidArgument("backend", f"must be one of {', '.join(COMPILE_BACKENDS)}")
+        if backend != "onnx":
+            # Before any work: a version for a runtime that is absent would carry
+            # nothing of it (the ONNX export's fingerprint under its name).
+            from stageflow.inference import backends
+
+            backends.require_runtime(backends.backend(str(COMPILE_BACKENDS[backend])))
         if version == LATEST:
             sources = [
                 v for v in self.versions(name) if self.get(name, v).format != ModelFormat.ONNX
