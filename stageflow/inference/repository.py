@@ -443,6 +443,14 @@ def compiled_version(version: str, backend: str, fp16: bool) -> str:
     return f"{version}-{backend}" + ("-fp16" if fp16 else "")
 
 
+# A step of a long repository operation, for its caller to show ("exporting ...").
+StepFn = Callable[[str], None]
+
+
+def _no_step(_message: str) -> None:
+    return None
+
+
 def _onnx_exporter() -> Exporter:
     # Imported on use: the exporter pulls in torch and onnx.
     from stageflow.inference.onnx.export import export_onnx
@@ -557,9 +565,11 @@ class ModelRepository:
 
     # -- writing ----------------------------------------------------------
 
-    def _publish(self, version: ModelVersion, folder: Path) -> None:
+    def _publish(self, version: ModelVersion, folder: Path, step: StepFn = _no_step) -> None:
         if self.exists(version.name, version.version):
             raise FailedPrecondition(f"model {version.ref} already exists in {self.describe()}")
+        size = sum(entry.size for entry in version.files.values())
+        step(f"writing {len(version.files)} files ({size / 2**20:.1f} MiB) to {self.describe()}")
         for rel in version.files:
             self._store.put_file(self._key(version.name, version.version, rel), folder / rel)
         # Last: the version exists for readers once its model.yaml does.
@@ -570,8 +580,11 @@ class ModelRepository:
         )
         log.info("model.published", model=version.ref, repository=self.describe())
 
-    def import_folder(self, src: Path, name: str, version: str) -> ModelVersion:
-        """Copy a local diffusers or ESRGAN folder in as `name@version`."""
+    def import_folder(
+        self, src: Path, name: str, version: str, step: StepFn = _no_step
+    ) -> ModelVersion:
+        """Copy a local diffusers or ESRGAN folder in as `name@version`;
+        `step` hears each step as it starts."""
         check_name(name, "name")
         if version == LATEST:
             raise InvalidArgument("version", f"{LATEST!r} is reserved")
@@ -579,7 +592,9 @@ class ModelRepository:
         if self.exists(name, version):
             raise FailedPrecondition(f"model {name}@{version} already exists in {self.describe()}")
         src = Path(src)
+        step(f"detecting what {src} holds")
         detected = detect_folder(src)
+        step("hashing its files (sha256)")
         files = folder_files(src)
         created = ModelVersion(
             name=name,
@@ -595,7 +610,7 @@ class ModelRepository:
             created_at=datetime.now(UTC).replace(microsecond=0),
             prompt_domain=read_folder_domain(src),
         )
-        self._publish(created, src)
+        self._publish(created, src, step)
         return created
 
     def compile(
@@ -607,10 +622,12 @@ class ModelRepository:
         *,
         opset: int = 17,
         exporter: Exporter | None = None,
+        step: StepFn = _no_step,
     ) -> ModelVersion:
         """Export a torch version to ONNX as a new version ("<version>-<backend>[-fp16]").
 
-        `latest` here means the latest version that is not itself compiled.
+        `latest` here means the latest version that is not itself compiled;
+        `step` hears each step as it starts.
         """
         if backend not in COMPILE_BACKENDS:
             raise InvalidArgument("backend", f"must be one of {', '.join(COMPILE_BACKENDS)}")
@@ -635,12 +652,16 @@ class ModelRepository:
         target = compiled_version(source.version, backend, fp16)
         if self.exists(name, target):
             raise FailedPrecondition(f"model {name}@{target} already exists in {self.describe()}")
+        step(f"fetching {source.ref} (verified against its model.yaml)")
         src = self.materialize(name, source.version)
+        step("loading the exporter (torch, onnx)")
         export = exporter or _onnx_exporter()
         with tempfile.TemporaryDirectory(prefix="stageflow-export-") as scratch:
             dst = Path(scratch) / "out"
             dst.mkdir()
+            step(f"exporting {source.ref} to ONNX part by part (the longest step)")
             report: ExportResult = export(src, dst, fp16=fp16, opset=opset)
+            step("hashing the exported files (sha256)")
             files = folder_files(dst)
             if not files:
                 raise FailedPrecondition(f"exporting {source.ref} wrote no files")
@@ -669,7 +690,7 @@ class ModelRepository:
                 },
                 created_at=datetime.now(UTC).replace(microsecond=0),
             )
-            self._publish(compiled, dst)
+            self._publish(compiled, dst, step)
         return compiled
 
     # -- materialize --------------------------------------------------------
