@@ -55,7 +55,9 @@ class Block:
 def readme_blocks(text: str) -> list[Block]:
     """Every fenced block under one of SECTIONS, with its skip marker."""
     blocks: list[Block] = []
-    section, marker, lang, body, start = "", "", None, [], 0
+    section, marker, start = "", "", 0
+    lang: str | None = None
+    body: list[str] = []
     for number, line in enumerate(text.splitlines(), 1):
         if lang is not None:
             if line.startswith("```"):
