@@ -50,7 +50,9 @@ class ImageGeneration(BaseModel):
     prompt: str = Field(min_length=1, description="What to draw (the bundle's base).")
     model: str = Field("default", description="A pipeline name (GET /v1/models).")
     n: int = Field(1, ge=1, le=MAX_N, description=f"Images, 1 to {MAX_N}: one job each.")
-    size: str = Field("64x64", description="WxH of the job's base image.")
+    size: str | None = Field(
+        None, description="WxH of the job's base image; unset: the base model's default."
+    )
     response_format: Literal["b64_json", "url"] = "b64_json"
     seed: int = Field(
         42, ge=SEED_MIN, le=SEED_MAX, description="Seed of the first image; image i uses seed + i."
@@ -79,7 +81,7 @@ async def _run(client: StageflowClient, request: pb.SubmitJobRequest) -> pb.Job:
 async def generations(
     client: Client, request: Request, body: Annotated[ImageGeneration, Body()]
 ) -> dict[str, Any]:
-    width, height = _size(body.size)
+    width, height = _size(body.size) if body.size is not None else (None, None)
     submits = [
         pb.SubmitJobRequest(
             bundle=pb.PromptBundle(

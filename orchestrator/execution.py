@@ -206,6 +206,7 @@ class JobExecutor:
         run.timing.CopyFrom(result.timing)
         if result.HasField("text_check"):
             run.text_check.CopyFrom(result.text_check)
+        run.warnings[:] = result.warnings
         if run is job.stages[0] and result.width and result.height:
             # The base size the first stage made (its model's default when unset).
             job.width, job.height = result.width, result.height

@@ -245,7 +245,7 @@ class JobRunner:
         input_ref = None
         if request.input_image:
             input_ref, request = await self._with_input(request, spec, tenant)
-        pipeline = pipeline_of(request, spec.order)
+        pipeline = pipeline_of(request, spec.order_for(request.bundle))
         services = services_of(spec, pipeline)
         missing = [name for name in pipeline if services[name] not in self._directory]
         if missing:
@@ -480,7 +480,7 @@ class JobRunner:
                 raise InvalidArgument(name, f"must be 0 or the input image's {actual}, got {given}")
             setattr(out, name, actual)
         if not out.stages:
-            out.stages.extend(name for name in spec.order if name != "base")
+            out.stages.extend(name for name in spec.order_for(out.bundle) if name != "base")
             if not out.stages:
                 raise InvalidArgument(
                     "input_image", f"pipeline {spec.name!r} has no stage after base to read it"

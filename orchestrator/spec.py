@@ -138,6 +138,11 @@ class PipelineSpec(_Strict):
     name: str = Field(pattern=r"^[a-z0-9][a-z0-9._-]*$")
     description: str = ""
     stages: list[_StageSpecBase] = Field(min_length=1)
+    # The stage order of a job whose bundle carries overlay text, when it
+    # differs from `stages`' (the same stages, e.g. the typography pass after
+    # the upscale, where the text is large enough to read). A job's own
+    # `stages` still win.
+    text_order: list[str] | None = None
     # Filled by the loader: the sha256 of the file's bytes, recorded on each job.
     sha256: str = ""
 
@@ -160,11 +165,26 @@ class PipelineSpec(_Strict):
         problem = kinds.order_problem(names)
         if problem:
             raise ValueError(problem)
+        if self.text_order is not None:
+            if sorted(self.text_order) != sorted(names):
+                raise ValueError(
+                    f"text_order: must list the stages {names} each once, got {self.text_order}"
+                )
+            problem = kinds.order_problem(self.text_order)
+            if problem:
+                raise ValueError(f"text_order: {problem}")
         return self
 
     @property
     def order(self) -> tuple[str, ...]:
         return tuple(s.stage for s in self.stages)
+
+    def order_for(self, bundle: orchestrator_pb2.PromptBundle) -> tuple[str, ...]:
+        """The stage order of a job with `bundle`: `text_order` when it carries
+        overlay text and the spec gives one, else `stages`' order."""
+        if bundle.overlay_text and self.text_order is not None:
+            return tuple(self.text_order)
+        return self.order
 
     def stage(self, name: str) -> _StageSpecBase | None:
         return next((s for s in self.stages if s.stage == name), None)

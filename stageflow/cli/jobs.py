@@ -21,6 +21,7 @@ from stageflow.cli.render import (
     text_check_lines,
     timing_table,
     to_json,
+    warning_lines,
 )
 from stageflow.cli.telemetry import tag_job
 from stageflow.client import StageflowClient
@@ -38,13 +39,15 @@ class JobSpec:
     text: str = ""
     negative: str = ""
     seed: int = 42
-    width: int = 128
-    height: int = 128
+    # None: the base model's default size (its Describe `defaults`).
+    width: int | None = None
+    height: int | None = None
     base_options: dict[str, Any] = field(default_factory=dict)
     refine_options: dict[str, Any] = field(default_factory=dict)
     upscale_options: dict[str, Any] = field(default_factory=dict)
     request_id: str = ""
-    # Stage order; empty: the orchestrator's default (base, refine, upscale).
+    # Stage order; empty: the pipeline spec's (base, refine, upscale; with
+    # overlay text, base, upscale, refine).
     stages: tuple[str, ...] = ()
     # Pipeline spec name; empty: the orchestrator's "default".
     pipeline: str = ""
@@ -165,6 +168,8 @@ async def follow(
         ui.out.print(timing_table(job))
         for line in text_check_lines(job):
             ui.out.print(Text(line))
+        for line in warning_lines(job):
+            ui.say(line)
         if path is not None:
             ui.out.print(Text(f"final image: {path}"), soft_wrap=True)  # one line, for scripts
     if job.state == pb.JOB_STATE_SUCCEEDED:

@@ -395,11 +395,26 @@ class _Clock:
         return True
 
 
+@dataclass
+class LiveCounts:
+    """Requests finished so far (warm-up included) and how many failed, for a
+    live display; written by the load loop, read by the display's thread."""
+
+    done: int = 0
+    errors: int = 0
+    measuring: bool = False
+
+
 async def run_share(
-    config: LoadConfig, share: Share, ready: Callable[[], None] = lambda: None
+    config: LoadConfig,
+    share: Share,
+    ready: Callable[[], None] = lambda: None,
+    live: LiveCounts | None = None,
 ) -> WorkerResult:
     """Drive this process's share of the load; `ready` is called once connected
-    (the multi-process runner waits there for every process)."""
+    (the multi-process runner waits there for every process); `live`, when
+    given, is kept up to date as requests finish."""
+    live = live if live is not None else LiveCounts()
     result = WorkerResult()
     rng = random.Random(f"{config.job_id}/{share.index}")
     counter = 0
@@ -419,7 +434,10 @@ async def run_share(
             result.sent += 1
             sent_at, t0 = time.time(), time.perf_counter()
             code, timing, detail = await call(seed, request_id, job_id)
+            live.done += 1
+            live.measuring = not clock.warming()
             if code != OK:
+                live.errors += 1
                 result.error_details.setdefault(code, detail)
             if not warm:
                 result.samples.append(Sample(sent_at, time.perf_counter() - t0, code, timing))
@@ -467,13 +485,15 @@ class LoadTestError(RuntimeError):
     """A client process failed (not a request: those are counted by code)."""
 
 
-def run_load(config: LoadConfig) -> dict[str, Any]:
-    """Run the load test and return its report (see `loadstats.build_report`)."""
+def run_load(config: LoadConfig, live: LiveCounts | None = None) -> dict[str, Any]:
+    """Run the load test and return its report (see `loadstats.build_report`);
+    `live` counts finished requests as they come (one client process only:
+    with several, each counts in its own process and `live` stays at 0)."""
     if not config.job_id:
         config = replace(config, job_id=f"loadtest-{uuid.uuid4().hex[:12]}")
     parts = shares(config)
     if len(parts) == 1:
-        outcomes = [asyncio.run(run_share(config, parts[0]))]
+        outcomes = [asyncio.run(run_share(config, parts[0], live=live))]
     else:
         outcomes = _run_processes(config, parts)
     return build_report(merge(outcomes), config=config.public(), processes=len(parts))

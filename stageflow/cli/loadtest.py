@@ -2,16 +2,23 @@
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import json
 import math
+import threading
+import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
+
+if TYPE_CHECKING:
+    from stageflow.cli.loadgen import LiveCounts, LoadConfig
 
 
 class ArrivalChoice(enum.StrEnum):
@@ -69,6 +76,56 @@ def report_tables(report: dict[str, Any]) -> list[Table]:
     if report["config"]["rate"]:
         cost.add_row("worst send lag", f"{client['max_send_lag_ms']:.1f} ms")
     return [summary, latency, server, cost]
+
+
+@contextlib.contextmanager
+def _live_bar(err: Console, config: LoadConfig) -> Iterator[LiveCounts]:
+    """A live bar on stderr while the load runs: elapsed time (against warm-up
+    plus duration), requests finished, errors and the rate over the last
+    second. Off when stderr is not a terminal (scripts get the report alone)."""
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from stageflow.cli.loadgen import LiveCounts
+
+    live = LiveCounts()
+    if not err.is_terminal:
+        yield live
+        return
+    total = config.warmup_s + (config.duration_s or 0) if config.duration_s else None
+    columns = (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        TimeElapsedColumn(),
+        TextColumn("{task.fields[stats]}"),
+    )
+    stop = threading.Event()
+    with Progress(*columns, console=err, transient=True) as progress:
+        task = progress.add_task("warm-up" if config.warmup_s else "load", total=total, stats="")
+        started = time.monotonic()
+
+        def tick() -> None:
+            window: list[tuple[float, int]] = []
+            while not stop.wait(0.25):
+                now = time.monotonic()
+                window = [(t, n) for t, n in window if now - t <= 1.0] + [(now, live.done)]
+                span = window[-1][0] - window[0][0]
+                rate = (window[-1][1] - window[0][1]) / span if span > 0 else 0.0
+                progress.update(
+                    task,
+                    completed=now - started if total else None,
+                    description="measuring" if live.measuring else "warm-up",
+                    stats=f"{live.done} requests, {live.errors} errors, {rate:.1f}/s"
+                    if config.processes == 1
+                    else f"{config.processes} client processes (counts in the report)",
+                )
+
+        thread = threading.Thread(target=tick, daemon=True)
+        thread.start()
+        try:
+            yield live
+        finally:
+            stop.set()
+            thread.join()
 
 
 def loadtest(
@@ -188,7 +245,8 @@ def loadtest(
         )
         err.print(Text(f"load-testing {kind} at {address} ..."))
         try:
-            report = run_load(config)
+            with _live_bar(err, config) as live:
+                report = run_load(config, live)
         except LoadTestError as exc:
             _fail(f"error: {exc}", EXIT_FAILURE)
     if out is not None:

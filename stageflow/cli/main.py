@@ -36,6 +36,30 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_show_locals=False,
 )
+
+
+@app.callback()
+def _options(
+    log_level: Annotated[
+        str,
+        typer.Option(
+            envvar="STAGEFLOW_LOG_LEVEL",
+            help="Log lines at this level and above go to stderr (DEBUG, INFO, WARNING, "
+            "ERROR); results alone go to stdout.",
+        ),
+    ] = "WARNING",
+) -> None:
+    """Staged text-to-image generation (base -> refine -> upscale) over gRPC."""
+    try:
+        from stageflow.core.logging import configure_logging
+    except ImportError:  # the slim client install has no structlog: nothing logs
+        return
+    try:
+        configure_logging(level=log_level)
+    except ValueError as err:
+        _fail(f"error: --log-level: {err}", EXIT_USAGE)
+
+
 app.add_typer(models_app, name="models", no_args_is_help=True)
 app.add_typer(keys_app, name="keys", no_args_is_help=True)
 app.command()(loadtest)
@@ -311,9 +335,14 @@ def submit(
     text: Annotated[str, typer.Option(help="Overlay text (enables the inpaint pass).")] = "",
     negative: Annotated[str, typer.Option(help="Negative prompt.")] = "",
     seed: int = 42,
-    # 32: the default (trained fixture) base model's side; a real SD model wants 512.
-    width: Annotated[int, typer.Option(help="Base width; the final is 4x.")] = 32,
-    height: Annotated[int, typer.Option(help="Base height; the final is 4x.")] = 32,
+    # Unset: the base model's own default (its native side: 32 for the trained
+    # fixture, 512 for a real SD 1.5), the one every caller gets.
+    width: Annotated[
+        int | None, typer.Option(help="Base width; the final is 4x (default: the model's).")
+    ] = None,
+    height: Annotated[
+        int | None, typer.Option(help="Base height; the final is 4x (default: the model's).")
+    ] = None,
     steps: Annotated[int | None, typer.Option(help="Base denoising steps.")] = None,
     guidance: Annotated[float | None, typer.Option(help="Base guidance scale.")] = None,
     refine_strength: Annotated[float | None, typer.Option(help="Refine strength 0..1.")] = None,
@@ -323,8 +352,8 @@ def submit(
     stages: Annotated[
         str,
         typer.Option(
-            help="Stage order, comma-separated, base first (default base,refine,upscale); "
-            "base,upscale,refine puts the typography pass after the upscale."
+            help="Stage order, comma-separated, base first (default: the pipeline's, "
+            "base,refine,upscale, or base,upscale,refine with --text)."
         ),
     ] = "",
     pipeline: Annotated[

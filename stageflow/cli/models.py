@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, NoReturn
@@ -102,6 +103,14 @@ def build_fixtures(
         Console().print(Text(f"{name}: {path}"))
 
 
+_started = time.monotonic()
+
+
+def _step(message: str) -> None:
+    """One line on stderr as each step of a long command starts, with the time so far."""
+    Console(stderr=True).print(Text(f"[{time.monotonic() - _started:5.1f} s] {message} ..."))
+
+
 @models_app.command("list")
 def list_models(
     repository: Repository = None,
@@ -111,6 +120,15 @@ def list_models(
     with _errors():
         repo = _open(repository)
         versions, problems = repo.scan()
+    if not versions and not problems and not as_json:
+        Console().print(
+            Text(
+                f"no models in {repo.describe()}: import a model folder with "
+                "`stageflow models import DIR --name NAME --version 1`, or pass --repository"
+            ),
+            soft_wrap=True,
+        )
+        return
     for problem in problems:
         Console(stderr=True).print(Text(f"skipped: {problem}"), soft_wrap=True)
     if as_json:
@@ -141,7 +159,7 @@ def import_model(
 ) -> None:
     """Copy a local model folder into the repository as NAME@VERSION."""
     with _errors():
-        created = _open(repository).import_folder(src, name, version)
+        created = _open(repository).import_folder(src, name, version, step=_step)
     kinds = ", ".join(str(k) for k in created.kinds)
     Console().print(
         Text(f"imported {created.ref}: {created.format} ({created.architecture}) for {kinds}")
@@ -160,7 +178,7 @@ def compile_model(
 
     with _errors():
         name, version = parse_ref(model)
-        created = _open(repository).compile(name, version, backend=backend, fp16=fp16)
+        created = _open(repository).compile(name, version, backend=backend, fp16=fp16, step=_step)
     summary = f"{created.backend}, {created.fingerprint[:12]}"
     Console().print(Text(f"compiled {created.source} -> {created.ref} ({summary})"))
 

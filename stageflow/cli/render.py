@@ -151,6 +151,16 @@ def text_check_lines(job: pb.Job) -> list[str]:
     return lines
 
 
+def warning_lines(job: pb.Job) -> list[str]:
+    """The stages' warnings (e.g. prompt words the model does not know), each once."""
+    lines: list[str] = []
+    for run in job.stages:
+        for warning in run.warnings:
+            if not any(line.endswith(warning) for line in lines):
+                lines.append(f"warning: {run.stage}: {warning}")
+    return lines
+
+
 def job_summary(job: pb.Job) -> Table:
     """The key facts of one job, for `stageflow get`."""
     table = Table.grid(padding=(0, 2))

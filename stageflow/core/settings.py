@@ -32,9 +32,20 @@ def _flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
+def _prog() -> str:
+    """How the process was started, for its messages: `python -m MODULE` for a
+    module run with -m (argv[0] is then a path ending in __main__.py, which
+    names no service), else the script's name."""
+    name = Path(sys.argv[0]).name
+    spec = getattr(sys.modules.get("__main__"), "__spec__", None)
+    if name == "__main__.py" and spec is not None and spec.name:
+        return f"python -m {spec.name.removesuffix('.__main__')}"
+    return name
+
+
 def _usage(cls: type[BaseSettings]) -> str:
     prefix = cls.model_config.get("env_prefix", "")
-    lines = [f"usage: {Path(sys.argv[0]).name} [options]", "", "options (or environment):"]
+    lines = [f"usage: {_prog()} [options]", "", "options (or environment):"]
     for name, info in cls.model_fields.items():
         arg = "" if info.annotation is bool else " VALUE"
         default = " (required)" if info.is_required() else f" (default: {info.default})"
@@ -46,7 +57,7 @@ def _usage(cls: type[BaseSettings]) -> str:
 
 
 def _fail(message: str) -> SystemExit:
-    prog = Path(sys.argv[0]).name
+    prog = _prog()
     print(f"{prog}: error: {message}\n{prog} --help lists the options.", file=sys.stderr)
     return SystemExit(2)
 

@@ -23,10 +23,12 @@ def folder_fingerprint(folder: Path) -> str:
     """sha256 over (relative path, file digest) of every file, in path order.
 
     Any changed, added, removed or renamed file changes it, so the stage
-    cache never reuses an output made by other weights.
+    cache never reuses an output made by other weights. A top-level
+    model.yaml is left out: it describes the files (as a repository version's
+    does, which the repository's fingerprint leaves out too).
     """
     outer = hashlib.sha256()
-    files = sorted(p for p in folder.rglob("*") if p.is_file())
+    files = sorted(p for p in folder.rglob("*") if p.is_file() and p != folder / "model.yaml")
     for path in files:
         outer.update(path.relative_to(folder).as_posix().encode())
         outer.update(b"\0")

@@ -33,6 +33,8 @@ from stageflow.inference.interface import (
     param_ranges,
 )
 from stageflow.inference.ocr import TextReader
+from stageflow.inference.prompt_domain import PromptDomain, read_folder_domain
+from stageflow.inference.repository import native_side
 from stageflow.inference.text_pass import aligned_box, check_text_params, run_text_pass
 from stageflow.inference.typography import padded_box
 
@@ -44,6 +46,10 @@ class _DiffusionModel(LocalModel):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._parts: DiffusionParts | None = None
+        # What the folder says about itself, read at load: the side its UNet was
+        # trained at (txt2img's default size) and its prompt domain.
+        self._native: int | None = None
+        self._domain: PromptDomain | None = None
 
     @property
     def parts(self) -> DiffusionParts:
@@ -55,6 +61,8 @@ class _DiffusionModel(LocalModel):
         # The backend imports its runtime here: diffusers (torch) costs seconds, and
         # `import stageflow.inference.registry` (CLI, servicers) should not pay it.
         self._parts = self.runtime.diffusion(self.path, self.backend_options)
+        self._native = native_side(self.path)
+        self._domain = read_folder_domain(self.path)
 
     def _release_weights(self) -> None:
         self._parts = None
@@ -70,7 +78,18 @@ class _DiffusionModel(LocalModel):
             max_side=self.max_side,
             size_multiple=multiple,
             param_ranges=param_ranges(self.params_type),
+            param_defaults=self._size_defaults(multiple),
+            vocabulary=tuple(self._domain.vocabulary) if self._domain else (),
+            domain_description=self._domain.description if self._domain else "",
         )
+
+    def _size_defaults(self, multiple: int) -> dict[str, float]:
+        """txt2img's unset width and height: the folder's native side (one
+        owner for every caller that gives none), kept inside the sizes it accepts."""
+        if self.kind != StageKind.TXT2IMG or self._native is None:
+            return {}
+        side = min(max(self._native, multiple), self.max_side // multiple * multiple)
+        return {"width": side, "height": side}
 
 
 class Txt2ImgModel(_DiffusionModel):

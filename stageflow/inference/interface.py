@@ -223,6 +223,9 @@ class ModelDescription:
     # Defaults this model gives unset parameters (model.yaml), over the
     # params dataclass defaults.
     param_defaults: Mapping[str, float] = field(default_factory=dict)
+    # The prompt domain it declares (stageflow.inference.prompt_domain); empty: none.
+    vocabulary: tuple[str, ...] = ()
+    domain_description: str = ""
 
 
 # progress(step_done_1_based, total_steps)

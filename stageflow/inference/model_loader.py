@@ -90,6 +90,7 @@ class RepositoryModel(StageModel):
             size_multiple=multiple,
             # model.yaml's over the model's own.
             param_defaults={**own.param_defaults, **self.version.defaults.get(own.kind, {})},
+            **_domain_fields(self.version),
         )
 
     def validate(self, params: StageParams) -> None:
@@ -114,6 +115,14 @@ class RepositoryModel(StageModel):
 
     def unload(self) -> None:
         self.inner.unload()
+
+
+def _domain_fields(version: ModelVersion) -> dict[str, Any]:
+    """The version's declared prompt domain, over what its files say."""
+    domain = version.prompt_domain
+    if domain is None:
+        return {}
+    return {"vocabulary": tuple(domain.vocabulary), "domain_description": domain.description}
 
 
 class RepositoryLoader:

@@ -55,6 +55,7 @@ from stageflow.core.errors import DataLoss, FailedPrecondition, InvalidArgument,
 from stageflow.core.logging import get_logger
 from stageflow.core.storage import ObjectStore, check_key, open_location, parse_store_url
 from stageflow.inference.interface import StageKind, params_type_of
+from stageflow.inference.prompt_domain import PromptDomain, read_folder_domain
 
 log = get_logger(__name__)
 
@@ -188,6 +189,9 @@ class ModelVersion(BaseModel):
         default_factory=dict, description="Export settings of a compiled version."
     )
     created_at: datetime
+    prompt_domain: PromptDomain | None = Field(
+        default=None, description="What its prompts may say (a warning names other words)."
+    )
 
     @property
     def ref(self) -> str:
@@ -337,6 +341,26 @@ def _read_json(path: Path) -> dict[str, Any]:
     return data
 
 
+def _diffusers_sides(unet: Mapping[str, Any], vae: Mapping[str, Any]) -> tuple[int, int]:
+    """(size multiple, native side) of a diffusers folder from its UNet and VAE
+    configs: latents halve cleanly at every UNet level, and the UNet's
+    sample_size in pixels is the size it was trained at."""
+    vae_scale = 2 ** (len(vae.get("block_out_channels", [0])) - 1)
+    multiple = vae_scale * 2 ** (len(unet.get("block_out_channels", [0])) - 1)
+    sample = unet.get("sample_size", 64)
+    native = int(max(sample) if isinstance(sample, list) else sample) * vae_scale
+    return multiple, max(multiple, native // multiple * multiple)
+
+
+def native_side(folder: Path) -> int | None:
+    """The side a diffusers folder's UNet was trained at (its txt2img default
+    width and height); None for a folder without the two configs."""
+    unet, vae = folder / "unet" / "config.json", folder / "vae" / "config.json"
+    if not (unet.is_file() and vae.is_file()):
+        return None
+    return _diffusers_sides(_read_json(unet), _read_json(vae))[1]
+
+
 def _detect_diffusers(src: Path) -> Detected | None:
     if not (src / "model_index.json").is_file():
         return None
@@ -351,11 +375,7 @@ def _detect_diffusers(src: Path) -> Detected | None:
     architecture = "sdxl" if xl else "sd"
     if int(unet.get("in_channels", 4)) != int(vae.get("latent_channels", 4)):
         architecture += "-inpaint"
-    vae_scale = 2 ** (len(vae.get("block_out_channels", [0])) - 1)
-    multiple = vae_scale * 2 ** (len(unet.get("block_out_channels", [0])) - 1)
-    sample = unet.get("sample_size", 64)
-    native = int(max(sample) if isinstance(sample, list) else sample) * vae_scale
-    native = max(multiple, native // multiple * multiple)
+    multiple, native = _diffusers_sides(unet, vae)
     max_side = max(1024, 2 * native) // multiple * multiple
     # What this folder says about itself: its native size. Steps, guidance and
     # strength stay the model class's defaults (one owner each).
@@ -421,6 +441,14 @@ class Exporter(Protocol):
 
 def compiled_version(version: str, backend: str, fp16: bool) -> str:
     return f"{version}-{backend}" + ("-fp16" if fp16 else "")
+
+
+# A step of a long repository operation, for its caller to show ("exporting ...").
+StepFn = Callable[[str], None]
+
+
+def _no_step(_message: str) -> None:
+    return None
 
 
 def _onnx_exporter() -> Exporter:
@@ -537,9 +565,11 @@ class ModelRepository:
 
     # -- writing ----------------------------------------------------------
 
-    def _publish(self, version: ModelVersion, folder: Path) -> None:
+    def _publish(self, version: ModelVersion, folder: Path, step: StepFn = _no_step) -> None:
         if self.exists(version.name, version.version):
             raise FailedPrecondition(f"model {version.ref} already exists in {self.describe()}")
+        size = sum(entry.size for entry in version.files.values())
+        step(f"writing {len(version.files)} files ({size / 2**20:.1f} MiB) to {self.describe()}")
         for rel in version.files:
             self._store.put_file(self._key(version.name, version.version, rel), folder / rel)
         # Last: the version exists for readers once its model.yaml does.
@@ -550,8 +580,11 @@ class ModelRepository:
         )
         log.info("model.published", model=version.ref, repository=self.describe())
 
-    def import_folder(self, src: Path, name: str, version: str) -> ModelVersion:
-        """Copy a local diffusers or ESRGAN folder in as `name@version`."""
+    def import_folder(
+        self, src: Path, name: str, version: str, step: StepFn = _no_step
+    ) -> ModelVersion:
+        """Copy a local diffusers or ESRGAN folder in as `name@version`;
+        `step` hears each step as it starts."""
         check_name(name, "name")
         if version == LATEST:
             raise InvalidArgument("version", f"{LATEST!r} is reserved")
@@ -559,7 +592,9 @@ class ModelRepository:
         if self.exists(name, version):
             raise FailedPrecondition(f"model {name}@{version} already exists in {self.describe()}")
         src = Path(src)
+        step(f"detecting what {src} holds")
         detected = detect_folder(src)
+        step("hashing its files (sha256)")
         files = folder_files(src)
         created = ModelVersion(
             name=name,
@@ -573,8 +608,9 @@ class ModelRepository:
             fingerprint=fingerprint_of({rel: e.sha256 for rel, e in files.items()}),
             files=files,
             created_at=datetime.now(UTC).replace(microsecond=0),
+            prompt_domain=read_folder_domain(src),
         )
-        self._publish(created, src)
+        self._publish(created, src, step)
         return created
 
     def compile(
@@ -586,13 +622,21 @@ class ModelRepository:
         *,
         opset: int = 17,
         exporter: Exporter | None = None,
+        step: StepFn = _no_step,
     ) -> ModelVersion:
         """Export a torch version to ONNX as a new version ("<version>-<backend>[-fp16]").
 
-        `latest` here means the latest version that is not itself compiled.
+        `latest` here means the latest version that is not itself compiled;
+        `step` hears each step as it starts.
         """
         if backend not in COMPILE_BACKENDS:
             raise InvalidArgument("backend", f"must be one of {', '.join(COMPILE_BACKENDS)}")
+        if backend != "onnx":
+            # Before any work: a version for a runtime that is absent would carry
+            # nothing of it (the ONNX export's fingerprint under its name).
+            from stageflow.inference import backends
+
+            backends.require_runtime(backends.backend(str(COMPILE_BACKENDS[backend])))
         if version == LATEST:
             sources = [
                 v for v in self.versions(name) if self.get(name, v).format != ModelFormat.ONNX
@@ -608,12 +652,16 @@ class ModelRepository:
         target = compiled_version(source.version, backend, fp16)
         if self.exists(name, target):
             raise FailedPrecondition(f"model {name}@{target} already exists in {self.describe()}")
+        step(f"fetching {source.ref} (verified against its model.yaml)")
         src = self.materialize(name, source.version)
+        step("loading the exporter (torch, onnx)")
         export = exporter or _onnx_exporter()
         with tempfile.TemporaryDirectory(prefix="stageflow-export-") as scratch:
             dst = Path(scratch) / "out"
             dst.mkdir()
+            step(f"exporting {source.ref} to ONNX part by part (the longest step)")
             report: ExportResult = export(src, dst, fp16=fp16, opset=opset)
+            step("hashing the exported files (sha256)")
             files = folder_files(dst)
             if not files:
                 raise FailedPrecondition(f"exporting {source.ref} wrote no files")
@@ -629,6 +677,7 @@ class ModelRepository:
                 fingerprint=report.fingerprint,
                 files=files,
                 source=source.ref,
+                prompt_domain=source.prompt_domain,
                 export={
                     **{
                         k: v
@@ -641,7 +690,7 @@ class ModelRepository:
                 },
                 created_at=datetime.now(UTC).replace(microsecond=0),
             )
-            self._publish(compiled, dst)
+            self._publish(compiled, dst, step)
         return compiled
 
     # -- materialize --------------------------------------------------------

@@ -28,7 +28,7 @@ from stageflow import kinds
 from stageflow.core.artifacts import Artifact
 from stageflow.core.errors import InvalidArgument
 from stageflow.core.limits import quote
-from stageflow.inference import interface, registry
+from stageflow.inference import interface, prompt_domain, registry
 from stageflow.inference.interface import (
     ModelDescription,
     ModelIdentity,
@@ -217,6 +217,16 @@ def param_defaults(desc: ModelDescription) -> dict[str, float]:
     return out
 
 
+def prompt_warnings(params: StageParams, desc: ModelDescription) -> list[str]:
+    """The call's warnings: its prompt's words outside the model's declared
+    vocabulary (none when it declares none, or the params carry no prompt)."""
+    prompt = getattr(params, "prompt", None)
+    if not isinstance(prompt, str) or not desc.vocabulary:
+        return []
+    line = prompt_domain.prompt_warning("prompt", prompt, desc.vocabulary, desc.domain_description)
+    return [line] if line else []
+
+
 def model_info(identity: ModelIdentity) -> common_pb2.ModelInfo:
     return common_pb2.ModelInfo(
         name=identity.name,
@@ -264,4 +274,6 @@ def describe_response(
         max_concurrency=max_concurrency,
         max_queue=max_queue,
         defaults=param_defaults(desc),
+        vocabulary=desc.vocabulary,
+        domain_description=desc.domain_description,
     )

@@ -36,9 +36,11 @@ class StageServicer(stage_pb2_grpc.StageServiceServicer):
     ) -> AsyncIterator[stage_pb2.RunResponse]:
         # The whole call, decoding included, uses the model current at its start.
         with self._plane.lease() as lease:
-            defaults = lease.model.describe().param_defaults
+            desc = lease.model.describe()
+            params = stage_codec.params_from_request(request, desc.param_defaults)
+            warnings = stage_codec.prompt_warnings(params, desc)
             call = StageCall(
-                params=stage_codec.params_from_request(request, defaults),
+                params=params,
                 image=_input(request, "image"),
                 mask=_input(request, "mask"),
                 time_remaining=context.time_remaining(),
@@ -47,7 +49,7 @@ class StageServicer(stage_pb2_grpc.StageServiceServicer):
             )
             async with contextlib.aclosing(self._plane.run(lease, call)) as events:
                 async for event in events:
-                    yield _response(event)
+                    yield _response(event, warnings)
 
 
 def _input(request: stage_pb2.RunRequest, field: str) -> InputRef | None:
@@ -57,7 +59,7 @@ def _input(request: stage_pb2.RunRequest, field: str) -> InputRef | None:
     return InputRef(field=field, key=ref.key, sha256=ref.sha256)
 
 
-def _response(event: Progress | Finished) -> stage_pb2.RunResponse:
+def _response(event: Progress | Finished, warnings: list[str]) -> stage_pb2.RunResponse:
     if isinstance(event, Progress):
         return stage_pb2.RunResponse(
             progress=stage_pb2.Progress(
@@ -77,6 +79,7 @@ def _response(event: Progress | Finished) -> stage_pb2.RunResponse:
         ),
         width=event.output.image.width,
         height=event.output.image.height,
+        warnings=warnings,
     )
     if event.output.text_check is not None:
         result.text_check.CopyFrom(stage_codec.text_check(event.output.text_check))

@@ -160,7 +160,7 @@ class SubmitJobResponse(_message.Message):
     def __init__(self, job: _Optional[_Union[Job, _Mapping]] = ...) -> None: ...
 
 class StageRun(_message.Message):
-    __slots__ = ("stage", "state", "output", "model", "timing", "step", "total_steps", "error", "request", "text_check", "cache_hit", "cache_key", "service", "route", "attempts")
+    __slots__ = ("stage", "state", "output", "model", "timing", "step", "total_steps", "error", "request", "text_check", "cache_hit", "cache_key", "service", "route", "attempts", "warnings")
     STAGE_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
     OUTPUT_FIELD_NUMBER: _ClassVar[int]
@@ -176,6 +176,7 @@ class StageRun(_message.Message):
     SERVICE_FIELD_NUMBER: _ClassVar[int]
     ROUTE_FIELD_NUMBER: _ClassVar[int]
     ATTEMPTS_FIELD_NUMBER: _ClassVar[int]
+    WARNINGS_FIELD_NUMBER: _ClassVar[int]
     stage: str
     state: StageState
     output: _common_pb2.ArtifactRef
@@ -191,7 +192,8 @@ class StageRun(_message.Message):
     service: str
     route: str
     attempts: int
-    def __init__(self, stage: _Optional[str] = ..., state: _Optional[_Union[StageState, str]] = ..., output: _Optional[_Union[_common_pb2.ArtifactRef, _Mapping]] = ..., model: _Optional[_Union[_common_pb2.ModelInfo, _Mapping]] = ..., timing: _Optional[_Union[_common_pb2.Timing, _Mapping]] = ..., step: _Optional[int] = ..., total_steps: _Optional[int] = ..., error: _Optional[str] = ..., request: _Optional[_Union[_stage_pb2.RunRequest, _Mapping]] = ..., text_check: _Optional[_Union[_stage_pb2.TextCheck, _Mapping]] = ..., cache_hit: _Optional[bool] = ..., cache_key: _Optional[str] = ..., service: _Optional[str] = ..., route: _Optional[str] = ..., attempts: _Optional[int] = ...) -> None: ...
+    warnings: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, stage: _Optional[str] = ..., state: _Optional[_Union[StageState, str]] = ..., output: _Optional[_Union[_common_pb2.ArtifactRef, _Mapping]] = ..., model: _Optional[_Union[_common_pb2.ModelInfo, _Mapping]] = ..., timing: _Optional[_Union[_common_pb2.Timing, _Mapping]] = ..., step: _Optional[int] = ..., total_steps: _Optional[int] = ..., error: _Optional[str] = ..., request: _Optional[_Union[_stage_pb2.RunRequest, _Mapping]] = ..., text_check: _Optional[_Union[_stage_pb2.TextCheck, _Mapping]] = ..., cache_hit: _Optional[bool] = ..., cache_key: _Optional[str] = ..., service: _Optional[str] = ..., route: _Optional[str] = ..., attempts: _Optional[int] = ..., warnings: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class Job(_message.Message):
     __slots__ = ("job_id", "state", "bundle", "prompt", "seed", "width", "height", "stages", "final", "final_url", "error", "created_at", "updated_at", "request", "pipeline", "pipeline_sha256", "version", "rerun_from", "tenant")

@@ -175,20 +175,22 @@ class TextCheck(_message.Message):
     def __init__(self, text: _Optional[str] = ..., ocr_text: _Optional[str] = ..., cer: _Optional[float] = ..., exact: _Optional[bool] = ..., attempts: _Optional[int] = ..., fell_back: _Optional[bool] = ..., attempt_cers: _Optional[_Iterable[float]] = ...) -> None: ...
 
 class StageResult(_message.Message):
-    __slots__ = ("output", "model", "timing", "width", "height", "text_check")
+    __slots__ = ("output", "model", "timing", "width", "height", "text_check", "warnings")
     OUTPUT_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     TIMING_FIELD_NUMBER: _ClassVar[int]
     WIDTH_FIELD_NUMBER: _ClassVar[int]
     HEIGHT_FIELD_NUMBER: _ClassVar[int]
     TEXT_CHECK_FIELD_NUMBER: _ClassVar[int]
+    WARNINGS_FIELD_NUMBER: _ClassVar[int]
     output: _common_pb2.ArtifactRef
     model: _common_pb2.ModelInfo
     timing: _common_pb2.Timing
     width: int
     height: int
     text_check: TextCheck
-    def __init__(self, output: _Optional[_Union[_common_pb2.ArtifactRef, _Mapping]] = ..., model: _Optional[_Union[_common_pb2.ModelInfo, _Mapping]] = ..., timing: _Optional[_Union[_common_pb2.Timing, _Mapping]] = ..., width: _Optional[int] = ..., height: _Optional[int] = ..., text_check: _Optional[_Union[TextCheck, _Mapping]] = ...) -> None: ...
+    warnings: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, output: _Optional[_Union[_common_pb2.ArtifactRef, _Mapping]] = ..., model: _Optional[_Union[_common_pb2.ModelInfo, _Mapping]] = ..., timing: _Optional[_Union[_common_pb2.Timing, _Mapping]] = ..., width: _Optional[int] = ..., height: _Optional[int] = ..., text_check: _Optional[_Union[TextCheck, _Mapping]] = ..., warnings: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class RunResponse(_message.Message):
     __slots__ = ("progress", "result")
@@ -213,7 +215,7 @@ class ParamRange(_message.Message):
     def __init__(self, name: _Optional[str] = ..., min: _Optional[float] = ..., max: _Optional[float] = ...) -> None: ...
 
 class DescribeResponse(_message.Message):
-    __slots__ = ("kind", "model", "min_side", "max_side", "size_multiple", "params", "ready", "max_concurrency", "max_queue", "defaults")
+    __slots__ = ("kind", "model", "min_side", "max_side", "size_multiple", "params", "ready", "max_concurrency", "max_queue", "defaults", "vocabulary", "domain_description")
     class DefaultsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -231,6 +233,8 @@ class DescribeResponse(_message.Message):
     MAX_CONCURRENCY_FIELD_NUMBER: _ClassVar[int]
     MAX_QUEUE_FIELD_NUMBER: _ClassVar[int]
     DEFAULTS_FIELD_NUMBER: _ClassVar[int]
+    VOCABULARY_FIELD_NUMBER: _ClassVar[int]
+    DOMAIN_DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
     kind: str
     model: _common_pb2.ModelInfo
     min_side: int
@@ -241,7 +245,9 @@ class DescribeResponse(_message.Message):
     max_concurrency: int
     max_queue: int
     defaults: _containers.ScalarMap[str, float]
-    def __init__(self, kind: _Optional[str] = ..., model: _Optional[_Union[_common_pb2.ModelInfo, _Mapping]] = ..., min_side: _Optional[int] = ..., max_side: _Optional[int] = ..., size_multiple: _Optional[int] = ..., params: _Optional[_Iterable[_Union[ParamRange, _Mapping]]] = ..., ready: _Optional[bool] = ..., max_concurrency: _Optional[int] = ..., max_queue: _Optional[int] = ..., defaults: _Optional[_Mapping[str, float]] = ...) -> None: ...
+    vocabulary: _containers.RepeatedScalarFieldContainer[str]
+    domain_description: str
+    def __init__(self, kind: _Optional[str] = ..., model: _Optional[_Union[_common_pb2.ModelInfo, _Mapping]] = ..., min_side: _Optional[int] = ..., max_side: _Optional[int] = ..., size_multiple: _Optional[int] = ..., params: _Optional[_Iterable[_Union[ParamRange, _Mapping]]] = ..., ready: _Optional[bool] = ..., max_concurrency: _Optional[int] = ..., max_queue: _Optional[int] = ..., defaults: _Optional[_Mapping[str, float]] = ..., vocabulary: _Optional[_Iterable[str]] = ..., domain_description: _Optional[str] = ...) -> None: ...
 
 class LoadModelRequest(_message.Message):
     __slots__ = ("model",)

@@ -70,20 +70,22 @@ async def test_reference_job_over_the_local_store(
         "snapshot",
         "stage_progress:base",
         "stage_finished:base",
-        "stage_started:refine",
-        "stage_progress:refine",
-        "stage_finished:refine",
         "stage_started:upscale",
         "stage_progress:upscale",
         "stage_finished:upscale",
+        "stage_started:refine",
+        "stage_progress:refine",
+        "stage_finished:refine",
         "finished",
     ]
-    base, refine, upscale = job.stages
+    # With overlay text the default spec's text_order runs the typography pass
+    # after the upscale, where the text is large enough to read.
+    base, upscale, refine = job.stages
     assert base.total_steps == 20 and base.step == 20
     # The overlay text turns the refine pass into an inpaint of the text band.
     assert refine.request.refine.mode == stage_pb2.REFINE_MODE_INPAINT
-    assert refine.request.image.key == base.output.key
-    assert upscale.request.image.key == refine.output.key
+    assert upscale.request.image.key == base.output.key
+    assert refine.request.image.key == upscale.output.key
     assert {run.model.backend for run in job.stages} == {"torch"}
     assert all(run.timing.compute_ms > 0 for run in job.stages)
     assert_artifacts_verified(job, local_store)
@@ -91,7 +93,7 @@ async def test_reference_job_over_the_local_store(
     final = Image.open(io.BytesIO(get_artifact(local_store, job.final.key, job.final.sha256)))
     assert final.format == "PNG" and final.size == (512, 512)
     assert job.final_url.startswith("file://")
-    assert job.final == upscale.output
+    assert job.final == refine.output
 
 
 async def test_same_job_over_s3_gives_the_same_bytes(

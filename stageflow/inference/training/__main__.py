@@ -57,6 +57,7 @@ def main(argv: list[str] | None = None) -> int:
             if (out / name).exists():
                 shutil.rmtree(out / name)
             (Path(scratch) / name).rename(out / name)
+        (out / SD_FOLDER / "model.yaml").write_text(data.prompt_domain_yaml(), encoding="utf-8")
     manifest: dict[str, Any] = {
         "command": "make fixtures-train",
         "torch_threads": 1,

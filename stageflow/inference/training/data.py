@@ -92,6 +92,28 @@ def caption(shape: str, colour: str, background: str) -> str:
     return f"a {colour} {shape} on a {background} background"
 
 
+def vocabulary() -> list[str]:
+    """Every word a training caption uses (the overlay clause's quoted text
+    aside), sorted: the trained model's prompt domain."""
+    words = {"a", "on", "background", "style", "overlay", "text", "with", "clear"}
+    words |= {"legible", "typography", *SHAPES, *COLOURS}
+    words |= {word for style in STYLES for word in style.split()}
+    return sorted(words)
+
+
+def prompt_domain_yaml() -> str:
+    """The model.yaml the trained SD folder carries: its prompt domain only."""
+    import yaml
+
+    domain = {
+        "description": "one circle, square or triangle of one colour on a background of "
+        f"another ({', '.join(COLOURS)})",
+        "vocabulary": vocabulary(),
+    }
+    header = "# What this model was trained to draw (stageflow.inference.prompt_domain).\n"
+    return header + yaml.safe_dump({"prompt_domain": domain}, sort_keys=False)
+
+
 def all_combinations() -> list[tuple[str, str, str]]:
     return [(s, c, b) for s in SHAPES for c in COLOURS for b in COLOURS if c != b]
 

@@ -40,7 +40,8 @@ def test_submit_downloads_final_and_prints_timings(fake: Fake, tmp_path: Path) -
     assert "30.0" in result.stdout  # compute ms
     sent = servicer.submits[0]
     assert sent.bundle.overlay_text == "Chapter One"
-    assert sent.seed == 7 and sent.width == 32 and sent.height == 32  # the trained model's side
+    # No size given: left unset, so the base model's default applies (one owner).
+    assert sent.seed == 7 and not sent.HasField("width") and not sent.HasField("height")
     assert sent.base.steps == 12 and sent.base.guidance_scale == pytest.approx(5.5)
     assert sent.refine.strength == pytest.approx(0.3) and not sent.refine.HasField("steps")
     assert sent.upscale.mode == stage_pb2.UPSCALE_MODE_LANCZOS

@@ -143,3 +143,40 @@ def test_the_orchestrator_refuses_to_start_on_a_bad_spec(tmp_path: Path) -> None
     assert str(tmp_path / "default.yaml") in message
     assert "stages.0.base.defaults.steps" in message
     assert not (tmp_path / "db.sqlite").exists()  # failed before anything started
+
+
+async def test_the_default_spec_runs_the_typography_pass_after_the_upscale_with_text(
+    jobs: SqliteJobStore,
+) -> None:
+    specs = load_specs(PIPELINES_DIR)
+    fakes = {name: FakeStage(name) for name in ("base", "refine", "upscale")}
+    runner = JobRunner(fakes, jobs, FakeSettings(), FakeStore(), specs=specs)
+    try:
+        plain = await runner.submit(_request())
+        assert [r.stage for r in plain.stages] == ["base", "refine", "upscale"]
+        text = _request()
+        text.bundle.overlay_text = "Chapter One"
+        job = await runner.submit(text)
+        # Where the text is 4x larger: legible to draw and to read back.
+        assert [r.stage for r in job.stages] == ["base", "upscale", "refine"]
+        assert job.pipeline == "default"
+        text.stages[:] = ["base", "refine", "upscale"]  # a job's own order still wins
+        job = await runner.submit(text)
+        assert [r.stage for r in job.stages] == ["base", "refine", "upscale"]
+    finally:
+        await runner.close()
+
+
+@pytest.mark.parametrize(
+    ("order", "needle"),
+    [("[base, upscale]", "each once"), ("[refine, base, upscale]", "text_order")],
+)
+def test_a_bad_text_order_names_the_field(tmp_path: Path, order: str, needle: str) -> None:
+    path = _write(
+        tmp_path,
+        "default",
+        f"stages:\n  - stage: base\n  - stage: refine\n  - stage: upscale\ntext_order: {order}\n",
+    )
+    with pytest.raises(SpecError, match="text_order") as err:
+        parse_spec(path)
+    assert needle in str(err.value)
