@@ -244,15 +244,34 @@ class StageflowClient:
     async def shared(self, token: str) -> tuple[common_pb2.ArtifactRef, bytes]:
         """The image a share token names (no API key needed), verified against
         its sha256. PermissionDenied for a bad token, OutOfRange once expired."""
+        ref, data, _ = await self._shared(token)
+        return ref, data
+
+    async def shared_export(self, token: str) -> tuple[pb.Job, bytes]:
+        """As `shared`, with the job version the token names, the image carrying
+        its recipe (a PNG, as `export`)."""
+        _, data, job = await self._shared(token)
+        return job, recipe.with_recipe(data, job) if job.job_id else data
+
+    async def _shared(self, token: str) -> tuple[common_pb2.ArtifactRef, bytes, pb.Job]:
         call = self._stub.GetSharedArtifact(
             pb.GetSharedArtifactRequest(token=token), timeout=self.settings.timeout_seconds
         )
+        job = pb.Job()
+
+        async def first_job() -> AsyncGenerator[Any, None]:  # GetSharedArtifactResponse
+            async for response in call:
+                if response.HasField("job") and not job.job_id:
+                    job.CopyFrom(response.job)
+                yield response
+
         try:
-            return await receive_artifact(call, "shared image")
+            ref, data = await receive_artifact(first_job(), "shared image")
         except grpc.RpcError as err:
             raise from_rpc_error(err) from None
         finally:
             call.cancel()
+        return ref, data, job
 
     async def pipelines(self) -> builtins.list[pb.PipelineInfo]:
         """The orchestrator's pipeline specs (names for `submit(pipeline=...)`), by name."""
