@@ -96,6 +96,13 @@ def png_with_text(data: bytes, text: dict[str, str]) -> bytes:
     return b"".join(out)
 
 
+def png_without_text(data: bytes) -> bytes:
+    """`data` without its text chunks: the PNG as stored, before any export
+    added a recipe (for comparing images whose recipes differ)."""
+    chunks = [(k, b) for k, b in _png_chunks(data) if k not in _TEXT_CHUNKS]
+    return PNG_SIGNATURE + b"".join(_png_chunk(kind, body) for kind, body in chunks)
+
+
 def png_text(data: bytes) -> dict[str, str]:
     """Every tEXt, zTXt and iTXt chunk of a PNG: keyword -> text (CRCs checked)."""
     found: dict[str, str] = {}

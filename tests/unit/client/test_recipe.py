@@ -158,6 +158,7 @@ def test_embedding_twice_leaves_one_copy_and_latin1_text_is_text() -> None:
     png = with_recipe(with_recipe(_png(), _job()), _job(version=3))
     assert png.count(b"tEXtparameters") == 1 and png.count(b"stageflow\x00") == 1
     assert read_recipe(png)[1]["version"] == 3
+    assert image_meta.png_without_text(png) == _png()  # Pillow writes no text chunk
 
 
 def test_a_corrupted_text_chunk_is_refused() -> None:
