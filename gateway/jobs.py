@@ -15,10 +15,11 @@ from fastapi import APIRouter, Body, Depends, Header, Path, Query, Request, Resp
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from stageflow.client import StageflowClient
+from stageflow.client.recipe import select_version
 from stageflow.gateway.convert import from_json, to_json
 from stageflow.gateway.errors import GatewayError
 from stageflow.gateway.events import job_events, parse_event_id
-from stageflow.gateway.images_io import MEDIA_TYPES, convert, pick_format
+from stageflow.gateway.images_io import MEDIA_TYPES, export, pick_format
 from stageflow.v1 import orchestrator_pb2 as pb
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
@@ -111,8 +112,13 @@ async def _image(
     fmt: str | None,
 ) -> Response:
     chosen = pick_format(fmt, request.headers.get("accept"))
-    data = await client.download(job_id, version=version, stage=stage)
-    body = await asyncio.to_thread(convert, data, chosen)
+    versions, data = await asyncio.gather(
+        client.versions(job_id), client.download(job_id, version=version, stage=stage)
+    )
+    job = select_version(versions, version)
+    # The recipe is added here, at export: the stored artifact stays as it is,
+    # and the ETag is that of the bytes sent.
+    body = await asyncio.to_thread(export, data, chosen, job, stage)
     etag = f'"{hashlib.sha256(body).hexdigest()}"'
     # A version's artifacts never change: cache for good (private: behind a key).
     headers = {

@@ -100,14 +100,19 @@ _SHARED = {
 async def shared_image(
     client: Client, job_id: str, version: str, expires: str, signature: str
 ) -> Response:
-    opened = await _open(client, f"{job_id}/{version}/{expires}/{signature}")
-    if isinstance(opened, JSONResponse):
-        return opened
-    sha256, data = opened
+    token = f"{job_id}/{version}/{expires}/{signature}"
+    try:
+        _, data = await client.with_api_key("").shared_export(token)
+    except StageflowClientError as err:
+        return _link_error(err)
+    # The PNG carries its recipe (added at export), so the ETag is these bytes'.
     return Response(
         data,
         media_type="image/png",
-        headers={"ETag": f'"{sha256}"', "Cache-Control": "public, max-age=300"},
+        headers={
+            "ETag": f'"{hashlib.sha256(data).hexdigest()}"',
+            "Cache-Control": "public, max-age=300",
+        },
     )
 
 

@@ -421,12 +421,21 @@ class JobRunner:
         reply.expires_at.FromSeconds(shared.expires)
         return reply
 
-    async def shared_artifact(self, token: str) -> tuple[common_pb2.ArtifactRef, bytes]:
+    async def shared_artifact(
+        self, token: str
+    ) -> tuple[common_pb2.ArtifactRef, bytes, orchestrator_pb2.Job]:
         """The final image a valid, unexpired share token names (of any tenant:
-        the token is the authority)."""
+        the token is the authority), and that job version without its tenant,
+        store URL and request (see GetSharedArtifactResponse.job)."""
         shared = self._sharing.verify(token)
         request = orchestrator_pb2.GetArtifactRequest(job_id=shared.job_id, version=shared.version)
-        return await self.artifact(request, None)
+        ref, data = await self.artifact(request, None)
+        versions = await self.versions(shared.job_id, None)
+        job = orchestrator_pb2.Job()
+        job.CopyFrom(next(v for v in versions if (v.version or 1) == shared.version))
+        for private in ("tenant", "final_url", "request"):
+            job.ClearField(private)
+        return ref, data, job
 
     async def quota(self, tenant: str) -> Quota:
         """`tenant`'s quota: its own row, else the default."""

@@ -176,7 +176,7 @@ class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServiceServicer):
         outcome = "OK"
         try:
             check_request(request)  # no key to authenticate first: the limits at once
-            ref, data = await self._runner.shared_artifact(request.token)
+            ref, data, job = await self._runner.shared_artifact(request.token)
         except Exception as err:
             outcome = str(getattr(err, "code", "INTERNAL"))
             raise
@@ -193,7 +193,7 @@ class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServiceServicer):
                 )
         for i, chunk in enumerate(chunks(data)):
             yield orchestrator_pb2.GetSharedArtifactResponse(
-                artifact=ref if i == 0 else None, data=chunk
+                artifact=ref if i == 0 else None, data=chunk, job=job if i == 0 else None
             )
 
     async def ListPipelines(

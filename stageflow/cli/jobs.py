@@ -140,9 +140,12 @@ async def follow(
     out_dir: Path | None,
     ui: Ui,
     cancel_on_interrupt: bool = True,
+    versioned: bool = False,
 ) -> int:
     """Watch a job to its end, download its final image into out_dir, report; the exit code.
 
+    The file is `<job>.png`, or with `versioned` (a rerun) `<job>-v<N>.png`
+    beside the earlier versions' files, never over an existing file.
     Ctrl-C cancels the job when `cancel_on_interrupt` (the job this command
     started), else only stops watching it (`stageflow watch` of any job)."""
     try:
@@ -160,8 +163,11 @@ async def follow(
     path: Path | None = None
     if job.state == pb.JOB_STATE_SUCCEEDED and out_dir is not None:
         # Through the orchestrator (GetArtifact), verified: no store, no URL.
-        path = out_dir / f"{job.job_id}.png"
-        await client.fetch_final(job, path=path)
+        if versioned:
+            path = free_path(out_dir / f"{job.job_id}-v{job.version or 1}.png")
+        else:
+            path = out_dir / f"{job.job_id}.png"
+        await client.fetch_final(job, path=path)  # carries its recipe
     if ui.as_json:
         ui.emit_json({"job": job_dict(job), "final_path": str(path) if path else None})
     else:
@@ -179,6 +185,16 @@ async def follow(
     else:
         ui.say(f"watching job {job.job_id} ended while it was {job_state_name(job.state)}")
     return 1
+
+
+def free_path(path: Path) -> Path:
+    """`path`, or `<stem>-2<suffix>`, `-3`, ... when it exists: a download
+    never replaces a file someone already has."""
+    candidate, n = path, 1
+    while candidate.exists():
+        n += 1
+        candidate = path.with_name(f"{path.stem}-{n}{path.suffix}")
+    return candidate
 
 
 async def submit_and_follow(

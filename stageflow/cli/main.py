@@ -254,6 +254,8 @@ def up(
             _print_addresses(cluster, ui.out)
             if cluster.gateway_port is not None:
                 ui.out.print(Text(f"gateway: {cluster.gateway_url} (API docs: /docs)"))
+                ui.out.print(Text(f"workspace: {cluster.gateway_url.rstrip('/')}/"))
+            ui.out.print(Text(f"export STAGEFLOW_ADDRESS={cluster.orchestrator_address}"))
             ui.out.print(
                 Text(
                     "authentication is OFF (embedded cluster): any local caller can read "
@@ -419,18 +421,22 @@ def get(
     address: Address = DEFAULT_ADDRESS,
     as_json: JsonFlag = False,
 ) -> None:
-    """Show one job."""
-    from stageflow.cli.render import job_dict, job_summary, timing_table
+    """Show a job: its latest version, then every version with its stages
+    (reused and cached ones marked, the typography check where one ran)."""
+    from stageflow.cli.render import job_dict, job_summary, timing_table, versions_table
 
     ui = _ui(as_json)
 
     async def body(client: StageflowClient) -> int:
-        job = await client.get(job_id)
+        versions = await client.versions(job_id)
+        job = versions[-1]
         if as_json:
-            ui.emit_json(job_dict(job))
+            # The latest version's fields at the top (as before), every version below.
+            ui.emit_json({**job_dict(job), "versions": [job_dict(v) for v in versions]})
         else:
             ui.out.print(job_summary(job))
             ui.out.print(timing_table(job))
+            ui.out.print(versions_table(versions))
         return 0
 
     _with_client(address, body, job_id=job_id, command="get")
@@ -492,7 +498,9 @@ def rerun(
         ),
     ] = None,
     address: Address = DEFAULT_ADDRESS,
-    out: Annotated[Path, typer.Option(help="Where the final PNG goes.")] = Path("out"),
+    out: Annotated[
+        Path, typer.Option(help="Where the final PNG goes, as <job>-v<N>.png (never overwritten).")
+    ] = Path("out"),
     no_wait: Annotated[bool, typer.Option("--no-wait", help="Return once submitted.")] = False,
     as_json: JsonFlag = False,
 ) -> None:
@@ -513,9 +521,70 @@ def rerun(
             ui.say(f"job {job.job_id} version {job.version}: {job_state_name(job.state)}")
         if no_wait:
             return 0
-        return await follow(client, job.job_id, out_dir=out, ui=ui)
+        return await follow(client, job.job_id, out_dir=out, ui=ui, versioned=True)
 
     _with_client(address, body, job_id=job_id, command="rerun")
+
+
+@app.command()
+def fetch(
+    job_id: Annotated[str, typer.Argument(help="The job whose image to download.")],
+    version: Annotated[int, typer.Option(min=0, help="Job version (0: the latest).")] = 0,
+    stage: Annotated[str, typer.Option(help="A stage's output instead of the final.")] = "",
+    fmt: Annotated[
+        str, typer.Option("--format", help="png, webp or jpeg (webp/jpeg need Pillow).")
+    ] = "png",
+    out: Annotated[
+        Path | None,
+        typer.Option(
+            help="File to write (default ./<job>-v<N>[-<stage>].<ext>, never overwritten)."
+        ),
+    ] = None,
+    address: Address = DEFAULT_ADDRESS,
+) -> None:
+    """Download a job's image through the API, carrying its recipe (prompt, seed, models)."""
+    from stageflow.cli.export import check_format, default_name, write_new
+    from stageflow.cli.export import fetch as fetch_image
+
+    with _expected_errors():
+        chosen = check_format(fmt)
+    ui = _ui()
+
+    async def body(client: StageflowClient) -> int:
+        job, data = await fetch_image(client, job_id, version=version, stage=stage, fmt=chosen)
+        path = write_new(out or Path(default_name(job, stage, chosen)), data)
+        ui.out.print(Text(f"image: {path}"), soft_wrap=True)
+        return 0
+
+    _with_client(address, body, job_id=job_id, command="fetch")
+
+
+@app.command()
+def compare(
+    job_id: Annotated[str, typer.Argument(help="The job whose versions to compare.")],
+    versions: Annotated[str, typer.Option(help="Versions, comma-separated, e.g. 1,3.")],
+    out: Annotated[
+        Path | None, typer.Option(help="PNG to write (default ./<job>-compare-v1-v3.png).")
+    ] = None,
+    address: Address = DEFAULT_ADDRESS,
+) -> None:
+    """Write the versions' finals side by side, labelled with the parameters that differ."""
+    from stageflow.cli.export import compare as montage
+    from stageflow.cli.export import parse_versions, pillow, write_new
+
+    with _expected_errors():
+        chosen = parse_versions(versions)
+        pillow("compare")
+    ui = _ui()
+
+    async def body(client: StageflowClient) -> int:
+        data = await montage(client, job_id, chosen)
+        name = f"{job_id}-compare-{'-'.join(f'v{v}' for v in chosen)}.png"
+        path = write_new(out or Path(name), data)
+        ui.out.print(Text(f"comparison: {path}"), soft_wrap=True)
+        return 0
+
+    _with_client(address, body, job_id=job_id, command="compare")
 
 
 class PriorityChoice(enum.StrEnum):

@@ -205,3 +205,39 @@ def jobs_table(jobs: list[pb.Job]) -> Table:
             Text(job.prompt),
         )
     return table
+
+
+def _stage_mark(run: pb.StageRun, reused: set[str]) -> str:
+    if run.stage in reused:
+        return "reused"
+    return "cached" if run.cache_hit else ""
+
+
+def versions_table(versions: list[pb.Job]) -> Table:
+    """Every version of a job with its stages: which were reused from the
+    previous version (before rerun_from) or came from the stage cache, the
+    output each made, and the typography check where one ran."""
+    from stageflow.client.recipe import reused_stages
+
+    table = Table(title="versions", box=box.SIMPLE_HEAD, show_edge=False, collapse_padding=True)
+    for header in ("version", "stage", "state", "model", "reused/cached", "output", "text check"):
+        table.add_column(header, no_wrap=header != "text check")
+    for job in versions:
+        reused = set(reused_stages(job))
+        label = f"v{job.version or 1}" + (f" (from {job.rerun_from})" if job.rerun_from else "")
+        for i, run in enumerate(job.stages):
+            check = ""
+            if run.HasField("text_check"):
+                c = run.text_check
+                check = f"{c.ocr_text!r} CER {c.cer:.3f}, {c.attempts} attempt(s)"
+                check += ", fell back" if c.fell_back else ""
+            table.add_row(
+                Text(label if i == 0 else ""),
+                run.stage,
+                stage_state_name(run.state),
+                Text(run.model.name or "-"),
+                _stage_mark(run, reused),
+                run.output.sha256[:12] or "-",
+                Text(check),
+            )
+    return table

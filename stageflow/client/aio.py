@@ -14,8 +14,9 @@ from typing import Any, Self, TypeVar
 import grpc
 from google.protobuf import struct_pb2
 
+from stageflow.client import recipe
 from stageflow.client.download import receive_artifact, write_atomically
-from stageflow.client.errors import FailedPrecondition, from_rpc_error
+from stageflow.client.errors import FailedPrecondition, NotFound, from_rpc_error
 from stageflow.client.options import job_state, options
 from stageflow.client.settings import ClientSettings
 from stageflow.v1 import common_pb2
@@ -243,15 +244,34 @@ class StageflowClient:
     async def shared(self, token: str) -> tuple[common_pb2.ArtifactRef, bytes]:
         """The image a share token names (no API key needed), verified against
         its sha256. PermissionDenied for a bad token, OutOfRange once expired."""
+        ref, data, _ = await self._shared(token)
+        return ref, data
+
+    async def shared_export(self, token: str) -> tuple[pb.Job, bytes]:
+        """As `shared`, with the job version the token names, the image carrying
+        its recipe (a PNG, as `export`)."""
+        _, data, job = await self._shared(token)
+        return job, recipe.with_recipe(data, job) if job.job_id else data
+
+    async def _shared(self, token: str) -> tuple[common_pb2.ArtifactRef, bytes, pb.Job]:
         call = self._stub.GetSharedArtifact(
             pb.GetSharedArtifactRequest(token=token), timeout=self.settings.timeout_seconds
         )
+        job = pb.Job()
+
+        async def first_job() -> AsyncGenerator[Any, None]:  # GetSharedArtifactResponse
+            async for response in call:
+                if response.HasField("job") and not job.job_id:
+                    job.CopyFrom(response.job)
+                yield response
+
         try:
-            return await receive_artifact(call, "shared image")
+            ref, data = await receive_artifact(first_job(), "shared image")
         except grpc.RpcError as err:
             raise from_rpc_error(err) from None
         finally:
             call.cancel()
+        return ref, data, job
 
     async def pipelines(self) -> builtins.list[pb.PipelineInfo]:
         """The orchestrator's pipeline specs (names for `submit(pipeline=...)`), by name."""
@@ -319,19 +339,52 @@ class StageflowClient:
         request = pb.GetArtifactRequest(job_id=job_id, version=version, stage=stage, key=key)
         return await self._download(request, path=path)
 
-    async def fetch_final(self, job: pb.Job, *, path: str | PathLike[str] | None = None) -> bytes:
+    async def fetch_final(
+        self, job: pb.Job, *, path: str | PathLike[str] | None = None, with_recipe: bool = True
+    ) -> bytes:
         """The final image of a succeeded job (that version's), verified against
-        job.final.sha256 too; with `path`, also written there."""
+        job.final.sha256 too, carrying its recipe (`stageflow.client.recipe`)
+        unless `with_recipe` is False; with `path`, also written there."""
         if job.state != pb.JOB_STATE_SUCCEEDED or not job.final.key:
             state = pb.JobState.Name(job.state)
             raise FailedPrecondition(f"job {job.job_id} has no final image (state {state})")
         request = pb.GetArtifactRequest(job_id=job.job_id, version=job.version, key=job.final.key)
-        return await self._download(
+        data = await self._download(
             request,
-            path=path,
+            path=None,
             expected_sha256=job.final.sha256,
             what=f"final image of job {job.job_id}",
         )
+        if with_recipe:
+            data = recipe.with_recipe(data, job)
+        if path is not None:
+            await asyncio.to_thread(write_atomically, Path(path), data)
+        return data
+
+    async def export(
+        self,
+        job_id: str,
+        *,
+        version: int = 0,
+        stage: str = "",
+        path: str | PathLike[str] | None = None,
+    ) -> tuple[pb.Job, bytes]:
+        """A job version (0: the latest) and its final image, or `stage`'s
+        output, as a PNG carrying the version's recipe; with `path`, also
+        written there. NotFound naming `version` or `stage` (with the ones
+        there are) for a version or stage the job does not have."""
+        job = recipe.select_version(await self.versions(job_id), version)
+        names = [run.stage for run in job.stages]
+        if stage and stage not in names:
+            raise NotFound(
+                f"stage: job {job_id} version {job.version} has no stage {stage!r} "
+                f"(has {', '.join(names)})"
+            )
+        data = await self.download(job_id, version=job.version or 1, stage=stage)
+        data = recipe.with_recipe(data, job, stage=stage)
+        if path is not None:
+            await asyncio.to_thread(write_atomically, Path(path), data)
+        return job, data
 
     async def _download(
         self,

@@ -120,8 +120,21 @@ class SyncStageflowClient:
             self._client.download(job_id, version=version, stage=stage, key=key, path=path)
         )
 
-    def fetch_final(self, job: pb.Job, *, path: str | PathLike[str] | None = None) -> bytes:
-        return self._run(self._client.fetch_final(job, path=path))
+    def fetch_final(
+        self, job: pb.Job, *, path: str | PathLike[str] | None = None, with_recipe: bool = True
+    ) -> bytes:
+        return self._run(self._client.fetch_final(job, path=path, with_recipe=with_recipe))
+
+    def export(
+        self,
+        job_id: str,
+        *,
+        version: int = 0,
+        stage: str = "",
+        path: str | PathLike[str] | None = None,
+    ) -> tuple[pb.Job, bytes]:
+        """As StageflowClient.export."""
+        return self._run(self._client.export(job_id, version=version, stage=stage, path=path))
 
     def close(self) -> None:
         self._run(self._client.close())

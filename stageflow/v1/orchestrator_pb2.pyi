@@ -451,9 +451,11 @@ class GetSharedArtifactRequest(_message.Message):
     def __init__(self, token: _Optional[str] = ...) -> None: ...
 
 class GetSharedArtifactResponse(_message.Message):
-    __slots__ = ("artifact", "data")
+    __slots__ = ("artifact", "data", "job")
     ARTIFACT_FIELD_NUMBER: _ClassVar[int]
     DATA_FIELD_NUMBER: _ClassVar[int]
+    JOB_FIELD_NUMBER: _ClassVar[int]
     artifact: _common_pb2.ArtifactRef
     data: bytes
-    def __init__(self, artifact: _Optional[_Union[_common_pb2.ArtifactRef, _Mapping]] = ..., data: _Optional[bytes] = ...) -> None: ...
+    job: Job
+    def __init__(self, artifact: _Optional[_Union[_common_pb2.ArtifactRef, _Mapping]] = ..., data: _Optional[bytes] = ..., job: _Optional[_Union[Job, _Mapping]] = ...) -> None: ...

@@ -21,6 +21,7 @@ import pytest
 
 from stageflow.cli.cluster import LocalCluster
 from stageflow.client import StageflowClient
+from stageflow.core.image_meta import png_without_text
 from stageflow.core.storage import LocalStore
 from stageflow.orchestrator.sqlite_store import SqliteJobStore
 from stageflow.v1 import orchestrator_pb2 as pb
@@ -89,7 +90,11 @@ def finals_by_line(summary: Path) -> dict[int, bytes]:
     """Line number -> the final image the batch downloaded; every line must have succeeded."""
     rows = [json.loads(line) for line in summary.read_text().splitlines()]
     assert all(row["status"] == "succeeded" for row in rows), rows
-    return {int(row["line"]): Path(str(row["final_path"])).read_bytes() for row in rows}
+    # Without the recipe each export adds (it names the job, which differs).
+    return {
+        int(row["line"]): png_without_text(Path(str(row["final_path"])).read_bytes())
+        for row in rows
+    }
 
 
 def downloaded_sizes(rows: list[dict[str, object]]) -> list[int]:

@@ -24,6 +24,7 @@ from PIL import Image
 
 from stageflow.cli.cluster import LocalCluster
 from stageflow.client import ClientSettings, ResourceExhausted, StageflowClient
+from stageflow.client.recipe import read_recipe
 
 SECRET = "gateway-test-secret-0123456789abcdef"
 SHARE_SECRET = "gateway-share-secret-0123456789abcdef"
@@ -137,12 +138,26 @@ def test_submit_stream_get_rerun_and_images(gateway: Gateway) -> None:
     assert [v["version"] for v in got["versions"]] == [1, 2]
 
     for version in (1, 2):
-        final = got["versions"][version - 1]["final"]
+        shown = got["versions"][version - 1]
         png = httpx.get(f"{url}/versions/{version}/image", headers=gateway.auth("acme"))
         assert png.status_code == 200 and png.headers["content-type"] == "image/png"
-        # The ETag is the sha256 the orchestrator recorded for the artifact.
-        assert png.headers["etag"] == f'"{final["sha256"]}"'
-        assert hashlib.sha256(png.content).hexdigest() == final["sha256"]
+        # The ETag is that of the bytes sent: the stored PNG plus its recipe.
+        assert png.headers["etag"] == f'"{hashlib.sha256(png.content).hexdigest()}"'
+        assert hashlib.sha256(png.content).hexdigest() != shown["final"]["sha256"]
+        with Image.open(io.BytesIO(png.content)) as image:
+            image.load()  # text chunks after IDAT are read with the pixels
+            parameters = image.info["parameters"]
+            made = json.loads(image.info["stageflow"])
+        base = shown["stages"][0]
+        assert parameters.startswith(shown["prompt"] + "\n")
+        assert f"Seed: {shown['seed']}," in parameters
+        assert f"Model: {base['model']['name']}" in parameters
+        assert f"Model hash: {base['model']['fingerprint'][:10]}" in parameters
+        assert (made["job_id"], made["version"]) == (job["job_id"], version)
+        assert made["pipeline"]["sha256"] == shown["pipeline_sha256"]
+        assert [s["reused"] for s in made["stages"]] == (
+            [False, False, False] if version == 1 else [True, True, False]
+        )
         assert "immutable" in png.headers["cache-control"]
         again = httpx.get(
             f"{url}/versions/{version}/image",
@@ -160,6 +175,18 @@ def test_submit_stream_get_rerun_and_images(gateway: Gateway) -> None:
     assert jpeg.headers["content-type"] == "image/jpeg"
     with Image.open(io.BytesIO(jpeg.content)) as image:
         assert image.format == "JPEG" and image.size == (32, 32)  # the base stage's size
+    first = got["versions"][0]
+    for data, stage in ((webp.content, "upscale"), (jpeg.content, "base")):
+        # XMP (what photo tools show) and EXIF UserComment (what A1111 reads).
+        parameters, made = read_recipe(data)
+        assert parameters.startswith(first["prompt"] + "\n")
+        assert f"Seed: {first['seed']}," in parameters
+        assert made["image"]["stage"] == stage
+        assert made["stages"][0]["model"] == first["stages"][0]["model"]
+        with Image.open(io.BytesIO(data)) as image:
+            comment = image.getexif().get_ifd(0x8769)[0x9286]
+        assert comment.startswith(b"UNICODE\x00")
+        assert comment[8:].decode("utf-16-be") == parameters
     bad = httpx.get(f"{url}/versions/1/image?format=gif", headers=gateway.auth("acme"))
     assert bad.status_code == 400 and bad.json()["error"]["field"] == "format"
 
@@ -269,7 +296,10 @@ def test_openai_client_generates_images_and_lists_models(gateway: Gateway) -> No
     )
     assert by_url.data is not None and by_url.data[0].url
     fetched = httpx.get(by_url.data[0].url, headers=gateway.auth("acme"))
-    assert fetched.status_code == 200 and fetched.content == images[0]  # same seed, same image
+    assert fetched.status_code == 200
+    # Same seed, same pixels (each job's PNG carries its own job id in its recipe).
+    with Image.open(io.BytesIO(fetched.content)) as a, Image.open(io.BytesIO(images[0])) as b:
+        assert a.tobytes() == b.tobytes()
 
 
 def test_openai_errors_come_in_openai_shapes(gateway: Gateway) -> None:

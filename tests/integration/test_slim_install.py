@@ -24,6 +24,7 @@ import pytest
 
 from stageflow.cli.cluster import LocalCluster
 from stageflow.client import SyncStageflowClient
+from stageflow.client.recipe import read_recipe
 from stageflow.v1 import orchestrator_pb2 as pb
 
 REPO = Path(__file__).resolve().parents[2]
@@ -244,7 +245,20 @@ def test_the_cli_client_commands_run_from_the_slim_install(
     assert got.returncode == 0, tail(got)
     job = json.loads(got.stdout)
     assert job["state"] == "JOB_STATE_SUCCEEDED"
-    assert hashlib.sha256(final_path.read_bytes()).hexdigest() == job["final"]["sha256"]
+    # The written PNG is the stored one plus its recipe, embedded without Pillow.
+    written = final_path.read_bytes()
+    assert hashlib.sha256(written).hexdigest() != job["final"]["sha256"]
+    parameters, made = read_recipe(written)
+    assert f"Seed: {job['seed']}," in parameters and made["job_id"] == job_id
+
+    fetched = run([slim.stageflow, "fetch", job_id, *address], env=slim.env, cwd=tmp_path)
+    assert fetched.returncode == 0, tail(fetched)
+    assert read_recipe((tmp_path / f"{job_id}-v1.png").read_bytes())[1]["version"] == 1
+    webp = run(
+        [slim.stageflow, "fetch", job_id, "--format", "webp", *address], env=slim.env, cwd=tmp_path
+    )
+    assert webp.returncode == 2
+    assert "--format webp: needs Pillow" in webp.stderr and "stageflow[gateway]" in webp.stderr
 
     missing = run([slim.stageflow, "get", "job-nope", *address], env=slim.env, cwd=tmp_path)
     assert missing.returncode == 2

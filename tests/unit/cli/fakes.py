@@ -10,7 +10,9 @@ import asyncio
 import hashlib
 import os
 import signal
+import struct
 import threading
+import zlib
 from collections.abc import AsyncIterator
 from types import TracebackType
 from typing import Self
@@ -22,7 +24,30 @@ from stageflow.v1 import orchestrator_pb2 as pb
 from stageflow.v1 import orchestrator_pb2_grpc as pb_grpc
 
 STAGES = ("base", "refine", "upscale")
-FINAL_BYTES = b"\x89PNG\r\n\x1a\nnot really a png, the client only checks the digest"
+
+
+def _chunk(kind: bytes, body: bytes) -> bytes:
+    crc = zlib.crc32(kind + body) & 0xFFFFFFFF
+    return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", crc)
+
+
+# A real 1x1 PNG (the CLI embeds the recipe into it), padded by an ancillary
+# chunk so it takes several GetArtifact messages.
+FINAL_BYTES = (
+    b"\x89PNG\r\n\x1a\n"
+    + _chunk(b"IHDR", struct.pack(">IIBBBBB", 1, 1, 8, 2, 0, 0, 0))
+    + _chunk(b"tEXt", b"Comment\x00" + b"padding " * 8)
+    + _chunk(b"IDAT", zlib.compress(b"\x00\xff\x00\x00"))
+    + _chunk(b"IEND", b"")
+)
+
+
+def carries_recipe(data: bytes, job_id: str) -> bool:
+    """`data` is FINAL_BYTES with the recipe of `job_id` inserted before IEND."""
+    from stageflow.client.recipe import read_recipe
+
+    text, made = read_recipe(data)
+    return data.startswith(FINAL_BYTES[:-12]) and made.get("job_id") == job_id and bool(text)
 
 
 class FakeOrchestrator(pb_grpc.OrchestratorServiceServicer):

@@ -11,7 +11,7 @@ from typer.testing import CliRunner, Result
 from stageflow.cli.batch import BatchFileError, parse_bundles
 from stageflow.cli.main import app
 from stageflow.v1 import orchestrator_pb2 as pb
-from tests.unit.cli.fakes import FINAL_BYTES, FakeOrchestrator
+from tests.unit.cli.fakes import FakeOrchestrator, carries_recipe
 
 Fake = tuple[FakeOrchestrator, str]
 
@@ -59,7 +59,7 @@ def test_batch_submits_every_line_and_writes_a_summary(fake: Fake, tmp_path: Pat
     for row in rows:
         assert row["status"] == "succeeded"
         assert row["final_key"] == f"{row['job_id']}.png"
-        assert Path(str(row["final_path"])).read_bytes() == FINAL_BYTES
+        assert carries_recipe(Path(str(row["final_path"])).read_bytes(), str(row["job_id"]))
 
 
 def test_rerunning_the_same_file_starts_no_new_jobs(fake: Fake, tmp_path: Path) -> None:

@@ -34,7 +34,7 @@ from stageflow.client import (
 from stageflow.client.download import receive_artifact
 from stageflow.v1 import common_pb2, stage_pb2
 from stageflow.v1 import orchestrator_pb2 as pb
-from tests.unit.cli.fakes import FINAL_BYTES, FakeOrchestrator, ServerThread
+from tests.unit.cli.fakes import FINAL_BYTES, FakeOrchestrator, ServerThread, carries_recipe
 
 Fake = tuple[FakeOrchestrator, str]
 
@@ -265,8 +265,10 @@ async def test_download_assembles_the_chunks_and_verifies_them(fake: Fake, tmp_p
         assert await client.download(job.job_id, stage="upscale", version=1) == FINAL_BYTES
         assert await client.download(job.job_id, key=job.final.key) == FINAL_BYTES
         target = tmp_path / "nested" / "final.png"
-        assert await client.fetch_final(job, path=target) == FINAL_BYTES
+        assert await client.fetch_final(job, path=target, with_recipe=False) == FINAL_BYTES
         assert target.read_bytes() == FINAL_BYTES
+        # By default the final carries its recipe, inserted before IEND.
+        assert carries_recipe(await client.fetch_final(job), job.job_id)
         with pytest.raises(NotFound):
             await client.download(job.job_id, stage="base")  # the fake's base has no output
         with pytest.raises(NotFound):
@@ -371,7 +373,7 @@ def test_sync_client_round_trip(fake: Fake, tmp_path: Path) -> None:
         assert events[0] == "snapshot" and events[-1] == "finished"
         done = client.get(job.job_id)
         assert done.state == pb.JOB_STATE_SUCCEEDED
-        assert client.fetch_final(done) == FINAL_BYTES
+        assert carries_recipe(client.fetch_final(done), job.job_id)
         assert client.download(job.job_id, path=tmp_path / "f.png") == FINAL_BYTES
         assert (tmp_path / "f.png").read_bytes() == FINAL_BYTES
         assert [j.job_id for j in client.list(state="succeeded")] == [job.job_id]

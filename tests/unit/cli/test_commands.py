@@ -12,7 +12,7 @@ from typer.testing import CliRunner, Result
 from stageflow.cli.main import app
 from stageflow.v1 import orchestrator_pb2 as pb
 from stageflow.v1 import stage_pb2
-from tests.unit.cli.fakes import FINAL_BYTES, FakeOrchestrator
+from tests.unit.cli.fakes import FakeOrchestrator, carries_recipe
 
 Fake = tuple[FakeOrchestrator, str]
 BUNDLE = ["--base", "epic game hero portrait", "--style", "moody cinematic"]
@@ -33,7 +33,7 @@ def test_submit_downloads_final_and_prints_timings(fake: Fake, tmp_path: Path) -
     )  # fmt: skip
     assert result.exit_code == 0, result.output
     final = out / "job-1.png"
-    assert final.read_bytes() == FINAL_BYTES
+    assert carries_recipe(final.read_bytes(), "job-1")
     assert f"final image: {final}" in result.stdout
     for stage in ("base", "refine", "upscale"):
         assert f"tiny-{stage}/1/torch" in result.stdout
@@ -137,7 +137,7 @@ def test_watch_get_cancel(fake: Fake, tmp_path: Path) -> None:
     assert invoke("submit", *BUNDLE, "--no-wait", "--address", address).exit_code == 0
     watched = invoke("watch", "job-1", "--address", address, "--out", str(tmp_path))
     assert watched.exit_code == 0, watched.output
-    assert (tmp_path / "job-1.png").read_bytes() == FINAL_BYTES
+    assert carries_recipe((tmp_path / "job-1.png").read_bytes(), "job-1")
     got = invoke("get", "job-1", "--json", "--address", address)
     assert json.loads(got.stdout)["state"] == "JOB_STATE_SUCCEEDED"
     cancelled = invoke("cancel", "job-1", "--address", address)
