@@ -25,6 +25,7 @@ import pytest
 from stageflow.cli.cluster import LocalCluster
 from stageflow.client import SyncStageflowClient
 from stageflow.client.recipe import read_recipe
+from stageflow.core.image_meta import png_without_text
 from stageflow.v1 import orchestrator_pb2 as pb
 
 REPO = Path(__file__).resolve().parents[2]
@@ -211,7 +212,10 @@ def test_the_readme_examples_run_from_the_slim_install(
     final = next(line.split() for line in lines if line.startswith("final "))
     job_id, sha256 = final[1], final[2]
     png = (tmp_path / "hero.png").read_bytes()
-    assert png.startswith(b"\x89PNG") and hashlib.sha256(png).hexdigest() == sha256
+    # The stored PNG plus the recipe the download embeds.
+    assert png.startswith(b"\x89PNG") and hashlib.sha256(png).hexdigest() != sha256
+    assert hashlib.sha256(png_without_text(png)).hexdigest() == sha256
+    assert read_recipe(png)[1]["job_id"] == job_id
     with SyncStageflowClient(local_cluster.orchestrator_address) as client:
         job = client.get(job_id)
     assert job.state == pb.JOB_STATE_SUCCEEDED and job.final.sha256 == sha256
