@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
+from stageflow.orchestrator import migrations
 from stageflow.orchestrator.postgres_store import PostgresJobStore
 from stageflow.orchestrator.store import JobStore
 from tests.unit.orchestrator import test_jobs
@@ -53,3 +54,21 @@ async def test_keys_are_minted_listed_and_revoked_against_postgres(pg_url: str) 
     finally:
         await jobs.close()
     assert key is not None and key.revoked and key.tenant == "acme"
+
+
+async def test_a_database_of_a_newer_release_is_refused(pg_url: str) -> None:
+    jobs = await PostgresJobStore.open(pg_url, pool_size=1)
+    await jobs.close()
+    import psycopg
+
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        conn.execute(
+            "INSERT INTO schema_version (version, name, applied_at) VALUES (%s, 'future', 0)",
+            (migrations.latest("postgres") + 1,),
+        )
+    with pytest.raises(migrations.SchemaTooNew) as refused:
+        await PostgresJobStore.open(pg_url, pool_size=1)
+    assert (refused.value.found, refused.value.known) == (
+        migrations.latest("postgres") + 1,
+        migrations.latest("postgres"),
+    )
