@@ -1,7 +1,9 @@
 """`stageflow keys ...`: API keys of the orchestrator's tenants.
 
-These commands open the orchestrator's job database directly (the SQLite file
-of --db-path / STAGEFLOW_DB_PATH), not an RPC: an admin RPC would need its own
+These commands open the orchestrator's job database directly (the URL of
+--job-store-url / STAGEFLOW_JOB_STORE_URL, e.g. the PostgreSQL the replicas
+share on Kubernetes; without one, the SQLite file of --db-path /
+STAGEFLOW_DB_PATH), not an RPC: an admin RPC would need its own
 credential before the first key exists, and would put key minting on the
 network. Whoever may read the database and the server secret administers keys
 (on Kubernetes: `kubectl exec` into the orchestrator pod). The secret comes
@@ -40,6 +42,15 @@ DbPath = Annotated[
         help="The orchestrator's SQLite job database.",
     ),
 ]
+StoreUrl = Annotated[
+    str,
+    typer.Option(
+        "--job-store-url",
+        envvar="STAGEFLOW_JOB_STORE_URL",
+        help="The orchestrator's job database: sqlite:///PATH or postgresql://USER@HOST:PORT/DB "
+        "(password in the URL or PGPASSWORD). Empty: the SQLite file --db-path.",
+    ),
+]
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
 
 
@@ -48,14 +59,31 @@ def _fail(message: str) -> NoReturn:
     raise typer.Exit(EXIT_USAGE)
 
 
-def _with_store(db_path: Path, body: Callable[[JobStore], Awaitable[T]]) -> T:
-    from stageflow.orchestrator.sqlite_store import SqliteJobStore
+def _with_store(db_path: Path, job_store_url: str, body: Callable[[JobStore], Awaitable[T]]) -> T:
+    from stageflow.core.errors import StageflowError
+    from stageflow.core.logging import configure_logging
+    from stageflow.orchestrator.migrations import SchemaTooNew
+    from stageflow.orchestrator.store import open_job_store, sqlite_path
 
-    if not db_path.exists():
-        _fail(f"no job database at {db_path} (set --db-path or STAGEFLOW_DB_PATH)")
+    configure_logging(level="WARNING")  # to stderr: stdout is the output (--json)
+    url = job_store_url.strip() or f"sqlite:///{db_path}"
+    if url.startswith("sqlite:"):
+        try:
+            path = Path(sqlite_path(url))
+        except ValueError as err:
+            _fail(str(err))
+        if not path.exists():
+            _fail(f"no job database at {path} (set --job-store-url or --db-path)")
 
     async def main() -> T:
-        store = SqliteJobStore(db_path)
+        try:
+            store = await open_job_store(url)
+        except ValueError as err:
+            _fail(str(err))
+        except SchemaTooNew as err:
+            _fail(str(err))
+        except StageflowError as err:  # the database cannot be reached
+            _fail(err.message)
         try:
             return await body(store)
         finally:
@@ -96,6 +124,7 @@ def create(
         typer.Option(help="interactive (the request's own lane) or bulk (all its jobs bulk)."),
     ] = "interactive",
     db_path: DbPath = Path("var/orchestrator.sqlite"),
+    job_store_url: StoreUrl = "",
     as_json: JsonFlag = False,
 ) -> None:
     """Create a key for TENANT and print it once (only its hash is stored)."""
@@ -118,7 +147,7 @@ def create(
         if limits is not None:
             await store.set_quota(record.tenant, limits)
 
-    _with_store(db_path, store_key)
+    _with_store(db_path, job_store_url, store_key)
     if as_json:
         print(json.dumps({"key": key, **_row(record)}))
         return
@@ -132,10 +161,11 @@ def create(
 def list_keys(
     tenant: Annotated[str | None, typer.Option(help="Only this tenant's keys.")] = None,
     db_path: DbPath = Path("var/orchestrator.sqlite"),
+    job_store_url: StoreUrl = "",
     as_json: JsonFlag = False,
 ) -> None:
     """List keys: id, tenant, prefix, created, revoked (never the key)."""
-    keys = _with_store(db_path, lambda store: store.list_keys(tenant))
+    keys = _with_store(db_path, job_store_url, lambda store: store.list_keys(tenant))
     if as_json:
         print(json.dumps([_row(k) for k in keys]))
         return
@@ -155,11 +185,14 @@ def list_keys(
 def revoke(
     key_id: Annotated[str, typer.Argument(help="The key's id (`keys list`).")],
     db_path: DbPath = Path("var/orchestrator.sqlite"),
+    job_store_url: StoreUrl = "",
 ) -> None:
     """Revoke a key: its next call is UNAUTHENTICATED (401 through the gateway)."""
     import time
 
-    key = _with_store(db_path, lambda store: store.revoke_key(key_id, time.time_ns() // 1000))
+    key = _with_store(
+        db_path, job_store_url, lambda store: store.revoke_key(key_id, time.time_ns() // 1000)
+    )
     if key is None:
         _fail(f"no key with id {key_id!r}")
     Console().print(f"revoked key {key.key_id} of tenant {key.tenant}", markup=False)

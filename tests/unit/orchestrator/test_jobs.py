@@ -16,6 +16,7 @@ import pytest
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from stageflow.core.errors import ResourceExhausted
+from stageflow.orchestrator import migrations
 from stageflow.orchestrator.auth import DISPLAY_CHARS, new_key
 from stageflow.orchestrator.quotas import Quota
 from stageflow.orchestrator.sqlite_store import SqliteJobStore
@@ -266,3 +267,15 @@ class TestJobStoreContract:
 
     async def test_it_reports_healthy(self, store: JobStore) -> None:
         assert await store.healthy()
+
+
+def test_a_sqlite_file_of_a_newer_release_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "jobs.sqlite"
+    asyncio.run(SqliteJobStore(path).close())  # created at the latest version
+    with sqlite3.connect(path) as conn:
+        conn.execute(
+            "INSERT INTO schema_version (version, name, applied_at) VALUES (?, 'future', 0)",
+            (migrations.latest("sqlite") + 1,),
+        )
+    with pytest.raises(migrations.SchemaTooNew, match="newer than the latest"):
+        SqliteJobStore(path)
