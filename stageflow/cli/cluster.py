@@ -142,6 +142,16 @@ class LocalCluster:
         except KeyError:
             raise ClusterError("no gateway is running (start with gateway_port set)") from None
 
+    def metrics_url(self, name: str) -> str:
+        """http://127.0.0.1:port/metrics of a process (its port file's
+        `.metrics` sibling, written once the endpoint listens), or "" when it
+        serves none (the gateway, or metrics turned off)."""
+        try:
+            port = int(self.port_file(name).with_name(f"{name}.metrics").read_text())
+        except (OSError, ValueError):
+            return ""
+        return f"http://127.0.0.1:{port}/metrics"
+
     def process(self, name: str) -> subprocess.Popen[bytes]:
         return self._proc(name).popen
 

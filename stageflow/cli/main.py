@@ -195,9 +195,10 @@ def _print_addresses(cluster: LocalCluster, out: Console) -> None:
     table = Table(title="stageflow is up")
     table.add_column("process")
     table.add_column("address")
+    table.add_column("metrics")
     table.add_column("log")
     for name, address in cluster.addresses.items():
-        table.add_row(name, address, str(cluster.log_path(name)))
+        table.add_row(name, address, cluster.metrics_url(name), str(cluster.log_path(name)))
     out.print(table)
 
 

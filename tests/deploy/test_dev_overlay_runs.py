@@ -4,8 +4,10 @@ environment the rendered manifests give its container, reach SERVING and run
 one job end to end through S3.
 
 What differs from a pod, and only that: MinIO's address is a SeaweedFS server on
-loopback (with its keys in place of the Secret's), every process listens on
-127.0.0.1 on a free port (three stages cannot share 50051 on one host), so the
+loopback (with its keys in place of the Secret's), the job store's URL (Secret
+stageflow-db-app, key uri) names a database on a PostgreSQL server on
+loopback, every process listens on 127.0.0.1 on a free port (three stages
+cannot share 50051 on one host), so the
 orchestrator's `dns:///stage-*.stageflow.svc.cluster.local:50051` targets name
 those ports, and each volume mount is a temporary folder (the pipeline
 ConfigMap's files written into its own). Everything else (STAGEFLOW_MODEL, the
@@ -16,6 +18,7 @@ the manifests' own, so a variable the manifests miss or misspell fails here.
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import os
 import subprocess
@@ -46,7 +49,13 @@ class Pod:
     argv, environment and folders."""
 
     def __init__(
-        self, docs: list[Manifest], kind: str, name: str, s3: S3ServerInfo, tmp: Path
+        self,
+        docs: list[Manifest],
+        kind: str,
+        name: str,
+        s3: S3ServerInfo,
+        tmp: Path,
+        job_store_url: str = "",
     ) -> None:
         spec = workload(docs, kind, name)["spec"]["template"]["spec"]
         (self.container,) = spec["containers"]
@@ -65,13 +74,17 @@ class Pod:
                 data = workload(docs, "ConfigMap", config_map["name"])["data"]
                 for file_name, text in data.items():
                     (local / file_name).write_text(text)
-        secrets = {"access-key": s3.access_key, "secret-key": s3.secret_key}
+        secrets = {
+            ("stageflow-s3", "access-key"): s3.access_key,
+            ("stageflow-s3", "secret-key"): s3.secret_key,
+            ("stageflow-db-app", "uri"): job_store_url,
+        }
         self.env: dict[str, str] = {}
         for var in self.container.get("env", []):
             if "valueFrom" in var:
                 ref = var["valueFrom"]["secretKeyRef"]
-                assert ref["name"] == "stageflow-s3", ref
-                self.env[var["name"]] = secrets[ref["key"]]
+                assert (ref["name"], ref["key"]) in secrets, ref
+                self.env[var["name"]] = secrets[ref["name"], ref["key"]]
             else:
                 self.env[var["name"]] = self.local(str(var["value"]).replace(MINIO, s3.endpoint))
 
@@ -119,9 +132,17 @@ class Pod:
 
 
 def test_dev_overlay_runs_a_job(
-    rendered: dict[str, list[Manifest]], s3_server: S3ServerInfo, tmp_path: Path
+    rendered: dict[str, list[Manifest]],
+    s3_server: S3ServerInfo,
+    pg_url: str,
+    tmp_path: Path,
 ) -> None:
     docs = rendered["dev"]
+    # The overlay's own PostgreSQL is a StatefulSet; here a server on loopback.
+    (secret,) = [
+        d for d in docs if d["kind"] == "Secret" and d["metadata"]["name"] == "stageflow-db-app"
+    ]
+    assert "@postgres:5432/" in base64.b64decode(secret["data"]["uri"]).decode()
 
     # The fixture-models Job: build the fixtures, import them into the repository.
     job = Pod(docs, "Job", "fixture-models", s3_server, tmp_path)
@@ -141,7 +162,8 @@ def test_dev_overlay_runs_a_job(
         wait_ready(list(started.values()), timeout=90)
         ports = {name: stage.port for name, stage in started.items()}
 
-        orchestrator = Pod(docs, "Deployment", "orchestrator", s3_server, tmp_path)
+        orchestrator = Pod(docs, "Deployment", "orchestrator", s3_server, tmp_path, pg_url)
+        assert orchestrator.env["STAGEFLOW_JOB_STORE_URL"] == pg_url
         # STAGEFLOW_STAGES names each stage's Service; point each at its local port.
         services = parse_stages(orchestrator.env["STAGEFLOW_STAGES"])
         assert set(services) == set(kinds.default_pipeline()), orchestrator.env
