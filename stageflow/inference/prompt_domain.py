@@ -38,12 +38,14 @@ class PromptDomain(BaseModel):
 
 def read_folder_domain(folder: Path) -> PromptDomain | None:
     """The `prompt_domain` a plain model folder's model.yaml declares; None
-    without one. A bad declaration is a ValueError naming the file."""
+    without one (a repository version's model.yaml writes `prompt_domain:
+    null` when its model declares none). A bad declaration is a ValueError
+    naming the file."""
     path = folder / DOMAIN_FILE
     if not path.is_file():
         return None
     data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    if not isinstance(data, dict) or "prompt_domain" not in data:
+    if not isinstance(data, dict) or data.get("prompt_domain") is None:
         return None
     try:
         return PromptDomain.model_validate(data["prompt_domain"])

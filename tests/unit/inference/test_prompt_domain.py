@@ -51,3 +51,9 @@ def test_a_bad_declaration_names_the_file(tmp_path: Path) -> None:
     (tmp_path / "model.yaml").write_text("prompt_domain: {vocabulary: 3}\n")
     with pytest.raises(ValueError, match=r"model\.yaml: prompt_domain"):
         read_folder_domain(tmp_path)
+
+
+def test_a_null_declaration_is_none(tmp_path: Path) -> None:
+    # What a repository version's model.yaml holds for a model declaring none.
+    (tmp_path / "model.yaml").write_text("name: tiny-sd\nprompt_domain: null\n")
+    assert read_folder_domain(tmp_path) is None
