@@ -310,6 +310,13 @@ def cli_env_names() -> frozenset[str]:
     return frozenset(names)
 
 
+# What a value from a Secret stands for when the settings are validated: long
+# enough for a secret's minimum length (auth_secret_key: 32), and for a URL
+# setting, a URL of the kind the Secret holds (the job store's: CloudNativePG's `uri`).
+SECRET_PLACEHOLDER = "value-from-a-kubernetes-secret-0123456789"
+SECRET_PLACEHOLDERS = {"job_store_url": "postgresql://app:secret@stageflow-db-rw:5432/app"}
+
+
 def check_settings(
     where: str, env: dict[str, str | None], cls: type[BaseModel], defaults: dict[str, Any]
 ) -> list[str]:
@@ -323,8 +330,9 @@ def check_settings(
         if name.startswith(prefix) and name not in fields
     ]
     values = {
-        # long enough for a secret's minimum length (auth_secret_key: 32)
-        fields[name]: "value-from-a-kubernetes-secret-0123456789" if value is None else value
+        fields[name]: SECRET_PLACEHOLDERS.get(fields[name], SECRET_PLACEHOLDER)
+        if value is None
+        else value
         for name, value in env.items()
         if name in fields
     }

@@ -952,9 +952,18 @@ def test_project_deps_follows_the_projects_own_extras() -> None:
     assert serving == base + optional["serving"]  # in order, the base first
     assert "stageflow[serving]" in optional["stage"]
     assert stage == serving + [r for r in optional["stage"] if not r.startswith("stageflow")]
-    gateway = [r for r in optional["gateway"] if not r.startswith("stageflow") and r not in stage]
-    # each requirement once (Pillow is the stage's and the gateway's)
-    assert deps.project_requirements(pyproject, ["all"]) == stage + gateway
+    orchestrator = [
+        r for r in optional["orchestrator"] if not r.startswith("stageflow") and r not in stage
+    ]
+    assert orchestrator, "the orchestrator extra adds its job store's driver (psycopg)"
+    gateway = [
+        r
+        for r in optional["gateway"]
+        if not r.startswith("stageflow") and r not in stage + orchestrator
+    ]
+    # each requirement once (Pillow is the stage's and the gateway's), in the
+    # order `all` names the extras
+    assert deps.project_requirements(pyproject, ["all"]) == stage + orchestrator + gateway
     assert not any(deps.requirement_name(r) == "stageflow" for r in stage)
 
 
