@@ -11,11 +11,8 @@ stage, and a short lease so take-over is quick.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import json
 import os
 import signal
-import sys
 from collections.abc import AsyncIterator, Sequence
 from datetime import datetime
 from pathlib import Path
@@ -28,6 +25,7 @@ from stageflow.serving.processes import ServerProcess
 from stageflow.v1 import orchestrator_pb2 as pb
 from tests.integration.conftest import log_events
 from tests.pgserver import PostgresServer
+from tests.replicas import Replicas, address
 
 # The PostgreSQL job store (and its fixtures) come with the pgstore branch.
 pytest.importorskip("stageflow.orchestrator.postgres_store")
@@ -38,61 +36,13 @@ WAIT = 300
 STOP_STEPS = 120  # long enough that the paused replica is mid-stage
 
 
-class Replicas:
-    def __init__(self, cluster: LocalCluster, url: str, folder: Path) -> None:
-        self.cluster = cluster
-        self.url = url
-        self.folder = folder
-        self.procs: list[ServerProcess] = []
-
-    def start(self, n: int, extra: Sequence[str] = ()) -> list[ServerProcess]:
-        stages = ";".join(f"{s}={self.cluster.addresses[s]}" for s in self.cluster.stages)
-        for _ in range(n):
-            name = f"orch{len(self.procs)}"
-            port_file = self.folder / f"{name}.port"
-            argv = [
-                sys.executable, "-m", "stageflow.orchestrator",
-                "--host", "127.0.0.1", "--port", "0", "--port-file", str(port_file),
-                "--store-url", self.cluster.store_url, "--log-json", "true",
-                "--stages", stages, "--job-store-url", self.url,
-                "--lease-seconds", str(LEASE_SECONDS), "--stage-cache", "false",
-                "--replica-name", name, *extra,
-            ]  # fmt: skip
-            proc = ServerProcess(name, argv, log=self.folder / f"{name}.log", port_file=port_file)
-            self.procs.append(proc.start())
-        for proc in self.procs[-n:]:
-            proc.wait_ready(60)
-        return self.procs[-n:]
-
-    def events(self, name: str) -> list[dict[str, object]]:
-        out = []
-        for line in (self.folder / f"{name}.log").read_text().splitlines():
-            try:
-                out.append(json.loads(line))
-            except ValueError:
-                continue
-        return out
-
-    def count(self, event: str) -> dict[str, list[str]]:
-        """job id -> the replicas that logged `event` for it."""
-        seen: dict[str, list[str]] = {}
-        for proc in self.procs:
-            for e in self.events(proc.name):
-                if e.get("event") == event:
-                    seen.setdefault(str(e["job_id"]), []).append(proc.name)
-        return seen
-
-
 @pytest.fixture
 async def replicas(
     pg_url: str, local_cluster: LocalCluster, tmp_path: Path
 ) -> AsyncIterator[Replicas]:
-    group = Replicas(local_cluster, pg_url, tmp_path)
+    group = Replicas(local_cluster, pg_url, tmp_path, lease_seconds=LEASE_SECONDS)
     yield group
-    for proc in group.procs:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(proc.pid, signal.SIGCONT)  # a test that paused one and failed
-        await asyncio.to_thread(proc.stop)
+    await asyncio.to_thread(group.stop)  # a test that paused one and failed: resumed first
 
 
 def job(seed: int, steps: int = 12) -> dict[str, object]:
@@ -126,10 +76,6 @@ async def finish(address: str, ids: Sequence[str]) -> list[pb.Job]:
 
         async with asyncio.timeout(WAIT):
             return list(await asyncio.gather(*map(one, ids)))
-
-
-def address(proc: ServerProcess) -> str:
-    return f"127.0.0.1:{proc.port}"
 
 
 async def undisturbed(replicas: Replicas, proc: ServerProcess, steps: int = 12) -> list[str]:
