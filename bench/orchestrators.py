@@ -65,6 +65,7 @@ from bench.report import fmt_ratio, machine, ratio, table, utc_now, verdict, wri
 SECTION = "bench/orchestrators.py"
 GROUPS = ("SQLite ×1", "PostgreSQL ×1", "PostgreSQL ×3")
 INPUT_PX = 64
+ROUND_TIMEOUT_S = 300  # a cheap round takes seconds: past this, a job is stuck
 # The stages this bench runs (no refine): its orchestrators' only pipeline.
 PIPELINE = """\
 name: default
@@ -305,7 +306,14 @@ async def throughput_round(
         cpu0, busy0, t0 = cpu_by_kind(), machine_busy(), time.time()
         await asyncio.gather(*(submit(i) for i in range(clients)))
         accepted = time.time()
-        jobs = [j for part in await asyncio.gather(*map(watch, range(clients))) for j in part]
+        try:
+            async with asyncio.timeout(ROUND_TIMEOUT_S):
+                parts = await asyncio.gather(*map(watch, range(clients)))
+        except TimeoutError:
+            raise RuntimeError(
+                f"{group}: jobs not finished {ROUND_TIMEOUT_S} s after their submit (a hung job?)"
+            ) from None
+        jobs = [j for part in parts for j in part]
         cpu1, busy1 = cpu_by_kind(), machine_busy()
     finally:
         for client in opened:

@@ -439,6 +439,8 @@ class JobLeases:
                 ok = await self.renew_slot(service, slot)
             except psycopg.OperationalError:
                 continue  # the database is away: try again at the next third
+            finally:
+                _stop_if_cancelled()
             if not ok:
                 log.warning("stage.slot_lost", service=service, slot=slot, owner=self.owner)
                 return
@@ -463,12 +465,25 @@ class JobLeases:
             except psycopg.OperationalError:
                 log.warning("job.lease_renew_failed", job_id=job_id)
                 continue  # the lease may still hold; the next write's fence decides
+            finally:
+                _stop_if_cancelled()
             if cancel and on_cancel is not None:
                 on_cancel()
             if cancel is None:
                 log.warning("job.lease_lost", job_id=job_id, fence=fence, owner=self.owner)
                 on_lost()
                 return
+
+
+def _stop_if_cancelled() -> None:
+    """Raise CancelledError in a task that was cancelled but never received
+    it. Python 3.11's asyncio.wait_for, with which psycopg_pool waits for a
+    free connection, returns the connection and drops the cancel when both
+    arrive together (fixed in 3.12): a renewer cancelled at that moment would
+    renew forever, and the `await` on it at the end of a stage call with it."""
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
 
 
 async def listen(
