@@ -679,6 +679,17 @@ def reading(rounds: Sequence[Round], trials: Sequence[Trial], lease: float) -> l
         "only while one replica's single event loop is the limit, and `--max-running-jobs` "
         "is cluster-wide. Replicas are for availability here, and for throughput only where "
         "each has cores of its own.",
+        f"- CPU per job grows with the replicas: {sum(cpu[GROUPS[2]].values()):.1f} ms at three "
+        f"against {sum(cpu[GROUPS[1]].values()):.1f} ms at one (orchestrators "
+        f"{cpu[GROUPS[1]].get('orchestrators', 0.0):.1f} → "
+        f"{cpu[GROUPS[2]].get('orchestrators', 0.0):.1f} ms, PostgreSQL "
+        f"{cpu[GROUPS[1]].get('PostgreSQL', 0.0):.1f} → "
+        f"{cpu[GROUPS[2]].get('PostgreSQL', 0.0):.1f} ms): every job-row write and every watch "
+        "event is a NOTIFY that every replica hears, and each job-row notification wakes "
+        "every replica's claim loop for a claim attempt (a transaction under the cluster-wide "
+        "advisory lock).",
+        "- The spread between rounds is wide: other engineers' work shared the 2 cores "
+        "(the load average above), so read the medians and their ratios, not one round.",
     ]
     delays = [d for t in trials for d in t.delays.values()]
     if delays:

@@ -67,8 +67,8 @@ async def test_a_renewer_whose_cancel_was_swallowed_still_stops(renewer: str) ->
             await asyncio.sleep(0.05)
         return True
 
-    leases.renew_slot = renew_swallowing_the_cancel  # type: ignore[method-assign]
-    leases._renew = renew_swallowing_the_cancel  # type: ignore[method-assign]
+    leases.renew_slot = renew_swallowing_the_cancel  # type: ignore[method-assign,assignment]
+    leases._renew = renew_swallowing_the_cancel  # type: ignore[method-assign,assignment]
     task = asyncio.create_task(
         leases._keep_slot("upscale", 0) if renewer == "slot" else leases.keep("j", 1, lambda: None)
     )
