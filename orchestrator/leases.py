@@ -249,6 +249,22 @@ class JobLeases:
             ).fetchone()
             return None if row is None else bool(row[0])
 
+    async def _finished(self, job_id: str, fence: int) -> bool:
+        """Whether the lease under `fence` ended by its owner's final write (a
+        renewal racing that write finds the lease gone, but the job is done,
+        not lost). Unknown (the database away) counts as not finished."""
+        try:
+            async with self._pool.connection() as conn:
+                row = await (
+                    await conn.execute(
+                        "SELECT done FROM job_leases WHERE job_id = %s AND fence = %s",
+                        (job_id, fence),
+                    )
+                ).fetchone()
+        except psycopg.OperationalError:
+            return False
+        return row is not None and bool(row[0])
+
     async def write(self, job: Job, fence: int, *, final: bool = False) -> None:
         """Store `job` as its latest row if `fence` is still the job's; `final`
         also ends the lease (one transaction). Raises LeaseLost otherwise.
@@ -470,6 +486,8 @@ class JobLeases:
             if cancel and on_cancel is not None:
                 on_cancel()
             if cancel is None:
+                if await self._finished(job_id, fence):
+                    return  # our own final write ended the lease: nothing was lost
                 log.warning("job.lease_lost", job_id=job_id, fence=fence, owner=self.owner)
                 on_lost()
                 return
