@@ -91,6 +91,7 @@ class _DiffusionModel(LocalModel):
             param_defaults=self._size_defaults(multiple),
             vocabulary=tuple(self._domain.vocabulary) if self._domain else (),
             domain_description=self._domain.description if self._domain else "",
+            latent_space=self.latent_space.key,
         )
 
     def _size_defaults(self, multiple: int) -> dict[str, float]:

@@ -191,6 +191,11 @@ class LatentSpace:
     vae_scale_factor: int
     scaling_factor: float
 
+    @property
+    def key(self) -> str:
+        """One string for Describe (`latent_space`): equal keys, compatible latents."""
+        return f"{self.family}/{self.channels}ch/{self.vae_scale_factor}x/{self.scaling_factor:g}"
+
     def describe(self) -> str:
         return (
             f"{self.family} latents ({self.channels} channels, 1/{self.vae_scale_factor} "
@@ -288,6 +293,8 @@ class ModelDescription:
     # The prompt domain it declares (stageflow.inference.prompt_domain); empty: none.
     vocabulary: tuple[str, ...] = ()
     domain_description: str = ""
+    # A diffusion model's LatentSpace.key (latent hand-off); "" for others.
+    latent_space: str = ""
 
 
 # progress(step_done_1_based, total_steps)

@@ -43,6 +43,7 @@ class StageServicer(stage_pb2_grpc.StageServiceServicer):
                 params=params,
                 image=_input(request, "image"),
                 mask=_input(request, "mask"),
+                latents=_input(request, "latents"),
                 time_remaining=context.time_remaining(),
                 job_id=request.job_id,
                 output_prefix=request.output_prefix,
