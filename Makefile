@@ -107,7 +107,7 @@ bench-serving: deps fixtures ## overhead, per-stage load, batching, cache, upsca
 bench-gateway: deps fixtures ## a 512 px job via the gateway (HTTP + SSE) vs gRPC; GET load (~7 min)
 	$(PY) bench/gateway.py --out docs/benchmarks.md
 
-bench-handoff: deps fixtures ## base -> refine jobs, latent vs PNG hand-off, 64 and 256 px (~6 min)
+bench-handoff: deps fixtures ## base -> refine jobs, latent vs PNG hand-off, 64 and 256 px (~4 min)
 	$(PY) bench/handoff.py --out docs/benchmarks.md
 
 .PHONY: quality-report
