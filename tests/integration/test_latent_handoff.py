@@ -47,10 +47,9 @@ def reference(fixture_models: Path) -> tuple[np.ndarray, np.ndarray]:
     return latents.numpy(), image
 
 
-async def test_latent_handoff_job_equals_diffusers(
-    s3_cluster: LocalCluster, s3_server: S3ServerInfo, reference: tuple[np.ndarray, np.ndarray]
-) -> None:
-    async with StageflowClient(s3_cluster.orchestrator_address) as client:
+async def handoff_job(cluster: LocalCluster, **kwargs: object) -> pb.Job:
+    """A latent-handoff job through `cluster`, finished and SUCCEEDED."""
+    async with StageflowClient(cluster.orchestrator_address) as client:
         submitted = await client.submit(
             base=BASE,
             seed=SEED,
@@ -59,11 +58,19 @@ async def test_latent_handoff_job_equals_diffusers(
             pipeline="latent-handoff",
             base_options={"steps": STEPS},
             refine_options={"steps": STEPS},
+            **kwargs,  # type: ignore[arg-type]
         )
         async with asyncio.timeout(300):
             events = [event async for event in client.watch(submitted.job_id)]
     job = events[-1].finished
     assert job.state == pb.JOB_STATE_SUCCEEDED, job.error
+    return job
+
+
+async def test_latent_handoff_job_equals_diffusers(
+    s3_cluster: LocalCluster, s3_server: S3ServerInfo, reference: tuple[np.ndarray, np.ndarray]
+) -> None:
+    job = await handoff_job(s3_cluster)
     base, refine, upscale = job.stages
     store = s3_server.store(S3_BUCKET)
 
@@ -113,21 +120,7 @@ async def test_sdxl_base_and_refiner_hand_off_latents_as_diffusers(
     import torch
     from diffusers import StableDiffusionXLImg2ImgPipeline, StableDiffusionXLPipeline
 
-    async with StageflowClient(sdxl_cluster.orchestrator_address) as client:
-        submitted = await client.submit(
-            base=BASE,
-            seed=SEED,
-            width=SIZE,
-            height=SIZE,
-            pipeline="latent-handoff",
-            stages=["base", "refine"],
-            base_options={"steps": STEPS},
-            refine_options={"steps": STEPS},
-        )
-        async with asyncio.timeout(300):
-            events = [event async for event in client.watch(submitted.job_id)]
-    job = events[-1].finished
-    assert job.state == pb.JOB_STATE_SUCCEEDED, job.error
+    job = await handoff_job(sdxl_cluster, stages=["base", "refine"])
     base, refine = job.stages
     assert base.output.media_type == "application/x-safetensors"
     assert refine.request.latents.key == base.output.key

@@ -212,3 +212,10 @@ def test_denoising_start_needs_latents(sdxl_refiner: RefineModel) -> None:
     params = RefineParams(prompt=PROMPT, steps=4, denoising_start=0.5)
     with pytest.raises(InvalidArgument, match="denoising_start: needs a latents input"):
         call(sdxl_refiner, params, StageInputs(image=Image.new("RGB", (32, 32))))
+
+
+def test_the_onnx_export_refuses_an_sdxl_folder(sdxl_folder: Path, tmp_path: Path) -> None:
+    from stageflow.inference.onnx.export import export_onnx
+
+    with pytest.raises(ValueError, match="StableDiffusionXLPipeline folder; the ONNX export"):
+        export_onnx(sdxl_folder, tmp_path / "out")
