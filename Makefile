@@ -94,8 +94,8 @@ k8s-validate: deps ## render every deploy/k8s overlay (kubectl kustomize) and va
 demo: setup ## the reference prompt through base -> upscale -> refine to a PNG under out/
 	$(BIN)/stageflow demo --out out
 
-.PHONY: bench bench-backends bench-serving bench-gateway bench-orchestrators
-bench: bench-backends bench-serving bench-gateway bench-orchestrators ## the benchmark scripts -> docs/benchmarks.md (~40 min)
+.PHONY: bench bench-backends bench-serving bench-gateway bench-orchestrators bench-handoff
+bench: bench-backends bench-serving bench-gateway bench-orchestrators bench-handoff ## the benchmark scripts -> docs/benchmarks.md (~45 min)
 
 # Each script rewrites only its own marked section of docs/benchmarks.md.
 bench-backends: deps ## torch vs onnxruntime per part, per stage, cold start (~10 min)
@@ -110,6 +110,9 @@ bench-gateway: deps fixtures ## a 512 px job via the gateway (HTTP + SSE) vs gRP
 # Needs Debian's PostgreSQL server binaries (/usr/lib/postgresql/*/bin); the trained fixtures.
 bench-orchestrators: deps ## jobs/s on SQLite vs PostgreSQL, 1 vs 3 replicas; take-over after SIGKILL (~7 min)
 	$(PY) bench/orchestrators.py --out docs/benchmarks.md
+
+bench-handoff: deps fixtures ## base -> refine jobs, latent vs PNG hand-off, 64 and 256 px (~4 min)
+	$(PY) bench/handoff.py --out docs/benchmarks.md
 
 .PHONY: quality-report
 quality-report: setup ## typography pass over 100 varied texts, trained fixtures -> docs/quality.md (~2 min)

@@ -370,7 +370,9 @@ def _detect_diffusers(src: Path) -> Detected | None:
     vae = _read_json(src / "vae" / "config.json")
     xl = "text_encoder_2" in index or "XL" in pipeline
     kinds: list[str] = [StageKind.TXT2IMG, StageKind.REFINE]
-    if "Inpaint" in pipeline or ("Img2Img" in pipeline and "text_encoder" not in index):
+    # The SDXL refiner lists its absent first encoder as "text_encoder": [null, null].
+    first_encoder = (index.get("text_encoder") or [None])[0]
+    if "Inpaint" in pipeline or ("Img2Img" in pipeline and first_encoder is None):
         kinds = [StageKind.REFINE]  # inpainting UNets and the SDXL refiner start from an image
     architecture = "sdxl" if xl else "sd"
     if int(unet.get("in_channels", 4)) != int(vae.get("latent_channels", 4)):

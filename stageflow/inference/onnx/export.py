@@ -99,12 +99,21 @@ def export_onnx(src: Path, dst: Path, *, fp16: bool = False, opset: int = 17) ->
 
 
 ExportResult = tuple[str, dict[str, Any], tuple[str, ...]]
+# The diffusers pipelines whose parts `_export_sd` exports (one text encoder).
+SD_PIPELINES = ("StableDiffusionPipeline", "StableDiffusionImg2ImgPipeline")
 
 
 def _exporter_for(src: Path) -> Any:
     if layout.is_onnx_folder(src):
         raise ValueError(f"{src} is already an ONNX export")
     if (src / "model_index.json").is_file():
+        from stageflow.inference.sd_parts import pipeline_class
+
+        if pipeline_class(src) not in SD_PIPELINES:
+            raise ValueError(
+                f"{src}: a {pipeline_class(src)} folder; the ONNX export covers Stable "
+                "Diffusion 1.x/2.x folders only (SDXL runs on the torch backend)"
+            )
         return _export_sd
     if (src / "config.json").is_file():
         return _export_esrgan
