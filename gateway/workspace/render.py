@@ -26,6 +26,7 @@ from fastapi.templating import Jinja2Templates
 from stageflow.client import NotFound, StageflowClientError, Unauthenticated
 from stageflow.gateway.errors import GatewayError, from_exception
 from stageflow.gateway.workspace.cookie import current_key
+from stageflow.v1 import orchestrator_pb2 as pb
 
 HERE = Path(__file__).parent
 STATIC_DIR = HERE / "static"
@@ -34,7 +35,45 @@ HTMX_FILE = STATIC_DIR / "vendor" / "htmx.min.js"
 API_ERRORS = (StageflowClientError, GatewayError, RequestValidationError)
 _SAFE_METHODS = {"GET", "HEAD", "OPTIONS"}
 
+_DONE = {pb.JOB_STATE_SUCCEEDED, pb.JOB_STATE_FAILED, pb.JOB_STATE_CANCELLED}
+
+
+def state_name(state: int) -> str:
+    """A job's state in short: JOB_STATE_RUNNING -> "running"."""
+    return str(pb.JobState.Name(state)).removeprefix("JOB_STATE_").lower()
+
+
+def stage_state_name(state: int) -> str:
+    """A stage run's state in short: STAGE_STATE_PENDING -> "pending"."""
+    return str(pb.StageState.Name(state)).removeprefix("STAGE_STATE_").lower()
+
+
+def thumb_url(job: pb.Job, stage: str = "final") -> str:
+    return f"/thumbs/{job.job_id}/{job.version or 1}/{stage}.webp"
+
+
+def cover(job: pb.Job) -> str | None:
+    """The thumbnail a gallery card shows: the final image, else the latest
+    stage output there is."""
+    if job.final.key:
+        return thumb_url(job)
+    done = [run.stage for run in job.stages if run.output.key]
+    return thumb_url(job, done[-1]) if done else None
+
+
+def finished(job: pb.Job) -> bool:
+    return job.state in _DONE
+
+
 templates = Jinja2Templates(directory=HERE / "templates")
+# What every template may call.
+templates.env.globals.update(
+    state_name=state_name,
+    stage_state_name=stage_state_name,
+    thumb_url=thumb_url,
+    cover=cover,
+    finished=finished,
+)
 
 
 def render(
