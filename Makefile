@@ -133,7 +133,7 @@ DOCKER ?= docker
 # empty: no TensorRT in stage-cuda; e.g. 10.16.1.11 adds pip's tensorrt wheel (untested)
 TENSORRT_VERSION ?=
 
-images: ## build stageflow/stage, stageflow/stage-cuda, stageflow/orchestrator and stageflow/gateway (needs a Docker engine)
+images: workspace ## build stageflow/stage, stageflow/stage-cuda, stageflow/orchestrator and stageflow/gateway (needs a Docker engine)
 	@$(DOCKER) info >/dev/null 2>&1 || { \
 		echo "make images needs a Docker engine: '$(DOCKER) info' failed (no daemon running, or no access to it)." >&2; \
 		exit 1; }
