@@ -23,6 +23,7 @@ from pathlib import Path
 import pytest
 from playwright.sync_api import Browser, Page, Playwright, ViewportSize, expect, sync_playwright
 
+from stageflow.cli.cluster import LocalCluster
 from tests.gateway_stack import Gateway, gateway_stack
 
 REPO = Path(__file__).resolve().parents[2]
@@ -59,6 +60,22 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
         pytest.skip("no chromium (apt-get install chromium, or set STAGEFLOW_CHROMIUM)")
     with gateway_stack(tmp_path_factory.mktemp("browser-cluster"), models_dir=None) as gw:
         yield gw
+
+
+@pytest.fixture(scope="session")
+def open_stack(tmp_path_factory: pytest.TempPathFactory, stack: Gateway) -> Iterator[str]:
+    """The embedded default: an orchestrator without authentication (and its
+    gateway) over the stack's own stage processes and store; its URL. A few
+    seconds, not a second set of stages."""
+    stages = ";".join(f"{s}={stack.cluster.addresses[s]}" for s in stack.cluster.stages)
+    with LocalCluster(
+        state_dir=tmp_path_factory.mktemp("open-cluster"),
+        stages=(),
+        store_url=stack.cluster.store_url,
+        orchestrator_args=["--stages", stages],  # the last --stages wins
+        gateway_port=0,
+    ) as cluster:
+        yield cluster.gateway_url
 
 
 @pytest.fixture(scope="session")

@@ -9,7 +9,7 @@ import re
 
 import httpx
 from PIL import Image
-from playwright.sync_api import Page, expect
+from playwright.sync_api import FilePayload, Page, expect
 
 from tests.browser.conftest import Shoot, sign_in
 from tests.gateway_stack import Gateway
@@ -62,6 +62,23 @@ def test_sign_in_with_a_key_lands_on_the_workspace(
     expect(page).to_have_url(re.compile(r"/signin$"))
     page.goto("/gallery")
     expect(page).to_have_url(re.compile(r"/signin\?next=%2Fgallery$"))
+
+
+def test_without_authentication_the_workspace_opens_straight_in(
+    page: Page, open_stack: str, shoot: Shoot
+) -> None:
+    page.goto(f"{open_stack}/")
+    expect(page).to_have_url(f"{open_stack}/")
+    expect(page.get_by_role("heading", name="New image")).to_be_visible()
+    expect(page.get_by_role("button", name="Sign out")).to_have_count(0)
+    page.get_by_role("link", name="Gallery", exact=True).click()
+    expect(page.get_by_role("heading", name="Gallery")).to_be_visible()
+    # Keyboard only: the skip link first, then the navigation.
+    page.goto(f"{open_stack}/")
+    page.keyboard.press("Tab")
+    expect(page.get_by_role("link", name="Skip to content")).to_be_focused()
+    page.keyboard.press("Tab")
+    expect(page.get_by_role("link", name="stageflow")).to_be_focused()
 
 
 def test_a_wrong_key_is_refused_with_a_message(page: Page, stack: Gateway, shoot: Shoot) -> None:
@@ -168,7 +185,7 @@ def test_an_uploaded_png_is_upscaled(page: Page, stack: Gateway) -> None:
     sign_in(page, stack.keys["acme"])
     page.get_by_text("Start from your own image").click()
     page.get_by_label("Image (PNG, JPEG or WebP)").set_input_files(
-        files=[{"name": "mine.png", "mimeType": "image/png", "buffer": data.getvalue()}]
+        files=FilePayload(name="mine.png", mimeType="image/png", buffer=data.getvalue())
     )
     page.get_by_label("upscale", exact=True).check()
     page.get_by_role("button", name="Generate").click()
@@ -185,7 +202,7 @@ def test_an_uploaded_png_is_upscaled(page: Page, stack: Gateway) -> None:
     page.goto("/")
     page.get_by_text("Start from your own image").click()
     page.get_by_label("Image (PNG, JPEG or WebP)").set_input_files(
-        files=[{"name": "notes.png", "mimeType": "image/png", "buffer": b"not a png"}]
+        files=FilePayload(name="notes.png", mimeType="image/png", buffer=b"not a png")
     )
     page.get_by_role("button", name="Generate").click()
     expect(page.locator("#f-input_image-error")).to_be_visible()
