@@ -20,7 +20,7 @@ from starlette.datastructures import UploadFile
 
 from stageflow.client import StageflowClientError, Unauthenticated
 from stageflow.client.recipe import select_version
-from stageflow.gateway.errors import GatewayError
+from stageflow.gateway.errors import GatewayError, from_exception
 from stageflow.gateway.events import job_events, parse_event_id
 from stageflow.gateway.jobs import INT32_MAX, STATES
 from stageflow.gateway.uploads import gateway_settings, read_upload
@@ -95,16 +95,13 @@ async def submit(client: Session, request: Request) -> Response:
 async def _form_error(
     client: Session, request: Request, values: dict[str, str], err: Exception
 ) -> Response:
-    """The form again, with its values, the error beside the input it names."""
-    field = getattr(err, "field", None) or None
-    message = getattr(err, "message", str(err))
-    # The client's errors name the field path in the message too: "width: must be ...".
+    """The form again, with its values, the error beside the input it names
+    (atop the form when it names none of them), with the error's HTTP status."""
+    status, _, message, field = from_exception(err)
+    # The API's messages start with the field path too: "width: must be ...".
     if field and message.startswith(f"{field}: "):
         message = message.removeprefix(f"{field}: ")
     key = field if field in FORM_INPUTS else "_form"
-    status = (
-        429 if isinstance(err, StageflowClientError) and err.status == "RESOURCE_EXHAUSTED" else 400
-    )
     return await _new_form(client, request, values, {key: message}, status)
 
 
