@@ -6,10 +6,10 @@ PY := $(VENV)/bin/python
 BIN := $(VENV)/bin
 MODELS := models
 
-.PHONY: setup venv deps proto proto-check fixtures fixtures-train fmt lint typecheck \
+.PHONY: setup venv deps proto proto-check fixtures fixtures-train workspace fmt lint typecheck \
 	test test-unit test-integration test-deploy demo up clean k8s-validate images
 
-setup: deps fixtures ## venv, dependencies, fixture models (the generated code is committed)
+setup: deps fixtures workspace ## venv, dependencies, fixture models, the workspace's htmx (the generated code is committed)
 
 venv: $(PY)
 $(PY):
@@ -57,6 +57,16 @@ fixtures: $(MODELS)/manifest.json ## tiny seeded models for tests and the demo (
 $(MODELS)/manifest.json: $(FIXTURE_INPUTS) | $(VENV)/.deps-installed
 	$(BIN)/stageflow models build-fixtures --out $(MODELS)
 
+# The workspace's one front-end library, htmx, pinned in its package-lock.json:
+# `npm ci` there, then the file the gateway serves is copied out (git-ignored).
+WORKSPACE := gateway/workspace
+HTMX := $(WORKSPACE)/static/vendor/htmx.min.js
+workspace: $(HTMX) ## npm ci in gateway/workspace; htmx.min.js into its static/vendor/
+$(HTMX): $(WORKSPACE)/package.json $(WORKSPACE)/package-lock.json
+	cd $(WORKSPACE) && npm ci --no-audit --no-fund --ignore-scripts
+	mkdir -p $(@D)
+	cp $(WORKSPACE)/node_modules/htmx.org/dist/htmx.min.js $@
+
 fixtures-train: deps ## retrain the committed shapes models from scratch (~25 min, one thread)
 	$(PY) -m stageflow.inference.training --out fixtures/trained
 	# the golden image the quality gates compare against comes from the new weights
@@ -80,8 +90,8 @@ typecheck: deps proto
 test-unit: deps proto ## no processes, no torch import at collection (tests/unit/conftest.py checks both)
 	$(BIN)/pytest tests/unit
 
-test-integration: setup proto ## real processes, real gRPC, a real S3 server; the model stack
-	$(BIN)/pytest tests/integration tests/e2e tests/gpu
+test-integration: setup proto ## real processes, real gRPC, a real S3 server; the model stack; the browser tests
+	$(BIN)/pytest tests/integration tests/e2e tests/gpu tests/browser
 
 test-deploy: deps ## Dockerfiles and Kubernetes manifests, rendered and checked offline
 	$(BIN)/pytest tests/deploy
@@ -130,7 +140,7 @@ DOCKER ?= docker
 # empty: no TensorRT in stage-cuda; e.g. 10.16.1.11 adds pip's tensorrt wheel (untested)
 TENSORRT_VERSION ?=
 
-images: ## build stageflow/stage, stageflow/stage-cuda, stageflow/orchestrator and stageflow/gateway (needs a Docker engine)
+images: workspace ## build stageflow/stage, stageflow/stage-cuda, stageflow/orchestrator and stageflow/gateway (needs a Docker engine)
 	@$(DOCKER) info >/dev/null 2>&1 || { \
 		echo "make images needs a Docker engine: '$(DOCKER) info' failed (no daemon running, or no access to it)." >&2; \
 		exit 1; }
@@ -141,4 +151,4 @@ images: ## build stageflow/stage, stageflow/stage-cuda, stageflow/orchestrator a
 	$(DOCKER) build -f docker/gateway.Dockerfile -t $(IMAGE_PREFIX)/gateway:$(IMAGE_TAG) .
 
 clean:
-	rm -rf out var .mypy_cache .ruff_cache .pytest_cache
+	rm -rf out var .mypy_cache .ruff_cache .pytest_cache $(WORKSPACE)/node_modules $(dir $(HTMX))

@@ -29,6 +29,9 @@ from stageflow.v1 import orchestrator_pb2, stage_pb2
 
 Job = orchestrator_pb2.Job
 
+# A listed job's place in the newest-first order: (created_at in unix
+# microseconds, insert order), the second breaking ties of the first.
+Cursor = tuple[int, int]
 # States a job is left in only while some orchestrator owns it: on start-up
 # these are resumed (`JobStore.unfinished`).
 UNFINISHED = (orchestrator_pb2.JOB_STATE_QUEUED, orchestrator_pb2.JOB_STATE_RUNNING)
@@ -128,6 +131,19 @@ class JobStore(Protocol):
         """At most `page_size` jobs, newest `created_at` first (ties: the later
         insert first); only those in `state` when it is given, only those of
         `tenant` (`Job.tenant`) when it is given."""
+        ...
+
+    async def list_page(
+        self,
+        page_size: int = 50,
+        state: orchestrator_pb2.JobState | None = None,
+        tenant: str | None = None,
+        after: Cursor | None = None,
+    ) -> list[tuple[Cursor, Job]]:
+        """As `list_jobs`, each job with its `Cursor`, starting after `after`
+        (None: the newest): the order is total (created_at, then insert
+        order), so paging by the last cursor neither repeats nor skips a job,
+        whatever is inserted meanwhile."""
         ...
 
     async def unfinished(self) -> list[Job]:

@@ -255,6 +255,7 @@ def up(
             _print_addresses(cluster, ui.out)
             if cluster.gateway_port is not None:
                 ui.out.print(Text(f"gateway: {cluster.gateway_url} (API docs: /docs)"))
+                ui.out.print(Text(f"workspace: {cluster.gateway_url.rstrip('/')}/"))
             ui.out.print(Text(f"export STAGEFLOW_ADDRESS={cluster.orchestrator_address}"))
             ui.out.print(
                 Text(
