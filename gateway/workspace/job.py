@@ -38,7 +38,7 @@ from stageflow.gateway.jobs import _image as export_image  # the JSON API's own 
 from stageflow.gateway.workspace import rerun_form
 from stageflow.gateway.workspace.render import render, workspace_router
 from stageflow.gateway.workspace.session import Session
-from stageflow.gateway.workspace.versions import columns, parameter_rows
+from stageflow.gateway.workspace.versions import TERMINAL, columns, parameter_rows
 from stageflow.v1 import orchestrator_pb2 as pb
 
 router = workspace_router()
@@ -74,13 +74,9 @@ def page(
     )
     after = select_version(versions, compare[1] or 0)
     stages = [run.stage for run in latest.stages]
-    from_stage = (
-        submitted.request.from_stage
-        if submitted
-        else viewed.rerun_from or stages[0]
-        if stages
-        else ""
-    )
+    # The form starts where the viewed version was rerun from (else the first stage).
+    default_stage = viewed.rerun_from or (stages[0] if stages else "")
+    from_stage = submitted.request.from_stage if submitted else default_stage
     context = {
         "job": latest,
         "versions": versions,
@@ -95,8 +91,7 @@ def page(
         "stages": stages,
         "from_stage": from_stage,
         "shared": shared or {},
-        "running": latest.state
-        not in (pb.JOB_STATE_SUCCEEDED, pb.JOB_STATE_FAILED, pb.JOB_STATE_CANCELLED),
+        "running": latest.state not in TERMINAL,
     }
     return render(request, "job.html", context, status)
 

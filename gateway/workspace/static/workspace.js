@@ -37,9 +37,11 @@ function zoom(link) {
   return true;
 }
 
-// A long poll (job.py's /wait answers 204 to ask again, 200 once finished).
+// A long poll (job.py's /wait answers 204 to ask again, 200 once finished);
+// a 204 that came back at once (a stream cut short) waits a moment first.
 async function reloadWhenDone(element) {
   for (;;) {
+    const asked = Date.now();
     let reply;
     try {
       reply = await fetch(element.dataset.wait, { cache: "no-store" });
@@ -48,6 +50,7 @@ async function reloadWhenDone(element) {
     }
     if (reply.status === 200) return window.location.reload();
     if (reply.status !== 204) return;
+    if (Date.now() - asked < 1000) await new Promise((done) => setTimeout(done, 2000));
   }
 }
 
