@@ -151,6 +151,16 @@ def test_the_before_after_slider_and_zoom_work_from_the_keyboard(
     page.keyboard.press("Escape")
     expect(dialog).to_be_hidden()
 
+    # At 390 px the page itself does not scroll sideways: the versions table
+    # scrolls in its own region (focusable, so arrow keys scroll it).
+    page.set_viewport_size(NARROW)
+    assert page.evaluate("document.documentElement.scrollWidth") <= NARROW["width"]
+    region = page.get_by_role("region", name="Versions table, scrolls sideways")
+    assert region.evaluate("r => r.scrollWidth > r.clientWidth")
+    region.focus()
+    page.keyboard.press("ArrowRight")
+    expect(region).not_to_have_js_property("scrollLeft", 0)
+
 
 def test_an_api_error_is_shown_beside_the_field_it_names_and_nothing_is_stored(
     page: Page, stack: Gateway, job_id: str
