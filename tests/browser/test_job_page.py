@@ -199,7 +199,7 @@ def test_a_share_link_opens_in_a_fresh_context_without_a_key(
     sign_in(page, stack.keys["acme"])
     page.goto(f"/jobs/{job_id}")
     page.get_by_role("button", name="Create a share link of v1").click()
-    field = page.get_by_label("Share link of v1")
+    field = page.get_by_label("Share link of v1", exact=True)
     expect(field).to_have_value(re.compile(rf"/share/{job_id}/1/\d+/"))
     expect(field).to_have_attribute("readonly", "")
     url = field.input_value()
