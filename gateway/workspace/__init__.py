@@ -12,7 +12,9 @@ cookie instead of a Bearer header. The layout, so each part has one home:
                 NOT_FOUND -> the not-found page) and whose POSTs are same-site.
 - `pages.py`    / (New image), /gallery, /jobs/{id}/progress + /events (live
                 progress, cancel), /thumbs/... (gallery thumbnails).
-- `job.py`      /jobs/{id}: the job page (versions, stages, rerun, share).
+- `job.py`      /jobs/{id}: the job page (versions, stages, rerun, share);
+                `versions.py` and `rerun_form.py` its pure parts.
+- `shared.py`   /share/{token}: the read-only page a share link opens.
 - `templates/`  base.html (the layout: header, nav, sign-out, `{% block
                 content %}`) and one template per page; `_name.html` are
                 fragments (htmx swaps them, pages include them).
@@ -33,11 +35,11 @@ from fastapi.staticfiles import StaticFiles
 
 from stageflow.core.logging import get_logger
 from stageflow.gateway.settings import GatewaySettings
-from stageflow.gateway.workspace import job, pages, session
+from stageflow.gateway.workspace import job, pages, session, shared
 from stageflow.gateway.workspace.cookie import make_codec
 from stageflow.gateway.workspace.render import HTMX_FILE, STATIC_DIR
 
-ROUTERS = (session.router, pages.router, job.router)
+ROUTERS = (session.router, pages.router, job.router, shared.router)
 
 __all__ = ["include"]
 
