@@ -18,7 +18,6 @@ import contextlib
 import json
 import os
 import signal
-import sys
 from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from datetime import datetime
 from pathlib import Path
@@ -31,7 +30,7 @@ from stageflow.client import StageflowClient, Unavailable
 from stageflow.serving.channels import client_channel
 from stageflow.serving.processes import ServerProcess
 from stageflow.v1 import orchestrator_pb2 as pb
-from tests.integration.conftest import log_events
+from tests.integration.conftest import log_events, orchestrator_argv
 from tests.pgserver import PostgresServer
 
 # The PostgreSQL job store (and its fixtures) come with the pgstore branch.
@@ -53,18 +52,16 @@ class Replicas:
         self.procs: list[ServerProcess] = []
 
     def start(self, n: int, extra: Sequence[str] = ()) -> list[ServerProcess]:
-        stages = ";".join(f"{s}={self.cluster.addresses[s]}" for s in self.cluster.stages)
         for _ in range(n):
             name = f"orch{len(self.procs)}"
             port_file = self.folder / f"{name}.port"
-            argv = [
-                sys.executable, "-m", "stageflow.orchestrator",
-                "--host", "127.0.0.1", "--port", "0", "--port-file", str(port_file),
-                "--store-url", self.cluster.store_url, "--log-json", "true",
-                "--stages", stages, "--job-store-url", self.url,
-                "--lease-seconds", str(LEASE_SECONDS), "--stage-cache", "false",
-                "--replica-name", name, *extra,
-            ]  # fmt: skip
+            argv = orchestrator_argv(
+                self.cluster,
+                port_file,
+                self.url,
+                ["--lease-seconds", str(LEASE_SECONDS), "--stage-cache", "false",
+                 "--replica-name", name, *extra],
+            )  # fmt: skip
             proc = ServerProcess(name, argv, log=self.folder / f"{name}.log", port_file=port_file)
             self.procs.append(proc.start())
         for proc in self.procs[-n:]:
