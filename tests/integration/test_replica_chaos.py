@@ -4,7 +4,8 @@ every job still ends SUCCEEDED exactly once with the bytes of an undisturbed
 run; a stage never has more calls in flight than its limit across replicas.
 PostgreSQL restarted mid-batch: with three replicas nothing is lost or run
 twice; a lone replica is NOT_SERVING while the database is away, SERVING
-again after, and then finishes every job, each stage call made once.
+again after, and then finishes every job once (one whose lease ran out
+meanwhile it claims again, its stale run stopped without a write).
 
 Cheap jobs (the base stage only, 32x32, few steps): coordination is the
 point. Replicas run with `--stage-cache false`, so every job really calls the
@@ -293,4 +294,10 @@ async def test_postgresql_away_a_lone_replica_is_not_serving_then_finishes_every
     assert [j.state for j in finished] == [pb.JOB_STATE_SUCCEEDED] * OUTAGE_JOBS
     assert [j.final.sha256 for j in finished] == expected
     assert all(len(names) == 1 for names in replicas.count("job.succeeded").values())
-    assert _base_calls(local_cluster, ids) == dict.fromkeys(ids, 1)  # none lost, none run twice
+    # A job whose lease ran out while the database was away was claimed again
+    # by the replica itself (its stale run stopped first): its base call may
+    # have been made twice, once to the end unseen. Every other job's once.
+    claimed_again = {i for i, names in replicas.count("job.claimed").items() if len(names) > 1}
+    calls = _base_calls(local_cluster, ids)
+    assert all(calls[i] == 1 for i in ids if i not in claimed_again), calls
+    assert all(1 <= calls[i] <= 2 for i in claimed_again), calls
