@@ -252,11 +252,17 @@ class PostgresJobStore:
         self, previous: orchestrator_pb2.Job, latest: orchestrator_pb2.Job
     ) -> None:
         async def run(conn: Connection) -> None:
-            async with conn.transaction():  # no version is lost or doubled
-                await conn.execute(
-                    SQL.insert_version,
-                    (previous.job_id, previous.version, previous.SerializeToString()),
-                )
+            # No version is lost or doubled: two replicas rerunning the same
+            # version both insert its (job_id, version) row; the second waits
+            # on the first's transaction and then hits the primary key.
+            async with conn.transaction():
+                try:
+                    await conn.execute(
+                        SQL.insert_version,
+                        (previous.job_id, previous.version, previous.SerializeToString()),
+                    )
+                except psycopg.errors.UniqueViolation:
+                    raise store_sql.version_taken(previous) from None
                 cur = await conn.execute(SQL.update_job, store_sql.update_row(latest))
                 if cur.rowcount == 0:
                     raise KeyError(f"no job {latest.job_id!r} to update")

@@ -639,7 +639,11 @@ class JobRunner:
             self._run_job(job, parent, fence), name=f"job {job_id}", context=contextvars.Context()
         )
         self._tasks[job_id] = task
-        task.add_done_callback(lambda _: self._tasks.pop(job_id, None))
+        task.add_done_callback(lambda done: self._forget_task(job_id, done))
+
+    def _forget_task(self, job_id: str, task: asyncio.Task[None]) -> None:
+        if self._tasks.get(job_id) is task:  # not a later run of the same job
+            del self._tasks[job_id]
 
     async def _run_job(
         self, job: Job, parent: otel_context.Context | None = None, fence: int | None = None
@@ -678,10 +682,10 @@ class JobRunner:
             self._cancelling.discard(job_id)
             self._lost.discard(job_id)
             if isinstance(self._coordinator, LeasedCoordinator):
-                self._coordinator.disown(job_id)
+                self._coordinator.disown(job_id, fence)
             # Closing: the lease stays held until close() gives it back.
             if self._claims is not None and not self._closing:
-                self._claims.finished(job_id)
+                self._claims.finished(job_id, fence)
 
     @contextlib.asynccontextmanager
     async def _admitted(self, job: Job, fence: int | None) -> AsyncIterator[None]:
@@ -727,6 +731,7 @@ class JobRunner:
     async def _take(self, claim: Claim) -> None:
         """Run the job just claimed, from its first stage not yet succeeded."""
         assert isinstance(self._coordinator, LeasedCoordinator) and self._claims is not None
+        await self._stop_superseded(claim.job_id)
         job = await self._jobs.get(claim.job_id)
         if job is None:
             self._claims.finished(claim.job_id)
@@ -748,6 +753,18 @@ class JobRunner:
         _resumable(job)
         log.info("job.resume", job_id=job.job_id, fence=claim.fence)
         self._start_task(job, claim.fence)
+
+    async def _stop_superseded(self, job_id: str) -> None:
+        """This replica claimed a job it still runs: its own lease ran out (the
+        database was away past it) and the fence moved on. The older run is
+        stale: stop it without a write before the new claim runs the job."""
+        old = self._tasks.get(job_id)
+        if old is None:
+            return
+        log.warning("job.claimed_again", job_id=job_id)
+        self._lost.add(job_id)
+        old.cancel()
+        await asyncio.wait({old})
 
     def _lose(self, job_id: str) -> None:
         """A renewal found the job's fence stale: stop it without a write."""

@@ -216,10 +216,13 @@ class SqliteJobStore:
     def _add_version(self, previous: orchestrator_pb2.Job, latest: orchestrator_pb2.Job) -> None:
         with self._conn:  # one transaction: no version is lost or doubled
             self._conn.execute("BEGIN")
-            self._conn.execute(
-                SQL.insert_version,
-                (previous.job_id, previous.version, previous.SerializeToString()),
-            )
+            try:
+                self._conn.execute(
+                    SQL.insert_version,
+                    (previous.job_id, previous.version, previous.SerializeToString()),
+                )
+            except sqlite3.IntegrityError:
+                raise store_sql.version_taken(previous) from None
             self._update(latest)
 
     def _versions(self, job_id: str) -> list[orchestrator_pb2.Job]:

@@ -154,8 +154,10 @@ class JobStore(Protocol):
     async def add_version(self, previous: Job, latest: Job) -> None:
         """In one transaction: keep `previous` as version `previous.version` of
         its job and make `latest` the job's stored latest version. Neither
-        happens if either fails (a version is never lost or doubled); an
-        existing (job_id, version) pair or an unknown job raises."""
+        happens if either fails (a version is never lost or doubled). An
+        existing (job_id, version) pair raises FailedPrecondition (another
+        rerun of that version, maybe on another replica, came first); an
+        unknown job raises KeyError."""
         ...
 
     async def versions(self, job_id: str) -> list[Job]:

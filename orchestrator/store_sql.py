@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from functools import cached_property
 from typing import Any
 
+from stageflow.core.errors import FailedPrecondition
 from stageflow.orchestrator.auth import ApiKey
 from stageflow.orchestrator.quotas import WINDOW_SECONDS, Quota, TenantUsage, check_submit
 from stageflow.orchestrator.store import UNFINISHED, Cursor
@@ -33,6 +34,15 @@ def state_name(state: orchestrator_pb2.JobState) -> str:
 
 
 UNFINISHED_NAMES = tuple(state_name(s) for s in UNFINISHED)
+
+
+def version_taken(previous: Job) -> FailedPrecondition:
+    """What `add_version` raises when `previous`'s version is already kept:
+    another rerun of the same version won the race (on another replica)."""
+    return FailedPrecondition(
+        f"job {previous.job_id} was rerun meanwhile (version {previous.version} is already "
+        "kept); get the job and rerun its latest version once it has finished"
+    )
 
 
 def decode_job(blob: bytes) -> Job:

@@ -48,18 +48,16 @@ class Replicas:
 
     def start(self, n: int, extra: Sequence[str] = ()) -> list[ServerProcess]:
         """Start `n` more replicas; return them once every one is SERVING."""
-        stages = ";".join(f"{s}={self.cluster.addresses[s]}" for s in self.cluster.stages)
         for _ in range(n):
             name = f"{self.prefix}{len(self.procs)}"
             port_file = self.folder / f"{name}.port"
-            argv = [
-                sys.executable, "-m", "stageflow.orchestrator",
-                "--host", "127.0.0.1", "--port", "0", "--port-file", str(port_file),
-                "--store-url", self.cluster.store_url, "--log-json", "true",
-                "--stages", stages, "--job-store-url", self.url,
-                "--lease-seconds", str(self.lease_seconds), "--stage-cache", "false",
-                "--replica-name", name, *self.args, *extra,
-            ]  # fmt: skip
+            argv = orchestrator_argv(
+                self.cluster,
+                port_file,
+                self.url,
+                ["--lease-seconds", str(self.lease_seconds), "--stage-cache", "false",
+                 "--replica-name", name, *self.args, *extra],
+            )  # fmt: skip
             proc = ServerProcess(name, argv, log=self.folder / f"{name}.log", port_file=port_file)
             self.procs.append(proc.start())
         for proc in self.procs[-n:]:
@@ -92,6 +90,19 @@ class Replicas:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(proc.pid, signal.SIGCONT)
         stop_all(self.procs, grace)
+
+
+def orchestrator_argv(
+    cluster: LocalCluster, port_file: Path, job_store_url: str, extra: Sequence[str] = ()
+) -> list[str]:
+    """An orchestrator on a free port over `cluster`'s stages and object store."""
+    stages = ";".join(f"{s}={cluster.addresses[s]}" for s in cluster.stages)
+    return [
+        sys.executable, "-m", "stageflow.orchestrator",
+        "--host", "127.0.0.1", "--port", "0", "--port-file", str(port_file),
+        "--store-url", cluster.store_url, "--log-json", "true",
+        "--stages", stages, "--job-store-url", job_store_url, *extra,
+    ]  # fmt: skip
 
 
 def address(proc: ServerProcess) -> str:

@@ -2,6 +2,10 @@
 the session cluster's stage processes: one SIGKILLed or SIGSTOPped mid-batch,
 every job still ends SUCCEEDED exactly once with the bytes of an undisturbed
 run; a stage never has more calls in flight than its limit across replicas.
+PostgreSQL restarted mid-batch: with three replicas nothing is lost or run
+twice; a lone replica is NOT_SERVING while the database is away, SERVING
+again after, and then finishes every job once (one whose lease ran out
+meanwhile it claims again, its stale run stopped without a write).
 
 Cheap jobs (the base stage only, 32x32, few steps): coordination is the
 point. Replicas run with `--stage-cache false`, so every job really calls the
@@ -13,14 +17,16 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from datetime import datetime
 from pathlib import Path
 
 import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from stageflow.cli.cluster import LocalCluster
-from stageflow.client import StageflowClient
+from stageflow.client import StageflowClient, Unavailable
+from stageflow.serving.channels import client_channel
 from stageflow.serving.processes import ServerProcess
 from stageflow.v1 import orchestrator_pb2 as pb
 from tests.integration.conftest import log_events
@@ -34,6 +40,8 @@ LEASE_SECONDS = 2
 JOBS = 16
 WAIT = 300
 STOP_STEPS = 120  # long enough that the paused replica is mid-stage
+OUTAGE_STEPS = 60
+OUTAGE_JOBS = 6
 
 
 @pytest.fixture
@@ -57,10 +65,12 @@ def job(seed: int, steps: int = 12) -> dict[str, object]:
     }
 
 
-async def run_batch(addresses: Sequence[str], tag: str, steps: int = 12) -> list[str]:
-    """Submit JOBS jobs round-robin over `addresses`; their ids, by seed."""
+async def run_batch(
+    addresses: Sequence[str], tag: str, steps: int = 12, jobs: int = JOBS
+) -> list[str]:
+    """Submit `jobs` jobs round-robin over `addresses`; their ids, by seed."""
     ids = []
-    for seed in range(JOBS):
+    for seed in range(jobs):
         async with StageflowClient(addresses[seed % len(addresses)]) as client:
             submitted = await client.submit(**job(seed, steps), request_id=f"{tag}-{seed}")  # type: ignore[arg-type]
             ids.append(submitted.job_id)
@@ -78,8 +88,10 @@ async def finish(address: str, ids: Sequence[str]) -> list[pb.Job]:
             return list(await asyncio.gather(*map(one, ids)))
 
 
-async def undisturbed(replicas: Replicas, proc: ServerProcess, steps: int = 12) -> list[str]:
-    ids = await run_batch([address(proc)], "calm", steps)
+async def undisturbed(
+    replicas: Replicas, proc: ServerProcess, steps: int = 12, jobs: int = JOBS
+) -> list[str]:
+    ids = await run_batch([address(proc)], "calm", steps, jobs)
     return [j.final.sha256 for j in await finish(address(proc), ids)]
 
 
@@ -180,3 +192,61 @@ async def test_postgresql_restarted_mid_batch_loses_no_job_and_runs_none_twice(
     assert [j.final.sha256 for j in finished] == expected
     succeeded = replicas.count("job.succeeded")
     assert all(len(succeeded[i]) == 1 for i in ids), succeeded
+
+
+async def _health_changes(address: str) -> AsyncGenerator[int, None]:
+    """grpc.health.v1 Watch of the whole process: its status, then each change."""
+    async with client_channel(address) as channel:
+        watch = health_pb2_grpc.HealthStub(channel).Watch(health_pb2.HealthCheckRequest())
+        try:
+            async for reply in watch:
+                yield reply.status
+        finally:
+            watch.cancel()
+
+
+def _base_calls(cluster: LocalCluster, ids: Sequence[str]) -> dict[str, int]:
+    """job id -> base stage calls that ran to the end (the stage's log)."""
+    calls = dict.fromkeys(ids, 0)
+    for event in log_events(cluster, "base"):
+        if event.get("event") == "run.done" and event.get("job_id") in calls:
+            calls[str(event["job_id"])] += 1
+    return calls
+
+
+async def test_postgresql_away_a_lone_replica_is_not_serving_then_finishes_every_job_once(
+    replicas: Replicas, pg_server: PostgresServer, local_cluster: LocalCluster
+) -> None:
+    [solo] = replicas.start(1)
+    expected = await undisturbed(replicas, solo, steps=OUTAGE_STEPS, jobs=OUTAGE_JOBS)
+    changes = _health_changes(address(solo))
+    assert await anext(changes) == health_pb2.HealthCheckResponse.SERVING
+
+    ids = await run_batch([address(solo)], "outage", steps=OUTAGE_STEPS, jobs=OUTAGE_JOBS)
+    async with asyncio.timeout(60):  # mid-batch: a job in its stage call
+        while not set(replicas.count("job.claimed")) - set(replicas.count("job.succeeded")):  # noqa: ASYNC110
+            await asyncio.sleep(0.02)
+    await asyncio.to_thread(pg_server.stop)
+    try:
+        async with asyncio.timeout(30):
+            assert await anext(changes) == health_pb2.HealthCheckResponse.NOT_SERVING
+        async with StageflowClient(address(solo)) as client:
+            with pytest.raises(Unavailable):  # calls that need the database say so
+                await client.get(ids[0])
+    finally:
+        await asyncio.to_thread(pg_server.start)  # same port, same data
+    async with asyncio.timeout(30):
+        assert await anext(changes) == health_pb2.HealthCheckResponse.SERVING
+    await changes.aclose()
+    finished = await finish(address(solo), ids)
+
+    assert [j.state for j in finished] == [pb.JOB_STATE_SUCCEEDED] * OUTAGE_JOBS
+    assert [j.final.sha256 for j in finished] == expected
+    assert all(len(names) == 1 for names in replicas.count("job.succeeded").values())
+    # A job whose lease ran out while the database was away was claimed again
+    # by the replica itself (its stale run stopped first): its base call may
+    # have been made twice, once to the end unseen. Every other job's once.
+    claimed_again = {i for i, names in replicas.count("job.claimed").items() if len(names) > 1}
+    calls = _base_calls(local_cluster, ids)
+    assert all(calls[i] == 1 for i in ids if i not in claimed_again), calls
+    assert all(1 <= calls[i] <= 2 for i in claimed_again), calls

@@ -14,6 +14,7 @@ from stageflow.orchestrator.auth import ApiKey
 from stageflow.orchestrator.quotas import WINDOW_SECONDS, Quota, TenantUsage, check_submit
 from stageflow.orchestrator.stage_client import StageCallError
 from stageflow.orchestrator.store import UNFINISHED, Cursor
+from stageflow.orchestrator.store_sql import version_taken
 from stageflow.v1 import common_pb2, orchestrator_pb2, stage_pb2
 
 
@@ -216,8 +217,10 @@ class MemoryJobStore:
         self, previous: orchestrator_pb2.Job, latest: orchestrator_pb2.Job
     ) -> None:
         key = (previous.job_id, previous.version)
-        if key in self.old or latest.job_id not in self.jobs:
+        if latest.job_id not in self.jobs:
             raise KeyError(f"cannot add version {key}")
+        if key in self.old:
+            raise version_taken(previous)
         self.old[key] = self._copy(previous)
         self.jobs[latest.job_id] = self._copy(latest)
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from stageflow.core.errors import ResourceExhausted
+from stageflow.core.errors import FailedPrecondition, ResourceExhausted
 from stageflow.orchestrator import migrations
 from stageflow.orchestrator.auth import DISPLAY_CHARS, new_key
 from stageflow.orchestrator.quotas import Quota
@@ -222,8 +222,9 @@ class TestJobStoreContract:
         assert await store.get(first.job_id) == third
         assert await store.versions(first.job_id) == [first, second]
         assert [j.job_id for j in await store.unfinished()] == [first.job_id]
-        # The same version twice is refused, and nothing of the failed call lands.
-        with pytest.raises(Exception):  # noqa: B017 -- each store raises its own kind
+        # The same version twice (a concurrent rerun lost the race) is refused,
+        # and nothing of the failed call lands.
+        with pytest.raises(FailedPrecondition, match="rerun meanwhile"):
             await store.add_version(second, first)
         assert await store.get(first.job_id) == third
         assert await store.versions(first.job_id) == [first, second]
