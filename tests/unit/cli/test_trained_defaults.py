@@ -30,5 +30,6 @@ def test_an_explicit_models_dir_keeps_the_build_fixtures_layout(tmp_path: Path) 
 def test_demo_prompt_is_in_the_trained_models_vocabulary() -> None:
     # parse_caption raises on anything the shapes model was not trained on.
     assert analysis.parse_caption(DEMO_SPEC.base) == ("circle", "red", "blue")
-    assert (DEMO_SPEC.width, DEMO_SPEC.height) == (32, 32)
+    # x4 to a 512 px final: the typography pass draws the text at a realistic size.
+    assert (DEMO_SPEC.width, DEMO_SPEC.height) == (128, 128)
     assert DEMO_SPEC.text == "Chapter One"
