@@ -298,3 +298,44 @@ def test_a_graph_of_neither_architecture_says_why_for_each(tmp_path: Path) -> No
     with pytest.raises(NcnnFormatError, match=r"not RRDBNet: .*; not SRVGGNetCompact: "):
         sr_archs.convert_ncnn(*w.save(tmp_path), tmp_path / "out")
     assert not (tmp_path / "out").exists()
+
+
+# -- stageflow models import-ncnn -------------------------------------------------------
+
+
+def test_import_ncnn_writes_a_repository_version_the_stage_can_serve(tmp_path: Path) -> None:
+    import torch
+    from typer.testing import CliRunner
+
+    from stageflow.cli.main import app
+    from stageflow.inference.repository import ModelRepository
+    from stageflow.inference.srvgg import SRVGGNetCompact, SRVGGNetConfig
+
+    torch.manual_seed(0)
+    net = SRVGGNetCompact(SRVGGNetConfig(num_feat=4, num_conv=1, scale=4))
+    param, weights = _srvgg_files(tmp_path / "ncnn", net, 4)
+    repo = tmp_path / "repo"
+    args = [str(param), str(weights), "--name", "compact", "--version", "1"]
+    args += ["--repository", str(repo), "--licence", "BSD-3-Clause"]
+    done = CliRunner().invoke(app, ["models", "import-ncnn", *args])
+    assert done.exit_code == 0, done.output
+    assert "imported compact@1: srvgg-x4 from model.param" in done.stdout
+    version = ModelRepository(repo).get("compact", "1")
+    assert (version.architecture, [str(k) for k in version.kinds]) == ("srvgg-x4", ["upscale"])
+    assert set(version.files) == {"config.json", "model.safetensors", "source.json"}
+    # The same version again fails before any conversion, naming it.
+    again = CliRunner().invoke(app, ["models", "import-ncnn", *args])
+    assert again.exit_code == 1 and "compact@1 already exists" in again.output
+
+
+def test_import_ncnn_of_mismatched_files_is_a_usage_error(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from stageflow.cli.main import app
+
+    param, weights = _one_conv(tmp_path, cut=4)
+    args = [str(param), str(weights), "--name", "x", "--version", "1"]
+    done = CliRunner().invoke(app, ["models", "import-ncnn", *args, "--repository", str(tmp_path)])
+    assert done.exit_code == 2
+    assert ".param and .bin do not match" in done.output
+    assert not (tmp_path / "x").exists()
