@@ -134,7 +134,7 @@ bench-gateway: deps fixtures ## a 512 px job via the gateway (HTTP + SSE) vs gRP
 quality-report: setup ## typography pass over 100 varied texts, trained fixtures -> docs/quality.md (~2 min)
 	$(PY) bench/quality_report.py --count 100 --threads 1 --out docs/quality.md
 
-upscale-quality: setup ## PSNR/SSIM of Real-ESRGAN x4plus, animevideov3, Lanczos, bicubic on photographs -> docs/quality.md (~5 min)
+upscale-quality: setup ## PSNR/SSIM of Real-ESRGAN x4plus, animevideov3, Lanczos, bicubic on photographs -> docs/quality.md (~10 min on 2 cores)
 	$(PY) bench/upscale_quality.py --threads 2 --out docs/quality.md
 
 # The demo's size: a 128 px base, Real-ESRGAN x4plus to 512 px, the text drawn there.

@@ -204,7 +204,7 @@ def report(scores: dict[str, dict[str, Score]], args: argparse.Namespace) -> str
         f"{defaults.tile_overlap} px overlap, against its untiled result: {'; '.join(seams)}. "
         "animevideov3's receptive radius (18 px) is inside the overlap, so its tiles are "
         "seamless; x4plus' (349 px, 23 dense blocks) is not, and its seams are faint but "
-        "measurable: a larger --tile-size (fewer seams) or tile_overlap (up to 64) trades "
+        "measurable: a larger tile_size (fewer seams) or tile_overlap (up to 64) trades "
         "memory and time for them; an input no larger than one tile (the demo's 128 px at "
         "the default 128 px tiles) has none. "
         f"Mean time per photo: {', '.join(times)}.",
