@@ -67,10 +67,10 @@ def _torch_diffusion(folder: Path, options: BackendOptions) -> DiffusionParts:
 
 
 def _torch_upscaler(folder: Path, options: BackendOptions) -> tuple[UpscaleNet, int]:
-    from stageflow.inference.rrdbnet import load_rrdbnet
+    from stageflow.inference.sr_archs import load_upscaler
 
-    net, config = load_rrdbnet(folder)
-    return net.to(options.device), config.scale
+    net, config = load_upscaler(folder)
+    return net.to(options.device), int(config.scale)
 
 
 def _folder_fingerprint(folder: Path) -> str:

@@ -56,6 +56,7 @@ from stageflow.core.logging import get_logger
 from stageflow.core.storage import ObjectStore, check_key, open_location, parse_store_url
 from stageflow.inference.interface import StageKind, params_type_of
 from stageflow.inference.prompt_domain import PromptDomain, read_folder_domain
+from stageflow.inference.sr_archs import architecture_of
 
 log = get_logger(__name__)
 
@@ -70,7 +71,8 @@ _SHA256 = r"^[0-9a-f]{64}$"
 
 class ModelFormat(enum.StrEnum):
     DIFFUSERS = "diffusers"  # a diffusers Stable Diffusion folder (torch weights)
-    ESRGAN = "esrgan"  # an RRDBNet upscaler folder (config.json + weights)
+    # an upscaler folder (sr_archs: RRDBNet, SRVGGNetCompact; config.json + weights)
+    ESRGAN = "esrgan"
     ONNX = "onnx"  # compiled by `compile` from one of the above
 
 
@@ -398,14 +400,17 @@ def _detect_esrgan(src: Path) -> Detected | None:
     if not config.is_file():
         return None
     raw = _read_json(config)
-    if raw.get("architecture", "RRDBNet") != "RRDBNet" or "num_block" not in raw:
+    arch = architecture_of(raw)
+    if arch is None:
         return None
     has_weights = (src / "model.safetensors").is_file() or any(src.glob("*.pth"))
     if not has_weights:
-        raise InvalidArgument("src", f"{src}: an RRDBNet config but no model.safetensors or *.pth")
+        raise InvalidArgument(
+            "src", f"{src}: an {arch.name} config but no model.safetensors or *.pth"
+        )
     return Detected(
         format=ModelFormat.ESRGAN,
-        architecture=f"rrdbnet-x{raw.get('scale', 4)}",
+        architecture=f"{arch.short}-x{raw.get('scale', 4)}",
         kinds=[StageKind.UPSCALE],
         sizes=Sizes(min_side=1, max_side=1024, size_multiple=1),
         defaults={},
@@ -426,7 +431,7 @@ def detect_folder(src: Path) -> Detected:
     raise InvalidArgument(
         "src",
         f"{src} is neither a diffusers Stable Diffusion folder (model_index.json) "
-        "nor an ESRGAN folder (config.json for RRDBNet + weights)",
+        "nor an upscaler folder (config.json for RRDBNet or SRVGGNetCompact + weights)",
     )
 
 
@@ -582,17 +587,21 @@ class ModelRepository:
         )
         log.info("model.published", model=version.ref, repository=self.describe())
 
-    def import_folder(
-        self, src: Path, name: str, version: str, step: StepFn = _no_step
-    ) -> ModelVersion:
-        """Copy a local diffusers or ESRGAN folder in as `name@version`;
-        `step` hears each step as it starts."""
+    def check_new(self, name: str, version: str) -> None:
+        """`name@version` is a valid name for a version that does not exist yet."""
         check_name(name, "name")
         if version == LATEST:
             raise InvalidArgument("version", f"{LATEST!r} is reserved")
         check_name(version, "version")
         if self.exists(name, version):
             raise FailedPrecondition(f"model {name}@{version} already exists in {self.describe()}")
+
+    def import_folder(
+        self, src: Path, name: str, version: str, step: StepFn = _no_step
+    ) -> ModelVersion:
+        """Copy a local diffusers or ESRGAN folder in as `name@version`;
+        `step` hears each step as it starts."""
+        self.check_new(name, version)
         src = Path(src)
         step(f"detecting what {src} holds")
         detected = detect_folder(src)

@@ -1,8 +1,9 @@
 """Export a model folder to ONNX: the compiled parts the backends load.
 
 `export_onnx(src, dst)` reads a diffusers Stable Diffusion folder (it has
-`model_index.json`) or an RRDBNet upscaler folder (its `config.json` names
-the architecture) and writes the layout of `stageflow.inference.onnx.layout`, every
+`model_index.json`) or an upscaler folder (its `config.json` names one of
+`stageflow.inference.sr_archs`' architectures: RRDBNet, SRVGGNetCompact) and
+writes the layout of `stageflow.inference.onnx.layout`, every
 graph with dynamic batch, height and width.
 
 The exporter is torch's TorchScript-based one (`dynamo=False`): it takes
@@ -20,6 +21,7 @@ graph's own dtype, so fp16 and fp32 folders load the same way.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import shutil
 import tempfile
@@ -119,7 +121,7 @@ def _exporter_for(src: Path) -> Any:
         return _export_esrgan
     raise ValueError(
         f"{src}: not a model folder this exporter knows: expected a diffusers Stable "
-        "Diffusion folder (model_index.json) or an RRDBNet upscaler (config.json)"
+        "Diffusion folder (model_index.json) or an upscaler (config.json: RRDBNet, SRVGGNetCompact)"
     )
 
 
@@ -257,9 +259,10 @@ def _export_sd(src: Path, out: Path, *, fp16: bool, opset: int) -> ExportResult:
 
 
 def _export_esrgan(src: Path, out: Path, *, fp16: bool, opset: int) -> ExportResult:
-    from stageflow.inference.rrdbnet import load_rrdbnet
+    from stageflow.inference.sr_archs import load_upscaler, read_config
 
-    net, config = load_rrdbnet(src)
+    net, config = load_upscaler(src)
+    arch, _ = read_config(src)
     dtype = torch.float16 if fp16 else torch.float32
     axes = {0: "batch", 2: "height", 3: "width"}
     _export(
@@ -271,7 +274,7 @@ def _export_esrgan(src: Path, out: Path, *, fp16: bool, opset: int) -> ExportRes
         inputs={"image": axes},
         outputs={"upscaled": axes},
     )
-    cfg = {"scale": config.scale, "residual": config.residual, "num_block": config.num_block}
+    cfg = {"architecture": arch.name, **dataclasses.asdict(config)}
     return layout.KIND_ESRGAN, cfg, (layout.UPSCALER,) if fp16 else ()
 
 
