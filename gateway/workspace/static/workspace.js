@@ -75,12 +75,28 @@ function watch(panel) {
 
 // The finished job from the server: final states, thumbnails, no cancel button.
 async function reload(panel) {
+  // On a job page that was waiting for this run (data-wait), the whole page
+  // changes (the new version's images, its state): swap the page's main part
+  // in place, keeping this page (and its event count) rather than reloading.
+  if (document.querySelector("[data-wait]")) return refreshMain();
   const reply = await fetch(panel.dataset.fragment, { headers: { "HX-Request": "true" } });
   if (!reply.ok) return;
   const holder = document.createElement("div");
   holder.innerHTML = await reply.text();
   const fresh = holder.firstElementChild;
   if (fresh) panel.replaceWith(fresh);
+}
+
+async function refreshMain() {
+  const reply = await fetch(window.location.href, { cache: "no-store" });
+  if (!reply.ok) return window.location.reload();
+  const fresh = new DOMParser().parseFromString(await reply.text(), "text/html");
+  const main = document.getElementById("main");
+  const next = fresh.getElementById("main");
+  if (!main || !next) return window.location.reload();
+  main.replaceChildren(...next.childNodes);
+  start(main);
+  main.querySelectorAll("[data-compare-slider]").forEach(moveCompare);
 }
 
 function start(root) {
@@ -170,5 +186,9 @@ document.addEventListener("input", (event) => {
 
 document.addEventListener("DOMContentLoaded", () => {
   document.querySelectorAll("[data-compare-slider]").forEach(moveCompare);
-  document.querySelectorAll("[data-wait]").forEach(reloadWhenDone);
+  // The long poll only where no event stream follows the run (the progress
+  // panel's stream refreshes the page itself when the run finishes).
+  if (!document.querySelector(".progress[data-events]") || typeof EventSource !== "function") {
+    document.querySelectorAll("[data-wait]").forEach(reloadWhenDone);
+  }
 });
