@@ -94,7 +94,7 @@ k8s-validate: deps ## render every deploy/k8s overlay (kubectl kustomize) and va
 demo: setup ## the reference prompt through base -> upscale -> refine to a PNG under out/
 	$(BIN)/stageflow demo --out out
 
-.PHONY: bench bench-backends bench-serving bench-gateway
+.PHONY: bench bench-backends bench-serving bench-gateway bench-realscale
 bench: bench-backends bench-serving bench-gateway ## the benchmark scripts -> docs/benchmarks.md (~32 min)
 
 # Each script rewrites only its own marked section of docs/benchmarks.md.
@@ -106,6 +106,11 @@ bench-serving: deps fixtures ## overhead, per-stage load, batching, cache, upsca
 
 bench-gateway: deps fixtures ## a 512 px job via the gateway (HTTP + SSE) vs gRPC; GET load (~7 min)
 	$(PY) bench/gateway.py --out docs/benchmarks.md
+
+# Not part of `bench`: a random-weight SD 1.5-size folder (~4 GB, built under
+# var/realscale/), ~12 GB of memory and an hour or more on a 2-core CPU.
+bench-realscale: deps ## real-scale costs: cold start, per step, RSS, dtype, tiled VAE (1 h+)
+	$(PY) bench/realscale.py --out docs/benchmarks.md
 
 .PHONY: quality-report
 quality-report: setup ## typography pass over 100 varied texts, trained fixtures -> docs/quality.md (~2 min)

@@ -67,6 +67,22 @@ class _DiffusionModel(LocalModel):
     def _release_weights(self) -> None:
         self._parts = None
 
+    def _warm_up(self) -> None:
+        """Two guided UNet calls and one decode at the native size: the first
+        calls at a shape are the slow ones (ONNX Runtime grows its arena, then
+        records its memory pattern; torch faults its weights' pages in), and
+        they happen here, before the stage reports SERVING."""
+        parts = self.parts
+        multiple = parts.vae_scale_factor * 2 ** (parts.unet_levels - 1)
+        side = min(max(self._native or multiple, multiple), self.max_side // multiple * multiple)
+        latent = side // parts.vae_scale_factor
+        with torch.inference_mode():
+            text = loop.encode_prompts(parts, "", "", guided=True)
+            sample = torch.zeros(2, parts.latent_channels, latent, latent)
+            for t in (999, 1):
+                parts.predict_noise(sample, torch.tensor(t), text)
+            loop.decode_latents(parts, sample[:1], self.vae_tiling)
+
     def describe(self) -> ModelDescription:
         parts = self.parts
         # Latents must halve cleanly at every UNet level (and compiled graphs need it).
@@ -132,7 +148,7 @@ class Txt2ImgModel(_DiffusionModel):
                 progress,
                 cancelled,
             )
-            return loop.decode_image(parts, latents)
+            return loop.decode_image(parts, latents, self.vae_tiling)
 
     def batch_key(self, params: StageParams) -> Hashable | None:
         # Prompts, negative prompts and seeds may differ within a batch.
@@ -182,7 +198,10 @@ class Txt2ImgModel(_DiffusionModel):
                 progress,
                 cancelled,
             )
-            return [StageOutput(loop.decode_image(parts, one)) for one in latents.split(1)]
+            return [
+                StageOutput(loop.decode_image(parts, one, self.vae_tiling))
+                for one in latents.split(1)
+            ]
 
 
 class RefineModel(_DiffusionModel):
@@ -428,7 +447,7 @@ class RefineModel(_DiffusionModel):
                 cancelled,
                 after_step,
             )
-            decoded = [loop.decode_image(parts, one) for one in latents.split(1)]
+            decoded = [loop.decode_image(parts, one, self.vae_tiling) for one in latents.split(1)]
         return [
             masks.composite(out, image, mask) if mask is not None else out
             for out, image, mask in zip(decoded, images, pixel_masks, strict=True)

@@ -6,9 +6,14 @@ or text encoder by providing other callables, with the loop unchanged.
 
 `load_torch_parts` reads a diffusers folder with each component's own
 `from_pretrained(<folder>/<subfolder>)`: a real Stable Diffusion 1.5 folder
-and the tiny fixture load through the same lines. Weights load as float32
+and the tiny fixture load through the same lines. Weights load in the
+precision asked for (`stageflow.inference.precision`; float32 by default)
 whatever their stored dtype (the trained fixtures are stored in fp16; CPU
-kernels want float32, and transformers 5 would otherwise keep fp16).
+kernels want float32, and transformers 5 would otherwise keep fp16). Each
+part casts its inputs to its weights' dtype and its output back to float32,
+so the loop's latents, noise and scheduler arithmetic stay float32. In fp16
+a VAE whose config sets `force_upcast` (SD 1.x/2.x VAEs overflow in fp16)
+stays float32, as diffusers' pipelines keep it.
 """
 
 from __future__ import annotations
@@ -43,7 +48,15 @@ class DiffusionParts:
     vae_scale_factor: int
     unet_levels: int
     device: torch.device
+    # The loop's dtype (latents, noise, scheduler): float32 whatever the weights are.
     dtype: torch.dtype = torch.float32
+    # The precision the weights run in, by name (stageflow.inference.precision).
+    weights_dtype: str = "fp32"
+    # Channels of the VAE decoder's full-resolution blocks: what its memory scales with.
+    vae_base_channels: int = 128
+    # Whether the VAE's attention materialises (h*w)^2 scores (ONNX graphs do;
+    # torch's CPU SDPA does not): the decode memory estimate adds them.
+    vae_attention_quadratic: bool = False
 
 
 @contextlib.contextmanager
@@ -60,25 +73,39 @@ def quiet_hub_progress() -> Iterator[None]:
             hf_logging.enable_progress_bar()
 
 
-def load_torch_parts(folder: Path, device: str = "cpu") -> DiffusionParts:
+TORCH_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+def torch_dtype(name: str) -> torch.dtype:
+    from stageflow.inference.precision import check_dtype
+
+    return TORCH_DTYPES[check_dtype(name)]
+
+
+def load_torch_parts(folder: Path, device: str = "cpu", dtype: str = "fp32") -> DiffusionParts:
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextModel, CLIPTokenizer
 
     from stageflow.inference.scheduler import scheduler_factory
 
     dev = torch.device(device)
+    weights = torch_dtype(dtype)
     tokenizer = CLIPTokenizer.from_pretrained(folder / "tokenizer")
     # Any: the libraries' own annotations of from_pretrained/.to confuse mypy.
     with quiet_hub_progress():
-        text_encoder: Any = CLIPTextModel.from_pretrained(
-            folder / "text_encoder", dtype=torch.float32
-        )
+        text_encoder: Any = CLIPTextModel.from_pretrained(folder / "text_encoder", dtype=weights)
     # low_cpu_mem_usage needs `accelerate`, which we do not depend on.
     unet: Any = UNet2DConditionModel.from_pretrained(
-        folder / "unet", low_cpu_mem_usage=False, dtype=torch.float32
+        folder / "unet", low_cpu_mem_usage=False, dtype=weights
+    )
+    vae_config = AutoencoderKL.load_config(folder / "vae")
+    vae_weights = (
+        torch.float32
+        if weights == torch.float16 and vae_config.get("force_upcast", True)
+        else weights
     )
     vae: Any = AutoencoderKL.from_pretrained(
-        folder / "vae", low_cpu_mem_usage=False, dtype=torch.float32
+        folder / "vae", low_cpu_mem_usage=False, dtype=vae_weights
     )
     text_encoder = text_encoder.to(dev).eval()
     unet = unet.to(dev).eval()
@@ -102,21 +129,25 @@ def load_torch_parts(folder: Path, device: str = "cpu") -> DiffusionParts:
         ).input_ids
         return ids
 
+    # Each part: inputs cast to its weights' dtype, output back to float32
+    # (no-ops in fp32, so the fp32 path computes exactly what diffusers does).
     def encode_text(ids: torch.Tensor) -> torch.Tensor:
         out: torch.Tensor = text_encoder(ids.to(dev), attention_mask=None)[0]
-        return out
+        return out.float()
 
     def predict_noise(sample: torch.Tensor, t: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
-        out: torch.Tensor = unet(sample, t, encoder_hidden_states=text, return_dict=False)[0]
-        return out
+        out: torch.Tensor = unet(
+            sample.to(weights), t, encoder_hidden_states=text.to(weights), return_dict=False
+        )[0]
+        return out.float()
 
     def encode_image(image: torch.Tensor) -> torch.Tensor:
-        moments: torch.Tensor = vae.encode(image).latent_dist.parameters
-        return moments
+        moments: torch.Tensor = vae.encode(image.to(vae_weights)).latent_dist.parameters
+        return moments.float()
 
     def decode_latents(latents: torch.Tensor) -> torch.Tensor:
-        out: torch.Tensor = vae.decode(latents, return_dict=False)[0]
-        return out
+        out: torch.Tensor = vae.decode(latents.to(vae_weights), return_dict=False)[0]
+        return out.float()
 
     return DiffusionParts(
         tokenize=tokenize,
@@ -130,4 +161,6 @@ def load_torch_parts(folder: Path, device: str = "cpu") -> DiffusionParts:
         vae_scale_factor=2 ** (len(vae.config.block_out_channels) - 1),
         unet_levels=len(unet.config.block_out_channels),
         device=dev,
+        weights_dtype=dtype,
+        vae_base_channels=int(vae.config.block_out_channels[0]),
     )
