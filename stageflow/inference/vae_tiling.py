@@ -2,7 +2,8 @@
 
 The reference workflow's 2048 px decode ran out of memory: a VAE decoder's
 activations grow with the image (128 channels at full resolution for SD
-VAEs: ~0.5 GB per live tensor at 1024 px, ~2 GB at 2048 px), and a graph
+VAEs: ~0.5 GB per live tensor at 1024 px, ~2 GB at 2048 px; a whole 1024 px
+decode peaked 4.1 GB here), and a graph
 that materialises the mid-block attention (the ONNX export does; torch's
 CPU SDPA does not) adds (h*w)^2 scores over the latent grid: 17 GB at
 2048 px. Decoding tile by tile bounds the peak by the tile's size instead.
@@ -34,9 +35,10 @@ if TYPE_CHECKING:
 
 MiB = 1024 * 1024
 # Full-resolution tensors of `base_channels` alive at once at the decoder's
-# peak (input, GroupNorm output, conv output, the residual), measured on the
-# SD VAE in torch (bench/realscale.py records measured vs estimated).
-LIVE_FULL_RES = 4
+# peak. Measured (bench/realscale.py): a whole 1024 px decode through the SD-size
+# VAE in torch peaked 4.1 GB above the loaded process, ~7.3 such fp32 tensors
+# after the VAE's own 335 MB of weights; 8 keeps the estimate above it.
+LIVE_FULL_RES = 8
 # The smallest latent tile a budget may shrink tiles to (64 px for SD).
 MIN_TILE = 8
 
