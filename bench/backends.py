@@ -52,7 +52,7 @@ from stageflow.inference.onnx.export import export_onnx  # noqa: E402
 from stageflow.inference.onnx.runtime import load_onnx_parts, load_onnx_upscaler  # noqa: E402
 from stageflow.inference.registry import create_model  # noqa: E402
 from stageflow.inference.rrdbnet import load_rrdbnet  # noqa: E402
-from stageflow.inference.sd_parts import load_torch_parts  # noqa: E402
+from stageflow.inference.sd_parts import Conditioning, load_torch_parts  # noqa: E402
 from stageflow.serving.processes import ServerProcess, log_tail, signals_interrupt  # noqa: E402
 from stageflow.v1 import stage_pb2, stage_pb2_grpc  # noqa: E402
 
@@ -123,7 +123,7 @@ def part_rows(
         latent = side // f
         for batch in (1, 2, 4):
             x = torch.randn((batch, c, latent, latent), generator=gen)
-            text = torch.randn((batch, 77, 32), generator=gen)
+            text = Conditioning(torch.randn((batch, 77, 32), generator=gen))
             label = "UNet step" + (" (CFG)" if batch == 2 else "")
             rows.append(Row(label, f"{side} px", batch, *paired(unet, (x, t, text), repeats)))
         for batch in (1, 4):

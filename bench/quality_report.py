@@ -3,6 +3,10 @@
     .venv/bin/python bench/quality_report.py [--count 100] [--sd DIR] [--upscaler DIR]
         [--base-size 32] [--out docs/quality.md]
 
+Writes its own section of --out (one per final size: bench/report.py's markers),
+so the 128 px run of `make quality-report` and the 512 px run of `make
+quality-report-512` (base 128 px, Real-ESRGAN x4plus) sit side by side.
+
 Each bundle is a seeded random text (ASCII words, digits, punctuation, accented
 Latin; 3-30 characters) run the way `stageflow demo` runs a job: pipeline
 `base, upscale, refine`, the base stage at --base-size px from a seeded prompt
@@ -38,6 +42,7 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.report import write_section  # noqa: E402
 from stageflow.inference.diffusion import RefineModel, Txt2ImgModel  # noqa: E402
 from stageflow.inference.interface import (  # noqa: E402
     RefineParams,
@@ -220,8 +225,14 @@ def main(argv: list[str] | None = None) -> None:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     identity = pipe.refine.describe().identity
     text = report(rows, pipe.reader.seconds, args, (base, up, refine), identity.fingerprint)
-    args.out.write_text(text)
-    print(f"wrote {args.out}")
+    # One section per final size: the 128 px and 512 px runs keep each other's figures,
+    # and bench/upscale_quality.py's section beside them.
+    write_section(args.out, section_name(args.base_size * 4), text)
+    print(f"wrote {args.out} ({section_name(args.base_size * 4)})")
+
+
+def section_name(side: int) -> str:
+    return f"bench/quality_report.py ({side} px final)"
 
 
 def shown(path: Path) -> str:
@@ -247,6 +258,12 @@ def command(args: argparse.Namespace) -> str:
 def produced_by(args: argparse.Namespace) -> str:
     """`make quality-report` runs the defaults; any other run names its own command."""
     line = command(args)
+    realistic = (
+        ".venv/bin/python bench/quality_report.py --count 12 --seed 0 --threads 2 "
+        "--upscaler models/repository/realesrgan-x4plus/1 --base-size 128"
+    )
+    if line == realistic and args.out.resolve() == (ROOT / "docs" / "quality.md").resolve():
+        return f"`make quality-report-512` (`{line}`)"
     default = (
         line == (".venv/bin/python bench/quality_report.py --count 100 --seed 0 --threads 1")
         and args.out.resolve() == (ROOT / "docs" / "quality.md").resolve()
@@ -265,8 +282,17 @@ def length_sentence(rows: list[Row], side: int, max_cer: float) -> str:
         return f"{100 * sum(r.check.exact for r in sub) / len(sub):.0f}%"
 
     fonts = [r.font_px for r in long]
+
+    def share(sub: list[Row]) -> float:
+        return sum(r.check.exact for r in sub) / len(sub)
+
+    lead = (
+        "Length is what breaks it"
+        if share(long) < share(short)
+        else ("Length does not break it in this run")
+    )
     sentence = (
-        f" Length is what breaks it: up to 20 characters, {exact(short)} come out exact; "
+        f" {lead}: up to 20 characters, {exact(short)} come out exact; "
         f"21-30 characters across {side} px get a {min(fonts)}-{max(fonts)} px font and "
         f"{exact(long)} come out exact."
     )
@@ -333,7 +359,7 @@ def report(
         "|---|---|---|---|---|---|---|",
     ]
     lines = [
-        "# Typography pass quality",
+        f"## Typography pass quality, {side} px final",
         "",
         f"Produced by {produced_by(args)}.",
         "",
@@ -355,7 +381,7 @@ def report(
         f"- base / refine model: `{shown(args.sd)}`, fingerprint {fingerprint[:12]}",
         f"- upscaler: `{shown(args.upscaler)}`",
         "",
-        "## Results",
+        "### Results",
         "",
         "| measure | value |",
         "|---|---|",
@@ -379,7 +405,7 @@ def report(
         f"{1000 * ocr_s[0]:.0f} ms) | {1000 * statistics.fmean(ocr_s[1:] or ocr_s):.0f} ms / "
         f"{1000 * pct(ocr_s[1:] or ocr_s, 0.95):.0f} ms |",
         "",
-        "### By kind",
+        "#### By kind",
         "",
         *(h.replace("measure", "kind", 1) for h in header),
     ]
@@ -389,7 +415,7 @@ def report(
             lines.append(group_row(kind, sub))
     lines += [
         "",
-        "### By length",
+        "#### By length",
         "",
         f"The text is fitted to the width of a {side} px image, so longer lines are drawn "
         "smaller; the last column is the font size the pass chose.",
@@ -410,7 +436,7 @@ def report(
         + model_sentence(args, params),
     ]
     misses = [r for r in rows if not r.check.exact]
-    lines += ["", "## Not exact", ""]
+    lines += ["", "#### Not exact", ""]
     lines += [
         f"- `{r.bundle.text}` ({len(r.bundle.text)} characters, {r.font_px} px) read as "
         f"`{r.check.ocr_text}` (CER {r.check.cer:.3f}"
@@ -419,7 +445,7 @@ def report(
     ] or ["None."]
     lines += [
         "",
-        "## Machine",
+        "#### Machine",
         "",
         f"- {platform.platform()}, {platform.machine()}, "
         f"{len(os.sched_getaffinity(0))} cores visible, "

@@ -460,7 +460,7 @@ def unet_steps(threads: int, backend: str, dtype: str, steps: int, warmup: bool)
     load_s = time.perf_counter() - started
     parts = model.parts
     with torch.inference_mode():
-        text = denoise.encode_prompts(parts, "epic game hero portrait", "", guided=True)
+        text = denoise.encode_prompts(parts, "epic game hero portrait", "", True, (SIDE, SIDE))
         sample = torch.randn(2, 4, SIDE // 8, SIDE // 8, generator=torch.Generator().manual_seed(0))
         times = [_timed(lambda: parts.predict_noise(sample, torch.tensor(999), text))]
         times += [_timed(lambda: parts.predict_noise(sample, torch.tensor(999), text))]

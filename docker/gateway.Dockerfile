@@ -6,6 +6,9 @@
 # here), no torch, diffusers, transformers, onnxruntime nor numpy;
 # `python -m stageflow.gateway` imports none of them
 # (tests/deploy/test_dockerfiles.py checks that import graph against the extra).
+# The workspace's htmx.min.js comes in with gateway/ from the context's
+# gateway/workspace/static/vendor/ (`make images` runs `make workspace` first);
+# without it the workspace still works, as plain forms (the gateway logs so).
 #
 #   docker build -f docker/gateway.Dockerfile -t stageflow/gateway:dev .
 

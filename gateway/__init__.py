@@ -6,6 +6,10 @@ logic: every route decodes HTTP, calls the orchestrator's gRPC API through
 state stay where they are enforced (the orchestrator's job layer). The
 caller's ``Authorization: Bearer KEY`` is passed through unchanged.
 
+It also serves the browser workspace at `/` (`stageflow.gateway.workspace`:
+server-rendered pages over the same client calls, the key from a sign-in
+cookie instead of the header).
+
 `python -m stageflow.gateway` runs it (default port 8080); `create_app` builds
 the app for a given client.
 """

@@ -13,7 +13,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from stageflow.client import ClientSettings, StageflowClient, StageflowClientError
 from stageflow.client.aio import open_channel
-from stageflow.gateway import images, jobs, share, uploads
+from stageflow.gateway import images, jobs, share, uploads, workspace
 from stageflow.gateway.errors import GatewayError, error_body, json_error
 from stageflow.gateway.settings import GatewaySettings
 
@@ -48,13 +48,15 @@ def create_app(client_settings: ClientSettings, settings: GatewaySettings | None
         summary="Staged image generation over HTTP/JSON and an OpenAI-compatible Images API.",
         lifespan=lifespan,
     )
-    app.state.settings = settings if settings is not None else GatewaySettings()
+    settings = settings if settings is not None else GatewaySettings()
+    app.state.settings = settings
     for exc in (StageflowClientError, GatewayError, RequestValidationError):
         app.add_exception_handler(exc, json_error)
     app.include_router(jobs.router)
     app.include_router(images.router)
     app.include_router(uploads.router)
     app.include_router(share.router)
+    workspace.include(app, settings)
 
     @app.get("/healthz", tags=["probes"], summary="The process is up")
     async def healthz() -> dict[str, str]:

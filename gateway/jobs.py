@@ -50,16 +50,22 @@ async def submit(client: Client, body: Annotated[dict[str, Any], JSON_BODY]) -> 
     return {"job": to_json(job)}
 
 
-@router.get("", summary="List the caller's jobs, newest first")
+@router.get("", summary="List the caller's jobs, newest first, a page at a time")
 async def list_jobs(
     client: Client,
     page_size: Annotated[int, Query(ge=1, le=1000)] = 50,
     state: Annotated[str | None, Query(description="queued, running, succeeded, ...")] = None,
+    page_token: Annotated[
+        str, Query(max_length=128, description="next_page_token of the previous page")
+    ] = "",
+    q: Annotated[
+        str, Query(max_length=200, description="Only jobs whose prompt contains this text")
+    ] = "",
 ) -> dict[str, Any]:
     if state is not None and state.lower() not in STATES:
         raise GatewayError("INVALID_ARGUMENT", f"state: unknown job state {state!r}", "state")
-    jobs = await client.list(page_size, state.lower() if state else None)
-    return {"jobs": [to_json(j) for j in jobs]}
+    page = await client.list_page(page_size, state.lower() if state else None, page_token, q)
+    return {"jobs": [to_json(j) for j in page.jobs], "next_page_token": page.next_page_token}
 
 
 @router.get("/{job_id}", summary="A job with all its versions", response_class=JSONResponse)

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, SecretStr, field_validator
 
 from stageflow.core.settings import StageflowSettings
+
+MIN_SECRET_CHARS = 32
 
 
 class GatewaySettings(StageflowSettings):
@@ -42,6 +44,15 @@ class GatewaySettings(StageflowSettings):
         description="Base URL share links are made with (e.g. https://images.example.com); "
         "empty: the URL the request came in on.",
     )
+    session_secret_key: SecretStr = Field(
+        SecretStr(""),
+        description="Secret the workspace's sign-in cookies are encrypted with (at least 32 "
+        "characters; every gateway replica behind one address needs the same). Empty: a "
+        "random one per process, so a restart signs everyone out.",
+    )
+    session_max_age_seconds: int = Field(
+        12 * 3600, ge=60, description="How long a workspace sign-in lasts, in seconds."
+    )
     tls_cert: Path | None = Field(
         None,
         description="PEM certificate: serve HTTPS with it, and present it to the "
@@ -53,3 +64,13 @@ class GatewaySettings(StageflowSettings):
     )
     log_level: str = Field("INFO", description="DEBUG, INFO, WARNING, ERROR or CRITICAL.")
     log_json: bool = Field(False, description="JSON lines on stderr instead of console text.")
+
+    @field_validator("session_secret_key")
+    @classmethod
+    def _long_enough(cls, value: SecretStr) -> SecretStr:
+        if 0 < len(value.get_secret_value()) < MIN_SECRET_CHARS:
+            raise ValueError(
+                f"must be empty or at least {MIN_SECRET_CHARS} characters, "
+                "e.g. `openssl rand -hex 32`"
+            )
+        return value

@@ -3,7 +3,8 @@
 `POST /v1/jobs/{id}/versions/{n}/share` asks the orchestrator (with the
 caller's key, so only the job's tenant can share it) to sign a token for that
 version's final image; the link is ``/share/<token>`` (the page) and
-``/share/<token>/image`` (the PNG). Opening one sends no key: the
+``/share/<token>/image`` (the PNG); the page is the workspace's
+(`workspace/shared.py`: the image and its recipe, read-only). Opening one sends no key: the
 orchestrator's GetSharedArtifact checks the signature (HMAC over the path and
 the expiry: a changed byte is 403) and then the expiry (410), so the
 signing secret and the decision stay in the orchestrator, and rotating that
@@ -13,12 +14,11 @@ secret revokes every link.
 from __future__ import annotations
 
 import hashlib
-import html
-from datetime import UTC, datetime
+from datetime import UTC
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Path, Request, Response
-from fastapi.responses import HTMLResponse, JSONResponse
+from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from stageflow.client import StageflowClientError
@@ -71,22 +71,18 @@ async def share(
     }
 
 
-def _link_error(err: StageflowClientError) -> JSONResponse:
+def link_status(err: StageflowClientError) -> tuple[int, str, str, str | None]:
+    """`from_exception`'s answer, with an expired link 410 (it existed and is gone)."""
     status, code, message, field = from_exception(err)
-    if code == "OUT_OF_RANGE":
-        status = 410  # expired: the link existed and is gone
+    return (410 if code == "OUT_OF_RANGE" else status), code, message, field
+
+
+def _link_error(err: StageflowClientError) -> JSONResponse:
+    status, code, message, field = link_status(err)
     return JSONResponse(error_body(code, message, field), status)
 
 
-async def _open(client: Client, token: str) -> tuple[str, bytes] | JSONResponse:
-    try:
-        ref, data = await client.with_api_key("").shared(token)
-    except StageflowClientError as err:
-        return _link_error(err)
-    return ref.sha256, data
-
-
-_SHARED = {
+SHARED_ERRORS = {
     403: {"description": "The link was altered (its signature does not match)"},
     410: {"description": "The link has expired"},
 }
@@ -95,7 +91,7 @@ _SHARED = {
 @router.get(
     f"/share/{TOKEN_PATH}/image",
     summary="A shared final image (PNG)",
-    responses={200: {"content": {"image/png": {}}}, **_SHARED},  # type: ignore[dict-item]
+    responses={200: {"content": {"image/png": {}}}, **SHARED_ERRORS},  # type: ignore[dict-item]
 )
 async def shared_image(
     client: Client, job_id: str, version: str, expires: str, signature: str
@@ -113,39 +109,4 @@ async def shared_image(
             "ETag": f'"{hashlib.sha256(data).hexdigest()}"',
             "Cache-Control": "public, max-age=300",
         },
-    )
-
-
-@router.get(
-    f"/share/{TOKEN_PATH}",
-    summary="A small read-only page showing a shared image",
-    response_class=HTMLResponse,
-    responses=_SHARED,  # type: ignore[arg-type]
-)
-async def shared_page(
-    client: Client, job_id: str, version: str, expires: str, signature: str
-) -> Response:
-    token = f"{job_id}/{version}/{expires}/{signature}"
-    opened = await _open(client, token)
-    if isinstance(opened, JSONResponse):
-        return opened
-    sha256, data = opened
-    until = datetime.fromtimestamp(int(expires), UTC).strftime("%Y-%m-%d %H:%M UTC")
-    name = html.escape(f"{job_id} version {version}")
-    body = f"""<!doctype html>
-<html lang="en"><head><meta charset="utf-8">
-<meta name="viewport" content="width=device-width, initial-scale=1">
-<meta name="robots" content="noindex">
-<title>stageflow: {name}</title>
-<style>body{{font-family:system-ui,sans-serif;margin:2rem;background:#111;color:#eee}}
-img{{max-width:100%;image-rendering:auto;border:1px solid #333}}small{{color:#999}}</style>
-</head><body>
-<h1>{name}</h1>
-<p><img src="{html.escape(signature)}/image" alt="{name}"></p>
-<p><small>{len(data)} bytes, sha256 {hashlib.sha256(data).hexdigest()[:16]}…
-(recorded {html.escape(sha256[:16])}…); this link expires {until}.</small></p>
-</body></html>
-"""
-    return HTMLResponse(
-        body, headers={"Cache-Control": "no-store", "Referrer-Policy": "no-referrer"}
     )

@@ -20,6 +20,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, File, Request, UploadFile
 from PIL import Image
+from starlette.datastructures import UploadFile as FormFile  # fastapi's UploadFile's base
 
 from stageflow.core.errors import InvalidArgument
 from stageflow.core.image_header import ImageHeader, check_upload
@@ -74,7 +75,7 @@ def check_image(data: bytes, settings: GatewaySettings, field: str = "image") ->
     return header
 
 
-async def read_upload(file: UploadFile, settings: GatewaySettings, field: str) -> bytes:
+async def read_upload(file: FormFile, settings: GatewaySettings, field: str) -> bytes:
     """At most upload_max_bytes of `file`; more is refused without reading it all."""
     data = await file.read(settings.upload_max_bytes + 1)
     if len(data) > settings.upload_max_bytes:

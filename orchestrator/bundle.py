@@ -72,11 +72,21 @@ def build_run_request(
     return run
 
 
+# The media type of a diffusion stage's latents (a latent hand-off's output).
+LATENTS_MEDIA_TYPE = "application/x-safetensors"
+
+
 def with_input(run: stage_pb2.RunRequest, image: common_pb2.ArtifactRef) -> stage_pb2.RunRequest:
-    """A copy of `run` reading `image` (the previous stage's output)."""
+    """A copy of `run` reading `image` (the previous stage's output): as its
+    `latents` when the previous stage handed off latents, else as its `image`."""
     out = stage_pb2.RunRequest()
     out.CopyFrom(run)
-    out.image.CopyFrom(image)
+    if image.media_type == LATENTS_MEDIA_TYPE:
+        out.ClearField("image")
+        out.latents.CopyFrom(image)
+    else:
+        out.ClearField("latents")
+        out.image.CopyFrom(image)
     return out
 
 

@@ -41,6 +41,8 @@ def cache_key(stage: str, model: common_pb2.ModelInfo, run: stage_pb2.RunRequest
         "params": params.hex(),
         "inputs": [run.image.sha256 if run.HasField("image") else "", run.mask.sha256],
     }
+    if run.HasField("latents"):  # a latent hand-off's input (absent from older keys)
+        recipe["latents"] = run.latents.sha256
     blob = json.dumps(recipe, sort_keys=True, separators=(",", ":")).encode()
     return hashlib.sha256(blob).hexdigest()
 

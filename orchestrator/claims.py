@@ -79,10 +79,13 @@ class ClaimLoop:
         """Claim now (a job was enqueued here, or one of ours finished)."""
         self._wake.set()
 
-    def finished(self, job_id: str) -> None:
-        """The job's task ended (its last write, if any, is stored): stop renewing."""
-        entry = self._keepers.pop(job_id, None)
-        if entry is not None:
+    def finished(self, job_id: str, fence: int | None = None) -> None:
+        """The job's task ended (its last write, if any, is stored): stop
+        renewing. With a `fence`, only that claim's lease: a later claim of
+        the same job (this replica's own lease ran out) keeps its renewals."""
+        entry = self._keepers.get(job_id)
+        if entry is not None and fence in (None, entry[0]):
+            del self._keepers[job_id]
             entry[1].cancel()
         self.wake()
 
@@ -156,9 +159,16 @@ class ClaimLoop:
                 await asyncio.wait_for(self._wake.wait(), poll)
 
     def _hold(self, claim: Claim) -> None:
+        # A job claimed again by this replica (its lease ran out while the
+        # database was away): the older claim's renewals are stale, stop them.
+        superseded = self._keepers.get(claim.job_id)
+        if superseded is not None:
+            superseded[1].cancel()
+
         def lost() -> None:
-            self._keepers.pop(claim.job_id, None)
-            self._on_lost(claim.job_id)
+            if self._keepers.get(claim.job_id, (None,))[0] == claim.fence:
+                del self._keepers[claim.job_id]
+                self._on_lost(claim.job_id)
 
         keeper = asyncio.create_task(
             self._leases.keep(

@@ -98,8 +98,10 @@ class LeasedCoordinator:
     def own(self, job_id: str, fence: int) -> None:
         self._fences[job_id] = fence
 
-    def disown(self, job_id: str) -> None:
-        self._fences.pop(job_id, None)
+    def disown(self, job_id: str, fence: int | None = None) -> None:
+        """Forget the job's fence (with `fence`, only if it is still that one)."""
+        if fence is None or self._fences.get(job_id) == fence:
+            self._fences.pop(job_id, None)
 
     def fence(self, job_id: str) -> int | None:
         return self._fences.get(job_id)

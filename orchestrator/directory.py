@@ -25,6 +25,7 @@ from stageflow.orchestrator.validation import (
     base_size,
     check_against_stage,
     check_built,
+    check_handoff,
     check_model,
 )
 from stageflow.v1 import orchestrator_pb2, stage_pb2
@@ -122,4 +123,5 @@ class StageDirectory:
                 check_against_stage(name, runs[name], desc, request, scales[name], size)
             # The kind's own rules, checked whether or not the stage answered.
             check_built(name, runs[name], request, desc.defaults if desc is not None else {})
+        check_handoff(pipeline, runs, dict(zip(checked, descs, strict=True)), request)
         return size

@@ -184,6 +184,8 @@ class JobExecutor:
         fallback.request_id = f"{request.request_id}.fallback"
         if request.HasField("image"):
             fallback = with_input(fallback, request.image)
+        elif request.HasField("latents"):
+            fallback = with_input(fallback, request.latents)
         return Route(FALLBACK, self._directory.client(stage_spec.fallback_service), fallback)
 
     async def _cache_key(self, run: StageRun) -> tuple[str, str]:

@@ -249,6 +249,22 @@ class JobLeases:
             ).fetchone()
             return None if row is None else bool(row[0])
 
+    async def _finished(self, job_id: str, fence: int) -> bool:
+        """Whether the lease under `fence` ended by its owner's final write (a
+        renewal racing that write finds the lease gone, but the job is done,
+        not lost). Unknown (the database away) counts as not finished."""
+        try:
+            async with self._pool.connection() as conn:
+                row = await (
+                    await conn.execute(
+                        "SELECT done FROM job_leases WHERE job_id = %s AND fence = %s",
+                        (job_id, fence),
+                    )
+                ).fetchone()
+        except psycopg.OperationalError:
+            return False
+        return row is not None and bool(row[0])
+
     async def write(self, job: Job, fence: int, *, final: bool = False) -> None:
         """Store `job` as its latest row if `fence` is still the job's; `final`
         also ends the lease (one transaction). Raises LeaseLost otherwise.
@@ -439,6 +455,8 @@ class JobLeases:
                 ok = await self.renew_slot(service, slot)
             except psycopg.OperationalError:
                 continue  # the database is away: try again at the next third
+            finally:
+                _stop_if_cancelled()
             if not ok:
                 log.warning("stage.slot_lost", service=service, slot=slot, owner=self.owner)
                 return
@@ -463,12 +481,27 @@ class JobLeases:
             except psycopg.OperationalError:
                 log.warning("job.lease_renew_failed", job_id=job_id)
                 continue  # the lease may still hold; the next write's fence decides
+            finally:
+                _stop_if_cancelled()
             if cancel and on_cancel is not None:
                 on_cancel()
             if cancel is None:
+                if await self._finished(job_id, fence):
+                    return  # our own final write ended the lease: nothing was lost
                 log.warning("job.lease_lost", job_id=job_id, fence=fence, owner=self.owner)
                 on_lost()
                 return
+
+
+def _stop_if_cancelled() -> None:
+    """Raise CancelledError in a task that was cancelled but never received
+    it. Python 3.11's asyncio.wait_for, with which psycopg_pool waits for a
+    free connection, returns the connection and drops the cancel when both
+    arrive together (fixed in 3.12): a renewer cancelled at that moment would
+    renew forever, and the `await` on it at the end of a stage call with it."""
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
 
 
 async def listen(

@@ -47,6 +47,7 @@ from stageflow.core.logging import get_logger
 from stageflow.orchestrator import migrations, store_sql
 from stageflow.orchestrator.auth import ApiKey
 from stageflow.orchestrator.quotas import Quota, TenantUsage
+from stageflow.orchestrator.store import Cursor
 from stageflow.v1 import orchestrator_pb2, stage_pb2
 
 T = TypeVar("T")
@@ -231,14 +232,17 @@ class PostgresJobStore:
         state: orchestrator_pb2.JobState | None = None,
         tenant: str | None = None,
     ) -> list[orchestrator_pb2.Job]:
-        args: list[object] = []
-        if state is not None:
-            args.append(store_sql.state_name(state))
-        if tenant is not None:
-            args.append(tenant)
-        sql = SQL.list_jobs(state is not None, tenant is not None)
-        rows = await self._read(lambda conn: _all(conn, sql, (*args, page_size)))
-        return [store_sql.decode_job(row[0]) for row in rows]
+        return [job for _, job in await self.list_page(page_size, state, tenant)]
+
+    async def list_page(
+        self,
+        page_size: int = 50,
+        state: orchestrator_pb2.JobState | None = None,
+        tenant: str | None = None,
+        after: Cursor | None = None,
+    ) -> list[tuple[Cursor, orchestrator_pb2.Job]]:
+        sql, args = SQL.list_jobs(page_size, state, tenant, after)
+        return store_sql.decode_listed(await self._read(lambda conn: _all(conn, sql, args)))
 
     async def unfinished(self) -> list[orchestrator_pb2.Job]:
         rows = await self._read(lambda conn: _all(conn, SQL.unfinished, store_sql.UNFINISHED_NAMES))
@@ -248,11 +252,17 @@ class PostgresJobStore:
         self, previous: orchestrator_pb2.Job, latest: orchestrator_pb2.Job
     ) -> None:
         async def run(conn: Connection) -> None:
-            async with conn.transaction():  # no version is lost or doubled
-                await conn.execute(
-                    SQL.insert_version,
-                    (previous.job_id, previous.version, previous.SerializeToString()),
-                )
+            # No version is lost or doubled: two replicas rerunning the same
+            # version both insert its (job_id, version) row; the second waits
+            # on the first's transaction and then hits the primary key.
+            async with conn.transaction():
+                try:
+                    await conn.execute(
+                        SQL.insert_version,
+                        (previous.job_id, previous.version, previous.SerializeToString()),
+                    )
+                except psycopg.errors.UniqueViolation:
+                    raise store_sql.version_taken(previous) from None
                 cur = await conn.execute(SQL.update_job, store_sql.update_row(latest))
                 if cur.rowcount == 0:
                     raise KeyError(f"no job {latest.job_id!r} to update")

@@ -30,7 +30,7 @@ import base64
 import contextlib
 import contextvars
 import functools
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping, Sequence
 from typing import TYPE_CHECKING
 
 from opentelemetry import context as otel_context
@@ -40,6 +40,7 @@ from stageflow.core.artifacts import get_artifact
 from stageflow.core.errors import FailedPrecondition, InvalidArgument, NotFound
 from stageflow.core.logging import get_logger
 from stageflow.core.storage import ObjectStore
+from stageflow.orchestrator import listing
 from stageflow.orchestrator.artifacts import check_artifact_request, select_artifact
 from stageflow.orchestrator.bundle import (
     DEFAULT_PIPELINE,
@@ -70,7 +71,7 @@ from stageflow.orchestrator.spec import (
     with_defaults,
 )
 from stageflow.orchestrator.stage_client import StageClient
-from stageflow.orchestrator.store import TERMINAL, UNFINISHED, JobStore, new_job_id
+from stageflow.orchestrator.store import TERMINAL, UNFINISHED, Cursor, JobStore, new_job_id
 from stageflow.orchestrator.uploads import UploadLimits, resolve_upload, store_upload
 from stageflow.orchestrator.validation import check_request
 from stageflow.serving import tracing
@@ -539,21 +540,63 @@ class JobRunner:
         tenant: str | None = None,
     ) -> list[Job]:
         """Newest first; only jobs in `state` unless it is UNSPECIFIED, only `tenant`'s."""
+        jobs, _ = await self.list_page(page_size, state, tenant)
+        return jobs
+
+    async def list_page(
+        self,
+        page_size: int = DEFAULT_PAGE_SIZE,
+        state: orchestrator_pb2.JobState = orchestrator_pb2.JOB_STATE_UNSPECIFIED,
+        tenant: str | None = None,
+        page_token: str = "",
+        query: str = "",
+    ) -> tuple[list[Job], str]:
+        """One page as `list_jobs`, after `page_token`, of jobs whose prompt has
+        `query` (`listing`); and the token of the next page ("" on the last)."""
         if not 1 <= page_size <= MAX_PAGE_SIZE:
             raise InvalidArgument("page_size", f"must be in [1, {MAX_PAGE_SIZE}], got {page_size}")
         if state not in orchestrator_pb2.JobState.values():
             raise InvalidArgument("state", f"unknown JobState value {state}")
         wanted = None if state == orchestrator_pb2.JOB_STATE_UNSPECIFIED else state
-        jobs = await self._jobs.list_jobs(page_size, wanted, tenant)
+        consumed = listing.decode_token(page_token)
+        folded = listing.needle(query)
+        batch = max(page_size + 1, listing.SCAN_BATCH) if folded else page_size + 1
         page: list[Job] = []
-        size = 0
-        for stored in jobs:
-            job = _copy(self._live[stored.job_id]) if stored.job_id in self._live else stored
-            size += job.ByteSize()
-            if page and size > MAX_PAGE_BYTES:
-                break  # the rest on a smaller page
-            page.append(job)
-        return page
+        size = scanned = 0
+        async with contextlib.aclosing(self._listed(batch, wanted, tenant, consumed)) as rows:
+            async for cursor, stored in rows:
+                if scanned == listing.MAX_SCANNED:
+                    break  # looked at enough: the caller follows the token
+                scanned += 1
+                if folded and not listing.matches(stored, folded):
+                    consumed = cursor
+                    continue
+                job = _copy(self._live[stored.job_id]) if stored.job_id in self._live else stored
+                size += job.ByteSize()
+                if len(page) == page_size or (page and size > MAX_PAGE_BYTES):
+                    break  # the rest on the next page
+                page.append(job)
+                consumed = cursor
+            else:
+                return page, ""
+        assert consumed is not None  # at least one job was looked at
+        return page, listing.encode_token(consumed)
+
+    async def _listed(
+        self,
+        batch: int,
+        state: orchestrator_pb2.JobState | None,
+        tenant: str | None,
+        after: Cursor | None,
+    ) -> AsyncGenerator[tuple[Cursor, Job], None]:
+        """The store's jobs newest first from `after` on, read `batch` at a time."""
+        while True:
+            rows = await self._jobs.list_page(batch, state, tenant, after)
+            for row in rows:
+                yield row
+            if len(rows) < batch:
+                return
+            after = rows[-1][0]
 
     async def cancel(self, job_id: str, tenant: str | None = None) -> Job:
         """Cancel the job and its running stage call; a finished job is returned unchanged."""
@@ -596,7 +639,11 @@ class JobRunner:
             self._run_job(job, parent, fence), name=f"job {job_id}", context=contextvars.Context()
         )
         self._tasks[job_id] = task
-        task.add_done_callback(lambda _: self._tasks.pop(job_id, None))
+        task.add_done_callback(lambda done: self._forget_task(job_id, done))
+
+    def _forget_task(self, job_id: str, task: asyncio.Task[None]) -> None:
+        if self._tasks.get(job_id) is task:  # not a later run of the same job
+            del self._tasks[job_id]
 
     async def _run_job(
         self, job: Job, parent: otel_context.Context | None = None, fence: int | None = None
@@ -635,10 +682,10 @@ class JobRunner:
             self._cancelling.discard(job_id)
             self._lost.discard(job_id)
             if isinstance(self._coordinator, LeasedCoordinator):
-                self._coordinator.disown(job_id)
+                self._coordinator.disown(job_id, fence)
             # Closing: the lease stays held until close() gives it back.
             if self._claims is not None and not self._closing:
-                self._claims.finished(job_id)
+                self._claims.finished(job_id, fence)
 
     @contextlib.asynccontextmanager
     async def _admitted(self, job: Job, fence: int | None) -> AsyncIterator[None]:
@@ -684,6 +731,7 @@ class JobRunner:
     async def _take(self, claim: Claim) -> None:
         """Run the job just claimed, from its first stage not yet succeeded."""
         assert isinstance(self._coordinator, LeasedCoordinator) and self._claims is not None
+        await self._stop_superseded(claim.job_id)
         job = await self._jobs.get(claim.job_id)
         if job is None:
             self._claims.finished(claim.job_id)
@@ -705,6 +753,18 @@ class JobRunner:
         _resumable(job)
         log.info("job.resume", job_id=job.job_id, fence=claim.fence)
         self._start_task(job, claim.fence)
+
+    async def _stop_superseded(self, job_id: str) -> None:
+        """This replica claimed a job it still runs: its own lease ran out (the
+        database was away past it) and the fence moved on. The older run is
+        stale: stop it without a write before the new claim runs the job."""
+        old = self._tasks.get(job_id)
+        if old is None:
+            return
+        log.warning("job.claimed_again", job_id=job_id)
+        self._lost.add(job_id)
+        old.cancel()
+        await asyncio.wait({old})
 
     def _lose(self, job_id: str) -> None:
         """A renewal found the job's fence stale: stop it without a write."""

@@ -120,8 +120,10 @@ class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServiceServicer):
         async with self._call(context, "ListJobs", request) as call:
             # 0 is proto3's "not set": the default page.
             page_size = request.page_size or DEFAULT_PAGE_SIZE
-            jobs = await self._runner.list_jobs(page_size, request.state, call.tenant)
-            return orchestrator_pb2.ListJobsResponse(jobs=jobs)
+            jobs, token = await self._runner.list_page(
+                page_size, request.state, call.tenant, request.page_token, request.query
+            )
+            return orchestrator_pb2.ListJobsResponse(jobs=jobs, next_page_token=token)
 
     async def CancelJob(
         self, request: orchestrator_pb2.CancelJobRequest, context: grpc.aio.ServicerContext

@@ -77,6 +77,10 @@ class _StageSpecBase(_Strict):
     model: str | None = Field(None, pattern=r"^[^@\s]+(@[^@\s]+)?$")
     defaults: _Strict
     fallback: _FallbackBase | None = None
+    # What this stage passes to the next: its image, or (`latent`, a diffusion
+    # pair) its latents, stopping at its `denoising_end` for the next stage to
+    # resume at its `denoising_start`, with no VAE decode and re-encode between.
+    handoff: Literal["image", "latent"] = "image"
 
     @property
     def service_name(self) -> str:
@@ -173,7 +177,56 @@ class PipelineSpec(_Strict):
             problem = kinds.order_problem(self.text_order)
             if problem:
                 raise ValueError(f"text_order: {problem}")
+        for where, order in (("stages", names), ("text_order", self.text_order or [])):
+            problem = self._handoff_problem(order)
+            if problem:
+                raise ValueError(f"{where}: {problem}")
         return self
+
+    def _handoff_problem(self, order: Sequence[str]) -> str | None:
+        """What breaks a latent hand-off in `order`: each `handoff: latent`
+        stage must make latents (its kind's `hands_off` option set below 1) and
+        be followed by a stage that takes them (`takes_over` set above 0)."""
+        for i, name in enumerate(order):
+            stage = self.stage(name)
+            assert stage is not None
+            kind, nxt = kinds.get(name), order[i + 1] if i + 1 < len(order) else None
+            end = _default(stage, kind.hands_off)
+            if stage.handoff == "image":
+                if end is not None and end < 1:
+                    return (
+                        f"{name}: defaults.{kind.hands_off} {end:g} outputs latents; "
+                        "set handoff: latent (and the next stage's start) or remove it"
+                    )
+                continue
+            if not kind.hands_off:
+                return f"{name}: handoff: latent, but {name} makes no latents (base does)"
+            if end is None or not 0 < end < 1:
+                return f"{name}: handoff: latent needs defaults.{kind.hands_off} in (0, 1)"
+            if nxt is None:
+                return f"{name}: handoff: latent, but no stage follows to take the latents"
+            taker = kinds.get(nxt)
+            if not taker.takes_over:
+                return (
+                    f"{name}: handoff: latent, but the next stage, {nxt}, reads images; "
+                    "latents go to a diffusion stage (refine)"
+                )
+            start = _default(self.stage(nxt), taker.takes_over)
+            if start is None or start <= 0:
+                return (
+                    f"{nxt}: defaults.{taker.takes_over} must be set (0 < x < 1) to resume "
+                    f"{name}'s latents ({kind.hands_off} {end:g})"
+                )
+        for i, name in enumerate(order):
+            kind = kinds.get(name)
+            start = _default(self.stage(name), kind.takes_over)
+            before = self.stage(order[i - 1]) if i > 0 else None
+            if start and (before is None or before.handoff != "latent"):
+                return (
+                    f"{name}: defaults.{kind.takes_over} {start:g} resumes latents, but the "
+                    "stage before it hands off an image (handoff: latent there)"
+                )
+        return None
 
     @property
     def order(self) -> tuple[str, ...]:
@@ -188,6 +241,14 @@ class PipelineSpec(_Strict):
 
     def stage(self, name: str) -> _StageSpecBase | None:
         return next((s for s in self.stages if s.stage == name), None)
+
+
+def _default(stage: _StageSpecBase | None, option: str) -> float | None:
+    """The spec's default for `option` of `stage`; None when unset or no option."""
+    if stage is None or not option:
+        return None
+    value = getattr(stage.defaults, option, None)
+    return None if value is None else float(value)
 
 
 class SpecError(ValueError):

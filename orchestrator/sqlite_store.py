@@ -19,6 +19,7 @@ from typing import TypeVar
 from stageflow.orchestrator import migrations, store_sql
 from stageflow.orchestrator.auth import ApiKey
 from stageflow.orchestrator.quotas import Quota, TenantUsage
+from stageflow.orchestrator.store import Cursor
 from stageflow.v1 import orchestrator_pb2, stage_pb2
 
 T = TypeVar("T")
@@ -112,7 +113,16 @@ class SqliteJobStore:
         tenant: str | None = None,
     ) -> list[orchestrator_pb2.Job]:
         """Newest first; only jobs in `state`, of `tenant`, when given."""
-        return await self._call(self._list_jobs, page_size, state, tenant)
+        return [job for _, job in await self.list_page(page_size, state, tenant)]
+
+    async def list_page(
+        self,
+        page_size: int = 50,
+        state: orchestrator_pb2.JobState | None = None,
+        tenant: str | None = None,
+        after: Cursor | None = None,
+    ) -> list[tuple[Cursor, orchestrator_pb2.Job]]:
+        return await self._call(self._list_page, SQL.list_jobs(page_size, state, tenant, after))
 
     async def unfinished(self) -> list[orchestrator_pb2.Job]:
         """QUEUED and RUNNING jobs, oldest first (the order to resume them in)."""
@@ -194,17 +204,10 @@ class SqliteJobStore:
         if cur.rowcount == 0:
             raise KeyError(f"no job {job.job_id!r} to update")
 
-    def _list_jobs(
-        self, page_size: int, state: orchestrator_pb2.JobState | None, tenant: str | None
-    ) -> list[orchestrator_pb2.Job]:
-        args: list[object] = []
-        if state is not None:
-            args.append(store_sql.state_name(state))
-        if tenant is not None:
-            args.append(tenant)
-        sql = SQL.list_jobs(state is not None, tenant is not None)
-        rows = self._conn.execute(sql, (*args, page_size))
-        return [store_sql.decode_job(row[0]) for row in rows]
+    def _list_page(
+        self, query: tuple[str, tuple[object, ...]]
+    ) -> list[tuple[Cursor, orchestrator_pb2.Job]]:
+        return store_sql.decode_listed(self._conn.execute(*query))
 
     def _unfinished(self) -> list[orchestrator_pb2.Job]:
         rows = self._conn.execute(SQL.unfinished, store_sql.UNFINISHED_NAMES)
@@ -213,10 +216,13 @@ class SqliteJobStore:
     def _add_version(self, previous: orchestrator_pb2.Job, latest: orchestrator_pb2.Job) -> None:
         with self._conn:  # one transaction: no version is lost or doubled
             self._conn.execute("BEGIN")
-            self._conn.execute(
-                SQL.insert_version,
-                (previous.job_id, previous.version, previous.SerializeToString()),
-            )
+            try:
+                self._conn.execute(
+                    SQL.insert_version,
+                    (previous.job_id, previous.version, previous.SerializeToString()),
+                )
+            except sqlite3.IntegrityError:
+                raise store_sql.version_taken(previous) from None
             self._update(latest)
 
     def _versions(self, job_id: str) -> list[orchestrator_pb2.Job]:

@@ -29,6 +29,9 @@ from stageflow.v1 import orchestrator_pb2, stage_pb2
 
 Job = orchestrator_pb2.Job
 
+# A listed job's place in the newest-first order: (created_at in unix
+# microseconds, insert order), the second breaking ties of the first.
+Cursor = tuple[int, int]
 # States a job is left in only while some orchestrator owns it: on start-up
 # these are resumed (`JobStore.unfinished`).
 UNFINISHED = (orchestrator_pb2.JOB_STATE_QUEUED, orchestrator_pb2.JOB_STATE_RUNNING)
@@ -130,6 +133,19 @@ class JobStore(Protocol):
         `tenant` (`Job.tenant`) when it is given."""
         ...
 
+    async def list_page(
+        self,
+        page_size: int = 50,
+        state: orchestrator_pb2.JobState | None = None,
+        tenant: str | None = None,
+        after: Cursor | None = None,
+    ) -> list[tuple[Cursor, Job]]:
+        """As `list_jobs`, each job with its `Cursor`, starting after `after`
+        (None: the newest): the order is total (created_at, then insert
+        order), so paging by the last cursor neither repeats nor skips a job,
+        whatever is inserted meanwhile."""
+        ...
+
     async def unfinished(self) -> list[Job]:
         """Jobs in an UNFINISHED state, oldest `created_at` first (the order to
         resume them in)."""
@@ -138,8 +154,10 @@ class JobStore(Protocol):
     async def add_version(self, previous: Job, latest: Job) -> None:
         """In one transaction: keep `previous` as version `previous.version` of
         its job and make `latest` the job's stored latest version. Neither
-        happens if either fails (a version is never lost or doubled); an
-        existing (job_id, version) pair or an unknown job raises."""
+        happens if either fails (a version is never lost or doubled). An
+        existing (job_id, version) pair raises FailedPrecondition (another
+        rerun of that version, maybe on another replica, came first); an
+        unknown job raises KeyError."""
         ...
 
     async def versions(self, job_id: str) -> list[Job]:

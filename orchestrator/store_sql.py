@@ -15,9 +15,10 @@ from dataclasses import dataclass
 from functools import cached_property
 from typing import Any
 
+from stageflow.core.errors import FailedPrecondition
 from stageflow.orchestrator.auth import ApiKey
 from stageflow.orchestrator.quotas import WINDOW_SECONDS, Quota, TenantUsage, check_submit
-from stageflow.orchestrator.store import UNFINISHED
+from stageflow.orchestrator.store import UNFINISHED, Cursor
 from stageflow.v1 import orchestrator_pb2, stage_pb2
 
 Job = orchestrator_pb2.Job
@@ -35,8 +36,22 @@ def state_name(state: orchestrator_pb2.JobState) -> str:
 UNFINISHED_NAMES = tuple(state_name(s) for s in UNFINISHED)
 
 
+def version_taken(previous: Job) -> FailedPrecondition:
+    """What `add_version` raises when `previous`'s version is already kept:
+    another rerun of the same version won the race (on another replica)."""
+    return FailedPrecondition(
+        f"job {previous.job_id} was rerun meanwhile (version {previous.version} is already "
+        "kept); get the job and rerun its latest version once it has finished"
+    )
+
+
 def decode_job(blob: bytes) -> Job:
     return Job.FromString(bytes(blob))
+
+
+def decode_listed(rows: Iterable[Sequence[Any]]) -> list[tuple[Cursor, Job]]:
+    """The rows of `Dialect.list_jobs`: each job with its place in the order."""
+    return [((int(row[1]), int(row[2])), decode_job(row[0])) for row in rows]
 
 
 def decode_result(blob: bytes) -> stage_pb2.StageResult:
@@ -143,13 +158,34 @@ class Dialect:
     def update_job(self) -> str:
         return self._sql("UPDATE jobs SET state = ?, updated_at = ?, job = ? WHERE job_id = ?")
 
-    def list_jobs(self, state: bool, tenant: bool) -> str:
-        where = [c for c, on in (("state = ?", state), ("tenant = ?", tenant)) if on]
+    def list_jobs(
+        self,
+        page_size: int,
+        state: orchestrator_pb2.JobState | None,
+        tenant: str | None,
+        after: Cursor | None,
+    ) -> tuple[str, tuple[object, ...]]:
+        """The (sql, args) of a page of jobs newest first, each row (job,
+        created_at, insert order); only `state`'s and `tenant`'s when given,
+        only those after `after` (keyset: the row order is total)."""
+        where: list[str] = []
+        args: list[object] = []
+        if state is not None:
+            where.append("state = ?")
+            args.append(state_name(state))
+        if tenant is not None:
+            where.append("tenant = ?")
+            args.append(tenant)
+        order = self.insert_order
+        if after is not None:
+            where.append(f"(created_at < ? OR (created_at = ? AND {order} < ?))")
+            args.extend((after[0], after[0], after[1]))
         clause = f"WHERE {' AND '.join(where)} " if where else ""
-        return self._sql(
-            f"SELECT job FROM jobs {clause}"
-            f"ORDER BY created_at DESC, {self.insert_order} DESC LIMIT ?"
+        sql = self._sql(
+            f"SELECT job, created_at, {order} FROM jobs {clause}"
+            f"ORDER BY created_at DESC, {order} DESC LIMIT ?"
         )
+        return sql, (*args, page_size)
 
     @cached_property
     def unfinished(self) -> str:

@@ -7,6 +7,7 @@ Describe; errors name the SubmitJobRequest field the caller wrote.
 
 from __future__ import annotations
 
+import itertools
 from collections import Counter
 from collections.abc import Mapping
 from typing import Any
@@ -228,3 +229,68 @@ def check_model(stage: str, wanted: str, desc: stage_pb2.DescribeResponse, spec:
             f"pipeline spec {spec!r} wants model {wanted} on the {stage} stage, "
             f"which serves {desc.model.name}@{desc.model.version}"
         )
+
+
+def _param(
+    run: stage_pb2.RunRequest,
+    name: str,
+    desc: stage_pb2.DescribeResponse | None,
+    unset: float,
+) -> float:
+    """A numeric param of a built request: set, else the stage's Describe
+    default, else `unset` (the value that means no hand-off)."""
+    params = getattr(run, run.WhichOneof("params") or "", None)
+    if params is None or name not in params.DESCRIPTOR.fields_by_name:
+        return unset
+    if params.HasField(name):
+        return float(getattr(params, name))
+    return float(desc.defaults.get(name, unset)) if desc is not None else unset
+
+
+def check_handoff(
+    pipeline: tuple[str, ...],
+    runs: Mapping[str, stage_pb2.RunRequest],
+    descs: Mapping[str, stage_pb2.DescribeResponse | None],
+    request: orchestrator_pb2.SubmitJobRequest,
+) -> None:
+    """A job's latent hand-offs, as built (its own options over the spec's):
+    a stage that stops early (its kind's `hands_off` option below 1) outputs
+    latents, so the next stage must resume from them (`takes_over` above 0)
+    in the same latent space (Describe's `latent_space`), and a stage that
+    resumes needs a predecessor that stops early. INVALID_ARGUMENT names the
+    field the caller wrote; differing latent spaces are FAILED_PRECONDITION."""
+    built = [name for name in pipeline if name in runs]
+
+    def makes(name: str) -> bool:
+        option = kinds.get(name).hands_off
+        return bool(option) and _param(runs[name], option, descs.get(name), 1.0) < 1
+
+    def resumes(name: str) -> bool:
+        option = kinds.get(name).takes_over
+        return bool(option) and _param(runs[name], option, descs.get(name), 0.0) > 0
+
+    for before, name in itertools.pairwise(built):
+        if resumes(name) and not makes(before):
+            raise InvalidArgument(
+                submit_field(name, kinds.get(name).takes_over, request),
+                f"resumes latents, but {before} outputs an image (its denoising_end is 1)",
+            )
+    for i, name in enumerate(built):
+        if not makes(name):
+            continue
+        field = submit_field(name, kinds.get(name).hands_off, request)
+        nxt = built[i + 1] if i + 1 < len(built) else None
+        if nxt is None or not kinds.get(nxt).takes_over:
+            where = f"the next stage, {nxt}, reads images" if nxt else f"{name} is the last stage"
+            raise InvalidArgument(field, f"below 1 outputs latents, but {where}")
+        if not resumes(nxt):
+            raise InvalidArgument(
+                submit_field(nxt, kinds.get(nxt).takes_over, request),
+                f"must be set (0 < x < 1) to resume {name}'s latents",
+            )
+        ours, theirs = descs.get(name), descs.get(nxt)
+        if ours is not None and theirs is not None and ours.latent_space != theirs.latent_space:
+            raise FailedPrecondition(
+                f"latent hand-off {name} -> {nxt}: {name} makes {ours.latent_space or 'no'} "
+                f"latents, {nxt} takes {theirs.latent_space or 'none'}"
+            )

@@ -2,7 +2,7 @@
 
 The folder sets the tier: tests/unit → `unit`, tests/integration →
 `integration`, tests/e2e → `e2e`, tests/gpu → `gpu` (skipped without CUDA),
-tests/deploy → `deploy`.
+tests/deploy → `deploy`, tests/browser → `browser` (a real chromium).
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from tests.pgserver import PostgresServer, postgres_bin_dir
 from tests.s3server import S3ServerInfo, seaweedfs_server
 
 TESTS = Path(__file__).parent
-TIERS = ("unit", "integration", "e2e", "gpu", "deploy")
+TIERS = ("unit", "integration", "e2e", "gpu", "deploy", "browser")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

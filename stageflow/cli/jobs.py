@@ -54,16 +54,17 @@ class JobSpec:
 
 
 # The reference workflow's bundle shape (base, style, overlay text) with a base
-# prompt the trained fixture model knows: 32x32 base -> 128x128 final, where
-# a red circle on a blue background must be visible. The typography pass runs
-# after the upscale, where the text is large enough to read (at 32 px it is not).
+# prompt the trained fixture model knows: a 128 px base, upscaled x4 by
+# Real-ESRGAN to a 512 px final, where a red circle on a blue background must
+# be visible. The typography pass runs after the upscale, so the text is drawn
+# and read back at the final size.
 DEMO_SPEC = JobSpec(
     base="a red circle on a blue background",
     style="moody cinematic",
     text="Chapter One",
     seed=42,
-    width=32,
-    height=32,
+    width=128,
+    height=128,
     stages=("base", "upscale", "refine"),
 )
 

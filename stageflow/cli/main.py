@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import enum
+import os
 import signal
 import time
 from collections.abc import Awaitable, Callable, Iterator
@@ -255,6 +256,7 @@ def up(
             _print_addresses(cluster, ui.out)
             if cluster.gateway_port is not None:
                 ui.out.print(Text(f"gateway: {cluster.gateway_url} (API docs: /docs)"))
+                ui.out.print(Text(f"workspace: {cluster.gateway_url.rstrip('/')}/"))
             ui.out.print(Text(f"export STAGEFLOW_ADDRESS={cluster.orchestrator_address}"))
             ui.out.print(
                 Text(
@@ -292,11 +294,27 @@ def _wait_for_exit(cluster: LocalCluster, ui: Ui) -> int:
         return 0
 
 
+# The demo's upscaler: Real-ESRGAN x4plus' released weights, which `make setup`
+# imports into models/repository (the Makefile's `realesrgan` target).
+DEMO_UPSCALER = "realesrgan-x4plus@1"
+DEMO_REPOSITORY = Path("models/repository")
+
+
 @app.command()
 def demo(
     out: Annotated[Path, typer.Option(help="Where the final PNG goes.")] = Path("out"),
     state_dir: Annotated[Path, typer.Option(help="The demo cluster's state.")] = Path("var/demo"),
     models_dir: ModelsDir = None,
+    upscaler: Annotated[
+        str,
+        typer.Option(
+            help="name@version the upscale stage serves from --model-repository "
+            "(Real-ESRGAN x4plus, which `make setup` imports); empty: the fixture upscaler."
+        ),
+    ] = DEMO_UPSCALER,
+    model_repository: Annotated[
+        Path, typer.Option(help="The model repository folder --upscaler is read from.")
+    ] = DEMO_REPOSITORY,
 ) -> None:
     """Start a local cluster, run the reference prompt through all stages, stop."""
     from stageflow.cli.cluster import LocalCluster
@@ -304,9 +322,17 @@ def demo(
     from stageflow.client import StageflowClient
 
     ui = _ui()
-    cluster = LocalCluster(state_dir=state_dir, models_dir=models_dir, orchestrator_port=0)
     code = EXIT_FAILURE
     with _expected_errors():
+        stage_args = {"upscale": _demo_upscaler(upscaler, model_repository)} if upscaler else {}
+        cluster = LocalCluster(
+            state_dir=state_dir,
+            models_dir=models_dir,
+            orchestrator_port=0,
+            # Real-ESRGAN x4plus is ~18 GMAC per input pixel: let it use a few cores.
+            torch_threads=min(4, os.cpu_count() or 1),
+            stage_args=stage_args,
+        )
         ui.say(f"starting a local cluster (logs in {cluster.state_dir / 'logs'}) ...")
         try:
             cluster.start()
@@ -321,6 +347,23 @@ def demo(
             with _signals_ignored():
                 cluster.stop()
     raise typer.Exit(code)
+
+
+def _demo_upscaler(model: str, repository: Path) -> list[str]:
+    """The upscale stage's flags to serve `model` from `repository`, checked
+    first: a missing import is one line naming the fix, before any process starts."""
+    from stageflow.core.errors import NotFound
+    from stageflow.inference.repository import ModelRepository, parse_ref
+
+    name, version = parse_ref(model, "upscaler")
+    try:
+        ModelRepository(repository).get(name, version)
+    except NotFound as err:
+        raise NotFound(
+            f"{err.message}. `make setup` imports Real-ESRGAN there; "
+            "or pass --upscaler '' for the fixture upscaler"
+        ) from None
+    return ["--model-repository", str(repository.resolve()), "--model", model]
 
 
 # -- jobs ---------------------------------------------------------------------

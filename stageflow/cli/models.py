@@ -166,6 +166,40 @@ def import_model(
     )
 
 
+@models_app.command("import-ncnn")
+def import_ncnn(
+    param: Annotated[Path, typer.Argument(help="The ncnn .param file.")],
+    weights: Annotated[Path, typer.Argument(help="Its .bin file.")],
+    name: Annotated[str, typer.Option(help="Model name in the repository.")],
+    version: Annotated[str, typer.Option(help="Version to create, e.g. 1.")],
+    origin: Annotated[str, typer.Option(help="Where the files came from (recorded).")] = "",
+    licence: Annotated[str, typer.Option(help="The weights' licence (recorded).")] = "",
+    repository: Repository = None,
+) -> None:
+    """Convert an ncnn upscaler (Real-ESRGAN's RRDBNet or SRVGGNetCompact) to
+    safetensors with Real-ESRGAN's parameter names and import it as NAME@VERSION."""
+    import tempfile
+
+    from stageflow.inference.ncnn import NcnnFormatError
+    from stageflow.inference.sr_archs import convert_ncnn
+
+    with _errors():
+        repo = _open(repository)
+        # Before the conversion: an existing version fails in a second, not after it.
+        repo.check_new(name, version)
+        with tempfile.TemporaryDirectory(prefix="stageflow-ncnn-") as scratch:
+            _step(f"reading {param.name} and {weights.name}")
+            try:
+                arch, config = convert_ncnn(
+                    param, weights, Path(scratch), origin=origin, licence=licence
+                )
+            except NcnnFormatError as err:
+                _fail(f"error: {err}", EXIT_USAGE)
+            _step(f"{arch.name} (x{config.scale}) converted")
+            created = repo.import_folder(Path(scratch), name, version, step=_step)
+    Console().print(Text(f"imported {created.ref}: {created.architecture} from {param.name}"))
+
+
 @models_app.command("compile")
 def compile_model(
     model: Annotated[str, typer.Argument(help="name[@version]; default its latest torch version.")],

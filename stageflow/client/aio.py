@@ -210,13 +210,35 @@ class StageflowClient:
         return builtins.list(reply.versions) or [reply.job]
 
     async def list(
-        self, page_size: int = 50, state: int | str | None = None
+        self,
+        page_size: int = 50,
+        state: int | str | None = None,
+        *,
+        page_token: str = "",
+        query: str = "",
     ) -> builtins.list[pb.Job]:
         """Jobs newest first, at most `page_size`; only those in `state`
-        ("succeeded", JOB_STATE_SUCCEEDED, ...) when given."""
-        request = pb.ListJobsRequest(page_size=page_size, state=job_state(state))  # type: ignore[arg-type]
-        reply = await self._unary(self._stub.ListJobs, request)
-        return builtins.list(reply.jobs)
+        ("succeeded", JOB_STATE_SUCCEEDED, ...) when given, only those whose
+        prompt or overlay text contains `query` (ignoring case); from
+        `page_token` on (see `list_page`)."""
+        return builtins.list((await self.list_page(page_size, state, page_token, query)).jobs)
+
+    async def list_page(
+        self,
+        page_size: int = 50,
+        state: int | str | None = None,
+        page_token: str = "",
+        query: str = "",
+    ) -> pb.ListJobsResponse:
+        """One page as `list`, with its `next_page_token` (empty on the last
+        page; pass it back, with the same filters, for the next)."""
+        request = pb.ListJobsRequest(
+            page_size=page_size,
+            state=job_state(state),  # type: ignore[arg-type]
+            page_token=page_token,
+            query=query,
+        )
+        return await self._unary(self._stub.ListJobs, request)
 
     async def upload(self, data: bytes) -> pb.UploadImageResponse:
         """Store an image (PNG, JPEG or WebP bytes) of the caller's tenant as a

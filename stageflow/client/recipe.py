@@ -189,6 +189,47 @@ def read_recipe(data: bytes) -> tuple[str, dict[str, Any]]:
     return found.get(PARAMETERS_KEY, ""), json.loads(raw) if raw else {}
 
 
+def _flatten(prefix: str, value: Any, out: dict[str, str]) -> None:
+    if isinstance(value, dict):
+        for key in sorted(value):
+            _flatten(f"{prefix}.{key}", value[key], out)
+    elif isinstance(value, float):
+        out[prefix] = _number(value)
+    else:
+        out[prefix] = str(value)
+
+
+def flat_parameters(job: pb.Job) -> dict[str, str]:
+    """A job version's parameters as ``{"dotted.name": "text"}``, in reading
+    order: the pipeline, seed, size, the prompt bundle, then each stage's
+    model and the exact parameters sent to it (`recipe`'s own, so a page and
+    the exported image say the same). Unset fields are left out."""
+    made = recipe(job)
+    out: dict[str, str] = {
+        "pipeline": made["pipeline"]["name"],
+        "seed": str(made["seed"]),
+        "size": f"{made['width']}x{made['height']}",
+    }
+    for name in ("base", "style", "overlay_text", "negative_prompt"):
+        out[f"bundle.{name}"] = getattr(job.bundle, name)
+    for stage in made["stages"]:
+        model = stage["model"]
+        if model["name"]:
+            version = f"@{model['version']}" if model["version"] else ""
+            out[f"{stage['stage']}.model"] = model["name"] + version
+        _flatten(stage["stage"], stage["parameters"], out)
+    return out
+
+
+def changed_parameters(job: pb.Job, against: pb.Job | None) -> set[str]:
+    """The `flat_parameters` names whose value differs between `job` and
+    `against` (one only has counts as changed); none without `against`."""
+    if against is None:
+        return set()
+    mine, theirs = flat_parameters(job), flat_parameters(against)
+    return {name for name in mine.keys() | theirs.keys() if mine.get(name) != theirs.get(name)}
+
+
 def select_version(versions: Sequence[pb.Job], version: int) -> pb.Job:
     """Version `version` (0: the latest) of a job's lineage; NotFound naming
     `version` and the versions there are otherwise."""

@@ -70,8 +70,25 @@ class SyncStageflowClient:
     def versions(self, job_id: str) -> builtins.list[pb.Job]:
         return self._run(self._client.versions(job_id))
 
-    def list(self, page_size: int = 50, state: int | str | None = None) -> builtins.list[pb.Job]:
-        return self._run(self._client.list(page_size, state))
+    def list(
+        self,
+        page_size: int = 50,
+        state: int | str | None = None,
+        *,
+        page_token: str = "",
+        query: str = "",
+    ) -> builtins.list[pb.Job]:
+        return self._run(self._client.list(page_size, state, page_token=page_token, query=query))
+
+    def list_page(
+        self,
+        page_size: int = 50,
+        state: int | str | None = None,
+        page_token: str = "",
+        query: str = "",
+    ) -> pb.ListJobsResponse:
+        """As StageflowClient.list_page."""
+        return self._run(self._client.list_page(page_size, state, page_token, query))
 
     def cancel(self, job_id: str) -> pb.Job:
         return self._run(self._client.cancel(job_id))

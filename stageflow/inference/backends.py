@@ -83,7 +83,7 @@ def _torch_diffusion(folder: Path, options: BackendOptions) -> DiffusionParts:
 
 
 def _torch_upscaler(folder: Path, options: BackendOptions) -> tuple[UpscaleNet, int]:
-    from stageflow.inference.rrdbnet import load_rrdbnet
+    from stageflow.inference.sr_archs import load_upscaler
 
     if options.dtype != "fp32":
         # The upscale stage's tiles are blended in float32; no half path is built yet.
@@ -91,8 +91,8 @@ def _torch_upscaler(folder: Path, options: BackendOptions) -> tuple[UpscaleNet, 
             f"dtype {options.dtype}: the torch upscaler runs in fp32 only (export it with "
             "`stageflow models compile --dtype fp16` for a half-precision upscaler)"
         )
-    net, config = load_rrdbnet(folder)
-    return net.to(options.device), config.scale
+    net, config = load_upscaler(folder)
+    return net.to(options.device), int(config.scale)
 
 
 def _folder_fingerprint(folder: Path, options: BackendOptions) -> str:

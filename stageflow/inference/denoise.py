@@ -17,7 +17,7 @@ from PIL import Image
 
 from stageflow.inference.base import check_cancelled
 from stageflow.inference.interface import CancelledFn, ProgressFn
-from stageflow.inference.sd_parts import DiffusionParts
+from stageflow.inference.sd_parts import Conditioning, DiffusionParts
 from stageflow.inference.vae_tiling import DecodeShape, VaeTiling, plan_tile, tiled_decode
 
 # (step index, latents after the scheduler step) -> latents to carry on with
@@ -38,23 +38,57 @@ def uses_guidance(guidance_scale: float) -> bool:
 
 
 def encode_prompts(
-    parts: DiffusionParts, prompt: str, negative_prompt: str, guided: bool
-) -> torch.Tensor:
-    """Text embeddings; with guidance, (negative, positive) stacked as batch 2."""
-    cond = parts.encode_text(parts.tokenize(prompt))
-    if not guided:
-        return cond
-    uncond = parts.encode_text(parts.tokenize(negative_prompt))
-    return torch.cat([uncond, cond])
+    parts: DiffusionParts,
+    prompt: str,
+    negative_prompt: str,
+    guided: bool,
+    size: tuple[int, int],
+) -> Conditioning:
+    """The UNet's conditioning for an output of `size` (height, width) pixels;
+    with guidance, (negative, positive) stacked as batch 2."""
+    return parts.condition(prompt, negative_prompt, guided, size)
 
 
-def batch_embeddings(texts: Sequence[torch.Tensor], guided: bool) -> torch.Tensor:
+def batch_embeddings(texts: Sequence[Conditioning], guided: bool) -> Conditioning:
     """Several requests' `encode_prompts` as one batch. With guidance each is
     (negative, positive) and `denoise` doubles the latents as [all, all], so
     the embeddings go as [all negatives, all positives]."""
     if guided:
-        return torch.cat([t[:1] for t in texts] + [t[1:] for t in texts])
-    return torch.cat(list(texts))
+        return Conditioning.cat([t.rows(0, 1) for t in texts] + [t.rows(1, 2) for t in texts])
+    return Conditioning.cat(list(texts))
+
+
+def schedule_cutoff(scheduler: Any, fraction: float) -> int:
+    """The training timestep `fraction` of the way through denoising, as
+    diffusers' SDXL pipelines round it (denoising_end / denoising_start)."""
+    n = int(scheduler.config.num_train_timesteps)
+    return round(n - fraction * n)
+
+
+def end_timesteps(scheduler: Any, steps: int, denoising_end: float) -> torch.Tensor:
+    """txt2img's timesteps, stopping at `denoising_end` of the schedule (1: all):
+    those at or above the cutoff, as StableDiffusionXLPipeline(denoising_end=)."""
+    scheduler.set_timesteps(steps)
+    timesteps: torch.Tensor = scheduler.timesteps
+    if denoising_end >= 1.0:
+        return timesteps
+    cutoff = schedule_cutoff(scheduler, denoising_end)
+    return timesteps[: int((timesteps >= cutoff).sum())]
+
+
+def start_timesteps(scheduler: Any, steps: int, denoising_start: float) -> torch.Tensor:
+    """The rest of a `steps` schedule from `denoising_start` on: the timesteps
+    below the cutoff, as StableDiffusionXLImg2ImgPipeline(denoising_start=)."""
+    scheduler.set_timesteps(steps)
+    cutoff = schedule_cutoff(scheduler, denoising_start)
+    count = int((scheduler.timesteps < cutoff).sum())
+    if scheduler.order == 2 and count % 2 == 0:
+        count += 1
+    start = len(scheduler.timesteps) - count
+    if hasattr(scheduler, "set_begin_index"):
+        scheduler.set_begin_index(start)
+    timesteps: torch.Tensor = scheduler.timesteps[start:]
+    return timesteps
 
 
 def denoise(
@@ -62,7 +96,7 @@ def denoise(
     scheduler: Any,
     latents: torch.Tensor,
     timesteps: torch.Tensor,
-    embeddings: torch.Tensor,
+    embeddings: Conditioning,
     guidance_scale: float,
     progress: ProgressFn,
     cancelled: CancelledFn,

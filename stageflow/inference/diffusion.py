@@ -20,6 +20,8 @@ from stageflow.inference import masks
 from stageflow.inference.base import LocalModel
 from stageflow.inference.interface import (
     CancelledFn,
+    Latents,
+    LatentSpace,
     ModelDescription,
     ProgressFn,
     RefineMode,
@@ -77,11 +79,19 @@ class _DiffusionModel(LocalModel):
         side = min(max(self._native or multiple, multiple), self.max_side // multiple * multiple)
         latent = side // parts.vae_scale_factor
         with torch.inference_mode():
-            text = loop.encode_prompts(parts, "", "", guided=True)
+            cond = loop.encode_prompts(parts, "", "", True, (side, side))
             sample = torch.zeros(2, parts.latent_channels, latent, latent)
             for t in (999, 1):
-                parts.predict_noise(sample, torch.tensor(t), text)
+                parts.predict_noise(sample, torch.tensor(t), cond)
             loop.decode_latents(parts, sample[:1], self.vae_tiling)
+
+    @property
+    def latent_space(self) -> LatentSpace:
+        """The latents this model makes and takes (latent hand-off)."""
+        parts = self.parts
+        return LatentSpace(
+            parts.family, parts.latent_channels, parts.vae_scale_factor, parts.scaling_factor
+        )
 
     def describe(self) -> ModelDescription:
         parts = self.parts
@@ -97,6 +107,7 @@ class _DiffusionModel(LocalModel):
             param_defaults=self._size_defaults(multiple),
             vocabulary=tuple(self._domain.vocabulary) if self._domain else (),
             domain_description=self._domain.description if self._domain else "",
+            latent_space=self.latent_space.key,
         )
 
     def _size_defaults(self, multiple: int) -> dict[str, float]:
@@ -126,34 +137,29 @@ class Txt2ImgModel(_DiffusionModel):
         progress: ProgressFn,
         cancelled: CancelledFn,
     ) -> Image.Image:
+        output = self.run_with_report(params, inputs, progress, cancelled)
+        if output.latents is not None:
+            raise FailedPrecondition("denoising_end < 1 outputs latents: call run_with_report")
+        return output.image
+
+    def run_with_report(
+        self,
+        params: StageParams,
+        inputs: StageInputs,
+        progress: ProgressFn,
+        cancelled: CancelledFn,
+    ) -> StageOutput:
+        """The image, or with denoising_end < 1 the latents at that point."""
         self.validate(params)
         assert isinstance(params, Txt2ImgParams)
-        with torch.inference_mode():
-            parts = self.parts
-            guided = loop.uses_guidance(params.guidance_scale)
-            text = loop.encode_prompts(parts, params.prompt, params.negative_prompt, guided)
-            scheduler = parts.new_scheduler()
-            scheduler.set_timesteps(params.steps)
-            gen = loop.seeded_generator(params.seed)
-            f = parts.vae_scale_factor
-            shape = (1, parts.latent_channels, params.height // f, params.width // f)
-            latents = loop.randn(shape, gen, parts) * scheduler.init_noise_sigma
-            latents = loop.denoise(
-                parts,
-                scheduler,
-                latents,
-                scheduler.timesteps,
-                text,
-                params.guidance_scale,
-                progress,
-                cancelled,
-            )
-            return loop.decode_image(parts, latents, self.vae_tiling)
+        return self._generate([params], progress, cancelled)[0]
 
     def batch_key(self, params: StageParams) -> Hashable | None:
         # Prompts, negative prompts and seeds may differ within a batch.
         assert isinstance(params, Txt2ImgParams)
-        return (params.width, params.height, params.steps, params.guidance_scale)
+        return (params.width, params.height, params.steps, params.guidance_scale) + (
+            (params.denoising_end,) if params.denoising_end < 1 else ()
+        )
 
     def run_batch(
         self,
@@ -173,15 +179,25 @@ class Txt2ImgModel(_DiffusionModel):
             self.validate(params)
             if self.batch_key(params) != self.batch_key(first):
                 raise InvalidArgument(
-                    "params", "a batch needs equal width, height, steps, guidance"
+                    "params", "a batch needs equal width, height, steps, guidance, denoising_end"
                 )
+        return self._generate(batch, progress, cancelled)
+
+    def _generate(
+        self, batch: Sequence[Txt2ImgParams], progress: ProgressFn, cancelled: CancelledFn
+    ) -> list[StageOutput]:
+        """Requests of one batch key from noise: images, or latents at denoising_end."""
+        first = batch[0]
+        size = (first.height, first.width)
         with torch.inference_mode():
             parts = self.parts
             guided = loop.uses_guidance(first.guidance_scale)
-            texts = [loop.encode_prompts(parts, p.prompt, p.negative_prompt, guided) for p in batch]
+            texts = [
+                loop.encode_prompts(parts, p.prompt, p.negative_prompt, guided, size) for p in batch
+            ]
             text = loop.batch_embeddings(texts, guided)
             scheduler = parts.new_scheduler()
-            scheduler.set_timesteps(first.steps)
+            timesteps = loop.end_timesteps(scheduler, first.steps, first.denoising_end)
             f = parts.vae_scale_factor
             shape = (1, parts.latent_channels, first.height // f, first.width // f)
             latents = torch.cat(
@@ -192,16 +208,22 @@ class Txt2ImgModel(_DiffusionModel):
                 parts,
                 scheduler,
                 latents,
-                scheduler.timesteps,
+                timesteps,
                 text,
                 first.guidance_scale,
                 progress,
                 cancelled,
             )
+            if first.denoising_end < 1:
+                return [StageOutput(self._latents(one, first)) for one in latents.split(1)]
             return [
                 StageOutput(loop.decode_image(parts, one, self.vae_tiling))
                 for one in latents.split(1)
             ]
+
+    def _latents(self, latents: torch.Tensor, params: Txt2ImgParams) -> Latents:
+        array = latents.detach().to("cpu", torch.float32).numpy().copy()
+        return Latents(array, self.latent_space, params.denoising_end, params.steps)
 
 
 class RefineModel(_DiffusionModel):
@@ -217,8 +239,9 @@ class RefineModel(_DiffusionModel):
     def validate(self, params: StageParams) -> None:
         super().validate(params)
         assert isinstance(params, RefineParams)
-        problem = limits.refine_steps_problem(params.steps, params.strength)
-        if problem:
+        if params.denoising_start > 0:
+            _check_continuation(params)
+        elif problem := limits.refine_steps_problem(params.steps, params.strength):
             raise InvalidArgument("strength", problem)
         for name in ("mask_box", "text_box"):
             box = getattr(params, name)
@@ -233,6 +256,9 @@ class RefineModel(_DiffusionModel):
 
     def validate_inputs(self, params: StageParams, inputs: StageInputs) -> None:
         assert isinstance(params, RefineParams)
+        if inputs.latents is not None or params.denoising_start > 0:
+            self._validate_latents(params, inputs)
+            return
         image = inputs.image
         if image is None:
             raise InvalidArgument("image", "is required: the refine stage reads an input image")
@@ -270,7 +296,10 @@ class RefineModel(_DiffusionModel):
     ) -> StageOutput:
         self.validate(params)
         self.validate_inputs(params, inputs)
-        assert isinstance(params, RefineParams) and inputs.image is not None
+        assert isinstance(params, RefineParams)
+        if inputs.latents is not None:
+            return StageOutput(self._continue(params, inputs.latents, progress, cancelled))
+        assert inputs.image is not None
         image = inputs.image.convert("RGB")
         if params.text:
 
@@ -292,7 +321,7 @@ class RefineModel(_DiffusionModel):
         # request at a time. Prompts, seeds, images and masks may differ in a
         # batch; images of different sizes run as consecutive sub-batches.
         assert isinstance(params, RefineParams)
-        if params.text:
+        if params.text or params.denoising_start > 0:
             return None
         return (params.mode, params.steps, params.strength, params.guidance_scale)
 
@@ -403,7 +432,10 @@ class RefineModel(_DiffusionModel):
         with torch.inference_mode():
             parts = self.parts
             guided = loop.uses_guidance(first.guidance_scale)
-            texts = [loop.encode_prompts(parts, p.prompt, p.negative_prompt, guided) for p in batch]
+            size = (images[0].height, images[0].width)
+            texts = [
+                loop.encode_prompts(parts, p.prompt, p.negative_prompt, guided, size) for p in batch
+            ]
             text = loop.batch_embeddings(texts, guided)
             scheduler = parts.new_scheduler()
             timesteps = loop.strength_timesteps(scheduler, first.steps, first.strength)
@@ -453,6 +485,62 @@ class RefineModel(_DiffusionModel):
             for out, image, mask in zip(decoded, images, pixel_masks, strict=True)
         ]
 
+    def _validate_latents(self, params: RefineParams, inputs: StageInputs) -> None:
+        """A latent hand-off's input: latents of this model's latent space and
+        sizes, with a denoising_start to resume at (and no image or mask)."""
+        latents = inputs.latents
+        if latents is None:
+            raise InvalidArgument(
+                "denoising_start", "needs a latents input (latent hand-off); 0 for an image input"
+            )
+        if params.denoising_start <= 0:
+            raise InvalidArgument(
+                "denoising_start", "must be in (0, 1) with a latents input: where to resume"
+            )
+        if inputs.image is not None or inputs.mask is not None:
+            raise InvalidArgument("image", "must be unset with a latents input")
+        own = self.latent_space
+        if latents.space != own:
+            raise FailedPrecondition(
+                f"latents: {latents.space.describe()}; this model takes {own.describe()}"
+            )
+        desc = self.describe()
+        width, height = latents.size
+        check_side("latents", width, desc)
+        check_side("latents", height, desc)
+
+    def _continue(
+        self,
+        params: RefineParams,
+        latents: Latents,
+        progress: ProgressFn,
+        cancelled: CancelledFn,
+    ) -> Image.Image:
+        """Latent hand-off: the rest of the `steps` schedule from denoising_start
+        over the base's latents, no noise added and no random draw (diffusers'
+        img2img pipelines given latents and denoising_start), then the decode."""
+        width, height = latents.size
+        with torch.inference_mode():
+            parts = self.parts
+            guided = loop.uses_guidance(params.guidance_scale)
+            text = loop.encode_prompts(
+                parts, params.prompt, params.negative_prompt, guided, (height, width)
+            )
+            scheduler = parts.new_scheduler()
+            timesteps = loop.start_timesteps(scheduler, params.steps, params.denoising_start)
+            start = torch.from_numpy(latents.array).to(parts.device, parts.dtype)
+            out = loop.denoise(
+                parts,
+                scheduler,
+                start,
+                timesteps,
+                text,
+                params.guidance_scale,
+                progress,
+                cancelled,
+            )
+            return loop.decode_image(parts, out, self.vae_tiling)
+
     @staticmethod
     def _pixel_mask(
         params: RefineParams, inputs: StageInputs, size: tuple[int, int]
@@ -463,3 +551,11 @@ class RefineModel(_DiffusionModel):
             assert params.mask_box is not None
             mask = masks.mask_from_box(params.mask_box, size)
         return masks.blur_mask(mask, params.inpaint_mask_blur)
+
+
+def _check_continuation(params: RefineParams) -> None:
+    """denoising_start continues a latent hand-off: img2img, no overlay text."""
+    if params.text:
+        raise InvalidArgument("denoising_start", "must be 0 with overlay text")
+    if params.mode != RefineMode.IMG2IMG:
+        raise InvalidArgument("denoising_start", "continues img2img only; must be 0 to inpaint")

@@ -85,6 +85,10 @@ class Txt2ImgParams:
     steps: int = field(default=20, metadata=bounded(1, 200))
     guidance_scale: float = field(default=7.5, metadata=bounded(1.0, 30.0))
     seed: int = field(default=0, metadata=bounded(0, 2**63 - 1))
+    # The fraction of the schedule to run (diffusers' denoising_end). Below 1
+    # the stage stops there and outputs its latents, not an image, for a
+    # refine stage to continue from (latent hand-off: RefineParams.denoising_start).
+    denoising_end: float = field(default=1.0, metadata=bounded(0.01, 1.0))
 
 
 class RefineMode(enum.StrEnum):
@@ -128,6 +132,10 @@ class RefineParams:
     steps: int = field(default=40, metadata=bounded(1, 200))
     guidance_scale: float = field(default=7.5, metadata=bounded(1.0, 30.0))
     seed: int = field(default=42, metadata=bounded(0, 2**63 - 1))
+    # With a latents input (latent hand-off): where in the `steps` schedule to
+    # resume, the base's denoising_end; no noise is added and `strength` is
+    # unused (diffusers' denoising_start). 0: an image input, by `strength`.
+    denoising_start: float = field(default=0.0, metadata=bounded(0.0, 0.99))
     inpaint_mask_blur: int = field(default=4, metadata=bounded(0, 64))
     mask_box: Box | None = None
     # Overlay text. When set, the stage runs the typography pass (stageflow.inference.text_pass)
@@ -174,11 +182,54 @@ StageParams = Txt2ImgParams | RefineParams | UpscaleParams
 
 
 @dataclass(frozen=True)
+class LatentSpace:
+    """What makes latents from one model usable by another: the same family's
+    UNet conditioning aside, the same VAE layout and scaling."""
+
+    family: str  # "sd", "sdxl"
+    channels: int
+    vae_scale_factor: int
+    scaling_factor: float
+
+    @property
+    def key(self) -> str:
+        """One string for Describe (`latent_space`): equal keys, compatible latents."""
+        return f"{self.family}/{self.channels}ch/{self.vae_scale_factor}x/{self.scaling_factor:g}"
+
+    def describe(self) -> str:
+        return (
+            f"{self.family} latents ({self.channels} channels, 1/{self.vae_scale_factor} "
+            f"of the image side, scaling {self.scaling_factor:g})"
+        )
+
+
+@dataclass(frozen=True)
+class Latents:
+    """A diffusion stage's partly denoised latents, passed to the next diffusion
+    stage instead of an image (latent hand-off): float32 (1, C, H/f, W/f),
+    already multiplied by the VAE's scaling factor, `denoising_end` of the way
+    through a `steps`-step schedule. `array` is a numpy array."""
+
+    array: Any
+    space: LatentSpace
+    denoising_end: float
+    steps: int
+
+    @property
+    def size(self) -> tuple[int, int]:
+        """(width, height) in pixels of the image they decode to."""
+        f = self.space.vae_scale_factor
+        return int(self.array.shape[-1]) * f, int(self.array.shape[-2]) * f
+
+
+@dataclass(frozen=True)
 class StageInputs:
     """Decoded input artifacts; which are required depends on the stage kind."""
 
     image: Image.Image | None = None
     mask: Image.Image | None = None
+    # Instead of an image: the previous diffusion stage's latents (latent hand-off).
+    latents: Latents | None = None
 
 
 @dataclass(frozen=True)
@@ -196,10 +247,26 @@ class TextCheck:
 
 @dataclass(frozen=True)
 class StageOutput:
-    """A stage call's image and what the stage found out while making it."""
+    """A stage call's image (or, for a latent hand-off, its latents) and what
+    the stage found out while making it."""
 
-    image: Image.Image
+    content: Image.Image | Latents
     text_check: TextCheck | None = None
+
+    @property
+    def image(self) -> Image.Image:
+        if not isinstance(self.content, Image.Image):
+            raise TypeError("this stage output is latents (a latent hand-off), not an image")
+        return self.content
+
+    @property
+    def latents(self) -> Latents | None:
+        return self.content if isinstance(self.content, Latents) else None
+
+    @property
+    def size(self) -> tuple[int, int]:
+        """(width, height) in pixels of the image, or of the one the latents decode to."""
+        return self.content.size
 
 
 @dataclass(frozen=True)
@@ -228,6 +295,8 @@ class ModelDescription:
     # The prompt domain it declares (stageflow.inference.prompt_domain); empty: none.
     vocabulary: tuple[str, ...] = ()
     domain_description: str = ""
+    # A diffusion model's LatentSpace.key (latent hand-off); "" for others.
+    latent_space: str = ""
 
 
 # progress(step_done_1_based, total_steps)

@@ -47,8 +47,6 @@ ModelFactory = Callable[..., StageModel]
 # Architectures that import (so they can be listed and compiled later) but that
 # our denoise loop does not drive yet: refused at load with the reason.
 UNSUPPORTED: Mapping[str, str] = {
-    "sdxl": "SDXL pipelines (two text encoders, added time embeddings) are not driven by "
-    "this stage's denoise loop yet; serve an SD 1.x/2.x model",
     "sdxl-inpaint": "SDXL inpainting pipelines are not supported",
     "sd-inpaint": "inpainting-specific UNets (9 input channels) are not supported; the refine "
     "stage inpaints with a plain SD model",

@@ -58,6 +58,7 @@ from stageflow.inference import precision
 from stageflow.inference.digests import NO_CACHE, DigestCache
 from stageflow.inference.interface import StageKind, params_type_of
 from stageflow.inference.prompt_domain import PromptDomain, read_folder_domain
+from stageflow.inference.sr_archs import architecture_of
 
 log = get_logger(__name__)
 
@@ -72,7 +73,8 @@ _SHA256 = r"^[0-9a-f]{64}$"
 
 class ModelFormat(enum.StrEnum):
     DIFFUSERS = "diffusers"  # a diffusers Stable Diffusion folder (torch weights)
-    ESRGAN = "esrgan"  # an RRDBNet upscaler folder (config.json + weights)
+    # an upscaler folder (sr_archs: RRDBNet, SRVGGNetCompact; config.json + weights)
+    ESRGAN = "esrgan"
     ONNX = "onnx"  # compiled by `compile` from one of the above
 
 
@@ -379,7 +381,9 @@ def _detect_diffusers(src: Path) -> Detected | None:
     vae = _read_json(src / "vae" / "config.json")
     xl = "text_encoder_2" in index or "XL" in pipeline
     kinds: list[str] = [StageKind.TXT2IMG, StageKind.REFINE]
-    if "Inpaint" in pipeline or ("Img2Img" in pipeline and "text_encoder" not in index):
+    # The SDXL refiner lists its absent first encoder as "text_encoder": [null, null].
+    first_encoder = (index.get("text_encoder") or [None])[0]
+    if "Inpaint" in pipeline or ("Img2Img" in pipeline and first_encoder is None):
         kinds = [StageKind.REFINE]  # inpainting UNets and the SDXL refiner start from an image
     architecture = "sdxl" if xl else "sd"
     if int(unet.get("in_channels", 4)) != int(vae.get("latent_channels", 4)):
@@ -405,14 +409,17 @@ def _detect_esrgan(src: Path) -> Detected | None:
     if not config.is_file():
         return None
     raw = _read_json(config)
-    if raw.get("architecture", "RRDBNet") != "RRDBNet" or "num_block" not in raw:
+    arch = architecture_of(raw)
+    if arch is None:
         return None
     has_weights = (src / "model.safetensors").is_file() or any(src.glob("*.pth"))
     if not has_weights:
-        raise InvalidArgument("src", f"{src}: an RRDBNet config but no model.safetensors or *.pth")
+        raise InvalidArgument(
+            "src", f"{src}: an {arch.name} config but no model.safetensors or *.pth"
+        )
     return Detected(
         format=ModelFormat.ESRGAN,
-        architecture=f"rrdbnet-x{raw.get('scale', 4)}",
+        architecture=f"{arch.short}-x{raw.get('scale', 4)}",
         kinds=[StageKind.UPSCALE],
         sizes=Sizes(min_side=1, max_side=1024, size_multiple=1),
         defaults={},
@@ -433,7 +440,7 @@ def detect_folder(src: Path) -> Detected:
     raise InvalidArgument(
         "src",
         f"{src} is neither a diffusers Stable Diffusion folder (model_index.json) "
-        "nor an ESRGAN folder (config.json for RRDBNet + weights)",
+        "nor an upscaler folder (config.json for RRDBNet or SRVGGNetCompact + weights)",
     )
 
 
@@ -593,17 +600,21 @@ class ModelRepository:
         )
         log.info("model.published", model=version.ref, repository=self.describe())
 
-    def import_folder(
-        self, src: Path, name: str, version: str, step: StepFn = _no_step
-    ) -> ModelVersion:
-        """Copy a local diffusers or ESRGAN folder in as `name@version`;
-        `step` hears each step as it starts."""
+    def check_new(self, name: str, version: str) -> None:
+        """`name@version` is a valid name for a version that does not exist yet."""
         check_name(name, "name")
         if version == LATEST:
             raise InvalidArgument("version", f"{LATEST!r} is reserved")
         check_name(version, "version")
         if self.exists(name, version):
             raise FailedPrecondition(f"model {name}@{version} already exists in {self.describe()}")
+
+    def import_folder(
+        self, src: Path, name: str, version: str, step: StepFn = _no_step
+    ) -> ModelVersion:
+        """Copy a local diffusers or ESRGAN folder in as `name@version`;
+        `step` hears each step as it starts."""
+        self.check_new(name, version)
         src = Path(src)
         step(f"detecting what {src} holds")
         detected = detect_folder(src)

@@ -8,7 +8,9 @@ implemented: x2/x1 variants pixel-unshuffle their input first.
 
 On-disk format: `config.json` (RRDBNetConfig fields) + `model.safetensors`;
 a `.pth` from the Real-ESRGAN release also loads (its `params_ema` entry).
-Weights stored in fp16 load into the model's float32 parameters.
+Weights stored in fp16 load into the model's float32 parameters. This is one
+of the upscaler architectures of `stageflow.inference.sr_archs`; `from_ncnn`
+maps an ncnn RRDBNet graph (realesrgan-x4plus.param/.bin) onto these names.
 
 `residual: "bicubic"` in the config makes the network predict a correction
 over bicubic upsampling (our trained fixture; a small net learns that far
@@ -23,9 +25,13 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from stageflow.inference import sr_archs
+from stageflow.inference.ncnn import NcnnFormatError, NcnnGraph, check_same_conv, conv_activation
 
 ARCHITECTURE = "RRDBNet"
 CONFIG_FILE = "config.json"
@@ -149,20 +155,7 @@ def read_config(folder: Path) -> RRDBNetConfig:
 
 def read_state_dict(folder: Path) -> dict[str, torch.Tensor]:
     """model.safetensors, or else the first *.pth (Real-ESRGAN release layout)."""
-    weights = folder / WEIGHTS_FILE
-    if weights.exists():
-        from safetensors.torch import load_file
-
-        return load_file(str(weights))
-    pths = sorted(folder.glob("*.pth"))
-    if not pths:
-        raise FileNotFoundError(f"{folder}: neither {WEIGHTS_FILE} nor a *.pth file")
-    state = torch.load(pths[0], map_location="cpu", weights_only=True)
-    for key in ("params_ema", "params"):
-        if key in state:
-            state = state[key]
-            break
-    return dict(state)
+    return sr_archs.read_state_dict(folder)
 
 
 def load_rrdbnet(folder: Path) -> tuple[RRDBNet, RRDBNetConfig]:
@@ -172,3 +165,80 @@ def load_rrdbnet(folder: Path) -> tuple[RRDBNet, RRDBNetConfig]:
     # load_state_dict copies into the float32 parameters: fp16 files upcast here.
     model.load_state_dict(read_state_dict(folder), strict=True)
     return model.eval(), config
+
+
+# -- the sr_archs interface ----------------------------------------------------------
+
+Config = RRDBNetConfig
+
+
+def build(config: RRDBNetConfig) -> RRDBNet:
+    return RRDBNet(config)
+
+
+# Convs followed by LeakyReLU(0.2): every dense-block conv but the fifth, and the
+# upsampling convs; conv_first, conv5, conv_body and conv_last have none.
+_LRELU_CONVS = ("conv1", "conv2", "conv3", "conv4", "conv_up1", "conv_up2", "conv_hr")
+# The convs outside the RRDB trunk: conv_first, conv_body, conv_up1, conv_up2, conv_hr, conv_last.
+_OUTER_CONVS = 6
+_CONVS_PER_BLOCK = 15
+
+
+def _ncnn_config(graph: NcnnGraph) -> RRDBNetConfig:
+    """The config an ncnn RRDBNet graph implies, from its layer counts and shapes."""
+    convs = graph.of_type("Convolution")
+    counts = graph.type_counts()
+    blocks, rest = divmod(len(convs) - _OUTER_CONVS, _CONVS_PER_BLOCK)
+    if blocks < 1 or rest or "PReLU" in counts or "PixelShuffle" in counts:
+        raise NcnnFormatError(
+            f"{len(convs)} convolutions and layer types {sorted(counts)} are not an RRDBNet's "
+            f"(6 + 15 per block, no PReLU or PixelShuffle)"
+        )
+    if counts.get("Eltwise", 0) != 4 * blocks:
+        raise NcnnFormatError(f"{blocks} blocks need {4 * blocks} residual sums (Eltwise)")
+    interps = graph.of_type("Interp")
+    for interp in interps:
+        scales = (interp.float_param(1, 1.0), interp.float_param(2, 1.0))
+        if interp.int_param(0) != 1 or scales != (2.0, 2.0):
+            raise NcnnFormatError(f"layer {interp.name}: expected a nearest x2 upsampling")
+    if len(interps) != 2:
+        raise NcnnFormatError(f"{len(interps)} upsamplings: only the x4 layout (two x2) is known")
+    first, grow, last = (convs[0], convs[1], convs[-1])
+    return RRDBNetConfig(
+        num_in_ch=first.weights["weight"].shape[1],
+        num_out_ch=last.int_param(0),
+        scale=4,
+        num_feat=first.int_param(0),
+        num_block=blocks,
+        num_grow_ch=grow.int_param(0),
+    )
+
+
+def from_ncnn(graph: NcnnGraph) -> tuple[RRDBNetConfig, dict[str, np.ndarray]]:
+    """Our state dict from an ncnn RRDBNet: convolutions in file order are the
+    network's convs in registration order; shapes and fused activations are
+    checked conv by conv, so a graph wired otherwise fails here, not at runtime."""
+    config = _ncnn_config(graph)
+    with torch.device("meta"):
+        expected = dict(RRDBNet(config).named_parameters())
+    names = [n.removesuffix(".weight") for n in expected if n.endswith(".weight")]
+    state: dict[str, np.ndarray] = {}
+    for name, layer in zip(names, graph.of_type("Convolution"), strict=True):
+        check_same_conv(layer)
+        act, slope = conv_activation(layer)
+        want = ("leakyrelu", 0.2) if name.rsplit(".", 1)[-1] in _LRELU_CONVS else ("none", 0.0)
+        if (act, round(slope, 6)) != want:
+            raise NcnnFormatError(
+                f"layer {layer.name} ({name}): activation {act}, expected {want[0]}"
+            )
+        for part, value in layer.weights.items():
+            key = f"{name}.{part}"
+            if key not in expected or tuple(expected[key].shape) != value.shape:
+                raise NcnnFormatError(
+                    f"layer {layer.name}: {part} {value.shape} does not fit {key}"
+                )
+            state[key] = value
+    missing = sorted(set(expected) - set(state))
+    if missing:
+        raise NcnnFormatError(f"no weights for {', '.join(missing[:5])}")
+    return config, state

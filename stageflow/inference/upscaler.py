@@ -1,11 +1,15 @@
-"""ESRGAN-family x4 upscaler (RRDBNet), tiled so memory is bounded by tile size.
+"""ESRGAN-family upscaler, tiled so memory is bounded by tile size.
 
+The network is any architecture of `stageflow.inference.sr_archs` (RRDBNet,
+SRVGGNetCompact: Real-ESRGAN's x4plus and animevideov3), loaded by the backend.
 Tiling follows Real-ESRGAN's `tile_process`: each `tile_size` square of the
 input is upscaled together with `tile_overlap` pixels of context on every side
 (clamped at the image edge), and only the upscaled core is pasted into the
 output. When the overlap covers the network's receptive radius
-(`rrdbnet.receptive_radius`) the tiled result equals the untiled one up to
-float rounding; a smaller overlap leaves faint seams.
+(`sr_archs.receptive_radius`) the tiled result equals the untiled one up to
+float rounding; a smaller overlap leaves faint seams (for x4plus the radius is
+349 px, but the weights far from the centre are tiny: docs/quality.md measures
+the seams at the default overlap).
 
 Dynamic batching (`run_batch`) batches *tiles*: the tiles of several requests
 that share a padded shape run through the network together, at most one tile

@@ -115,6 +115,13 @@ class Kind:
     # The submit-time check of the params `build` makes; None: only the
     # numeric ranges of the stage's Describe are checked.
     check: Checker | None = None
+    # Latent hand-off (a pipeline spec's `handoff: latent`): the option with
+    # which this kind's stage stops early and outputs latents instead of an
+    # image (base: "denoising_end", below 1), and the one with which it
+    # resumes from latents given instead of an image (refine:
+    # "denoising_start", above 0). "": it does not.
+    hands_off: str = ""
+    takes_over: str = ""
 
     def __post_init__(self) -> None:
         if not _NAME.fullmatch(self.name):

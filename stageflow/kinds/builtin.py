@@ -74,7 +74,11 @@ def _refine(
         # The job's seed unless the refine pass sets its own.
         seed=opts.seed if opts.HasField("seed") else request.seed,
     )
-    copy_set_fields(opts, params, ("strength", "steps", "guidance_scale", "inpaint_mask_blur"))
+    copy_set_fields(
+        opts,
+        params,
+        ("strength", "steps", "guidance_scale", "inpaint_mask_blur", "denoising_start"),
+    )
     if text:
         # The typography pass: the stage draws `text` and inpaints its own mask.
         params.text = text
@@ -121,6 +125,13 @@ def _check_refine(params: Message, defaults: Mapping[str, float]) -> None:
         problem = limits.text_chars_problem(params.text)
         if problem:
             raise InvalidArgument("text", problem)
+    if params.denoising_start > 0:
+        # A latent hand-off: the rest of the schedule from denoising_start, not strength.
+        if params.text or params.mode == stage_pb2.REFINE_MODE_INPAINT:
+            raise InvalidArgument(
+                "denoising_start", "continues img2img only (no overlay text, no inpaint)"
+            )
+        return
     steps = params.steps if params.HasField("steps") else defaults.get("steps")
     if params.HasField("strength"):
         strength = params.strength
@@ -142,7 +153,11 @@ BASE = Kind(
     params_message=stage_pb2.Txt2ImgParams,
     options=orchestrator_pb2.BaseOptions,
     build=_base,
-    limits={"steps": Limit(ge=1), "guidance_scale": Limit(ge=0)},
+    limits={
+        "steps": Limit(ge=1),
+        "guidance_scale": Limit(ge=0),
+        "denoising_end": Limit(gt=0, le=1),
+    },
     inputs=(),
     model_family="sd-txt2img",
     model_folder="tiny-sd",
@@ -156,6 +171,7 @@ BASE = Kind(
         "negative_prompt": "bundle.negative_prompt",
     },
     check=_check_base,
+    hands_off="denoising_end",
 )
 
 REFINE = Kind(
@@ -173,6 +189,7 @@ REFINE = Kind(
         "text_stroke": Limit(ge=0, le=0.2),
         "max_cer": Limit(ge=0, le=1),
         "max_attempts": Limit(ge=1),
+        "denoising_start": Limit(ge=0, le=0.99),
     },
     model_family="sd-refine",
     model_folder="tiny-sd",
@@ -185,6 +202,7 @@ REFINE = Kind(
         "text": "bundle.overlay_text",
     },
     check=_check_refine,
+    takes_over="denoising_start",
 )
 
 UPSCALE = Kind(

@@ -65,6 +65,7 @@ MAXIMA: Mapping[str, Mapping[str, int]] = {
         "input_image": L.MAX_ID_CHARS,
     },
     "stageflow.v1.WatchJobRequest": {"job_id": L.MAX_ID_CHARS},
+    "stageflow.v1.ListJobsRequest": {"page_token": L.MAX_ID_CHARS, "query": L.MAX_TEXT_CHARS},
     "stageflow.v1.GetJobRequest": {"job_id": L.MAX_ID_CHARS},
     "stageflow.v1.CancelJobRequest": {"job_id": L.MAX_ID_CHARS},
     "stageflow.v1.RerunJobRequest": {

@@ -277,4 +277,5 @@ def describe_response(
         defaults=param_defaults(desc),
         vocabulary=desc.vocabulary,
         domain_description=desc.domain_description,
+        latent_space=desc.latent_space,
     )

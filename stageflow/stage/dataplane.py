@@ -31,6 +31,7 @@ from stageflow.core.errors import Cancelled, DeadlineExceeded, InvalidArgument
 from stageflow.core.logging import get_logger
 from stageflow.core.storage import ObjectStore, check_key
 from stageflow.inference.interface import (
+    Latents,
     ModelDescription,
     ModelIdentity,
     StageInputs,
@@ -41,6 +42,8 @@ from stageflow.inference.interface import (
 from stageflow.serving import metrics
 from stageflow.stage.batcher import DynamicBatcher
 from stageflow.stage.images import decode_image, encode_png, open_image
+from stageflow.stage.latents import MEDIA_TYPE as LATENTS_MEDIA_TYPE
+from stageflow.stage.latents import decode_latents, encode_latents
 from stageflow.stage.model_holder import Lease, ModelHolder
 from stageflow.stage.slots import ExecutionSlots
 
@@ -65,6 +68,8 @@ class StageCall:
     params: StageParams
     image: InputRef | None = None
     mask: InputRef | None = None
+    # Instead of an image: the previous diffusion stage's latents (latent hand-off).
+    latents: InputRef | None = None
     # Seconds left before the caller's deadline (None: no deadline).
     time_remaining: float | None = None
     job_id: str = ""
@@ -225,7 +230,7 @@ class StageDataPlane:
             finally:
                 work.cancel()  # the caller went away: leave the batch
             clock.computed = time.perf_counter()
-            artifact = await asyncio.to_thread(self._store_output, output.image, prefix)
+            artifact = await asyncio.to_thread(self._store_output, output, prefix)
             clock.stored = time.perf_counter()
         except Cancelled as err:
             cancellation.reraise(err)
@@ -249,11 +254,14 @@ class StageDataPlane:
         headers = StageInputs(
             image=self._open_image(call.image, sides) if call.image is not None else None,
             mask=self._open_image(call.mask, sides) if call.mask is not None else None,
+            # Latents are small (1/64 of the pixels): decoded whole, then checked.
+            latents=self._open_latents(call.latents) if call.latents is not None else None,
         )
         model.validate_inputs(call.params, headers)
         return StageInputs(
             image=None if headers.image is None else decode_image(headers.image, field="image"),
             mask=None if headers.mask is None else decode_image(headers.mask, field="mask"),
+            latents=headers.latents,
         )
 
     def _open_image(self, ref: InputRef, sides: tuple[int, int]) -> Image.Image:
@@ -262,8 +270,18 @@ class StageDataPlane:
         data = get_artifact(self._store, ref.key, ref.sha256, field=ref.field)
         return open_image(data, field=ref.field, sides=sides)
 
-    def _store_output(self, image: Image.Image, prefix: str) -> Artifact:
-        return put_artifact(self._store, encode_png(image), prefix=prefix)
+    def _open_latents(self, ref: InputRef) -> Latents:
+        if not ref.key:
+            raise InvalidArgument(f"{ref.field}.key", "must not be empty")
+        data = get_artifact(self._store, ref.key, ref.sha256, field=ref.field)
+        return decode_latents(data, field=ref.field)
+
+    def _store_output(self, output: StageOutput, prefix: str) -> Artifact:
+        """A PNG, or for a latent hand-off the latents' safetensors bytes."""
+        if output.latents is not None:
+            data = encode_latents(output.latents)
+            return put_artifact(self._store, data, prefix=prefix, media_type=LATENTS_MEDIA_TYPE)
+        return put_artifact(self._store, encode_png(output.image), prefix=prefix)
 
     def close(self) -> None:
         self._executor.shutdown(wait=True, cancel_futures=True)

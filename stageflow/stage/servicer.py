@@ -43,6 +43,7 @@ class StageServicer(stage_pb2_grpc.StageServiceServicer):
                 params=params,
                 image=_input(request, "image"),
                 mask=_input(request, "mask"),
+                latents=_input(request, "latents"),
                 time_remaining=context.time_remaining(),
                 job_id=request.job_id,
                 output_prefix=request.output_prefix,
@@ -77,8 +78,8 @@ def _response(event: Progress | Finished, warnings: list[str]) -> stage_pb2.RunR
             store_output_ms=t.store_output_ms,
             total_ms=t.total_ms,
         ),
-        width=event.output.image.width,
-        height=event.output.image.height,
+        width=event.output.size[0],
+        height=event.output.size[1],
         warnings=warnings,
     )
     if event.output.text_check is not None:

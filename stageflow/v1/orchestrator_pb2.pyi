@@ -65,15 +65,17 @@ class PromptBundle(_message.Message):
     def __init__(self, base: _Optional[str] = ..., style: _Optional[str] = ..., overlay_text: _Optional[str] = ..., negative_prompt: _Optional[str] = ...) -> None: ...
 
 class BaseOptions(_message.Message):
-    __slots__ = ("steps", "guidance_scale")
+    __slots__ = ("steps", "guidance_scale", "denoising_end")
     STEPS_FIELD_NUMBER: _ClassVar[int]
     GUIDANCE_SCALE_FIELD_NUMBER: _ClassVar[int]
+    DENOISING_END_FIELD_NUMBER: _ClassVar[int]
     steps: int
     guidance_scale: float
-    def __init__(self, steps: _Optional[int] = ..., guidance_scale: _Optional[float] = ...) -> None: ...
+    denoising_end: float
+    def __init__(self, steps: _Optional[int] = ..., guidance_scale: _Optional[float] = ..., denoising_end: _Optional[float] = ...) -> None: ...
 
 class RefineOptions(_message.Message):
-    __slots__ = ("mode", "strength", "steps", "guidance_scale", "seed", "inpaint_mask_blur", "mask_box", "text_placement", "text_color", "text_stroke", "text_shadow", "max_cer", "max_attempts")
+    __slots__ = ("mode", "strength", "steps", "guidance_scale", "seed", "inpaint_mask_blur", "mask_box", "text_placement", "text_color", "text_stroke", "text_shadow", "max_cer", "max_attempts", "denoising_start")
     MODE_FIELD_NUMBER: _ClassVar[int]
     STRENGTH_FIELD_NUMBER: _ClassVar[int]
     STEPS_FIELD_NUMBER: _ClassVar[int]
@@ -87,6 +89,7 @@ class RefineOptions(_message.Message):
     TEXT_SHADOW_FIELD_NUMBER: _ClassVar[int]
     MAX_CER_FIELD_NUMBER: _ClassVar[int]
     MAX_ATTEMPTS_FIELD_NUMBER: _ClassVar[int]
+    DENOISING_START_FIELD_NUMBER: _ClassVar[int]
     mode: _stage_pb2.RefineMode
     strength: float
     steps: int
@@ -100,7 +103,8 @@ class RefineOptions(_message.Message):
     text_shadow: bool
     max_cer: float
     max_attempts: int
-    def __init__(self, mode: _Optional[_Union[_stage_pb2.RefineMode, str]] = ..., strength: _Optional[float] = ..., steps: _Optional[int] = ..., guidance_scale: _Optional[float] = ..., seed: _Optional[int] = ..., inpaint_mask_blur: _Optional[int] = ..., mask_box: _Optional[_Union[_stage_pb2.Box, _Mapping]] = ..., text_placement: _Optional[_Union[_stage_pb2.TextPlacement, str]] = ..., text_color: _Optional[str] = ..., text_stroke: _Optional[float] = ..., text_shadow: _Optional[bool] = ..., max_cer: _Optional[float] = ..., max_attempts: _Optional[int] = ...) -> None: ...
+    denoising_start: float
+    def __init__(self, mode: _Optional[_Union[_stage_pb2.RefineMode, str]] = ..., strength: _Optional[float] = ..., steps: _Optional[int] = ..., guidance_scale: _Optional[float] = ..., seed: _Optional[int] = ..., inpaint_mask_blur: _Optional[int] = ..., mask_box: _Optional[_Union[_stage_pb2.Box, _Mapping]] = ..., text_placement: _Optional[_Union[_stage_pb2.TextPlacement, str]] = ..., text_color: _Optional[str] = ..., text_stroke: _Optional[float] = ..., text_shadow: _Optional[bool] = ..., max_cer: _Optional[float] = ..., max_attempts: _Optional[int] = ..., denoising_start: _Optional[float] = ...) -> None: ...
 
 class UpscaleOptions(_message.Message):
     __slots__ = ("mode", "tile_size", "tile_overlap")
@@ -296,18 +300,24 @@ class GetJobResponse(_message.Message):
     def __init__(self, job: _Optional[_Union[Job, _Mapping]] = ..., versions: _Optional[_Iterable[_Union[Job, _Mapping]]] = ...) -> None: ...
 
 class ListJobsRequest(_message.Message):
-    __slots__ = ("page_size", "state")
+    __slots__ = ("page_size", "state", "page_token", "query")
     PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
+    PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    QUERY_FIELD_NUMBER: _ClassVar[int]
     page_size: int
     state: JobState
-    def __init__(self, page_size: _Optional[int] = ..., state: _Optional[_Union[JobState, str]] = ...) -> None: ...
+    page_token: str
+    query: str
+    def __init__(self, page_size: _Optional[int] = ..., state: _Optional[_Union[JobState, str]] = ..., page_token: _Optional[str] = ..., query: _Optional[str] = ...) -> None: ...
 
 class ListJobsResponse(_message.Message):
-    __slots__ = ("jobs",)
+    __slots__ = ("jobs", "next_page_token")
     JOBS_FIELD_NUMBER: _ClassVar[int]
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
     jobs: _containers.RepeatedCompositeFieldContainer[Job]
-    def __init__(self, jobs: _Optional[_Iterable[_Union[Job, _Mapping]]] = ...) -> None: ...
+    next_page_token: str
+    def __init__(self, jobs: _Optional[_Iterable[_Union[Job, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
 
 class CancelJobRequest(_message.Message):
     __slots__ = ("job_id",)

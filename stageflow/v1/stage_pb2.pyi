@@ -39,7 +39,7 @@ UPSCALE_MODE_LEARNED: UpscaleMode
 UPSCALE_MODE_LANCZOS: UpscaleMode
 
 class Txt2ImgParams(_message.Message):
-    __slots__ = ("prompt", "negative_prompt", "width", "height", "steps", "guidance_scale", "seed")
+    __slots__ = ("prompt", "negative_prompt", "width", "height", "steps", "guidance_scale", "seed", "denoising_end")
     PROMPT_FIELD_NUMBER: _ClassVar[int]
     NEGATIVE_PROMPT_FIELD_NUMBER: _ClassVar[int]
     WIDTH_FIELD_NUMBER: _ClassVar[int]
@@ -47,6 +47,7 @@ class Txt2ImgParams(_message.Message):
     STEPS_FIELD_NUMBER: _ClassVar[int]
     GUIDANCE_SCALE_FIELD_NUMBER: _ClassVar[int]
     SEED_FIELD_NUMBER: _ClassVar[int]
+    DENOISING_END_FIELD_NUMBER: _ClassVar[int]
     prompt: str
     negative_prompt: str
     width: int
@@ -54,7 +55,8 @@ class Txt2ImgParams(_message.Message):
     steps: int
     guidance_scale: float
     seed: int
-    def __init__(self, prompt: _Optional[str] = ..., negative_prompt: _Optional[str] = ..., width: _Optional[int] = ..., height: _Optional[int] = ..., steps: _Optional[int] = ..., guidance_scale: _Optional[float] = ..., seed: _Optional[int] = ...) -> None: ...
+    denoising_end: float
+    def __init__(self, prompt: _Optional[str] = ..., negative_prompt: _Optional[str] = ..., width: _Optional[int] = ..., height: _Optional[int] = ..., steps: _Optional[int] = ..., guidance_scale: _Optional[float] = ..., seed: _Optional[int] = ..., denoising_end: _Optional[float] = ...) -> None: ...
 
 class Box(_message.Message):
     __slots__ = ("left", "top", "right", "bottom")
@@ -69,7 +71,7 @@ class Box(_message.Message):
     def __init__(self, left: _Optional[float] = ..., top: _Optional[float] = ..., right: _Optional[float] = ..., bottom: _Optional[float] = ...) -> None: ...
 
 class RefineParams(_message.Message):
-    __slots__ = ("prompt", "negative_prompt", "mode", "strength", "steps", "guidance_scale", "seed", "inpaint_mask_blur", "mask_box", "text", "text_placement", "text_box", "text_color", "text_stroke", "text_shadow", "max_cer", "max_attempts")
+    __slots__ = ("prompt", "negative_prompt", "mode", "strength", "steps", "guidance_scale", "seed", "inpaint_mask_blur", "mask_box", "text", "text_placement", "text_box", "text_color", "text_stroke", "text_shadow", "max_cer", "max_attempts", "denoising_start")
     PROMPT_FIELD_NUMBER: _ClassVar[int]
     NEGATIVE_PROMPT_FIELD_NUMBER: _ClassVar[int]
     MODE_FIELD_NUMBER: _ClassVar[int]
@@ -87,6 +89,7 @@ class RefineParams(_message.Message):
     TEXT_SHADOW_FIELD_NUMBER: _ClassVar[int]
     MAX_CER_FIELD_NUMBER: _ClassVar[int]
     MAX_ATTEMPTS_FIELD_NUMBER: _ClassVar[int]
+    DENOISING_START_FIELD_NUMBER: _ClassVar[int]
     prompt: str
     negative_prompt: str
     mode: RefineMode
@@ -104,7 +107,8 @@ class RefineParams(_message.Message):
     text_shadow: bool
     max_cer: float
     max_attempts: int
-    def __init__(self, prompt: _Optional[str] = ..., negative_prompt: _Optional[str] = ..., mode: _Optional[_Union[RefineMode, str]] = ..., strength: _Optional[float] = ..., steps: _Optional[int] = ..., guidance_scale: _Optional[float] = ..., seed: _Optional[int] = ..., inpaint_mask_blur: _Optional[int] = ..., mask_box: _Optional[_Union[Box, _Mapping]] = ..., text: _Optional[str] = ..., text_placement: _Optional[_Union[TextPlacement, str]] = ..., text_box: _Optional[_Union[Box, _Mapping]] = ..., text_color: _Optional[str] = ..., text_stroke: _Optional[float] = ..., text_shadow: _Optional[bool] = ..., max_cer: _Optional[float] = ..., max_attempts: _Optional[int] = ...) -> None: ...
+    denoising_start: float
+    def __init__(self, prompt: _Optional[str] = ..., negative_prompt: _Optional[str] = ..., mode: _Optional[_Union[RefineMode, str]] = ..., strength: _Optional[float] = ..., steps: _Optional[int] = ..., guidance_scale: _Optional[float] = ..., seed: _Optional[int] = ..., inpaint_mask_blur: _Optional[int] = ..., mask_box: _Optional[_Union[Box, _Mapping]] = ..., text: _Optional[str] = ..., text_placement: _Optional[_Union[TextPlacement, str]] = ..., text_box: _Optional[_Union[Box, _Mapping]] = ..., text_color: _Optional[str] = ..., text_stroke: _Optional[float] = ..., text_shadow: _Optional[bool] = ..., max_cer: _Optional[float] = ..., max_attempts: _Optional[int] = ..., denoising_start: _Optional[float] = ...) -> None: ...
 
 class UpscaleParams(_message.Message):
     __slots__ = ("mode", "tile_size", "tile_overlap")
@@ -125,12 +129,13 @@ class GenericParams(_message.Message):
     def __init__(self, kind: _Optional[str] = ..., values: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ...) -> None: ...
 
 class RunRequest(_message.Message):
-    __slots__ = ("request_id", "job_id", "image", "mask", "output_prefix", "txt2img", "refine", "upscale", "generic")
+    __slots__ = ("request_id", "job_id", "image", "mask", "output_prefix", "latents", "txt2img", "refine", "upscale", "generic")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     IMAGE_FIELD_NUMBER: _ClassVar[int]
     MASK_FIELD_NUMBER: _ClassVar[int]
     OUTPUT_PREFIX_FIELD_NUMBER: _ClassVar[int]
+    LATENTS_FIELD_NUMBER: _ClassVar[int]
     TXT2IMG_FIELD_NUMBER: _ClassVar[int]
     REFINE_FIELD_NUMBER: _ClassVar[int]
     UPSCALE_FIELD_NUMBER: _ClassVar[int]
@@ -140,11 +145,12 @@ class RunRequest(_message.Message):
     image: _common_pb2.ArtifactRef
     mask: _common_pb2.ArtifactRef
     output_prefix: str
+    latents: _common_pb2.ArtifactRef
     txt2img: Txt2ImgParams
     refine: RefineParams
     upscale: UpscaleParams
     generic: GenericParams
-    def __init__(self, request_id: _Optional[str] = ..., job_id: _Optional[str] = ..., image: _Optional[_Union[_common_pb2.ArtifactRef, _Mapping]] = ..., mask: _Optional[_Union[_common_pb2.ArtifactRef, _Mapping]] = ..., output_prefix: _Optional[str] = ..., txt2img: _Optional[_Union[Txt2ImgParams, _Mapping]] = ..., refine: _Optional[_Union[RefineParams, _Mapping]] = ..., upscale: _Optional[_Union[UpscaleParams, _Mapping]] = ..., generic: _Optional[_Union[GenericParams, _Mapping]] = ...) -> None: ...
+    def __init__(self, request_id: _Optional[str] = ..., job_id: _Optional[str] = ..., image: _Optional[_Union[_common_pb2.ArtifactRef, _Mapping]] = ..., mask: _Optional[_Union[_common_pb2.ArtifactRef, _Mapping]] = ..., output_prefix: _Optional[str] = ..., latents: _Optional[_Union[_common_pb2.ArtifactRef, _Mapping]] = ..., txt2img: _Optional[_Union[Txt2ImgParams, _Mapping]] = ..., refine: _Optional[_Union[RefineParams, _Mapping]] = ..., upscale: _Optional[_Union[UpscaleParams, _Mapping]] = ..., generic: _Optional[_Union[GenericParams, _Mapping]] = ...) -> None: ...
 
 class Progress(_message.Message):
     __slots__ = ("step", "total_steps", "elapsed_ms")
@@ -215,7 +221,7 @@ class ParamRange(_message.Message):
     def __init__(self, name: _Optional[str] = ..., min: _Optional[float] = ..., max: _Optional[float] = ...) -> None: ...
 
 class DescribeResponse(_message.Message):
-    __slots__ = ("kind", "model", "min_side", "max_side", "size_multiple", "params", "ready", "max_concurrency", "max_queue", "defaults", "vocabulary", "domain_description")
+    __slots__ = ("kind", "model", "min_side", "max_side", "size_multiple", "params", "ready", "max_concurrency", "max_queue", "defaults", "vocabulary", "domain_description", "latent_space")
     class DefaultsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -235,6 +241,7 @@ class DescribeResponse(_message.Message):
     DEFAULTS_FIELD_NUMBER: _ClassVar[int]
     VOCABULARY_FIELD_NUMBER: _ClassVar[int]
     DOMAIN_DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
+    LATENT_SPACE_FIELD_NUMBER: _ClassVar[int]
     kind: str
     model: _common_pb2.ModelInfo
     min_side: int
@@ -247,7 +254,8 @@ class DescribeResponse(_message.Message):
     defaults: _containers.ScalarMap[str, float]
     vocabulary: _containers.RepeatedScalarFieldContainer[str]
     domain_description: str
-    def __init__(self, kind: _Optional[str] = ..., model: _Optional[_Union[_common_pb2.ModelInfo, _Mapping]] = ..., min_side: _Optional[int] = ..., max_side: _Optional[int] = ..., size_multiple: _Optional[int] = ..., params: _Optional[_Iterable[_Union[ParamRange, _Mapping]]] = ..., ready: _Optional[bool] = ..., max_concurrency: _Optional[int] = ..., max_queue: _Optional[int] = ..., defaults: _Optional[_Mapping[str, float]] = ..., vocabulary: _Optional[_Iterable[str]] = ..., domain_description: _Optional[str] = ...) -> None: ...
+    latent_space: str
+    def __init__(self, kind: _Optional[str] = ..., model: _Optional[_Union[_common_pb2.ModelInfo, _Mapping]] = ..., min_side: _Optional[int] = ..., max_side: _Optional[int] = ..., size_multiple: _Optional[int] = ..., params: _Optional[_Iterable[_Union[ParamRange, _Mapping]]] = ..., ready: _Optional[bool] = ..., max_concurrency: _Optional[int] = ..., max_queue: _Optional[int] = ..., defaults: _Optional[_Mapping[str, float]] = ..., vocabulary: _Optional[_Iterable[str]] = ..., domain_description: _Optional[str] = ..., latent_space: _Optional[str] = ...) -> None: ...
 
 class LoadModelRequest(_message.Message):
     __slots__ = ("model",)

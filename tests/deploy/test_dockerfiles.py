@@ -88,8 +88,9 @@ VENV = "/opt/venv"
 WHEELS = "/wheels"
 # Imported when present, skipped when not (try/except ImportError): rich.pretty
 # tries attrs, grpc tries grpc_tools for runtime protos, anyio (the gateway's
-# starlette) tries sniffio. The dev venv has them all.
-OPTIONAL_IMPORTS = {"attr", "grpc_tools", "sniffio"}
+# starlette) tries sniffio, structlog tries greenlet (Playwright's, for the
+# browser tests). The dev venv has them all.
+OPTIONAL_IMPORTS = {"attr", "greenlet", "grpc_tools", "sniffio"}
 
 
 # ---- a small Dockerfile reader ------------------------------------------------

@@ -29,7 +29,9 @@ def test_demo_writes_the_final_png_and_stops_its_processes(tmp_path: Path) -> No
         cwd=REPO,
         capture_output=True,
         text=True,
-        timeout=300,
+        # Real-ESRGAN x4plus (128 -> 512 px) and the typography pass at 512 px: about
+        # two minutes on 2 cores, more on a loaded machine.
+        timeout=900,
         check=False,
     )
     assert done.returncode == 0, done.stdout + done.stderr
@@ -40,6 +42,9 @@ def test_demo_writes_the_final_png_and_stops_its_processes(tmp_path: Path) -> No
     assert png.parent == out
     with Image.open(png) as image:
         assert image.format == "PNG"
+        assert image.size == (512, 512)
+    # The upscale is Real-ESRGAN's released x4plus, from the repository `make setup` fills.
+    assert re.search(r"^\s*upscale\s+succeeded\s+realesrgan-x4plus/1/torch", done.stdout, re.M)
     for stage in ("base", "refine", "upscale"):
         assert re.search(rf"^\s*{stage}\s+succeeded", done.stdout, re.MULTILINE), done.stdout
     # Every process it started has exited: no port file is left behind.

@@ -1,8 +1,16 @@
 """Real processes on loopback: the three stages and the orchestrator, started
-once per session over the local store and once over a real S3 server."""
+once per session over the local store and once over a real S3 server.
+
+`job_store_url` gives a module one job database per store, SQLite and
+PostgreSQL (a test using it runs once for each); `orchestrator` is an
+orchestrator process of the module's own on it, calling the session
+cluster's stages: the tests where the job store matters (submit, run,
+cancel, rerun, the stage cache) take its address.
+"""
 
 from __future__ import annotations
 
+import itertools
 import json
 import urllib.request
 from collections.abc import Iterator
@@ -15,9 +23,13 @@ from stageflow.cli.cluster import LocalCluster
 from stageflow.core.storage import LocalStore, ObjectStore
 from stageflow.inference.fixtures import build_fixtures
 from stageflow.serving.metrics import metrics_port_file
+from stageflow.serving.processes import ServerProcess
+from tests.replicas import orchestrator_argv
 from tests.s3server import S3ServerInfo
 
 S3_BUCKET = "itest"
+JOB_STORES = ("sqlite", "postgres")
+_module_databases = itertools.count(1)
 
 
 @pytest.fixture(scope="session")
@@ -57,6 +69,41 @@ def s3_cluster(
         torch_threads=1,
     ) as cluster:
         yield cluster
+
+
+@pytest.fixture(scope="module", params=JOB_STORES)
+def job_store_url(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[str]:
+    """A new job database for this module: a SQLite file, or a database of
+    its own on the session's PostgreSQL server (dropped after the module)."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path_factory.mktemp('jobs') / 'jobs.sqlite'}"
+        return
+    server = request.getfixturevalue("pg_server")  # skips where PostgreSQL is not installed
+    name = f"module_{next(_module_databases)}"
+    url = server.create_database(name)
+    yield url
+    if not server.running:
+        server.start()
+    server.drop_database(name)
+
+
+@pytest.fixture(scope="module")
+def orchestrator(
+    local_cluster: LocalCluster, job_store_url: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[str]:
+    """The address of the module's orchestrator on `job_store_url`."""
+    folder = tmp_path_factory.mktemp("orchestrator")
+    port_file = folder / "orchestrator.port"
+    argv = orchestrator_argv(local_cluster, port_file, job_store_url)
+    proc = ServerProcess("orchestrator", argv, log=folder / "orchestrator.log", port_file=port_file)
+    proc.start()
+    try:
+        proc.wait_ready(60)
+        yield proc.address
+    finally:
+        proc.stop()
 
 
 def log_events(cluster: LocalCluster, name: str) -> list[dict[str, object]]:

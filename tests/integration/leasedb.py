@@ -2,30 +2,23 @@
 
 Each `JobLeases` made by the `replicas` fixture has its own connection pool
 and owner name: as far as the database can tell, each is an orchestrator
-replica. The `jobs` table is the columns of migration 0001 the fenced write
-touches; the lease tables come from the real migration file (0002_leases.sql).
+replica. The schema is the real one: the database is migrated as the
+orchestrator does it (`PostgresJobStore.open`), and jobs are written and read
+through the store over each replica's own pool.
 """
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable
-from pathlib import Path
 
 import psycopg
 import pytest
 from psycopg_pool import AsyncConnectionPool
 
 from stageflow.orchestrator.leases import JobLeases
+from stageflow.orchestrator.postgres_store import PostgresJobStore
 from stageflow.v1 import orchestrator_pb2 as pb
 
-LEASES_SQL = (
-    Path(__file__).resolve().parents[2] / "orchestrator/migrations/postgres/0002_leases.sql"
-).read_text()
-JOBS_SQL = """
-CREATE TABLE jobs (
-    job_id TEXT PRIMARY KEY, state TEXT NOT NULL, updated_at BIGINT NOT NULL, job BYTEA NOT NULL
-)
-"""
 LEASE_SECONDS = 1.0
 
 # make(n, lease_seconds=LEASE_SECONDS): n replicas' JobLeases
@@ -34,9 +27,8 @@ Replicas = Callable[..., Awaitable[list[JobLeases]]]
 
 @pytest.fixture
 async def replicas(pg_url: str) -> AsyncIterator[Replicas]:
-    async with await psycopg.AsyncConnection.connect(pg_url, autocommit=True) as conn:
-        await conn.execute(JOBS_SQL)
-        await conn.execute(LEASES_SQL)
+    migrated = await PostgresJobStore.open(pg_url, pool_size=1)  # every migration, in order
+    await migrated.close()
     pools: list[AsyncConnectionPool[psycopg.AsyncConnection]] = []
 
     async def make(n: int, lease_seconds: float = LEASE_SECONDS) -> list[JobLeases]:
@@ -55,6 +47,11 @@ async def replicas(pg_url: str) -> AsyncIterator[Replicas]:
         await pool.close()
 
 
+def _store(leases: JobLeases) -> PostgresJobStore:
+    """The job store over this replica's own pool, as an orchestrator shares it."""
+    return PostgresJobStore(leases._pool, "lease-test", write_retry_seconds=0.0)
+
+
 def job(job_id: str, created_us: int, *, bulk: bool = False, tenant: str = "") -> pb.Job:
     out = pb.Job(job_id=job_id, state=pb.JOB_STATE_QUEUED, tenant=tenant)
     out.created_at.FromMicroseconds(created_us)
@@ -65,25 +62,14 @@ def job(job_id: str, created_us: int, *, bulk: bool = False, tenant: str = "") -
 
 
 async def insert(leases: JobLeases, jobs: list[pb.Job], tenant_limit: int | None = None) -> None:
-    async with leases._pool.connection() as conn:
-        for j in jobs:
-            await conn.execute(
-                "INSERT INTO jobs (job_id, state, updated_at, job) VALUES (%s, %s, %s, %s)",
-                (
-                    j.job_id,
-                    "JOB_STATE_QUEUED",
-                    j.updated_at.ToMicroseconds(),
-                    j.SerializeToString(),
-                ),
-            )
+    for j in jobs:
+        _, created = await _store(leases).create(j)
+        assert created, j.job_id
     for j in jobs:
         await leases.enqueue(j, tenant_limit)
 
 
 async def stored(leases: JobLeases, job_id: str) -> pb.Job:
-    async with leases._pool.connection() as conn:
-        row = await (
-            await conn.execute("SELECT job FROM jobs WHERE job_id = %s", (job_id,))
-        ).fetchone()
-        assert row is not None
-        return pb.Job.FromString(row[0])
+    found = await _store(leases).get(job_id)
+    assert found is not None, job_id
+    return found

@@ -1,6 +1,8 @@
 """The artist's loop through real processes: the stage cache and RerunJob.
 
-Stage calls are counted on the stage side, from each stage's "run.done" log lines.
+Stage calls are counted on the stage side, from each stage's "run.done" log
+lines. Each test runs once per job store (the `orchestrator` fixture): the
+cache entries and versions live in the job database.
 """
 
 from __future__ import annotations
@@ -47,9 +49,9 @@ async def finish(client: StageflowClient, job_id: str) -> pb.Job:
 
 
 async def test_resubmission_is_cached_and_rerun_recomputes_from_refine(
-    local_cluster: LocalCluster, local_store: ObjectStore
+    local_cluster: LocalCluster, local_store: ObjectStore, orchestrator: str
 ) -> None:
-    async with StageflowClient(local_cluster.orchestrator_address) as client:
+    async with StageflowClient(orchestrator) as client:
         first = await finish(client, (await client.submit(**JOB, request_id="cache-1")).job_id)  # type: ignore[arg-type]
         assert stage_calls(local_cluster, first.job_id) == {s: 1 for s in STAGES}
         assert not any(run.cache_hit for run in first.stages)
@@ -82,13 +84,13 @@ async def test_resubmission_is_cached_and_rerun_recomputes_from_refine(
 
 
 async def test_a_corrupt_artifact_is_repaired_by_the_identical_job(
-    local_cluster: LocalCluster, local_store: ObjectStore
+    local_cluster: LocalCluster, local_store: ObjectStore, orchestrator: str
 ) -> None:
     """Junk written over a stored stage output: the identical job does not trust
     it (its cache entry fails to verify, the stage runs again and its write
     replaces the junk), and a rerun that reads it then works."""
     bundle = {**JOB, "style": "repair test", "seed": 4321}
-    async with StageflowClient(local_cluster.orchestrator_address) as client:
+    async with StageflowClient(orchestrator) as client:
         first = await finish(client, (await client.submit(**bundle, request_id="repair-1")).job_id)  # type: ignore[arg-type]
         base_out = first.stages[0].output
         local_store.put(base_out.key, b"junk, not the image")

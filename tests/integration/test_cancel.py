@@ -47,9 +47,10 @@ async def wait_for(predicate: Callable[[], object]) -> None:
 
 
 async def test_cancel_job_mid_denoise_stops_the_stage_between_steps(
-    local_cluster: LocalCluster,
+    local_cluster: LocalCluster, orchestrator: str
 ) -> None:
-    async with StageflowClient(local_cluster.orchestrator_address) as client:
+    """Over each job store (the `orchestrator` fixture)."""
+    async with StageflowClient(orchestrator) as client:
         job = await client.submit(
             base="a slow job", style="", seed=1, base_options={"steps": STEPS}
         )

@@ -3,7 +3,10 @@ completes exactly once.
 
 A cluster of its own (killing the orchestrator must not disturb the shared
 one), with the stage cache off so a recomputed stage cannot hide behind a
-cache hit. Stage calls are counted on the stage side ("run.done" log lines).
+cache hit, once over each job store (`job_store_url`: SQLite, PostgreSQL,
+where a restarted orchestrator is a new replica that claims the jobs once
+the dead one's short lease has run out). Stage calls are counted on the
+stage side ("run.done" log lines).
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ from stageflow.cli.cluster import LocalCluster
 from stageflow.client import StageflowClient
 from stageflow.core.image_meta import png_without_text
 from stageflow.core.storage import LocalStore
-from stageflow.orchestrator.sqlite_store import SqliteJobStore
+from stageflow.orchestrator.store import open_job_store
 from stageflow.v1 import orchestrator_pb2 as pb
 from tests.integration.conftest import log_events
 
@@ -31,18 +34,28 @@ STAGES = ("base", "refine", "upscale")
 BATCH = 8
 MAX_RUNNING_JOBS = 4  # so that half of a batch waits QUEUED for a slot
 WAIT = 300  # seconds for the whole batch; it normally takes well under a minute
+LEASE_SECONDS = 2  # PostgreSQL: how soon a restarted orchestrator may claim the dead one's jobs
 
 
 @pytest.fixture(scope="module")
 def cluster(
-    tmp_path_factory: pytest.TempPathFactory, fixture_models: Path
+    tmp_path_factory: pytest.TempPathFactory, fixture_models: Path, job_store_url: str
 ) -> Iterator[LocalCluster]:
     state = tmp_path_factory.mktemp("durable-cluster")
     with LocalCluster(
         state_dir=state,
         models_dir=fixture_models,
         torch_threads=1,
-        orchestrator_args=["--stage-cache", "false", "--max-running-jobs", str(MAX_RUNNING_JOBS)],
+        orchestrator_args=[
+            "--stage-cache",
+            "false",
+            "--max-running-jobs",
+            str(MAX_RUNNING_JOBS),
+            "--job-store-url",
+            job_store_url,
+            "--lease-seconds",
+            str(LEASE_SECONDS),
+        ],
     ) as cluster:
         yield cluster
 
@@ -101,9 +114,9 @@ def downloaded_sizes(rows: list[dict[str, object]]) -> list[int]:
     return [Path(str(row["final_path"])).stat().st_size for row in rows]
 
 
-async def stored_jobs(cluster: LocalCluster) -> list[pb.Job]:
+async def stored_jobs(job_store_url: str) -> list[pb.Job]:
     """The orchestrator's DB as it was left (read while the orchestrator is dead)."""
-    store = SqliteJobStore(cluster.state_dir / "orchestrator.sqlite")
+    store = await open_job_store(job_store_url)
     try:
         return await store.list_jobs(100)
     finally:
@@ -111,9 +124,9 @@ async def stored_jobs(cluster: LocalCluster) -> list[pb.Job]:
 
 
 async def test_orchestrator_killed_mid_batch_loses_and_duplicates_nothing(
-    cluster: LocalCluster, tmp_path: Path
+    cluster: LocalCluster, tmp_path: Path, job_store_url: str
 ) -> None:
-    before = {job.job_id for job in await stored_jobs(cluster)}
+    before = {job.job_id for job in await stored_jobs(job_store_url)}
     bundles = write_bundles(tmp_path / "bundles.jsonl", seed=500)
     out, summary = tmp_path / "out", tmp_path / "summary.jsonl"
     batch = start_batch(cluster, bundles, out, summary)
@@ -128,7 +141,7 @@ async def test_orchestrator_killed_mid_batch_loses_and_duplicates_nothing(
         orchestrator.kill()
         orchestrator.wait()
 
-        at_kill = await stored_jobs(cluster)
+        at_kill = await stored_jobs(job_store_url)
         finished_before = {
             (job.job_id, run.stage)
             for job in at_kill
@@ -174,7 +187,7 @@ async def test_orchestrator_killed_mid_batch_loses_and_duplicates_nothing(
 
 
 async def test_sigterm_with_queued_jobs_loses_none_and_recomputes_nothing(
-    cluster: LocalCluster, tmp_path: Path
+    cluster: LocalCluster, tmp_path: Path, job_store_url: str
 ) -> None:
     """SIGTERM with half the batch QUEUED: the orchestrator stops admitting, lets
     the stage calls in flight finish, leaves every job QUEUED or RUNNING; after
@@ -186,7 +199,7 @@ async def test_sigterm_with_queued_jobs_loses_none_and_recomputes_nothing(
     output, _ = await asyncio.to_thread(reference.communicate, timeout=WAIT)
     assert reference.returncode == 0, output.decode()
     expected = finals_by_line(reference_summary)
-    before = {job.job_id for job in await stored_jobs(cluster)}
+    before = {job.job_id for job in await stored_jobs(job_store_url)}
 
     # The same jobs again (other request ids: the file differs by a blank line).
     bundles = write_bundles(tmp_path / "b.jsonl", seed=900, tail="\n")
@@ -208,7 +221,7 @@ async def test_sigterm_with_queued_jobs_loses_none_and_recomputes_nothing(
         rc = await asyncio.to_thread(orchestrator.wait, 30)
         assert rc == 0, "the orchestrator did not stop cleanly on SIGTERM"
 
-        at_term = [job for job in await stored_jobs(cluster) if job.job_id not in before]
+        at_term = [job for job in await stored_jobs(job_store_url) if job.job_id not in before]
         states = sorted(pb.JobState.Name(job.state) for job in at_term)
         assert len(at_term) == BATCH
         assert pb.JOB_STATE_FAILED not in {job.state for job in at_term}, states

@@ -9,12 +9,8 @@ import base64
 import hashlib
 import io
 import json
-import os
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -22,12 +18,10 @@ import openai
 import pytest
 from PIL import Image
 
-from stageflow.cli.cluster import LocalCluster
 from stageflow.client import ClientSettings, ResourceExhausted, StageflowClient
 from stageflow.client.recipe import read_recipe
+from tests.gateway_stack import Gateway, gateway_stack
 
-SECRET = "gateway-test-secret-0123456789abcdef"
-SHARE_SECRET = "gateway-share-secret-0123456789abcdef"
 WAIT = 300.0
 JOB = {
     "bundle": {"base": "a red circle on a blue background", "style": "gateway test"},
@@ -37,40 +31,9 @@ JOB = {
 }
 
 
-@dataclass
-class Gateway:
-    cluster: LocalCluster
-    url: str
-    keys: dict[str, str]  # tenant -> key
-
-    def auth(self, tenant: str) -> dict[str, str]:
-        return {"Authorization": f"Bearer {self.keys[tenant]}"}
-
-    def keys_cli(self, *args: str) -> subprocess.CompletedProcess[str]:
-        db = self.cluster.state_dir / "orchestrator.sqlite"
-        return subprocess.run(
-            [sys.executable, "-m", "stageflow.cli", "keys", *args, "--db-path", str(db)],
-            env={**os.environ, "STAGEFLOW_AUTH_SECRET_KEY": SECRET},
-            capture_output=True,
-            text=True,
-            check=True,
-        )
-
-
 @pytest.fixture(scope="module")
 def gateway(tmp_path_factory: pytest.TempPathFactory, fixture_models: Path) -> Iterator[Gateway]:
-    with LocalCluster(
-        state_dir=tmp_path_factory.mktemp("gateway-cluster"),
-        models_dir=fixture_models,
-        torch_threads=1,
-        orchestrator_args=["--auth", "true"],
-        extra_env={"STAGEFLOW_AUTH_SECRET_KEY": SECRET, "STAGEFLOW_SHARE_SECRET_KEY": SHARE_SECRET},
-        gateway_port=0,
-    ) as cluster:
-        gw = Gateway(cluster, cluster.gateway_url, {})
-        for tenant in ("acme", "globex"):
-            out = gw.keys_cli("create", "--tenant", tenant, "--json").stdout
-            gw.keys[tenant] = json.loads(out)["key"]
+    with gateway_stack(tmp_path_factory.mktemp("gateway-cluster"), fixture_models) as gw:
         yield gw
 
 

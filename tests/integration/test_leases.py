@@ -200,3 +200,30 @@ async def test_an_interactive_call_waiting_on_one_replica_goes_before_bulk_on_an
     async with holder._pool.connection() as conn:
         row = await (await conn.execute("SELECT count(*) FROM stage_slot_waiters")).fetchone()
     assert row == (0,)  # the waiter's row is gone once it holds the slot
+
+
+async def test_a_renewal_racing_the_owners_final_write_is_not_a_lost_lease(
+    replicas: Replicas,
+) -> None:
+    """The final write ends the lease; a renewal that finds it ended by its
+    own fence stops quietly instead of reporting the (finished) job lost,
+    which once cancelled the job's task before it logged and published its end."""
+    (owner,) = await replicas(1)
+    await insert(owner, [job("j", 1)])
+    claim = await owner.claim(max_running=10)
+    assert claim is not None
+    lost: list[str] = []
+    keeper = asyncio.create_task(owner.keep("j", claim.fence, lambda: lost.append("j")))
+    done = await stored(owner, "j")
+    done.state = pb.JOB_STATE_SUCCEEDED
+    await owner.write(done, claim.fence, final=True)
+    await asyncio.wait_for(keeper, LEASE_SECONDS * 2)  # its next renewal ends it
+    assert lost == []
+
+    # A stale fence (another replica's claim since) is still a lost lease.
+    await insert(owner, [job("k", 2)])
+    other = await owner.claim(max_running=10)
+    assert other is not None
+    stale = asyncio.create_task(owner.keep("k", other.fence - 1, lambda: lost.append("k")))
+    await asyncio.wait_for(stale, LEASE_SECONDS * 2)
+    assert lost == ["k"]

@@ -50,9 +50,10 @@ def assert_artifacts_verified(job: pb.Job, store: ObjectStore) -> None:
 
 
 async def test_reference_job_over_the_local_store(
-    local_cluster: LocalCluster, local_store: ObjectStore
+    orchestrator: str, local_store: ObjectStore
 ) -> None:
-    job, events = await run_job(local_cluster.orchestrator_address)
+    """Over each job store (the `orchestrator` fixture)."""
+    job, events = await run_job(orchestrator)
 
     assert job.state == pb.JOB_STATE_SUCCEEDED, job.error
     assert job.prompt == (

@@ -2,6 +2,10 @@
 the session cluster's stage processes: one SIGKILLed or SIGSTOPped mid-batch,
 every job still ends SUCCEEDED exactly once with the bytes of an undisturbed
 run; a stage never has more calls in flight than its limit across replicas.
+PostgreSQL restarted mid-batch: with three replicas nothing is lost or run
+twice; a lone replica is NOT_SERVING while the database is away, SERVING
+again after, and then finishes every job once (one whose lease ran out
+meanwhile it claims again, its stale run stopped without a write).
 
 Cheap jobs (the base stage only, 32x32, few steps): coordination is the
 point. Replicas run with `--stage-cache false`, so every job really calls the
@@ -11,23 +15,23 @@ stage, and a short lease so take-over is quick.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import json
 import os
 import signal
-import sys
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from datetime import datetime
 from pathlib import Path
 
 import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from stageflow.cli.cluster import LocalCluster
-from stageflow.client import StageflowClient
+from stageflow.client import StageflowClient, Unavailable
+from stageflow.serving.channels import client_channel
 from stageflow.serving.processes import ServerProcess
 from stageflow.v1 import orchestrator_pb2 as pb
 from tests.integration.conftest import log_events
 from tests.pgserver import PostgresServer
+from tests.replicas import Replicas, address
 
 # The PostgreSQL job store (and its fixtures) come with the pgstore branch.
 pytest.importorskip("stageflow.orchestrator.postgres_store")
@@ -36,63 +40,17 @@ LEASE_SECONDS = 2
 JOBS = 16
 WAIT = 300
 STOP_STEPS = 120  # long enough that the paused replica is mid-stage
-
-
-class Replicas:
-    def __init__(self, cluster: LocalCluster, url: str, folder: Path) -> None:
-        self.cluster = cluster
-        self.url = url
-        self.folder = folder
-        self.procs: list[ServerProcess] = []
-
-    def start(self, n: int, extra: Sequence[str] = ()) -> list[ServerProcess]:
-        stages = ";".join(f"{s}={self.cluster.addresses[s]}" for s in self.cluster.stages)
-        for _ in range(n):
-            name = f"orch{len(self.procs)}"
-            port_file = self.folder / f"{name}.port"
-            argv = [
-                sys.executable, "-m", "stageflow.orchestrator",
-                "--host", "127.0.0.1", "--port", "0", "--port-file", str(port_file),
-                "--store-url", self.cluster.store_url, "--log-json", "true",
-                "--stages", stages, "--job-store-url", self.url,
-                "--lease-seconds", str(LEASE_SECONDS), "--stage-cache", "false",
-                "--replica-name", name, *extra,
-            ]  # fmt: skip
-            proc = ServerProcess(name, argv, log=self.folder / f"{name}.log", port_file=port_file)
-            self.procs.append(proc.start())
-        for proc in self.procs[-n:]:
-            proc.wait_ready(60)
-        return self.procs[-n:]
-
-    def events(self, name: str) -> list[dict[str, object]]:
-        out = []
-        for line in (self.folder / f"{name}.log").read_text().splitlines():
-            try:
-                out.append(json.loads(line))
-            except ValueError:
-                continue
-        return out
-
-    def count(self, event: str) -> dict[str, list[str]]:
-        """job id -> the replicas that logged `event` for it."""
-        seen: dict[str, list[str]] = {}
-        for proc in self.procs:
-            for e in self.events(proc.name):
-                if e.get("event") == event:
-                    seen.setdefault(str(e["job_id"]), []).append(proc.name)
-        return seen
+OUTAGE_STEPS = 60
+OUTAGE_JOBS = 6
 
 
 @pytest.fixture
 async def replicas(
     pg_url: str, local_cluster: LocalCluster, tmp_path: Path
 ) -> AsyncIterator[Replicas]:
-    group = Replicas(local_cluster, pg_url, tmp_path)
+    group = Replicas(local_cluster, pg_url, tmp_path, lease_seconds=LEASE_SECONDS)
     yield group
-    for proc in group.procs:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(proc.pid, signal.SIGCONT)  # a test that paused one and failed
-        await asyncio.to_thread(proc.stop)
+    await asyncio.to_thread(group.stop)  # a test that paused one and failed: resumed first
 
 
 def job(seed: int, steps: int = 12) -> dict[str, object]:
@@ -107,10 +65,12 @@ def job(seed: int, steps: int = 12) -> dict[str, object]:
     }
 
 
-async def run_batch(addresses: Sequence[str], tag: str, steps: int = 12) -> list[str]:
-    """Submit JOBS jobs round-robin over `addresses`; their ids, by seed."""
+async def run_batch(
+    addresses: Sequence[str], tag: str, steps: int = 12, jobs: int = JOBS
+) -> list[str]:
+    """Submit `jobs` jobs round-robin over `addresses`; their ids, by seed."""
     ids = []
-    for seed in range(JOBS):
+    for seed in range(jobs):
         async with StageflowClient(addresses[seed % len(addresses)]) as client:
             submitted = await client.submit(**job(seed, steps), request_id=f"{tag}-{seed}")  # type: ignore[arg-type]
             ids.append(submitted.job_id)
@@ -128,12 +88,10 @@ async def finish(address: str, ids: Sequence[str]) -> list[pb.Job]:
             return list(await asyncio.gather(*map(one, ids)))
 
 
-def address(proc: ServerProcess) -> str:
-    return f"127.0.0.1:{proc.port}"
-
-
-async def undisturbed(replicas: Replicas, proc: ServerProcess, steps: int = 12) -> list[str]:
-    ids = await run_batch([address(proc)], "calm", steps)
+async def undisturbed(
+    replicas: Replicas, proc: ServerProcess, steps: int = 12, jobs: int = JOBS
+) -> list[str]:
+    ids = await run_batch([address(proc)], "calm", steps, jobs)
     return [j.final.sha256 for j in await finish(address(proc), ids)]
 
 
@@ -234,3 +192,61 @@ async def test_postgresql_restarted_mid_batch_loses_no_job_and_runs_none_twice(
     assert [j.final.sha256 for j in finished] == expected
     succeeded = replicas.count("job.succeeded")
     assert all(len(succeeded[i]) == 1 for i in ids), succeeded
+
+
+async def _health_changes(address: str) -> AsyncGenerator[int, None]:
+    """grpc.health.v1 Watch of the whole process: its status, then each change."""
+    async with client_channel(address) as channel:
+        watch = health_pb2_grpc.HealthStub(channel).Watch(health_pb2.HealthCheckRequest())
+        try:
+            async for reply in watch:
+                yield reply.status
+        finally:
+            watch.cancel()
+
+
+def _base_calls(cluster: LocalCluster, ids: Sequence[str]) -> dict[str, int]:
+    """job id -> base stage calls that ran to the end (the stage's log)."""
+    calls = dict.fromkeys(ids, 0)
+    for event in log_events(cluster, "base"):
+        if event.get("event") == "run.done" and event.get("job_id") in calls:
+            calls[str(event["job_id"])] += 1
+    return calls
+
+
+async def test_postgresql_away_a_lone_replica_is_not_serving_then_finishes_every_job_once(
+    replicas: Replicas, pg_server: PostgresServer, local_cluster: LocalCluster
+) -> None:
+    [solo] = replicas.start(1)
+    expected = await undisturbed(replicas, solo, steps=OUTAGE_STEPS, jobs=OUTAGE_JOBS)
+    changes = _health_changes(address(solo))
+    assert await anext(changes) == health_pb2.HealthCheckResponse.SERVING
+
+    ids = await run_batch([address(solo)], "outage", steps=OUTAGE_STEPS, jobs=OUTAGE_JOBS)
+    async with asyncio.timeout(60):  # mid-batch: a job in its stage call
+        while not set(replicas.count("job.claimed")) - set(replicas.count("job.succeeded")):  # noqa: ASYNC110
+            await asyncio.sleep(0.02)
+    await asyncio.to_thread(pg_server.stop)
+    try:
+        async with asyncio.timeout(30):
+            assert await anext(changes) == health_pb2.HealthCheckResponse.NOT_SERVING
+        async with StageflowClient(address(solo)) as client:
+            with pytest.raises(Unavailable):  # calls that need the database say so
+                await client.get(ids[0])
+    finally:
+        await asyncio.to_thread(pg_server.start)  # same port, same data
+    async with asyncio.timeout(30):
+        assert await anext(changes) == health_pb2.HealthCheckResponse.SERVING
+    await changes.aclose()
+    finished = await finish(address(solo), ids)
+
+    assert [j.state for j in finished] == [pb.JOB_STATE_SUCCEEDED] * OUTAGE_JOBS
+    assert [j.final.sha256 for j in finished] == expected
+    assert all(len(names) == 1 for names in replicas.count("job.succeeded").values())
+    # A job whose lease ran out while the database was away was claimed again
+    # by the replica itself (its stale run stopped first): its base call may
+    # have been made twice, once to the end unseen. Every other job's once.
+    claimed_again = {i for i, names in replicas.count("job.claimed").items() if len(names) > 1}
+    calls = _base_calls(local_cluster, ids)
+    assert all(calls[i] == 1 for i in ids if i not in claimed_again), calls
+    assert all(1 <= calls[i] <= 2 for i in claimed_again), calls

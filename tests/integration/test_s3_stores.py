@@ -18,7 +18,7 @@ import pytest
 
 from stageflow.core.errors import NotFound, StageflowError
 from stageflow.core.storage import ObjectStore, S3Store, open_store
-from stageflow.inference.fixtures import ESRGAN_FOLDER, SD_FOLDER
+from stageflow.inference.fixtures import ESRGAN_FOLDER, SD_FOLDER, SDXL_FOLDER, SDXL_REFINER_FOLDER
 from stageflow.inference.repository import ModelRepository
 from tests.s3server import S3ServerInfo
 from tests.unit.inference import test_repository as repository_tests
@@ -110,6 +110,16 @@ class TestArtifactsOnS3(artifact_tests.ArtifactStoreContract):
 @pytest.fixture(scope="module")
 def sd_folder(fixture_models: Path) -> Path:
     return fixture_models / SD_FOLDER
+
+
+@pytest.fixture(scope="module")
+def sdxl_folder(fixture_models: Path) -> Path:
+    return fixture_models / SDXL_FOLDER
+
+
+@pytest.fixture(scope="module")
+def sdxl_refiner_folder(fixture_models: Path) -> Path:
+    return fixture_models / SDXL_REFINER_FOLDER
 
 
 @pytest.fixture(scope="module")

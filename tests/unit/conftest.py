@@ -170,6 +170,20 @@ def sd_folder(fixture_models: dict[str, Path]) -> Path:
 
 
 @pytest.fixture(scope="session")
+def sdxl_folder(fixture_models: dict[str, Path]) -> Path:
+    from stageflow.inference.fixtures import SDXL_FOLDER
+
+    return fixture_models[SDXL_FOLDER]
+
+
+@pytest.fixture(scope="session")
+def sdxl_refiner_folder(fixture_models: dict[str, Path]) -> Path:
+    from stageflow.inference.fixtures import SDXL_REFINER_FOLDER
+
+    return fixture_models[SDXL_REFINER_FOLDER]
+
+
+@pytest.fixture(scope="session")
 def esrgan_folder(fixture_models: dict[str, Path]) -> Path:
     from stageflow.inference.fixtures import ESRGAN_FOLDER
 

@@ -1,8 +1,9 @@
 """Export a model folder to ONNX: the compiled parts the backends load.
 
 `export_onnx(src, dst)` reads a diffusers Stable Diffusion folder (it has
-`model_index.json`) or an RRDBNet upscaler folder (its `config.json` names
-the architecture) and writes the layout of `stageflow.inference.onnx.layout`, every
+`model_index.json`) or an upscaler folder (its `config.json` names one of
+`stageflow.inference.sr_archs`' architectures: RRDBNet, SRVGGNetCompact) and
+writes the layout of `stageflow.inference.onnx.layout`, every
 graph with dynamic batch, height and width.
 
 The exporter is torch's TorchScript-based one (`dynamo=False`): it takes
@@ -30,6 +31,7 @@ It doubles the export's size on disk.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import shutil
 import tempfile
@@ -132,18 +134,27 @@ def export_onnx(
 
 
 ExportResult = tuple[str, dict[str, Any], tuple[str, ...]]
+# The diffusers pipelines whose parts `_export_sd` exports (one text encoder).
+SD_PIPELINES = ("StableDiffusionPipeline", "StableDiffusionImg2ImgPipeline")
 
 
 def _exporter_for(src: Path) -> Any:
     if layout.is_onnx_folder(src):
         raise ValueError(f"{src} is already an ONNX export")
     if (src / "model_index.json").is_file():
+        from stageflow.inference.sd_parts import pipeline_class
+
+        if pipeline_class(src) not in SD_PIPELINES:
+            raise ValueError(
+                f"{src}: a {pipeline_class(src)} folder; the ONNX export covers Stable "
+                "Diffusion 1.x/2.x folders only (SDXL runs on the torch backend)"
+            )
         return _export_sd
     if (src / "config.json").is_file():
         return _export_esrgan
     raise ValueError(
         f"{src}: not a model folder this exporter knows: expected a diffusers Stable "
-        "Diffusion folder (model_index.json) or an RRDBNet upscaler (config.json)"
+        "Diffusion folder (model_index.json) or an upscaler (config.json: RRDBNet, SRVGGNetCompact)"
     )
 
 
@@ -296,9 +307,10 @@ def save_optimized(out: Path) -> dict[str, Any]:
 
 
 def _export_esrgan(src: Path, out: Path, *, fp16: bool, opset: int) -> ExportResult:
-    from stageflow.inference.rrdbnet import load_rrdbnet
+    from stageflow.inference.sr_archs import load_upscaler, read_config
 
-    net, config = load_rrdbnet(src)
+    net, config = load_upscaler(src)
+    arch, _ = read_config(src)
     dtype = torch.float16 if fp16 else torch.float32
     axes = {0: "batch", 2: "height", 3: "width"}
     _export(
@@ -310,7 +322,7 @@ def _export_esrgan(src: Path, out: Path, *, fp16: bool, opset: int) -> ExportRes
         inputs={"image": axes},
         outputs={"upscaled": axes},
     )
-    cfg = {"scale": config.scale, "residual": config.residual, "num_block": config.num_block}
+    cfg = {"architecture": arch.name, **dataclasses.asdict(config)}
     return layout.KIND_ESRGAN, cfg, (layout.UPSCALER,) if fp16 else ()
 
 

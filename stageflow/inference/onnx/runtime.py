@@ -42,7 +42,7 @@ from stageflow.core.errors import FailedPrecondition
 from stageflow.core.logging import get_logger
 from stageflow.inference.onnx import layout
 from stageflow.inference.scheduler import scheduler_factory
-from stageflow.inference.sd_parts import DiffusionParts
+from stageflow.inference.sd_parts import DiffusionParts, text_conditioner
 
 log = get_logger(__name__)
 
@@ -269,11 +269,14 @@ def load_onnx_parts(
     parts = {name: open_part(manifest, folder, name, names, threads) for name in layout.SD_PARTS}
     unet = parts[layout.UNET]
     cfg = manifest.config
+    tokenize = tokenizer_fn(folder / "tokenizer", int(cfg["max_token_length"]))
+    encode_text = parts[layout.TEXT_ENCODER]
     return DiffusionParts(
-        tokenize=tokenizer_fn(folder / "tokenizer", int(cfg["max_token_length"])),
-        encode_text=parts[layout.TEXT_ENCODER],
+        tokenize=tokenize,
+        encode_text=encode_text,
+        condition=text_conditioner(tokenize, encode_text),
         # The graph takes the timestep as a (1,) float tensor.
-        predict_noise=lambda sample, t, text: unet(sample, t.reshape(1).float(), text),
+        predict_noise=lambda sample, t, cond: unet(sample, t.reshape(1).float(), cond.text),
         encode_image=parts[layout.VAE_ENCODER],
         decode_latents=parts[layout.VAE_DECODER],
         new_scheduler=scheduler_factory(folder / "scheduler"),

@@ -18,7 +18,7 @@ from stageflow.core.errors import FailedPrecondition
 from stageflow.inference.onnx import layout
 from stageflow.inference.onnx.runtime import tokenizer_fn
 from stageflow.inference.scheduler import scheduler_factory
-from stageflow.inference.sd_parts import DiffusionParts
+from stageflow.inference.sd_parts import DiffusionParts, text_conditioner
 from stageflow.inference.tensorrt.engine import EngineRunner, Profile, ShapeRange, load_engine
 
 
@@ -102,10 +102,13 @@ def load_trt_parts(
     }
     unet = runners[layout.UNET]
     cfg = manifest.config
+    tokenize = tokenizer_fn(folder / "tokenizer", int(cfg["max_token_length"]))
+    encode_text = runners[layout.TEXT_ENCODER]
     return DiffusionParts(
-        tokenize=tokenizer_fn(folder / "tokenizer", int(cfg["max_token_length"])),
-        encode_text=runners[layout.TEXT_ENCODER],
-        predict_noise=lambda sample, t, text: unet(sample, t.reshape(1).float(), text),
+        tokenize=tokenize,
+        encode_text=encode_text,
+        condition=text_conditioner(tokenize, encode_text),
+        predict_noise=lambda sample, t, cond: unet(sample, t.reshape(1).float(), cond.text),
         encode_image=runners[layout.VAE_ENCODER],
         decode_latents=runners[layout.VAE_DECODER],
         new_scheduler=scheduler_factory(folder / "scheduler"),

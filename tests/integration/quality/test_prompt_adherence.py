@@ -90,8 +90,11 @@ def test_gate_fails_with_a_wrong_vae_scaling_factor(broken: Any) -> None:
 
 
 def test_gate_fails_with_zero_text_embeddings(broken: Any, trained_txt2img: Txt2ImgModel) -> None:
-    encode = trained_txt2img.parts.encode_text
-    model = broken(encode_text=lambda ids: torch.zeros_like(encode(ids)))
+    from stageflow.inference.sd_parts import text_conditioner
+
+    parts = trained_txt2img.parts
+    zeros = lambda ids: torch.zeros_like(parts.encode_text(ids))  # noqa: E731
+    model = broken(encode_text=zeros, condition=text_conditioner(parts.tokenize, zeros))
     assert _held_out_adherence(model).rate < shared.GATE
 
 

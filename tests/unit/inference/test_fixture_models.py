@@ -54,6 +54,8 @@ def test_rebuild_in_place_replaces_the_folders(tmp_path: Path) -> None:
         "manifest.json",
         "tiny-esrgan-x4",
         "tiny-sd",
+        "tiny-sdxl",
+        "tiny-sdxl-refiner",
     ]
 
 

@@ -4,7 +4,6 @@ over a real S3 server in tests/integration/test_s3_stores.py."""
 
 from __future__ import annotations
 
-import json
 import shutil
 from pathlib import Path
 from typing import Any, ClassVar
@@ -152,20 +151,24 @@ class RepositoryContract:
         versions, problems = repo.scan()  # listing skips it and says why
         assert versions == [] and field in problems[0]
 
-    def test_sdxl_imports_but_the_loader_refuses_it_clearly(
-        self, repo: ModelRepository, sd_folder: Path, tmp_path: Path
+    def test_sdxl_base_and_refiner_import_and_load_on_their_stages(
+        self, repo: ModelRepository, sdxl_folder: Path, sdxl_refiner_folder: Path
     ) -> None:
-        xl = tmp_path / "xl"
-        shutil.copytree(sd_folder, xl)
-        shutil.copytree(xl / "text_encoder", xl / "text_encoder_2")
-        index = json.loads((xl / "model_index.json").read_text())
-        index.update(_class_name="StableDiffusionXLPipeline", text_encoder_2=index["text_encoder"])
-        (xl / "model_index.json").write_text(json.dumps(index))
-        created = repo.import_folder(xl, "xl", "1")
-        assert created.architecture == "sdxl"
-        loader = RepositoryLoader(repo, StageKind.TXT2IMG, create_model, families=BASE.families)
-        with pytest.raises(FailedPrecondition, match="xl@1: SDXL pipelines"):
-            loader.load("xl@1")
+        base = repo.import_folder(sdxl_folder, "xl", "1")
+        refiner = repo.import_folder(sdxl_refiner_folder, "xl-refiner", "1")
+        assert (base.architecture, base.kinds) == ("sdxl", ["txt2img", "refine"])
+        # The refiner starts from an image: its model_index has no first text encoder.
+        assert (refiner.architecture, refiner.kinds) == ("sdxl", ["refine"])
+        loader = RepositoryLoader(
+            repo, StageKind.TXT2IMG, create_model, families=BASE.families, torch_threads=1
+        )
+        model = loader.load("xl@1")
+        try:
+            assert model.describe().identity.fingerprint == base.fingerprint
+        finally:
+            model.unload()
+        with pytest.raises(FailedPrecondition, match="xl-refiner@1 serves refine"):
+            loader.load("xl-refiner@1")
 
     def test_loader_refuses_a_model_of_another_kind(
         self, repo: ModelRepository, esrgan_folder: Path

@@ -77,14 +77,17 @@ def test_unet(
 ) -> None:
     import torch
 
+    from stageflow.inference.sd_parts import Conditioning
+
     gen = torch.Generator().manual_seed(batch * height + width)
     f = torch_parts.vae_scale_factor
     sample = torch.randn((batch, 4, height // f, width // f), generator=gen)
     text = torch.randn((batch, 77, 32), generator=gen)
     for t in (torch.tensor(981), torch.tensor(1)):
         with torch.inference_mode():
+            cond = Conditioning(text)
             close(
-                ort_parts.predict_noise(sample, t, text), torch_parts.predict_noise(sample, t, text)
+                ort_parts.predict_noise(sample, t, cond), torch_parts.predict_noise(sample, t, cond)
             )
 
 

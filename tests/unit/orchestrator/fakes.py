@@ -13,7 +13,8 @@ from stageflow.core.storage import ObjectStore
 from stageflow.orchestrator.auth import ApiKey
 from stageflow.orchestrator.quotas import WINDOW_SECONDS, Quota, TenantUsage, check_submit
 from stageflow.orchestrator.stage_client import StageCallError
-from stageflow.orchestrator.store import UNFINISHED
+from stageflow.orchestrator.store import UNFINISHED, Cursor
+from stageflow.orchestrator.store_sql import version_taken
 from stageflow.v1 import common_pb2, orchestrator_pb2, stage_pb2
 
 
@@ -155,10 +156,10 @@ class MemoryJobStore:
         out.CopyFrom(job)
         return out
 
-    def _newest_first(self) -> list[orchestrator_pb2.Job]:
-        rows = list(enumerate(self.jobs.values()))
-        rows.sort(key=lambda r: (r[1].created_at.ToMicroseconds(), r[0]), reverse=True)
-        return [job for _, job in rows]
+    def _newest_first(self) -> list[tuple[Cursor, orchestrator_pb2.Job]]:
+        rows = [((j.created_at.ToMicroseconds(), i), j) for i, j in enumerate(self.jobs.values())]
+        rows.sort(key=lambda r: r[0], reverse=True)
+        return rows
 
     async def create(
         self, job: orchestrator_pb2.Job, request_id: str = "", quota: Quota | None = None
@@ -191,22 +192,35 @@ class MemoryJobStore:
         state: orchestrator_pb2.JobState | None = None,
         tenant: str | None = None,
     ) -> list[orchestrator_pb2.Job]:
-        jobs = [
-            j
-            for j in self._newest_first()
-            if (state is None or j.state == state) and (tenant is None or j.tenant == tenant)
+        return [job for _, job in await self.list_page(page_size, state, tenant)]
+
+    async def list_page(
+        self,
+        page_size: int = 50,
+        state: orchestrator_pb2.JobState | None = None,
+        tenant: str | None = None,
+        after: Cursor | None = None,
+    ) -> list[tuple[Cursor, orchestrator_pb2.Job]]:
+        rows = [
+            (cursor, self._copy(j))
+            for cursor, j in self._newest_first()
+            if (state is None or j.state == state)
+            and (tenant is None or j.tenant == tenant)
+            and (after is None or cursor < after)
         ]
-        return [self._copy(j) for j in jobs[:page_size]]
+        return rows[:page_size]
 
     async def unfinished(self) -> list[orchestrator_pb2.Job]:
-        return [self._copy(j) for j in reversed(self._newest_first()) if j.state in UNFINISHED]
+        return [self._copy(j) for _, j in reversed(self._newest_first()) if j.state in UNFINISHED]
 
     async def add_version(
         self, previous: orchestrator_pb2.Job, latest: orchestrator_pb2.Job
     ) -> None:
         key = (previous.job_id, previous.version)
-        if key in self.old or latest.job_id not in self.jobs:
+        if latest.job_id not in self.jobs:
             raise KeyError(f"cannot add version {key}")
+        if key in self.old:
+            raise version_taken(previous)
         self.old[key] = self._copy(previous)
         self.jobs[latest.job_id] = self._copy(latest)
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import grpc
@@ -17,7 +16,7 @@ from stageflow.core.errors import InvalidArgument, Unauthenticated
 from stageflow.orchestrator.auth import Authenticator, bearer, hash_key, new_key
 from stageflow.orchestrator.runner import JobRunner
 from stageflow.orchestrator.servicer import OrchestratorServicer
-from stageflow.orchestrator.sqlite_store import SqliteJobStore
+from stageflow.orchestrator.store import JobStore
 from stageflow.serving.interceptors import ErrorInterceptor
 from stageflow.v1 import orchestrator_pb2 as pb
 from stageflow.v1 import orchestrator_pb2_grpc
@@ -30,7 +29,7 @@ WAIT = 5.0
 @dataclass
 class Orchestrator:
     stub: orchestrator_pb2_grpc.OrchestratorServiceStub
-    jobs: SqliteJobStore
+    jobs: JobStore
     acme: str
     globex: str
 
@@ -40,8 +39,7 @@ def _auth(key: str) -> tuple[tuple[str, str], ...]:
 
 
 @pytest.fixture
-async def orch(tmp_path: Path) -> AsyncIterator[Orchestrator]:
-    jobs = SqliteJobStore(tmp_path / "jobs.sqlite")
+async def orch(jobs: JobStore) -> AsyncIterator[Orchestrator]:
     keys = {}
     for tenant in ("acme", "globex"):
         key, record = new_key(tenant, SECRET)
@@ -61,7 +59,6 @@ async def orch(tmp_path: Path) -> AsyncIterator[Orchestrator]:
     await channel.close()
     await server.stop(0)
     await runner.close()
-    await jobs.close()
 
 
 async def _finished_job(o: Orchestrator, key: str) -> pb.Job:

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import hashlib
-from collections.abc import AsyncIterator, Callable
-from pathlib import Path
+from collections.abc import Callable
 
 import pytest
 
 from stageflow.core.errors import Unavailable
 from stageflow.orchestrator.cache import StageCache, cache_key
-from stageflow.orchestrator.sqlite_store import SqliteJobStore
+from stageflow.orchestrator.store import JobStore
 from stageflow.v1 import common_pb2, stage_pb2
 from tests.unit.orchestrator.fakes import FakeStore
 
@@ -95,14 +94,7 @@ def test_the_stage_changes_the_key_and_an_unknown_model_is_not_cached() -> None:
     assert cache_key("refine", _model(fingerprint=""), _run()) == ""
 
 
-@pytest.fixture
-async def jobs(tmp_path: Path) -> AsyncIterator[SqliteJobStore]:
-    store = SqliteJobStore(tmp_path / "jobs.sqlite")
-    yield store
-    await store.close()
-
-
-async def test_a_hit_is_verified_against_the_store(jobs: SqliteJobStore) -> None:
+async def test_a_hit_is_verified_against_the_store(jobs: JobStore) -> None:
     store = FakeStore()
     data = b"png bytes"
     ref = common_pb2.ArtifactRef(key="artifacts/x.png", sha256=hashlib.sha256(data).hexdigest())
@@ -126,7 +118,7 @@ async def test_a_hit_is_verified_against_the_store(jobs: SqliteJobStore) -> None
     assert await StageCache(jobs, None).get("k3") == result
 
 
-async def test_an_unreadable_or_truncated_artifact_is_a_miss(jobs: SqliteJobStore) -> None:
+async def test_an_unreadable_or_truncated_artifact_is_a_miss(jobs: JobStore) -> None:
     """The stage runs again rather than the job failing or trusting the entry."""
     data = b"png bytes"
     ref = common_pb2.ArtifactRef(

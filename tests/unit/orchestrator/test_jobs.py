@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from stageflow.core.errors import ResourceExhausted
+from stageflow.core.errors import FailedPrecondition, ResourceExhausted
 from stageflow.orchestrator import migrations
 from stageflow.orchestrator.auth import DISPLAY_CHARS, new_key
 from stageflow.orchestrator.quotas import Quota
@@ -166,6 +166,32 @@ class TestJobStoreContract:
         done = await store.list_jobs(10, S.JOB_STATE_SUCCEEDED)
         assert [j.job_id for j in done] == [new.job_id, old.job_id]
 
+    async def test_pages_follow_the_cursor_without_repeats_or_gaps(self, store: JobStore) -> None:
+        # Two pairs share a created_at: the insert order breaks the tie.
+        times = [1_000, 2_000, 2_000, 3_000, 4_000, 4_000, 5_000]
+        jobs = [_job(t, tenant="acme") for t in times]
+        for job in jobs:
+            await store.create(job)
+        await store.create(_job(3_500, tenant="globex"))
+        newest_first = [j.job_id for j in reversed(jobs)]  # later insert first on a tie
+        seen: list[str] = []
+        after = None
+        for _ in range(10):
+            rows = await store.list_page(3, tenant="acme", after=after)
+            seen += [job.job_id for _, job in rows]
+            if len(rows) < 3:
+                break
+            after = rows[-1][0]
+            # Newer jobs arriving between pages change nothing that follows.
+            await store.create(_job(9_000 + len(seen), tenant="acme"))
+        assert seen == newest_first
+        cursors = [c for c, _ in await store.list_page(10, tenant="acme")]
+        assert cursors == sorted(cursors, reverse=True) and len(set(cursors)) == len(cursors)
+        last = await store.list_page(10, tenant="acme", after=cursors[-1])
+        assert last == []
+        done = await store.list_page(10, S.JOB_STATE_SUCCEEDED, tenant="acme")
+        assert done == []
+
     async def test_unfinished_lists_queued_and_running_oldest_first(self, store: JobStore) -> None:
         running = _job(2_000, S.JOB_STATE_RUNNING)
         queued = _job(1_000, S.JOB_STATE_QUEUED)
@@ -196,8 +222,9 @@ class TestJobStoreContract:
         assert await store.get(first.job_id) == third
         assert await store.versions(first.job_id) == [first, second]
         assert [j.job_id for j in await store.unfinished()] == [first.job_id]
-        # The same version twice is refused, and nothing of the failed call lands.
-        with pytest.raises(Exception):  # noqa: B017 -- each store raises its own kind
+        # The same version twice (a concurrent rerun lost the race) is refused,
+        # and nothing of the failed call lands.
+        with pytest.raises(FailedPrecondition, match="rerun meanwhile"):
             await store.add_version(second, first)
         assert await store.get(first.job_id) == third
         assert await store.versions(first.job_id) == [first, second]

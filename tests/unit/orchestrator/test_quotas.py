@@ -4,8 +4,6 @@ whose tenants are limited in queued jobs, submissions per minute and running job
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
-from pathlib import Path
 
 import pytest
 
@@ -13,7 +11,7 @@ from stageflow.core.errors import InvalidArgument, ResourceExhausted
 from stageflow.orchestrator.bundle import DEFAULT_PIPELINE
 from stageflow.orchestrator.quotas import Quota, TenantUsage, check_submit, parse_quota
 from stageflow.orchestrator.runner import JobRunner
-from stageflow.orchestrator.sqlite_store import SqliteJobStore
+from stageflow.orchestrator.store import JobStore
 from stageflow.v1 import orchestrator_pb2 as S
 from tests.unit.orchestrator.fakes import FakeSettings, FakeStage, FakeStore
 
@@ -48,14 +46,7 @@ def _request(seed: int) -> S.SubmitJobRequest:
     )
 
 
-@pytest.fixture
-async def jobs(tmp_path: Path) -> AsyncIterator[SqliteJobStore]:
-    store = SqliteJobStore(tmp_path / "jobs.sqlite")
-    yield store
-    await store.close()
-
-
-async def test_a_tenants_limits_hold_and_others_are_untouched(jobs: SqliteJobStore) -> None:
+async def test_a_tenants_limits_hold_and_others_are_untouched(jobs: JobStore) -> None:
     base = FakeStage("base", block_at=1)
     fakes = {name: FakeStage(name) for name in DEFAULT_PIPELINE} | {"base": base}
     runner = JobRunner(fakes, jobs, FakeSettings(max_running_jobs=8), FakeStore())

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
-from pathlib import Path
 
 import pytest
 
 from stageflow.core.errors import FailedPrecondition, InvalidArgument
 from stageflow.orchestrator.bundle import DEFAULT_PIPELINE
 from stageflow.orchestrator.runner import JobRunner
-from stageflow.orchestrator.sqlite_store import SqliteJobStore
+from stageflow.orchestrator.store import JobStore
 from stageflow.v1 import common_pb2, orchestrator_pb2, stage_pb2
 from tests.unit.orchestrator.fakes import FakeSettings, FakeStage
 
@@ -36,19 +35,12 @@ def _request(**kwargs: object) -> S.SubmitJobRequest:
 
 
 @pytest.fixture
-async def jobs(tmp_path: Path) -> AsyncIterator[SqliteJobStore]:
-    store = SqliteJobStore(tmp_path / "jobs.sqlite")
-    yield store
-    await store.close()
-
-
-@pytest.fixture
 def fakes() -> dict[str, FakeStage]:
     return {name: _stage(name) for name in DEFAULT_PIPELINE}
 
 
 @pytest.fixture
-async def runner(jobs: SqliteJobStore, fakes: dict[str, FakeStage]) -> AsyncIterator[JobRunner]:
+async def runner(jobs: JobStore, fakes: dict[str, FakeStage]) -> AsyncIterator[JobRunner]:
     made = JobRunner(fakes, jobs, FakeSettings(stage_cache=True))
     yield made
     await made.close()
@@ -100,7 +92,7 @@ async def test_a_changed_parameter_misses_only_from_that_stage_on(
 
 
 async def test_with_the_cache_off_every_stage_is_called(
-    jobs: SqliteJobStore, fakes: dict[str, FakeStage]
+    jobs: JobStore, fakes: dict[str, FakeStage]
 ) -> None:
     runner = JobRunner(fakes, jobs, FakeSettings(stage_cache=False))
     try:
@@ -159,7 +151,7 @@ async def test_rerun_with_nothing_changed_is_all_cache_hits(
 
 
 async def test_rerun_refusals_name_the_problem(
-    jobs: SqliteJobStore, runner: JobRunner, fakes: dict[str, FakeStage]
+    jobs: JobStore, runner: JobRunner, fakes: dict[str, FakeStage]
 ) -> None:
     job = await runner.submit(_request())
     await _finish(runner, job.job_id)
@@ -191,7 +183,7 @@ async def test_rerun_refusals_name_the_problem(
 
 
 async def test_rerun_applies_the_stage_rules_before_storing_a_version(
-    jobs: SqliteJobStore, runner: JobRunner, fakes: dict[str, FakeStage]
+    jobs: JobStore, runner: JobRunner, fakes: dict[str, FakeStage]
 ) -> None:
     fakes["refine"].describe_response.defaults["steps"] = 40  # type: ignore[union-attr]
     job = await runner.submit(_request())
@@ -213,7 +205,7 @@ async def test_rerun_applies_the_stage_rules_before_storing_a_version(
 
 
 async def test_versions_are_bounded_so_getjob_fits_in_one_message(
-    jobs: SqliteJobStore, runner: JobRunner, monkeypatch: pytest.MonkeyPatch
+    jobs: JobStore, runner: JobRunner, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from stageflow.core import limits
 

@@ -12,8 +12,8 @@ from stageflow.core.errors import InvalidArgument
 from stageflow.orchestrator.replicas import RetryPolicy, StageCaller
 from stageflow.orchestrator.runner import JobRunner
 from stageflow.orchestrator.spec import SpecError, load_specs, parse_spec, with_fallback
-from stageflow.orchestrator.sqlite_store import SqliteJobStore
 from stageflow.orchestrator.stage_client import StageCallError
+from stageflow.orchestrator.store import JobStore
 from stageflow.v1 import orchestrator_pb2, stage_pb2
 from tests.unit.orchestrator.fakes import FakeSettings, FakeStage, FakeStore
 
@@ -62,13 +62,6 @@ def _request(**kwargs: object) -> S.SubmitJobRequest:
     return S.SubmitJobRequest(**fields)  # type: ignore[arg-type]
 
 
-@pytest.fixture
-async def jobs(tmp_path: Path) -> AsyncIterator[SqliteJobStore]:
-    store = SqliteJobStore(tmp_path / "jobs.sqlite")
-    yield store
-    await store.close()
-
-
 async def _finished(runner: JobRunner, job_id: str) -> S.Job:
     async with asyncio.timeout(WAIT):
         async for event in runner.watch(job_id):
@@ -99,7 +92,7 @@ def test_a_bad_fallback_names_the_field(tmp_path: Path) -> None:
 
 
 async def test_resource_exhausted_takes_the_fallback_and_the_run_records_it(
-    tmp_path: Path, jobs: SqliteJobStore
+    tmp_path: Path, jobs: JobStore
 ) -> None:
     (tmp_path / "default.yaml").write_text(SPEC)
     fakes = {"base": FakeStage("base"), "upscale": OutOfMemory("upscale")}
@@ -124,7 +117,7 @@ async def test_resource_exhausted_takes_the_fallback_and_the_run_records_it(
 
 
 async def test_without_a_fallback_resource_exhausted_fails_the_job(
-    tmp_path: Path, jobs: SqliteJobStore
+    tmp_path: Path, jobs: JobStore
 ) -> None:
     (tmp_path / "default.yaml").write_text("stages:\n  - stage: base\n  - stage: upscale\n")
     fakes = {"base": FakeStage("base"), "upscale": OutOfMemory("upscale")}
@@ -139,7 +132,7 @@ async def test_without_a_fallback_resource_exhausted_fails_the_job(
     assert done.stages[1].attempts == 2
 
 
-async def test_stage_calls_get_the_time_left_of_the_job(jobs: SqliteJobStore) -> None:
+async def test_stage_calls_get_the_time_left_of_the_job(jobs: JobStore) -> None:
     fakes = {name: FakeStage(name) for name in ("base", "refine", "upscale")}
     runner = JobRunner(fakes, jobs, FakeSettings(stage_timeout_seconds=30.0), FakeStore())
     try:
@@ -155,7 +148,7 @@ async def test_stage_calls_get_the_time_left_of_the_job(jobs: SqliteJobStore) ->
         await runner.close()
 
 
-async def test_a_job_past_its_deadline_fails_with_deadline_exceeded(jobs: SqliteJobStore) -> None:
+async def test_a_job_past_its_deadline_fails_with_deadline_exceeded(jobs: JobStore) -> None:
     fakes = {name: FakeStage(name) for name in ("base", "refine", "upscale")}
     fakes["base"].block_at = 1  # holds the base call until the job's time is up
     runner = JobRunner(fakes, jobs, FakeSettings(), FakeStore())

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Sequence
-from pathlib import Path
 
 import pytest
 
 from stageflow.orchestrator.runner import JobRunner
 from stageflow.orchestrator.scheduler import PriorityGate, StageScheduler, parse_limits
-from stageflow.orchestrator.sqlite_store import SqliteJobStore
+from stageflow.orchestrator.store import JobStore
 from stageflow.v1 import orchestrator_pb2 as S
 from stageflow.v1 import stage_pb2
 from tests.unit.orchestrator.fakes import FakeSettings, FakeStage, FakeStore
@@ -56,13 +55,6 @@ def _request(seed: int, priority: int = S.PRIORITY_UNSPECIFIED) -> S.SubmitJobRe
     )
 
 
-@pytest.fixture
-async def jobs(tmp_path: Path) -> AsyncIterator[SqliteJobStore]:
-    store = SqliteJobStore(tmp_path / "jobs.sqlite")
-    yield store
-    await store.close()
-
-
 async def _wait_done(runner: JobRunner, job_ids: list[str]) -> None:
     """Wait until every job ended; each must have succeeded."""
     async with asyncio.timeout(WAIT):
@@ -76,7 +68,7 @@ def _job_order(stage: FakeStage) -> list[str]:
 
 
 async def test_interactive_call_is_admitted_before_an_earlier_bulk_one(
-    jobs: SqliteJobStore,
+    jobs: JobStore,
 ) -> None:
     base = FakeStage("base", block_at=1)
     runner = JobRunner(
@@ -103,7 +95,7 @@ async def test_interactive_call_is_admitted_before_an_earlier_bulk_one(
     assert _job_order(base) == [first.job_id, interactive.job_id, bulk.job_id]
 
 
-async def test_stage_limit_caps_calls_in_flight(jobs: SqliteJobStore) -> None:
+async def test_stage_limit_caps_calls_in_flight(jobs: JobStore) -> None:
     base = CountingStage("base")
     runner = JobRunner(
         {"base": base},
