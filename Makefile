@@ -127,7 +127,7 @@ k8s-validate: deps ## render every deploy/k8s overlay (kubectl kustomize) and va
 demo: setup ## the reference prompt through base -> upscale -> refine to a PNG under out/
 	$(BIN)/stageflow demo --out out
 
-.PHONY: bench bench-backends bench-serving bench-gateway bench-orchestrators bench-handoff
+.PHONY: bench bench-backends bench-serving bench-gateway bench-orchestrators bench-handoff bench-realscale
 bench: bench-backends bench-serving bench-gateway bench-orchestrators bench-handoff ## the benchmark scripts -> docs/benchmarks.md (~45 min)
 
 # Each script rewrites only its own marked section of docs/benchmarks.md.
@@ -146,6 +146,11 @@ bench-orchestrators: deps ## jobs/s on SQLite vs PostgreSQL, 1 vs 3 replicas; ta
 
 bench-handoff: deps fixtures ## base -> refine jobs, latent vs PNG hand-off, 64 and 256 px (~4 min)
 	$(PY) bench/handoff.py --out docs/benchmarks.md
+
+# Not part of `bench`: a random-weight SD 1.5-size folder (~4 GB, built under
+# var/realscale/), ~12 GB of memory and an hour or more on a 2-core CPU.
+bench-realscale: deps ## real-scale costs: cold start, per step, RSS, dtype, tiled VAE (1 h+)
+	$(PY) bench/realscale.py --out docs/benchmarks.md
 
 .PHONY: quality-report quality-report-512 upscale-quality
 quality-report: setup ## typography pass over 100 varied texts, trained fixtures -> docs/quality.md (~2 min)

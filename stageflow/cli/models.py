@@ -205,14 +205,20 @@ def compile_model(
     model: Annotated[str, typer.Argument(help="name[@version]; default its latest torch version.")],
     backend: Annotated[str, typer.Option(help="onnx or tensorrt.")] = "onnx",
     fp16: Annotated[bool, typer.Option("--fp16", help="Export in half precision.")] = False,
+    dtype: Annotated[
+        str | None,
+        typer.Option(help="fp32 or fp16 (same as --fp16); bf16 is refused (no ONNX kernels)."),
+    ] = None,
     repository: Repository = None,
 ) -> None:
-    """Export a version to ONNX as a new version named <version>-<backend>[-fp16]."""
+    """Export a version to ONNX as a new version named <version>-<backend>[-<dtype>]."""
     from stageflow.inference.repository import parse_ref
 
     with _errors():
         name, version = parse_ref(model)
-        created = _open(repository).compile(name, version, backend=backend, fp16=fp16, step=_step)
+        created = _open(repository).compile(
+            name, version, backend=backend, fp16=fp16, dtype=dtype, step=_step
+        )
     summary = f"{created.backend}, {created.fingerprint[:12]}"
     Console().print(Text(f"compiled {created.source} -> {created.ref} ({summary})"))
 

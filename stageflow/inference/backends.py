@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from stageflow.core.errors import FailedPrecondition
+from stageflow.inference.digests import NO_CACHE, DigestCache
 
 if TYPE_CHECKING:
     import torch
@@ -39,6 +40,10 @@ class BackendOptions:
     # Where built engines are cached, for the backends that build them (tensorrt);
     # None: the backend's default.
     engine_cache: Path | None = None
+    # The precision to load weights in, for backends that cast at load (torch).
+    dtype: str = "fp32"
+    # Where file digests are remembered between starts (the fingerprint's cost).
+    digests: DigestCache = NO_CACHE
 
 
 class BackendUnavailable(FailedPrecondition):
@@ -51,10 +56,21 @@ class Backend:
     diffusion: Callable[[Path, BackendOptions], DiffusionParts]
     # -> (network, its scale)
     upscaler: Callable[[Path, BackendOptions], tuple[UpscaleNet, int]]
-    fingerprint: Callable[[Path], str]
+    fingerprint: Callable[[Path, BackendOptions], str]
     takes_providers: bool = False
     # The importable module the backend needs, checked before loading.
     requires: str = ""
+    # -> the precision a compiled folder was exported in; None: chosen at load
+    # (BackendOptions.dtype), as torch casts its weights.
+    exported_dtype: Callable[[Path], str] | None = None
+
+    @property
+    def fixed_dtype(self) -> bool:
+        return self.exported_dtype is not None
+
+    def dtype_of(self, folder: Path) -> str:
+        assert self.exported_dtype is not None
+        return self.exported_dtype(folder)
 
 
 # --- torch ----------------------------------------------------------------------------
@@ -63,20 +79,26 @@ class Backend:
 def _torch_diffusion(folder: Path, options: BackendOptions) -> DiffusionParts:
     from stageflow.inference.sd_parts import load_torch_parts
 
-    return load_torch_parts(folder, options.device)
+    return load_torch_parts(folder, options.device, options.dtype)
 
 
 def _torch_upscaler(folder: Path, options: BackendOptions) -> tuple[UpscaleNet, int]:
     from stageflow.inference.sr_archs import load_upscaler
 
+    if options.dtype != "fp32":
+        # The upscale stage's tiles are blended in float32; no half path is built yet.
+        raise FailedPrecondition(
+            f"dtype {options.dtype}: the torch upscaler runs in fp32 only (export it with "
+            "`stageflow models compile --dtype fp16` for a half-precision upscaler)"
+        )
     net, config = load_upscaler(folder)
     return net.to(options.device), int(config.scale)
 
 
-def _folder_fingerprint(folder: Path) -> str:
+def _folder_fingerprint(folder: Path, options: BackendOptions) -> str:
     from stageflow.inference.base import folder_fingerprint
 
-    return folder_fingerprint(folder)
+    return folder_fingerprint(folder, options.digests)
 
 
 # --- onnxruntime ----------------------------------------------------------------------
@@ -94,11 +116,18 @@ def _ort_upscaler(folder: Path, options: BackendOptions) -> tuple[UpscaleNet, in
     return load_onnx_upscaler(folder, options.providers, options.threads)
 
 
-def _export_fingerprint(folder: Path) -> str:
-    # Re-hashes the files: a corrupt export fails here, before serving.
+def _export_fingerprint(folder: Path, options: BackendOptions) -> str:
+    # Verifies the files (re-hashing those whose stamp changed): a corrupt export
+    # fails here, before serving.
     from stageflow.inference.onnx.layout import read_manifest
 
-    return read_manifest(folder, verify=True).fingerprint
+    return read_manifest(folder, verify=True, digests=options.digests).fingerprint
+
+
+def _export_dtype(folder: Path) -> str:
+    from stageflow.inference.onnx.layout import read_manifest
+
+    return read_manifest(folder, verify=False).dtype
 
 
 # --- tensorrt -------------------------------------------------------------------------
@@ -127,6 +156,7 @@ BACKENDS: dict[str, Backend] = {
             _export_fingerprint,
             takes_providers=True,
             requires="onnxruntime",
+            exported_dtype=_export_dtype,
         ),
         Backend(
             "tensorrt",
@@ -134,6 +164,7 @@ BACKENDS: dict[str, Backend] = {
             _trt_upscaler,
             _export_fingerprint,
             requires="tensorrt",
+            exported_dtype=_export_dtype,
         ),
     )
 }

@@ -13,27 +13,31 @@ from pathlib import Path
 
 from stageflow.core.errors import Cancelled, FailedPrecondition
 from stageflow.core.logging import get_logger
-from stageflow.inference import backends
+from stageflow.inference import backends, precision
+from stageflow.inference.digests import NO_CACHE, DigestCache
 from stageflow.inference.interface import CancelledFn, ModelIdentity, StageModel
+from stageflow.inference.vae_tiling import VaeTiling
 
 log = get_logger(__name__)
 
 
-def folder_fingerprint(folder: Path) -> str:
+def folder_fingerprint(folder: Path, digests: DigestCache = NO_CACHE) -> str:
     """sha256 over (relative path, file digest) of every file, in path order.
 
     Any changed, added, removed or renamed file changes it, so the stage
     cache never reuses an output made by other weights. A top-level
     model.yaml is left out: it describes the files (as a repository version's
-    does, which the repository's fingerprint leaves out too).
+    does, which the repository's fingerprint leaves out too). `digests`
+    skips re-hashing files whose stamp has not changed since the last start.
     """
-    outer = hashlib.sha256()
     files = sorted(p for p in folder.rglob("*") if p.is_file() and p != folder / "model.yaml")
-    for path in files:
-        outer.update(path.relative_to(folder).as_posix().encode())
+    rels = [p.relative_to(folder).as_posix() for p in files]
+    known = digests.digests(folder, rels)
+    outer = hashlib.sha256()
+    for rel in rels:
+        outer.update(rel.encode())
         outer.update(b"\0")
-        with path.open("rb") as f:
-            outer.update(hashlib.file_digest(f, "sha256").digest())
+        outer.update(bytes.fromhex(known[rel]))
     return outer.hexdigest()
 
 
@@ -57,6 +61,10 @@ class LocalModel(StageModel, abc.ABC):
         backend: str = "torch",
         providers: Sequence[str] = (),
         engine_cache: Path | None = None,
+        dtype: str = precision.DEFAULT_DTYPE,
+        digest_cache: Path | None = None,
+        vae_tiling: VaeTiling | None = None,
+        warmup: bool = False,
     ) -> None:
         self.path = Path(path)
         self.name = name or self.path.name
@@ -69,12 +77,23 @@ class LocalModel(StageModel, abc.ABC):
         self.backend = backend
         self.providers = tuple(providers)
         self.engine_cache = engine_cache
+        self.dtype = precision.check_dtype(dtype)
+        self.digests = DigestCache(digest_cache)
+        # When the VAE decodes in tiles (diffusion models; others ignore it).
+        self.vae_tiling = vae_tiling or VaeTiling()
+        # Run the model once at load, so the first request after SERVING is not slow.
+        self.warmup = warmup
         self._identity: ModelIdentity | None = None
 
     @property
     def backend_options(self) -> backends.BackendOptions:
         return backends.BackendOptions(
-            self.device, self.providers, self.torch_threads, self.engine_cache
+            self.device,
+            self.providers,
+            self.torch_threads,
+            self.engine_cache,
+            dtype=self.dtype,
+            digests=self.digests,
         )
 
     @property
@@ -97,13 +116,20 @@ class LocalModel(StageModel, abc.ABC):
             torch.set_num_threads(self.torch_threads)
         backends.require_runtime(self.runtime)
         # Before the weights: a compiled folder's files are verified against its manifest.
-        fingerprint = self.runtime.fingerprint(self.path)
+        fingerprint = self.runtime.fingerprint(self.path, self.backend_options)
+        dtype = self._served_dtype()
         self._load_weights()
+        if self.warmup:
+            self._warm_up()
         self._identity = ModelIdentity(
             name=self.name,
             version=self.version,
             backend=self.backend,
-            fingerprint=fingerprint,
+            # A compiled folder's fingerprint already covers its export's dtype.
+            fingerprint=fingerprint
+            if self.runtime.fixed_dtype
+            else precision.with_dtype(fingerprint, dtype),
+            dtype=dtype,
         )
         log.info(
             "model loaded",
@@ -111,8 +137,25 @@ class LocalModel(StageModel, abc.ABC):
             version=self.version,
             backend=self.backend,
             providers=list(self.providers),
-            fingerprint=fingerprint[:12],
+            dtype=dtype,
+            fingerprint=self._identity.fingerprint[:12],
         )
+
+    def _served_dtype(self) -> str:
+        """The precision this load runs in: the setting for backends that cast at
+        load, the export's own for compiled ones (a different setting is refused)."""
+        if not self.runtime.fixed_dtype:
+            return self.dtype
+        exported = self.runtime.dtype_of(self.path)
+        if self.dtype not in (precision.DEFAULT_DTYPE, exported):
+            raise FailedPrecondition(
+                f"{self.path} is a {exported} export; dtype {self.dtype} needs a {self.dtype} "
+                f"export (`stageflow models compile --dtype {self.dtype}`) or the torch backend"
+            )
+        return exported
+
+    def _warm_up(self) -> None:
+        """One call through the loaded parts at the served size (subclasses)."""
 
     def unload(self) -> None:
         self._release_weights()

@@ -18,6 +18,7 @@ from PIL import Image
 from stageflow.inference.base import check_cancelled
 from stageflow.inference.interface import CancelledFn, ProgressFn
 from stageflow.inference.sd_parts import Conditioning, DiffusionParts
+from stageflow.inference.vae_tiling import DecodeShape, VaeTiling, plan_tile, tiled_decode
 
 # (step index, latents after the scheduler step) -> latents to carry on with
 AfterStep = Callable[[int, torch.Tensor], torch.Tensor]
@@ -141,9 +142,32 @@ def encode_image(parts: DiffusionParts, image: Image.Image, gen: torch.Generator
     return parts.scaling_factor * sample_posterior(moments, gen, parts)
 
 
-def decode_image(parts: DiffusionParts, latents: torch.Tensor) -> Image.Image:
-    image = parts.decode_latents(latents / parts.scaling_factor)
-    return tensor_to_pil(image)
+def decode_shape(parts: DiffusionParts) -> DecodeShape:
+    return DecodeShape(
+        factor=parts.vae_scale_factor,
+        base_channels=parts.vae_base_channels,
+        quadratic_attention=parts.vae_attention_quadratic,
+    )
+
+
+def decode_latents(
+    parts: DiffusionParts, latents: torch.Tensor, tiling: VaeTiling | None = None
+) -> torch.Tensor:
+    """Scaled latents -> image in [-1, 1]: whole, or in tiles where `tiling`
+    says the decode is too big (`stageflow.inference.vae_tiling`)."""
+    unscaled = latents / parts.scaling_factor
+    plan = None if tiling is None else plan_tile(tiling, decode_shape(parts), unscaled.shape)
+    if plan is None:
+        return parts.decode_latents(unscaled)
+    return tiled_decode(
+        parts.decode_latents, unscaled, plan.tile, plan.overlap, parts.vae_scale_factor
+    )
+
+
+def decode_image(
+    parts: DiffusionParts, latents: torch.Tensor, tiling: VaeTiling | None = None
+) -> Image.Image:
+    return tensor_to_pil(decode_latents(parts, latents, tiling))
 
 
 def pil_to_tensor(image: Image.Image) -> torch.Tensor:

@@ -69,6 +69,22 @@ class _DiffusionModel(LocalModel):
     def _release_weights(self) -> None:
         self._parts = None
 
+    def _warm_up(self) -> None:
+        """Two guided UNet calls and one decode at the native size: the first
+        calls at a shape are the slow ones (ONNX Runtime grows its arena, then
+        records its memory pattern; torch faults its weights' pages in), and
+        they happen here, before the stage reports SERVING."""
+        parts = self.parts
+        multiple = parts.vae_scale_factor * 2 ** (parts.unet_levels - 1)
+        side = min(max(self._native or multiple, multiple), self.max_side // multiple * multiple)
+        latent = side // parts.vae_scale_factor
+        with torch.inference_mode():
+            cond = loop.encode_prompts(parts, "", "", True, (side, side))
+            sample = torch.zeros(2, parts.latent_channels, latent, latent)
+            for t in (999, 1):
+                parts.predict_noise(sample, torch.tensor(t), cond)
+            loop.decode_latents(parts, sample[:1], self.vae_tiling)
+
     @property
     def latent_space(self) -> LatentSpace:
         """The latents this model makes and takes (latent hand-off)."""
@@ -200,7 +216,10 @@ class Txt2ImgModel(_DiffusionModel):
             )
             if first.denoising_end < 1:
                 return [StageOutput(self._latents(one, first)) for one in latents.split(1)]
-            return [StageOutput(loop.decode_image(parts, one)) for one in latents.split(1)]
+            return [
+                StageOutput(loop.decode_image(parts, one, self.vae_tiling))
+                for one in latents.split(1)
+            ]
 
     def _latents(self, latents: torch.Tensor, params: Txt2ImgParams) -> Latents:
         array = latents.detach().to("cpu", torch.float32).numpy().copy()
@@ -460,7 +479,7 @@ class RefineModel(_DiffusionModel):
                 cancelled,
                 after_step,
             )
-            decoded = [loop.decode_image(parts, one) for one in latents.split(1)]
+            decoded = [loop.decode_image(parts, one, self.vae_tiling) for one in latents.split(1)]
         return [
             masks.composite(out, image, mask) if mask is not None else out
             for out, image, mask in zip(decoded, images, pixel_masks, strict=True)
@@ -520,7 +539,7 @@ class RefineModel(_DiffusionModel):
                 progress,
                 cancelled,
             )
-            return loop.decode_image(parts, out)
+            return loop.decode_image(parts, out, self.vae_tiling)
 
     @staticmethod
     def _pixel_mask(

@@ -275,6 +275,8 @@ class ModelIdentity:
     version: str
     backend: str
     fingerprint: str
+    # The precision its weights run in (stageflow.inference.precision).
+    dtype: str = "fp32"
 
 
 @dataclass(frozen=True)

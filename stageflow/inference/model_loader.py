@@ -20,6 +20,7 @@ from typing import Any
 
 from stageflow.core.errors import FailedPrecondition, StageflowError
 from stageflow.core.logging import get_logger
+from stageflow.inference import precision
 from stageflow.inference.interface import (
     CancelledFn,
     ModelDescription,
@@ -53,16 +54,24 @@ UNSUPPORTED: Mapping[str, str] = {
 
 
 class RepositoryModel(StageModel):
-    """A loaded model that reports its repository version's identity and sizes."""
+    """A loaded model that reports its repository version's identity and sizes.
 
-    def __init__(self, inner: StageModel, version: ModelVersion) -> None:
+    The precision it runs in comes from the loaded model; a torch version served
+    in fp16/bf16 folds it into the version's fingerprint (as a folder loaded by
+    path does), a compiled version's fingerprint already covers its export's."""
+
+    def __init__(self, inner: StageModel, version: ModelVersion, dtype: str = "fp32") -> None:
         self.inner = inner
         self.version = version
+        compiled = version.backend != Backend.TORCH
         self.identity = ModelIdentity(
             name=version.name,
             version=version.version,
             backend=str(version.backend),
-            fingerprint=version.fingerprint,
+            fingerprint=version.fingerprint
+            if compiled
+            else precision.with_dtype(version.fingerprint, dtype),
+            dtype=dtype,
         )
 
     def __getattr__(self, name: str) -> Any:
@@ -115,6 +124,12 @@ class RepositoryModel(StageModel):
         self.inner.unload()
 
 
+def _loaded_dtype(model: StageModel) -> str:
+    """The precision a loaded model reports (fp32 for models that predate it)."""
+    identity = getattr(model, "identity", None)
+    return str(getattr(identity, "dtype", precision.DEFAULT_DTYPE))
+
+
 def _domain_fields(version: ModelVersion) -> dict[str, Any]:
     """The version's declared prompt domain, over what its files say."""
     domain = version.prompt_domain
@@ -141,6 +156,7 @@ class RepositoryLoader:
         max_side: int = 1024,
         providers: Sequence[str] = (),
         engine_cache: Path | None = None,
+        model_options: Mapping[str, Any] | None = None,
     ) -> None:
         self.repository = repository
         self.kind = kind
@@ -151,6 +167,9 @@ class RepositoryLoader:
         self._max_side = max_side
         self._providers = tuple(providers)
         self._engine_cache = engine_cache
+        # Passed to every model's constructor as they are: dtype, digest_cache,
+        # vae_tiling, warmup (stageflow.inference.base.LocalModel).
+        self._options = dict(model_options or {})
 
     def resolve(self, ref: str) -> tuple[ModelVersion, str]:
         """The version `ref` names and the family that serves it on this stage,
@@ -186,7 +205,7 @@ class RepositoryLoader:
             raise FailedPrecondition(
                 f"cannot load model {found.ref} from {folder}: {type(e).__name__}: {detail}"
             ) from e
-        return RepositoryModel(model, found)
+        return RepositoryModel(model, found, _loaded_dtype(model))
 
     def _model_kwargs(self, found: ModelVersion) -> dict[str, Any]:
         kwargs: dict[str, Any] = {
@@ -195,6 +214,7 @@ class RepositoryLoader:
             "device": self._device,
             "torch_threads": self._torch_threads,
             "max_side": min(self._max_side, found.sizes.max_side),
+            **self._options,
         }
         # Only for compiled versions: the torch constructors take no backend.
         if found.backend != Backend.TORCH:

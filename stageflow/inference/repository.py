@@ -54,6 +54,8 @@ from pydantic import (
 from stageflow.core.errors import DataLoss, FailedPrecondition, InvalidArgument, NotFound
 from stageflow.core.logging import get_logger
 from stageflow.core.storage import ObjectStore, check_key, open_location, parse_store_url
+from stageflow.inference import precision
+from stageflow.inference.digests import NO_CACHE, DigestCache
 from stageflow.inference.interface import StageKind, params_type_of
 from stageflow.inference.prompt_domain import PromptDomain, read_folder_domain
 from stageflow.inference.sr_archs import architecture_of
@@ -307,17 +309,24 @@ def folder_files(folder: Path) -> dict[str, FileEntry]:
     return entries
 
 
-def check_files(version: ModelVersion, folder: Path) -> list[str]:
-    """What differs between `folder` and the files model.yaml records."""
-    problems = []
+def check_files(version: ModelVersion, folder: Path, digests: DigestCache = NO_CACHE) -> list[str]:
+    """What differs between `folder` and the files model.yaml records (files
+    whose stamp `digests` has seen unchanged are not re-hashed)."""
+    problems, sized = [], []
     for rel, entry in version.files.items():
         path = folder.joinpath(*rel.split("/"))
         if not path.is_file():
             problems.append(f"{rel}: missing")
         elif path.stat().st_size != entry.size:
             problems.append(f"{rel}: {path.stat().st_size} bytes, model.yaml records {entry.size}")
-        elif (actual := file_sha256(path)) != entry.sha256:
-            problems.append(f"{rel}: sha256 {actual}, model.yaml records {entry.sha256}")
+        else:
+            sized.append(rel)
+    actual = digests.digests(folder, sized)
+    for rel in sized:
+        if actual[rel] != version.files[rel].sha256:
+            problems.append(
+                f"{rel}: sha256 {actual[rel]}, model.yaml records {version.files[rel].sha256}"
+            )
     return problems
 
 
@@ -446,8 +455,9 @@ class Exporter(Protocol):
     def __call__(self, src: Path, dst: Path, *, fp16: bool = ..., opset: int = ...) -> Any: ...
 
 
-def compiled_version(version: str, backend: str, fp16: bool) -> str:
-    return f"{version}-{backend}" + ("-fp16" if fp16 else "")
+def compiled_version(version: str, backend: str, dtype: str) -> str:
+    """ "1" -> "1-onnx", "1-onnx-fp16": the precision shows in the name."""
+    return f"{version}-{backend}" + ("" if dtype == precision.FP32 else f"-{dtype}")
 
 
 # A step of a long repository operation, for its caller to show ("exporting ...").
@@ -492,9 +502,12 @@ class ModelRepository:
         secret_key: str = "",
         region: str = "",
         cache_dir: Path | None = None,
+        digests: DigestCache = NO_CACHE,
     ) -> None:
         self.root = str(root)
         self.cache_dir = Path(cache_dir) if cache_dir is not None else Path(DEFAULT_CACHE)
+        # Remembers verified files' digests, so materialize re-hashes only changed files.
+        self.digests = digests
         self._store, self._prefix, self._local = _open_root(
             self.root, access_key=access_key, secret_key=secret_key, region=region
         )
@@ -631,17 +644,27 @@ class ModelRepository:
         backend: str = "onnx",
         fp16: bool = False,
         *,
+        dtype: str | None = None,
         opset: int = 17,
         exporter: Exporter | None = None,
         step: StepFn = _no_step,
     ) -> ModelVersion:
         """Export a torch version to ONNX as a new version ("<version>-<backend>[-fp16]").
 
+        `dtype` (fp32, fp16; bf16 is refused with the reason) overrides `fp16`.
         `latest` here means the latest version that is not itself compiled;
         `step` hears each step as it starts.
         """
         if backend not in COMPILE_BACKENDS:
             raise InvalidArgument("backend", f"must be one of {', '.join(COMPILE_BACKENDS)}")
+        dtype = dtype or (precision.FP16 if fp16 else precision.FP32)
+        try:
+            problem = precision.onnx_dtype_problem(dtype)
+        except ValueError as e:
+            raise InvalidArgument("dtype", str(e)) from None
+        if problem:
+            raise InvalidArgument("dtype", problem)
+        fp16 = dtype == precision.FP16
         if backend != "onnx":
             # Before any work: a version for a runtime that is absent would carry
             # nothing of it (the ONNX export's fingerprint under its name).
@@ -660,7 +683,7 @@ class ModelRepository:
             raise FailedPrecondition(
                 f"model {source.ref} is already compiled; compile its source {source.source}"
             )
-        target = compiled_version(source.version, backend, fp16)
+        target = compiled_version(source.version, backend, dtype)
         if self.exists(name, target):
             raise FailedPrecondition(f"model {name}@{target} already exists in {self.describe()}")
         step(f"fetching {source.ref} (verified against its model.yaml)")
@@ -697,6 +720,7 @@ class ModelRepository:
                     },
                     "backend": backend,
                     "fp16": fp16,
+                    "dtype": dtype,
                     "opset": opset,
                 },
                 created_at=datetime.now(UTC).replace(microsecond=0),
@@ -715,11 +739,11 @@ class ModelRepository:
         if self._local is not None:
             folder = self._local / found.name / found.version
             if verify:
-                _raise_on_problems(found, check_files(found, folder), self.describe())
+                _raise_on_problems(found, check_files(found, folder, self.digests), self.describe())
             return folder
         target = self.cache_dir / found.name / found.version / found.fingerprint
         if target.is_dir():
-            problems = check_files(found, target) if verify else []
+            problems = check_files(found, target, self.digests) if verify else []
             if not problems:
                 return target
             log.warning(

@@ -8,7 +8,12 @@ or text encoder by providing other callables, with the loop unchanged.
 `from_pretrained(<folder>/<subfolder>)`: a real Stable Diffusion 1.5 folder
 and the tiny fixture load through the same lines. Weights load as float32
 whatever their stored dtype (the trained fixtures are stored in fp16; CPU
-kernels want float32, and transformers 5 would otherwise keep fp16).
+kernels want float32, and transformers 5 would otherwise keep fp16). Weights
+load in the precision asked for (`stageflow.inference.precision`; float32 by
+default): each part casts its inputs to its weights' dtype and its output
+back to float32, so the loop's latents, noise and scheduler arithmetic stay
+float32. In fp16 a VAE whose config sets `force_upcast` (SD 1.x/2.x VAEs
+overflow in fp16) stays float32, as diffusers' pipelines keep it.
 
 Which parts a folder has is its diffusion family, named by model_index.json's
 `_class_name` (`DIFFUSION_FAMILIES`): Stable Diffusion 1.x/2.x here, SDXL base
@@ -20,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import inspect
 import json
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -95,7 +101,15 @@ class DiffusionParts:
     vae_scale_factor: int
     unet_levels: int
     device: torch.device
+    # The loop's dtype (latents, noise, scheduler): float32 whatever the weights are.
     dtype: torch.dtype = torch.float32
+    # The precision the weights run in, by name (stageflow.inference.precision).
+    weights_dtype: str = "fp32"
+    # Channels of the VAE decoder's full-resolution blocks: what its memory scales with.
+    vae_base_channels: int = 128
+    # Whether the VAE's attention materialises (h*w)^2 scores (ONNX graphs do;
+    # torch's CPU SDPA does not): the decode memory estimate adds them.
+    vae_attention_quadratic: bool = False
     # The diffusion family (a key's value of DIFFUSION_FAMILIES: "sd", "sdxl"):
     # with the VAE's numbers, what makes two models' latents interchangeable.
     family: str = SD_FAMILY
@@ -136,8 +150,18 @@ def pipeline_class(folder: Path) -> str:
     return str(json.loads(index.read_text(encoding="utf-8")).get("_class_name", DEFAULT_PIPELINE))
 
 
-def load_torch_parts(folder: Path, device: str = "cpu") -> DiffusionParts:
-    """The torch parts of a diffusers folder, by its family (`DIFFUSION_FAMILIES`)."""
+TORCH_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+def torch_dtype(name: str) -> torch.dtype:
+    from stageflow.inference.precision import check_dtype
+
+    return TORCH_DTYPES[check_dtype(name)]
+
+
+def load_torch_parts(folder: Path, device: str = "cpu", dtype: str = "fp32") -> DiffusionParts:
+    """The torch parts of a diffusers folder, by its family (`DIFFUSION_FAMILIES`),
+    in `dtype` (a family whose loader takes no dtype serves fp32 only)."""
     name = pipeline_class(folder)
     target = DIFFUSION_FAMILIES.get(name)
     if target is None:
@@ -146,23 +170,31 @@ def load_torch_parts(folder: Path, device: str = "cpu") -> DiffusionParts:
             f"{', '.join(sorted(DIFFUSION_FAMILIES))}"
         )
     module, _, function = target.partition(":")
-    loader: Callable[[Path, str], DiffusionParts] = getattr(
-        importlib.import_module(module), function
-    )
-    return loader(Path(folder), device)
+    loader: Callable[..., DiffusionParts] = getattr(importlib.import_module(module), function)
+    if dtype == "fp32":
+        return loader(Path(folder), device)
+    if "dtype" not in inspect.signature(loader).parameters:
+        raise ValueError(f"{folder}: {name} folders are served in fp32 only; got dtype {dtype}")
+    return loader(Path(folder), device, dtype=dtype)
 
 
-def load_vae_and_unet(folder: Path, dev: torch.device) -> tuple[Any, Any]:
-    """The folder's UNet and VAE in float32 on `dev`, checked to drive together."""
+def load_vae_and_unet(
+    folder: Path, dev: torch.device, weights: torch.dtype = torch.float32
+) -> tuple[Any, Any]:
+    """The folder's UNet and VAE in `weights` on `dev` (a force_upcast VAE stays
+    float32 in fp16), checked to drive together."""
     from diffusers import AutoencoderKL, UNet2DConditionModel
 
     # Any: the libraries' own annotations of from_pretrained/.to confuse mypy.
     # low_cpu_mem_usage needs `accelerate`, which we do not depend on.
     unet: Any = UNet2DConditionModel.from_pretrained(
-        folder / "unet", low_cpu_mem_usage=False, dtype=torch.float32
+        folder / "unet", low_cpu_mem_usage=False, dtype=weights
+    )
+    upcast = weights == torch.float16 and AutoencoderKL.load_config(folder / "vae").get(
+        "force_upcast", True
     )
     vae: Any = AutoencoderKL.from_pretrained(
-        folder / "vae", low_cpu_mem_usage=False, dtype=torch.float32
+        folder / "vae", low_cpu_mem_usage=False, dtype=torch.float32 if upcast else weights
     )
     if unet.config.in_channels != vae.config.latent_channels:
         raise ValueError(
@@ -192,13 +224,16 @@ def vae_parts(folder: Path, vae: Any, unet: Any, dev: torch.device) -> dict[str,
     """The DiffusionParts fields every family shares: VAE, scheduler and sizes."""
     from stageflow.inference.scheduler import scheduler_factory
 
+    vae_weights = next(vae.parameters()).dtype
+
+    # Inputs cast to the VAE's dtype, outputs back to float32 (no-ops in fp32).
     def encode_image(image: torch.Tensor) -> torch.Tensor:
-        moments: torch.Tensor = vae.encode(image).latent_dist.parameters
-        return moments
+        moments: torch.Tensor = vae.encode(image.to(vae_weights)).latent_dist.parameters
+        return moments.float()
 
     def decode_latents(latents: torch.Tensor) -> torch.Tensor:
-        out: torch.Tensor = vae.decode(latents, return_dict=False)[0]
-        return out
+        out: torch.Tensor = vae.decode(latents.to(vae_weights), return_dict=False)[0]
+        return out.float()
 
     return {
         "encode_image": encode_image,
@@ -210,30 +245,34 @@ def vae_parts(folder: Path, vae: Any, unet: Any, dev: torch.device) -> dict[str,
         "vae_scale_factor": 2 ** (len(vae.config.block_out_channels) - 1),
         "unet_levels": len(unet.config.block_out_channels),
         "device": dev,
+        "vae_base_channels": int(vae.config.block_out_channels[0]),
     }
 
 
-def load_sd_parts(folder: Path, device: str = "cpu") -> DiffusionParts:
+def load_sd_parts(folder: Path, device: str = "cpu", dtype: str = "fp32") -> DiffusionParts:
     """Stable Diffusion 1.x/2.x: one CLIP text encoder, text-only cross-attention."""
     from transformers import CLIPTextModel, CLIPTokenizer
 
     dev = torch.device(device)
+    weights = torch_dtype(dtype)
     tokenizer = CLIPTokenizer.from_pretrained(folder / "tokenizer")
     with quiet_hub_progress():
-        text_encoder: Any = CLIPTextModel.from_pretrained(
-            folder / "text_encoder", dtype=torch.float32
-        )
+        text_encoder: Any = CLIPTextModel.from_pretrained(folder / "text_encoder", dtype=weights)
     text_encoder = text_encoder.to(dev).eval()
-    vae, unet = load_vae_and_unet(folder, dev)
+    vae, unet = load_vae_and_unet(folder, dev, weights)
     tokenize = clip_tokenize(tokenizer)
 
+    # Inputs cast to the weights' dtype, outputs back to float32 (no-ops in fp32,
+    # so the fp32 path computes exactly what diffusers does).
     def encode_text(ids: torch.Tensor) -> torch.Tensor:
         out: torch.Tensor = text_encoder(ids.to(dev), attention_mask=None)[0]
-        return out
+        return out.float()
 
     def predict_noise(sample: torch.Tensor, t: torch.Tensor, cond: Conditioning) -> torch.Tensor:
-        out: torch.Tensor = unet(sample, t, encoder_hidden_states=cond.text, return_dict=False)[0]
-        return out
+        out: torch.Tensor = unet(
+            sample.to(weights), t, encoder_hidden_states=cond.text.to(weights), return_dict=False
+        )[0]
+        return out.float()
 
     return DiffusionParts(
         tokenize=tokenize,
@@ -241,4 +280,5 @@ def load_sd_parts(folder: Path, device: str = "cpu") -> DiffusionParts:
         condition=text_conditioner(tokenize, encode_text),
         predict_noise=predict_noise,
         **vae_parts(folder, vae, unet, dev),
+        weights_dtype=dtype,
     )

@@ -121,8 +121,13 @@ def write_tokenizer(folder: Path, words: tuple[str, ...] | list[str] = WORDS) ->
 
     Output bytes depend only on `words`, so the folder is reproducible.
     """
+    return write_tokenizer_files(folder, learn_merges(words))
+
+
+def write_tokenizer_files(folder: Path, merges: list[tuple[str, str]]) -> int:
+    """A CLIPTokenizer folder over `merges` (ours, or CLIP's own 48,894);
+    returns the vocabulary size."""
     folder.mkdir(parents=True, exist_ok=True)
-    merges = learn_merges(words)
     vocab = build_vocab(merges)
     (folder / "vocab.json").write_text(
         json.dumps(vocab, ensure_ascii=False, indent=None), encoding="utf-8"

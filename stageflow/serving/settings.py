@@ -198,6 +198,47 @@ class StageSettings(CommonSettings):
         description="Where the tensorrt backend caches the engines it builds; empty: "
         "~/.cache/stageflow/tensorrt.",
     )
+    dtype: Literal["fp32", "fp16", "bf16"] = Field(
+        default="fp32",
+        description="Precision of the weights: the torch backend casts the model's parts at "
+        "load (latents, noise and the scheduler stay fp32); a compiled (ONNX) model runs in "
+        "its export's precision and refuses another. Folded into the model's fingerprint.",
+    )
+    digest_cache: Path | None = Field(
+        default=Path("var/digest-cache"),
+        description="Where model files' sha256 digests are remembered by path, size, mtime, "
+        "ctime and inode, so a restart re-hashes only changed files; empty: hash every file "
+        "on every load.",
+    )
+    warmup: bool = Field(
+        default=False,
+        description="Before SERVING, run two guided UNet steps and one VAE decode at the "
+        "model's native size, so the first requests are not slower than the rest (ONNX "
+        "Runtime's arena and memory pattern; costs those calls at start-up).",
+    )
+    vae_tile_above_side: int = Field(
+        default=1536,
+        ge=0,
+        description="Images with a side above this many pixels are VAE-decoded in tiles; 0: "
+        "never by size alone.",
+    )
+    vae_memory_budget_mb: int = Field(
+        default=0,
+        ge=0,
+        description="A VAE decode estimated to need more working memory than this (MiB) is "
+        "decoded in tiles, small enough to fit; 0: no budget.",
+    )
+    vae_tile_side: int = Field(
+        default=512, ge=64, description="Side of a VAE decode tile, in pixels."
+    )
+    vae_tile_overlap: int = Field(
+        default=128, ge=0, description="Overlap of neighbouring VAE tiles, in pixels (blended)."
+    )
+
+    @field_validator("digest_cache", mode="before")
+    @classmethod
+    def _empty_is_off(cls, value: Any) -> Any:
+        return None if value == "" else value
 
     def provider_list(self) -> list[str]:
         return [p.strip() for p in self.providers.split(",") if p.strip()]

@@ -233,6 +233,7 @@ def model_info(identity: ModelIdentity) -> common_pb2.ModelInfo:
         version=identity.version,
         backend=identity.backend,
         fingerprint=identity.fingerprint,
+        dtype=identity.dtype,
     )
 
 

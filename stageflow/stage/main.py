@@ -19,9 +19,11 @@ import grpc
 from stageflow import kinds
 from stageflow.core.errors import StageflowError
 from stageflow.core.logging import configure_logging, get_logger
+from stageflow.inference.digests import DigestCache
 from stageflow.inference.interface import StageModel
 from stageflow.inference.model_loader import RepositoryLoader
 from stageflow.inference.repository import ModelRepository
+from stageflow.inference.vae_tiling import VaeTiling
 from stageflow.serving.server import Service, serve
 from stageflow.serving.settings import StageSettings, load_settings
 from stageflow.stage import codec
@@ -41,6 +43,22 @@ def kind_defaults(kind: kinds.Kind) -> dict[str, Any]:
     return {
         "model_family": kind.model_family,
         "model_path": str(Path("models") / (kind.model_folder or kind.name)),
+    }
+
+
+def model_options(settings: StageSettings) -> dict[str, Any]:
+    """What every model constructor takes from the settings besides its folder
+    (stageflow.inference.base.LocalModel): precision, digest cache, warm-up, VAE tiling."""
+    return {
+        "dtype": settings.dtype,
+        "digest_cache": settings.digest_cache,
+        "warmup": settings.warmup,
+        "vae_tiling": VaeTiling(
+            above_side=settings.vae_tile_above_side,
+            budget_mb=settings.vae_memory_budget_mb,
+            tile_side=settings.vae_tile_side,
+            overlap=settings.vae_tile_overlap,
+        ),
     }
 
 
@@ -78,6 +96,7 @@ def run_stage(
             backend=settings.backend,
             providers=settings.provider_list(),
             engine_cache=settings.trt_cache,
+            **model_options(settings),
         )
         model.load()
         return model
@@ -150,6 +169,7 @@ def _repository_loader(
         secret_key=settings.s3_secret_key.get_secret_value(),
         region=settings.s3_region,
         cache_dir=settings.model_cache,
+        digests=DigestCache(settings.digest_cache),
     )
     return RepositoryLoader(
         repository,
@@ -161,4 +181,5 @@ def _repository_loader(
         max_side=settings.max_side,
         providers=settings.provider_list(),
         engine_cache=settings.trt_cache,
+        model_options=model_options(settings),
     )

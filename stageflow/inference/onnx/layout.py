@@ -15,7 +15,9 @@ or, for an ESRGAN folder, `upscaler.onnx`: image (B, 3, H, W) in [0, 1] ->
 
 The fingerprint is sha256 over the digest of every listed file and the export
 settings (opset, fp16, exporter, library versions): the same weights exported
-differently are a different model to the stage cache. Reading the manifest
+differently are a different model to the stage cache. The compile-time
+optimised graphs (`<part>.opt.onnx`, see `export.save_optimized`) are listed
+and verified but left out of it. Reading the manifest
 re-hashes the files, so a corrupt or swapped file fails the load instead of
 serving under the old fingerprint. Other files in the folder (the model
 repository's model.yaml) are not part of it.
@@ -30,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from stageflow.core.errors import FailedPrecondition
+from stageflow.inference.digests import NO_CACHE, DigestCache
 
 MANIFEST = "onnx_model.json"
 FORMAT = "stageflow-onnx"
@@ -43,6 +46,7 @@ UNET = "unet"
 VAE_ENCODER = "vae_encoder"
 VAE_DECODER = "vae_decoder"
 UPSCALER = "upscaler"
+OPTIMIZED_SUFFIX = ".opt.onnx"
 SD_PARTS = (TEXT_ENCODER, UNET, VAE_ENCODER, VAE_DECODER)
 
 
@@ -59,6 +63,21 @@ class OnnxManifest:
 
     def part(self, folder: Path, name: str) -> Path:
         return folder / f"{name}.onnx"
+
+    def optimized_part(self, folder: Path, name: str) -> Path:
+        """The graph ONNX Runtime optimised at compile time (`<name>.opt.onnx`)."""
+        return folder / f"{name}{OPTIMIZED_SUFFIX}"
+
+    @property
+    def dtype(self) -> str:
+        """The precision of its heavy parts (older exports record only fp16)."""
+        return str(self.settings.get("dtype") or ("fp16" if self.settings.get("fp16") else "fp32"))
+
+    @property
+    def optimized(self) -> dict[str, Any]:
+        """How its `.opt.onnx` graphs were made (ORT version, provider, CPU); {}: none."""
+        found = self.settings.get("optimized")
+        return dict(found) if isinstance(found, dict) else {}
 
     def to_json(self) -> str:
         body = {
@@ -84,8 +103,19 @@ def file_digests(folder: Path) -> dict[str, str]:
     return {p.relative_to(folder).as_posix(): sha256_file(p) for p in files}
 
 
+def is_derived(rel: str) -> bool:
+    """A file made from the others by onnxruntime (a compile-time optimised graph)."""
+    return OPTIMIZED_SUFFIX in rel
+
+
 def fingerprint(files: dict[str, str], settings: dict[str, Any]) -> str:
-    body = json.dumps({"files": files, "settings": settings}, sort_keys=True)
+    """Over the exported graphs and the export settings. The optimised graphs and
+    how they were made are left out: they compute what the plain graphs do, and
+    onnxruntime does not write them byte for byte the same twice (they are still
+    verified against their recorded digests on load)."""
+    own = {rel: digest for rel, digest in files.items() if not is_derived(rel)}
+    kept = {key: value for key, value in settings.items() if key != "optimized"}
+    body = json.dumps({"files": own, "settings": kept}, sort_keys=True)
     return hashlib.sha256(body.encode()).hexdigest()
 
 
@@ -93,8 +123,11 @@ def is_onnx_folder(folder: Path) -> bool:
     return (Path(folder) / MANIFEST).is_file()
 
 
-def read_manifest(folder: Path, *, verify: bool = True) -> OnnxManifest:
-    """The folder's manifest; with `verify`, every listed file re-hashed.
+def read_manifest(
+    folder: Path, *, verify: bool = True, digests: DigestCache = NO_CACHE
+) -> OnnxManifest:
+    """The folder's manifest; with `verify`, every listed file re-hashed (those
+    whose stamp `digests` has seen unchanged are not).
 
     Raises FailedPrecondition naming the problem: not an export, a newer
     format, a missing or corrupt file.
@@ -120,11 +153,12 @@ def read_manifest(folder: Path, *, verify: bool = True) -> OnnxManifest:
         fingerprint=raw["fingerprint"],
     )
     if verify:
-        for rel, digest in manifest.files.items():
-            file = folder / rel
-            if not file.is_file():
+        for rel in manifest.files:
+            if not (folder / rel).is_file():
                 raise FailedPrecondition(f"{folder}: {rel} is missing")
-            if sha256_file(file) != digest:
+        actual = digests.digests(folder, list(manifest.files))
+        for rel, digest in manifest.files.items():
+            if actual[rel] != digest:
                 raise FailedPrecondition(f"{folder}: {rel} does not match its recorded sha256")
         if fingerprint(manifest.files, manifest.settings) != manifest.fingerprint:
             raise FailedPrecondition(f"{path}: the fingerprint does not match the files")

@@ -6,12 +6,31 @@ it and what is available, and after each session is created we check it kept
 the providers asked for (onnxruntime quietly falls back to CPU when, say, the
 CUDA libraries fail to load).
 
+Session settings, decided for a stage that serves one model for hours:
+
+- the graph ONNX Runtime optimised at compile time (`<part>.opt.onnx`,
+  `export.save_optimized`) is loaded with optimisation off when this
+  process's onnxruntime version and CPU features are the ones it was made
+  with and only the CPU provider is asked for: the graph-optimisation time
+  leaves the cold start. Elsewhere (another CPU, a GPU provider, another
+  onnxruntime) the plain graph is loaded and optimised here, as before; an
+  ENABLE_ALL graph holds CPU-specific layouts (NCHWc blocks sized to the
+  vector width), so it is never used on a machine it was not made for.
+- the CPU memory arena and memory patterns stay on (onnxruntime's
+  defaults): a denoise loop calls the UNet with the same shapes every step,
+  which is what both are for; without them every step would allocate its
+  activations afresh. Their cost is the first calls at a new shape (the
+  arena grows, the pattern is recorded on the second call): the stage's
+  `warmup` setting makes those calls at load, at the model's native size,
+  so the first requests after SERVING run at the steady speed.
+
 This module imports onnxruntime, numpy, torch (the loop's tensors) and a
 tokenizer; never diffusers: an ONNX-only stage process does not pay for it.
 """
 
 from __future__ import annotations
 
+import platform
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -64,11 +83,52 @@ def resolve_providers(names: Sequence[str]) -> list[str]:
     return list(dict.fromkeys(resolved))
 
 
-def create_session(
-    path: Path, providers: Sequence[str], threads: int = 0, *, spinning: bool = True
-) -> Any:
-    """An InferenceSession on exactly `providers` (resolved names), `threads`
-    intra-op threads (0: onnxruntime's default, one per physical core)."""
+# CPU features onnxruntime's CPU kernels (MLAS) pick code paths and layouts by.
+_ISA_FLAGS = (
+    "avx",
+    "avx2",
+    "fma",
+    "avx512f",
+    "avx512bw",
+    "avx512vl",
+    "avx512_vnni",
+    "avx512_bf16",
+    "avx_vnni",
+    "amx_tile",
+    "amx_bf16",
+    "amx_int8",
+    "asimd",
+    "sve",
+)
+
+
+def _cpu_flags() -> set[str]:
+    try:
+        text = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return set()
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() in ("flags", "Features"):
+            return set(value.split())
+    return set()
+
+
+def optimized_signature() -> dict[str, Any]:
+    """What an optimised graph depends on: onnxruntime's version, the provider,
+    the CPU architecture and the vector features its kernels use."""
+    import onnxruntime as ort
+
+    flags = _cpu_flags()
+    return {
+        "onnxruntime": ort.__version__,
+        "providers": "CPUExecutionProvider",
+        "machine": platform.machine(),
+        "cpu_features": ",".join(f for f in _ISA_FLAGS if f in flags),
+    }
+
+
+def _options(threads: int, spinning: bool) -> Any:
     import onnxruntime as ort
 
     options = ort.SessionOptions()
@@ -84,6 +144,46 @@ def create_session(
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.log_severity_level = 3
+    return options
+
+
+def save_optimized_graph(graph: Path, target: Path) -> None:
+    """Optimise `graph` for the CPU provider and save the result as `target`
+    (its weights in `<target>.data` beside it, which keeps it under the
+    protobuf limit at any size)."""
+    import onnxruntime as ort
+
+    options = _options(0, spinning=False)
+    options.optimized_model_filepath = str(target)
+    options.add_session_config_entry(
+        "session.optimized_model_external_initializers_file_name", f"{target.name}.data"
+    )
+    # Small tensors stay inline; large ones go to the data file.
+    options.add_session_config_entry(
+        "session.optimized_model_external_initializers_min_size_in_bytes", "1024"
+    )
+    try:
+        ort.InferenceSession(str(graph), sess_options=options, providers=["CPUExecutionProvider"])
+    except Exception as err:  # onnxruntime raises its own unrelated exception types
+        raise FailedPrecondition(f"{graph}: onnxruntime cannot optimise it: {err}") from err
+
+
+def create_session(
+    path: Path,
+    providers: Sequence[str],
+    threads: int = 0,
+    *,
+    spinning: bool = True,
+    optimized: bool = False,
+) -> Any:
+    """An InferenceSession on exactly `providers` (resolved names), `threads`
+    intra-op threads (0: onnxruntime's default, one per physical core);
+    `optimized`: `path` is already optimised (compile time), so optimisation is off."""
+    import onnxruntime as ort
+
+    options = _options(threads, spinning)
+    if optimized:
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     try:
         session = ort.InferenceSession(str(path), sess_options=options, providers=list(providers))
     except Exception as err:  # onnxruntime raises its own unrelated exception types
@@ -105,8 +205,10 @@ class OrtPart:
     float32 tensors the loop holds.
     """
 
-    def __init__(self, path: Path, providers: Sequence[str], threads: int) -> None:
-        self.session = create_session(path, providers, threads)
+    def __init__(
+        self, path: Path, providers: Sequence[str], threads: int, *, optimized: bool = False
+    ) -> None:
+        self.session = create_session(path, providers, threads, optimized=optimized)
         self.inputs = [
             (i.name, _NUMPY_TYPES.get(i.type, np.float32)) for i in self.session.get_inputs()
         ]
@@ -121,16 +223,50 @@ class OrtPart:
         return torch.from_numpy(np.asarray(out, dtype=np.float32))
 
 
+def uses_optimized(manifest: layout.OnnxManifest, providers: Sequence[str]) -> bool:
+    """Whether the export's compile-time optimised graphs are valid in this
+    process: made by this onnxruntime on a CPU with these features, for the
+    CPU provider alone (which is what is asked for)."""
+    made = manifest.optimized
+    return (
+        bool(made)
+        and list(providers) == list(DEFAULT_PROVIDERS)
+        and made == (optimized_signature())
+    )
+
+
+def open_part(
+    manifest: layout.OnnxManifest,
+    folder: Path,
+    name: str,
+    providers: Sequence[str],
+    threads: int,
+) -> OrtPart:
+    """Part `name`'s session: its optimised graph where valid, else its plain one."""
+    optimized = manifest.optimized_part(folder, name)
+    if uses_optimized(manifest, providers) and optimized.is_file():
+        return OrtPart(optimized, providers, threads, optimized=True)
+    return OrtPart(manifest.part(folder, name), providers, threads)
+
+
 def load_onnx_parts(
-    folder: Path, providers: Sequence[str] = (), threads: int = 0
+    folder: Path,
+    providers: Sequence[str] = (),
+    threads: int = 0,
 ) -> DiffusionParts:
     folder = Path(folder)
     manifest = layout.read_manifest(folder, verify=False)
     if manifest.kind != layout.KIND_SD:
         raise FailedPrecondition(f"{folder} holds a {manifest.kind} export, not Stable Diffusion")
     names = resolve_providers(providers)
-    log.info("onnxruntime sessions", folder=str(folder), providers=names, threads=threads)
-    parts = {name: OrtPart(manifest.part(folder, name), names, threads) for name in layout.SD_PARTS}
+    log.info(
+        "onnxruntime sessions",
+        folder=str(folder),
+        providers=names,
+        threads=threads,
+        optimized_graphs=uses_optimized(manifest, names),
+    )
+    parts = {name: open_part(manifest, folder, name, names, threads) for name in layout.SD_PARTS}
     unet = parts[layout.UNET]
     cfg = manifest.config
     tokenize = tokenizer_fn(folder / "tokenizer", int(cfg["max_token_length"]))
@@ -149,6 +285,10 @@ def load_onnx_parts(
         vae_scale_factor=int(cfg["vae_scale_factor"]),
         unet_levels=int(cfg["unet_levels"]),
         device=torch.device("cpu"),
+        weights_dtype=manifest.dtype,
+        # Older exports did not record it: SD VAEs' 128.
+        vae_base_channels=int(cfg.get("vae_base_channels", 128)),
+        vae_attention_quadratic=True,
     )
 
 
@@ -162,7 +302,7 @@ def load_onnx_upscaler(
         raise FailedPrecondition(f"{folder} holds a {manifest.kind} export, not an upscaler")
     names = resolve_providers(providers)
     log.info("onnxruntime sessions", folder=str(folder), providers=names, threads=threads)
-    net = OrtPart(manifest.part(folder, layout.UPSCALER), names, threads)
+    net = open_part(manifest, folder, layout.UPSCALER, names, threads)
     return net, int(manifest.config["scale"])
 
 

@@ -25,11 +25,22 @@ def test_manifest_records_settings_digests_and_fingerprint(sd_export: ExportRepo
         "unet_levels": 2,
         "max_token_length": 77,
         "text_hidden_size": 32,
+        "vae_base_channels": 8,
     }
     assert {"unet.onnx", "tokenizer/vocab.json", "scheduler/scheduler_config.json"} <= set(
         raw["files"]
     )
-    assert set(raw["settings"]) == {"opset", "fp16", "exporter", "torch", "onnx"}
+    assert set(raw["settings"]) == {
+        "opset",
+        "fp16",
+        "dtype",
+        "exporter",
+        "torch",
+        "onnx",
+        "optimized",
+    }
+    # The compile-time optimised graphs are part of the export, verified like the rest.
+    assert {f"{part}.opt.onnx" for part in layout.SD_PARTS} <= set(raw["files"])
     assert layout.read_manifest(sd_export.folder).fingerprint == sd_export.fingerprint
 
 
@@ -94,10 +105,82 @@ def test_large_weights_go_to_one_external_data_file(
     monkeypatch.setattr(export, "EXTERNAL_DATA_BYTES", 0)
     report = export_onnx(esrgan_folder, tmp_path / "external")
     names = sorted(p.name for p in report.folder.iterdir())
-    assert names == ["onnx_model.json", "upscaler.onnx", "upscaler.onnx.data"]
+    assert names == [
+        "onnx_model.json",
+        "upscaler.onnx",
+        "upscaler.onnx.data",
+        "upscaler.opt.onnx",
+        "upscaler.opt.onnx.data",
+    ]
     assert "upscaler.onnx.data" in layout.read_manifest(report.folder).files
     net, _ = load_onnx_upscaler(report.folder, threads=1)
     reference, _ = load_rrdbnet(esrgan_folder)
     image = torch.rand((1, 3, 12, 12), generator=torch.Generator().manual_seed(0))
     with torch.inference_mode():
         assert (net(image) - reference(image)).abs().max().item() < 1e-4
+
+
+def test_the_optimised_graph_is_served_where_it_was_made_and_computes_the_same(
+    esrgan_export: ExportReport,
+) -> None:
+    """Cold start: the compile-time optimised graph loads with optimisation off on
+    the machine it was made for, and gives exactly the plain graph's output."""
+    import onnxruntime as ort
+    import torch
+
+    from stageflow.inference.onnx import runtime
+
+    manifest = layout.read_manifest(esrgan_export.folder)
+    assert manifest.optimized == runtime.optimized_signature()
+    providers = runtime.resolve_providers([])
+    part = runtime.open_part(manifest, esrgan_export.folder, layout.UPSCALER, providers, 1)
+    assert part.session._model_path.endswith("upscaler.opt.onnx")
+    level = part.session.get_session_options().graph_optimization_level
+    assert level == ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    plain = runtime.OrtPart(manifest.part(esrgan_export.folder, layout.UPSCALER), providers, 1)
+    image = torch.rand((1, 3, 12, 12), generator=torch.Generator().manual_seed(0))
+    assert torch.equal(part(image), plain(image))
+
+
+def test_an_optimised_graph_from_another_machine_is_not_used(
+    esrgan_export: ExportReport, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from stageflow.inference.onnx import runtime
+
+    manifest = layout.read_manifest(esrgan_export.folder)
+    providers = runtime.resolve_providers([])
+    assert runtime.uses_optimized(manifest, providers)
+    other = {**runtime.optimized_signature(), "cpu_features": "avx2,fma"}
+    monkeypatch.setattr(runtime, "optimized_signature", lambda: other)
+    assert not runtime.uses_optimized(manifest, providers)
+    part = runtime.open_part(manifest, esrgan_export.folder, layout.UPSCALER, providers, 1)
+    assert part.session._model_path.endswith("upscaler.onnx")
+
+
+def test_bf16_export_is_refused_with_the_reason(esrgan_folder: Path, tmp_path: Path) -> None:
+    from stageflow.inference.onnx.export import export_onnx
+
+    with pytest.raises(ValueError, match=r"bf16 cannot be exported to ONNX.*torch backend"):
+        export_onnx(esrgan_folder, tmp_path / "bf16", dtype="bf16")
+    assert not (tmp_path / "bf16").exists()
+
+
+def test_a_compiled_model_runs_in_its_exports_dtype_and_refuses_another(
+    sd_export: ExportReport,
+) -> None:
+    from stageflow.core.errors import FailedPrecondition
+    from stageflow.inference import registry
+
+    model = registry.create_model("sd-txt2img", sd_export.folder, backend="onnxruntime")
+    model.load()
+    try:
+        identity = model.describe().identity
+        # An export's fingerprint already covers its dtype: it is the manifest's own.
+        assert (identity.dtype, identity.fingerprint) == ("fp32", sd_export.fingerprint)
+    finally:
+        model.unload()
+    half = registry.create_model(
+        "sd-txt2img", sd_export.folder, backend="onnxruntime", dtype="fp16"
+    )
+    with pytest.raises(FailedPrecondition, match="fp32 export; dtype fp16 needs a fp16 export"):
+        half.load()
