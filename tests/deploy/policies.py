@@ -7,6 +7,7 @@ show every problem at once, and a unit test can feed it a broken object.
 
 from __future__ import annotations
 
+import base64
 import re
 from collections.abc import Iterator, Mapping
 from functools import cache
@@ -604,4 +605,55 @@ def check_orchestrator_replicated(docs: list[Manifest], min_replicas: int = 2) -
             problems.append(f"{where}: STAGEFLOW_JOB_STORE_URL does not come from a Secret")
         if "STAGEFLOW_DB_PATH" in env:
             problems.append(f"{where}: STAGEFLOW_DB_PATH (SQLite) with several replicas")
+    return problems
+
+
+# -- the gateway's sign-in secret -----------------------------------------------
+
+SESSION_SECRET_ENV = "STAGEFLOW_SESSION_SECRET_KEY"
+
+
+def _secret_value(docs: list[Manifest], name: str, key: str) -> str | None:
+    """The decoded `key` of the rendered Secret `name` (data or stringData);
+    None when no such Secret is rendered (prod: it is created out of band)."""
+    for doc in docs:
+        if doc.get("kind") == "Secret" and doc.get("metadata", {}).get("name") == name:
+            if key in (doc.get("stringData") or {}):
+                return str(doc["stringData"][key])
+            encoded = (doc.get("data") or {}).get(key)
+            return "" if encoded is None else base64.b64decode(encoded).decode()
+    return None
+
+
+def check_gateway_sessions(docs: list[Manifest]) -> list[str]:
+    """Every gateway container reads STAGEFLOW_SESSION_SECRET_KEY from a
+    Secret (secretKeyRef), never a literal: without one shared secret each
+    replica seals the workspace's sign-in cookies with its own random key, so
+    a browser signed in on one pod is sent back to /signin by the next (and
+    every restart signs everyone out). Any replica count: an HPA owns prod's.
+    Where the overlay renders that Secret (dev), its key exists and holds a
+    value GatewaySettings accepts (at least MIN_SECRET_CHARS characters)."""
+    problems = []
+    for where, container, _ in all_containers(docs):
+        if _process(container)[0] != "gateway":
+            continue
+        var = {e["name"]: e for e in container.get("env") or []}.get(SESSION_SECRET_ENV)
+        ref = ((var or {}).get("valueFrom") or {}).get("secretKeyRef") or {}
+        if var is None:
+            problems.append(f"{where}: {SESSION_SECRET_ENV} is not set")
+            continue
+        if not ref.get("name") or not ref.get("key"):
+            problems.append(f"{where}: {SESSION_SECRET_ENV} does not come from a Secret")
+            continue
+        value = _secret_value(docs, ref["name"], ref["key"])
+        if value is None:
+            continue
+        if not value:
+            problems.append(f"{where}: Secret/{ref['name']} has no {ref['key']!r} (or it is empty)")
+            continue
+        try:
+            GatewaySettings.model_validate({"session_secret_key": value})
+        except ValidationError as err:
+            reason = "; ".join(e["msg"] for e in err.errors())
+            problems.append(f"{where}: Secret/{ref['name']} key {ref['key']!r}: {reason}")
     return problems

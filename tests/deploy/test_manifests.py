@@ -31,6 +31,7 @@ CHECKS: dict[str, Check] = {
     "pipelines": policies.check_pipelines,
     "network": policies.check_network,
     "namespace": policies.check_namespace,
+    "gateway-sessions": policies.check_gateway_sessions,
 }
 
 
@@ -69,6 +70,7 @@ def test_prod_stages_autoscale_on_a_served_metric(
 def test_dev_runs_on_cpu_with_fixture_models(rendered: dict[str, list[Manifest]]) -> None:
     dev = rendered["dev"]
     assert {"Job/fixture-models", "Job/minio-buckets", "Secret/stageflow-s3"} <= _objects(dev)
+    assert "Secret/stageflow-gateway-session" in _objects(dev)
     assert policies.check_gpu_stages(dev) != []  # no GPU asked for anywhere
     images = {c["image"] for _, c, _ in policies.all_containers(dev)}
     assert not any("cuda" in image for image in images)

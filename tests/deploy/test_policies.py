@@ -3,6 +3,7 @@ one), so the checks over the real manifests can fail."""
 
 from __future__ import annotations
 
+import base64
 import copy
 from pathlib import Path
 from typing import Any
@@ -527,3 +528,90 @@ def test_orchestrator_replicated_flags_a_missing_pdb_a_pvc_and_a_sqlite_path() -
     assert any("no PodDisruptionBudget" in p for p in problems), problems
     assert any("PersistentVolumeClaim/orchestrator-data" in p for p in problems), problems
     assert any("STAGEFLOW_DB_PATH" in p for p in problems), problems
+
+
+def gateway_manifests(secret_value: str | None = None) -> list[Manifest]:
+    """A gateway Deployment reading its session secret from a Secret, and that
+    Secret when `secret_value` is given (as overlays/dev renders it)."""
+    deployment = {
+        "kind": "Deployment",
+        "metadata": {"name": "gateway"},
+        "spec": {
+            "replicas": 2,
+            "template": {
+                "spec": {
+                    "containers": [
+                        {
+                            "name": "gateway",
+                            "command": ["python", "-m", "stageflow.gateway"],
+                            "env": [
+                                {
+                                    "name": "STAGEFLOW_SESSION_SECRET_KEY",
+                                    "valueFrom": {
+                                        "secretKeyRef": {
+                                            "name": "stageflow-gateway-session",
+                                            "key": "secret-key",
+                                        }
+                                    },
+                                }
+                            ],
+                        }
+                    ]
+                }
+            },
+        },
+    }
+    if secret_value is None:
+        return [deployment]
+    secret = {
+        "kind": "Secret",
+        "metadata": {"name": "stageflow-gateway-session"},
+        "data": {"secret-key": base64.b64encode(secret_value.encode()).decode()},
+    }
+    return [deployment, secret]
+
+
+def _gateway_env(docs: list[Manifest]) -> list[Manifest]:
+    env: list[Manifest] = docs[0]["spec"]["template"]["spec"]["containers"][0]["env"]
+    return env
+
+
+@pytest.mark.parametrize("secret", [None, "x" * 32, "a-dev-only-session-secret-0123456789"])
+def test_gateway_sessions_accept_a_secret_key_ref(secret: str | None) -> None:
+    assert policies.check_gateway_sessions(gateway_manifests(secret)) == []
+
+
+def test_gateway_sessions_flag_a_gateway_without_the_secret() -> None:
+    docs = gateway_manifests()
+    _gateway_env(docs).clear()
+    assert policies.check_gateway_sessions(docs) == [
+        "Deployment/gateway container gateway: STAGEFLOW_SESSION_SECRET_KEY is not set"
+    ]
+
+
+def test_gateway_sessions_flag_a_literal_value() -> None:
+    docs = gateway_manifests()
+    _gateway_env(docs)[0] = {"name": "STAGEFLOW_SESSION_SECRET_KEY", "value": "y" * 64}
+    assert policies.check_gateway_sessions(docs) == [
+        "Deployment/gateway container gateway: STAGEFLOW_SESSION_SECRET_KEY "
+        "does not come from a Secret"
+    ]
+
+
+def test_gateway_sessions_flag_a_rendered_secret_the_settings_refuse() -> None:
+    (problem,) = policies.check_gateway_sessions(gateway_manifests("too-short"))
+    assert "Secret/stageflow-gateway-session key 'secret-key'" in problem
+    assert "at least 32 characters" in problem
+    deployment, secret = gateway_manifests("z" * 40)
+    secret["data"] = {"other-key": secret["data"]["secret-key"]}
+    assert policies.check_gateway_sessions([deployment, secret]) == [
+        "Deployment/gateway container gateway: Secret/stageflow-gateway-session "
+        "has no 'secret-key' (or it is empty)"
+    ]
+
+
+def test_gateway_sessions_ignore_other_containers() -> None:
+    docs = gateway_manifests()
+    _gateway_env(docs).clear()
+    docs[0]["spec"]["template"]["spec"]["containers"][0]["command"] = ["python", "-m", "x"]
+    assert policies.check_gateway_sessions(docs) == []
