@@ -7,10 +7,17 @@ with Last-Event-ID watches again and derives, from the fresh snapshot, every
 stage event past that id (a stage that started or finished meanwhile is sent
 as stage_started / stage_finished; progress as its latest step), then
 streams live events past it, so no stage event is lost and none repeats.
+
+While the job is QUEUED its place in the queue moves as other jobs start,
+which WatchJob sends no event for: every QUEUE_POLL_SECONDS without an event
+the stream reads GetJob and sends a `queued` event (no id:
+``{"job_id": ..., "queue_position": N}``) when the position changed.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 from collections.abc import AsyncIterator
 
@@ -20,6 +27,7 @@ from stageflow.gateway.errors import error_body, from_exception
 from stageflow.v1 import orchestrator_pb2 as pb
 
 EventId = tuple[int, int, int, int]
+QUEUE_POLL_SECONDS = 2.0
 JOB_DONE = 99
 _STAGE_DONE = {pb.STAGE_STATE_SUCCEEDED, pb.STAGE_STATE_FAILED, pb.STAGE_STATE_CANCELLED}
 _JOB_DONE = {pb.JOB_STATE_SUCCEEDED, pb.JOB_STATE_FAILED, pb.JOB_STATE_CANCELLED}
@@ -99,13 +107,54 @@ def _event_id(job: pb.Job, event: pb.WatchJobResponse) -> EventId:
     return (v, JOB_DONE, 0, 0)
 
 
+async def _watched(
+    client: StageflowClient, job_id: str, poll_seconds: float
+) -> AsyncIterator[pb.WatchJobResponse | pb.Job]:
+    """The job's WatchJob events and, while the last snapshot was QUEUED and no
+    event came since, the job read again (a Job) after each `poll_seconds`
+    without an event."""
+    stream = client.watch(job_id)
+    pending = asyncio.ensure_future(anext(stream))
+    queued = False
+    try:
+        while True:
+            done, _ = await asyncio.wait({pending}, timeout=poll_seconds if queued else None)
+            if not done:
+                yield await client.get(job_id)
+                continue
+            try:
+                event = pending.result()
+            except StopAsyncIteration:
+                return
+            pending = asyncio.ensure_future(anext(stream))
+            queued = event.WhichOneof("event") == "snapshot" and (
+                event.snapshot.state == pb.JOB_STATE_QUEUED
+            )
+            yield event
+    finally:
+        pending.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await pending  # the cancelled read ends the stream
+        await stream.aclose()
+
+
 async def job_events(
-    client: StageflowClient, job_id: str, last_id: EventId | None
+    client: StageflowClient,
+    job_id: str,
+    last_id: EventId | None,
+    poll_seconds: float = QUEUE_POLL_SECONDS,
 ) -> AsyncIterator[str]:
-    """SSE frames: `snapshot` (no id) on a fresh connection, then the events past `last_id`."""
+    """SSE frames: `snapshot` (no id) on a fresh connection, then the events
+    past `last_id`; `queued` (no id) when a queued job's position moved."""
     job: pb.Job | None = None
     try:
-        async for event in client.watch(job_id):
+        async for event in _watched(client, job_id, poll_seconds):
+            if isinstance(event, pb.Job):
+                if job is not None and event.queue_position != job.queue_position:
+                    job.queue_position = event.queue_position
+                    data = {"job_id": job_id, "queue_position": event.queue_position}
+                    yield _sse(None, "queued", data)
+                continue
             kind = event.WhichOneof("event")
             if kind == "snapshot":
                 job = event.snapshot

@@ -74,6 +74,18 @@ ORDER BY l.lane, l.created_at, l.job_id
 LIMIT 1
 FOR UPDATE OF l SKIP LOCKED
 """
+# A claimable job's place in the claim order (_CLAIM_PICK's ORDER BY): 1 +
+# the claimable jobs before it; no row when it is claimed or done.
+_QUEUE_POSITION = """
+SELECT 1 + (
+    SELECT count(*) FROM job_leases l
+    WHERE NOT l.done
+      AND (l.owner IS NULL OR l.lease_until <= clock_timestamp())
+      AND (l.lane, l.created_at, l.job_id) < (me.lane, me.created_at, me.job_id))
+FROM job_leases me
+WHERE me.job_id = %s AND NOT me.done
+  AND (me.owner IS NULL OR me.lease_until <= clock_timestamp())
+"""
 # A claimable job whose cancel was asked: taken past every limit, since all its
 # owner does is store it CANCELLED.
 _CLAIM_CANCELLED = """
@@ -342,6 +354,13 @@ class JobLeases:
                 )
             ).fetchone()
             return bool(row and row[0])
+
+    async def queue_position(self, job_id: str) -> int:
+        """Where an unclaimed job stands in the cluster's claim order (1 = next
+        claimed, tenant limits aside); 0 when it is claimed, done or unknown."""
+        async with self._pool.connection() as conn:
+            row = await (await conn.execute(_QUEUE_POSITION, (job_id,))).fetchone()
+            return int(row[0]) if row is not None else 0
 
     async def running(self) -> int:
         """Live leases cluster-wide."""

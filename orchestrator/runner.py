@@ -526,12 +526,22 @@ class JobRunner:
         job = _copy(live) if live is not None else await self._jobs.get(job_id)
         if job is None or (tenant is not None and job.tenant != tenant):
             raise NotFound(f"job {limits.quote(job_id)} not found")
+        if job.state == orchestrator_pb2.JOB_STATE_QUEUED:
+            job.queue_position = await self._queue_position(job_id)
         if live is not None:
             return job
         if job.state == orchestrator_pb2.JOB_STATE_SUCCEEDED:
             # A presigned URL expires; every GetJob hands out a fresh one.
             job.final_url = await self._executor.final_url(job.job_id, job.final) or job.final_url
         return job
+
+    async def _queue_position(self, job_id: str) -> int:
+        """A QUEUED job's place among the jobs waiting to start (1 = next; 0:
+        not waiting in that queue, e.g. for its tenant's running slot): in this
+        process's gate, or (replicas) in the cluster's claim order."""
+        if self._leases is not None:
+            return await self._leases.queue_position(job_id)
+        return self._slots.position(job_id)
 
     async def list_jobs(
         self,
@@ -695,7 +705,10 @@ class JobRunner:
         if fence is not None:
             yield
             return
-        async with self._tenant_slot(job.tenant), self._slots.hold(job.request.priority):
+        async with (
+            self._tenant_slot(job.tenant),
+            self._slots.hold(job.request.priority, job.job_id),
+        ):
             yield
 
     # --- replicas ---------------------------------------------------------------

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Hashable, Mapping
 
 from stageflow.v1 import orchestrator_pb2, stage_pb2
 
@@ -49,6 +49,7 @@ class PriorityGate:
         self.lanes: dict[int, deque[asyncio.Future[None]]] = {INTERACTIVE: deque(), BULK: deque()}
         self.closed = False
         self._idle: asyncio.Event | None = None
+        self._keys: dict[asyncio.Future[None], Hashable] = {}  # who waits on each future
 
     def _free(self) -> bool:
         return not self.closed and (self.limit is None or self.running < self.limit)
@@ -56,12 +57,25 @@ class PriorityGate:
     def _waiting(self) -> bool:
         return any(f for lane in self.lanes.values() for f in lane if not f.done())
 
-    async def acquire(self, lane: int) -> None:
+    def position(self, key: Hashable) -> int:
+        """Where the waiter named `key` stands in the order admit() grants
+        slots: 1 = next, 0 = not waiting here."""
+        waiting = (f for lane in (INTERACTIVE, BULK) for f in self.lanes[lane] if not f.done())
+        for place, future in enumerate(waiting, start=1):
+            if self._keys.get(future) == key:
+                return place
+        return 0
+
+    async def acquire(self, lane: int, key: Hashable | None = None) -> None:
+        """Take a slot, waiting in `lane` while none is free; `key` names the
+        waiter for position()."""
         if self._free() and not self._waiting():
             self.running += 1
             return
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self.lanes[lane].append(future)
+        if key is not None:
+            self._keys[future] = key
         try:
             await future
         except asyncio.CancelledError:
@@ -72,6 +86,8 @@ class PriorityGate:
                 # cancelled while another released (shutdown cancels them all).
                 self.lanes[lane].remove(future)
             raise
+        finally:
+            self._keys.pop(future, None)
 
     def release(self) -> None:
         self.running -= 1
@@ -91,8 +107,8 @@ class PriorityGate:
             await self._idle.wait()
 
     @contextlib.asynccontextmanager
-    async def hold(self, priority: int) -> AsyncIterator[None]:
-        await self.acquire(lane_of(priority))
+    async def hold(self, priority: int, key: Hashable | None = None) -> AsyncIterator[None]:
+        await self.acquire(lane_of(priority), key)
         try:
             yield
         finally:

@@ -200,7 +200,7 @@ class StageRun(_message.Message):
     def __init__(self, stage: _Optional[str] = ..., state: _Optional[_Union[StageState, str]] = ..., output: _Optional[_Union[_common_pb2.ArtifactRef, _Mapping]] = ..., model: _Optional[_Union[_common_pb2.ModelInfo, _Mapping]] = ..., timing: _Optional[_Union[_common_pb2.Timing, _Mapping]] = ..., step: _Optional[int] = ..., total_steps: _Optional[int] = ..., error: _Optional[str] = ..., request: _Optional[_Union[_stage_pb2.RunRequest, _Mapping]] = ..., text_check: _Optional[_Union[_stage_pb2.TextCheck, _Mapping]] = ..., cache_hit: _Optional[bool] = ..., cache_key: _Optional[str] = ..., service: _Optional[str] = ..., route: _Optional[str] = ..., attempts: _Optional[int] = ..., warnings: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class Job(_message.Message):
-    __slots__ = ("job_id", "state", "bundle", "prompt", "seed", "width", "height", "stages", "final", "final_url", "error", "created_at", "updated_at", "request", "pipeline", "pipeline_sha256", "version", "rerun_from", "tenant")
+    __slots__ = ("job_id", "state", "bundle", "prompt", "seed", "width", "height", "stages", "final", "final_url", "error", "created_at", "updated_at", "request", "pipeline", "pipeline_sha256", "version", "rerun_from", "tenant", "queue_position")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
     BUNDLE_FIELD_NUMBER: _ClassVar[int]
@@ -220,6 +220,7 @@ class Job(_message.Message):
     VERSION_FIELD_NUMBER: _ClassVar[int]
     RERUN_FROM_FIELD_NUMBER: _ClassVar[int]
     TENANT_FIELD_NUMBER: _ClassVar[int]
+    QUEUE_POSITION_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     state: JobState
     bundle: PromptBundle
@@ -239,7 +240,8 @@ class Job(_message.Message):
     version: int
     rerun_from: str
     tenant: str
-    def __init__(self, job_id: _Optional[str] = ..., state: _Optional[_Union[JobState, str]] = ..., bundle: _Optional[_Union[PromptBundle, _Mapping]] = ..., prompt: _Optional[str] = ..., seed: _Optional[int] = ..., width: _Optional[int] = ..., height: _Optional[int] = ..., stages: _Optional[_Iterable[_Union[StageRun, _Mapping]]] = ..., final: _Optional[_Union[_common_pb2.ArtifactRef, _Mapping]] = ..., final_url: _Optional[str] = ..., error: _Optional[str] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., updated_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., request: _Optional[_Union[SubmitJobRequest, _Mapping]] = ..., pipeline: _Optional[str] = ..., pipeline_sha256: _Optional[str] = ..., version: _Optional[int] = ..., rerun_from: _Optional[str] = ..., tenant: _Optional[str] = ...) -> None: ...
+    queue_position: int
+    def __init__(self, job_id: _Optional[str] = ..., state: _Optional[_Union[JobState, str]] = ..., bundle: _Optional[_Union[PromptBundle, _Mapping]] = ..., prompt: _Optional[str] = ..., seed: _Optional[int] = ..., width: _Optional[int] = ..., height: _Optional[int] = ..., stages: _Optional[_Iterable[_Union[StageRun, _Mapping]]] = ..., final: _Optional[_Union[_common_pb2.ArtifactRef, _Mapping]] = ..., final_url: _Optional[str] = ..., error: _Optional[str] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., updated_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., request: _Optional[_Union[SubmitJobRequest, _Mapping]] = ..., pipeline: _Optional[str] = ..., pipeline_sha256: _Optional[str] = ..., version: _Optional[int] = ..., rerun_from: _Optional[str] = ..., tenant: _Optional[str] = ..., queue_position: _Optional[int] = ...) -> None: ...
 
 class WatchJobRequest(_message.Message):
     __slots__ = ("job_id",)

@@ -66,13 +66,15 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
 def open_stack(tmp_path_factory: pytest.TempPathFactory, stack: Gateway) -> Iterator[str]:
     """The embedded default: an orchestrator without authentication (and its
     gateway) over the stack's own stage processes and store; its URL. A few
-    seconds, not a second set of stages."""
+    seconds, not a second set of stages. One job runs at a time: later ones
+    wait QUEUED (the queue position test)."""
     stages = ";".join(f"{s}={stack.cluster.addresses[s]}" for s in stack.cluster.stages)
     with LocalCluster(
         state_dir=tmp_path_factory.mktemp("open-cluster"),
         stages=(),
         store_url=stack.cluster.store_url,
-        orchestrator_args=["--stages", stages],  # the last --stages wins
+        # The last --stages wins.
+        orchestrator_args=["--stages", stages, "--max-running-jobs", "1"],
         gateway_port=0,
     ) as cluster:
         yield cluster.gateway_url

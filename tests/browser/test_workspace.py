@@ -81,6 +81,28 @@ def test_without_authentication_the_workspace_opens_straight_in(
     expect(page.get_by_role("link", name="stageflow")).to_be_focused()
 
 
+def test_a_queued_job_shows_its_place_in_the_queue_and_moves_up(
+    page: Page, open_stack: str
+) -> None:
+    """open_stack runs one job at a time: the third of three slow jobs waits
+    second in the queue, first once the running one is cancelled."""
+    body = {"bundle": {"base": PROMPT}, "width": 32, "height": 32, "base": {"steps": 200}}
+    ids = []
+    for seed in (21, 22, 23):
+        reply = httpx.post(f"{open_stack}/v1/jobs", json={**body, "seed": seed})
+        assert reply.status_code == 201, reply.text
+        ids.append(str(reply.json()["job"]["job_id"]))
+    try:
+        page.goto(f"{open_stack}/jobs/{ids[2]}")
+        place = page.locator("#progress .queue-position")
+        expect(place).to_have_text("Queued: position 2")
+        httpx.post(f"{open_stack}/v1/jobs/{ids[0]}/cancel", timeout=60)
+        expect(place).to_have_text("Queued: position 1")  # a `queued` event moved it
+    finally:
+        for job_id in ids:
+            httpx.post(f"{open_stack}/v1/jobs/{job_id}/cancel", timeout=60)
+
+
 def test_a_wrong_key_is_refused_with_a_message(page: Page, stack: Gateway, shoot: Shoot) -> None:
     sign_in(page, "sf_not-a-real-key")
     expect(page).to_have_url(re.compile(r"/signin$"))

@@ -45,6 +45,28 @@ async def test_claims_take_interactive_before_bulk_then_oldest_and_never_twice(
     assert sorted(won) == sorted(f"j{n}" for n in range(12))
 
 
+async def test_queue_positions_are_1_to_n_in_claim_order_and_move_up_on_a_claim(
+    replicas: Replicas,
+) -> None:
+    a, b = await replicas(2)
+    await insert(
+        a,
+        [
+            job("bulk-old", 1, bulk=True),
+            job("inter-new", 30),
+            job("inter-old", 20),
+            job("bulk-new", 40, bulk=True),
+        ],
+    )
+    order = ["inter-old", "inter-new", "bulk-old", "bulk-new"]
+    assert [await b.queue_position(job_id) for job_id in order] == [1, 2, 3, 4]
+    claim = await a.claim(max_running=10)
+    assert claim is not None and claim.job_id == order[0]
+    # Read from the other replica: the claimed job is no longer queued.
+    assert [await b.queue_position(job_id) for job_id in order] == [0, 1, 2, 3]
+    assert await b.queue_position("no-such-job") == 0
+
+
 async def test_max_running_is_cluster_wide(replicas: Replicas) -> None:
     a, b, c = await replicas(3)
     await insert(a, [job(f"j{n}", n) for n in range(10)])

@@ -40,6 +40,14 @@ function watch(panel) {
     const queued = panel.querySelector(".queued");
     if (queued) queued.hidden = true;
   });
+  // A queued job's place in the queue (the gateway re-reads it while queued).
+  source.addEventListener("queued", (e) => {
+    const n = JSON.parse(e.data).queue_position || 0;
+    const place = panel.querySelector(".queue-position");
+    if (!place) return;
+    place.querySelector(".queue-n").textContent = String(n);
+    place.hidden = n < 1;
+  });
   source.addEventListener("stage_progress", (e) => {
     const data = JSON.parse(e.data).stage_progress;
     const row = stage(data.stage);

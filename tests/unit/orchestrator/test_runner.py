@@ -190,13 +190,22 @@ async def test_cancel_mid_stage_cancels_the_stage_call(
     assert await runner.cancel(job.job_id) == cancelled
 
 
-async def test_jobs_beyond_the_limit_wait_queued_and_can_be_cancelled(
-    jobs: JobStore, runners: list[JobRunner]
-) -> None:
+async def _one_slot_taken(
+    runners: list[JobRunner], jobs: JobStore
+) -> tuple[dict[str, FakeStage], JobRunner, S.Job]:
+    """A runner of one running job, whose first job holds that slot (its base
+    call blocked until fakes["base"].release is set)."""
     fakes = _fakes(base=FakeStage("base", block_at=0))
     runner = _runner(runners, fakes, jobs, max_running_jobs=1)
     first = await runner.submit(_request())
     await asyncio.wait_for(fakes["base"].entered.wait(), WAIT)
+    return fakes, runner, first
+
+
+async def test_jobs_beyond_the_limit_wait_queued_and_can_be_cancelled(
+    jobs: JobStore, runners: list[JobRunner]
+) -> None:
+    fakes, runner, first = await _one_slot_taken(runners, jobs)
     second = await runner.submit(_request(seed=7))
 
     assert (await runner.get(second.job_id)).state == S.JOB_STATE_QUEUED
@@ -208,6 +217,35 @@ async def test_jobs_beyond_the_limit_wait_queued_and_can_be_cancelled(
     events = await _collect(runner.watch(first.job_id))
     assert events[-1].finished.state == S.JOB_STATE_SUCCEEDED
     assert len(fakes["base"].calls) == 1  # the cancelled job never reached a stage
+
+
+async def test_a_queued_job_reads_its_place_in_the_queue_in_dispatch_order(
+    jobs: JobStore, runners: list[JobRunner]
+) -> None:
+    fakes, runner, first = await _one_slot_taken(runners, jobs)
+    bulk = await runner.submit(_request(seed=2, priority=S.PRIORITY_BULK))
+    later_bulk = await runner.submit(_request(seed=3, priority=S.PRIORITY_BULK))
+    interactive = await runner.submit(_request(seed=4))
+    await asyncio.sleep(0.05)  # every task waits at the gate
+
+    async def positions() -> list[int]:
+        ids = [first.job_id, interactive.job_id, bulk.job_id, later_bulk.job_id]
+        return [(await runner.get(job_id)).queue_position for job_id in ids]
+
+    assert await positions() == [0, 1, 2, 3]  # interactive before bulk, as dispatched
+    watch = runner.watch(bulk.job_id)
+    snapshot = await anext(watch)
+    await watch.aclose()  # type: ignore[attr-defined]
+    assert snapshot.snapshot.queue_position == 2
+    await asyncio.wait_for(runner.cancel(interactive.job_id), WAIT)
+    assert await positions() == [0, 0, 1, 2]  # the queue moved up
+    stored = await jobs.get(bulk.job_id)
+    assert stored is not None and stored.queue_position == 0  # never stored
+
+    fakes["base"].release.set()
+    events = await _collect(runner.watch(later_bulk.job_id))
+    assert events[-1].finished.state == S.JOB_STATE_SUCCEEDED
+    assert events[-1].finished.queue_position == 0
 
 
 async def test_restart_resumes_from_the_first_unfinished_stage(

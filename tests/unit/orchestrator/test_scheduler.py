@@ -153,6 +153,29 @@ async def test_cancelled_waiter_gives_its_turn_away() -> None:
     assert gate.running == 0
 
 
+async def test_position_counts_waiters_in_the_order_they_are_granted() -> None:
+    gate = PriorityGate(1)
+    await gate.acquire(INTERACTIVE, "running")
+
+    async def wait(key: str, priority: int) -> None:
+        async with gate.hold(priority, key):
+            await asyncio.Event().wait()  # hold until cancelled
+
+    tasks = [
+        asyncio.create_task(wait(key, priority))
+        for key, priority in (("b1", BULK), ("i1", INTERACTIVE), ("b2", BULK))
+    ]
+    await asyncio.sleep(0)
+    assert [gate.position(k) for k in ("running", "i1", "b1", "b2", "nobody")] == [0, 1, 2, 3, 0]
+    gate.release()  # i1 takes the slot
+    await asyncio.sleep(0)
+    assert [gate.position(k) for k in ("i1", "b1", "b2")] == [0, 1, 2]
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    assert gate.position("b2") == 0
+
+
 async def test_waiters_cancelled_all_at_once_leave_the_gate_clean() -> None:
     """A shutdown cancels every job task at once: the holder's release drops
     the waiters' cancelled futures before their own handlers run, which must
