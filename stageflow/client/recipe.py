@@ -119,6 +119,7 @@ def recipe(job: pb.Job, *, stage: str = "") -> dict[str, Any]:
                 "version": run.model.version,
                 "backend": run.model.backend,
                 "fingerprint": run.model.fingerprint,
+                "dtype": run.model.dtype,
             },
             "kind": run.request.WhichOneof("params") or "",
             "parameters": (

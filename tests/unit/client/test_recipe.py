@@ -42,7 +42,9 @@ def _job(*, version: int = 1, rerun_from: str = "", prompt: str = "a red circle,
     )
     base = job.stages.add(stage="base", cache_hit=True)
     base.model.CopyFrom(
-        common_pb2.ModelInfo(name="tiny-sd", version="1", backend="torch", fingerprint=FINGERPRINT)
+        common_pb2.ModelInfo(
+            name="tiny-sd", version="1", backend="torch", fingerprint=FINGERPRINT, dtype="bf16"
+        )
     )
     base.request.txt2img.CopyFrom(
         stage_pb2.Txt2ImgParams(
@@ -123,6 +125,7 @@ def test_recipe_json_names_models_parameters_and_reuse() -> None:
         "version": "1",
         "backend": "torch",
         "fingerprint": FINGERPRINT,
+        "dtype": "bf16",
     }
     assert base["parameters"]["steps"] == 20 and base["parameters"]["seed"] == "42"
     assert base["reused"] and base["cache_hit"]
