@@ -27,9 +27,10 @@ its `.param` asks for.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -269,6 +270,30 @@ def conv_activation(layer: NcnnLayer) -> tuple[str, float]:
         raise NcnnFormatError(f"layer {layer.name}: fused activation {kind} is not supported")
     slope = float(layer.array_param(10)[0]) if kind == 2 else 0.0
     return ACTIVATIONS[kind], slope
+
+
+def place_weights(
+    state: dict[str, np.ndarray],
+    expected: Mapping[str, Any],
+    layer: NcnnLayer,
+    prefix: str,
+    rename: Mapping[str, str] | None = None,
+) -> None:
+    """Put `layer`'s weights into `state` as `<prefix>.<part>` (a part renamed
+    by `rename` first), each checked to be one of the `expected` parameters
+    (name -> tensor) with its shape."""
+    for part, value in layer.weights.items():
+        key = f"{prefix}.{(rename or {}).get(part, part)}"
+        if key not in expected or tuple(expected[key].shape) != value.shape:
+            raise NcnnFormatError(f"layer {layer.name}: {part} {value.shape} does not fit {key}")
+        state[key] = value
+
+
+def check_complete(state: Mapping[str, np.ndarray], expected: Mapping[str, Any]) -> None:
+    """Every expected parameter got its weights from the graph."""
+    missing = sorted(set(expected) - set(state))
+    if missing:
+        raise NcnnFormatError(f"no weights for {', '.join(missing[:5])}")
 
 
 def check_same_conv(layer: NcnnLayer) -> None:

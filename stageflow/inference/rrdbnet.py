@@ -31,7 +31,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from stageflow.inference import sr_archs
-from stageflow.inference.ncnn import NcnnFormatError, NcnnGraph, check_same_conv, conv_activation
+from stageflow.inference.ncnn import (
+    NcnnFormatError,
+    NcnnGraph,
+    check_complete,
+    check_same_conv,
+    conv_activation,
+    place_weights,
+)
 
 ARCHITECTURE = "RRDBNet"
 CONFIG_FILE = "config.json"
@@ -231,14 +238,6 @@ def from_ncnn(graph: NcnnGraph) -> tuple[RRDBNetConfig, dict[str, np.ndarray]]:
             raise NcnnFormatError(
                 f"layer {layer.name} ({name}): activation {act}, expected {want[0]}"
             )
-        for part, value in layer.weights.items():
-            key = f"{name}.{part}"
-            if key not in expected or tuple(expected[key].shape) != value.shape:
-                raise NcnnFormatError(
-                    f"layer {layer.name}: {part} {value.shape} does not fit {key}"
-                )
-            state[key] = value
-    missing = sorted(set(expected) - set(state))
-    if missing:
-        raise NcnnFormatError(f"no weights for {', '.join(missing[:5])}")
+        place_weights(state, expected, layer, name)
+    check_complete(state, expected)
     return config, state

@@ -22,7 +22,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from stageflow.inference.ncnn import NcnnFormatError, NcnnGraph, check_same_conv, conv_activation
+from stageflow.inference.ncnn import (
+    NcnnFormatError,
+    NcnnGraph,
+    check_complete,
+    check_same_conv,
+    conv_activation,
+    place_weights,
+)
 
 ARCHITECTURE = "SRVGGNetCompact"
 
@@ -130,14 +137,6 @@ def from_ncnn(graph: NcnnGraph) -> tuple[SRVGGNetConfig, dict[str, np.ndarray]]:
             if conv_activation(layer)[0] != "none":
                 raise NcnnFormatError(f"layer {layer.name}: a fused activation where PReLU follows")
         parts = {"slope": "weight"} if layer.type == "PReLU" else {}
-        for part, value in layer.weights.items():
-            key = f"body.{index}.{parts.get(part, part)}"
-            if key not in expected or tuple(expected[key].shape) != value.shape:
-                raise NcnnFormatError(
-                    f"layer {layer.name}: {part} {value.shape} does not fit {key}"
-                )
-            state[key] = value
-    missing = sorted(set(expected) - set(state))
-    if missing:
-        raise NcnnFormatError(f"no weights for {', '.join(missing[:5])}")
+        place_weights(state, expected, layer, f"body.{index}", parts)
+    check_complete(state, expected)
     return config, state
