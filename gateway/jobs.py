@@ -15,6 +15,7 @@ from fastapi import APIRouter, Body, Depends, Header, Path, Query, Request, Resp
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from stageflow.client import StageflowClient
+from stageflow.core import limits
 from stageflow.client.recipe import select_version
 from stageflow.gateway.convert import from_json, to_json
 from stageflow.gateway.errors import GatewayError
@@ -59,7 +60,7 @@ async def list_jobs(
         str, Query(max_length=128, description="next_page_token of the previous page")
     ] = "",
     q: Annotated[
-        str, Query(max_length=200, description="Only jobs whose prompt contains this text")
+        str, Query(max_length=limits.MAX_QUERY_CHARS, description="Only jobs whose prompt contains this text")
     ] = "",
 ) -> dict[str, Any]:
     if state is not None and state.lower() not in STATES:
@@ -109,7 +110,7 @@ async def events(
     )
 
 
-async def _image(
+async def export_image(
     client: StageflowClient,
     request: Request,
     job_id: str,
@@ -117,6 +118,8 @@ async def _image(
     stage: str,
     fmt: str | None,
 ) -> Response:
+    """A version's final (stage "") or a stage's image in the chosen format, the
+    recipe embedded; also the workspace's downloads."""
     chosen = pick_format(fmt, request.headers.get("accept"))
     versions, data = await asyncio.gather(
         client.versions(job_id), client.download(job_id, version=version, stage=stage)
@@ -152,7 +155,7 @@ async def final_image(
     ],
     format: Annotated[str | None, Query(description="png (default), webp or jpeg")] = None,
 ) -> Response:
-    return await _image(client, request, job_id, version, "", format)
+    return await export_image(client, request, job_id, version, "", format)
 
 
 @router.get(
@@ -170,4 +173,4 @@ async def stage_image(
     ],
     format: Annotated[str | None, Query(description="png (default), webp or jpeg")] = None,
 ) -> Response:
-    return await _image(client, request, job_id, version, stage, format)
+    return await export_image(client, request, job_id, version, stage, format)

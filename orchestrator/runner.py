@@ -567,6 +567,9 @@ class JobRunner:
             raise InvalidArgument("page_size", f"must be in [1, {MAX_PAGE_SIZE}], got {page_size}")
         if state not in orchestrator_pb2.JobState.values():
             raise InvalidArgument("state", f"unknown JobState value {state}")
+        problem = limits.length_problem(query, limits.MAX_QUERY_CHARS)
+        if problem:
+            raise InvalidArgument("query", problem)
         wanted = None if state == orchestrator_pb2.JOB_STATE_UNSPECIFIED else state
         consumed = listing.decode_token(page_token)
         folded = listing.needle(query)

@@ -7,7 +7,7 @@
                                    version ?v= (default the latest).
 - GET  /jobs/{id}/v/{n}/image.{fmt}          a version's final, and
 - GET  /jobs/{id}/v/{n}/stages/{stage}.{fmt} a stage's output: the JSON API's
-                                   `_image` (recipe embedded at export) with
+                                   `export_image` (recipe embedded at export) with
                                    the cookie's key; ?download=1 names a file.
 - POST /jobs/{id}/rerun            RerunJob from the form (`rerun_form`); an
                                    API error re-renders the form with it
@@ -34,7 +34,7 @@ from stageflow.client.recipe import select_version
 from stageflow.gateway import share
 from stageflow.gateway.errors import from_exception
 from stageflow.gateway.jobs import INT32_MAX
-from stageflow.gateway.jobs import _image as export_image  # the JSON API's own image path
+from stageflow.gateway.jobs import export_image  # the JSON API's own image path
 from stageflow.gateway.workspace import rerun_form
 from stageflow.gateway.workspace.render import render, workspace_router
 from stageflow.gateway.workspace.session import Session

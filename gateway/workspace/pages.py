@@ -20,6 +20,7 @@ from starlette.datastructures import UploadFile
 
 from stageflow.client import StageflowClientError, Unauthenticated
 from stageflow.client.recipe import select_version
+from stageflow.core import limits
 from stageflow.gateway.errors import GatewayError, from_exception
 from stageflow.gateway.events import job_events, parse_event_id
 from stageflow.gateway.jobs import INT32_MAX, STATES
@@ -34,7 +35,6 @@ router = workspace_router()
 
 GALLERY_PAGE = 24
 RECENT = 6
-MAX_QUERY_CHARS = 200
 THUMB_PX = 256
 # Inputs an error may name besides form.FIELDS; any other field is shown atop the form.
 FORM_INPUTS = {*form.FIELDS, "pipeline", "stages", "input_image"}
@@ -118,8 +118,8 @@ async def gallery(
     state = state.strip().lower()
     if state and state not in STATES:
         errors["state"] = f"unknown job state {state!r}: one of {', '.join(STATES)}"
-    if len(q) > MAX_QUERY_CHARS:
-        errors["q"] = f"must be at most {MAX_QUERY_CHARS} characters, got {len(q)}"
+    if len(q) > limits.MAX_QUERY_CHARS:
+        errors["q"] = f"must be at most {limits.MAX_QUERY_CHARS} characters, got {len(q)}"
     listed = pb.ListJobsResponse()
     if not errors:
         try:

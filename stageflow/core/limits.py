@@ -22,6 +22,8 @@ import unicodedata
 MAX_PROMPT_CHARS = 2000
 # Overlay text: one line the typography pass can draw.
 MAX_TEXT_CHARS = 200
+# A ListJobs text filter (`query`): a phrase of a prompt, not a prompt.
+MAX_QUERY_CHARS = 200
 # Ids: job ids, request ids (idempotency keys, stage call ids).
 MAX_ID_CHARS = 128
 # Names: pipeline specs, stages, kinds, models ("name@version"), option keys.
@@ -135,6 +137,7 @@ __all__ = [
     "MAX_OPTION_VALUE_CHARS",
     "MAX_OUTPUT_PREFIX_CHARS",
     "MAX_PROMPT_CHARS",
+    "MAX_QUERY_CHARS",
     "MAX_SHORT_CHARS",
     "MAX_STAGES",
     "MAX_TEXT_CHARS",

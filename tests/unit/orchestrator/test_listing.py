@@ -7,6 +7,7 @@ from __future__ import annotations
 import pytest
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from stageflow.core import limits
 from stageflow.core.errors import InvalidArgument
 from stageflow.orchestrator import listing
 from stageflow.orchestrator.runner import JobRunner
@@ -104,6 +105,17 @@ async def test_a_malformed_token_names_page_token(
     with pytest.raises(InvalidArgument) as err:
         await jobs_runner.list_page(10, page_token=token)
     assert err.value.field == "page_token"
+
+
+async def test_an_overlong_query_is_refused_naming_query_and_the_limit(
+    runner: tuple[JobRunner, MemoryJobStore],
+) -> None:
+    jobs_runner, _ = runner
+    assert await jobs_runner.list_page(10, query="q" * limits.MAX_QUERY_CHARS) == ([], "")
+    with pytest.raises(InvalidArgument) as err:
+        await jobs_runner.list_page(10, query="q" * (limits.MAX_QUERY_CHARS + 1))
+    assert err.value.field == "query"
+    assert f"at most {limits.MAX_QUERY_CHARS} characters" in str(err.value)
 
 
 def test_a_token_round_trips_its_cursor() -> None:
