@@ -257,7 +257,8 @@ def check_handoff(
     a stage that stops early (its kind's `hands_off` option below 1) outputs
     latents, so the next stage must resume from them (`takes_over` above 0)
     in the same latent space (Describe's `latent_space`), and a stage that
-    resumes needs a predecessor that stops early. INVALID_ARGUMENT names the
+    resumes needs a predecessor that stops early (a job starting from an
+    upload has none). INVALID_ARGUMENT names the
     field the caller wrote; differing latent spaces are FAILED_PRECONDITION."""
     built = [name for name in pipeline if name in runs]
 
@@ -269,6 +270,14 @@ def check_handoff(
         option = kinds.get(name).takes_over
         return bool(option) and _param(runs[name], option, descs.get(name), 0.0) > 0
 
+    if built and resumes(built[0]):
+        # Only a job that starts from an upload (`input_image`) skips the base:
+        # an image, never latents, comes in.
+        raise InvalidArgument(
+            submit_field(built[0], kinds.get(built[0]).takes_over, request),
+            f"resumes latents, but the job starts at {built[0]} from an uploaded image: "
+            "set it to 0 for this job",
+        )
     for before, name in itertools.pairwise(built):
         if resumes(name) and not makes(before):
             raise InvalidArgument(

@@ -15,6 +15,7 @@ from stageflow.orchestrator.runner import JobRunner
 from stageflow.orchestrator.settings import PIPELINES_DIR
 from stageflow.orchestrator.spec import SpecError, load_specs, parse_spec
 from stageflow.orchestrator.sqlite_store import SqliteJobStore
+from stageflow.orchestrator.validation import check_handoff
 from stageflow.v1 import common_pb2, orchestrator_pb2, stage_pb2
 from tests.unit.orchestrator.fakes import FakeSettings, FakeStage
 
@@ -195,3 +196,19 @@ async def test_submit_checks_the_jobs_own_handoff(
         assert err.value.field == field and needle in err.value.message, err.value.message
     finally:
         await runner.close()
+
+
+def test_a_job_from_an_upload_cannot_resume_latents() -> None:
+    # An upload skips the base: the refine stage's first input is an image.
+    runs = {
+        "refine": stage_pb2.RunRequest(refine=stage_pb2.RefineParams(denoising_start=0.8)),
+        "upscale": stage_pb2.RunRequest(upscale=stage_pb2.UpscaleParams()),
+    }
+    request = S.SubmitJobRequest(input_image="a" * 64 + ".png")
+    pipeline = ("base", "refine", "upscale")
+    with pytest.raises(InvalidArgument) as err:
+        check_handoff(pipeline, runs, {}, request)
+    assert err.value.field == "refine.denoising_start"
+    assert "uploaded image" in err.value.message
+    runs["refine"].refine.denoising_start = 0
+    check_handoff(pipeline, runs, {}, request)
