@@ -15,8 +15,8 @@ from fastapi import APIRouter, Body, Depends, Header, Path, Query, Request, Resp
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from stageflow.client import StageflowClient
-from stageflow.core import limits
 from stageflow.client.recipe import select_version
+from stageflow.core import limits
 from stageflow.gateway.convert import from_json, to_json
 from stageflow.gateway.errors import GatewayError
 from stageflow.gateway.events import job_events, parse_event_id
@@ -60,7 +60,11 @@ async def list_jobs(
         str, Query(max_length=128, description="next_page_token of the previous page")
     ] = "",
     q: Annotated[
-        str, Query(max_length=limits.MAX_QUERY_CHARS, description="Only jobs whose prompt contains this text")
+        str,
+        Query(
+            max_length=limits.MAX_QUERY_CHARS,
+            description="Only jobs whose prompt contains this text",
+        ),
     ] = "",
 ) -> dict[str, Any]:
     if state is not None and state.lower() not in STATES:

@@ -33,8 +33,10 @@ from stageflow.client import FailedPrecondition, InvalidArgument, OutOfRange
 from stageflow.client.recipe import select_version
 from stageflow.gateway import share
 from stageflow.gateway.errors import from_exception
-from stageflow.gateway.jobs import INT32_MAX
-from stageflow.gateway.jobs import export_image  # the JSON API's own image path
+from stageflow.gateway.jobs import (
+    INT32_MAX,
+    export_image,  # the JSON API's own image path
+)
 from stageflow.gateway.workspace import rerun_form
 from stageflow.gateway.workspace.render import render, workspace_router
 from stageflow.gateway.workspace.session import Session
