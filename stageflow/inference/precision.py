@@ -72,7 +72,11 @@ def exported_choice(setting: str, exported: str, folder: object) -> DtypeChoice:
             f"{folder} is a {exported} export; dtype {setting} needs a {setting} export "
             f"(`stageflow models compile --dtype {setting}`) or the torch backend"
         )
-    reason = f"set: dtype={setting}" if setting == exported else f"the export's own {exported}"
+    reason = (
+        f"set: dtype={setting}"
+        if setting == exported
+        else f"{exported}, the export's own (the default fp32 takes a compiled model's dtype)"
+    )
     return DtypeChoice(exported, setting, reason)
 
 
