@@ -152,9 +152,12 @@ bench-handoff: deps fixtures ## base -> refine jobs, latent vs PNG hand-off, 64 
 bench-realscale: deps ## real-scale costs: cold start, per step, RSS, dtype, tiled VAE (1 h+)
 	$(PY) bench/realscale.py --out docs/benchmarks.md
 
-.PHONY: quality-report quality-report-512 upscale-quality
+.PHONY: quality-report quality-report-512 upscale-quality dtype-quality
 quality-report: setup ## typography pass over 100 varied texts, trained fixtures -> docs/quality.md (~2 min)
 	$(PY) bench/quality_report.py --count 100 --threads 1 --out docs/quality.md
+
+dtype-quality: setup ## bf16 against fp32, image by image (PSNR/SSIM, classifier), trained and random fixtures -> docs/quality.md (~2 min)
+	$(PY) bench/dtype_quality.py --threads 1 --out docs/quality.md
 
 upscale-quality: setup ## PSNR/SSIM of Real-ESRGAN x4plus, animevideov3, Lanczos, bicubic on photographs -> docs/quality.md (~10 min on 2 cores)
 	$(PY) bench/upscale_quality.py --threads 2 --out docs/quality.md

@@ -25,6 +25,8 @@ recorded so far, and says which were not measured):
   steps-bf16    the same with dtype bf16
   parity        the base stage's run vs diffusers' StableDiffusionPipeline in one
                 process: per step, and whether the images are bit-identical
+  quality-bf16  the same images (4 steps, 512 px) from the stage model in fp32 and
+                in bf16: bf16's PSNR, SSIM and largest level difference from fp32
   vae           VAE decode (the real-size VAE alone) at 512/1024/2048 px, whole and
                 tiled: peak RSS, time, the estimate that picks tiling
   export        `export_onnx` with the compile-time optimised graphs
@@ -77,6 +79,7 @@ PHASES = (
     "steps-torch",
     "steps-bf16",
     "parity",
+    "quality-bf16",
     "vae",
     "export",
     "cold-onnx",
@@ -568,6 +571,49 @@ def parity(threads: int, steps: int = 4, rounds: int = 2) -> dict[str, Any]:
     }
 
 
+# --- bf16 image quality -----------------------------------------------------------------
+
+# (prompt, seed) of the quality-bf16 phase's images: a few, at ~1 min of steps each.
+BF16_IMAGES = (("epic game hero portrait", 3), ("a red circle on a blue background", 7))
+
+
+def quality_bf16(threads: int, steps: int = 4) -> dict[str, Any]:
+    """The same images from the stage model in fp32 and in bf16 (each loaded through
+    create_model, one at a time), scored bf16 against fp32: PSNR, SSIM, max levels."""
+    import numpy as np
+    import torch
+
+    from bench.dtype_quality import compare
+    from stageflow.inference.interface import StageInputs, Txt2ImgParams
+    from stageflow.inference.registry import create_model
+
+    torch.set_num_threads(threads)
+    images: dict[str, list[np.ndarray]] = {}
+    seconds: dict[str, list[float]] = {}
+    for dtype in ("fp32", "bf16"):
+        model: Any = create_model("sd-txt2img", FOLDER, torch_threads=threads, dtype=dtype)
+        model.load()
+        images[dtype], seconds[dtype] = [], []
+        for prompt, seed in BF16_IMAGES:
+            params = Txt2ImgParams(prompt=prompt, steps=steps, seed=seed, width=SIDE, height=SIDE)
+            started = time.perf_counter()
+            image = model.run(params, StageInputs(), lambda _i, _n: None, lambda: False)
+            seconds[dtype].append(round(time.perf_counter() - started, 1))
+            images[dtype].append(np.asarray(image.convert("RGB")))
+        model.unload()
+    scores = [compare(a, b) for a, b in zip(images["fp32"], images["bf16"], strict=True)]
+    return {
+        "threads": threads,
+        "steps": steps,
+        "images": [f"{p!r}, seed {s}" for p, s in BF16_IMAGES],
+        "psnr_db": [round(p, 2) for p, _s, _m in scores],
+        "ssim": [round(s, 4) for _p, s, _m in scores],
+        "max_levels": [m for _p, _s, m in scores],
+        "fp32_s": seconds["fp32"],
+        "bf16_s": seconds["bf16"],
+    }
+
+
 # --- VAE decode ------------------------------------------------------------------------
 
 
@@ -668,6 +714,9 @@ DECISIONS = """\
   matrix), which an attention-fusing export would address; not done here.
 - **dtype** (`fp32`/`fp16`/`bf16`): torch casts the parts at load; the loop stays fp32.
   bf16 on the fixture: 46.9 dB PSNR from fp32 (fp16 58.3 dB); ONNX bf16 is refused.
+  `auto` (the CPU serving choice) is bf16 where the CPU reports amx_bf16 or avx512_bf16
+  and fp32 elsewhere (stageflow/inference/hardware.py); bf16 against fp32 image by image
+  is in docs/quality.md (`make dtype-quality`), at 512 px in the quality-bf16 phase.
 - **VAE tiling** (`stageflow/inference/vae_tiling.py`): tiles above `vae_tile_above_side`
   (1536 px) or when the estimate exceeds `vae_memory_budget_mb`; on the fixture VAE, 128 px
   tiles are 22.0 dB from a whole decode (diffusers' own `tiled_decode`, same tiles: 21.0 dB).
@@ -812,6 +861,20 @@ def write_report(path: Path, results: dict[str, Any], threads: int) -> None:
             )
     else:
         lines.append("Not measured yet.")
+    q = results.get("quality-bf16")
+    lines += ["", "### bf16 against fp32, images", ""]
+    if q:
+        lines.append(
+            f"{q['steps']} steps at {SIDE} px, the stage model in fp32 and in bf16, the same "
+            f"images ({'; '.join(q['images'])}): bf16's PSNR from fp32 {q['psnr_db']} dB, "
+            f"SSIM {q['ssim']}, largest level difference {q['max_levels']}; whole runs "
+            f"fp32 {q['fp32_s']} s, bf16 {q['bf16_s']} s ({q['at']}). Random weights: the "
+            "images are not pictures, so this measures how far bf16's rounding carries, "
+            "not how a trained model's picture changes (docs/quality.md has the trained "
+            "fixture's)."
+        )
+    else:
+        lines.append("Not measured yet.")
     v = results.get("vae")
     lines += ["", "### VAE decode, whole vs tiled (real-size VAE alone)", ""]
     if v:
@@ -881,6 +944,8 @@ def run_phase(phase: str, threads: int, big: bool, vae_sides: tuple[int, ...]) -
         value = {"runs": runs}
     elif phase == "parity":
         value = in_child("parity", threads=threads)
+    elif phase == "quality-bf16":
+        value = in_child("quality-bf16", threads=threads)
     elif phase == "vae":
         value = vae(threads, big, vae_sides)
     else:
@@ -896,6 +961,7 @@ CHILDREN: dict[str, Callable[..., dict[str, Any]]] = {
     "load-parts": lambda threads: load_parts(threads),
     "sessions": lambda threads: sessions(threads),
     "parity": lambda threads: parity(threads),
+    "quality-bf16": lambda threads: quality_bf16(threads),
     "steps": lambda threads, backend, dtype, warm: unet_steps(
         threads, backend, dtype, steps=5, warmup=warm == "1"
     ),

@@ -10,10 +10,11 @@ import abc
 import hashlib
 from collections.abc import Sequence
 from pathlib import Path
+from typing import ClassVar
 
 from stageflow.core.errors import Cancelled, FailedPrecondition
 from stageflow.core.logging import get_logger
-from stageflow.inference import backends, precision
+from stageflow.inference import backends, hardware, precision
 from stageflow.inference.digests import NO_CACHE, DigestCache
 from stageflow.inference.interface import CancelledFn, ModelIdentity, StageModel
 from stageflow.inference.vae_tiling import VaeTiling
@@ -49,6 +50,9 @@ def check_cancelled(cancelled: CancelledFn, done: int, total: int) -> None:
 class LocalModel(StageModel, abc.ABC):
     """A StageModel whose weights live in one local folder."""
 
+    # The precisions the torch backend can cast this model's parts to.
+    torch_dtypes: ClassVar[tuple[str, ...]] = precision.DTYPES
+
     def __init__(
         self,
         path: Path,
@@ -77,7 +81,9 @@ class LocalModel(StageModel, abc.ABC):
         self.backend = backend
         self.providers = tuple(providers)
         self.engine_cache = engine_cache
-        self.dtype = precision.check_dtype(dtype)
+        # The setting (fp32, fp16, bf16 or auto); what it resolves to is chosen at load.
+        self.dtype = precision.check_setting(dtype)
+        self._choice: precision.DtypeChoice | None = None
         self.digests = DigestCache(digest_cache)
         # When the VAE decodes in tiles (diffusion models; others ignore it).
         self.vae_tiling = vae_tiling or VaeTiling()
@@ -92,7 +98,7 @@ class LocalModel(StageModel, abc.ABC):
             self.providers,
             self.torch_threads,
             self.engine_cache,
-            dtype=self.dtype,
+            dtype=self._choice.dtype if self._choice else self.dtype,
             digests=self.digests,
         )
 
@@ -117,7 +123,8 @@ class LocalModel(StageModel, abc.ABC):
         backends.require_runtime(self.runtime)
         # Before the weights: a compiled folder's files are verified against its manifest.
         fingerprint = self.runtime.fingerprint(self.path, self.backend_options)
-        dtype = self._served_dtype()
+        self._choice = choice = self._choose_dtype()
+        dtype = choice.dtype
         self._load_weights()
         if self.warmup:
             self._warm_up()
@@ -130,6 +137,10 @@ class LocalModel(StageModel, abc.ABC):
             if self.runtime.fixed_dtype
             else precision.with_dtype(fingerprint, dtype),
             dtype=dtype,
+            dtype_setting=choice.setting,
+            dtype_reason=choice.reason,
+            cpu_features=choice.cpu_features,
+            cpu_capability=choice.cpu_capability,
         )
         log.info(
             "model loaded",
@@ -138,21 +149,23 @@ class LocalModel(StageModel, abc.ABC):
             backend=self.backend,
             providers=list(self.providers),
             dtype=dtype,
+            dtype_reason=choice.reason,
             fingerprint=self._identity.fingerprint[:12],
         )
 
-    def _served_dtype(self) -> str:
-        """The precision this load runs in: the setting for backends that cast at
-        load, the export's own for compiled ones (a different setting is refused)."""
+    def _choose_dtype(self) -> precision.DtypeChoice:
+        """The precision this load runs in and why: for backends that cast at load,
+        the setting (auto: by the CPU's bf16 flags); for compiled ones the export's
+        own (another explicit setting is refused)."""
         if not self.runtime.fixed_dtype:
-            return self.dtype
-        exported = self.runtime.dtype_of(self.path)
-        if self.dtype not in (precision.DEFAULT_DTYPE, exported):
-            raise FailedPrecondition(
-                f"{self.path} is a {exported} export; dtype {self.dtype} needs a {self.dtype} "
-                f"export (`stageflow models compile --dtype {self.dtype}`) or the torch backend"
+            cpu = hardware.detect() if self.device.startswith("cpu") else hardware.CpuBf16((), "")
+            return hardware.choose_cast_dtype(self.dtype, cpu, self.device, self.torch_dtypes)
+        try:
+            return precision.exported_choice(
+                self.dtype, self.runtime.dtype_of(self.path), self.path
             )
-        return exported
+        except ValueError as err:
+            raise FailedPrecondition(str(err)) from None
 
     def _warm_up(self) -> None:
         """One call through the loaded parts at the served size (subclasses)."""

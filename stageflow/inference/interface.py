@@ -277,6 +277,14 @@ class ModelIdentity:
     fingerprint: str
     # The precision its weights run in (stageflow.inference.precision).
     dtype: str = "fp32"
+    # What the dtype setting asked for ("auto" or a dtype; "" where unknown) and
+    # why `dtype` follows from it (stageflow.inference.precision.DtypeChoice).
+    dtype_setting: str = ""
+    dtype_reason: str = ""
+    # The CPU's bf16-related flags and torch's dispatch level, where they bear
+    # on the precision (the torch backend on CPU); empty elsewhere.
+    cpu_features: tuple[str, ...] = ()
+    cpu_capability: str = ""
 
 
 @dataclass(frozen=True)

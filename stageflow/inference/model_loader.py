@@ -60,18 +60,23 @@ class RepositoryModel(StageModel):
     in fp16/bf16 folds it into the version's fingerprint (as a folder loaded by
     path does), a compiled version's fingerprint already covers its export's."""
 
-    def __init__(self, inner: StageModel, version: ModelVersion, dtype: str = "fp32") -> None:
+    def __init__(
+        self, inner: StageModel, version: ModelVersion, loaded: ModelIdentity | None = None
+    ) -> None:
         self.inner = inner
         self.version = version
         compiled = version.backend != Backend.TORCH
-        self.identity = ModelIdentity(
+        # The loaded model's precision and why (dtype_setting, dtype_reason, CPU
+        # features) under the version's name and fingerprint.
+        loaded = loaded or ModelIdentity("", "", "", "")
+        self.identity = dataclasses.replace(
+            loaded,
             name=version.name,
             version=version.version,
             backend=str(version.backend),
             fingerprint=version.fingerprint
             if compiled
-            else precision.with_dtype(version.fingerprint, dtype),
-            dtype=dtype,
+            else precision.with_dtype(version.fingerprint, loaded.dtype),
         )
 
     def __getattr__(self, name: str) -> Any:
@@ -124,10 +129,10 @@ class RepositoryModel(StageModel):
         self.inner.unload()
 
 
-def _loaded_dtype(model: StageModel) -> str:
-    """The precision a loaded model reports (fp32 for models that predate it)."""
+def _loaded_identity(model: StageModel) -> ModelIdentity | None:
+    """What a loaded model reports of itself (None for models that report nothing)."""
     identity = getattr(model, "identity", None)
-    return str(getattr(identity, "dtype", precision.DEFAULT_DTYPE))
+    return identity if isinstance(identity, ModelIdentity) else None
 
 
 def _domain_fields(version: ModelVersion) -> dict[str, Any]:
@@ -205,7 +210,7 @@ class RepositoryLoader:
             raise FailedPrecondition(
                 f"cannot load model {found.ref} from {folder}: {type(e).__name__}: {detail}"
             ) from e
-        return RepositoryModel(model, found, _loaded_dtype(model))
+        return RepositoryModel(model, found, _loaded_identity(model))
 
     def _model_kwargs(self, found: ModelVersion) -> dict[str, Any]:
         kwargs: dict[str, Any] = {

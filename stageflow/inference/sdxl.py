@@ -34,6 +34,7 @@ from stageflow.inference.sd_parts import (
     clip_tokenize,
     load_vae_and_unet,
     quiet_hub_progress,
+    torch_dtype,
     vae_parts,
 )
 
@@ -51,8 +52,9 @@ def _encoder(tokenizer: Any, encoder: Any, dev: torch.device) -> EncodeFn:
     def encode(text: str) -> tuple[torch.Tensor, torch.Tensor | None]:
         out = encoder(tokenize(text).to(dev), output_hidden_states=True)
         # CLIPTextModelWithProjection's first output is its pooled projection (2-D).
-        pooled = out[0] if out[0].ndim == 2 else None
-        return out.hidden_states[-2], pooled
+        # Back to float32 from the weights' dtype (no-ops in fp32): the loop's dtype.
+        pooled = out[0].float() if out[0].ndim == 2 else None
+        return out.hidden_states[-2].float(), pooled
 
     return encode
 
@@ -121,13 +123,15 @@ def _check_added_dims(folder: Path, unet: Any, n_ids: int, pooled_dim: int) -> N
         )
 
 
-def load_sdxl_parts(folder: Path, device: str = "cpu") -> DiffusionParts:
-    """An SDXL base or refiner folder, with each part's own from_pretrained."""
+def load_sdxl_parts(folder: Path, device: str = "cpu", dtype: str = "fp32") -> DiffusionParts:
+    """An SDXL base or refiner folder, with each part's own from_pretrained, its
+    UNet, text encoders and VAE in `dtype` (in fp16 a force_upcast VAE stays fp32)."""
     from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
     dev = torch.device(device)
+    weights = torch_dtype(dtype)
     index = json.loads((folder / "model_index.json").read_text(encoding="utf-8"))
-    vae, unet = load_vae_and_unet(folder, dev)
+    vae, unet = load_vae_and_unet(folder, dev, weights)
     if unet.config.addition_embed_type != "text_time":
         raise ValueError(f"{folder}: an SDXL UNet has addition_embed_type text_time")
     encoders: list[EncodeFn] = []
@@ -137,26 +141,27 @@ def load_sdxl_parts(folder: Path, device: str = "cpu") -> DiffusionParts:
             if (index.get(f"text_encoder{suffix}") or [None])[0] is None:
                 continue
             tokenizer = CLIPTokenizer.from_pretrained(folder / f"tokenizer{suffix}")
-            model: Any = cls.from_pretrained(folder / f"text_encoder{suffix}", dtype=torch.float32)
+            model: Any = cls.from_pretrained(folder / f"text_encoder{suffix}", dtype=weights)
             encoders.append(_encoder(tokenizer, model.to(dev).eval(), dev))
             last_tokenizer, last_model = tokenizer, model
     aesthetics = bool(index.get("requires_aesthetics_score", False))
     _check_added_dims(folder, unet, 5 if aesthetics else 6, last_model.config.projection_dim)
 
+    # Inputs cast to the weights' dtype, outputs back to float32 (no-ops in fp32).
     def predict_noise(sample: torch.Tensor, t: torch.Tensor, cond: Conditioning) -> torch.Tensor:
         out: torch.Tensor = unet(
-            sample,
+            sample.to(weights),
             t,
-            encoder_hidden_states=cond.text,
-            added_cond_kwargs=dict(cond.added),
+            encoder_hidden_states=cond.text.to(weights),
+            added_cond_kwargs={k: v.to(weights) for k, v in cond.added.items()},
             return_dict=False,
         )[0]
-        return out
+        return out.float()
 
     def encode_text(ids: torch.Tensor) -> torch.Tensor:
         # The last encoder's penultimate states (the text path's own tests use it).
         states: torch.Tensor = last_model(ids.to(dev), output_hidden_states=True).hidden_states[-2]
-        return states
+        return states.float()
 
     return DiffusionParts(
         tokenize=clip_tokenize(last_tokenizer),
@@ -170,4 +175,5 @@ def load_sdxl_parts(folder: Path, device: str = "cpu") -> DiffusionParts:
         predict_noise=predict_noise,
         family=SDXL_FAMILY,
         **vae_parts(folder, vae, unet, dev),
+        weights_dtype=dtype,
     )

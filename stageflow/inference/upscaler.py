@@ -29,6 +29,7 @@ import torch
 from PIL import Image
 
 from stageflow.core.errors import FailedPrecondition, InvalidArgument
+from stageflow.inference import precision
 from stageflow.inference.base import LocalModel, check_cancelled
 from stageflow.inference.interface import (
     CancelledFn,
@@ -78,6 +79,8 @@ def tile_grid(width: int, height: int, tile: int, overlap: int) -> list[Tile]:
 class EsrganUpscaler(LocalModel):
     kind: ClassVar[StageKind] = StageKind.UPSCALE
     params_type: ClassVar[type] = UpscaleParams
+    # Its tiles are blended in float32 and no half path is built (dtype=auto: fp32).
+    torch_dtypes: ClassVar[tuple[str, ...]] = (precision.FP32,)
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)

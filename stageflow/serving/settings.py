@@ -198,11 +198,15 @@ class StageSettings(CommonSettings):
         description="Where the tensorrt backend caches the engines it builds; empty: "
         "~/.cache/stageflow/tensorrt.",
     )
-    dtype: Literal["fp32", "fp16", "bf16"] = Field(
+    dtype: Literal["fp32", "fp16", "bf16", "auto"] = Field(
         default="fp32",
         description="Precision of the weights: the torch backend casts the model's parts at "
         "load (latents, noise and the scheduler stay fp32); a compiled (ONNX) model runs in "
-        "its export's precision and refuses another. Folded into the model's fingerprint.",
+        "its export's precision and refuses another. auto is the CPU serving choice: bf16 on "
+        "torch where the CPU has native bf16 (amx_bf16 or avx512_bf16 in /proc/cpuinfo), fp32 "
+        "elsewhere, a compiled model's own. The default fp32 keeps images bit-identical to "
+        "diffusers. The resolved precision and why show in Describe and in each result's "
+        "model info; it is folded into the model's fingerprint.",
     )
     digest_cache: Path | None = Field(
         default=Path("var/digest-cache"),

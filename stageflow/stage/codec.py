@@ -234,6 +234,8 @@ def model_info(identity: ModelIdentity) -> common_pb2.ModelInfo:
         backend=identity.backend,
         fingerprint=identity.fingerprint,
         dtype=identity.dtype,
+        dtype_setting=identity.dtype_setting,
+        dtype_reason=identity.dtype_reason,
     )
 
 
@@ -278,4 +280,6 @@ def describe_response(
         vocabulary=desc.vocabulary,
         domain_description=desc.domain_description,
         latent_space=desc.latent_space,
+        cpu_features=desc.identity.cpu_features,
+        cpu_capability=desc.identity.cpu_capability,
     )

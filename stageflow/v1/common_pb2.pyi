@@ -17,18 +17,22 @@ class ArtifactRef(_message.Message):
     def __init__(self, key: _Optional[str] = ..., sha256: _Optional[str] = ..., size_bytes: _Optional[int] = ..., media_type: _Optional[str] = ...) -> None: ...
 
 class ModelInfo(_message.Message):
-    __slots__ = ("name", "version", "backend", "fingerprint", "dtype")
+    __slots__ = ("name", "version", "backend", "fingerprint", "dtype", "dtype_setting", "dtype_reason")
     NAME_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     BACKEND_FIELD_NUMBER: _ClassVar[int]
     FINGERPRINT_FIELD_NUMBER: _ClassVar[int]
     DTYPE_FIELD_NUMBER: _ClassVar[int]
+    DTYPE_SETTING_FIELD_NUMBER: _ClassVar[int]
+    DTYPE_REASON_FIELD_NUMBER: _ClassVar[int]
     name: str
     version: str
     backend: str
     fingerprint: str
     dtype: str
-    def __init__(self, name: _Optional[str] = ..., version: _Optional[str] = ..., backend: _Optional[str] = ..., fingerprint: _Optional[str] = ..., dtype: _Optional[str] = ...) -> None: ...
+    dtype_setting: str
+    dtype_reason: str
+    def __init__(self, name: _Optional[str] = ..., version: _Optional[str] = ..., backend: _Optional[str] = ..., fingerprint: _Optional[str] = ..., dtype: _Optional[str] = ..., dtype_setting: _Optional[str] = ..., dtype_reason: _Optional[str] = ...) -> None: ...
 
 class Timing(_message.Message):
     __slots__ = ("queue_ms", "load_inputs_ms", "compute_ms", "store_output_ms", "total_ms")

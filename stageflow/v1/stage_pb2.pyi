@@ -221,7 +221,7 @@ class ParamRange(_message.Message):
     def __init__(self, name: _Optional[str] = ..., min: _Optional[float] = ..., max: _Optional[float] = ...) -> None: ...
 
 class DescribeResponse(_message.Message):
-    __slots__ = ("kind", "model", "min_side", "max_side", "size_multiple", "params", "ready", "max_concurrency", "max_queue", "defaults", "vocabulary", "domain_description", "latent_space")
+    __slots__ = ("kind", "model", "min_side", "max_side", "size_multiple", "params", "ready", "max_concurrency", "max_queue", "defaults", "vocabulary", "domain_description", "latent_space", "cpu_features", "cpu_capability")
     class DefaultsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -242,6 +242,8 @@ class DescribeResponse(_message.Message):
     VOCABULARY_FIELD_NUMBER: _ClassVar[int]
     DOMAIN_DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
     LATENT_SPACE_FIELD_NUMBER: _ClassVar[int]
+    CPU_FEATURES_FIELD_NUMBER: _ClassVar[int]
+    CPU_CAPABILITY_FIELD_NUMBER: _ClassVar[int]
     kind: str
     model: _common_pb2.ModelInfo
     min_side: int
@@ -255,7 +257,9 @@ class DescribeResponse(_message.Message):
     vocabulary: _containers.RepeatedScalarFieldContainer[str]
     domain_description: str
     latent_space: str
-    def __init__(self, kind: _Optional[str] = ..., model: _Optional[_Union[_common_pb2.ModelInfo, _Mapping]] = ..., min_side: _Optional[int] = ..., max_side: _Optional[int] = ..., size_multiple: _Optional[int] = ..., params: _Optional[_Iterable[_Union[ParamRange, _Mapping]]] = ..., ready: _Optional[bool] = ..., max_concurrency: _Optional[int] = ..., max_queue: _Optional[int] = ..., defaults: _Optional[_Mapping[str, float]] = ..., vocabulary: _Optional[_Iterable[str]] = ..., domain_description: _Optional[str] = ..., latent_space: _Optional[str] = ...) -> None: ...
+    cpu_features: _containers.RepeatedScalarFieldContainer[str]
+    cpu_capability: str
+    def __init__(self, kind: _Optional[str] = ..., model: _Optional[_Union[_common_pb2.ModelInfo, _Mapping]] = ..., min_side: _Optional[int] = ..., max_side: _Optional[int] = ..., size_multiple: _Optional[int] = ..., params: _Optional[_Iterable[_Union[ParamRange, _Mapping]]] = ..., ready: _Optional[bool] = ..., max_concurrency: _Optional[int] = ..., max_queue: _Optional[int] = ..., defaults: _Optional[_Mapping[str, float]] = ..., vocabulary: _Optional[_Iterable[str]] = ..., domain_description: _Optional[str] = ..., latent_space: _Optional[str] = ..., cpu_features: _Optional[_Iterable[str]] = ..., cpu_capability: _Optional[str] = ...) -> None: ...
 
 class LoadModelRequest(_message.Message):
     __slots__ = ("model",)

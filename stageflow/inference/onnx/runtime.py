@@ -40,6 +40,7 @@ import torch
 
 from stageflow.core.errors import FailedPrecondition
 from stageflow.core.logging import get_logger
+from stageflow.inference import hardware
 from stageflow.inference.onnx import layout
 from stageflow.inference.scheduler import scheduler_factory
 from stageflow.inference.sd_parts import DiffusionParts, text_conditioner
@@ -102,24 +103,12 @@ _ISA_FLAGS = (
 )
 
 
-def _cpu_flags() -> set[str]:
-    try:
-        text = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
-    except OSError:
-        return set()
-    for line in text.splitlines():
-        key, _, value = line.partition(":")
-        if key.strip() in ("flags", "Features"):
-            return set(value.split())
-    return set()
-
-
 def optimized_signature() -> dict[str, Any]:
     """What an optimised graph depends on: onnxruntime's version, the provider,
     the CPU architecture and the vector features its kernels use."""
     import onnxruntime as ort
 
-    flags = _cpu_flags()
+    flags = hardware.cpu_flags()
     return {
         "onnxruntime": ort.__version__,
         "providers": "CPUExecutionProvider",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pytest
@@ -108,3 +108,112 @@ def test_an_unknown_dtype_fails_at_construction(sd_folder: Path) -> None:
 
     with pytest.raises(ValueError, match="dtype must be one of fp32, fp16, bf16"):
         Txt2ImgModel(sd_folder, dtype="int8")
+
+
+def _modules(fn: object, seen: set[int] | None = None) -> list[Any]:
+    """The torch modules a part's function reaches through its closures (and the
+    functions and lists in them): what it actually computes with."""
+    import torch
+
+    seen = seen if seen is not None else set()
+    if id(fn) in seen:
+        return []
+    seen.add(id(fn))
+    if isinstance(fn, torch.nn.Module):
+        return [fn]
+    if isinstance(fn, list | tuple):
+        return [m for item in fn for m in _modules(item, seen)]
+    cells = getattr(fn, "__closure__", None) or ()
+    return [m for c in cells for m in _modules(c.cell_contents, seen)]
+
+
+def _weight_dtypes(fn: object) -> set[Any]:
+    return {p.dtype for m in _modules(fn) for p in m.parameters()}
+
+
+@pytest.mark.parametrize("family", ["sd", "sdxl"])
+def test_bf16_runs_text_encoders_unet_and_vae_in_bf16(
+    family: str, sd_folder: Path, sdxl_folder: Path
+) -> None:
+    import torch
+
+    from stageflow.inference.sd_parts import load_torch_parts
+
+    parts = load_torch_parts(sd_folder if family == "sd" else sdxl_folder, dtype="bf16")
+    assert parts.weights_dtype == "bf16"
+    for name in ("condition", "encode_text", "predict_noise", "decode_latents", "encode_image"):
+        assert _weight_dtypes(getattr(parts, name)) == {torch.bfloat16}, name
+    # Outputs come back in the loop's float32.
+    cond = parts.condition("a red circle", "", True, (64, 64))
+    assert cond.text.dtype == torch.float32
+    assert all(v.dtype == torch.float32 for v in cond.added.values())
+    sample = torch.zeros(2, parts.latent_channels, 8, 8)
+    assert parts.predict_noise(sample, torch.tensor(999), cond).dtype == torch.float32
+    assert parts.decode_latents(sample[:1]).dtype == torch.float32
+
+
+def _auto(folder: Path, family: str = "sd-txt2img") -> Any:
+    from stageflow.inference import registry
+
+    model = registry.create_model(family, folder, dtype="auto")
+    model.load()
+    return model
+
+
+def test_auto_on_this_cpu_serves_what_its_flags_say(sd_folder: Path, txt2img: Txt2ImgModel) -> None:
+    from stageflow.inference import hardware
+
+    expected = hardware.choose_cast_dtype("auto", hardware.detect())
+    model = _auto(sd_folder)
+    try:
+        identity = model.describe().identity
+        assert identity.dtype == expected.dtype
+        assert model.parts.weights_dtype == expected.dtype
+    finally:
+        model.unload()
+    assert (identity.dtype_setting, identity.dtype_reason) == ("auto", expected.reason)
+    assert identity.cpu_features == expected.cpu_features
+    fp32 = txt2img.describe().identity
+    assert identity.fingerprint == precision.with_dtype(fp32.fingerprint, identity.dtype)
+    assert (fp32.dtype_setting, fp32.dtype_reason) == ("fp32", "set: dtype=fp32")
+
+
+@pytest.mark.parametrize(
+    ("flags", "capability", "dtype"),
+    [("avx512f avx512_bf16", "AVX512", "bf16"), ("avx2 fma", "AVX2", "fp32")],
+)
+def test_auto_follows_the_cpu_and_the_fingerprint_the_resolved_dtype(
+    monkeypatch: pytest.MonkeyPatch,
+    sd_folder: Path,
+    txt2img: Txt2ImgModel,
+    flags: str,
+    capability: str,
+    dtype: str,
+) -> None:
+    """auto on a CPU without bf16 is fp32 down to the cache key: it shares the
+    fp32 stage's cache entries; with bf16 it shares the bf16 stage's."""
+    from stageflow.inference import hardware
+
+    monkeypatch.setattr(hardware, "cpu_flags", lambda: frozenset(flags.split()))
+    monkeypatch.setattr(hardware, "torch_capability", lambda: capability)
+    model = _auto(sd_folder)
+    try:
+        identity = model.describe().identity
+        weights = _weight_dtypes(model.parts.predict_noise)
+    finally:
+        model.unload()
+    assert identity.dtype == dtype
+    assert {str(w) for w in weights} == {"torch.bfloat16" if dtype == "bf16" else "torch.float32"}
+    fp32 = txt2img.describe().identity
+    assert identity.fingerprint == precision.with_dtype(fp32.fingerprint, dtype)
+    assert (identity.fingerprint == fp32.fingerprint) == (dtype == "fp32")
+
+
+def test_auto_serves_the_torch_upscaler_in_fp32(esrgan_folder: Path) -> None:
+    model = _auto(esrgan_folder, "esrgan")
+    try:
+        identity = model.describe().identity
+    finally:
+        model.unload()
+    assert (identity.dtype, identity.dtype_setting) == ("fp32", "auto")
+    assert "runs in fp32 only" in identity.dtype_reason

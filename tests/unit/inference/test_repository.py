@@ -195,6 +195,33 @@ class RepositoryContract:
         finally:
             model.unload()
 
+    def test_a_version_served_with_dtype_auto_reports_the_choice(
+        self, repo: ModelRepository, sd_folder: Path
+    ) -> None:
+        """The version's name and fingerprint, with the loaded model's resolved
+        dtype (folded into the fingerprint), setting and reason."""
+        from stageflow.inference import hardware, precision
+
+        created = repo.import_folder(sd_folder, "sd", "1")
+        expected = hardware.choose_cast_dtype("auto", hardware.detect())
+        model = RepositoryLoader(
+            repo,
+            StageKind.TXT2IMG,
+            create_model,
+            families=BASE.families,
+            torch_threads=1,
+            model_options={"dtype": "auto"},
+        ).load("sd@1")
+        try:
+            identity = model.describe().identity
+        finally:
+            model.unload()
+        assert (identity.name, identity.version) == ("sd", "1")
+        assert (identity.dtype, identity.dtype_setting) == (expected.dtype, "auto")
+        assert identity.dtype_reason == expected.reason
+        assert identity.cpu_features == expected.cpu_features
+        assert identity.fingerprint == precision.with_dtype(created.fingerprint, expected.dtype)
+
     def test_compile_records_a_new_version_from_the_exporter(
         self, repo: ModelRepository, esrgan_folder: Path
     ) -> None:

@@ -184,3 +184,21 @@ def test_a_compiled_model_runs_in_its_exports_dtype_and_refuses_another(
     )
     with pytest.raises(FailedPrecondition, match="fp32 export; dtype fp16 needs a fp16 export"):
         half.load()
+
+
+def test_auto_on_a_compiled_model_is_its_exports_dtype(sd_export: ExportReport) -> None:
+    """dtype=auto never asks the CPU for an export: it runs in what it was exported in."""
+    from stageflow.inference import registry
+
+    model = registry.create_model(
+        "sd-txt2img", sd_export.folder, backend="onnxruntime", dtype="auto"
+    )
+    model.load()
+    try:
+        identity = model.describe().identity
+    finally:
+        model.unload()
+    assert (identity.dtype, identity.dtype_setting) == ("fp32", "auto")
+    assert identity.dtype_reason == "auto: fp32, the export's own dtype"
+    assert identity.fingerprint == sd_export.fingerprint
+    assert identity.cpu_features == ()

@@ -113,3 +113,30 @@ def test_describe_lists_what_an_unset_field_takes_model_yaml_first() -> None:
     )
     assert refine.defaults["steps"] == 40
     assert "strength" not in refine.defaults  # by mode, decided per call
+
+
+def test_describe_and_model_info_carry_the_dtype_choice_and_the_cpu() -> None:
+    identity = ModelIdentity(
+        "m",
+        "1",
+        "torch",
+        "f" * 64,
+        dtype="bf16",
+        dtype_setting="auto",
+        dtype_reason="auto: bf16, the CPU has avx512_bf16 (...)",
+        cpu_features=("avx512f", "avx512_bf16"),
+        cpu_capability="AVX512",
+    )
+    info = stage_codec.model_info(identity)
+    assert (info.dtype, info.dtype_setting, info.dtype_reason) == (
+        "bf16",
+        "auto",
+        "auto: bf16, the CPU has avx512_bf16 (...)",
+    )
+    desc = ModelDescription("txt2img", identity, 16, 256, 16, {})
+    reply = stage_codec.describe_response(desc, ready=True, max_concurrency=1, max_queue=1)
+    assert reply.model == info
+    assert (list(reply.cpu_features), reply.cpu_capability) == (
+        ["avx512f", "avx512_bf16"],
+        "AVX512",
+    )

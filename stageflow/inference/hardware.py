@@ -1,0 +1,130 @@
+"""What this host's CPU can run fast: its instruction-set flags, read, not assumed.
+
+`dtype=auto` serves bf16 on the torch backend only where the CPU has bf16
+arithmetic of its own: AMX (Sapphire Rapids and later: `amx_bf16` on
+`amx_tile`) or AVX-512 BF16 (Cooper Lake, Zen 4 and later: `avx512_bf16`).
+Elsewhere torch emulates bf16 by widening to float32 and rounding back,
+which is slower than fp32 and less exact, so auto keeps fp32. The flags come
+from /proc/cpuinfo (Linux's own list of what CPUID reported); torch's
+dispatch level (`torch.backends.cpu.get_cpu_capability()`) is asked too, as
+a process can be pinned below what the CPU has (ATEN_CPU_CAPABILITY=avx2).
+
+Pure and cheap: no torch import at module level, every decision a function of
+texts and strings, so the unit tests feed it other machines' cpuinfo.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from stageflow.inference import precision
+
+CPUINFO = Path("/proc/cpuinfo")
+
+# The flags with bf16 arithmetic in hardware (amx_tile alone holds tiles, no maths).
+BF16_FLAGS = ("amx_bf16", "avx512_bf16")
+# What the reason and Describe show of the CPU: the bf16 flags and what they build on.
+SHOWN_FLAGS = ("amx_tile", "amx_bf16", "avx512f", "avx512_bf16")
+# torch dispatch levels below which its bf16 kernels cannot use AVX-512 BF16.
+_NO_AVX512_CAPABILITIES = ("DEFAULT", "NO AVX", "AVX", "AVX2")
+
+
+def parse_flags(cpuinfo: str) -> frozenset[str]:
+    """The first processor's flags in a /proc/cpuinfo text (x86 `flags`, Arm
+    `Features`); empty when it has neither."""
+    for line in cpuinfo.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() in ("flags", "Features"):
+            return frozenset(value.split())
+    return frozenset()
+
+
+def cpu_flags(cpuinfo: Path = CPUINFO) -> frozenset[str]:
+    """This host's CPU flags; empty where /proc/cpuinfo cannot be read (not Linux)."""
+    try:
+        return parse_flags(cpuinfo.read_text(encoding="utf-8", errors="replace"))
+    except OSError:
+        return frozenset()
+
+
+def torch_capability() -> str:
+    """torch's CPU dispatch level ("AVX512", "AVX2", "DEFAULT", ...); "" without torch."""
+    try:
+        import torch
+    except ImportError:
+        return ""
+    return str(torch.backends.cpu.get_cpu_capability())
+
+
+@dataclass(frozen=True)
+class CpuBf16:
+    """What decides whether bf16 is native here."""
+
+    # The SHOWN_FLAGS the CPU reports, in that order.
+    features: tuple[str, ...]
+    # torch's dispatch level; "" when unknown.
+    capability: str
+
+    @property
+    def native(self) -> str:
+        """The flag that makes bf16 native ("amx_bf16", "avx512_bf16"), "" when none does."""
+        if self.capability.upper() in _NO_AVX512_CAPABILITIES:
+            return ""
+        return next((f for f in BF16_FLAGS if f in self.features), "")
+
+    def words(self) -> str:
+        shown = ", ".join(self.features) or "none of " + "/".join(BF16_FLAGS)
+        return f"CPU flags: {shown}; torch CPU capability {self.capability or 'unknown'}"
+
+
+def cpu_bf16(flags: frozenset[str], capability: str) -> CpuBf16:
+    return CpuBf16(tuple(f for f in SHOWN_FLAGS if f in flags), capability)
+
+
+def detect() -> CpuBf16:
+    """This host's answer (reads /proc/cpuinfo and asks torch)."""
+    return cpu_bf16(cpu_flags(), torch_capability())
+
+
+def choose_cast_dtype(
+    setting: str, cpu: CpuBf16, device: str = "cpu", castable: tuple[str, ...] = precision.DTYPES
+) -> precision.DtypeChoice:
+    """The precision a backend that casts at load (torch) serves `setting` in, and why.
+
+    `castable`: what the model can be cast to (the torch upscaler: fp32 only)."""
+    precision.check_setting(setting)
+    if not device.startswith("cpu"):
+        return _off_cpu(setting, device)
+    if setting != precision.AUTO:
+        return _choice(setting, setting, _set_reason(setting, cpu), cpu)
+    if precision.BF16 not in castable:
+        only = "/".join(castable)
+        return _choice(precision.FP32, setting, f"auto: fp32, this model runs in {only} only", cpu)
+    if cpu.native:
+        return _choice(
+            precision.BF16, setting, f"auto: bf16, the CPU has {cpu.native} ({cpu.words()})", cpu
+        )
+    reason = f"auto: fp32, no native bf16 on this CPU ({cpu.words()})"
+    return _choice(precision.FP32, setting, reason, cpu)
+
+
+def _choice(dtype: str, setting: str, reason: str, cpu: CpuBf16) -> precision.DtypeChoice:
+    return precision.DtypeChoice(dtype, setting, reason, cpu.features, cpu.capability)
+
+
+def _off_cpu(setting: str, device: str) -> precision.DtypeChoice:
+    """On a GPU the CPU's flags say nothing: auto stays fp32, a set dtype is taken."""
+    if setting == precision.AUTO:
+        reason = f"auto: fp32 on {device} (auto chooses by CPU features; set dtype on a GPU)"
+        return precision.DtypeChoice(precision.FP32, setting, reason)
+    return precision.DtypeChoice(setting, setting, f"set: dtype={setting}")
+
+
+def _set_reason(dtype: str, cpu: CpuBf16) -> str:
+    if dtype == precision.BF16 and not cpu.native:
+        return (
+            f"set: dtype={dtype}; no native bf16 on this CPU ({cpu.words()}): torch emulates "
+            "it, slower than fp32"
+        )
+    return f"set: dtype={dtype}"
