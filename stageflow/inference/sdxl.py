@@ -36,6 +36,7 @@ from stageflow.inference.sd_parts import (
     quiet_hub_progress,
     vae_parts,
 )
+from stageflow.inference.step_cache import StepCache
 
 SDXL_FAMILY = "sdxl"
 # diffusers' StableDiffusionXLImg2ImgPipeline defaults.
@@ -169,5 +170,6 @@ def load_sdxl_parts(folder: Path, device: str = "cpu") -> DiffusionParts:
         ),
         predict_noise=predict_noise,
         family=SDXL_FAMILY,
+        step_cache=StepCache(unet),
         **vae_parts(folder, vae, unet, dev),
     )
