@@ -202,17 +202,21 @@ class CachedPredictor:
 @dataclass(frozen=True)
 class StepCache:
     """What a torch backend's parts offer for step caching: the UNet its
-    partial forward runs over, in the weights' dtype."""
+    partial forward runs over, in the weights' dtype, and the branch depth its
+    cached steps rerun (down_blocks[0..depth]; bench/stepcache.py compares depths)."""
 
     unet: Any
     weights: torch.dtype = torch.float32
+    depth: int = DEFAULT_DEPTH
 
     @property
     def levels(self) -> int:
         return len(self.unet.down_blocks)
 
-    def predictor(self, interval: int, depth: int = DEFAULT_DEPTH) -> CachedPredictor:
+    def predictor(self, interval: int, depth: int | None = None) -> CachedPredictor:
+        """A fresh predictor for one run; `depth` None: this cache's own."""
         if interval < 1:
             raise ValueError(f"cache interval {interval}: must be >= 1")
+        depth = self.depth if depth is None else depth
         check_depth(self.unet, depth)
         return CachedPredictor(self.unet, self.weights, interval, depth)

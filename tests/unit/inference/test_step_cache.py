@@ -88,18 +88,44 @@ def added_inputs(unet: Any) -> dict[str, torch.Tensor] | None:
     }
 
 
-@pytest.mark.parametrize("folder_name", ["sd_folder", "sdxl_folder"])
-@pytest.mark.parametrize("size", [(8, 8), (7, 9)])  # (7, 9): upsample sizes forwarded
-def test_the_partial_forward_with_nothing_cached_is_the_unet(
-    folder_name: str, size: tuple[int, int], request: pytest.FixtureRequest
-) -> None:
+def sd15_shaped_unet() -> Any:
+    """SD 1.5's UNet layout (four levels, two resnets a level, a plain last down
+    block and first up block) at toy widths: the skip bookkeeping of real scale."""
     import torch
     from diffusers import UNet2DConditionModel
 
+    torch.manual_seed(0)
+    return UNet2DConditionModel(
+        sample_size=8,
+        block_out_channels=(16, 16, 32, 32),
+        layers_per_block=2,
+        down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
+        up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
+        cross_attention_dim=16,
+        attention_head_dim=4,
+        norm_num_groups=8,
+    ).eval()
+
+
+def fixture_unet(name: str, request: pytest.FixtureRequest) -> Any:
+    from diffusers import UNet2DConditionModel
+
+    if name == "sd15-shaped":
+        return sd15_shaped_unet()
+    folder: Path = request.getfixturevalue(name)
+    return UNet2DConditionModel.from_pretrained(folder / "unet").eval()
+
+
+@pytest.mark.parametrize("unet_name", ["sd_folder", "sdxl_folder", "sd15-shaped"])
+@pytest.mark.parametrize("size", [(8, 8), (7, 9)])  # (7, 9): upsample sizes forwarded
+def test_the_partial_forward_with_nothing_cached_is_the_unet(
+    unet_name: str, size: tuple[int, int], request: pytest.FixtureRequest
+) -> None:
+    import torch
+
     from stageflow.inference.step_cache import unet_forward
 
-    folder: Path = request.getfixturevalue(folder_name)
-    unet: Any = UNet2DConditionModel.from_pretrained(folder / "unet").eval()
+    unet = fixture_unet(unet_name, request)
     sample, text = unet_inputs(unet, *size)
     added = added_inputs(unet)
     t = torch.tensor(700)

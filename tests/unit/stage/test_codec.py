@@ -116,19 +116,19 @@ def test_describe_lists_what_an_unset_field_takes_model_yaml_first() -> None:
 
 
 def test_cache_interval_passes_through_and_unset_takes_the_default() -> None:
-    def decoded(**fields: int) -> tuple[int, int]:
-        base = stage_codec.params_from_request(
-            stage_pb2.RunRequest(txt2img=stage_pb2.Txt2ImgParams(prompt="x", **fields))
-        )
-        refine = stage_codec.params_from_request(
-            stage_pb2.RunRequest(refine=stage_pb2.RefineParams(prompt="x", **fields))
-        )
+    def decoded(interval: int | None = None) -> tuple[int, int]:
+        base_msg = stage_pb2.Txt2ImgParams(prompt="x")
+        refine_msg = stage_pb2.RefineParams(prompt="x")
+        if interval is not None:
+            base_msg.cache_interval = refine_msg.cache_interval = interval
+        base = stage_codec.params_from_request(stage_pb2.RunRequest(txt2img=base_msg))
+        refine = stage_codec.params_from_request(stage_pb2.RunRequest(refine=refine_msg))
         assert isinstance(base, Txt2ImgParams) and isinstance(refine, RefineParams)
         return base.cache_interval, refine.cache_interval
 
     assert decoded() == (1, 1)  # off
-    assert decoded(cache_interval=3) == (3, 3)
-    assert decoded(cache_interval=0) == (0, 0)  # passed on for the model to refuse
+    assert decoded(3) == (3, 3)
+    assert decoded(0) == (0, 0)  # passed on for the model to refuse
     model_yaml = stage_codec.params_from_request(
         stage_pb2.RunRequest(txt2img=stage_pb2.Txt2ImgParams(prompt="x")), {"cache_interval": 2}
     )
