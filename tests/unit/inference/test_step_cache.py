@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Iterator
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -22,8 +21,6 @@ from stageflow.inference.interface import (
 )
 
 if TYPE_CHECKING:
-    import torch
-
     from stageflow.inference.diffusion import RefineModel, Txt2ImgModel
 
 PROMPT = "epic game hero portrait"
@@ -62,32 +59,6 @@ def refine_image(model: RefineModel, **kwargs: Any) -> np.ndarray:
     return np.asarray(model.run(params, inputs, lambda i, n: None, lambda: False))
 
 
-def unet_inputs(unet: Any, height: int, width: int) -> tuple[torch.Tensor, ...]:
-    """A guided batch of 2: latents and text states."""
-    import torch
-
-    gen = torch.Generator().manual_seed(3)
-    config = unet.config
-    sample = torch.randn(2, config.in_channels, height, width, generator=gen)
-    text = torch.randn(2, 7, config.cross_attention_dim, generator=gen)
-    return sample, text
-
-
-def added_inputs(unet: Any) -> dict[str, torch.Tensor] | None:
-    """SDXL's added embeddings (pooled text, time ids); None for SD."""
-    import torch
-
-    config = unet.config
-    if config.addition_embed_type != "text_time":
-        return None
-    gen = torch.Generator().manual_seed(4)
-    pooled = unet.add_embedding.linear_1.in_features - 6 * config.addition_time_embed_dim
-    return {
-        "text_embeds": torch.randn(2, pooled, generator=gen),
-        "time_ids": torch.tensor([[64.0, 64, 0, 0, 64, 64]] * 2),
-    }
-
-
 def sd15_shaped_unet() -> Any:
     """SD 1.5's UNet layout (four levels, two resnets a level, a plain last down
     block and first up block) at toy widths: the skip bookkeeping of real scale."""
@@ -107,27 +78,36 @@ def sd15_shaped_unet() -> Any:
     ).eval()
 
 
-def fixture_unet(name: str, request: pytest.FixtureRequest) -> Any:
-    from diffusers import UNet2DConditionModel
+def unet_and_conditioning(name: str, request: pytest.FixtureRequest) -> tuple[Any, Any]:
+    """A UNet and a guided batch's conditioning: a loaded fixture model's own
+    (SD text states; SDXL's pooled text and base or refiner time ids), or the
+    SD 1.5-shaped UNet with random text states."""
+    import torch
+
+    from stageflow.inference.sd_parts import Conditioning
 
     if name == "sd15-shaped":
-        return sd15_shaped_unet()
-    folder: Path = request.getfixturevalue(name)
-    return UNet2DConditionModel.from_pretrained(folder / "unet").eval()
+        text = torch.randn(2, 7, 16, generator=torch.Generator().manual_seed(3))
+        return sd15_shaped_unet(), Conditioning(text)
+    parts = request.getfixturevalue(name).parts
+    assert parts.step_cache is not None
+    return parts.step_cache.unet, parts.condition(PROMPT, "blurry", True, (64, 64))
 
 
-@pytest.mark.parametrize("unet_name", ["sd_folder", "sdxl_folder", "sd15-shaped"])
+@pytest.mark.parametrize("name", ["txt2img", "sdxl_base", "sdxl_refiner", "sd15-shaped"])
 @pytest.mark.parametrize("size", [(8, 8), (7, 9)])  # (7, 9): upsample sizes forwarded
 def test_the_partial_forward_with_nothing_cached_is_the_unet(
-    unet_name: str, size: tuple[int, int], request: pytest.FixtureRequest
+    name: str, size: tuple[int, int], request: pytest.FixtureRequest
 ) -> None:
     import torch
 
     from stageflow.inference.step_cache import unet_forward
 
-    unet = fixture_unet(unet_name, request)
-    sample, text = unet_inputs(unet, *size)
-    added = added_inputs(unet)
+    unet, cond = unet_and_conditioning(name, request)
+    sample = torch.randn(
+        2, unet.config.in_channels, *size, generator=torch.Generator().manual_seed(4)
+    )
+    text, added = cond.text, dict(cond.added) or None
     t = torch.tensor(700)
     with torch.inference_mode():
         reference = unet(sample, t, encoder_hidden_states=text, added_cond_kwargs=added)[0]
@@ -254,3 +234,34 @@ def test_requests_of_different_intervals_never_share_a_batch(
         txt2img.run_batch([one, two], [StageInputs()] * 2, lambda i, n: None, lambda: False)
     a, b = (RefineParams(prompt=PROMPT, cache_interval=k) for k in (1, 3))
     assert refine.batch_key(a) != refine.batch_key(b)
+
+
+def test_a_cached_handoff_equals_the_cached_uninterrupted_run(
+    txt2img: Txt2ImgModel, refine: RefineModel
+) -> None:
+    """Base to 0.8 (8 of 10 steps) then refine from 0.8, both at interval 2:
+    the full steps fall where one cached 10-step run has them (0, 2, 4, 6 | 8),
+    so the resumed image is that run's, bit for bit."""
+    common = {"prompt": PROMPT, "steps": 10, "cache_interval": 2}
+    whole = txt2img.run(
+        Txt2ImgParams(width=64, height=64, seed=5, **common),  # type: ignore[arg-type]
+        StageInputs(),
+        lambda i, n: None,
+        lambda: False,
+    )
+    base = txt2img.run_with_report(
+        Txt2ImgParams(width=64, height=64, seed=5, denoising_end=0.8, **common),  # type: ignore[arg-type]
+        StageInputs(),
+        lambda i, n: None,
+        lambda: False,
+    )
+    assert base.latents is not None
+    resumed = refine.run(
+        RefineParams(denoising_start=0.8, **common),  # type: ignore[arg-type]
+        StageInputs(latents=base.latents),
+        lambda i, n: None,
+        lambda: False,
+    )
+    assert np.array_equal(np.asarray(resumed), np.asarray(whole))
+    uncached = txt2img_image(txt2img, steps=10, seed=5)
+    assert not np.array_equal(np.asarray(whole), uncached)
