@@ -127,8 +127,8 @@ k8s-validate: deps ## render every deploy/k8s overlay (kubectl kustomize) and va
 demo: setup ## the reference prompt through base -> upscale -> refine to a PNG under out/
 	$(BIN)/stageflow demo --out out
 
-.PHONY: bench bench-backends bench-serving bench-gateway bench-orchestrators bench-handoff bench-realscale
-bench: bench-backends bench-serving bench-gateway bench-orchestrators bench-handoff ## the benchmark scripts -> docs/benchmarks.md (~45 min)
+.PHONY: bench bench-backends bench-serving bench-gateway bench-orchestrators bench-handoff bench-stepcache bench-realscale
+bench: bench-backends bench-serving bench-gateway bench-orchestrators bench-handoff bench-stepcache ## the benchmark scripts -> docs/benchmarks.md (~45 min)
 
 # Each script rewrites only its own marked section of docs/benchmarks.md.
 bench-backends: deps ## torch vs onnxruntime per part, per stage, cold start (~10 min)
@@ -146,6 +146,9 @@ bench-orchestrators: deps ## jobs/s on SQLite vs PostgreSQL, 1 vs 3 replicas; ta
 
 bench-handoff: deps fixtures ## base -> refine jobs, latent vs PNG hand-off, 64 and 256 px (~4 min)
 	$(PY) bench/handoff.py --out docs/benchmarks.md
+
+bench-stepcache: deps ## step caching (cache_interval 1,2,3,5 x depths): time, PSNR/SSIM, adherence, trained fixture (~2 min)
+	$(PY) bench/stepcache.py --out docs/benchmarks.md
 
 # Not part of `bench`: a random-weight SD 1.5-size folder (~4 GB, built under
 # var/realscale/), ~12 GB of memory and an hour or more on a 2-core CPU.

@@ -17,7 +17,7 @@ from PIL import Image
 
 from stageflow.inference.base import check_cancelled
 from stageflow.inference.interface import CancelledFn, ProgressFn
-from stageflow.inference.sd_parts import Conditioning, DiffusionParts
+from stageflow.inference.sd_parts import Conditioning, DiffusionParts, NoiseFn
 from stageflow.inference.vae_tiling import DecodeShape, VaeTiling, plan_tile, tiled_decode
 
 # (step index, latents after the scheduler step) -> latents to carry on with
@@ -91,6 +91,18 @@ def start_timesteps(scheduler: Any, steps: int, denoising_start: float) -> torch
     return timesteps
 
 
+def noise_predictor(parts: DiffusionParts, cache_interval: int = 1) -> NoiseFn:
+    """The parts' UNet call, or with `cache_interval` > 1 a fresh step-caching
+    predictor for one run (stageflow.inference.step_cache): a full UNet call
+    every `cache_interval` steps. Interval 1 is the plain call, unchanged."""
+    if cache_interval == 1:
+        return parts.predict_noise
+    if parts.step_cache is None:
+        # The stage refuses this at its edge (cache_interval); here as a backstop.
+        raise ValueError("step caching needs the torch backend's UNet blocks")
+    return parts.step_cache.predictor(cache_interval)
+
+
 def denoise(
     parts: DiffusionParts,
     scheduler: Any,
@@ -101,14 +113,18 @@ def denoise(
     progress: ProgressFn,
     cancelled: CancelledFn,
     after_step: AfterStep | None = None,
+    predict_noise: NoiseFn | None = None,
 ) -> torch.Tensor:
+    """The sampling loop; `predict_noise` (default: the parts' UNet call) is
+    what step caching replaces (`noise_predictor`)."""
+    predict = parts.predict_noise if predict_noise is None else predict_noise
     guided = uses_guidance(guidance_scale)
     total = len(timesteps)
     for i, t in enumerate(timesteps):
         check_cancelled(cancelled, i, total)
         model_input = torch.cat([latents] * 2) if guided else latents
         model_input = scheduler.scale_model_input(model_input, t)
-        noise = parts.predict_noise(model_input, t, embeddings)
+        noise = predict(model_input, t, embeddings)
         if guided:
             uncond, cond = noise.chunk(2)
             noise = uncond + guidance_scale * (cond - uncond)

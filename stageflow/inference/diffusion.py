@@ -69,6 +69,26 @@ class _DiffusionModel(LocalModel):
     def _release_weights(self) -> None:
         self._parts = None
 
+    def validate(self, params: StageParams) -> None:
+        self._check_step_cache(getattr(params, "cache_interval", 1))
+        super().validate(params)
+
+    def _check_step_cache(self, interval: int) -> None:
+        """Step caching runs a partial UNet forward over the torch UNet's blocks;
+        a compiled UNet (ONNX Runtime, TensorRT) is one graph: interval 1 only."""
+        if interval != 1 and self._parts is not None and self._parts.step_cache is None:
+            raise InvalidArgument(
+                "cache_interval",
+                f"must be 1 on the {self.backend} backend, got {interval}: step caching "
+                "reruns part of the UNet, which only the torch backend can split",
+            )
+
+    def _param_ranges(self) -> dict[str, tuple[float, float]]:
+        ranges = param_ranges(self.params_type)
+        if self.parts.step_cache is None:
+            ranges["cache_interval"] = (1, 1)
+        return ranges
+
     def _warm_up(self) -> None:
         """Two guided UNet calls and one decode at the native size: the first
         calls at a shape are the slow ones (ONNX Runtime grows its arena, then
@@ -103,7 +123,7 @@ class _DiffusionModel(LocalModel):
             min_side=multiple,
             max_side=self.max_side,
             size_multiple=multiple,
-            param_ranges=param_ranges(self.params_type),
+            param_ranges=self._param_ranges(),
             param_defaults=self._size_defaults(multiple),
             vocabulary=tuple(self._domain.vocabulary) if self._domain else (),
             domain_description=self._domain.description if self._domain else "",
@@ -157,9 +177,13 @@ class Txt2ImgModel(_DiffusionModel):
     def batch_key(self, params: StageParams) -> Hashable | None:
         # Prompts, negative prompts and seeds may differ within a batch.
         assert isinstance(params, Txt2ImgParams)
-        return (params.width, params.height, params.steps, params.guidance_scale) + (
-            (params.denoising_end,) if params.denoising_end < 1 else ()
-        )
+        return (
+            params.width,
+            params.height,
+            params.steps,
+            params.guidance_scale,
+            params.cache_interval,
+        ) + ((params.denoising_end,) if params.denoising_end < 1 else ())
 
     def run_batch(
         self,
@@ -179,7 +203,9 @@ class Txt2ImgModel(_DiffusionModel):
             self.validate(params)
             if self.batch_key(params) != self.batch_key(first):
                 raise InvalidArgument(
-                    "params", "a batch needs equal width, height, steps, guidance, denoising_end"
+                    "params",
+                    "a batch needs equal width, height, steps, guidance, cache_interval, "
+                    "denoising_end",
                 )
         return self._generate(batch, progress, cancelled)
 
@@ -213,6 +239,7 @@ class Txt2ImgModel(_DiffusionModel):
                 first.guidance_scale,
                 progress,
                 cancelled,
+                predict_noise=loop.noise_predictor(parts, first.cache_interval),
             )
             if first.denoising_end < 1:
                 return [StageOutput(self._latents(one, first)) for one in latents.split(1)]
@@ -323,7 +350,13 @@ class RefineModel(_DiffusionModel):
         assert isinstance(params, RefineParams)
         if params.text or params.denoising_start > 0:
             return None
-        return (params.mode, params.steps, params.strength, params.guidance_scale)
+        return (
+            params.mode,
+            params.steps,
+            params.strength,
+            params.guidance_scale,
+            params.cache_interval,
+        )
 
     def run_batch(
         self,
@@ -344,7 +377,9 @@ class RefineModel(_DiffusionModel):
             self.validate_inputs(params, inputs)
             if key is None or self.batch_key(params) != key:
                 raise InvalidArgument(
-                    "params", "a batch needs no text and equal mode, steps, strength, guidance"
+                    "params",
+                    "a batch needs no text and equal mode, steps, strength, guidance, "
+                    "cache_interval",
                 )
         images = [inputs.image.convert("RGB") for inputs in inputs_list if inputs.image]
         pixel_masks = [
@@ -478,6 +513,7 @@ class RefineModel(_DiffusionModel):
                 progress,
                 cancelled,
                 after_step,
+                loop.noise_predictor(parts, first.cache_interval),
             )
             decoded = [loop.decode_image(parts, one, self.vae_tiling) for one in latents.split(1)]
         return [
@@ -538,6 +574,7 @@ class RefineModel(_DiffusionModel):
                 params.guidance_scale,
                 progress,
                 cancelled,
+                predict_noise=loop.noise_predictor(parts, params.cache_interval),
             )
             return loop.decode_image(parts, out, self.vae_tiling)
 

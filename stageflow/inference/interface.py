@@ -75,6 +75,12 @@ def bounded(lo: float, hi: float) -> dict[str, Any]:
     return {"range": (lo, hi)}
 
 
+# Step caching (stageflow.inference.step_cache): a full UNet evaluation every
+# `cache_interval` steps, the shallow branch over cached deep features between;
+# 1 is off. Past 10 nearly every step reuses one full step's features.
+CACHE_INTERVAL_RANGE = (1, 10)
+
+
 @stage_params(StageKind.TXT2IMG)
 @dataclass(frozen=True)
 class Txt2ImgParams:
@@ -89,6 +95,8 @@ class Txt2ImgParams:
     # the stage stops there and outputs its latents, not an image, for a
     # refine stage to continue from (latent hand-off: RefineParams.denoising_start).
     denoising_end: float = field(default=1.0, metadata=bounded(0.01, 1.0))
+    # Step caching: a full UNet call every `cache_interval` steps; 1: off.
+    cache_interval: int = field(default=1, metadata=bounded(*CACHE_INTERVAL_RANGE))
 
 
 class RefineMode(enum.StrEnum):
@@ -156,6 +164,8 @@ class RefineParams:
     max_cer: float = field(default=0.0, metadata=bounded(0.0, 1.0))
     # Harmonising passes (seed, seed + 1, ...) before falling back to the exact render.
     max_attempts: int = field(default=3, metadata=bounded(1, 10))
+    # Step caching, as Txt2ImgParams.cache_interval; 1: off.
+    cache_interval: int = field(default=1, metadata=bounded(*CACHE_INTERVAL_RANGE))
 
     def __post_init__(self) -> None:
         if self.strength is None:

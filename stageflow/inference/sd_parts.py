@@ -30,9 +30,12 @@ import json
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
+
+if TYPE_CHECKING:
+    from stageflow.inference.step_cache import StepCache
 
 SD_FAMILY = "sd"
 
@@ -113,6 +116,9 @@ class DiffusionParts:
     # The diffusion family (a key's value of DIFFUSION_FAMILIES: "sd", "sdxl"):
     # with the VAE's numbers, what makes two models' latents interchangeable.
     family: str = SD_FAMILY
+    # The UNet as blocks, for step caching (torch only; None: a compiled UNet,
+    # one graph with no block boundary to stop at, so cache_interval must be 1).
+    step_cache: StepCache | None = None
 
 
 @contextlib.contextmanager
@@ -274,6 +280,8 @@ def load_sd_parts(folder: Path, device: str = "cpu", dtype: str = "fp32") -> Dif
         )[0]
         return out.float()
 
+    from stageflow.inference.step_cache import StepCache
+
     return DiffusionParts(
         tokenize=tokenize,
         encode_text=encode_text,
@@ -281,4 +289,5 @@ def load_sd_parts(folder: Path, device: str = "cpu", dtype: str = "fp32") -> Dif
         predict_noise=predict_noise,
         **vae_parts(folder, vae, unet, dev),
         weights_dtype=dtype,
+        step_cache=StepCache(unet, weights),
     )

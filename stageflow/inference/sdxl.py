@@ -37,6 +37,7 @@ from stageflow.inference.sd_parts import (
     torch_dtype,
     vae_parts,
 )
+from stageflow.inference.step_cache import StepCache
 
 SDXL_FAMILY = "sdxl"
 # diffusers' StableDiffusionXLImg2ImgPipeline defaults.
@@ -174,6 +175,7 @@ def load_sdxl_parts(folder: Path, device: str = "cpu", dtype: str = "fp32") -> D
         ),
         predict_noise=predict_noise,
         family=SDXL_FAMILY,
+        step_cache=StepCache(unet),
         **vae_parts(folder, vae, unet, dev),
         weights_dtype=dtype,
     )

@@ -77,7 +77,14 @@ def _refine(
     copy_set_fields(
         opts,
         params,
-        ("strength", "steps", "guidance_scale", "inpaint_mask_blur", "denoising_start"),
+        (
+            "strength",
+            "steps",
+            "guidance_scale",
+            "inpaint_mask_blur",
+            "denoising_start",
+            "cache_interval",
+        ),
     )
     if text:
         # The typography pass: the stage draws `text` and inpaints its own mask.
@@ -157,6 +164,7 @@ BASE = Kind(
         "steps": Limit(ge=1),
         "guidance_scale": Limit(ge=0),
         "denoising_end": Limit(gt=0, le=1),
+        "cache_interval": Limit(ge=1, le=10),
     },
     inputs=(),
     model_family="sd-txt2img",
@@ -190,6 +198,7 @@ REFINE = Kind(
         "max_cer": Limit(ge=0, le=1),
         "max_attempts": Limit(ge=1),
         "denoising_start": Limit(ge=0, le=0.99),
+        "cache_interval": Limit(ge=1, le=10),
     },
     model_family="sd-refine",
     model_folder="tiny-sd",

@@ -65,17 +65,19 @@ class PromptBundle(_message.Message):
     def __init__(self, base: _Optional[str] = ..., style: _Optional[str] = ..., overlay_text: _Optional[str] = ..., negative_prompt: _Optional[str] = ...) -> None: ...
 
 class BaseOptions(_message.Message):
-    __slots__ = ("steps", "guidance_scale", "denoising_end")
+    __slots__ = ("steps", "guidance_scale", "denoising_end", "cache_interval")
     STEPS_FIELD_NUMBER: _ClassVar[int]
     GUIDANCE_SCALE_FIELD_NUMBER: _ClassVar[int]
     DENOISING_END_FIELD_NUMBER: _ClassVar[int]
+    CACHE_INTERVAL_FIELD_NUMBER: _ClassVar[int]
     steps: int
     guidance_scale: float
     denoising_end: float
-    def __init__(self, steps: _Optional[int] = ..., guidance_scale: _Optional[float] = ..., denoising_end: _Optional[float] = ...) -> None: ...
+    cache_interval: int
+    def __init__(self, steps: _Optional[int] = ..., guidance_scale: _Optional[float] = ..., denoising_end: _Optional[float] = ..., cache_interval: _Optional[int] = ...) -> None: ...
 
 class RefineOptions(_message.Message):
-    __slots__ = ("mode", "strength", "steps", "guidance_scale", "seed", "inpaint_mask_blur", "mask_box", "text_placement", "text_color", "text_stroke", "text_shadow", "max_cer", "max_attempts", "denoising_start")
+    __slots__ = ("mode", "strength", "steps", "guidance_scale", "seed", "inpaint_mask_blur", "mask_box", "text_placement", "text_color", "text_stroke", "text_shadow", "max_cer", "max_attempts", "denoising_start", "cache_interval")
     MODE_FIELD_NUMBER: _ClassVar[int]
     STRENGTH_FIELD_NUMBER: _ClassVar[int]
     STEPS_FIELD_NUMBER: _ClassVar[int]
@@ -90,6 +92,7 @@ class RefineOptions(_message.Message):
     MAX_CER_FIELD_NUMBER: _ClassVar[int]
     MAX_ATTEMPTS_FIELD_NUMBER: _ClassVar[int]
     DENOISING_START_FIELD_NUMBER: _ClassVar[int]
+    CACHE_INTERVAL_FIELD_NUMBER: _ClassVar[int]
     mode: _stage_pb2.RefineMode
     strength: float
     steps: int
@@ -104,7 +107,8 @@ class RefineOptions(_message.Message):
     max_cer: float
     max_attempts: int
     denoising_start: float
-    def __init__(self, mode: _Optional[_Union[_stage_pb2.RefineMode, str]] = ..., strength: _Optional[float] = ..., steps: _Optional[int] = ..., guidance_scale: _Optional[float] = ..., seed: _Optional[int] = ..., inpaint_mask_blur: _Optional[int] = ..., mask_box: _Optional[_Union[_stage_pb2.Box, _Mapping]] = ..., text_placement: _Optional[_Union[_stage_pb2.TextPlacement, str]] = ..., text_color: _Optional[str] = ..., text_stroke: _Optional[float] = ..., text_shadow: _Optional[bool] = ..., max_cer: _Optional[float] = ..., max_attempts: _Optional[int] = ..., denoising_start: _Optional[float] = ...) -> None: ...
+    cache_interval: int
+    def __init__(self, mode: _Optional[_Union[_stage_pb2.RefineMode, str]] = ..., strength: _Optional[float] = ..., steps: _Optional[int] = ..., guidance_scale: _Optional[float] = ..., seed: _Optional[int] = ..., inpaint_mask_blur: _Optional[int] = ..., mask_box: _Optional[_Union[_stage_pb2.Box, _Mapping]] = ..., text_placement: _Optional[_Union[_stage_pb2.TextPlacement, str]] = ..., text_color: _Optional[str] = ..., text_stroke: _Optional[float] = ..., text_shadow: _Optional[bool] = ..., max_cer: _Optional[float] = ..., max_attempts: _Optional[int] = ..., denoising_start: _Optional[float] = ..., cache_interval: _Optional[int] = ...) -> None: ...
 
 class UpscaleOptions(_message.Message):
     __slots__ = ("mode", "tile_size", "tile_overlap")

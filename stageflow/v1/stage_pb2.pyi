@@ -39,7 +39,7 @@ UPSCALE_MODE_LEARNED: UpscaleMode
 UPSCALE_MODE_LANCZOS: UpscaleMode
 
 class Txt2ImgParams(_message.Message):
-    __slots__ = ("prompt", "negative_prompt", "width", "height", "steps", "guidance_scale", "seed", "denoising_end")
+    __slots__ = ("prompt", "negative_prompt", "width", "height", "steps", "guidance_scale", "seed", "denoising_end", "cache_interval")
     PROMPT_FIELD_NUMBER: _ClassVar[int]
     NEGATIVE_PROMPT_FIELD_NUMBER: _ClassVar[int]
     WIDTH_FIELD_NUMBER: _ClassVar[int]
@@ -48,6 +48,7 @@ class Txt2ImgParams(_message.Message):
     GUIDANCE_SCALE_FIELD_NUMBER: _ClassVar[int]
     SEED_FIELD_NUMBER: _ClassVar[int]
     DENOISING_END_FIELD_NUMBER: _ClassVar[int]
+    CACHE_INTERVAL_FIELD_NUMBER: _ClassVar[int]
     prompt: str
     negative_prompt: str
     width: int
@@ -56,7 +57,8 @@ class Txt2ImgParams(_message.Message):
     guidance_scale: float
     seed: int
     denoising_end: float
-    def __init__(self, prompt: _Optional[str] = ..., negative_prompt: _Optional[str] = ..., width: _Optional[int] = ..., height: _Optional[int] = ..., steps: _Optional[int] = ..., guidance_scale: _Optional[float] = ..., seed: _Optional[int] = ..., denoising_end: _Optional[float] = ...) -> None: ...
+    cache_interval: int
+    def __init__(self, prompt: _Optional[str] = ..., negative_prompt: _Optional[str] = ..., width: _Optional[int] = ..., height: _Optional[int] = ..., steps: _Optional[int] = ..., guidance_scale: _Optional[float] = ..., seed: _Optional[int] = ..., denoising_end: _Optional[float] = ..., cache_interval: _Optional[int] = ...) -> None: ...
 
 class Box(_message.Message):
     __slots__ = ("left", "top", "right", "bottom")
@@ -71,7 +73,7 @@ class Box(_message.Message):
     def __init__(self, left: _Optional[float] = ..., top: _Optional[float] = ..., right: _Optional[float] = ..., bottom: _Optional[float] = ...) -> None: ...
 
 class RefineParams(_message.Message):
-    __slots__ = ("prompt", "negative_prompt", "mode", "strength", "steps", "guidance_scale", "seed", "inpaint_mask_blur", "mask_box", "text", "text_placement", "text_box", "text_color", "text_stroke", "text_shadow", "max_cer", "max_attempts", "denoising_start")
+    __slots__ = ("prompt", "negative_prompt", "mode", "strength", "steps", "guidance_scale", "seed", "inpaint_mask_blur", "mask_box", "text", "text_placement", "text_box", "text_color", "text_stroke", "text_shadow", "max_cer", "max_attempts", "denoising_start", "cache_interval")
     PROMPT_FIELD_NUMBER: _ClassVar[int]
     NEGATIVE_PROMPT_FIELD_NUMBER: _ClassVar[int]
     MODE_FIELD_NUMBER: _ClassVar[int]
@@ -90,6 +92,7 @@ class RefineParams(_message.Message):
     MAX_CER_FIELD_NUMBER: _ClassVar[int]
     MAX_ATTEMPTS_FIELD_NUMBER: _ClassVar[int]
     DENOISING_START_FIELD_NUMBER: _ClassVar[int]
+    CACHE_INTERVAL_FIELD_NUMBER: _ClassVar[int]
     prompt: str
     negative_prompt: str
     mode: RefineMode
@@ -108,7 +111,8 @@ class RefineParams(_message.Message):
     max_cer: float
     max_attempts: int
     denoising_start: float
-    def __init__(self, prompt: _Optional[str] = ..., negative_prompt: _Optional[str] = ..., mode: _Optional[_Union[RefineMode, str]] = ..., strength: _Optional[float] = ..., steps: _Optional[int] = ..., guidance_scale: _Optional[float] = ..., seed: _Optional[int] = ..., inpaint_mask_blur: _Optional[int] = ..., mask_box: _Optional[_Union[Box, _Mapping]] = ..., text: _Optional[str] = ..., text_placement: _Optional[_Union[TextPlacement, str]] = ..., text_box: _Optional[_Union[Box, _Mapping]] = ..., text_color: _Optional[str] = ..., text_stroke: _Optional[float] = ..., text_shadow: _Optional[bool] = ..., max_cer: _Optional[float] = ..., max_attempts: _Optional[int] = ..., denoising_start: _Optional[float] = ...) -> None: ...
+    cache_interval: int
+    def __init__(self, prompt: _Optional[str] = ..., negative_prompt: _Optional[str] = ..., mode: _Optional[_Union[RefineMode, str]] = ..., strength: _Optional[float] = ..., steps: _Optional[int] = ..., guidance_scale: _Optional[float] = ..., seed: _Optional[int] = ..., inpaint_mask_blur: _Optional[int] = ..., mask_box: _Optional[_Union[Box, _Mapping]] = ..., text: _Optional[str] = ..., text_placement: _Optional[_Union[TextPlacement, str]] = ..., text_box: _Optional[_Union[Box, _Mapping]] = ..., text_color: _Optional[str] = ..., text_stroke: _Optional[float] = ..., text_shadow: _Optional[bool] = ..., max_cer: _Optional[float] = ..., max_attempts: _Optional[int] = ..., denoising_start: _Optional[float] = ..., cache_interval: _Optional[int] = ...) -> None: ...
 
 class UpscaleParams(_message.Message):
     __slots__ = ("mode", "tile_size", "tile_overlap")

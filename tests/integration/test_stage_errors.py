@@ -70,6 +70,8 @@ BAD_BASE = [
     ("guidance_scale", {"guidance_scale": 0.5}),
     ("guidance_scale", {"guidance_scale": 100.0}),
     ("seed", {"seed": -1}),
+    ("cache_interval", {"cache_interval": 0}),
+    ("cache_interval", {"cache_interval": 11}),
 ]
 BAD_REFINE = [
     ("prompt", {"prompt": ""}),
@@ -81,6 +83,8 @@ BAD_REFINE = [
     ("seed", {"seed": -5}),
     ("inpaint_mask_blur", {"inpaint_mask_blur": -1}),
     ("inpaint_mask_blur", {"inpaint_mask_blur": 1000}),
+    ("cache_interval", {"cache_interval": 0}),
+    ("cache_interval", {"cache_interval": 11}),
     ("mode", {"mode": 9}),
     (
         "mask_box",

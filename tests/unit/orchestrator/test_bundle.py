@@ -180,3 +180,14 @@ def test_submit_field_names_what_the_caller_wrote() -> None:
     with_seed = _request(refine=orchestrator_pb2.RefineOptions(seed=1))
     assert submit_field("refine", "seed", with_seed) == "refine.seed"
     assert submit_field("upscale", "tile_size", _request()) == "upscale.tile_size"
+
+
+def test_step_caching_is_a_job_option_of_base_and_refine() -> None:
+    request = _request(
+        base=orchestrator_pb2.BaseOptions(cache_interval=2),
+        refine=orchestrator_pb2.RefineOptions(cache_interval=3),
+    )
+    assert build_run_request("base", request).txt2img.cache_interval == 2
+    assert build_run_request("refine", request).refine.cache_interval == 3
+    unset = build_run_request("base", _request()).txt2img
+    assert not unset.HasField("cache_interval")  # the stage's default: off

@@ -67,8 +67,13 @@ def _set_text(run: stage_pb2.RunRequest) -> None:
     run.refine.text = "Chapter Two"
 
 
+def _set_cache_interval(run: stage_pb2.RunRequest) -> None:
+    run.refine.cache_interval = 2  # step caching: other pixels
+
+
 @pytest.mark.parametrize(
-    "change", [_set_seed, _set_guidance, _set_prompt, _set_input, _set_mask, _set_text]
+    "change",
+    [_set_seed, _set_guidance, _set_prompt, _set_input, _set_mask, _set_text, _set_cache_interval],
 )
 def test_each_request_input_changes_the_key(change: Callable[[stage_pb2.RunRequest], None]) -> None:
     run = _run()

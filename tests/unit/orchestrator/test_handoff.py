@@ -212,3 +212,25 @@ def test_a_job_from_an_upload_cannot_resume_latents() -> None:
     assert "uploaded image" in err.value.message
     runs["refine"].refine.denoising_start = 0
     check_handoff(pipeline, runs, {}, request)
+
+
+@pytest.mark.parametrize(
+    ("options", "field", "needle"),
+    [
+        ({"base": S.BaseOptions(cache_interval=0)}, "base.cache_interval", ">= 1, got 0"),
+        ({"refine": S.RefineOptions(cache_interval=11)}, "refine.cache_interval", "10, got 11"),
+    ],
+)
+async def test_submit_checks_the_step_cache_range(
+    tmp_path: Path, jobs: SqliteJobStore, options: dict[str, object], field: str, needle: str
+) -> None:
+    space = "sd/4ch/8x/0.18215"
+    runner = await _runner(tmp_path, jobs, space, space)
+    try:
+        with pytest.raises(InvalidArgument) as err:
+            await runner.submit(_request(validate_only=True, **options))
+        assert err.value.field == field and needle in err.value.message, err.value.message
+        ok = {name: type(opts)(cache_interval=2) for name, opts in options.items()}
+        assert (await runner.submit(_request(validate_only=True, **ok))).stages
+    finally:
+        await runner.close()

@@ -140,3 +140,23 @@ def test_describe_and_model_info_carry_the_dtype_choice_and_the_cpu() -> None:
         ["avx512f", "avx512_bf16"],
         "AVX512",
     )
+
+
+def test_cache_interval_passes_through_and_unset_takes_the_default() -> None:
+    def decoded(interval: int | None = None) -> tuple[int, int]:
+        base_msg = stage_pb2.Txt2ImgParams(prompt="x")
+        refine_msg = stage_pb2.RefineParams(prompt="x")
+        if interval is not None:
+            base_msg.cache_interval = refine_msg.cache_interval = interval
+        base = stage_codec.params_from_request(stage_pb2.RunRequest(txt2img=base_msg))
+        refine = stage_codec.params_from_request(stage_pb2.RunRequest(refine=refine_msg))
+        assert isinstance(base, Txt2ImgParams) and isinstance(refine, RefineParams)
+        return base.cache_interval, refine.cache_interval
+
+    assert decoded() == (1, 1)  # off
+    assert decoded(3) == (3, 3)
+    assert decoded(0) == (0, 0)  # passed on for the model to refuse
+    model_yaml = stage_codec.params_from_request(
+        stage_pb2.RunRequest(txt2img=stage_pb2.Txt2ImgParams(prompt="x")), {"cache_interval": 2}
+    )
+    assert isinstance(model_yaml, Txt2ImgParams) and model_yaml.cache_interval == 2
