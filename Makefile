@@ -127,6 +127,10 @@ k8s-validate: deps ## render every deploy/k8s overlay (kubectl kustomize) and va
 demo: setup ## the reference prompt through base -> upscale -> refine to a PNG under out/
 	$(BIN)/stageflow demo --out out
 
+.PHONY: bench-perimage
+bench-perimage: deps ## the real-scale job through the services, fp32 eager vs bf16 (+ step caching): per-image time (~20 min; needs bench/realscale.py build)
+	$(PY) bench/perimage.py --out docs/benchmarks.md
+
 .PHONY: bench bench-backends bench-serving bench-gateway bench-orchestrators bench-handoff bench-stepcache bench-realscale
 bench: bench-backends bench-serving bench-gateway bench-orchestrators bench-handoff bench-stepcache ## the benchmark scripts -> docs/benchmarks.md (~45 min)
 
