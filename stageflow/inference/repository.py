@@ -365,10 +365,15 @@ def _diffusers_sides(unet: Mapping[str, Any], vae: Mapping[str, Any]) -> tuple[i
 
 def native_side(folder: Path) -> int | None:
     """The side a diffusers folder's UNet was trained at (its txt2img default
-    width and height); None for a folder without the two configs."""
+    width and height), from its two configs, or from an ONNX export's manifest
+    (`native_side`, recorded at export); None when neither says."""
     unet, vae = folder / "unet" / "config.json", folder / "vae" / "config.json"
     if not (unet.is_file() and vae.is_file()):
-        return None
+        manifest = folder / "onnx_model.json"  # stageflow.inference.onnx.layout.MANIFEST
+        if not manifest.is_file():
+            return None
+        side = _read_json(manifest).get("config", {}).get("native_side")
+        return int(side) if side else None
     return _diffusers_sides(_read_json(unet), _read_json(vae))[1]
 
 

@@ -47,6 +47,7 @@ from torch import nn
 
 from stageflow.inference import precision
 from stageflow.inference.onnx import layout
+from stageflow.inference.repository import native_side
 
 EXPORTER = "torch.onnx (TorchScript, dynamo=False)"
 # Protobuf's hard limit is 2 GiB; keep weights outside the graph well before it.
@@ -286,6 +287,11 @@ def _export_sd(src: Path, out: Path, *, fp16: bool, opset: int) -> ExportResult:
         "text_hidden_size": hidden,
         "vae_base_channels": int(vae.config.block_out_channels[0]),
     }
+    # The size the UNet was trained at: the export's default size and warm-up
+    # size, as the diffusers folder's configs say for torch.
+    native = native_side(src)
+    if native is not None:
+        config["native_side"] = native
     return layout.KIND_SD, config, (layout.UNET,) if fp16 else ()
 
 

@@ -202,3 +202,21 @@ def test_auto_on_a_compiled_model_is_its_exports_dtype(sd_export: ExportReport) 
     assert identity.dtype_reason == "auto: fp32, the export's own dtype"
     assert identity.fingerprint == sd_export.fingerprint
     assert identity.cpu_features == ()
+
+
+def test_the_export_keeps_the_native_size_for_defaults_and_warm_up(
+    sd_folder: Path, sd_export: ExportReport
+) -> None:
+    from stageflow.inference.registry import create_model
+    from stageflow.inference.repository import native_side
+
+    # No unet/ and vae/ configs in an export: the manifest carries the size,
+    # or a request without a size (and the warm-up) would get another one.
+    assert native_side(sd_export.folder) == native_side(sd_folder) is not None
+    model = create_model("sd-txt2img", sd_export.folder, backend="onnxruntime", torch_threads=1)
+    model.load()
+    try:
+        defaults = model.describe().param_defaults
+        assert defaults["width"] == defaults["height"] == native_side(sd_folder)
+    finally:
+        model.unload()
