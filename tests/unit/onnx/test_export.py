@@ -26,6 +26,7 @@ def test_manifest_records_settings_digests_and_fingerprint(sd_export: ExportRepo
         "max_token_length": 77,
         "text_hidden_size": 32,
         "vae_base_channels": 8,
+        "native_side": 128,  # the tiny fixture's UNet sample_size 16 x the VAE's 8
     }
     assert {"unet.onnx", "tokenizer/vocab.json", "scheduler/scheduler_config.json"} <= set(
         raw["files"]
