@@ -17,6 +17,7 @@ from typing import Any
 import grpc
 
 from stageflow import kinds
+from stageflow.core import collector
 from stageflow.core.errors import StageflowError
 from stageflow.core.logging import configure_logging, get_logger
 from stageflow.inference.digests import DigestCache
@@ -66,6 +67,7 @@ def run_stage(
     stage: str, create_model: ModelFactory, argv: Sequence[str] | None = None, **defaults: Any
 ) -> None:
     """Serve the stage kind `stage`; `defaults` replace its declared ones."""
+    collector.pause()  # until the first model is loaded (stageflow.core.collector)
     kind = kinds.get(stage)
     codec.install()  # the model layer learns each kind's params type and families
     settings = load_settings(
@@ -123,6 +125,7 @@ def run_stage(
 
     async def startup() -> None:
         model = await holder.swap(initial_model)
+        collector.resume()
         plane.ready = True
         identity = model.describe().identity
         log.info(

@@ -17,6 +17,7 @@ from collections.abc import Callable
 from types import TracebackType
 from typing import Any
 
+from stageflow.core import collector
 from stageflow.core.errors import Unavailable
 from stageflow.core.logging import get_logger
 from stageflow.inference.interface import StageModel
@@ -115,7 +116,7 @@ class ModelHolder:
 
     def _unload(self, slot: _Slot) -> None:
         model = _name(slot.model)
-        future = asyncio.get_running_loop().run_in_executor(None, slot.model.unload)
+        future = asyncio.get_running_loop().run_in_executor(None, _unload, slot.model)
         self._background.add(future)
         future.add_done_callback(self._background.discard)
         future.add_done_callback(lambda f: _log_unloaded(f, model))
@@ -127,6 +128,11 @@ class ModelHolder:
         if self._current is not None:
             slot, self._current = self._current, None
             await asyncio.to_thread(slot.model.unload)
+
+
+def _unload(model: StageModel) -> None:
+    model.unload()
+    collector.release()  # its objects may sit in the frozen generation since the start
 
 
 def _name(model: StageModel) -> str:

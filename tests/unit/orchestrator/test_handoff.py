@@ -174,63 +174,48 @@ async def test_submit_refuses_stages_of_different_latent_spaces(
 
 
 @pytest.mark.parametrize(
-    ("options", "field", "needle"),
+    ("stage", "options", "bad", "needle"),
     [
-        # The job turns the refine stage's resume off: base's latents would be lost.
-        ({"refine": S.RefineOptions(denoising_start=0)}, "refine.denoising_start", "must be set"),
-        # The job has the base make an image: nothing to resume.
-        ({"base": S.BaseOptions(denoising_end=1)}, "refine.denoising_start", "outputs an image"),
-        # The job's own order puts the upscaler after the hand-off.
-        ({"stages": ["base", "upscale"]}, "base.denoising_end", "upscale, reads images"),
+        ("base", S.BaseOptions, 0, ">= 1, got 0"),
+        ("refine", S.RefineOptions, 11, "10, got 11"),
     ],
 )
-async def test_submit_checks_the_jobs_own_handoff(
-    tmp_path: Path, jobs: SqliteJobStore, options: dict[str, object], field: str, needle: str
+async def test_submit_checks_the_step_cache_range(
+    tmp_path: Path,
+    jobs: SqliteJobStore,
+    stage: str,
+    options: type[S.BaseOptions] | type[S.RefineOptions],
+    bad: int,
+    needle: str,
 ) -> None:
     space = "sd/4ch/8x/0.18215"
     runner = await _runner(tmp_path, jobs, space, space)
     try:
-        assert (await runner.submit(_request(validate_only=True))).stages
         with pytest.raises(InvalidArgument) as err:
-            await runner.submit(_request(validate_only=True, **options))
-        assert err.value.field == field and needle in err.value.message, err.value.message
+            await runner.submit(
+                _request(validate_only=True, **{stage: options(cache_interval=bad)})
+            )
+        assert err.value.field == f"{stage}.cache_interval", err.value.field
+        assert needle in err.value.message, err.value.message
+        ok = {stage: options(cache_interval=2)}
+        assert (await runner.submit(_request(validate_only=True, **ok))).stages
     finally:
         await runner.close()
 
 
 def test_a_job_from_an_upload_cannot_resume_latents() -> None:
-    # An upload skips the base: the refine stage's first input is an image.
+    # Without a base there is nothing to resume from: the upload is an image.
+    request = S.SubmitJobRequest(
+        input_image="upload-1", refine=S.RefineOptions(denoising_start=0.8)
+    )
     runs = {
         "refine": stage_pb2.RunRequest(refine=stage_pb2.RefineParams(denoising_start=0.8)),
-        "upscale": stage_pb2.RunRequest(upscale=stage_pb2.UpscaleParams()),
+        "upscale": stage_pb2.RunRequest(),
     }
-    request = S.SubmitJobRequest(input_image="a" * 64 + ".png")
-    pipeline = ("base", "refine", "upscale")
     with pytest.raises(InvalidArgument) as err:
-        check_handoff(pipeline, runs, {}, request)
-    assert err.value.field == "refine.denoising_start"
-    assert "uploaded image" in err.value.message
-    runs["refine"].refine.denoising_start = 0
-    check_handoff(pipeline, runs, {}, request)
-
-
-@pytest.mark.parametrize(
-    ("options", "field", "needle"),
-    [
-        ({"base": S.BaseOptions(cache_interval=0)}, "base.cache_interval", ">= 1, got 0"),
-        ({"refine": S.RefineOptions(cache_interval=11)}, "refine.cache_interval", "10, got 11"),
-    ],
-)
-async def test_submit_checks_the_step_cache_range(
-    tmp_path: Path, jobs: SqliteJobStore, options: dict[str, object], field: str, needle: str
-) -> None:
-    space = "sd/4ch/8x/0.18215"
-    runner = await _runner(tmp_path, jobs, space, space)
-    try:
-        with pytest.raises(InvalidArgument) as err:
-            await runner.submit(_request(validate_only=True, **options))
-        assert err.value.field == field and needle in err.value.message, err.value.message
-        ok = {name: type(opts)(cache_interval=2) for name, opts in options.items()}
-        assert (await runner.submit(_request(validate_only=True, **ok))).stages
-    finally:
-        await runner.close()
+        check_handoff(("base", "refine", "upscale"), runs, {}, request)
+    assert err.value.field == "refine.denoising_start", err.value.field
+    assert "uploaded image" in err.value.message, err.value.message
+    # The same job at denoising_start 0 reads the image: accepted.
+    runs["refine"] = stage_pb2.RunRequest(refine=stage_pb2.RefineParams(denoising_start=0.0))
+    check_handoff(("base", "refine", "upscale"), runs, {}, S.SubmitJobRequest(input_image="u"))
