@@ -23,6 +23,8 @@ recorded so far, and says which were not measured):
   cold-torch    base stage process to SERVING, torch: digest cache empty / warm
   steps-torch   UNet step at 512 px with guidance (batch 2): per step, FLOPs, RSS
   steps-bf16    the same with dtype bf16
+  parts-dtype   each part (text encoder, UNet step, VAE decode and encode at
+                512 px) in fp32 and in bf16, alternated in one process
   parity        the base stage's run vs diffusers' StableDiffusionPipeline in one
                 process: per step, and whether the images are bit-identical
   quality-bf16  the same images (4 steps, 512 px) from the stage model in fp32 and
@@ -34,6 +36,9 @@ recorded so far, and says which were not measured):
                 saved optimised ones, digest cache warm; with and without warm-up
   steps-onnx    UNet steps at 512 px with guidance: first steps and steady ones,
                 with and without warm-up; peak RSS against torch's
+  ort-memory    the UNet's ONNX Runtime session alone under each memory setting
+                (arena, memory patterns, weight prepacking): RSS after creation,
+                peak over two guided steps at 512 px, step times
 
 Every measurement that is a process's cost (RSS, cold start) runs in a process
 of its own; results accumulate in var/realscale/results.json.
@@ -59,7 +64,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.report import machine, table, utc_now, verdict, write_section  # noqa: E402
+from bench.report import fmt_ratio, machine, table, utc_now, verdict, write_section  # noqa: E402
 
 SECTION = "bench/realscale.py"
 WORK = ROOT / "var" / "realscale"
@@ -78,12 +83,14 @@ PHASES = (
     "cold-torch",
     "steps-torch",
     "steps-bf16",
+    "parts-dtype",
     "parity",
     "quality-bf16",
     "vae",
     "export",
     "cold-onnx",
     "steps-onnx",
+    "ort-memory",
 )
 
 UNET = {
@@ -485,6 +492,51 @@ def unet_steps(threads: int, backend: str, dtype: str, steps: int, warmup: bool)
     }
 
 
+def parts_dtype(threads: int, rounds: int = 2) -> dict[str, Any]:
+    """Each part of the folder in fp32 and in bf16, alternated round by round in one
+    process: the text encoder, a guided UNet step, and the VAE decode and encode at
+    512 px. Whether bf16 pays off is a question per part, not per model."""
+    import torch
+
+    from stageflow.inference import denoise
+    from stageflow.inference.sd_parts import load_torch_parts
+
+    torch.set_num_threads(threads)
+    loaded = {dtype: load_torch_parts(FOLDER, dtype=dtype) for dtype in ("fp32", "bf16")}
+    ids = loaded["fp32"].tokenize("epic game hero portrait")
+    latents = torch.randn(1, 4, SIDE // 8, SIDE // 8, generator=torch.Generator().manual_seed(0))
+    image = torch.rand(1, 3, SIDE, SIDE, generator=torch.Generator().manual_seed(1)) * 2 - 1
+    sample = torch.cat([latents, latents])
+    seconds: dict[str, dict[str, list[float]]] = {d: {} for d in loaded}
+    with torch.inference_mode():
+        text = {
+            d: denoise.encode_prompts(parts, "epic game hero portrait", "", True, (SIDE, SIDE))
+            for d, parts in loaded.items()
+        }
+        for round_ in range(rounds):
+            order = ("fp32", "bf16") if round_ % 2 == 0 else ("bf16", "fp32")
+            for dtype in order:
+                parts, times = loaded[dtype], seconds[dtype]
+                cond = text[dtype]
+                calls: dict[str, Callable[[], Any]] = {
+                    "text encoder": partial(parts.encode_text, ids),
+                    "UNet step (guided)": partial(
+                        parts.predict_noise, sample, torch.tensor(999), cond
+                    ),
+                    "VAE decode": partial(parts.decode_latents, latents),
+                    "VAE encode": partial(parts.encode_image, image),
+                }
+                for name, call in calls.items():
+                    times.setdefault(name, []).append(round(_timed(call), 2))
+    return {
+        "threads": threads,
+        "rounds": rounds,
+        "side": SIDE,
+        "seconds": seconds,
+        "peak_rss_mb": round(peak_rss_mb()),
+    }
+
+
 def _unet_flops(parts: Any, sample: Any, text: Any) -> float:
     import torch
     from torch.utils.flop_counter import FlopCounterMode
@@ -655,6 +707,96 @@ def vae(threads: int, big: bool, sides: tuple[int, ...] = (512, 1024, 2048)) -> 
             # Each decode is minutes: keep what is done if a later one is stopped.
             record("vae", {"threads": threads, "runs": runs, "untiled_2048": big})
     return {"threads": threads, "runs": runs, "untiled_2048": big}
+
+
+# --- ONNX Runtime memory settings -----------------------------------------------------
+
+ORT_VARIANTS = {
+    "defaults (arena, memory patterns, prepacking)": {},
+    "arena off": {"arena": False},
+    "memory patterns off": {"pattern": False},
+    "arena and patterns off": {"arena": False, "pattern": False},
+    "prepacking off": {"prepack": False},
+}
+
+
+def _rss_now_mb() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def ort_memory_one(threads: int, variant: str, steps: int = 2) -> dict[str, Any]:
+    """The export's UNet session (the graph the stage would load) under one
+    memory setting, alone in this process: where its RSS goes."""
+    import numpy as np
+    import onnxruntime as ort
+
+    from stageflow.inference.onnx import layout
+    from stageflow.inference.onnx.runtime import _options, uses_optimized
+
+    settings = ORT_VARIANTS[variant]
+    manifest = layout.read_manifest(EXPORT, verify=False)
+    optimized = uses_optimized(manifest, ["CPUExecutionProvider"])
+    path = (
+        manifest.optimized_part(EXPORT, layout.UNET)
+        if optimized
+        else manifest.part(EXPORT, layout.UNET)
+    )
+    options = _options(threads, spinning=True)
+    if optimized:
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    options.enable_cpu_mem_arena = settings.get("arena", True)
+    options.enable_mem_pattern = settings.get("pattern", True)
+    if not settings.get("prepack", True):
+        options.add_session_config_entry("session.disable_prepacking", "1")
+    before = _rss_now_mb()
+    started = time.perf_counter()
+    session = ort.InferenceSession(
+        str(path), sess_options=options, providers=["CPUExecutionProvider"]
+    )
+    create_s = time.perf_counter() - started
+    created = _rss_now_mb()
+    rng = np.random.default_rng(0)
+    feed = {}
+    for i in session.get_inputs():
+        kind = np.int64 if "int64" in i.type else np.float32
+        if "hidden" in i.name:
+            shape: tuple[int, ...] = (2, 77, 768)
+        elif "sample" in i.name:
+            shape = (2, 4, SIDE // 8, SIDE // 8)
+        else:  # the timestep: a scalar or one per row
+            shape = tuple(2 if not isinstance(d, int) else d for d in i.shape)
+        feed[i.name] = (rng.standard_normal(shape) * (999 if kind is np.int64 else 1)).astype(kind)
+    times = []
+    for _ in range(steps):
+        started = time.perf_counter()
+        session.run(None, feed)
+        times.append(round(time.perf_counter() - started, 2))
+    return {
+        "variant": variant,
+        "optimized_graph": optimized,
+        "threads": threads,
+        "create_s": round(create_s, 1),
+        "rss_before_mb": round(before),
+        "rss_created_mb": round(created),
+        "rss_after_steps_mb": round(_rss_now_mb()),
+        "peak_rss_mb": round(peak_rss_mb()),
+        "step_s": times,
+        "weights_mb": round(
+            sum(f.stat().st_size for f in path.parent.glob(f"{path.name}*")) / 2**20
+        ),
+    }
+
+
+def ort_memory(threads: int) -> dict[str, Any]:
+    warm_page_cache(EXPORT)
+    runs = []
+    for variant in ORT_VARIANTS:
+        runs.append(in_child("ort-memory-one", variant, threads=threads))
+        record("ort-memory", {"threads": threads, "runs": runs})  # keep what is done
+    return {"threads": threads, "runs": runs}
 
 
 # --- export ----------------------------------------------------------------------------
@@ -846,6 +988,45 @@ def write_report(path: Path, results: dict[str, Any], threads: int) -> None:
             lines.append(f"\nOne step is {flops / 1e12:.2f} TFLOP (torch's FLOP counter).")
     else:
         lines.append("Not measured yet.")
+    pd = results.get("parts-dtype")
+    lines += ["", "### Each part in fp32 and in bf16 (512 px)", ""]
+    if pd:
+        rows = []
+        for part, fp32_times in pd["seconds"]["fp32"].items():
+            fp32, bf16 = min(fp32_times), min(pd["seconds"]["bf16"][part])
+            rows.append([part, f"{fp32} s", f"{bf16} s", fmt_ratio(fp32 / bf16)])
+        lines += table(["part", "fp32", "bf16", "bf16 speed-up"], rows)
+        lines.append(
+            f"\n(Best of {pd['rounds']} each, fp32 and bf16 alternated in one process; {pd['at']}.)"
+        )
+    else:
+        lines.append("Not measured yet.")
+    om = results.get("ort-memory")
+    lines += ["", "### ONNX Runtime's UNet session under each memory setting (512 px)", ""]
+    if om:
+        torch_peak = (results.get("steps-torch") or {}).get("peak_rss_mb")
+        rows = [
+            [
+                r["variant"],
+                f"{r['rss_created_mb']} MiB",
+                f"{r['peak_rss_mb']} MiB",
+                ", ".join(str(t) for t in r["step_s"]),
+                f"{r['create_s']} s",
+            ]
+            for r in om["runs"]
+        ]
+        lines += table(
+            ["setting", "RSS after creation", "peak RSS, 2 steps", "steps (s)", "creation"], rows
+        )
+        first = om["runs"][0]
+        graph = "optimised" if first["optimized_graph"] else "plain"
+        lines.append(
+            f"\nThe UNet session alone in a fresh process ({graph} "
+            f"graph, {first['weights_mb']} MiB of graph and weights on disk; {om['at']})."
+            + (f" torch's whole base model peaked at {torch_peak} MiB." if torch_peak else "")
+        )
+    else:
+        lines.append("Not measured yet.")
     p = results.get("parity")
     lines += ["", "### Service vs diffusers, in process", ""]
     if p:
@@ -944,6 +1125,10 @@ def run_phase(phase: str, threads: int, big: bool, vae_sides: tuple[int, ...]) -
     elif phase == "steps-onnx":
         runs = [in_child("steps", "onnxruntime", "fp32", w, threads=threads) for w in ("0", "1")]
         value = {"runs": runs}
+    elif phase == "ort-memory":
+        value = ort_memory(threads)
+    elif phase == "parts-dtype":
+        value = in_child("parts-dtype", threads=threads)
     elif phase == "parity":
         value = in_child("parity", threads=threads)
     elif phase == "quality-bf16":
@@ -962,6 +1147,8 @@ CHILDREN: dict[str, Callable[..., dict[str, Any]]] = {
     "matmul": lambda threads: matmul_peak(threads),
     "load-parts": lambda threads: load_parts(threads),
     "sessions": lambda threads: sessions(threads),
+    "parts-dtype": lambda threads: parts_dtype(threads),
+    "ort-memory-one": lambda threads, variant: ort_memory_one(threads, variant),
     "parity": lambda threads: parity(threads),
     "quality-bf16": lambda threads: quality_bf16(threads),
     "steps": lambda threads, backend, dtype, warm: unet_steps(
