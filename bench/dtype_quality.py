@@ -33,6 +33,8 @@ import torch
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parent.parent
+# The weights of bench/realscale.py's SD 1.5-size folder (UNet, VAE, text encoder).
+SD15_WEIGHT_BYTES = 4_265_073_812
 sys.path.insert(0, str(ROOT))
 
 from bench.report import fmt_ratio, machine, ratio, table, write_section  # noqa: E402
@@ -204,7 +206,11 @@ def adherence_line(found: list[Twin]) -> str:
 
 def report(results: dict[str, tuple[Subject, list[Twin]]], args: argparse.Namespace) -> str:
     cpu = hardware.detect()
-    auto = hardware.choose_cast_dtype("auto", cpu)
+    from stageflow.inference.base import weight_bytes
+
+    trained_folder = TRAINED_MODELS_DIR / TRAINED_STAGE_MODELS["base"]
+    auto_small = hardware.choose_cast_dtype("auto", cpu, weight_bytes=weight_bytes(trained_folder))
+    auto_big = hardware.choose_cast_dtype("auto", cpu, weight_bytes=SD15_WEIGHT_BYTES)
     header = [
         "model",
         "images",
@@ -250,7 +256,9 @@ def report(results: dict[str, tuple[Subject, list[Twin]]], args: argparse.Namesp
         *table(header, rows),
         "",
         *([adherence_line(trained[0]), ""] if trained else []),
-        f"On this host `dtype=auto` resolves to **{auto.dtype}** ({auto.reason}).",
+        f"On this host `dtype=auto` resolves to **{auto_small.dtype}** for the trained "
+        f"fixture ({auto_small.reason}) and to **{auto_big.dtype}** for an SD 1.5-size "
+        f"folder ({auto_big.reason}).",
         "",
         "Reading it: bf16 keeps 8 of float32's 24 mantissa bits, so every call of a part "
         "rounds; over 20 steps the rounding moves most pixels by a level or two and a few "

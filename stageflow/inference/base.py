@@ -42,6 +42,16 @@ def folder_fingerprint(folder: Path, digests: DigestCache = NO_CACHE) -> str:
     return outer.hexdigest()
 
 
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".onnx", ".data")
+
+
+def weight_bytes(folder: Path) -> int:
+    """The bytes of weight files under `folder` (what dtype=auto weighs)."""
+    return sum(
+        p.stat().st_size for p in folder.rglob("*") if p.suffix in WEIGHT_SUFFIXES and p.is_file()
+    )
+
+
 def check_cancelled(cancelled: CancelledFn, done: int, total: int) -> None:
     if cancelled():
         raise Cancelled(f"cancelled at step {done} of {total}")
@@ -159,7 +169,9 @@ class LocalModel(StageModel, abc.ABC):
         own (another explicit setting is refused)."""
         if not self.runtime.fixed_dtype:
             cpu = hardware.detect() if self.device.startswith("cpu") else hardware.CpuBf16((), "")
-            return hardware.choose_cast_dtype(self.dtype, cpu, self.device, self.torch_dtypes)
+            return hardware.choose_cast_dtype(
+                self.dtype, cpu, self.device, self.torch_dtypes, weight_bytes(self.path)
+            )
         try:
             return precision.exported_choice(
                 self.dtype, self.runtime.dtype_of(self.path), self.path

@@ -9,6 +9,11 @@ from /proc/cpuinfo (Linux's own list of what CPUID reported); torch's
 dispatch level (`torch.backends.cpu.get_cpu_capability()`) is asked too, as
 a process can be pinned below what the CPU has (ATEN_CPU_CAPABILITY=avx2).
 
+bf16 pays only where the weights' matrix products dominate a call: a model
+too small for that (the test fixtures) runs slower in bf16 even on such a
+CPU, so auto also asks how many bytes of weights the model has
+(`BF16_MIN_WEIGHT_BYTES`).
+
 Pure and cheap: no torch import at module level, every decision a function of
 texts and strings, so the unit tests feed it other machines' cpuinfo.
 """
@@ -26,6 +31,13 @@ CPUINFO = Path("/proc/cpuinfo")
 BF16_FLAGS = ("amx_bf16", "avx512_bf16")
 # What the reason and Describe show of the CPU: the bf16 flags and what they build on.
 SHOWN_FLAGS = ("amx_tile", "amx_bf16", "avx512f", "avx512_bf16")
+# Measured on an AVX-512 BF16 CPU (docs/benchmarks.md, docs/quality.md): the 4.3 GB
+# SD 1.5-size folder runs its UNet step 1.1-1.9x faster in bf16 and its VAE decode
+# ~2x; the 5-7 MB fixtures run 1.24-1.35x slower (casts and per-call overhead).
+# auto takes bf16 from this much weight up: a threshold placed between the two
+# measured sizes (every SD-class model is far above it, every fixture far below),
+# not a measured crossover.
+BF16_MIN_WEIGHT_BYTES = 256 * 2**20
 # torch dispatch levels below which its bf16 kernels cannot use AVX-512 BF16.
 _NO_AVX512_CAPABILITIES = ("DEFAULT", "NO AVX", "AVX", "AVX2")
 
@@ -88,11 +100,16 @@ def detect() -> CpuBf16:
 
 
 def choose_cast_dtype(
-    setting: str, cpu: CpuBf16, device: str = "cpu", castable: tuple[str, ...] = precision.DTYPES
+    setting: str,
+    cpu: CpuBf16,
+    device: str = "cpu",
+    castable: tuple[str, ...] = precision.DTYPES,
+    weight_bytes: int | None = None,
 ) -> precision.DtypeChoice:
     """The precision a backend that casts at load (torch) serves `setting` in, and why.
 
-    `castable`: what the model can be cast to (the torch upscaler: fp32 only)."""
+    `castable`: what the model can be cast to (the torch upscaler: fp32 only);
+    `weight_bytes`: the size of the model's weights (None: unknown, the CPU decides)."""
     precision.check_setting(setting)
     if not device.startswith("cpu"):
         return _off_cpu(setting, device)
@@ -101,12 +118,22 @@ def choose_cast_dtype(
     if precision.BF16 not in castable:
         only = "/".join(castable)
         return _choice(precision.FP32, setting, f"auto: fp32, this model runs in {only} only", cpu)
+    if cpu.native and weight_bytes is not None and weight_bytes < BF16_MIN_WEIGHT_BYTES:
+        reason = (
+            f"auto: fp32, {_mib(weight_bytes)} of weights is too small for bf16 to pay "
+            f"(bf16 from {_mib(BF16_MIN_WEIGHT_BYTES)}; the CPU has {cpu.native})"
+        )
+        return _choice(precision.FP32, setting, reason, cpu)
     if cpu.native:
         return _choice(
             precision.BF16, setting, f"auto: bf16, the CPU has {cpu.native} ({cpu.words()})", cpu
         )
     reason = f"auto: fp32, no native bf16 on this CPU ({cpu.words()})"
     return _choice(precision.FP32, setting, reason, cpu)
+
+
+def _mib(size: int) -> str:
+    return f"{size / 2**20:.0f} MiB" if size >= 2**20 else f"{size / 2**20:.2f} MiB"
 
 
 def _choice(dtype: str, setting: str, reason: str, cpu: CpuBf16) -> precision.DtypeChoice:

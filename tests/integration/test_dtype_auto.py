@@ -13,7 +13,7 @@ import pytest
 
 from stageflow.cli.cluster import LocalCluster
 from stageflow.inference import hardware, precision
-from stageflow.inference.base import folder_fingerprint
+from stageflow.inference.base import folder_fingerprint, weight_bytes
 from stageflow.inference.fixtures import SD_FOLDER
 from stageflow.v1 import stage_pb2
 from stageflow.v1 import stage_pb2_grpc as stage_grpc
@@ -44,7 +44,10 @@ def auto_base(
 def test_auto_reports_the_resolved_dtype_and_why_in_describe_and_results(
     auto_base: stage_grpc.StageServiceStub, fixture_models: Path
 ) -> None:
-    expected = hardware.choose_cast_dtype("auto", hardware.detect())
+    folder = fixture_models / SD_FOLDER
+    expected = hardware.choose_cast_dtype(
+        "auto", hardware.detect(), weight_bytes=weight_bytes(folder)
+    )
     desc = auto_base.Describe(stage_pb2.DescribeRequest(), timeout=WAIT)
     assert (desc.model.dtype, desc.model.dtype_setting) == (expected.dtype, "auto")
     assert desc.model.dtype_reason == expected.reason
@@ -52,7 +55,7 @@ def test_auto_reports_the_resolved_dtype_and_why_in_describe_and_results(
     assert tuple(desc.cpu_features) == expected.cpu_features
     assert desc.cpu_capability == expected.cpu_capability
     # The fingerprint (and so the cache key) is the resolved dtype's, never "auto"'s.
-    files = folder_fingerprint(fixture_models / SD_FOLDER)
+    files = folder_fingerprint(folder)
     assert desc.model.fingerprint == precision.with_dtype(files, expected.dtype)
 
     request = stage_pb2.RunRequest(

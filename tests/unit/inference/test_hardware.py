@@ -71,6 +71,27 @@ def test_avx512_bf16_without_amx_picks_bf16() -> None:
     assert choice.cpu_features == ("avx512f", "avx512_bf16")
 
 
+def test_auto_keeps_fp32_for_weights_too_small_for_bf16_to_pay() -> None:
+    cpu = hardware.cpu_bf16(hardware.parse_flags(AMD_EPYC), "AVX512")
+    small = hardware.choose_cast_dtype("auto", cpu, weight_bytes=5_477_860)  # tiny-sd
+    assert small.dtype == "fp32"
+    assert small.reason == (
+        "auto: fp32, 5 MiB of weights is too small for bf16 to pay "
+        "(bf16 from 256 MiB; the CPU has avx512_bf16)"
+    )
+    big = hardware.choose_cast_dtype("auto", cpu, weight_bytes=4_265_073_812)  # SD 1.5 size
+    assert big.dtype == "bf16" and "the CPU has avx512_bf16" in big.reason
+    at = hardware.choose_cast_dtype("auto", cpu, weight_bytes=hardware.BF16_MIN_WEIGHT_BYTES)
+    assert at.dtype == "bf16"
+    # Without bf16 in hardware the size does not matter: fp32, for the CPU's reason.
+    haswell = hardware.cpu_bf16(hardware.parse_flags(INTEL_HASWELL), "AVX2")
+    assert (
+        "no native bf16" in hardware.choose_cast_dtype("auto", haswell, weight_bytes=2**33).reason
+    )
+    # An explicit bf16 is taken whatever the size.
+    assert hardware.choose_cast_dtype("bf16", cpu, weight_bytes=1).dtype == "bf16"
+
+
 @pytest.mark.parametrize(
     ("cpuinfo", "features", "capability"),
     [(INTEL_SKYLAKE, ("avx512f",), "AVX512"), (INTEL_HASWELL, (), "AVX2")],

@@ -162,8 +162,11 @@ def _auto(folder: Path, family: str = "sd-txt2img") -> Any:
 
 def test_auto_on_this_cpu_serves_what_its_flags_say(sd_folder: Path, txt2img: Txt2ImgModel) -> None:
     from stageflow.inference import hardware
+    from stageflow.inference.base import weight_bytes
 
-    expected = hardware.choose_cast_dtype("auto", hardware.detect())
+    expected = hardware.choose_cast_dtype(
+        "auto", hardware.detect(), weight_bytes=weight_bytes(sd_folder)
+    )
     model = _auto(sd_folder)
     try:
         identity = model.describe().identity
@@ -179,8 +182,14 @@ def test_auto_on_this_cpu_serves_what_its_flags_say(sd_folder: Path, txt2img: Tx
 
 
 @pytest.mark.parametrize(
-    ("flags", "capability", "dtype"),
-    [("avx512f avx512_bf16", "AVX512", "bf16"), ("avx2 fma", "AVX2", "fp32")],
+    ("flags", "capability", "min_weights", "dtype"),
+    [
+        # The fixture counts as big enough here, to load bf16 weights through auto.
+        ("avx512f avx512_bf16", "AVX512", 0, "bf16"),
+        # At the real threshold its 5 MiB of weights keep fp32 on the same CPU.
+        ("avx512f avx512_bf16", "AVX512", None, "fp32"),
+        ("avx2 fma", "AVX2", 0, "fp32"),
+    ],
 )
 def test_auto_follows_the_cpu_and_the_fingerprint_the_resolved_dtype(
     monkeypatch: pytest.MonkeyPatch,
@@ -188,14 +197,18 @@ def test_auto_follows_the_cpu_and_the_fingerprint_the_resolved_dtype(
     txt2img: Txt2ImgModel,
     flags: str,
     capability: str,
+    min_weights: int | None,
     dtype: str,
 ) -> None:
-    """auto on a CPU without bf16 is fp32 down to the cache key: it shares the
-    fp32 stage's cache entries; with bf16 it shares the bf16 stage's."""
+    """auto on a CPU without bf16 (or for a model too small for bf16) is fp32 down
+    to the cache key: it shares the fp32 stage's cache entries; with bf16 it
+    shares the bf16 stage's."""
     from stageflow.inference import hardware
 
     monkeypatch.setattr(hardware, "cpu_flags", lambda: frozenset(flags.split()))
     monkeypatch.setattr(hardware, "torch_capability", lambda: capability)
+    if min_weights is not None:
+        monkeypatch.setattr(hardware, "BF16_MIN_WEIGHT_BYTES", min_weights)
     model = _auto(sd_folder)
     try:
         identity = model.describe().identity

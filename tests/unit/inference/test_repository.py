@@ -201,9 +201,12 @@ class RepositoryContract:
         """The version's name and fingerprint, with the loaded model's resolved
         dtype (folded into the fingerprint), setting and reason."""
         from stageflow.inference import hardware, precision
+        from stageflow.inference.base import weight_bytes
 
         created = repo.import_folder(sd_folder, "sd", "1")
-        expected = hardware.choose_cast_dtype("auto", hardware.detect())
+        expected = hardware.choose_cast_dtype(
+            "auto", hardware.detect(), weight_bytes=weight_bytes(sd_folder)
+        )
         model = RepositoryLoader(
             repo,
             StageKind.TXT2IMG,
