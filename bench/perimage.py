@@ -57,7 +57,11 @@ class Config:
 CONFIGS = {
     c.name: c
     for c in (
-        Config("fp32-eager", "fp32 weights, eager torch (the baseline)"),
+        Config(
+            "fp32-eager",
+            "fp32 weights, eager torch (the baseline)",
+            flags={"base": ("--dtype", "fp32"), "refine": ("--dtype", "fp32")},
+        ),
         Config(
             "bf16",
             "bf16 weights on base and refine (dtype auto picks it on this CPU)",
