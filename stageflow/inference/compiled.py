@@ -72,8 +72,8 @@ def shape_key(args: tuple[Any, ...], kwargs: dict[str, Any]) -> ShapeKey:
 
 
 def describe_shape(key: ShapeKey) -> str:
-    """'2x4x8x8 2x77x32': each input's shape (a 0-d timestep shows as '')."""
-    return " ".join("x".join(str(n) for n in shape) for shape in key)
+    """'2x4x8x8 () 2x77x32': each input's shape, a 0-d one (the timestep) as ()."""
+    return " ".join("x".join(str(n) for n in shape) or "()" for shape in key)
 
 
 class CompiledPart:
