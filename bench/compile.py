@@ -214,7 +214,10 @@ def report_body(
         "start); **first image**: the whole first image. Per step: the UNet call inside the "
         "loop; the ratios are medians over rounds of each round's time over eager's in the "
         "same round. **levels**: the largest difference of any image from eager's (same "
-        "seed), in 8-bit levels.",
+        "seed), in 8-bit levels. The configurations of a run share one inductor process and "
+        "cache folder: the first compiled one also pays inductor's one-time start-up (its "
+        "compile workers), and the second may find kernels the first built; the first's "
+        "compile seconds are the cold-pod figure.",
         "",
     ]
     header = [
