@@ -10,9 +10,10 @@ compile lands in the start. `CompiledPart` times each first call at a new
 shape (the compile and one run, as the caller sees it) and logs it
 (`model.compiled`).
 
-`channels_last` is a second, separate setting: the UNet and VAE (and the
-inputs of their calls) in `torch.channels_last` memory format, eager or
-compiled; whether it helps on a CPU is for bench/compile.py to say.
+`channels_last` is a second, separate setting: the UNet and VAE modules in
+`torch.channels_last` memory format, and the latents the UNet and the VAE
+decode are called with, eager or compiled (the VAE encode's image input is
+left as it comes); whether it helps on a CPU is for bench/compile.py to say.
 
 What stays eager: the text encoders, the VAE encoder, and step caching's
 partial UNet forward (`cache_interval` > 1 runs every step, full and cached,

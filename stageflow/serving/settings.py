@@ -218,7 +218,8 @@ class StageSettings(CommonSettings):
         default=False,
         description="Before SERVING, run two guided UNet steps and one VAE decode at the "
         "model's native size, so the first requests are not slower than the rest (ONNX "
-        "Runtime's arena and memory pattern; costs those calls at start-up).",
+        "Runtime's arena and memory pattern; with compile=inductor, that shape's compile; "
+        "costs those calls at start-up).",
     )
     compile: Literal["off", "inductor"] = Field(
         default="off",
@@ -231,8 +232,8 @@ class StageSettings(CommonSettings):
     )
     channels_last: bool = Field(
         default=False,
-        description="torch backend: the UNet and VAE (and their calls' inputs) in "
-        "torch.channels_last memory format, eager or compiled; it may help or hurt on a "
+        description="torch backend: the UNet and VAE (and the latents they are called with) "
+        "in torch.channels_last memory format, eager or compiled; it may help or hurt on a "
         "CPU (bench/compile.py). The onnxruntime and tensorrt backends refuse it.",
     )
     vae_tile_above_side: int = Field(
