@@ -90,6 +90,9 @@ class CompiledPart:
         self.compiled = options.compile == INDUCTOR
         self._fn = torch.compile(fn, backend="inductor", dynamic=False) if self.compiled else fn
         self.compile_seconds: dict[ShapeKey, float] = {}
+        # Shapes torch ran eager on their first call: no new graph (past
+        # torch._dynamo.config.recompile_limit graphs, torch stops compiling).
+        self.eager_shapes: set[ShapeKey] = set()
 
     def __call__(self, first: Any, *args: Any, **kwargs: Any) -> Any:
         if self.options.channels_last:
@@ -99,17 +102,33 @@ class CompiledPart:
         if not self.compiled:
             return self._fn(first, *args, **kwargs)
         key = shape_key((first, *args), kwargs)
-        if key in self.compile_seconds:
+        if key in self.compile_seconds or key in self.eager_shapes:
             return self._fn(first, *args, **kwargs)
+        from torch._dynamo.utils import counters
+
+        # Process-wide: a compile in another thread at the same time counts here too.
+        graphs = counters["stats"]["unique_graphs"]
         start = time.perf_counter()
         out = self._fn(first, *args, **kwargs)
         seconds = time.perf_counter() - start
+        new_graphs = counters["stats"]["unique_graphs"] - graphs
+        if new_graphs == 0:
+            self.eager_shapes.add(key)
+            log.warning(
+                "model.compile_skipped",
+                part=self.name,
+                shape=describe_shape(key),
+                reason="torch made no graph for this shape and runs it eager (past "
+                "torch._dynamo.config.recompile_limit shapes, it stops compiling)",
+            )
+            return out
         self.compile_seconds[key] = seconds
         log.info(
             "model.compiled",
             part=self.name,
             seconds=round(seconds, 3),
             shape=describe_shape(key),
+            graphs=new_graphs,
             channels_last=self.options.channels_last,
         )
         return out

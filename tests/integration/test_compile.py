@@ -119,3 +119,26 @@ def test_compiled_output_equals_eager_within_float_reordering(
     reference_image = np.asarray(run(eager).image).astype(int)
     assert np.abs(image - reference_image).max() <= 1
     assert np.mean(image != reference_image) < 0.01
+
+
+def test_a_shape_torch_will_not_compile_is_reported_eager_not_compiled(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Past torch's recompile limit a new shape runs eager: it must not be
+    reported as compiled (here with the limit at 1, on a one-line function)."""
+    import torch
+    import torch._dynamo.config
+
+    from stageflow.inference.compiled import CompiledPart, GraphOptions
+
+    monkeypatch.setattr(torch._dynamo.config, "recompile_limit", 1)
+
+    def double(x: torch.Tensor) -> torch.Tensor:
+        return x * 2
+
+    part = CompiledPart("double", double, GraphOptions(compile="inductor"))
+    with torch.inference_mode():
+        for n in (3, 3, 5, 5):
+            assert torch.equal(part(torch.ones(n)), torch.full((n,), 2.0))
+    assert list(part.compile_seconds) == [((3,),)]
+    assert part.eager_shapes == {((5,),)}
