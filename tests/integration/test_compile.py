@@ -5,8 +5,10 @@ tests/unit/inference/test_compile.py).
 
 The models are capped at 64 px, so the warm-up (two guided UNet calls and a
 decode at the served size) compiles the one shape the tests call: a UNet
-batch of 2 over 8x8 latents and a decode of 1x4x8x8. A cold inductor cache
-costs about two minutes of compiling here (2 cores); a warm one seconds.
+batch of 2 over 8x8 latents and a decode of 1x4x8x8; the last test starts a
+base stage process with the same settings. With a cold inductor cache the
+module took 160 s here before that test was added (2 shared cores, nice 19),
+with a warm one (~/.cache or /tmp/torchinductor_$USER) 48 s with it.
 """
 
 from __future__ import annotations
@@ -142,3 +144,52 @@ def test_a_shape_torch_will_not_compile_is_reported_eager_not_compiled(
             assert torch.equal(part(torch.ones(n)), torch.full((n,), 2.0))
     assert list(part.compile_seconds) == [((3,),)]
     assert part.eager_shapes == {((5,),)}
+
+
+def test_a_stage_started_with_compile_compiles_during_start_and_reports_it(
+    tmp_path: Path, fixture_models: Path
+) -> None:
+    """The real plumbing: --compile inductor --warmup on a base stage process.
+    Its log has the served shape's compiles before SERVING; Describe and the
+    result say compile inductor; a request at that shape compiles nothing more.
+    (Last in this module: the graphs above are in inductor's on-disk cache.)"""
+    import json
+
+    import grpc
+
+    from stageflow.cli.cluster import LocalCluster
+    from stageflow.v1 import stage_pb2
+    from stageflow.v1 import stage_pb2_grpc as stage_grpc
+
+    (tmp_path / "pipelines").mkdir()
+    (tmp_path / "pipelines" / "default.yaml").write_text("stages:\n  - stage: base\n")
+    cluster = LocalCluster(
+        state_dir=tmp_path / "state",
+        models_dir=fixture_models,
+        stages=("base",),
+        stage_args={"base": ["--compile", "inductor", "--warmup", "--max-side", str(SIDE)]},
+        orchestrator_args=["--pipelines-dir", str(tmp_path / "pipelines")],
+    )
+    cluster.start(timeout=400)  # a cold inductor cache compiles for minutes here
+
+    def compiled_events() -> list[dict[str, Any]]:
+        lines = cluster.log_path("base").read_text().splitlines()
+        events = [json.loads(line) for line in lines if line.startswith("{")]
+        return [e for e in events if e.get("event") == "model.compiled"]
+
+    try:
+        at_start = compiled_events()
+        assert sorted(f"{e['part']} {e['shape']}" for e in at_start) == [UNET_SHAPE, DECODE_SHAPE]
+        with grpc.insecure_channel(cluster.addresses["base"]) as channel:
+            stub = stage_grpc.StageServiceStub(channel)
+            desc = stub.Describe(stage_pb2.DescribeRequest(), timeout=60)
+            assert (desc.model.compile, desc.model.channels_last) == ("inductor", False)
+            request = stage_pb2.RunRequest(
+                txt2img=stage_pb2.Txt2ImgParams(prompt=PROMPT, steps=2, width=SIDE, height=SIDE)
+            )
+            events = list(stub.Run(request, timeout=120))
+        results = [e.result for e in events if e.HasField("result")]
+        assert [r.model.compile for r in results] == ["inductor"]
+        assert compiled_events() == at_start
+    finally:
+        cluster.stop()
