@@ -6,9 +6,10 @@ tests/unit/inference/test_compile.py).
 The models are capped at 64 px, so the warm-up (two guided UNet calls and a
 decode at the served size) compiles the one shape the tests call: a UNet
 batch of 2 over 8x8 latents and a decode of 1x4x8x8; the last test starts a
-base stage process with the same settings. With a cold inductor cache the
-module took 160 s here before that test was added (2 shared cores, nice 19),
-with a warm one (~/.cache or /tmp/torchinductor_$USER) 48 s with it.
+base stage process with the same settings, which finds those graphs in
+inductor's on-disk cache. Measured here (2 shared cores, nice 19): 172 s for
+the module with an empty inductor cache (148 s of it the first fixture's
+compiles), 48 s with a warm one (/tmp/torchinductor_$USER by default).
 """
 
 from __future__ import annotations
