@@ -131,7 +131,7 @@ demo: setup ## the reference prompt through base -> upscale -> refine to a PNG u
 bench-perimage: deps ## the real-scale job through the services, fp32 eager vs bf16 (+ step caching): per-image time (~20 min; needs bench/realscale.py build)
 	$(PY) bench/perimage.py --out docs/benchmarks.md
 
-.PHONY: bench bench-backends bench-serving bench-gateway bench-orchestrators bench-handoff bench-stepcache bench-realscale
+.PHONY: bench bench-backends bench-serving bench-gateway bench-orchestrators bench-handoff bench-stepcache bench-compile bench-realscale
 bench: bench-backends bench-serving bench-gateway bench-orchestrators bench-handoff bench-stepcache ## the benchmark scripts -> docs/benchmarks.md (~45 min)
 
 # Each script rewrites only its own marked section of docs/benchmarks.md.
@@ -153,6 +153,9 @@ bench-handoff: deps fixtures ## base -> refine jobs, latent vs PNG hand-off, 64 
 
 bench-stepcache: deps ## step caching (cache_interval 1,2,3,5 x depths): time, PSNR/SSIM, adherence, trained fixture (~2 min)
 	$(PY) bench/stepcache.py --out docs/benchmarks.md
+
+bench-compile: deps fixtures ## torch.compile (inductor) vs eager vs channels_last vs both: compile s, per-step ratios, tiny-sd 128 px (~8 min, cold inductor cache)
+	$(PY) bench/compile.py --out docs/benchmarks.md
 
 # Not part of `bench`: a random-weight SD 1.5-size folder (~4 GB, built under
 # var/realscale/), ~12 GB of memory and an hour or more on a 2-core CPU.

@@ -44,6 +44,11 @@ class BackendOptions:
     dtype: str = "fp32"
     # Where file digests are remembered between starts (the fingerprint's cost).
     digests: DigestCache = NO_CACHE
+    # torch.compile of the UNet and VAE decode ("off" or "inductor") and their
+    # memory format, for backends that run eager modules (torch;
+    # stageflow.inference.compiled).
+    compile: str = "off"
+    channels_last: bool = False
 
 
 class BackendUnavailable(FailedPrecondition):
@@ -63,6 +68,9 @@ class Backend:
     # -> the precision a compiled folder was exported in; None: chosen at load
     # (BackendOptions.dtype), as torch casts its weights.
     exported_dtype: Callable[[Path], str] | None = None
+    # Whether it runs eager modules that `compile` and `channels_last` apply to;
+    # an exported graph is compiled already and refuses them.
+    takes_graph_options: bool = False
 
     @property
     def fixed_dtype(self) -> bool:
@@ -77,9 +85,11 @@ class Backend:
 
 
 def _torch_diffusion(folder: Path, options: BackendOptions) -> DiffusionParts:
+    from stageflow.inference.compiled import GraphOptions
     from stageflow.inference.sd_parts import load_torch_parts
 
-    return load_torch_parts(folder, options.device, options.dtype)
+    graph = GraphOptions(options.compile, options.channels_last)
+    return load_torch_parts(folder, options.device, options.dtype, graph)
 
 
 def _torch_upscaler(folder: Path, options: BackendOptions) -> tuple[UpscaleNet, int]:
@@ -90,6 +100,12 @@ def _torch_upscaler(folder: Path, options: BackendOptions) -> tuple[UpscaleNet, 
         raise FailedPrecondition(
             f"dtype {options.dtype}: the torch upscaler runs in fp32 only (export it with "
             "`stageflow models compile --dtype fp16` for a half-precision upscaler)"
+        )
+    if options.compile != "off" or options.channels_last:
+        raise FailedPrecondition(
+            f"compile {options.compile}, channels_last {options.channels_last}: the torch "
+            "upscaler runs eager and contiguous only (compile applies to the diffusion "
+            "stages' UNet and VAE decoder); set compile off and channels_last false"
         )
     net, config = load_upscaler(folder)
     return net.to(options.device), int(config.scale)
@@ -148,7 +164,13 @@ def _trt_upscaler(folder: Path, options: BackendOptions) -> tuple[UpscaleNet, in
 BACKENDS: dict[str, Backend] = {
     b.name: b
     for b in (
-        Backend("torch", _torch_diffusion, _torch_upscaler, _folder_fingerprint),
+        Backend(
+            "torch",
+            _torch_diffusion,
+            _torch_upscaler,
+            _folder_fingerprint,
+            takes_graph_options=True,
+        ),
         Backend(
             "onnxruntime",
             _ort_diffusion,

@@ -14,7 +14,7 @@ from typing import ClassVar
 
 from stageflow.core.errors import Cancelled, FailedPrecondition
 from stageflow.core.logging import get_logger
-from stageflow.inference import backends, hardware, precision
+from stageflow.inference import backends, compiled, hardware, precision
 from stageflow.inference.digests import NO_CACHE, DigestCache
 from stageflow.inference.interface import CancelledFn, ModelIdentity, StageModel
 from stageflow.inference.vae_tiling import VaeTiling
@@ -79,6 +79,8 @@ class LocalModel(StageModel, abc.ABC):
         digest_cache: Path | None = None,
         vae_tiling: VaeTiling | None = None,
         warmup: bool = False,
+        compile: str = compiled.OFF,
+        channels_last: bool = False,
     ) -> None:
         self.path = Path(path)
         self.name = name or self.path.name
@@ -99,6 +101,10 @@ class LocalModel(StageModel, abc.ABC):
         self.vae_tiling = vae_tiling or VaeTiling()
         # Run the model once at load, so the first request after SERVING is not slow.
         self.warmup = warmup
+        # torch.compile of the UNet and VAE decode, and their memory format
+        # (stageflow.inference.compiled); checked against the backend at load.
+        self.compile = compiled.check_mode(compile)
+        self.channels_last = channels_last
         self._identity: ModelIdentity | None = None
 
     @property
@@ -110,6 +116,8 @@ class LocalModel(StageModel, abc.ABC):
             self.engine_cache,
             dtype=self._choice.dtype if self._choice else self.dtype,
             digests=self.digests,
+            compile=self.compile,
+            channels_last=self.channels_last,
         )
 
     @property
@@ -131,6 +139,7 @@ class LocalModel(StageModel, abc.ABC):
             # Process-wide: one stage process serves one model.
             torch.set_num_threads(self.torch_threads)
         backends.require_runtime(self.runtime)
+        self._check_graph_options()
         # Before the weights: a compiled folder's files are verified against its manifest.
         fingerprint = self.runtime.fingerprint(self.path, self.backend_options)
         self._choice = choice = self._choose_dtype()
@@ -151,6 +160,8 @@ class LocalModel(StageModel, abc.ABC):
             dtype_reason=choice.reason,
             cpu_features=choice.cpu_features,
             cpu_capability=choice.cpu_capability,
+            compile=self.compile,
+            channels_last=self.channels_last,
         )
         log.info(
             "model loaded",
@@ -160,6 +171,8 @@ class LocalModel(StageModel, abc.ABC):
             providers=list(self.providers),
             dtype=dtype,
             dtype_reason=choice.reason,
+            compile=self.compile,
+            channels_last=self.channels_last,
             fingerprint=self._identity.fingerprint[:12],
         )
 
@@ -178,6 +191,22 @@ class LocalModel(StageModel, abc.ABC):
             )
         except ValueError as err:
             raise FailedPrecondition(str(err)) from None
+
+    def _check_graph_options(self) -> None:
+        """compile and channels_last apply to eager torch modules; an exported
+        graph (onnxruntime, tensorrt) is compiled already: refused, not ignored."""
+        if self.runtime.takes_graph_options:
+            return
+        if self.compile != compiled.OFF:
+            raise FailedPrecondition(
+                f"compile {self.compile}: the {self.backend} backend serves an exported "
+                "graph, compiled already; compile applies to the torch backend (set it off)"
+            )
+        if self.channels_last:
+            raise FailedPrecondition(
+                f"channels_last: the {self.backend} backend serves an exported graph, whose "
+                "memory format is its own; channels_last applies to the torch backend"
+            )
 
     def _warm_up(self) -> None:
         """One call through the loaded parts at the served size (subclasses)."""

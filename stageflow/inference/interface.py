@@ -295,6 +295,11 @@ class ModelIdentity:
     # on the precision (the torch backend on CPU); empty elsewhere.
     cpu_features: tuple[str, ...] = ()
     cpu_capability: str = ""
+    # The compile setting ("off", "inductor"; "" where unknown) and whether the
+    # UNet and VAE run in channels_last (stageflow.inference.compiled). Not in
+    # the fingerprint: they reorder float operations, as batching does.
+    compile: str = ""
+    channels_last: bool = False
 
 
 @dataclass(frozen=True)

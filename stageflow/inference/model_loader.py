@@ -173,7 +173,7 @@ class RepositoryLoader:
         self._providers = tuple(providers)
         self._engine_cache = engine_cache
         # Passed to every model's constructor as they are: dtype, digest_cache,
-        # vae_tiling, warmup (stageflow.inference.base.LocalModel).
+        # vae_tiling, warmup, compile, channels_last (stageflow.inference.base.LocalModel).
         self._options = dict(model_options or {})
 
     def resolve(self, ref: str) -> tuple[ModelVersion, str]:

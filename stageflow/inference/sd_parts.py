@@ -34,6 +34,8 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from stageflow.inference.compiled import GraphOptions, graph_part, graphs_of
+
 if TYPE_CHECKING:
     from stageflow.inference.step_cache import StepCache
 
@@ -119,6 +121,9 @@ class DiffusionParts:
     # The UNet as blocks, for step caching (torch only; None: a compiled UNet,
     # one graph with no block boundary to stop at, so cache_interval must be 1).
     step_cache: StepCache | None = None
+    # The parts under torch.compile or in channels_last (stageflow.inference.compiled),
+    # for their compile seconds; empty when the UNet and VAE run eager as loaded.
+    graphs: tuple[Any, ...] = ()
 
 
 @contextlib.contextmanager
@@ -165,9 +170,12 @@ def torch_dtype(name: str) -> torch.dtype:
     return TORCH_DTYPES[check_dtype(name)]
 
 
-def load_torch_parts(folder: Path, device: str = "cpu", dtype: str = "fp32") -> DiffusionParts:
+def load_torch_parts(
+    folder: Path, device: str = "cpu", dtype: str = "fp32", graph: GraphOptions | None = None
+) -> DiffusionParts:
     """The torch parts of a diffusers folder, by its family (`DIFFUSION_FAMILIES`),
-    in `dtype` (a family whose loader takes no dtype serves fp32 only)."""
+    in `dtype`, its UNet and VAE decode run as `graph` says (compiled or eager;
+    a family whose loader takes no dtype or graph serves fp32 eager only)."""
     name = pipeline_class(folder)
     target = DIFFUSION_FAMILIES.get(name)
     if target is None:
@@ -177,18 +185,27 @@ def load_torch_parts(folder: Path, device: str = "cpu", dtype: str = "fp32") -> 
         )
     module, _, function = target.partition(":")
     loader: Callable[..., DiffusionParts] = getattr(importlib.import_module(module), function)
-    if dtype == "fp32":
-        return loader(Path(folder), device)
-    if "dtype" not in inspect.signature(loader).parameters:
-        raise ValueError(f"{folder}: {name} folders are served in fp32 only; got dtype {dtype}")
-    return loader(Path(folder), device, dtype=dtype)
+    kwargs: dict[str, Any] = {}
+    if dtype != "fp32":
+        kwargs["dtype"] = dtype
+    if graph is not None and not graph.default:
+        kwargs["graph"] = graph
+    taken = inspect.signature(loader).parameters
+    for key, value in kwargs.items():
+        if key not in taken:
+            raise ValueError(f"{folder}: {name} folders take no {key} option; got {value}")
+    return loader(Path(folder), device, **kwargs)
 
 
 def load_vae_and_unet(
-    folder: Path, dev: torch.device, weights: torch.dtype = torch.float32
+    folder: Path,
+    dev: torch.device,
+    weights: torch.dtype = torch.float32,
+    channels_last: bool = False,
 ) -> tuple[Any, Any]:
     """The folder's UNet and VAE in `weights` on `dev` (a force_upcast VAE stays
-    float32 in fp16), checked to drive together."""
+    float32 in fp16), checked to drive together; in channels_last memory format
+    when asked."""
     from diffusers import AutoencoderKL, UNet2DConditionModel
 
     # Any: the libraries' own annotations of from_pretrained/.to confuse mypy.
@@ -207,7 +224,13 @@ def load_vae_and_unet(
             f"{folder}: UNet takes {unet.config.in_channels} channels; this loop drives "
             f"{vae.config.latent_channels}-channel UNets (not inpainting-specific ones)"
         )
-    return vae.to(dev).eval(), unet.to(dev).eval()
+    vae, unet = vae.to(dev).eval(), unet.to(dev).eval()
+    if channels_last:
+        vae, unet = (
+            vae.to(memory_format=torch.channels_last),
+            unet.to(memory_format=torch.channels_last),
+        )
+    return vae, unet
 
 
 def clip_tokenize(tokenizer: Any) -> Callable[[str], torch.Tensor]:
@@ -226,11 +249,27 @@ def clip_tokenize(tokenizer: Any) -> Callable[[str], torch.Tensor]:
     return tokenize
 
 
-def vae_parts(folder: Path, vae: Any, unet: Any, dev: torch.device) -> dict[str, Any]:
-    """The DiffusionParts fields every family shares: VAE, scheduler and sizes."""
+def unet_part(unet: Any, graph: GraphOptions) -> Callable[..., Any]:
+    """The UNet's forward as `graph` says: the module itself, or compiled per shape."""
+    return graph_part("unet", unet, graph)
+
+
+def vae_parts(
+    folder: Path, vae: Any, unet: Any, dev: torch.device, graph: GraphOptions | None = None
+) -> dict[str, Any]:
+    """The DiffusionParts fields every family shares: VAE, scheduler and sizes;
+    the VAE decode compiled or in channels_last as `graph` says (the encode
+    stays eager: img2img's one call per image)."""
     from stageflow.inference.scheduler import scheduler_factory
 
+    graph = graph or GraphOptions()
     vae_weights = next(vae.parameters()).dtype
+
+    def vae_decode(latents: torch.Tensor) -> torch.Tensor:
+        out: torch.Tensor = vae.decode(latents, return_dict=False)[0]
+        return out
+
+    decode = graph_part("vae_decoder", vae_decode, graph)
 
     # Inputs cast to the VAE's dtype, outputs back to float32 (no-ops in fp32).
     def encode_image(image: torch.Tensor) -> torch.Tensor:
@@ -238,7 +277,7 @@ def vae_parts(folder: Path, vae: Any, unet: Any, dev: torch.device) -> dict[str,
         return moments.float()
 
     def decode_latents(latents: torch.Tensor) -> torch.Tensor:
-        out: torch.Tensor = vae.decode(latents.to(vae_weights), return_dict=False)[0]
+        out: torch.Tensor = decode(latents.to(vae_weights))
         return out.float()
 
     return {
@@ -252,10 +291,13 @@ def vae_parts(folder: Path, vae: Any, unet: Any, dev: torch.device) -> dict[str,
         "unet_levels": len(unet.config.block_out_channels),
         "device": dev,
         "vae_base_channels": int(vae.config.block_out_channels[0]),
+        "graphs": graphs_of(decode),
     }
 
 
-def load_sd_parts(folder: Path, device: str = "cpu", dtype: str = "fp32") -> DiffusionParts:
+def load_sd_parts(
+    folder: Path, device: str = "cpu", dtype: str = "fp32", graph: GraphOptions | None = None
+) -> DiffusionParts:
     """Stable Diffusion 1.x/2.x: one CLIP text encoder, text-only cross-attention."""
     from transformers import CLIPTextModel, CLIPTokenizer
 
@@ -265,7 +307,9 @@ def load_sd_parts(folder: Path, device: str = "cpu", dtype: str = "fp32") -> Dif
     with quiet_hub_progress():
         text_encoder: Any = CLIPTextModel.from_pretrained(folder / "text_encoder", dtype=weights)
     text_encoder = text_encoder.to(dev).eval()
-    vae, unet = load_vae_and_unet(folder, dev, weights)
+    graph = graph or GraphOptions()
+    vae, unet = load_vae_and_unet(folder, dev, weights, graph.channels_last)
+    forward = unet_part(unet, graph)
     tokenize = clip_tokenize(tokenizer)
 
     # Inputs cast to the weights' dtype, outputs back to float32 (no-ops in fp32,
@@ -275,19 +319,21 @@ def load_sd_parts(folder: Path, device: str = "cpu", dtype: str = "fp32") -> Dif
         return out.float()
 
     def predict_noise(sample: torch.Tensor, t: torch.Tensor, cond: Conditioning) -> torch.Tensor:
-        out: torch.Tensor = unet(
+        out: torch.Tensor = forward(
             sample.to(weights), t, encoder_hidden_states=cond.text.to(weights), return_dict=False
         )[0]
         return out.float()
 
     from stageflow.inference.step_cache import StepCache
 
+    shared = vae_parts(folder, vae, unet, dev, graph)
     return DiffusionParts(
         tokenize=tokenize,
         encode_text=encode_text,
         condition=text_conditioner(tokenize, encode_text),
         predict_noise=predict_noise,
-        **vae_parts(folder, vae, unet, dev),
+        **{**shared, "graphs": graphs_of(forward) + shared["graphs"]},
         weights_dtype=dtype,
+        # The uncompiled module: cache_interval > 1 runs every step eager.
         step_cache=StepCache(unet, weights),
     )

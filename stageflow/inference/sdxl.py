@@ -27,6 +27,7 @@ from typing import Any
 
 import torch
 
+from stageflow.inference.compiled import GraphOptions, graphs_of
 from stageflow.inference.sd_parts import (
     ConditionFn,
     Conditioning,
@@ -35,6 +36,7 @@ from stageflow.inference.sd_parts import (
     load_vae_and_unet,
     quiet_hub_progress,
     torch_dtype,
+    unet_part,
     vae_parts,
 )
 from stageflow.inference.step_cache import StepCache
@@ -124,15 +126,20 @@ def _check_added_dims(folder: Path, unet: Any, n_ids: int, pooled_dim: int) -> N
         )
 
 
-def load_sdxl_parts(folder: Path, device: str = "cpu", dtype: str = "fp32") -> DiffusionParts:
+def load_sdxl_parts(
+    folder: Path, device: str = "cpu", dtype: str = "fp32", graph: GraphOptions | None = None
+) -> DiffusionParts:
     """An SDXL base or refiner folder, with each part's own from_pretrained, its
-    UNet, text encoders and VAE in `dtype` (in fp16 a force_upcast VAE stays fp32)."""
+    UNet, text encoders and VAE in `dtype` (in fp16 a force_upcast VAE stays fp32);
+    the UNet and VAE decode compiled or in channels_last as `graph` says."""
     from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
     dev = torch.device(device)
     weights = torch_dtype(dtype)
     index = json.loads((folder / "model_index.json").read_text(encoding="utf-8"))
-    vae, unet = load_vae_and_unet(folder, dev, weights)
+    graph = graph or GraphOptions()
+    vae, unet = load_vae_and_unet(folder, dev, weights, graph.channels_last)
+    forward = unet_part(unet, graph)
     if unet.config.addition_embed_type != "text_time":
         raise ValueError(f"{folder}: an SDXL UNet has addition_embed_type text_time")
     encoders: list[EncodeFn] = []
@@ -150,7 +157,7 @@ def load_sdxl_parts(folder: Path, device: str = "cpu", dtype: str = "fp32") -> D
 
     # Inputs cast to the weights' dtype, outputs back to float32 (no-ops in fp32).
     def predict_noise(sample: torch.Tensor, t: torch.Tensor, cond: Conditioning) -> torch.Tensor:
-        out: torch.Tensor = unet(
+        out: torch.Tensor = forward(
             sample.to(weights),
             t,
             encoder_hidden_states=cond.text.to(weights),
@@ -164,6 +171,7 @@ def load_sdxl_parts(folder: Path, device: str = "cpu", dtype: str = "fp32") -> D
         states: torch.Tensor = last_model(ids.to(dev), output_hidden_states=True).hidden_states[-2]
         return states.float()
 
+    shared = vae_parts(folder, vae, unet, dev, graph)
     return DiffusionParts(
         tokenize=clip_tokenize(last_tokenizer),
         encode_text=encode_text,
@@ -175,7 +183,8 @@ def load_sdxl_parts(folder: Path, device: str = "cpu", dtype: str = "fp32") -> D
         ),
         predict_noise=predict_noise,
         family=SDXL_FAMILY,
+        # The uncompiled module: cache_interval > 1 runs every step eager.
         step_cache=StepCache(unet),
-        **vae_parts(folder, vae, unet, dev),
+        **{**shared, "graphs": graphs_of(forward) + shared["graphs"]},
         weights_dtype=dtype,
     )

@@ -218,7 +218,23 @@ class StageSettings(CommonSettings):
         default=False,
         description="Before SERVING, run two guided UNet steps and one VAE decode at the "
         "model's native size, so the first requests are not slower than the rest (ONNX "
-        "Runtime's arena and memory pattern; costs those calls at start-up).",
+        "Runtime's arena and memory pattern; with compile=inductor, that shape's compile; "
+        "costs those calls at start-up).",
+    )
+    compile: Literal["off", "inductor"] = Field(
+        default="off",
+        description="torch backend: inductor wraps the UNet's forward and the VAE decode in "
+        "torch.compile(backend='inductor', dynamic=False) after load. Each new input shape "
+        "(batch, latent size) compiles on its first call, which is slow (seconds to minutes "
+        "on CPU; logged as model.compiled), and reuses its graph after; with warmup on, the "
+        "native size compiles before SERVING. cache_interval > 1 runs its steps eager. The "
+        "onnxruntime and tensorrt backends (exported graphs) refuse it.",
+    )
+    channels_last: bool = Field(
+        default=False,
+        description="torch backend: the UNet and VAE (and the latents they are called with) "
+        "in torch.channels_last memory format, eager or compiled; it may help or hurt on a "
+        "CPU (bench/compile.py). The onnxruntime and tensorrt backends refuse it.",
     )
     vae_tile_above_side: int = Field(
         default=1536,

@@ -236,6 +236,8 @@ def model_info(identity: ModelIdentity) -> common_pb2.ModelInfo:
         dtype=identity.dtype,
         dtype_setting=identity.dtype_setting,
         dtype_reason=identity.dtype_reason,
+        compile=identity.compile,
+        channels_last=identity.channels_last,
     )
 
 

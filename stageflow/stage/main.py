@@ -49,11 +49,14 @@ def kind_defaults(kind: kinds.Kind) -> dict[str, Any]:
 
 def model_options(settings: StageSettings) -> dict[str, Any]:
     """What every model constructor takes from the settings besides its folder
-    (stageflow.inference.base.LocalModel): precision, digest cache, warm-up, VAE tiling."""
+    (stageflow.inference.base.LocalModel): precision, digest cache, warm-up, compiled
+    graphs, VAE tiling."""
     return {
         "dtype": settings.dtype,
         "digest_cache": settings.digest_cache,
         "warmup": settings.warmup,
+        "compile": settings.compile,
+        "channels_last": settings.channels_last,
         "vae_tiling": VaeTiling(
             above_side=settings.vae_tile_above_side,
             budget_mb=settings.vae_memory_budget_mb,

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19stageflow/v1/common.proto\x12\x0cstageflow.v1\"R\n\x0b\x41rtifactRef\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\x0e\n\x06sha256\x18\x02 \x01(\t\x12\x12\n\nsize_bytes\x18\x03 \x01(\x03\x12\x12\n\nmedia_type\x18\x04 \x01(\t\"\x8c\x01\n\tModelInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x0f\n\x07\x62\x61\x63kend\x18\x03 \x01(\t\x12\x13\n\x0b\x66ingerprint\x18\x04 \x01(\t\x12\r\n\x05\x64type\x18\x05 \x01(\t\x12\x15\n\rdtype_setting\x18\x06 \x01(\t\x12\x14\n\x0c\x64type_reason\x18\x07 \x01(\t\"q\n\x06Timing\x12\x10\n\x08queue_ms\x18\x01 \x01(\x01\x12\x16\n\x0eload_inputs_ms\x18\x02 \x01(\x01\x12\x12\n\ncompute_ms\x18\x03 \x01(\x01\x12\x17\n\x0fstore_output_ms\x18\x04 \x01(\x01\x12\x10\n\x08total_ms\x18\x05 \x01(\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19stageflow/v1/common.proto\x12\x0cstageflow.v1\"R\n\x0b\x41rtifactRef\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\x0e\n\x06sha256\x18\x02 \x01(\t\x12\x12\n\nsize_bytes\x18\x03 \x01(\x03\x12\x12\n\nmedia_type\x18\x04 \x01(\t\"\xb4\x01\n\tModelInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x0f\n\x07\x62\x61\x63kend\x18\x03 \x01(\t\x12\x13\n\x0b\x66ingerprint\x18\x04 \x01(\t\x12\r\n\x05\x64type\x18\x05 \x01(\t\x12\x15\n\rdtype_setting\x18\x06 \x01(\t\x12\x14\n\x0c\x64type_reason\x18\x07 \x01(\t\x12\x0f\n\x07\x63ompile\x18\x08 \x01(\t\x12\x15\n\rchannels_last\x18\t \x01(\x08\"q\n\x06Timing\x12\x10\n\x08queue_ms\x18\x01 \x01(\x01\x12\x16\n\x0eload_inputs_ms\x18\x02 \x01(\x01\x12\x12\n\ncompute_ms\x18\x03 \x01(\x01\x12\x17\n\x0fstore_output_ms\x18\x04 \x01(\x01\x12\x10\n\x08total_ms\x18\x05 \x01(\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,7 +34,7 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_ARTIFACTREF']._serialized_start=43
   _globals['_ARTIFACTREF']._serialized_end=125
   _globals['_MODELINFO']._serialized_start=128
-  _globals['_MODELINFO']._serialized_end=268
-  _globals['_TIMING']._serialized_start=270
-  _globals['_TIMING']._serialized_end=383
+  _globals['_MODELINFO']._serialized_end=308
+  _globals['_TIMING']._serialized_start=310
+  _globals['_TIMING']._serialized_end=423
 # @@protoc_insertion_point(module_scope)

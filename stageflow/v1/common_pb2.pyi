@@ -17,7 +17,7 @@ class ArtifactRef(_message.Message):
     def __init__(self, key: _Optional[str] = ..., sha256: _Optional[str] = ..., size_bytes: _Optional[int] = ..., media_type: _Optional[str] = ...) -> None: ...
 
 class ModelInfo(_message.Message):
-    __slots__ = ("name", "version", "backend", "fingerprint", "dtype", "dtype_setting", "dtype_reason")
+    __slots__ = ("name", "version", "backend", "fingerprint", "dtype", "dtype_setting", "dtype_reason", "compile", "channels_last")
     NAME_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     BACKEND_FIELD_NUMBER: _ClassVar[int]
@@ -25,6 +25,8 @@ class ModelInfo(_message.Message):
     DTYPE_FIELD_NUMBER: _ClassVar[int]
     DTYPE_SETTING_FIELD_NUMBER: _ClassVar[int]
     DTYPE_REASON_FIELD_NUMBER: _ClassVar[int]
+    COMPILE_FIELD_NUMBER: _ClassVar[int]
+    CHANNELS_LAST_FIELD_NUMBER: _ClassVar[int]
     name: str
     version: str
     backend: str
@@ -32,7 +34,9 @@ class ModelInfo(_message.Message):
     dtype: str
     dtype_setting: str
     dtype_reason: str
-    def __init__(self, name: _Optional[str] = ..., version: _Optional[str] = ..., backend: _Optional[str] = ..., fingerprint: _Optional[str] = ..., dtype: _Optional[str] = ..., dtype_setting: _Optional[str] = ..., dtype_reason: _Optional[str] = ...) -> None: ...
+    compile: str
+    channels_last: bool
+    def __init__(self, name: _Optional[str] = ..., version: _Optional[str] = ..., backend: _Optional[str] = ..., fingerprint: _Optional[str] = ..., dtype: _Optional[str] = ..., dtype_setting: _Optional[str] = ..., dtype_reason: _Optional[str] = ..., compile: _Optional[str] = ..., channels_last: _Optional[bool] = ...) -> None: ...
 
 class Timing(_message.Message):
     __slots__ = ("queue_ms", "load_inputs_ms", "compute_ms", "store_output_ms", "total_ms")

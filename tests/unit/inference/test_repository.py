@@ -225,6 +225,27 @@ class RepositoryContract:
         assert identity.cpu_features == expected.cpu_features
         assert identity.fingerprint == precision.with_dtype(created.fingerprint, expected.dtype)
 
+    def test_a_version_served_compiled_reports_the_settings(
+        self, repo: ModelRepository, sd_folder: Path
+    ) -> None:
+        """The loader passes compile and channels_last to the model (nothing
+        compiles until a call: no warm-up here) and the version reports them."""
+        created = repo.import_folder(sd_folder, "sd", "1")
+        model = RepositoryLoader(
+            repo,
+            StageKind.TXT2IMG,
+            create_model,
+            families=BASE.families,
+            torch_threads=1,
+            model_options={"compile": "inductor", "channels_last": True},
+        ).load("sd@1")
+        try:
+            identity = model.describe().identity
+        finally:
+            model.unload()
+        assert (identity.compile, identity.channels_last) == ("inductor", True)
+        assert identity.fingerprint == created.fingerprint
+
     def test_compile_records_a_new_version_from_the_exporter(
         self, repo: ModelRepository, esrgan_folder: Path
     ) -> None:

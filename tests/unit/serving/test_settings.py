@@ -132,3 +132,23 @@ def test_log_level_is_checked(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit):
         load_settings(CommonSettings, ["--log-level", "loud"])
     assert "--log-level" in capsys.readouterr().err
+
+
+def test_compile_and_channels_last_reach_every_model_constructor() -> None:
+    from stageflow.stage.main import model_options
+
+    default = load_settings(StageSettings, REQUIRED)
+    assert (default.compile, default.channels_last) == ("off", False)
+    settings = load_settings(StageSettings, [*REQUIRED, "--compile", "inductor", "--channels-last"])
+    options = model_options(settings)
+    assert (options["compile"], options["channels_last"]) == ("inductor", True)
+
+
+def test_an_unknown_compile_mode_is_refused_at_start_up(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    with pytest.raises(SystemExit):
+        load_settings(StageSettings, [*REQUIRED, "--compile", "cudagraphs"])
+    assert "--compile / STAGEFLOW_COMPILE: Input should be 'off' or 'inductor'" in (
+        capsys.readouterr().err
+    )

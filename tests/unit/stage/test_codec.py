@@ -142,6 +142,16 @@ def test_describe_and_model_info_carry_the_dtype_choice_and_the_cpu() -> None:
     )
 
 
+def test_model_info_carries_the_compile_setting_through_the_wire() -> None:
+    from stageflow.v1 import common_pb2
+
+    compiled = ModelIdentity("m", "1", "torch", "f" * 64, compile="inductor", channels_last=True)
+    wire = common_pb2.ModelInfo.FromString(stage_codec.model_info(compiled).SerializeToString())
+    assert (wire.compile, wire.channels_last) == ("inductor", True)
+    eager = stage_codec.model_info(dataclasses.replace(compiled, compile="off"))
+    assert (eager.compile, eager.channels_last) == ("off", True)
+
+
 def test_cache_interval_passes_through_and_unset_takes_the_default() -> None:
     def decoded(interval: int | None = None) -> tuple[int, int]:
         base_msg = stage_pb2.Txt2ImgParams(prompt="x")
