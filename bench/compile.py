@@ -166,14 +166,15 @@ def measure(
         results[cfg].first_image_s = time.perf_counter() - started
         results[cfg].compile_s = compile_seconds(model.parts)
         log(f"{cfg.label}: first image {results[cfg].first_image_s:.1f} s")
+    configs = list(models)  # eager first
     for n in range(args.rounds):
-        shift = n % len(models)
-        order = [*CONFIGS[shift:], *CONFIGS[:shift]]
+        shift = n % len(configs)
+        order = [*configs[shift:], *configs[:shift]]
         renders = {cfg: render(models[cfg], args, seed=n) for cfg in order}
-        add_round(results, {cfg: renders[cfg] for cfg in CONFIGS})
+        add_round(results, {cfg: renders[cfg] for cfg in configs})
         log(
             f"round {n + 1}/{args.rounds}: "
-            + ", ".join(f"{c.label} {renders[c].step_ms:.1f} ms/step" for c in CONFIGS)
+            + ", ".join(f"{c.label} {renders[c].step_ms:.1f} ms/step" for c in configs)
         )
     return results
 
@@ -269,7 +270,18 @@ def parse(argv: list[str]) -> argparse.Namespace:
         default=None,
         help="inductor's cache folder (TORCHINDUCTOR_CACHE_DIR); default a fresh one: cold",
     )
+    parser.add_argument(
+        "--configs",
+        default=",".join(c.label for c in CONFIGS),
+        help="comma-separated labels to measure (eager is always measured, first)",
+    )
     args = parser.parse_args(argv)
+    labels = {c.label: c for c in CONFIGS}
+    wanted = [name.strip() for name in args.configs.split(",") if name.strip()]
+    unknown = [name for name in wanted if name not in labels]
+    if unknown:
+        parser.error(f"--configs: unknown {', '.join(unknown)}; known: {', '.join(labels)}")
+    args.configs = [c for c in CONFIGS if c == CONFIGS[0] or c.label in wanted]
     args.shown = args.folder.relative_to(ROOT) if args.folder == FIXTURE else args.folder
     args.folder = args.folder.resolve()
     return args
@@ -295,7 +307,7 @@ def main(argv: list[str] | None = None) -> None:
         torch.set_num_threads(args.threads)
         models: dict[Config, Any] = {}
         try:
-            for cfg in CONFIGS:
+            for cfg in args.configs:
                 model: Any = create_model(
                     "sd-txt2img",
                     args.folder,
