@@ -199,14 +199,15 @@ class StageSettings(CommonSettings):
         "~/.cache/stageflow/tensorrt.",
     )
     dtype: Literal["fp32", "fp16", "bf16", "auto"] = Field(
-        default="fp32",
+        default="auto",
         description="Precision of the weights: the torch backend casts the model's parts at "
         "load (latents, noise and the scheduler stay fp32); a compiled (ONNX) model runs in "
-        "its export's precision and refuses another. auto is the CPU serving choice: bf16 on "
-        "torch where the CPU has native bf16 (amx_bf16 or avx512_bf16 in /proc/cpuinfo), fp32 "
-        "elsewhere, a compiled model's own. The default fp32 keeps images bit-identical to "
-        "diffusers. The resolved precision and why show in Describe and in each result's "
-        "model info; it is folded into the model's fingerprint.",
+        "its export's precision and refuses another. auto (the default) is the CPU serving "
+        "choice: bf16 on torch where the CPU has native bf16 (amx_bf16 or avx512_bf16 in "
+        "/proc/cpuinfo) and the model has at least 256 MiB of weights, fp32 elsewhere, a "
+        "compiled model's own. fp32 keeps images bit-identical to diffusers. The resolved "
+        "precision and why show in Describe and in each result's model info; it is folded "
+        "into the model's fingerprint.",
     )
     digest_cache: Path | None = Field(
         default=Path("var/digest-cache"),
