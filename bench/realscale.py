@@ -720,6 +720,7 @@ ORT_VARIANTS: dict[str, dict[str, Any]] = {
     # The guided step as two calls of one row (cond, uncond): half the activations.
     "one row per call": {"rows": 1},
     "arena off, one row per call": {"arena": False, "rows": 1},
+    "memory patterns off, one row per call": {"pattern": False, "rows": 1},
 }
 
 
@@ -796,9 +797,16 @@ def ort_memory_one(threads: int, variant: str, steps: int = 2) -> dict[str, Any]
 
 
 def ort_memory(threads: int) -> dict[str, Any]:
+    """Each variant in its own process; variants recorded before are kept (drop the
+    phase from results.json to measure them all again)."""
     warm_page_cache(EXPORT)
-    runs = []
-    for variant in ORT_VARIANTS:
+    runs = [
+        r
+        for r in load_results().get("ort-memory", {}).get("runs", [])
+        if r["variant"] in ORT_VARIANTS
+    ]
+    done = {r["variant"] for r in runs}
+    for variant in (v for v in ORT_VARIANTS if v not in done):
         runs.append(in_child("ort-memory-one", variant, threads=threads))
         record("ort-memory", {"threads": threads, "runs": runs})  # keep what is done
     return {"threads": threads, "runs": runs}

@@ -16,13 +16,14 @@ Session settings, decided for a stage that serves one model for hours:
   onnxruntime) the plain graph is loaded and optimised here, as before; an
   ENABLE_ALL graph holds CPU-specific layouts (NCHWc blocks sized to the
   vector width), so it is never used on a machine it was not made for.
-- the CPU memory arena and memory patterns stay on (onnxruntime's
-  defaults): a denoise loop calls the UNet with the same shapes every step,
-  which is what both are for; without them every step would allocate its
-  activations afresh. Their cost is the first calls at a new shape (the
-  arena grows, the pattern is recorded on the second call): the stage's
-  `warmup` setting makes those calls at load, at the model's native size,
-  so the first requests after SERVING run at the steady speed.
+- the CPU memory arena stays on and memory patterns are off. A pattern
+  plans one block for all of a call shape's activations; on the real-size
+  UNet at 512 px that block made the process peak at 8.1 GB where the
+  arena alone, allocating as the graph runs, peaked at 5.8 GB, with the
+  same step time (bench/realscale.py ort-memory). The arena without
+  patterns still reuses its chunks step after step. The first calls at a
+  new shape grow the arena: the stage's `warmup` setting makes those calls
+  at load, at the model's native size.
 
 This module imports onnxruntime, numpy, torch (the loop's tensors) and a
 tokenizer; never diffusers: an ONNX-only stage process does not pay for it.
@@ -130,6 +131,10 @@ def _options(threads: int, spinning: bool) -> Any:
     # right after a session call in the same process (other backends, benchmarks) is
     # slowed while the threads spin. A stage serves one backend, so spinning stays on.
     options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
+    # Memory patterns off: measured on the real-size UNet at 512 px (bench/realscale.py
+    # ort-memory), the pattern's one planned block per call shape peaked at 8.1 GB
+    # where allocating as the graph runs peaked at 5.8 GB, at the same step time.
+    options.enable_mem_pattern = False
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.log_severity_level = 3
