@@ -125,3 +125,39 @@ def test_upscaler(
         out = ort_net(image)
         close(out, net(image))
     assert out.shape == (batch, 3, 4 * height, 4 * width)
+
+
+def test_the_cpu_provider_runs_the_unet_one_row_per_call(sd_export: ExportReport) -> None:
+    """A guided (or batched) UNet call on the CPU provider is one graph call per
+    row (runtime.CPU_UNET_ROWS: half the activations' memory), and equals the
+    whole batch in one call up to the kernels' rounding."""
+    import torch
+
+    from stageflow.inference.onnx import layout, runtime
+    from stageflow.inference.sd_parts import Conditioning
+
+    manifest = layout.read_manifest(sd_export.folder, verify=False)
+    graph = runtime.open_part(
+        manifest, sd_export.folder, layout.UNET, list(runtime.DEFAULT_PROVIDERS), 1
+    )
+    rows_seen: list[int] = []
+
+    def counted(*tensors: torch.Tensor) -> torch.Tensor:
+        rows_seen.append(int(tensors[0].shape[0]))
+        return graph(*tensors)
+
+    gen = torch.Generator().manual_seed(0)
+    sample = torch.randn(4, 4, 8, 8, generator=gen)
+    text = torch.randn(4, 77, int(manifest.config["text_hidden_size"]), generator=gen)
+    cond = Conditioning(text=text)
+    t = torch.tensor(500)
+    per_row = runtime.unet_caller(counted, rows=runtime.CPU_UNET_ROWS)(sample, t, cond)
+    assert rows_seen == [1, 1, 1, 1]
+    rows_seen.clear()
+    whole = runtime.unet_caller(counted, rows=0)(sample, t, cond)
+    assert rows_seen == [4]
+    assert per_row.shape == whole.shape
+    torch.testing.assert_close(per_row, whole, atol=1e-5, rtol=1e-5)
+    # load_onnx_parts wires it: the parts' predict_noise takes one row per call.
+    parts = runtime.load_onnx_parts(sd_export.folder, threads=1)
+    torch.testing.assert_close(parts.predict_noise(sample, t, cond), whole, atol=1e-5, rtol=1e-5)
