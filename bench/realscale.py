@@ -858,22 +858,25 @@ DECISIONS = """\
   weights in `.opt.onnx.data`) with the onnxruntime version and CPU features; the runtime loads
   it with `ORT_DISABLE_ALL` only where those match and only the CPU provider is asked for (an
   `ORT_ENABLE_ALL` graph carries CPU-specific NCHWc layouts), else the plain graph as before.
-- **Arena and memory patterns stay on** (`enable_cpu_mem_arena`, `enable_mem_pattern`,
-  onnxruntime's defaults): the denoise loop calls the UNet with one shape every step, which is
-  what they are for. Their cost is the first calls at a shape (the arena grows, the pattern is
-  recorded on the second call), which the earlier run saw as 12-13.5 s first steps against 8 s.
-  `warmup` (off by default) makes those calls before SERVING: two guided UNet steps and a VAE
-  decode at the native size. It moves that cost into the start, so the ≤ 10 s ONNX start and
-  "no slow first steps after SERVING" cannot both hold with it on at this CPU's speed; a
-  deployment chooses (the table below shows both). The peak RSS gap against torch is not closed
-  by these settings: ONNX graphs materialise the attention scores that torch's SDPA does not
-  (at 512 px the UNet's 4096-token self-attention is 2 × 8 heads × 4096² floats = 1 GiB per
-  matrix), which an attention-fusing export would address; not done here.
-- **dtype** (`fp32`/`fp16`/`bf16`): torch casts the parts at load; the loop stays fp32.
-  bf16 on the fixture: 46.9 dB PSNR from fp32 (fp16 58.3 dB); ONNX bf16 is refused.
-  `auto` (the CPU serving choice) is bf16 where the CPU reports amx_bf16 or avx512_bf16
-  and fp32 elsewhere (stageflow/inference/hardware.py); bf16 against fp32 image by image
-  is in docs/quality.md (`make dtype-quality`), at 512 px in the quality-bf16 phase.
+- **ONNX Runtime memory** (`stageflow/inference/onnx/runtime.py`): the arena stays on,
+  memory patterns are off, and on the CPU provider the UNet runs one row per call (a
+  guided step's two rows as two calls). The ort-memory table is why: a pattern plans one
+  block for all of a call shape's activations, and with two rows the graph materialises
+  attention scores of 1 GiB per matrix (2 × 8 heads × 4096² floats at 512 px) that torch's
+  SDPA never holds; without patterns the arena allocates as the graph runs, and one row
+  halves every activation, at the same step time. Prepacking stays on: off, the UNet's
+  session was created 1.1 s sooner with the same peak and steps within noise, but two steps
+  cannot rule out the slower products prepacking exists to avoid. `warmup` (off by
+  default) makes two guided UNet steps and a VAE decode at the native size before SERVING:
+  the first steps then run at the steady speed, at the price of a longer start (the cold
+  start table shows both).
+- **dtype** (`fp32`/`fp16`/`bf16`/`auto`): torch casts the parts at load; the loop stays
+  fp32. `auto`, the stage processes' default, is bf16 where the CPU reports amx_bf16 or
+  avx512_bf16 and the model has at least 256 MiB of weights, fp32 elsewhere
+  (stageflow/inference/hardware.py): bf16 made the whole job 1.61× faster per image here
+  (bench/perimage.py) and the parts table shows where; the fixtures, a few MiB, run slower
+  in bf16. bf16 against fp32 image by image is in docs/quality.md (`make dtype-quality`),
+  at 512 px in the quality-bf16 phase. ONNX bf16 is refused.
 - **VAE tiling** (`stageflow/inference/vae_tiling.py`): tiles above `vae_tile_above_side`
   (1536 px) or when the estimate exceeds `vae_memory_budget_mb`; on the fixture VAE, 128 px
   tiles are 22.0 dB from a whole decode (diffusers' own `tiled_decode`, same tiles: 21.0 dB).
