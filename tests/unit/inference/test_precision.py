@@ -95,9 +95,11 @@ def test_fp16_keeps_a_force_upcast_vae_in_fp32(sd_folder: Path) -> None:
     from stageflow.inference.sd_parts import load_torch_parts
 
     parts = load_torch_parts(sd_folder, dtype="fp16")
-    decoder = parts.decode_latents.__closure__
-    assert decoder is not None
-    vaes = [c.cell_contents for c in decoder if isinstance(c.cell_contents, torch.nn.Module)]
+    # The encode's closure holds the VAE itself (the decode's may hold a compiled
+    # wrapper of it: stageflow.inference.compiled); one VAE serves both.
+    encoder = parts.encode_image.__closure__
+    assert encoder is not None
+    vaes = [c.cell_contents for c in encoder if isinstance(c.cell_contents, torch.nn.Module)]
     assert vaes and next(vaes[0].parameters()).dtype == torch.float32
     image = parts.decode_latents(torch.zeros(1, 4, 8, 8))
     assert image.dtype == torch.float32 and torch.isfinite(image).all()
