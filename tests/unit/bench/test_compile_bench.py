@@ -61,3 +61,11 @@ def test_the_report_has_a_row_per_configuration_and_the_compile_seconds(
     assert rows[1].split(" | ")[1:3] == ["72.5", "53.4"]
     assert rows[0].split(" | ")[1:3] == ["–", "–"]
     assert "(`make bench-compile`)" in body
+
+
+def test_configs_picks_a_subset_with_eager_first_and_refuses_unknown_labels() -> None:
+    args = parse(["--configs", "channels_last"])
+    assert [c.label for c in args.configs] == ["eager", "channels_last"]
+    assert [c.label for c in parse([]).configs] == [c.label for c in CONFIGS]
+    with pytest.raises(SystemExit):
+        parse(["--configs", "eager,fast"])
