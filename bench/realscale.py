@@ -417,14 +417,20 @@ def _rss_of(pid: int | None) -> float:
 
 
 def cold_torch(threads: int, repeats: int = 2) -> dict[str, Any]:
+    """The folder served in its files' own fp32 (nothing to cast), and with the
+    stage's default dtype=auto (bf16 on a CPU with native bf16: a cast at load)."""
     warm_page_cache(FOLDER)
     out: dict[str, Any] = {"threads": threads}
+    fp32 = ("--dtype", "fp32")
     with tempfile.TemporaryDirectory(prefix="digests-") as tmp:
         cache = ["--digest-cache", tmp]
         # The first start fills the digest cache (as after a model update).
-        out["empty_cache"] = serve_once(FOLDER, "torch", threads, *cache)
-        out["warm_cache"] = [serve_once(FOLDER, "torch", threads, *cache) for _ in range(repeats)]
-    out["no_cache"] = serve_once(FOLDER, "torch", threads, "--digest-cache", "")
+        out["empty_cache"] = serve_once(FOLDER, "torch", threads, *cache, *fp32)
+        out["warm_cache"] = [
+            serve_once(FOLDER, "torch", threads, *cache, *fp32) for _ in range(repeats)
+        ]
+        out["auto_dtype"] = serve_once(FOLDER, "torch", threads, *cache, "--dtype", "auto")
+    out["no_cache"] = serve_once(FOLDER, "torch", threads, "--digest-cache", "", *fp32)
     return out
 
 
@@ -948,6 +954,13 @@ def write_report(path: Path, results: dict[str, Any], threads: int) -> None:
             ["torch, digest cache empty (first start)", _fmt(ct["empty_cache"]["serving_s"], " s")],
             ["torch, digest cache warm", f"{warm} s"],
         ]
+        if "auto_dtype" in ct:
+            rows.append(
+                [
+                    "torch, dtype auto (bf16 on this CPU: cast at load), cache warm",
+                    _fmt(ct["auto_dtype"]["serving_s"], " s"),
+                ]
+            )
     if co:
         rows += [
             ["onnxruntime, plain graphs", _fmt(co["plain_graphs"]["serving_s"], " s")],
