@@ -42,7 +42,7 @@ def folder_fingerprint(folder: Path, digests: DigestCache = NO_CACHE) -> str:
     return outer.hexdigest()
 
 
-WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".onnx", ".data")
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt")
 
 
 def weight_bytes(folder: Path) -> int:
@@ -182,9 +182,9 @@ class LocalModel(StageModel, abc.ABC):
         own (another explicit setting is refused)."""
         if not self.runtime.fixed_dtype:
             cpu = hardware.detect() if self.device.startswith("cpu") else hardware.CpuBf16((), "")
-            return hardware.choose_cast_dtype(
-                self.dtype, cpu, self.device, self.torch_dtypes, weight_bytes(self.path)
-            )
+            # Only auto weighs the folder: a set dtype walks no files.
+            size = weight_bytes(self.path) if self.dtype == precision.AUTO else None
+            return hardware.choose_cast_dtype(self.dtype, cpu, self.device, self.torch_dtypes, size)
         try:
             return precision.exported_choice(
                 self.dtype, self.runtime.dtype_of(self.path), self.path
