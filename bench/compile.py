@@ -1,11 +1,12 @@
-"""Compiled graphs: eager vs torch.compile (inductor) vs channels_last vs both; writes
-its section of docs/benchmarks.md.
+"""Compiled graphs and weight dtypes: eager fp32 vs torch.compile (inductor), channels_last
+and bf16 (fp16 too on CUDA), alone and combined; writes its section of docs/benchmarks.md.
 
     .venv/bin/python bench/compile.py [--threads 1] [--side 128] [--steps 10] [--rounds 5]
     .venv/bin/python bench/compile.py --folder var/realscale/sd15-random --side 512 --steps 20
+    .venv/bin/python bench/compile.py --device cuda --folder ... --side 512 --steps 20
 
-The base stage's model in-process (`Txt2ImgModel.run`, torch backend, fp32),
-one model per configuration, each loaded with the stage's `compile` and
+The base stage's model in-process (`Txt2ImgModel.run`, torch backend), one
+model per configuration, each loaded with the stage's `dtype`, `compile` and
 `channels_last` settings. For each configuration:
 
 - compile seconds: the first call of the UNet and of the VAE decode at the
@@ -17,7 +18,8 @@ one model per configuration, each loaded with the stage's `compile` and
   per image the VAE decode's and the whole image's (text encoding, the loop,
   the decode); each as its median and as the median over rounds of its ratio
   to eager's in the same round (the number to read);
-- how far each image is from eager's (same prompt and seed), in 8-bit levels.
+- how far each image is from eager fp32's (same prompt and seed): the largest
+  difference in 8-bit levels, and the lowest PSNR over the rounds.
 
 Rounds are interleaved: each round renders one image per configuration, in
 a rotating order, so a slow spell of this shared machine falls on all of them.
@@ -30,6 +32,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
+import shlex
 import sys
 import tempfile
 import time
@@ -62,20 +65,34 @@ SIDE, STEPS, ROUNDS = 128, 10, 5
 class Config:
     compile: str
     channels_last: bool
+    dtype: str = "fp32"
 
     @property
     def label(self) -> str:
-        parts = [] if self.compile == "off" else [self.compile]
+        parts = [] if self.dtype == "fp32" else [self.dtype]
+        parts += [] if self.compile == "off" else [self.compile]
         parts += ["channels_last"] if self.channels_last else []
         return " + ".join(parts) or "eager"
 
 
-CONFIGS = (
-    Config("off", False),
-    Config("inductor", False),
-    Config("off", True),
-    Config("inductor", True),
-)
+# The weight dtypes worth measuring per device: CPUs have no fast fp16 kernels.
+DTYPES = {"cpu": ("fp32", "bf16"), "cuda": ("fp32", "fp16", "bf16")}
+
+
+def configs_for(device: str) -> tuple[Config, ...]:
+    """Every dtype of the device with each graph option; eager fp32 first."""
+    kind = device.split(":")[0]
+    return tuple(
+        Config(mode, layout, dtype)
+        for dtype in DTYPES.get(kind, DTYPES["cpu"])
+        for mode, layout in (("off", False), ("inductor", False), ("off", True), ("inductor", True))
+    )
+
+
+CONFIGS = configs_for("cpu")
+EAGER = CONFIGS[0]
+# What a run without --configs measures: the graph options in fp32.
+DEFAULT_LABELS = tuple(c.label for c in CONFIGS if c.dtype == "fp32")
 
 
 @dataclass
@@ -89,18 +106,26 @@ class Samples:
     image_ms: list[float] = field(default_factory=list)
     image_ratios: list[float] = field(default_factory=list)
     max_levels: int = 0
+    min_psnr_db: float = float("inf")
+
+
+def no_sync() -> None:
+    return None
 
 
 class Timed:
-    """A part's callable that records each call's milliseconds."""
+    """A part's callable that records each call's milliseconds (`sync` waits for
+    the device's queued work: CUDA runs asynchronously)."""
 
-    def __init__(self, fn: Callable[..., Any]) -> None:
-        self.fn = fn
+    def __init__(self, fn: Callable[..., Any], sync: Callable[[], None] = no_sync) -> None:
+        self.fn, self.sync = fn, sync
         self.ms: list[float] = []
 
     def __call__(self, *args: Any) -> Any:
+        self.sync()
         started = time.perf_counter()
         out = self.fn(*args)
+        self.sync()
         self.ms.append((time.perf_counter() - started) * 1000)
         return out
 
@@ -113,12 +138,21 @@ class Render:
     decode_ms: float
 
 
+def device_sync(device: str) -> Callable[[], None]:
+    if not device.startswith("cuda"):
+        return no_sync
+    import torch
+
+    return torch.cuda.synchronize
+
+
 def render(model: Any, args: argparse.Namespace, seed: int) -> Render:
     """One image, its UNet steps and decode timed inside the real loop."""
     from stageflow.inference.interface import StageInputs, Txt2ImgParams
 
     parts = model.parts
-    unet, decode = Timed(parts.predict_noise), Timed(parts.decode_latents)
+    sync = device_sync(args.device)
+    unet, decode = Timed(parts.predict_noise, sync), Timed(parts.decode_latents, sync)
     model._parts = dataclasses.replace(parts, predict_noise=unet, decode_latents=decode)
     params = Txt2ImgParams(
         prompt=PROMPT, width=args.side, height=args.side, steps=args.steps, seed=seed
@@ -139,9 +173,17 @@ def max_levels(image: Any, reference: Any) -> int:
     return int(np.abs(a - b).max())
 
 
+def psnr_db(image: Any, reference: Any) -> float:
+    import numpy as np
+
+    a, b = np.asarray(image).astype(float), np.asarray(reference).astype(float)
+    mse = float(np.mean((a - b) ** 2))
+    return float("inf") if mse == 0 else 10 * float(np.log10(255.0**2 / mse))
+
+
 def add_round(results: dict[Config, Samples], renders: dict[Config, Render]) -> None:
     """One round's renders into the samples, each ratio against eager's in it."""
-    base = renders[CONFIGS[0]]
+    base = renders[EAGER]
     for cfg, r in renders.items():
         res = results[cfg]
         res.step_ms.append(r.step_ms)
@@ -151,6 +193,7 @@ def add_round(results: dict[Config, Samples], renders: dict[Config, Render]) -> 
         res.image_ms.append(r.image_ms)
         res.image_ratios.append(ratio(r.image_ms, base.image_ms))
         res.max_levels = max(res.max_levels, max_levels(r.image, base.image))
+        res.min_psnr_db = min(res.min_psnr_db, psnr_db(r.image, base.image))
 
 
 def measure(
@@ -196,14 +239,19 @@ def report_body(
 ) -> str:
     shown = args.shown
     cache = "the given folder" if args.inductor_cache else "a fresh, empty folder (cold)"
+    dtypes = sorted({cfg.dtype for cfg in results}, key=("fp32", "fp16", "bf16").index)
+    where = "CPU" if args.device == "cpu" else f"`{args.device}` ({args.device_name})"
     lines = [
-        "# Compiled graphs: torch.compile (inductor) and channels_last on CPU",
+        "# Compiled graphs: torch.compile (inductor) and channels_last on "
+        + where
+        + ("" if dtypes == ["fp32"] else f", weights in {' and '.join(dtypes)}"),
         "",
         f"- date: {started}",
         f"- machine: {machine()}",
-        f"- command: `.venv/bin/python bench/compile.py {' '.join(argv)}`".rstrip()
+        f"- command: `.venv/bin/python bench/compile.py {shlex.join(argv)}`".rstrip()
         + ("" if argv else " (`make bench-compile`)"),
-        f"- setup: `Txt2ImgModel.run` in-process on {shown} (torch {torch_version}, fp32), "
+        f"- setup: `Txt2ImgModel.run` in-process on {shown} (torch {torch_version}, "
+        f"weights in each configuration's dtype, fp32 unless named), "
         f"{args.threads} torch thread(s), {args.side} px, {args.steps} steps, guidance 7.5; "
         f"one model per configuration; inductor's cache in {cache}; one first image per "
         f"configuration, then {args.rounds} rounds of one image each, the configurations "
@@ -214,11 +262,12 @@ def report_body(
         "and of the VAE decode, compile and one run (what a stage's `warmup` moves into its "
         "start); **first image**: the whole first image. Per step: the UNet call inside the "
         "loop; the ratios are medians over rounds of each round's time over eager's in the "
-        "same round. **levels**: the largest difference of any image from eager's (same "
-        "seed), in 8-bit levels. The configurations of a run share one inductor process and "
-        "cache folder: the first compiled one also pays inductor's one-time start-up (its "
-        "compile workers), and the second may find kernels the first built; the first's "
-        "compile seconds are the cold-pod figure.",
+        "same round. **levels**: the largest difference of any image from eager fp32's (same "
+        "seed), in 8-bit levels; **PSNR**: the lowest over the rounds (∞: identical). The "
+        "configurations of a run share one inductor process and cache folder: the first "
+        "compiled one also pays inductor's one-time start-up (its compile workers), and the "
+        "second may find kernels the first built; the first's compile seconds are the "
+        "cold-pod figure.",
         "",
     ]
     header = [
@@ -233,10 +282,11 @@ def report_body(
         "ms / image",
         "× eager",
         "levels",
+        "PSNR dB",
     ]
     rows = []
     for cfg, res in results.items():
-        eager = cfg == CONFIGS[0]
+        eager = cfg == EAGER
         rows.append(
             [
                 cfg.label,
@@ -250,6 +300,7 @@ def report_body(
                 fmt_ms(median(res.image_ms)),
                 "1.00×" if eager else fmt_ratio(median(res.image_ratios)),
                 "0" if eager else str(res.max_levels),
+                "∞" if eager or res.min_psnr_db == float("inf") else f"{res.min_psnr_db:.1f}",
             ]
         )
     lines += table(header, rows)
@@ -270,18 +321,22 @@ def parse(argv: list[str]) -> argparse.Namespace:
         default=None,
         help="inductor's cache folder (TORCHINDUCTOR_CACHE_DIR); default a fresh one: cold",
     )
+    parser.add_argument("--device", default="cpu", help="torch device: cpu, cuda, cuda:1")
     parser.add_argument(
         "--configs",
-        default=",".join(c.label for c in CONFIGS),
-        help="comma-separated labels to measure (eager is always measured, first)",
+        default=",".join(DEFAULT_LABELS),
+        help="comma-separated labels to measure (eager is always measured, first); "
+        "default the fp32 graph options",
     )
     args = parser.parse_args(argv)
-    labels = {c.label: c for c in CONFIGS}
+    known = configs_for(args.device)
+    labels = {c.label: c for c in known}
     wanted = [name.strip() for name in args.configs.split(",") if name.strip()]
     unknown = [name for name in wanted if name not in labels]
     if unknown:
         parser.error(f"--configs: unknown {', '.join(unknown)}; known: {', '.join(labels)}")
-    args.configs = [c for c in CONFIGS if c == CONFIGS[0] or c.label in wanted]
+    args.configs = [c for c in known if c == EAGER or c.label in wanted]
+    args.device_name = args.device
     args.shown = args.folder.relative_to(ROOT) if args.folder == FIXTURE else args.folder
     args.folder = args.folder.resolve()
     return args
@@ -305,6 +360,8 @@ def main(argv: list[str] | None = None) -> None:
         from stageflow.inference.registry import create_model
 
         torch.set_num_threads(args.threads)
+        if args.device.startswith("cuda"):
+            args.device_name = torch.cuda.get_device_name(torch.device(args.device))
         models: dict[Config, Any] = {}
         try:
             for cfg in args.configs:
@@ -312,6 +369,8 @@ def main(argv: list[str] | None = None) -> None:
                     "sd-txt2img",
                     args.folder,
                     torch_threads=args.threads,
+                    device=args.device,
+                    dtype=cfg.dtype,
                     compile=cfg.compile,
                     channels_last=cfg.channels_last,
                 )
@@ -331,11 +390,21 @@ def main(argv: list[str] | None = None) -> None:
         load=(load_start, os.getloadavg()[0]),
         torch_version=torch.__version__,
     )
-    section = SECTION if args.folder == FIXTURE.resolve() else f"{SECTION} {args.folder.name}"
-    if len(args.configs) < len(CONFIGS):  # a subset run: its own section beside the others
-        section += " " + ",".join(c.label for c in args.configs[1:])
+    section = section_name(args)
     write_section(args.out, section, body)
     log(f"wrote the {section} section of {args.out}")
+
+
+def section_name(args: argparse.Namespace) -> str:
+    """One section per folder, device and set of configurations, so that runs of
+    other sets sit beside the default one instead of replacing it."""
+    section = SECTION if args.folder == FIXTURE.resolve() else f"{SECTION} {args.folder.name}"
+    if args.device != "cpu":
+        section += f" {args.device}"
+    labels = tuple(c.label for c in args.configs)
+    if labels != DEFAULT_LABELS:
+        section += " " + ",".join(labels[1:])
+    return section
 
 
 if __name__ == "__main__":

@@ -54,24 +54,35 @@ class Config:
     options: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
+# The measured configurations name their layout: channels_last auto would turn it
+# on for this folder.
+FP32 = ("--dtype", "fp32", "--channels-last", "off")
+BF16 = ("--dtype", "bf16", "--channels-last", "off")
+
 CONFIGS = {
     c.name: c
     for c in (
         Config(
             "fp32-eager",
-            "fp32 weights, eager torch (the baseline)",
-            flags={"base": ("--dtype", "fp32"), "refine": ("--dtype", "fp32")},
+            "fp32 weights, eager torch, contiguous (the baseline)",
+            flags={"base": FP32, "refine": FP32},
         ),
         Config(
             "bf16",
-            "bf16 weights on base and refine (dtype auto picks it on this CPU)",
-            flags={"base": ("--dtype", "bf16"), "refine": ("--dtype", "bf16")},
+            "bf16 weights on base and refine (dtype auto picks it on this CPU), contiguous",
+            flags={"base": BF16, "refine": BF16},
         ),
         Config(
             "bf16-cache2",
             "bf16, and step caching every 2nd step on base and refine",
-            flags={"base": ("--dtype", "bf16"), "refine": ("--dtype", "bf16")},
+            flags={"base": BF16, "refine": BF16},
             options={"base": {"cache_interval": 2}, "refine": {"cache_interval": 2}},
+        ),
+        Config(
+            "defaults",
+            "the stages' defaults: dtype auto and channels_last auto (bf16 and channels_last "
+            "on this CPU for this folder)",
+            flags={},
         ),
     )
 }

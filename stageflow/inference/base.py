@@ -60,6 +60,9 @@ def check_cancelled(cancelled: CancelledFn, done: int, total: int) -> None:
 class LocalModel(StageModel, abc.ABC):
     """A StageModel whose weights live in one local folder."""
 
+    # Whether the model has eager torch UNet and VAE modules when served by torch
+    # (the diffusion families), which compile and channels_last act on.
+    graph_parts: ClassVar[bool] = False
     # The precisions the torch backend can cast this model's parts to.
     torch_dtypes: ClassVar[tuple[str, ...]] = precision.DTYPES
 
@@ -80,7 +83,7 @@ class LocalModel(StageModel, abc.ABC):
         vae_tiling: VaeTiling | None = None,
         warmup: bool = False,
         compile: str = compiled.OFF,
-        channels_last: bool = False,
+        channels_last: bool | str = False,
     ) -> None:
         self.path = Path(path)
         self.name = name or self.path.name
@@ -104,7 +107,10 @@ class LocalModel(StageModel, abc.ABC):
         # torch.compile of the UNet and VAE decode, and their memory format
         # (stageflow.inference.compiled); checked against the backend at load.
         self.compile = compiled.check_mode(compile)
-        self.channels_last = channels_last
+        # on, off or auto; whether this load runs in channels_last is chosen at load.
+        self.channels_last = compiled.check_layout(channels_last)
+        self._layout: tuple[bool, str] | None = None
+        self._weight_size: int | None = None
         self._identity: ModelIdentity | None = None
 
     @property
@@ -117,7 +123,7 @@ class LocalModel(StageModel, abc.ABC):
             dtype=self._choice.dtype if self._choice else self.dtype,
             digests=self.digests,
             compile=self.compile,
-            channels_last=self.channels_last,
+            channels_last=self._layout[0] if self._layout else False,
         )
 
     @property
@@ -144,6 +150,11 @@ class LocalModel(StageModel, abc.ABC):
         fingerprint = self.runtime.fingerprint(self.path, self.backend_options)
         self._choice = choice = self._choose_dtype()
         dtype = choice.dtype
+        self._layout = channels_last, layout_reason = compiled.choose_channels_last(
+            self.channels_last,
+            self.graph_parts and self.runtime.takes_graph_options,
+            self._weights_bytes() if self.channels_last == compiled.AUTO else None,
+        )
         self._load_weights()
         if self.warmup:
             self._warm_up()
@@ -161,7 +172,7 @@ class LocalModel(StageModel, abc.ABC):
             cpu_features=choice.cpu_features,
             cpu_capability=choice.cpu_capability,
             compile=self.compile,
-            channels_last=self.channels_last,
+            channels_last=channels_last,
         )
         log.info(
             "model loaded",
@@ -172,9 +183,16 @@ class LocalModel(StageModel, abc.ABC):
             dtype=dtype,
             dtype_reason=choice.reason,
             compile=self.compile,
-            channels_last=self.channels_last,
+            channels_last=channels_last,
+            channels_last_reason=layout_reason,
             fingerprint=self._identity.fingerprint[:12],
         )
+
+    def _weights_bytes(self) -> int:
+        """The folder's weight bytes, walked once per model (what the autos weigh)."""
+        if self._weight_size is None:
+            self._weight_size = weight_bytes(self.path)
+        return self._weight_size
 
     def _choose_dtype(self) -> precision.DtypeChoice:
         """The precision this load runs in and why: for backends that cast at load,
@@ -183,7 +201,7 @@ class LocalModel(StageModel, abc.ABC):
         if not self.runtime.fixed_dtype:
             cpu = hardware.detect() if self.device.startswith("cpu") else hardware.CpuBf16((), "")
             # Only auto weighs the folder: a set dtype walks no files.
-            size = weight_bytes(self.path) if self.dtype == precision.AUTO else None
+            size = self._weights_bytes() if self.dtype == precision.AUTO else None
             return hardware.choose_cast_dtype(self.dtype, cpu, self.device, self.torch_dtypes, size)
         try:
             return precision.exported_choice(
@@ -202,7 +220,7 @@ class LocalModel(StageModel, abc.ABC):
                 f"compile {self.compile}: the {self.backend} backend serves an exported "
                 "graph, compiled already; compile applies to the torch backend (set it off)"
             )
-        if self.channels_last:
+        if self.channels_last == compiled.ON:
             raise FailedPrecondition(
                 f"channels_last: the {self.backend} backend serves an exported graph, whose "
                 "memory format is its own; channels_last applies to the torch backend"

@@ -45,6 +45,8 @@ if TYPE_CHECKING:
 
 
 class _DiffusionModel(LocalModel):
+    graph_parts: ClassVar[bool] = True
+
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._parts: DiffusionParts | None = None

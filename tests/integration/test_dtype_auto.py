@@ -54,6 +54,8 @@ def test_auto_reports_the_resolved_dtype_and_why_in_describe_and_results(
     assert desc.model.dtype_reason.startswith(f"auto: {expected.dtype}")
     assert tuple(desc.cpu_features) == expected.cpu_features
     assert desc.cpu_capability == expected.cpu_capability
+    # channels_last is auto by default too: off for the fixture's few MiB.
+    assert desc.model.channels_last is False
     # The fingerprint (and so the cache key) is the resolved dtype's, never "auto"'s.
     files = folder_fingerprint(folder)
     assert desc.model.fingerprint == precision.with_dtype(files, expected.dtype)

@@ -41,3 +41,31 @@ def test_the_report_says_what_was_not_measured(tmp_path: Path) -> None:
     assert "torch cold start: not measured yet." in text
     missing = ", ".join(p for p in PHASES if p != "load-parts")
     assert f"Phases not measured in the recorded results: {missing}." in text
+
+
+def test_the_torch_start_is_reported_beside_its_floor(tmp_path: Path) -> None:
+    out = tmp_path / "benchmarks.md"
+    start = {"rss_mb": 515, "serving_s": 5.9}
+    results = {
+        "cold-torch": {
+            "at": "2026-12-03 15:00 UTC, load average 0.4",
+            "threads": 2,
+            "empty_cache": {"rss_mb": 515, "serving_s": 9.3},
+            "no_cache": {"rss_mb": 515, "serving_s": 9.7},
+            "warm_cache": [start, {**start, "serving_s": 6.1}],
+            "floor": [
+                {"ready_s": 5.2, "imports_s": 4.3, "load_s": 0.6},
+                {"ready_s": 5.0, "imports_s": 4.2, "load_s": 0.5},
+            ],
+        }
+    }
+    write_report(out, results, threads=2)
+    text = out.read_text()
+    assert "Goal torch ≤ 5 s: NOT met (5.9 s" in text
+    assert "ready in 5.0 s at best (imports 4.2 s, loading 0.5 s), median 5.1 s" in text
+    assert "against the stage's median 6.0 s; at best the stage's own share is 0.90 s" in text
+    assert "1.18× the floor" in text
+    # A start quicker than the floor says so, not a negative share.
+    results["cold-torch"]["warm_cache"] = [{**start, "serving_s": 4.6}]
+    write_report(out, results, threads=2)
+    assert "the stage reached SERVING 0.40 s sooner than the floor" in out.read_text()

@@ -134,3 +134,51 @@ def test_an_unknown_compile_mode_is_refused_at_construction(sd_folder: Path) -> 
 
     with pytest.raises(ValueError, match="compile must be one of off, inductor"):
         Txt2ImgModel(sd_folder, compile="cudagraphs")
+
+
+def test_channels_last_auto_is_on_for_real_size_diffusion_models_only() -> None:
+    from stageflow.inference.compiled import CHANNELS_LAST_MIN_WEIGHT_BYTES, choose_channels_last
+
+    big, small = CHANNELS_LAST_MIN_WEIGHT_BYTES, CHANNELS_LAST_MIN_WEIGHT_BYTES - 1
+    assert choose_channels_last("auto", True, big) == (
+        True,
+        "auto: on, weights 256 MiB (on from 256 MiB)",
+    )
+    assert choose_channels_last("auto", True, small)[0] is False
+    assert choose_channels_last("auto", True, None)[0] is False
+    on, reason = choose_channels_last("auto", False, big)
+    assert (on, reason) == (False, "auto: off, no eager torch UNet or VAE here")
+    assert choose_channels_last("on", True, 0) == (True, "set: channels_last=on")
+    assert choose_channels_last("off", True, big) == (False, "set: channels_last=off")
+    with pytest.raises(ValueError, match="channels_last must be one of auto, on, off"):
+        choose_channels_last("sometimes", True, big)
+
+
+def test_channels_last_auto_weighs_the_folder_at_load(
+    sd_folder: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import torch
+
+    from stageflow.inference import compiled
+
+    # The fixture's few MiB: auto stays off, the layout its golden images use.
+    for model in loaded(sd_folder, channels_last="auto"):
+        assert model.identity.channels_last is False
+    # Any folder counts as real size when the threshold is lowered: auto turns it on.
+    monkeypatch.setattr(compiled, "CHANNELS_LAST_MIN_WEIGHT_BYTES", 0)
+    for model in loaded(sd_folder, channels_last="auto"):
+        assert model.identity.channels_last is True
+        unet = model.parts.step_cache.unet  # type: ignore[union-attr]
+        weight = unet.conv_in.weight
+        assert weight.is_contiguous(memory_format=torch.channels_last)
+
+
+def test_channels_last_auto_leaves_the_upscaler_as_it_is(esrgan_folder: Path) -> None:
+    from stageflow.inference.upscaler import EsrganUpscaler
+
+    model = EsrganUpscaler(esrgan_folder, channels_last="auto")
+    model.load()  # `on` is refused (below); auto means off here
+    assert model.identity.channels_last is False
+    model.unload()
+    with pytest.raises(FailedPrecondition, match="upscaler runs eager"):
+        EsrganUpscaler(esrgan_folder, channels_last="on").load()

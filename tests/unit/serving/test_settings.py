@@ -138,10 +138,26 @@ def test_compile_and_channels_last_reach_every_model_constructor() -> None:
     from stageflow.stage.main import model_options
 
     default = load_settings(StageSettings, REQUIRED)
-    assert (default.compile, default.channels_last) == ("off", False)
-    settings = load_settings(StageSettings, [*REQUIRED, "--compile", "inductor", "--channels-last"])
+    assert (default.compile, default.channels_last) == ("off", "auto")
+    settings = load_settings(
+        StageSettings, [*REQUIRED, "--compile", "inductor", "--channels-last", "on"]
+    )
     options = model_options(settings)
-    assert (options["compile"], options["channels_last"]) == ("inductor", True)
+    assert (options["compile"], options["channels_last"]) == ("inductor", "on")
+
+
+@pytest.mark.parametrize(("value", "layout"), [("true", "on"), ("0", "off"), ("auto", "auto")])
+def test_channels_last_takes_a_boolean_as_on_or_off(
+    monkeypatch: pytest.MonkeyPatch, value: str, layout: str
+) -> None:
+    monkeypatch.setenv("STAGEFLOW_CHANNELS_LAST", value)
+    assert load_settings(StageSettings, REQUIRED).channels_last == layout
+
+
+def test_an_unknown_channels_last_value_is_refused(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        load_settings(StageSettings, [*REQUIRED, "--channels-last", "sometimes"])
+    assert "--channels-last" in capsys.readouterr().err
 
 
 def test_an_unknown_compile_mode_is_refused_at_start_up(
