@@ -200,6 +200,24 @@ def import_ncnn(
     Console().print(Text(f"imported {created.ref}: {created.architecture} from {param.name}"))
 
 
+@models_app.command("variant")
+def add_variant(
+    folder: Annotated[Path, typer.Argument(help="A local diffusers folder (SD or SDXL).")],
+    dtype: Annotated[str, typer.Option(help="bf16 or fp16.")] = "bf16",
+) -> None:
+    """Store the folder's weights cast to DTYPE beside its own (diffusers' variant
+    files, <name>.<dtype>.safetensors): a stage serving that dtype then maps them
+    as they are instead of casting at every start. Run it before `models import`."""
+    from stageflow.inference.variants import write_variant
+
+    with _errors():
+        if not (folder / "model_index.json").is_file():
+            raise ValueError(f"{folder}: not a diffusers folder (no model_index.json)")
+        written = write_variant(folder, dtype)
+    size = sum(p.stat().st_size for p in written) / 2**20
+    Console().print(Text(f"wrote {len(written)} {dtype} weight files ({size:.0f} MiB) in {folder}"))
+
+
 @models_app.command("compile")
 def compile_model(
     model: Annotated[str, typer.Argument(help="name[@version]; default its latest torch version.")],

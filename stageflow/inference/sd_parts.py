@@ -170,6 +170,16 @@ def torch_dtype(name: str) -> torch.dtype:
     return TORCH_DTYPES[check_dtype(name)]
 
 
+def stored_variant(part: Path, weights: torch.dtype) -> str | None:
+    """The `variant=` for a part's from_pretrained: `weights`' name where the part
+    stores its weights in that dtype already (stageflow.inference.variants: no
+    cast at load), else None (the folder's own files, cast as they load)."""
+    from stageflow.inference.variants import has_variant
+
+    name = next(key for key, value in TORCH_DTYPES.items() if value == weights)
+    return name if has_variant(part, name) else None
+
+
 def load_torch_parts(
     folder: Path, device: str = "cpu", dtype: str = "fp32", graph: GraphOptions | None = None
 ) -> DiffusionParts:
@@ -211,13 +221,20 @@ def load_vae_and_unet(
     # Any: the libraries' own annotations of from_pretrained/.to confuse mypy.
     # low_cpu_mem_usage needs `accelerate`, which we do not depend on.
     unet: Any = UNet2DConditionModel.from_pretrained(
-        folder / "unet", low_cpu_mem_usage=False, dtype=weights
+        folder / "unet",
+        low_cpu_mem_usage=False,
+        dtype=weights,
+        variant=stored_variant(folder / "unet", weights),
     )
     upcast = weights == torch.float16 and AutoencoderKL.load_config(folder / "vae").get(
         "force_upcast", True
     )
+    vae_weights = torch.float32 if upcast else weights
     vae: Any = AutoencoderKL.from_pretrained(
-        folder / "vae", low_cpu_mem_usage=False, dtype=torch.float32 if upcast else weights
+        folder / "vae",
+        low_cpu_mem_usage=False,
+        dtype=vae_weights,
+        variant=stored_variant(folder / "vae", vae_weights),
     )
     if unet.config.in_channels != vae.config.latent_channels:
         raise ValueError(
@@ -305,7 +322,11 @@ def load_sd_parts(
     weights = torch_dtype(dtype)
     tokenizer = CLIPTokenizer.from_pretrained(folder / "tokenizer")
     with quiet_hub_progress():
-        text_encoder: Any = CLIPTextModel.from_pretrained(folder / "text_encoder", dtype=weights)
+        text_encoder: Any = CLIPTextModel.from_pretrained(
+            folder / "text_encoder",
+            dtype=weights,
+            variant=stored_variant(folder / "text_encoder", weights),
+        )
     text_encoder = text_encoder.to(dev).eval()
     graph = graph or GraphOptions()
     vae, unet = load_vae_and_unet(folder, dev, weights, graph.channels_last)

@@ -35,6 +35,7 @@ from stageflow.inference.sd_parts import (
     clip_tokenize,
     load_vae_and_unet,
     quiet_hub_progress,
+    stored_variant,
     torch_dtype,
     unet_part,
     vae_parts,
@@ -149,7 +150,10 @@ def load_sdxl_parts(
             if (index.get(f"text_encoder{suffix}") or [None])[0] is None:
                 continue
             tokenizer = CLIPTokenizer.from_pretrained(folder / f"tokenizer{suffix}")
-            model: Any = cls.from_pretrained(folder / f"text_encoder{suffix}", dtype=weights)
+            part = folder / f"text_encoder{suffix}"
+            model: Any = cls.from_pretrained(
+                part, dtype=weights, variant=stored_variant(part, weights)
+            )
             encoders.append(_encoder(tokenizer, model.to(dev).eval(), dev))
             last_tokenizer, last_model = tokenizer, model
     aesthetics = bool(index.get("requires_aesthetics_score", False))

@@ -57,6 +57,9 @@ def test_the_torch_start_is_reported_beside_its_floor(tmp_path: Path) -> None:
                 {"ready_s": 5.2, "imports_s": 4.3, "load_s": 0.6},
                 {"ready_s": 5.0, "imports_s": 4.2, "load_s": 0.5},
             ],
+            "defaults": {"rss_mb": 6181, "serving_s": 6.6},
+            "defaults_variant": [{"rss_mb": 3068, "serving_s": 5.1}],
+            "variant_contiguous": [{"rss_mb": 523, "serving_s": 4.8}],
         }
     }
     write_report(out, results, threads=2)
@@ -65,6 +68,9 @@ def test_the_torch_start_is_reported_beside_its_floor(tmp_path: Path) -> None:
     assert "ready in 5.0 s at best (imports 4.2 s, loading 0.5 s), median 5.1 s" in text
     assert "against the stage's median 6.0 s; at best the stage's own share is 0.90 s" in text
     assert "1.18× the floor" in text
+    assert "the start is 6.6 s casting at load and 5.1 s from a stored bf16 variant" in text
+    assert "| torch, bf16 from the stored variant, channels_last off, cache warm | 4.8 s" in text
+    assert "adds 0.30 s and 2545 MiB of RSS to the start" in text
     # A start quicker than the floor says so, not a negative share.
     results["cold-torch"]["warm_cache"] = [{**start, "serving_s": 4.6}]
     write_report(out, results, threads=2)

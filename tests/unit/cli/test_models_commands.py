@@ -59,3 +59,22 @@ def test_build_fixtures_keeps_its_name_and_flags() -> None:
     result = CliRunner().invoke(app, ["models", "build-fixtures", "--help"])
     assert result.exit_code == 0
     assert "--out" in result.output and "--seed" in result.output
+
+
+def test_variant_writes_the_weights_cast_beside_a_diffusers_folders_own(
+    sd_folder: Path, esrgan_folder: Path, tmp_path: Path
+) -> None:
+    import shutil
+
+    folder = Path(shutil.copytree(sd_folder, tmp_path / "sd"))
+    done = invoke("variant", str(folder), "--dtype", "bf16", repository=tmp_path / "repo")
+    assert done.exit_code == 0, done.output
+    assert "wrote 3 bf16 weight files" in done.stdout
+    assert (folder / "unet" / "diffusion_pytorch_model.bf16.safetensors").is_file()
+    # Not a diffusers folder, or a dtype that is no variant: one line, exit 2.
+    upscaler = invoke("variant", str(esrgan_folder), repository=tmp_path / "repo")
+    assert upscaler.exit_code == 2
+    assert "not a diffusers folder (no model_index.json)" in upscaler.output
+    fp32 = invoke("variant", str(folder), "--dtype", "fp32", repository=tmp_path / "repo")
+    assert fp32.exit_code == 2
+    assert "a variant is stored in fp16 or bf16" in fp32.output
