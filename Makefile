@@ -128,7 +128,7 @@ demo: setup ## the reference prompt through base -> upscale -> refine to a PNG u
 	$(BIN)/stageflow demo --out out
 
 .PHONY: bench-perimage
-bench-perimage: deps ## the real-scale job through the services, fp32 eager vs bf16 (+ step caching): per-image time (~20 min; needs bench/realscale.py build)
+bench-perimage: deps ## the real-scale job through the services, fp32 eager vs bf16 (+ step caching) vs the defaults: per-image time (~20 min; needs bench/realscale.py build)
 	$(PY) bench/perimage.py --out docs/benchmarks.md
 
 .PHONY: bench bench-backends bench-serving bench-gateway bench-orchestrators bench-handoff bench-stepcache bench-compile bench-realscale

@@ -24,6 +24,7 @@ import argparse
 import asyncio
 import io
 import os
+import shlex
 import sys
 import tempfile
 import time
@@ -207,11 +208,14 @@ def report(
     best = max(runs[1:], key=lambda r: base.wall_s / r.wall_s, default=None)
     flags = sorted(f for f in cpu_flags() if f.startswith(("avx512", "amx", "avx2", "fma")))
     amx = any(f.startswith("amx") for f in flags)
-    cmd = "`.venv/bin/python bench/perimage.py " + " ".join(sys.argv[1:]) + "`"
+    argv = sys.argv[1:]
+    cmd = "`" + shlex.join([".venv/bin/python", "bench/perimage.py", *argv]) + "`"
+    if not argv:
+        cmd += " (`make bench-perimage`)"
     lines = [
         "## Per image: the real-scale job through the services",
         "",
-        f"{cmd} (`make bench-perimage`), {started}, load average {load[0]:.1f} → {load[1]:.1f}.",
+        f"{cmd}, {started}, load average {load[0]:.1f} → {load[1]:.1f}.",
         "",
         f"- machine: {machine()}",
         f"- CPU flags that decide the kernels: {', '.join(flags) or 'none of avx2/fma/avx512/amx'}",
@@ -290,8 +294,10 @@ def main(argv: list[str] | None = None) -> None:
         print(f"[{time.perf_counter() - t0:6.0f} s] {message}", flush=True)
 
     runs = [run_config(CONFIGS[name], args, log) for name in names]
-    write_section(args.out, SECTION, report(runs, args, started, (load0, os.getloadavg()[0])))
-    log(f"wrote the {SECTION} section of {args.out}")
+    # A run of some configurations writes its own section beside the whole one.
+    section = SECTION if set(names) == set(CONFIGS) else f"{SECTION} {','.join(names[1:])}"
+    write_section(args.out, section, report(runs, args, started, (load0, os.getloadavg()[0])))
+    log(f"wrote the {section} section of {args.out}")
 
 
 if __name__ == "__main__":

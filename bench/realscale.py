@@ -21,6 +21,8 @@ recorded so far, and says which were not measured):
                 real-size VAE decoder and text encoder (minutes, not the UNet's
                 4 min export)
   cold-torch    base stage process to SERVING, torch: digest cache empty / warm
+  cold-compile  the same with compile=inductor and warm-up (the compile in the
+                start), inductor's cache empty then warm, beside warm-up alone
   steps-torch   UNet step at 512 px with guidance (batch 2): per step, FLOPs, RSS
   steps-bf16    the same with dtype bf16
   parts-dtype   each part (text encoder, UNet step, VAE decode and encode at
@@ -84,6 +86,7 @@ PHASES = (
     "load-parts",
     "sessions",
     "cold-torch",
+    "cold-compile",
     "steps-torch",
     "steps-bf16",
     "parts-dtype",
@@ -366,7 +369,9 @@ def warm_page_cache(folder: Path) -> None:
                     pass
 
 
-def serve_once(folder: Path, backend: str, threads: int, *extra: str) -> dict[str, float]:
+def serve_once(
+    folder: Path, backend: str, threads: int, *extra: str, env_extra: dict[str, str] | None = None
+) -> dict[str, float]:
     """One base stage process: seconds to SERVING, and its peak RSS there."""
     from stageflow.serving.processes import ServerProcess, log_tail
 
@@ -391,7 +396,7 @@ def serve_once(folder: Path, backend: str, threads: int, *extra: str) -> dict[st
             *extra,
         ]
         log = scratch / "stage.log"
-        env = {**os.environ, "PYTHONPATH": str(ROOT)}
+        env = {**os.environ, "PYTHONPATH": str(ROOT), **(env_extra or {})}
         server = ServerProcess(
             backend, cmd, log=log, port_file=scratch / "port", env=env, cwd=ROOT, start_timeout=600
         )
@@ -508,6 +513,28 @@ def cold_torch(threads: int, repeats: int = 3) -> dict[str, Any]:
             off = ("--channels-last", "off")
             out["variant_contiguous"].append(serve_once(variant, "torch", threads, *cache, *off))
     out["no_cache"] = serve_once(FOLDER, "torch", threads, "--digest-cache", "", *fp32)
+    return out
+
+
+def cold_compile(threads: int) -> dict[str, Any]:
+    """The start that compiles: the stage's defaults with compile=inductor and
+    warm-up, so the compile of the native size lands before SERVING. Inductor's
+    cache folder starts empty (a new pod) and is reused by the second start (a
+    pod with a persistent cache volume); the warm-up alone, without compile, is
+    the start to subtract."""
+    warm_page_cache(FOLDER)
+    out: dict[str, Any] = {"threads": threads}
+    with (
+        tempfile.TemporaryDirectory(prefix="digests-") as digests,
+        tempfile.TemporaryDirectory(prefix="inductor-") as inductor,
+    ):
+        cache = ("--digest-cache", digests)
+        serve_once(FOLDER, "torch", threads, *cache)  # fills the digest cache: not recorded
+        out["warmup"] = serve_once(FOLDER, "torch", threads, *cache, "--warmup")
+        env = {"TORCHINDUCTOR_CACHE_DIR": inductor}
+        compiled = (*cache, "--warmup", "--compile", "inductor")
+        out["compile_cold"] = serve_once(FOLDER, "torch", threads, *compiled, env_extra=env)
+        out["compile_warm"] = serve_once(FOLDER, "torch", threads, *compiled, env_extra=env)
     return out
 
 
@@ -1095,6 +1122,23 @@ def write_report(path: Path, results: dict[str, Any], threads: int) -> None:
                     f"{_fmt(best['serving_s'], ' s')} (RSS {best['rss_mb']:.0f} MiB)",
                 ]
             )
+    cc = results.get("cold-compile")
+    if cc:
+        rows += [
+            [
+                "torch, the stage's defaults + warm-up (a guided step pair and a decode at "
+                "512 px before SERVING)",
+                _fmt(cc["warmup"]["serving_s"], " s"),
+            ],
+            [
+                "torch, the same + compile inductor, inductor's cache empty (a new pod)",
+                _fmt(cc["compile_cold"]["serving_s"], " s"),
+            ],
+            [
+                "torch, the same + compile inductor, inductor's cache warm (a cache volume)",
+                _fmt(cc["compile_warm"]["serving_s"], " s"),
+            ],
+        ]
     if co:
         rows += [
             ["onnxruntime, plain graphs", _fmt(co["plain_graphs"]["serving_s"], " s")],
@@ -1134,6 +1178,14 @@ def write_report(path: Path, results: dict[str, Any], threads: int) -> None:
             )
     else:
         lines.append("\ntorch cold start: not measured yet.")
+    if cc:
+        base = cc["warmup"]["serving_s"]
+        lines.append(
+            f"Compiling in the start (compile inductor with warm-up) adds "
+            f"{cc['compile_cold']['serving_s'] - base:.1f} s to the warm-up start with an empty "
+            f"inductor cache and {cc['compile_warm']['serving_s'] - base:.1f} s with the cache "
+            f"the first start left ({cc['at']})."
+        )
     if co:
         lines.append(
             f"Goal ONNX ≤ 10 s: {verdict(co['warm_cache']['serving_s'] <= 10)} "
@@ -1298,6 +1350,8 @@ def run_phase(phase: str, threads: int, big: bool, vae_sides: tuple[int, ...]) -
         value = in_child(phase, threads=threads)
     elif phase == "cold-torch":
         value = cold_torch(threads)
+    elif phase == "cold-compile":
+        value = cold_compile(threads)
     elif phase == "cold-onnx":
         value = cold_onnx(threads)
     elif phase == "steps-torch":

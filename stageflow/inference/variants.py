@@ -2,9 +2,9 @@
 
 A torch stage serving a float32 folder in bf16 (dtype `auto` on a CPU with
 native bf16) casts every weight at load: at real scale (the 4.3 GB SD
-1.5-size folder) that takes the start from 4.6 s to 7.1 s and touches all
-4.3 GB, so the process holds the fp32 pages it read and the bf16 copy
-(6.2 GB resident at SERVING against 0.5 GB). A variant is the same weights
+1.5-size folder) that took the start from 4.5 s to 6.6 s in a quiet run, and
+it touches all 4.3 GB, so the process holds the fp32 pages it read and the
+bf16 copy (6.2 GB resident at SERVING against 0.5 GB). A variant is the same weights
 cast once, ahead of time, and saved beside the originals under diffusers'
 variant name, `<name>.<dtype>.safetensors` (`diffusion_pytorch_model.bf16.
 safetensors`, `model.bf16.safetensors`). The loader (`stageflow.inference.

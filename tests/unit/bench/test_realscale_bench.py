@@ -75,3 +75,21 @@ def test_the_torch_start_is_reported_beside_its_floor(tmp_path: Path) -> None:
     results["cold-torch"]["warm_cache"] = [{**start, "serving_s": 4.6}]
     write_report(out, results, threads=2)
     assert "the stage reached SERVING 0.40 s sooner than the floor" in out.read_text()
+
+
+def test_the_compiled_start_is_reported_against_the_warm_up_start(tmp_path: Path) -> None:
+    out = tmp_path / "benchmarks.md"
+    start = {"rss_mb": 3000}
+    results = {
+        "cold-compile": {
+            "at": "2026-12-03 16:00 UTC, load average 1.0",
+            "threads": 2,
+            "warmup": {**start, "serving_s": 50.0},
+            "compile_cold": {**start, "serving_s": 230.5},
+            "compile_warm": {**start, "serving_s": 70.25},
+        }
+    }
+    write_report(out, results, threads=2)
+    text = out.read_text()
+    assert "inductor's cache empty (a new pod) | 230.5 s |" in text
+    assert "adds 180.5 s to the warm-up start with an empty inductor cache and 20.2 s" in text

@@ -97,3 +97,12 @@ def test_variant_names_follow_diffusers() -> None:
     weights = Path("unet/diffusion_pytorch_model.safetensors")
     assert variant_path(weights, "fp16").name == "diffusion_pytorch_model.fp16.safetensors"
     assert is_variant(variant_path(weights, "bf16")) and not is_variant(weights)
+
+
+def test_an_sdxl_folder_gets_both_text_encoders_and_the_same_images(
+    sdxl_folder: Path, tmp_path: Path
+) -> None:
+    folder = Path(shutil.copytree(sdxl_folder, tmp_path / "sdxl"))
+    written = write_variant(folder, "bf16")
+    assert {p.parent.name for p in written} == {"unet", "vae", "text_encoder", "text_encoder_2"}
+    np.testing.assert_array_equal(image(folder, "bf16"), image(sdxl_folder, "bf16"))
