@@ -983,10 +983,18 @@ DECISIONS = """\
 - **dtype** (`fp32`/`fp16`/`bf16`/`auto`): torch casts the parts at load; the loop stays
   fp32. `auto`, the stage processes' default, is bf16 where the CPU reports amx_bf16 or
   avx512_bf16 and the model has at least 256 MiB of weights, fp32 elsewhere
-  (stageflow/inference/hardware.py): bf16 made the whole job 1.61× faster per image here
-  (bench/perimage.py) and the parts table shows where; the fixtures, a few MiB, run slower
-  in bf16. bf16 against fp32 image by image is in docs/quality.md (`make dtype-quality`),
-  at 512 px in the quality-bf16 phase. ONNX bf16 is refused.
+  (stageflow/inference/hardware.py): bf16 made the whole job 1.35× faster per image here
+  on a quiet machine (1.61× in an earlier run under load; bench/perimage.py) and the parts
+  table shows where; the fixtures, a few MiB, run slower in bf16. A folder can store its
+  weights in bf16 beside the fp32 ones (`stageflow models variant`): the loader maps them
+  instead of casting, which the cold start table measures. bf16 against fp32 image by
+  image is in docs/quality.md (`make dtype-quality`), at 512 px in the quality-bf16 phase.
+  ONNX bf16 is refused.
+- **channels_last** (`auto`, the default: on for torch diffusion models of 256 MiB and
+  more): a whole 2-step image in 0.92× the contiguous time in fp32 and bf16 in process
+  (bench/compile.py), the 20-step job through the services 0.97× bf16's (bench/perimage.py
+  bf16,defaults); its copy of the conv weights costs start time and 2.5 GB of resident
+  pages (the cold start table).
 - **VAE tiling** (`stageflow/inference/vae_tiling.py`): tiles above `vae_tile_above_side`
   (1536 px) or when the estimate exceeds `vae_memory_budget_mb`; on the fixture VAE, 128 px
   tiles are 22.0 dB from a whole decode (diffusers' own `tiled_decode`, same tiles: 21.0 dB).
