@@ -46,12 +46,13 @@ KNOWN_KEYS = sorted({*_TEXT_KEYS, *_INT_KEYS, *_OPTION_KEYS, "stages", "options"
 RECONNECT_SECONDS = 120.0
 # An orchestrator never reached at all is a mistyped address: give up this soon.
 CONNECT_SECONDS = 8.0
-# Attempts at downloading one final image (a dropped stream, a corrupted chunk).
+# Attempts at downloading one final image that arrives corrupted or cannot be
+# written (an orchestrator that is restarting is waited for, as RECONNECT_SECONDS says).
 DOWNLOAD_ATTEMPTS = 5
 # A line the orchestrator rejects: the file is wrong, nothing was submitted.
 EXIT_REJECTED = 2
 _RETRYABLE = (Unavailable, DeadlineExceeded)
-_DOWNLOAD_RETRYABLE = (Unavailable, DeadlineExceeded, DataLoss, OSError)
+_DOWNLOAD_FAILURES = (DataLoss, OSError)
 
 
 class BatchFileError(ValueError):
@@ -157,14 +158,24 @@ async def _finished(client: StageflowClient, job_id: str) -> pb.Job:
 
 async def _download(client: StageflowClient, job: pb.Job, path: Path, ui: Ui, what: str) -> None:
     """The final image into `path`, verified; retried, since a batch that
-    cannot deliver its images has not succeeded."""
-    delay = 0.2
-    for attempt in range(1, DOWNLOAD_ATTEMPTS + 1):
+    cannot deliver its images has not succeeded. An orchestrator that cannot
+    be reached (restarting) is waited for as long as a submit or a watch waits
+    for it; a download that arrives corrupted or cannot be written is tried
+    DOWNLOAD_ATTEMPTS times."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + RECONNECT_SECONDS
+    delay, failures = 0.2, 0
+    while True:
         try:
             await client.fetch_final(job, path=path)
             return
-        except _DOWNLOAD_RETRYABLE as err:
-            if attempt == DOWNLOAD_ATTEMPTS:
+        except _RETRYABLE as err:
+            if loop.time() + delay > deadline:
+                raise
+            ui.say(f"{what}: download failed ({err}), retrying in {delay:.1f}s")
+        except _DOWNLOAD_FAILURES as err:
+            failures += 1
+            if failures == DOWNLOAD_ATTEMPTS:
                 raise
             ui.say(f"{what}: download failed ({err}), retrying in {delay:.1f}s")
         await asyncio.sleep(delay * random.uniform(0.5, 1.0))

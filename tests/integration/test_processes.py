@@ -94,12 +94,19 @@ def send(parent: subprocess.Popen[bytes], sig: signal.Signals) -> None:
 def parent_process(
     argv: list[str], log: Path
 ) -> Iterator[tuple[subprocess.Popen[bytes], set[int]]]:
-    """The parent in its own process group (as a shell runs a command); yields
-    it and a set to fill with its children's pids, all SIGKILLed if still
-    alive at the end (a failed test leaves nothing running)."""
+    """The parent in its own process group (as a shell runs a command), with
+    SIGINT's default disposition (as a terminal's foreground job has it: a test
+    run started in the background by a non-interactive shell ignores SIGINT,
+    and its children would inherit that); yields it and a set to fill with its
+    children's pids, all SIGKILLed if still alive at the end (a failed test
+    leaves nothing running)."""
     with log.open("wb") as out:
         parent = subprocess.Popen(
-            argv, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+            argv,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
         )
     children: set[int] = set()
     try:

@@ -56,8 +56,10 @@ class FakeOrchestrator(pb_grpc.OrchestratorServiceServicer):
     outcome: "succeed", "fail" (job FAILED), "bad_digest" (GetArtifact sends
     bytes that do not match the artifact's sha256, as a corrupting link would)
     or "interrupt" (sends this process SIGINT after the snapshot, as Ctrl-C
-    would, then waits to be cancelled). GetArtifact sends `chunk_bytes` per
-    message, so a small artifact still takes several.
+    would, then waits to be cancelled). `unavailable_downloads` GetArtifact
+    calls are answered UNAVAILABLE first, as an orchestrator being restarted
+    is. GetArtifact sends `chunk_bytes` per message, so a small artifact still
+    takes several.
     """
 
     def __init__(self, outcome: str = "succeed", chunk_bytes: int = 16) -> None:
@@ -65,6 +67,7 @@ class FakeOrchestrator(pb_grpc.OrchestratorServiceServicer):
         self.chunk_bytes = chunk_bytes
         self.artifacts: dict[str, bytes] = {}  # key -> bytes, what GetArtifact serves
         self.artifact_requests: list[pb.GetArtifactRequest] = []
+        self.unavailable_downloads = 0
         self.submits: list[pb.SubmitJobRequest] = []
         self.validations: list[pb.SubmitJobRequest] = []  # validate_only submits
         self.list_requests: list[pb.ListJobsRequest] = []
@@ -187,6 +190,9 @@ class FakeOrchestrator(pb_grpc.OrchestratorServiceServicer):
     ) -> AsyncIterator[pb.GetArtifactResponse]:
         """The real one's contract, for versions 0 and 1: the final or a stage's output."""
         self.artifact_requests.append(request)
+        if self.unavailable_downloads > 0:
+            self.unavailable_downloads -= 1
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "restarting")
         job = await self._job(request.job_id, context)
         if request.version not in (0, 1):
             await context.abort(grpc.StatusCode.NOT_FOUND, f"no version {request.version}")

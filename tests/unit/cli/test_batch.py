@@ -109,6 +109,26 @@ def test_a_final_that_cannot_be_downloaded_fails_the_line(fake: Fake, tmp_path: 
     assert len(servicer.artifact_requests) == 2 * 5
 
 
+def test_a_download_waits_out_an_orchestrator_restart(
+    fake: Fake, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """More UNAVAILABLE answers than DOWNLOAD_ATTEMPTS: a restart is a pause (the
+    same wait a watch gets), not one of the attempts a corrupt download has."""
+    monkeypatch.setattr("stageflow.cli.batch.random.uniform", lambda a, b: 0.01)
+    servicer, address = fake
+    servicer.unavailable_downloads = 8
+    bundles = _write(tmp_path / "b.jsonl", _bundle(1))
+    summary = tmp_path / "summary.jsonl"
+    result = invoke(
+        "batch", str(bundles), "--address", address, "--out", str(tmp_path / "out"),
+        "--summary", str(summary),
+    )  # fmt: skip
+    assert result.exit_code == 0, result.stderr
+    assert [r["status"] for r in _summary(summary)] == ["succeeded"]
+    assert len(servicer.artifact_requests) == 9
+    assert "line 1: download failed (UNAVAILABLE" in result.stderr
+
+
 def test_an_orchestrator_never_reached_fails_fast(tmp_path: Path) -> None:
     import socket
     import time
