@@ -155,11 +155,20 @@ def import_model(
     src: Annotated[Path, typer.Argument(help="A local diffusers or ESRGAN folder.")],
     name: Annotated[str, typer.Option(help="Model name in the repository.")],
     version: Annotated[str, typer.Option(help="Version to create, e.g. 1.")],
+    variant: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="Also store the weights cast to bf16 or fp16 (repeatable; diffusers "
+            "folders): a stage serving that dtype maps them instead of casting at start."
+        ),
+    ] = None,
     repository: Repository = None,
 ) -> None:
     """Copy a local model folder into the repository as NAME@VERSION."""
     with _errors():
-        created = _open(repository).import_folder(src, name, version, step=_step)
+        created = _open(repository).import_folder(
+            src, name, version, step=_step, variants=variant or ()
+        )
     kinds = ", ".join(str(k) for k in created.kinds)
     Console().print(
         Text(f"imported {created.ref}: {created.format} ({created.architecture}) for {kinds}")
@@ -207,7 +216,8 @@ def add_variant(
 ) -> None:
     """Store the folder's weights cast to DTYPE beside its own (diffusers' variant
     files, <name>.<dtype>.safetensors): a stage serving that dtype then maps them
-    as they are instead of casting at every start. Run it before `models import`."""
+    as they are instead of casting at every start. Run it before `models import`
+    (or import with `--variant`, which leaves the source folder as it is)."""
     from stageflow.inference.variants import write_variant
 
     with _errors():

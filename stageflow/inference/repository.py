@@ -309,6 +309,28 @@ def folder_files(folder: Path) -> dict[str, FileEntry]:
     return entries
 
 
+def link_tree(src: Path, dst: Path) -> Path:
+    """`dst`: `src`'s folders, with a symbolic link to each of its files."""
+    for path in sorted(src.rglob("*")):
+        target = dst / path.relative_to(src)
+        if path.is_dir():
+            target.mkdir(parents=True, exist_ok=True)
+        else:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.symlink_to(path.resolve())
+    dst.mkdir(parents=True, exist_ok=True)
+    return dst
+
+
+def _write_variant(folder: Path, dtype: str) -> None:
+    from stageflow.inference.variants import write_variant
+
+    try:
+        write_variant(folder, dtype)
+    except ValueError as e:
+        raise InvalidArgument("variant", str(e)) from None
+
+
 def check_files(version: ModelVersion, folder: Path, digests: DigestCache = NO_CACHE) -> list[str]:
     """What differs between `folder` and the files model.yaml records (files
     whose stamp `digests` has seen unchanged are not re-hashed)."""
@@ -615,14 +637,49 @@ class ModelRepository:
             raise FailedPrecondition(f"model {name}@{version} already exists in {self.describe()}")
 
     def import_folder(
-        self, src: Path, name: str, version: str, step: StepFn = _no_step
+        self,
+        src: Path,
+        name: str,
+        version: str,
+        step: StepFn = _no_step,
+        *,
+        variants: Iterable[str] = (),
     ) -> ModelVersion:
         """Copy a local diffusers or ESRGAN folder in as `name@version`;
-        `step` hears each step as it starts."""
+        `step` hears each step as it starts. `variants` (bf16, fp16; diffusers
+        folders only) are stored beside the folder's own weights, cast once
+        here, so that a stage serving that dtype maps them instead of casting
+        at every start (stageflow.inference.variants); `src` is not written to."""
+        from stageflow.inference.variants import check_variant_dtype
+
         self.check_new(name, version)
         src = Path(src)
+        dtypes = list(dict.fromkeys(variants))
+        for dtype in dtypes:
+            try:
+                check_variant_dtype(dtype)
+            except ValueError as e:
+                raise InvalidArgument("variant", str(e)) from None
         step(f"detecting what {src} holds")
         detected = detect_folder(src)
+        if dtypes and detected.format != ModelFormat.DIFFUSERS:
+            raise InvalidArgument(
+                "variant",
+                f"{src} is an {detected.format} folder; variants are stored for diffusers folders",
+            )
+        if not dtypes:
+            return self._import_files(src, name, version, detected, step)
+        with tempfile.TemporaryDirectory(prefix="stageflow-import-") as scratch:
+            # The folder's files as links, beside which the variants are written.
+            tree = link_tree(src, Path(scratch) / "folder")
+            for dtype in dtypes:
+                step(f"casting its weights to {dtype} (the variant's files)")
+                _write_variant(tree, dtype)
+            return self._import_files(tree, name, version, detected, step)
+
+    def _import_files(
+        self, src: Path, name: str, version: str, detected: Detected, step: StepFn
+    ) -> ModelVersion:
         step("hashing its files (sha256)")
         files = folder_files(src)
         created = ModelVersion(

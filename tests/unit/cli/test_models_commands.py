@@ -61,6 +61,23 @@ def test_build_fixtures_keeps_its_name_and_flags() -> None:
     assert "--out" in result.output and "--seed" in result.output
 
 
+def test_import_with_a_variant_stores_it_in_the_repository(sd_folder: Path, tmp_path: Path) -> None:
+    done = invoke(
+        "import", str(sd_folder), "--name", "sd", "--version", "1", "--variant", "bf16",
+        repository=tmp_path / "repo",
+    )  # fmt: skip
+    assert done.exit_code == 0, done.output
+    assert "casting its weights to bf16" in done.output
+    assert list((tmp_path / "repo").rglob("diffusion_pytorch_model.bf16.safetensors"))
+    assert not list(sd_folder.rglob("*.bf16.safetensors"))
+    bad = invoke(
+        "import", str(sd_folder), "--name", "sd", "--version", "2", "--variant", "int8",
+        repository=tmp_path / "repo",
+    )  # fmt: skip
+    assert bad.exit_code == 2
+    assert "variant" in bad.output and "fp16 or bf16" in bad.output
+
+
 def test_variant_writes_the_weights_cast_beside_a_diffusers_folders_own(
     sd_folder: Path, esrgan_folder: Path, tmp_path: Path
 ) -> None:

@@ -113,6 +113,46 @@ class RepositoryContract:
         with pytest.raises(InvalidArgument, match="neither a diffusers"):
             repo.import_folder(tmp_path / "junk", "junk", "1")
 
+    def test_import_stores_variants_beside_the_weights_and_leaves_the_source_alone(
+        self, repo: ModelRepository, sd_folder: Path, tmp_path: Path
+    ) -> None:
+        import torch
+
+        from stageflow.inference.sd_parts import stored_variant
+        from stageflow.inference.variants import write_variant
+
+        before = sorted(p.name for p in sd_folder.rglob("*"))
+        created = repo.import_folder(sd_folder, "sd", "1", variants=["bf16"])
+        assert sorted(p.name for p in sd_folder.rglob("*")) == before
+        stored = sorted(rel for rel in created.files if ".bf16." in rel)
+        assert stored == [
+            "text_encoder/model.bf16.safetensors",
+            "unet/diffusion_pytorch_model.bf16.safetensors",
+            "vae/diffusion_pytorch_model.bf16.safetensors",
+        ]
+        # The folder's own files are all there too, with the same digests.
+        plain = repo.import_folder(sd_folder, "sd", "plain")
+        assert {k: v for k, v in created.files.items() if k not in stored} == plain.files
+        assert created.fingerprint != plain.fingerprint  # every file counts
+        # The cast `stageflow models variant` makes, byte for byte; the loader takes it.
+        copy = Path(shutil.copytree(sd_folder, tmp_path / "copy"))
+        write_variant(copy, "bf16")
+        folder = repo.materialize("sd", "1")
+        for rel in stored:
+            assert (folder / rel).read_bytes() == (copy / rel).read_bytes(), rel
+        assert stored_variant(folder / "unet", torch.bfloat16) == "bf16"
+
+    def test_import_refuses_a_variant_it_cannot_store_before_any_work(
+        self, repo: ModelRepository, sd_folder: Path, esrgan_folder: Path
+    ) -> None:
+        with pytest.raises(InvalidArgument, match="a variant is stored in fp16 or bf16") as e:
+            repo.import_folder(sd_folder, "sd", "1", variants=["fp32"])
+        assert e.value.field == "variant"
+        with pytest.raises(InvalidArgument, match="variants are stored for diffusers") as e:
+            repo.import_folder(esrgan_folder, "up", "1", variants=["bf16"])
+        assert e.value.field == "variant"
+        assert repo.list() == []
+
     def test_materialize_returns_the_verified_files(
         self, repo: ModelRepository, sd_folder: Path
     ) -> None:
