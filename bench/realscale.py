@@ -43,7 +43,7 @@ recorded so far, and says which were not measured):
                 peak over two guided steps at 512 px, step times
 
 Every measurement that is a process's cost (RSS, cold start) runs in a process
-of its own; results accumulate in var/realscale/results.json.
+of its own; results accumulate in bench/results/realscale.json.
 """
 
 from __future__ import annotations
@@ -75,7 +75,9 @@ EXPORT = WORK / "sd15-random-onnx"
 # The folder again (hard links: no second copy of its files) with its weights also
 # stored in bf16 beside them (`stageflow models variant`).
 VARIANT = WORK / "sd15-random-bf16"
-RESULTS = WORK / "results.json"
+# The measurements the report is made from, committed beside the script: a new
+# checkout that runs one phase again keeps every other phase's figures (var/ is not).
+RESULTS = ROOT / "bench" / "results" / "realscale.json"
 OPEN_CLIP = "open-clip-torch==3.3.0"
 VOCAB_MEMBER = "open_clip/bpe_simple_vocab_16e6.txt.gz"
 SIDE = 512
@@ -908,7 +910,7 @@ def ort_memory_one(threads: int, variant: str, steps: int = 2) -> dict[str, Any]
 
 def ort_memory(threads: int) -> dict[str, Any]:
     """Each variant in its own process; variants recorded before are kept (drop the
-    phase from results.json to measure them all again)."""
+    phase from bench/results/realscale.json to measure them all again)."""
     warm_page_cache(EXPORT)
     runs = [
         r
@@ -1034,7 +1036,7 @@ def write_report(path: Path, results: dict[str, Any], threads: int) -> None:
         "## Real scale (random-weight SD 1.5-size folder)",
         "",
         "`make bench-realscale` (`bench/realscale.py`; phases can be run alone, "
-        "results accumulate in var/realscale/results.json). Each figure below says "
+        "results accumulate in bench/results/realscale.json, committed). Each figure below says "
         "when it was measured and the machine's load average then; a phase not run says so.",
         "",
     ]
