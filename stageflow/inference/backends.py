@@ -16,7 +16,7 @@ import importlib.util
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from stageflow.core.errors import FailedPrecondition
 from stageflow.inference.digests import NO_CACHE, DigestCache
@@ -93,22 +93,37 @@ def _torch_diffusion(folder: Path, options: BackendOptions) -> DiffusionParts:
 
 
 def _torch_upscaler(folder: Path, options: BackendOptions) -> tuple[UpscaleNet, int]:
+    import torch
+
+    from stageflow.inference.sd_parts import torch_dtype
     from stageflow.inference.sr_archs import load_upscaler
 
-    if options.dtype != "fp32":
-        # The upscale stage's tiles are blended in float32; no half path is built yet.
+    if options.compile != "off":
         raise FailedPrecondition(
-            f"dtype {options.dtype}: the torch upscaler runs in fp32 only (export it with "
-            "`stageflow models compile --dtype fp16` for a half-precision upscaler)"
+            f"compile {options.compile}: the torch upscaler runs eager (compile applies to "
+            "the diffusion stages' UNet and VAE decoder); set compile off"
         )
-    if options.compile != "off" or options.channels_last:
-        raise FailedPrecondition(
-            f"compile {options.compile}, channels_last {options.channels_last}: the torch "
-            "upscaler runs eager and contiguous only (compile applies to the diffusion "
-            "stages' UNet and VAE decoder); set compile off and channels_last false"
-        )
+    # Any: torch's annotations of Module.to take no memory_format.
+    net: Any
     net, config = load_upscaler(folder)
-    return net.to(options.device), int(config.scale)
+    weights = torch_dtype(options.dtype)
+    layout = torch.channels_last if options.channels_last else torch.contiguous_format
+    net = net.to(options.device, weights).to(memory_format=layout)
+    return CastingUpscaler(net, weights, layout), int(config.scale)
+
+
+class CastingUpscaler:
+    """The torch upscaler in the dtype and memory format it is served in: it takes
+    the stage's float32 tiles as they are and returns its own dtype (the stage
+    takes `.float()` before it blends the tiles, in float32 whatever the dtype)."""
+
+    def __init__(
+        self, net: torch.nn.Module, dtype: torch.dtype, layout: torch.memory_format
+    ) -> None:
+        self.net, self.dtype, self.layout = net, dtype, layout
+
+    def __call__(self, pixels: torch.Tensor) -> torch.Tensor:
+        return self.net(pixels.to(self.dtype).contiguous(memory_format=self.layout))
 
 
 def _folder_fingerprint(folder: Path, options: BackendOptions) -> str:

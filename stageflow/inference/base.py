@@ -63,8 +63,10 @@ class LocalModel(StageModel, abc.ABC):
     # Whether the model has eager torch UNet and VAE modules when served by torch
     # (the diffusion families), which compile and channels_last act on.
     graph_parts: ClassVar[bool] = False
-    # The precisions the torch backend can cast this model's parts to.
+    # The precisions the torch backend's dtype=auto may cast this model's parts to,
+    # and where it takes bf16.
     torch_dtypes: ClassVar[tuple[str, ...]] = precision.DTYPES
+    auto_bf16: ClassVar[hardware.AutoBf16] = hardware.AutoBf16()
 
     def __init__(
         self,
@@ -150,11 +152,7 @@ class LocalModel(StageModel, abc.ABC):
         fingerprint = self.runtime.fingerprint(self.path, self.backend_options)
         self._choice = choice = self._choose_dtype()
         dtype = choice.dtype
-        self._layout = channels_last, layout_reason = compiled.choose_channels_last(
-            self.channels_last,
-            self.graph_parts and self.runtime.takes_graph_options,
-            self._weights_bytes() if self.channels_last == compiled.AUTO else None,
-        )
+        self._layout = channels_last, layout_reason = self._choose_layout(dtype)
         self._load_weights()
         if self.warmup:
             self._warm_up()
@@ -188,6 +186,14 @@ class LocalModel(StageModel, abc.ABC):
             fingerprint=self._identity.fingerprint[:12],
         )
 
+    def _choose_layout(self, dtype: str) -> tuple[bool, str]:
+        """Whether this load runs in channels_last, and why (`dtype`: the resolved one)."""
+        return compiled.choose_channels_last(
+            self.channels_last,
+            self.graph_parts and self.runtime.takes_graph_options,
+            self._weights_bytes() if self.channels_last == compiled.AUTO else None,
+        )
+
     def _weights_bytes(self) -> int:
         """The folder's weight bytes, walked once per model (what the autos weigh)."""
         if self._weight_size is None:
@@ -202,7 +208,9 @@ class LocalModel(StageModel, abc.ABC):
             cpu = hardware.detect() if self.device.startswith("cpu") else hardware.CpuBf16((), "")
             # Only auto weighs the folder: a set dtype walks no files.
             size = self._weights_bytes() if self.dtype == precision.AUTO else None
-            return hardware.choose_cast_dtype(self.dtype, cpu, self.device, self.torch_dtypes, size)
+            return hardware.choose_cast_dtype(
+                self.dtype, cpu, self.device, self.torch_dtypes, size, self.auto_bf16
+            )
         try:
             return precision.exported_choice(
                 self.dtype, self.runtime.dtype_of(self.path), self.path

@@ -19,7 +19,9 @@ on for the torch backend's diffusion models of at least
 512 px, CPU) it ran a whole image in 0.92-0.93× eager's time, fp32 and bf16
 alike, over two runs of bench/compile.py, within one level of the images; on
 the fixtures (a few MiB) one run gave 0.96×, inside that machine's noise, so
-they keep the layout their golden images were made with.
+they keep the layout their golden images were made with. The torch upscaler
+(stageflow.inference.upscaler) takes `on` too, and decides its own `auto`: on
+when it serves bf16, the configuration measured on AMX.
 
 What stays eager: the text encoders, the VAE encoder, and step caching's
 partial UNet forward (`cache_interval` > 1 runs every step, full and cached,

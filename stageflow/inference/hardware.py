@@ -81,9 +81,13 @@ class CpuBf16:
     @property
     def native(self) -> str:
         """The flag that makes bf16 native ("amx_bf16", "avx512_bf16"), "" when none does."""
+        return self.native_of(BF16_FLAGS)
+
+    def native_of(self, flags: tuple[str, ...]) -> str:
+        """The first of `flags` that this CPU has and torch can use, "" when none."""
         if self.capability.upper() in _NO_AVX512_CAPABILITIES:
             return ""
-        return next((f for f in BF16_FLAGS if f in self.features), "")
+        return next((f for f in flags if f in self.features), "")
 
     def words(self) -> str:
         shown = ", ".join(self.features) or "none of " + "/".join(BF16_FLAGS)
@@ -105,31 +109,59 @@ def choose_cast_dtype(
     device: str = "cpu",
     castable: tuple[str, ...] = precision.DTYPES,
     weight_bytes: int | None = None,
+    auto_bf16: AutoBf16 | None = None,
 ) -> precision.DtypeChoice:
     """The precision a backend that casts at load (torch) serves `setting` in, and why.
 
-    `castable`: what the model can be cast to (the torch upscaler: fp32 only);
-    `weight_bytes`: the size of the model's weights (None: unknown, the CPU decides)."""
+    `castable`: what auto may cast the model to; `weight_bytes`: the size of the
+    model's weights (None: unknown, the CPU decides); `auto_bf16`: where auto
+    takes bf16 for this model (default: any native bf16, from 256 MiB of weights)."""
     precision.check_setting(setting)
+    rule = auto_bf16 or AutoBf16()
     if not device.startswith("cpu"):
         return _off_cpu(setting, device)
     if setting != precision.AUTO:
         return _choice(setting, setting, _set_reason(setting, cpu), cpu)
     if precision.BF16 not in castable:
         only = "/".join(castable)
-        return _choice(precision.FP32, setting, f"auto: fp32, this model runs in {only} only", cpu)
-    if cpu.native and weight_bytes is not None and weight_bytes < BF16_MIN_WEIGHT_BYTES:
+        reason = f"auto: fp32, auto serves this model in {only} only (set dtype to cast it)"
+        return _choice(precision.FP32, setting, reason, cpu)
+    native = cpu.native_of(rule.flags)
+    if native and weight_bytes is not None and weight_bytes < rule.min_weight_bytes:
         reason = (
             f"auto: fp32, {_mib(weight_bytes)} of weights is too small for bf16 to pay "
-            f"(bf16 from {_mib(BF16_MIN_WEIGHT_BYTES)}; the CPU has {cpu.native})"
+            f"(bf16 from {_mib(rule.min_weight_bytes)}; the CPU has {native})"
         )
         return _choice(precision.FP32, setting, reason, cpu)
-    if cpu.native:
+    if native:
         return _choice(
-            precision.BF16, setting, f"auto: bf16, the CPU has {cpu.native} ({cpu.words()})", cpu
+            precision.BF16, setting, f"auto: bf16, the CPU has {native} ({cpu.words()})", cpu
         )
+    if cpu.native:
+        reason = (
+            f"auto: fp32, this model takes bf16 with {'/'.join(rule.flags)} "
+            f"(the CPU has {cpu.native} only; {cpu.words()})"
+        )
+        return _choice(precision.FP32, setting, reason, cpu)
     reason = f"auto: fp32, no native bf16 on this CPU ({cpu.words()})"
     return _choice(precision.FP32, setting, reason, cpu)
+
+
+@dataclass(frozen=True)
+class AutoBf16:
+    """Where dtype=auto serves a model in bf16: the CPU has one of `flags` and the
+    model at least `min_weight_bytes` of weights."""
+
+    flags: tuple[str, ...] = BF16_FLAGS
+    min_weight_bytes: int = BF16_MIN_WEIGHT_BYTES
+
+
+# The torch upscalers (Real-ESRGAN x4plus, animevideov3, the fixture) ran faster in
+# bf16 at every size tried on an AMX CPU; through the services the real-scale job's
+# upscale stage ran 3.7x faster in bf16 with channels_last, its final image 35.8 dB
+# from fp32 (docs/benchmarks.md, bench/perimage.py). Not measured on AVX-512 BF16
+# without AMX: fp32 there.
+UPSCALER_AUTO_BF16 = AutoBf16(flags=("amx_bf16",), min_weight_bytes=0)
 
 
 def _mib(size: int) -> str:

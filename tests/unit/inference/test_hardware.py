@@ -132,7 +132,7 @@ def test_an_explicit_setting_is_kept_and_says_so() -> None:
 def test_a_model_that_casts_to_fp32_only_gets_fp32_from_auto() -> None:
     cpu = hardware.cpu_bf16(hardware.parse_flags(INTEL_SPR), "AVX512")
     choice = hardware.choose_cast_dtype("auto", cpu, castable=("fp32",))
-    assert choice.dtype == "fp32" and "runs in fp32 only" in choice.reason
+    assert choice.dtype == "fp32" and "auto serves this model in fp32 only" in choice.reason
 
 
 def test_auto_on_a_gpu_is_fp32_and_ignores_the_cpu() -> None:
@@ -187,3 +187,18 @@ def test_exported_models_take_their_own_dtype() -> None:
     assert precision.exported_choice("fp32", "fp16", "/m").dtype == "fp16"
     with pytest.raises(ValueError, match="is a fp32 export; dtype bf16 needs"):
         precision.exported_choice("bf16", "fp32", "/m")
+
+
+def test_the_upscalers_rule_takes_bf16_with_amx_at_any_size_and_fp32_without() -> None:
+    rule = hardware.UPSCALER_AUTO_BF16
+    spr = hardware.cpu_bf16(hardware.parse_flags(INTEL_SPR), "AVX512")
+    amx = hardware.choose_cast_dtype("auto", spr, weight_bytes=200_000, auto_bf16=rule)
+    assert amx.dtype == "bf16" and amx.reason.startswith("auto: bf16, the CPU has amx_bf16")
+    epyc = hardware.cpu_bf16(hardware.parse_flags(AMD_EPYC), "AVX512")
+    avx512 = hardware.choose_cast_dtype("auto", epyc, weight_bytes=2**30, auto_bf16=rule)
+    assert avx512.dtype == "fp32"
+    assert "takes bf16 with amx_bf16 (the CPU has avx512_bf16 only" in avx512.reason
+    # The default rule is unchanged: any native bf16, from 256 MiB.
+    assert hardware.choose_cast_dtype("auto", epyc, weight_bytes=2**30).dtype == "bf16"
+    # A set dtype is taken whatever the rule.
+    assert hardware.choose_cast_dtype("bf16", epyc, auto_bf16=rule).dtype == "bf16"

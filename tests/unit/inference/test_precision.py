@@ -210,7 +210,10 @@ def test_auto_follows_the_cpu_and_the_fingerprint_the_resolved_dtype(
     monkeypatch.setattr(hardware, "cpu_flags", lambda: frozenset(flags.split()))
     monkeypatch.setattr(hardware, "torch_capability", lambda: capability)
     if min_weights is not None:
-        monkeypatch.setattr(hardware, "BF16_MIN_WEIGHT_BYTES", min_weights)
+        from stageflow.inference.base import LocalModel
+
+        rule = hardware.AutoBf16(min_weight_bytes=min_weights)
+        monkeypatch.setattr(LocalModel, "auto_bf16", rule)
     model = _auto(sd_folder)
     try:
         identity = model.describe().identity
@@ -224,11 +227,39 @@ def test_auto_follows_the_cpu_and_the_fingerprint_the_resolved_dtype(
     assert (identity.fingerprint == fp32.fingerprint) == (dtype == "fp32")
 
 
-def test_auto_serves_the_torch_upscaler_in_fp32(esrgan_folder: Path) -> None:
-    model = _auto(esrgan_folder, "esrgan")
+@pytest.mark.parametrize(
+    ("flags", "dtype", "layout"),
+    [(("amx_tile", "amx_bf16", "avx512f", "avx512_bf16"), "bf16", True),
+     (("avx512f", "avx512_bf16"), "fp32", False)],
+)  # fmt: skip
+def test_auto_serves_the_torch_upscaler_in_bf16_with_amx_only(
+    esrgan_folder: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    flags: tuple[str, ...],
+    dtype: str,
+    layout: bool,
+) -> None:
+    """Whatever its size (the fixture is 0.2 MiB); channels_last follows bf16."""
+    import torch
+
+    from stageflow.inference import hardware, registry
+
+    monkeypatch.setattr(hardware, "detect", lambda: hardware.CpuBf16(flags, "AVX512"))
+    # Both autos, as a stage process sets them (in process the layout defaults to off).
+    model = registry.create_model("esrgan", esrgan_folder, dtype="auto", channels_last="auto")
+    model.load()
     try:
         identity = model.describe().identity
+        net = model.net.net  # type: ignore[attr-defined]
     finally:
         model.unload()
-    assert (identity.dtype, identity.dtype_setting) == ("fp32", "auto")
-    assert "runs in fp32 only" in identity.dtype_reason
+    assert (identity.dtype, identity.dtype_setting, identity.channels_last) == (
+        dtype,
+        "auto",
+        layout,
+    )
+    assert {p.dtype for p in net.parameters()} == {
+        torch.bfloat16 if dtype == "bf16" else torch.float32
+    }
+    if dtype == "fp32":
+        assert "takes bf16 with amx_bf16" in identity.dtype_reason

@@ -167,3 +167,40 @@ def test_lanczos_is_not_batched_and_mixed_tiling_is_refused(upscaler: EsrganUpsc
             lambda i, n: None,
             lambda: False,
         )
+
+
+@pytest.mark.parametrize("channels_last", ["off", "on"])
+def test_bf16_and_channels_last_serve_the_fp32_image_within_a_few_levels(
+    upscaler: EsrganUpscaler, esrgan_folder: Path, channels_last: str
+) -> None:
+    """Set, not auto: the network casts to bf16 and runs in either memory format;
+    the stage still gives float32 tiles in and blends them in float32."""
+    import torch
+
+    from stageflow.inference.upscaler import EsrganUpscaler
+
+    model = EsrganUpscaler(esrgan_folder, dtype="bf16", channels_last=channels_last)
+    model.load()
+    try:
+        net = model.net.net  # type: ignore[attr-defined]
+        assert {p.dtype for p in net.parameters()} == {torch.bfloat16}
+        first = next(p for p in net.parameters() if p.dim() == 4)
+        layout = torch.channels_last if channels_last == "on" else torch.contiguous_format
+        assert first.is_contiguous(memory_format=layout)
+        assert (model.identity.dtype, model.identity.channels_last) == (
+            "bf16",
+            channels_last == "on",
+        )
+        image = noise_image(40, 24, seed=3)
+        fp32 = upscale(upscaler, image, tile_size=0)
+        ours = upscale(model, image, tile_size=0)
+        tiled = upscale(model, image, tile_size=24, tile_overlap=8)
+    finally:
+        model.unload()
+    assert ours.shape == fp32.shape == (96, 160, 3)
+    # bf16 keeps 8 bits of mantissa: a few levels at most, most pixels exact.
+    assert np.abs(ours - fp32).max() <= 8
+    assert (ours != fp32).mean() < 0.5
+    mse = float(((ours - fp32).astype(np.float64) ** 2).mean())
+    assert 10 * np.log10(255**2 / max(mse, 1e-12)) > 40
+    assert tiled.shape == ours.shape
