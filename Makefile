@@ -131,6 +131,10 @@ demo: setup ## the reference prompt through base -> upscale -> refine to a PNG u
 bench-perimage: deps ## the real-scale job through the services, fp32 eager vs bf16 (+ step caching) vs the defaults: per-image time (~20 min; needs bench/realscale.py build)
 	$(PY) bench/perimage.py --out docs/benchmarks.md
 
+.PHONY: bench-upscale-dtype
+bench-upscale-dtype: deps ## the torch upscalers in fp32/bf16, contiguous/channels_last, with AMX and without (~2 min; needs make setup's Real-ESRGAN models)
+	$(PY) bench/upscale_dtype.py --out docs/benchmarks.md
+
 .PHONY: bench bench-backends bench-serving bench-gateway bench-orchestrators bench-handoff bench-stepcache bench-compile bench-realscale
 bench: bench-backends bench-serving bench-gateway bench-orchestrators bench-handoff bench-stepcache ## the benchmark scripts -> docs/benchmarks.md (~45 min)
 

@@ -84,13 +84,13 @@ CONFIGS = {
             "defaults",
             "the stages' defaults: dtype auto and channels_last auto (on a CPU with native "
             "bf16, bf16 and channels_last for this folder; the upscaler in bf16 and "
-            "channels_last with AMX, fp32 without)",
+            "channels_last with AMX, fp32 and channels_last without)",
             flags={},
         ),
         Config(
             "bf16-upscale",
             "the stages' defaults, and the upscale stage set to bf16 and channels_last "
-            "(what its autos choose with AMX; without, they keep it fp32)",
+            "(what its autos choose with AMX; without, dtype auto keeps it fp32)",
             flags={"upscale": ("--dtype", "bf16", "--channels-last", "on")},
         ),
     )

@@ -20,8 +20,9 @@ on for the torch backend's diffusion models of at least
 alike, over two runs of bench/compile.py, within one level of the images; on
 the fixtures (a few MiB) one run gave 0.96×, inside that machine's noise, so
 they keep the layout their golden images were made with. The torch upscaler
-(stageflow.inference.upscaler) takes `on` too, and decides its own `auto`: on
-when it serves bf16, the configuration measured on AMX.
+(stageflow.inference.upscaler) takes `on` too, and decides its own `auto`: on,
+in any dtype (it ran 1.26-2.05x faster in fp32 and more in bf16, with AMX and
+without: bench/upscale_dtype.py).
 
 What stays eager: the text encoders, the VAE encoder, and step caching's
 partial UNet forward (`cache_interval` > 1 runs every step, full and cached,

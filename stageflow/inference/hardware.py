@@ -159,8 +159,8 @@ class AutoBf16:
 # The torch upscalers (Real-ESRGAN x4plus, animevideov3, the fixture) ran faster in
 # bf16 at every size tried on an AMX CPU; through the services the real-scale job's
 # upscale stage ran 3.7x faster in bf16 with channels_last, its final image 35.8 dB
-# from fp32 (docs/benchmarks.md, bench/perimage.py). Not measured on AVX-512 BF16
-# without AMX: fp32 there.
+# from fp32 (docs/benchmarks.md, bench/perimage.py). Without AMX (oneDNN capped at
+# AVX-512 BF16) bf16 ran slower than fp32 (bench/upscale_dtype.py): fp32 there.
 UPSCALER_AUTO_BF16 = AutoBf16(flags=("amx_bf16",), min_weight_bytes=0)
 
 

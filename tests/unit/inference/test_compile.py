@@ -173,11 +173,16 @@ def test_channels_last_auto_weighs_the_folder_at_load(
         assert weight.is_contiguous(memory_format=torch.channels_last)
 
 
-def test_channels_last_auto_leaves_the_upscaler_as_it_is(esrgan_folder: Path) -> None:
+def test_channels_last_auto_turns_it_on_for_the_torch_upscaler(esrgan_folder: Path) -> None:
     from stageflow.inference.upscaler import EsrganUpscaler
 
     model = EsrganUpscaler(esrgan_folder, channels_last="auto")
-    model.load()  # `on` runs it in channels_last (test_upscaler); auto means off here
+    model.load()  # in fp32 too: bench/upscale_dtype.py
+    assert model.identity.channels_last is True
+    assert model.describe().identity.channels_last is True
+    model.unload()
+    model = EsrganUpscaler(esrgan_folder, channels_last="off")
+    model.load()
     assert model.identity.channels_last is False
     model.unload()
     with pytest.raises(FailedPrecondition, match="upscaler runs eager"):
