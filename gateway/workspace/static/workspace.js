@@ -40,13 +40,20 @@ function watch(panel) {
     const queued = panel.querySelector(".queued");
     if (queued) queued.hidden = true;
   });
-  // A queued job's place in the queue (the gateway re-reads it while queued).
-  source.addEventListener("queued", (e) => {
-    const n = JSON.parse(e.data).queue_position || 0;
+  // A queued job's place in the queue: from the stream's first snapshot (the page
+  // was rendered earlier: the queue may have moved in between, with no `queued`
+  // event to say so), then from each `queued` event (the gateway re-reads it).
+  const showPlace = (n) => {
     const place = panel.querySelector(".queue-position");
     if (!place) return;
     place.querySelector(".queue-n").textContent = String(n);
     place.hidden = n < 1;
+  };
+  source.addEventListener("snapshot", (e) => {
+    showPlace(JSON.parse(e.data).queue_position || 0);
+  });
+  source.addEventListener("queued", (e) => {
+    showPlace(JSON.parse(e.data).queue_position || 0);
   });
   source.addEventListener("stage_progress", (e) => {
     const data = JSON.parse(e.data).stage_progress;
